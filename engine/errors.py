@@ -1,0 +1,222 @@
+"""The exception tree. Every error names the request it belongs to.
+
+    EngineError
+    ├── ConfigError (also ValueError)       the caller's fault: bad arguments, bad input line
+    ├── TransportError                      connection refused / reset / closed mid-stream
+    ├── APIStatusError(status, body)        a non-2xx answer
+    │   ├── BadRequestError (400)  AuthenticationError (401)  PermissionDeniedError (403)
+    │   ├── NotFoundError (404)  ConflictError (409)  UnprocessableEntityError (422)
+    │   ├── RateLimitError (429)  InternalServerError (5xx)
+    ├── StreamError                         the server said the response did not succeed
+    │   ├── ErrorEvent                      `error` event / chat `{"error": …}` chunk
+    │   ├── ResponseFailed                  `response.failed`
+    │   ├── ResponseIncomplete              `response.incomplete` or status "incomplete"
+    │   └── StreamTruncated                 the body ended without a terminal event
+    ├── ProtocolError                       not SSE, bad JSON, event over the size cap
+    └── EngineTimeout (also TimeoutError)
+        ├── ConnectTimeout  FirstByteTimeout  FirstTokenTimeout  IdleTimeout  TotalTimeout
+
+A request identifier (`request_id`: the server's `x-request-id`; `custom_id`: the caller's
+label) rides on every error so a failure among thousands can be traced. The API key never
+appears in any message: errors hold bodies and ids, never request headers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SNIPPET_BYTES = 200
+
+
+def snippet(raw: bytes | str, limit: int = SNIPPET_BYTES) -> str:
+    """A short `!r` view of offending bytes, for error messages."""
+    if len(raw) <= limit:
+        return repr(raw)
+    return f"{raw[:limit]!r}… ({len(raw)} bytes)"
+
+
+class EngineError(Exception):
+    """Base of every error the engine raises."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request_id: str | None = None,
+        custom_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request_id = request_id
+        self.custom_id = custom_id
+
+    @property
+    def kind(self) -> str:
+        """A short stable label for counting errors by kind (reports, batch error files)."""
+        return type(self).__name__
+
+    def __str__(self) -> str:
+        where = [f"{k}={v}" for k, v in (("custom_id", self.custom_id),
+                                          ("request_id", self.request_id)) if v]
+        return f"{self.message} [{', '.join(where)}]" if where else self.message
+
+
+class ConfigError(EngineError, ValueError):
+    """The caller's fault: an invalid argument, body or input line."""
+
+
+class TransportError(EngineError):
+    """The connection failed or broke (refused, reset, closed mid-body)."""
+
+
+class APIStatusError(EngineError):
+    """The server answered with a non-2xx status."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        body: Any = None,
+        request_id: str | None = None,
+        custom_id: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message, request_id=request_id, custom_id=custom_id)
+        self.status = status
+        self.body = body
+        self.retry_after_s = retry_after_s
+
+    @property
+    def kind(self) -> str:
+        return f"http_{self.status}"
+
+
+class BadRequestError(APIStatusError):
+    pass
+
+
+class AuthenticationError(APIStatusError):
+    pass
+
+
+class PermissionDeniedError(APIStatusError):
+    pass
+
+
+class NotFoundError(APIStatusError):
+    pass
+
+
+class ConflictError(APIStatusError):
+    pass
+
+
+class UnprocessableEntityError(APIStatusError):
+    pass
+
+
+class RateLimitError(APIStatusError):
+    pass
+
+
+class InternalServerError(APIStatusError):
+    pass
+
+
+_STATUS_CLASSES: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+}
+
+
+def status_error_class(status: int) -> type[APIStatusError]:
+    """The most specific `APIStatusError` subclass for an HTTP status."""
+    if status >= 500:
+        return InternalServerError
+    return _STATUS_CLASSES.get(status, APIStatusError)
+
+
+class StreamError(EngineError):
+    """The stream said the response did not succeed; `data` is the server's event payload."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        data: Any = None,
+        code: str | None = None,
+        request_id: str | None = None,
+        custom_id: str | None = None,
+    ) -> None:
+        super().__init__(message, request_id=request_id, custom_id=custom_id)
+        self.data = data
+        self.code = code
+
+
+class ErrorEvent(StreamError):
+    pass
+
+
+class ResponseFailed(StreamError):
+    pass
+
+
+class ResponseIncomplete(StreamError):
+    pass
+
+
+class StreamTruncated(StreamError):
+    pass
+
+
+class ProtocolError(EngineError):
+    """The bytes are not a valid event stream (or not the JSON they should be)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        offset: int | None = None,
+        raw: bytes | str | None = None,
+        status: int | None = None,
+        request_id: str | None = None,
+        custom_id: str | None = None,
+    ) -> None:
+        if offset is not None:
+            message = f"{message} at byte offset {offset}"
+        if raw is not None:
+            message = f"{message}: {snippet(raw)}"
+        super().__init__(message, request_id=request_id, custom_id=custom_id)
+        self.offset = offset
+        self.raw = raw[:SNIPPET_BYTES] if raw is not None else None
+        self.status = status
+
+
+class EngineTimeout(EngineError, TimeoutError):
+    """A phase of the request took longer than its configured limit."""
+
+
+class ConnectTimeout(EngineTimeout):
+    pass
+
+
+class FirstByteTimeout(EngineTimeout):
+    pass
+
+
+class FirstTokenTimeout(EngineTimeout):
+    pass
+
+
+class IdleTimeout(EngineTimeout):
+    pass
+
+
+class TotalTimeout(EngineTimeout):
+    pass
