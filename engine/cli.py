@@ -1,0 +1,136 @@
+"""Command line: `stream-engine run | mock | bench | batch`. Imports everything; imported by none."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+import orjson
+
+from engine.client import Engine
+from engine.errors import EngineError
+from engine.events import Dialect, StreamEvent
+
+DEFAULT_MODEL = "gpt-4.1-mini"
+
+
+def run_async(coro: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop where available (the CLI's choice; importing the library never is)."""
+    try:
+        import uvloop  # noqa: PLC0415 - optional on Windows
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def _header(value: str) -> tuple[str, str]:
+    name, sep, val = value.partition(":")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected 'Name: value', got {value!r}")
+    return name.strip(), val.strip()
+
+
+def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("run", help="stream one request and print the text as it arrives",
+                       description="Stream one request. Without --base-url (or OPENAI_BASE_URL)"
+                       " it runs against the built-in mock endpoint.")
+    p.add_argument("prompt", nargs="?", default="Say hello to stream-engine.")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL"))
+    p.add_argument("--endpoint", choices=["responses", "chat"], default="responses")
+    p.add_argument("--max-output-tokens", type=int, default=None)
+    p.add_argument("--header", type=_header, action="append", default=[],
+                   help="extra request header, 'Name: value' (repeatable)")
+    p.add_argument("--raw", action="store_true", help="print every event as a JSON line")
+    p.set_defaults(func=_cmd_run)
+
+
+def _body(args: argparse.Namespace) -> dict[str, Any]:
+    if args.endpoint == "chat":
+        body: dict[str, Any] = {"model": args.model,
+                                "messages": [{"role": "user", "content": args.prompt}]}
+        if args.max_output_tokens:
+            body["max_completion_tokens"] = args.max_output_tokens
+        return body
+    body = {"model": args.model, "input": [{"role": "user", "content": args.prompt}]}
+    if args.max_output_tokens:
+        body["max_output_tokens"] = args.max_output_tokens
+    return body
+
+
+async def _stream_one(args: argparse.Namespace, base_url: str) -> int:
+    out = sys.stdout
+    headers = dict(args.header)
+
+    def show(event: StreamEvent) -> None:
+        if args.raw:
+            out.write(orjson.dumps({"type": event.type, "data": event.data}).decode() + "\n")
+        else:
+            delta = event.text_delta
+            if delta:
+                out.write(delta)
+                out.flush()
+
+    async with Engine(base_url=base_url) as engine:
+        try:
+            result = await engine.run(_body(args), handlers=[show], endpoint=Dialect(args.endpoint),
+                                      headers=headers)
+        except EngineError as exc:
+            print(f"\nerror: {exc.kind}: {exc}", file=sys.stderr)
+            return 1
+    usage = result.usage.as_dict() if result.usage else "not reported"
+    ttft = f"{result.ttft_s * 1000:.1f} ms" if result.ttft_s is not None else "n/a"
+    print(f"\n\nusage: {usage}\ntime to first token: {ttft}   total: {result.e2e_s * 1000:.1f} ms"
+          f"   events: {result.events}   request id: {result.request_id}", file=sys.stderr)
+    return 0
+
+
+async def _cmd_run_async(args: argparse.Namespace) -> int:
+    if args.base_url:
+        return await _stream_one(args, args.base_url)
+    from engine.mock import MockConfig, MockServer  # noqa: PLC0415 - only when embedded
+
+    server = MockServer(MockConfig(), host="127.0.0.1", port=0)
+    await server.start()
+    print(f"(no --base-url: using the built-in mock endpoint at {server.base_url})",
+          file=sys.stderr)
+    try:
+        return await _stream_one(args, server.base_url)
+    finally:
+        await server.stop()
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    return run_async(_cmd_run_async(args))
+
+
+def _add_mock(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from engine.mock import command  # noqa: PLC0415 - keeps `run` start-up light
+
+    p = sub.add_parser("mock", help="serve the mock OpenAI-compatible endpoint")
+    command.add_arguments(p)
+    p.set_defaults(func=command.run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stream-engine",
+        description="Async streaming engine for OpenAI-compatible endpoints.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run(sub)
+    _add_mock(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,604 @@
+"""`Engine`: the connection pool, request building, timeouts, retries and the stream lifecycle.
+
+Per stream, one reader task reads `resp.content.iter_any()`, stamps each chunk with
+`perf_counter_ns()` as it arrives, feeds the SSE parser and puts the chunk's events, as one
+batch, on a bounded queue. The consumer (`stream()` / `run()`) takes batches off the queue and
+calls the handlers, so a slow handler never distorts arrival times, and a full queue stops the
+reader, which stops reading the socket: backpressure reaches the server through TCP.
+
+Timeouts after the headers are enforced by one lazy watchdog timer per stream: it is armed
+once and, when it fires, re-arms itself for the next deadline if data arrived meanwhile, so
+the per-chunk cost is one attribute store rather than a timer per read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Self
+
+import aiohttp
+import orjson
+
+from engine.errors import (
+    APIStatusError,
+    ConfigError,
+    ConnectTimeout,
+    EngineError,
+    EngineTimeout,
+    ErrorEvent,
+    FirstByteTimeout,
+    FirstTokenTimeout,
+    IdleTimeout,
+    ProtocolError,
+    StreamTruncated,
+    TotalTimeout,
+    TransportError,
+    status_error_class,
+)
+from engine.events import Dialect, EventDecoder, StreamEvent, Usage
+from engine.handlers import Handler, ResponseAssembler, TimingRecorder, split_handlers
+from engine.limits import backoff_delay, parse_retry_after
+from engine.sse import MAX_EVENT_BYTES, SSEParser
+
+__all__ = ["DEFAULT_BASE_URL", "Engine", "RetryPolicy", "StreamResult", "Timeouts"]
+
+DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
+ENDPOINT_PATHS: Final = {Dialect.RESPONSES: "/responses", Dialect.CHAT: "/chat/completions"}
+RETRY_STATUSES: Final = frozenset({408, 409, 429})
+ERROR_BODY_LIMIT: Final = 64 * 1024
+DRAIN_S: Final = 5.0  # how long a finished stream may take to reach EOF and free its connection
+_END: Final = None  # queue item: the stream ended cleanly
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Each phase's limit in seconds (None: no limit). All measured from the request start,
+    except `idle_s`, the longest gap between two chunks of the body."""
+
+    connect_s: float | None = 10.0
+    first_byte_s: float | None = 120.0
+    first_token_s: float | None = None
+    idle_s: float | None = 120.0
+    total_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter; `Retry-After` wins when the server sends it."""
+
+    max_retries: int = 2
+    base_s: float = 0.5
+    cap_s: float = 20.0
+    max_retry_after_s: float = 60.0
+
+
+@dataclass(slots=True)
+class StreamResult:
+    """What `Engine.run` returns. `response` has the shape of the endpoint called: a
+    Responses object for `/responses`, a `chat.completion` for `/chat/completions`."""
+
+    text: str
+    usage: Usage | None
+    response: dict[str, Any]
+    events: int  # number of events the stream delivered
+    status: int
+    request_id: str | None
+    custom_id: str | None
+    dialect: Dialect | None
+    attempts: int
+    started_ns: int
+    first_byte_ns: int | None
+    first_token_ns: int | None
+    finished_ns: int
+    token_times_ns: list[int] = field(default_factory=list)
+
+    @property
+    def ttft_s(self) -> float | None:
+        """Request start to the first non-empty text delta."""
+        if self.first_token_ns is None:
+            return None
+        return (self.first_token_ns - self.started_ns) / 1e9
+
+    @property
+    def e2e_s(self) -> float:
+        return (self.finished_ns - self.started_ns) / 1e9
+
+    @property
+    def itl_s(self) -> list[float]:
+        """Every gap between consecutive text deltas."""
+        t = self.token_times_ns
+        return [(b - a) / 1e9 for a, b in itertools.pairwise(t)]
+
+
+class _Attempt:
+    """One HTTP request and its reader task."""
+
+    __slots__ = (
+        "blocked", "custom_id", "decoder", "engine", "first_byte_ns", "first_token_ns", "headers",
+        "last_ns", "payload", "queue", "reader", "request_id", "resp", "started_ns", "status",
+        "timeouts", "timer", "url",
+    )
+
+    def __init__(self, engine: Engine, url: str, payload: bytes, headers: Mapping[str, str],
+                 custom_id: str | None, timeouts: Timeouts) -> None:
+        self.engine = engine
+        self.url = url
+        self.payload = payload
+        self.headers = headers
+        self.custom_id = custom_id
+        self.timeouts = timeouts
+        self.queue: asyncio.Queue[list[StreamEvent] | BaseException | None] = asyncio.Queue(
+            engine.queue_size)
+        self.decoder = EventDecoder()
+        self.resp: aiohttp.ClientResponse | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.status = 0
+        self.request_id: str | None = None
+        self.started_ns = time.perf_counter_ns()
+        self.first_byte_ns: int | None = None
+        self.first_token_ns: int | None = None
+        self.last_ns = self.started_ns
+        self.blocked = False  # the reader waits on a full queue: not the server's idle time
+        self.reader = asyncio.get_running_loop().create_task(self._read())
+        engine._readers.add(self.reader)  # noqa: SLF001 - the engine owns its readers
+        self.reader.add_done_callback(engine._readers.discard)  # noqa: SLF001
+
+    async def get(self) -> list[StreamEvent] | None:
+        """The next batch, None at a clean end; raises the stream's error."""
+        item = await self.queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def abort(self) -> None:
+        """Stop now (consumer gone or cancelled): drop the connection, never reuse it."""
+        self._disarm()
+        if not self.reader.done():
+            self.reader.cancel()
+        if self.resp is not None:
+            self.resp.close()  # synchronous: the connector holds nothing afterwards
+
+    # --- the reader task -------------------------------------------------------------------
+
+    async def _read(self) -> None:
+        try:
+            resp = await self._open()
+            self._arm()
+            await self._pump(resp)
+        except asyncio.CancelledError:
+            raise
+        except EngineError as exc:
+            self._tag(exc)
+            await self.queue.put(exc)
+        except aiohttp.ClientError as exc:
+            await self.queue.put(self._tag(TransportError(f"connection broke: {exc!r}")))
+        except Exception as exc:  # a bug, surfaced to the consumer rather than lost in a task
+            await self.queue.put(exc)
+        finally:
+            self._disarm()
+            if self.resp is not None:
+                self.resp.release()
+
+    async def _open(self) -> aiohttp.ClientResponse:
+        t = self.timeouts
+        limits = [s for s in (t.first_byte_s, t.total_s) if s is not None]
+        try:
+            async with asyncio.timeout(min(limits) if limits else None):
+                resp = await self.engine.session.post(
+                    self.url, data=self.payload, headers=self.headers)
+        except TimeoutError as exc:
+            if isinstance(exc, aiohttp.ConnectionTimeoutError):
+                raise ConnectTimeout(f"connect to {self.url} timed out") from exc
+            first_byte = t.first_byte_s is not None and (
+                t.total_s is None or t.first_byte_s <= t.total_s)
+            cls = FirstByteTimeout if first_byte else TotalTimeout
+            raise cls(f"no response headers within {min(limits)} s") from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise TransportError(f"cannot connect to {self.url}: {exc.os_error!r}") from exc
+        self.resp = resp
+        self.first_byte_ns = time.perf_counter_ns()
+        self.status = resp.status
+        self.request_id = resp.headers.get("x-request-id")
+        if resp.status >= 300:
+            raise await self._status_error(resp)
+        ctype = resp.headers.get("content-type", "")
+        if ctype.startswith(("text/html", "application/json")):
+            raise await self._not_a_stream(resp, ctype)
+        return resp
+
+    async def _pump(self, resp: aiohttp.ClientResponse) -> None:
+        parser = SSEParser(self.engine.max_event_bytes)
+        decoder = self.decoder
+        queue = self.queue
+        clock = time.perf_counter_ns
+        nbytes = 0
+        async for chunk in resp.content.iter_any():
+            now = self.last_ns = clock()
+            nbytes += len(chunk)
+            messages = parser.feed(chunk)
+            if not messages:
+                continue
+            events = decoder.decode(messages, now)
+            if events:
+                if self.first_token_ns is None:
+                    self._find_first_token(events)
+                if queue.full():
+                    self.blocked = True
+                    await queue.put(events)
+                    self.blocked = False
+                else:
+                    queue.put_nowait(events)
+            if decoder.finished:
+                await queue.put(_END)
+                await self._drain(resp)
+                return
+        parser.close()
+        if decoder.dialect is Dialect.CHAT and decoder.finish_reason is not None:
+            await queue.put(_END)  # a chat server that omits [DONE] after the last chunk
+            return
+        if decoder.dialect is None and nbytes:
+            raise ProtocolError("body is not an event stream", raw=b"", status=self.status)
+        raise StreamTruncated(
+            f"stream ended without a terminal event after {nbytes} bytes"
+            + (" (an unfinished event was discarded)" if parser.partial_discarded else ""))
+
+    async def _drain(self, resp: aiohttp.ClientResponse) -> None:
+        """Read to EOF after the last event so the connection can be reused."""
+        self._disarm()
+        try:
+            async with asyncio.timeout(DRAIN_S):
+                async for _ in resp.content.iter_any():
+                    pass
+        except (TimeoutError, aiohttp.ClientError):
+            resp.close()
+
+    def _find_first_token(self, events: list[StreamEvent]) -> None:
+        for ev in events:
+            if ev.text_delta:
+                self.first_token_ns = ev.received_ns
+                return
+
+    # --- the watchdog ----------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        t = self.timeouts
+        if t.idle_s is None and t.total_s is None and t.first_token_s is None:
+            return
+        self._check()
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _check(self) -> None:
+        """Fire the earliest expired deadline, or sleep until the next one."""
+        now = time.perf_counter_ns()
+        t = self.timeouts
+        deadlines: list[tuple[int, type[EngineTimeout], str]] = []
+        if t.total_s is not None:
+            deadlines.append((self.started_ns + int(t.total_s * 1e9), TotalTimeout,
+                              f"stream exceeded its total limit of {t.total_s} s"))
+        if t.first_token_s is not None and self.first_token_ns is None:
+            deadlines.append((self.started_ns + int(t.first_token_s * 1e9), FirstTokenTimeout,
+                              f"no token within {t.first_token_s} s"))
+        if t.idle_s is not None:
+            start = now if self.blocked else self.last_ns
+            deadlines.append((start + int(t.idle_s * 1e9), IdleTimeout,
+                              f"no data for {t.idle_s} s"))
+        when, cls, message = min(deadlines, key=lambda d: d[0])
+        if when <= now and self.resp is not None:
+            self.timer = None
+            self.resp.content.set_exception(self._tag(cls(message)))
+            return
+        self.timer = asyncio.get_running_loop().call_later((when - now) / 1e9, self._check)
+
+    # --- errors ----------------------------------------------------------------------------
+
+    def _tag(self, exc: EngineError) -> EngineError:
+        exc.request_id = exc.request_id or self.request_id
+        exc.custom_id = exc.custom_id or self.custom_id
+        return exc
+
+    async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            async with asyncio.timeout(10):
+                return await resp.content.read(ERROR_BODY_LIMIT)
+        return b""
+
+    async def _status_error(self, resp: aiohttp.ClientResponse) -> APIStatusError:
+        raw = await self._read_capped(resp)
+        body: Any
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = raw.decode("utf-8", "replace")
+        err = body.get("error") if isinstance(body, dict) else None
+        message = err.get("message") if isinstance(err, dict) else None
+        cls = status_error_class(resp.status)
+        return cls(
+            f"HTTP {resp.status}: {message or body or resp.reason}",
+            status=resp.status, body=body, request_id=self.request_id,
+            custom_id=self.custom_id, retry_after_s=parse_retry_after(resp.headers),
+        )
+
+    async def _not_a_stream(self, resp: aiohttp.ClientResponse, ctype: str) -> EngineError:
+        raw = await self._read_capped(resp)
+        if ctype.startswith("application/json"):
+            with contextlib.suppress(orjson.JSONDecodeError):
+                body = orjson.loads(raw)
+                err = body.get("error") if isinstance(body, dict) else None
+                if err:
+                    message = err.get("message") if isinstance(err, dict) else err
+                    return ErrorEvent(f"server answered with an error object: {message}",
+                                      data=body)
+        return ProtocolError(f"expected text/event-stream, got {ctype!r} (HTTP {resp.status})",
+                             raw=raw, status=resp.status)
+
+
+class Engine:
+    """Streams requests to an OpenAI-compatible endpoint over one pooled aiohttp session.
+
+    `base_url` and `api_key` default to `OPENAI_BASE_URL` / `OPENAI_API_KEY`.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        max_connections: int = 256,
+        max_connections_per_host: int | None = None,
+        timeouts: Timeouts | None = None,
+        retry: RetryPolicy | None = None,
+        queue_size: int = 64,
+        max_event_bytes: int = MAX_EVENT_BYTES,
+        headers: Mapping[str, str] | None = None,
+        keepalive_s: float = 30.0,
+    ) -> None:
+        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+                         ).rstrip("/")
+        self.__api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        if max_connections < 1:
+            raise ConfigError("max_connections must be at least 1")
+        self.max_connections = max_connections
+        self.max_connections_per_host = max_connections_per_host or max_connections
+        self.timeouts = timeouts or Timeouts()
+        self.retry = retry or RetryPolicy()
+        self.queue_size = queue_size
+        self.max_event_bytes = max_event_bytes
+        self.keepalive_s = keepalive_s
+        self._extra_headers = dict(headers or {})
+        self._session: aiohttp.ClientSession | None = None
+        self._readers: set[asyncio.Task[None]] = set()
+        self._active = 0
+
+    def __repr__(self) -> str:
+        used = 0
+        if self._session is not None:
+            connector = self._session.connector
+            used = len(getattr(connector, "_acquired", ()))
+        queued = max(self._active - used, 0)
+        return (f"<Engine {self.base_url} [streams: {self._active} active, {queued} queued | "
+                f"pool: {used}/{self.max_connections}]>")
+
+    async def __aenter__(self) -> Self:
+        _ = self.session
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The pooled session, created on first use inside the running loop."""
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self.max_connections,
+                limit_per_host=self.max_connections_per_host,
+                keepalive_timeout=self.keepalive_s,
+                ttl_dns_cache=300,
+            )
+            headers = {"Accept": "text/event-stream", "Content-Type": "application/json",
+                       **self._extra_headers}
+            if self.__api_key:
+                headers["Authorization"] = f"Bearer {self.__api_key}"
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers=headers,
+                # The phases are enforced by the engine; aiohttp's 300 s total must not apply.
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect_s),
+                auto_decompress=False,
+            )
+        return self._session
+
+    @property
+    def connections_in_use(self) -> int:
+        """Connections currently checked out of the pool (0 when every stream released)."""
+        if self._session is None:
+            return 0
+        return len(getattr(self._session.connector, "_acquired", ()))
+
+    async def aclose(self) -> None:
+        """Stop every reader and close the pool."""
+        for task in list(self._readers):
+            task.cancel()
+        if self._readers:
+            await asyncio.gather(*self._readers, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def url_for(self, body: Mapping[str, Any],
+                endpoint: str | Dialect | None) -> tuple[str, Dialect]:
+        """The URL and the response shape for a body (`messages` means chat)."""
+        if endpoint is None:
+            shape = Dialect.CHAT if "messages" in body else Dialect.RESPONSES
+            return self.base_url + ENDPOINT_PATHS[shape], shape
+        if endpoint in (Dialect.RESPONSES, Dialect.CHAT):
+            shape = Dialect(endpoint)
+            return self.base_url + ENDPOINT_PATHS[shape], shape
+        path = str(endpoint)
+        if not path.startswith("/"):
+            raise ConfigError(f"endpoint must be 'responses', 'chat' or a path, not {path!r}")
+        shape = Dialect.CHAT if path.endswith("/chat/completions") else Dialect.RESPONSES
+        return self.base_url + path, shape
+
+    def _payload(self, body: Mapping[str, Any], shape: Dialect) -> bytes:
+        if not isinstance(body, Mapping):
+            raise ConfigError(f"request body must be a JSON object, not {type(body).__name__}")
+        body = dict(body)
+        body["stream"] = True
+        if shape is Dialect.CHAT and "stream_options" not in body:
+            body["stream_options"] = {"include_usage": True}  # usage is part of every result
+        return orjson.dumps(body)
+
+    def _retry_delay(self, exc: EngineError, attempt: int) -> float | None:
+        """Seconds to wait before retrying, or None when `exc` must not be retried."""
+        if attempt >= self.retry.max_retries:
+            return None
+        if isinstance(exc, APIStatusError):
+            if not (exc.status in RETRY_STATUSES or exc.status >= 500):
+                return None
+            if exc.retry_after_s is not None:
+                return min(exc.retry_after_s, self.retry.max_retry_after_s)
+        elif not isinstance(exc, TransportError | ConnectTimeout | FirstByteTimeout
+                            | IdleTimeout | FirstTokenTimeout | StreamTruncated):
+            return None
+        return backoff_delay(attempt, self.retry.base_s, self.retry.cap_s)
+
+    async def _batches(self, handle: _Handle) -> AsyncGenerator[list[StreamEvent], None]:
+        """Batches of one request's events, with retries before the first event."""
+        while True:
+            attempt = _Attempt(self, handle.url, handle.payload, handle.headers,
+                               handle.custom_id, handle.timeouts)
+            handle.attempt = attempt
+            handle.attempts += 1
+            try:
+                batch = await attempt.get()
+            except EngineError as exc:
+                attempt.abort()
+                delay = self._retry_delay(exc, handle.attempts - 1)
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+                continue
+            except BaseException:
+                attempt.abort()
+                raise
+            try:
+                while batch is not None:
+                    handle.finished_ns = batch[-1].received_ns  # e2e ends at arrival
+                    yield batch
+                    batch = await attempt.get()
+            finally:
+                if not attempt.decoder.finished:
+                    attempt.abort()  # consumer left early or the stream failed
+            return
+
+    def _handle(self, body: Mapping[str, Any], endpoint: str | Dialect | None,
+                custom_id: str | None, headers: Mapping[str, str] | None,
+                timeouts: Timeouts | None) -> _Handle:
+        url, shape = self.url_for(body, endpoint)
+        return _Handle(url, shape, self._payload(body, shape), dict(headers or {}), custom_id,
+                       timeouts or self.timeouts)
+
+    async def stream(
+        self,
+        body: Mapping[str, Any],
+        *,
+        endpoint: str | Dialect | None = None,
+        custom_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeouts: Timeouts | None = None,
+    ) -> AsyncIterator[StreamEvent]:
+        """Yield the events of one streamed request. A failure (error event, failed or
+        incomplete response, truncated stream) is raised after its event was yielded."""
+        handle = self._handle(body, endpoint, custom_id, headers, timeouts)
+        self._active += 1
+        try:
+            async with contextlib.aclosing(self._batches(handle)) as batches:
+                async for batch in batches:
+                    for event in batch:
+                        yield event
+            handle.raise_for_outcome()
+        finally:
+            self._active -= 1
+
+    async def run(
+        self,
+        body: Mapping[str, Any],
+        *,
+        handlers: Iterable[Handler] = (),
+        endpoint: str | Dialect | None = None,
+        custom_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeouts: Timeouts | None = None,
+    ) -> StreamResult:
+        """Stream one request through `handlers` and return the assembled result."""
+        handle = self._handle(body, endpoint, custom_id, headers, timeouts)
+        assembler = ResponseAssembler(handle.shape)
+        timing = TimingRecorder()
+        sync, run_async = split_handlers([assembler, timing, *handlers])
+        count = 0
+        self._active += 1
+        try:
+            async with contextlib.aclosing(self._batches(handle)) as batches:
+                async for batch in batches:
+                    count += len(batch)
+                    for event in batch:
+                        for fn in sync:
+                            fn(event)
+                        for afn in run_async:
+                            pending = afn(event)
+                            if pending is not None:
+                                await pending
+            handle.raise_for_outcome()
+        except EngineError as exc:  # e.g. a malformed event found by a handler's lazy decode
+            exc.custom_id = exc.custom_id or custom_id
+            if handle.attempt is not None:
+                exc.request_id = exc.request_id or handle.attempt.request_id
+            raise
+        finally:
+            self._active -= 1
+        attempt = handle.attempt
+        assert attempt is not None  # noqa: S101 - _batches ran at least once
+        return StreamResult(
+            text=assembler.text, usage=assembler.usage, response=assembler.response(),
+            events=count, status=attempt.status, request_id=attempt.request_id,
+            custom_id=custom_id, dialect=attempt.decoder.dialect, attempts=handle.attempts,
+            started_ns=attempt.started_ns, first_byte_ns=attempt.first_byte_ns,
+            first_token_ns=attempt.first_token_ns, finished_ns=handle.finished_ns,
+            token_times_ns=timing.token_times_ns,
+        )
+
+
+@dataclass(slots=True)
+class _Handle:
+    """One logical request across its attempts."""
+
+    url: str
+    shape: Dialect
+    payload: bytes
+    headers: dict[str, str]
+    custom_id: str | None
+    timeouts: Timeouts
+    attempt: _Attempt | None = None
+    attempts: int = 0
+    finished_ns: int = 0
+
+    def raise_for_outcome(self) -> None:
+        """Turn a stream that ended with a failure event into its typed error."""
+        attempt = self.attempt
+        if attempt is None:
+            return
+        terminal = attempt.decoder.terminal
+        error = terminal.error() if terminal is not None else None
+        if error is not None:
+            raise attempt._tag(error)  # noqa: SLF001 - same module

@@ -1,0 +1,248 @@
+"""Stream events of both dialects, decoded lazily.
+
+`StreamEvent.type` comes from the SSE `event:` field when the server sends one (the Responses
+API does), so a consumer that only looks at types never pays for JSON. Without an `event:`
+field (Chat Completions, some gateways) the JSON is decoded once to learn the type, and kept.
+
+The dialect is detected per stream from the bytes, not the URL: gateways answer `/responses`
+with chat chunks, send `data: [DONE]` after `response.completed`, omit `sequence_number`, or
+report `status: "incomplete"` inside `response.completed` (vLLM). `[DONE]` ends a stream
+without being an event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from engine.errors import (
+    ErrorEvent,
+    ProtocolError,
+    ResponseFailed,
+    ResponseIncomplete,
+    StreamError,
+)
+
+if TYPE_CHECKING:
+    from engine.sse import SSEMessage
+
+__all__ = [
+    "CHAT_CHUNK",
+    "Dialect",
+    "EventDecoder",
+    "StreamEvent",
+    "Usage",
+    "decode_json",
+]
+
+CHAT_CHUNK = "chat.completion.chunk"
+TEXT_DELTA = "response.output_text.delta"
+TERMINAL_TYPES = frozenset(
+    {"response.completed", "response.failed", "response.incomplete", "error"}
+)
+_DONE = b"[DONE]"
+
+
+class Dialect(StrEnum):
+    RESPONSES = "responses"
+    CHAT = "chat"
+
+
+def decode_json(raw: bytes) -> Any:
+    """orjson, with the spec's U+FFFD decoding as the fallback for invalid UTF-8."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        try:
+            return orjson.loads(raw.decode("utf-8", "replace"))
+        except orjson.JSONDecodeError as exc:
+            raise ProtocolError(f"event data is not valid JSON ({exc})", raw=raw) from None
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token usage, normalised across dialects."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+
+    @classmethod
+    def from_payload(cls, usage: Any) -> Usage | None:
+        """From a Responses `usage` or a Chat `usage` object (prompt/completion tokens)."""
+        if not isinstance(usage, dict):
+            return None
+        inp = usage.get("input_tokens", usage.get("prompt_tokens")) or 0
+        out = usage.get("output_tokens", usage.get("completion_tokens")) or 0
+        total = usage.get("total_tokens") or inp + out
+        return cls(int(inp), int(out), int(total))
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+@dataclass(slots=True)
+class StreamEvent:
+    """One event of a stream. `received_ns` is the perf_counter_ns of its chunk's arrival."""
+
+    type: str
+    raw: bytes
+    received_ns: int
+    decoded: Any = None
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The event's JSON object, decoded on first use."""
+        data = self.decoded
+        if data is None:
+            data = self.decoded = decode_json(self.raw)
+            if not isinstance(data, dict):
+                raise ProtocolError("event data is not a JSON object", raw=self.raw)
+        return data  # type: ignore[no-any-return]
+
+    @property
+    def text_delta(self) -> str | None:
+        """The text this event adds to the output (Responses delta or chat content), or None."""
+        typ = self.type
+        if typ == TEXT_DELTA:
+            delta = self.data.get("delta")
+            return delta if isinstance(delta, str) else None
+        if typ == CHAT_CHUNK:
+            choices = self.data.get("choices")
+            if choices:
+                first = choices[0]
+                if isinstance(first, dict) and first.get("index", 0) == 0:
+                    content = (first.get("delta") or {}).get("content")
+                    return content if isinstance(content, str) else None
+        return None
+
+    @property
+    def sequence_number(self) -> int | None:
+        seq = self.data.get("sequence_number")
+        return seq if isinstance(seq, int) else None
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for the event that ends a Responses stream (completed, failed, ...)."""
+        return self.type in TERMINAL_TYPES
+
+    @property
+    def response(self) -> dict[str, Any] | None:
+        """The `response` object carried by `response.*` lifecycle events."""
+        response = self.data.get("response") if self.type.startswith("response.") else None
+        return response if isinstance(response, dict) else None
+
+    @property
+    def usage(self) -> Usage | None:
+        """Normalised usage, from `response.completed`-like events or a chat usage chunk."""
+        if self.type == CHAT_CHUNK:
+            return Usage.from_payload(self.data.get("usage"))
+        response = self.response
+        return Usage.from_payload(response.get("usage")) if response else None
+
+    def error(self) -> StreamError | None:
+        """The typed failure this event reports, if any (`error`, failed, incomplete)."""
+        typ = self.type
+        if typ == "error" or (typ == CHAT_CHUNK and "error" in self.data):
+            err = self.data.get("error", self.data)
+            err = err if isinstance(err, dict) else {"message": str(err)}
+            return ErrorEvent(
+                f"server sent an error event: {err.get('message') or err}",
+                data=self.data, code=_str_or_none(err.get("code")),
+            )
+        if typ not in TERMINAL_TYPES:
+            return None
+        response = self.response or {}
+        status = response.get("status")
+        if typ == "response.failed" or status == "failed":
+            err = response.get("error") or {}
+            return ResponseFailed(
+                f"response failed: {err.get('message') or err or 'no reason given'}",
+                data=self.data, code=_str_or_none(err.get("code")),
+            )
+        if typ == "response.incomplete" or status == "incomplete":
+            reason = (response.get("incomplete_details") or {}).get("reason")
+            return ResponseIncomplete(
+                f"response incomplete: {reason or 'no reason given'}",
+                data=self.data, code=_str_or_none(reason),
+            )
+        return None
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready view for writers: type, arrival time and the decoded data."""
+        return {"type": self.type, "received_ns": self.received_ns, "data": self.data}
+
+
+def _finish_reason(data: dict[str, Any]) -> str | None:
+    for choice in data.get("choices") or ():
+        if isinstance(choice, dict) and choice.get("finish_reason"):
+            return str(choice["finish_reason"])
+    return None
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+class EventDecoder:
+    """Turns one stream's SSE messages into StreamEvents and tracks its dialect and end."""
+
+    __slots__ = ("dialect", "done", "finish_reason", "terminal")
+
+    def __init__(self) -> None:
+        self.dialect: Dialect | None = None
+        self.finish_reason: str | None = None  # chat: the last chunk's reason, once seen
+        self.done = False  # `data: [DONE]` seen
+        self.terminal: StreamEvent | None = None
+
+    @property
+    def finished(self) -> bool:
+        """The stream has said its last word: a terminal event, or [DONE]."""
+        return self.done or self.terminal is not None
+
+    def decode(self, messages: list[SSEMessage], received_ns: int) -> list[StreamEvent]:
+        out: list[StreamEvent] = []
+        for msg in messages:
+            name = msg.event
+            if name != "message":
+                event = StreamEvent(name, msg.raw, received_ns)
+            elif msg.raw == _DONE:
+                self.done = True  # ends the stream; not an event
+                continue
+            else:
+                event = self._untyped(msg.raw, received_ns)
+            typ = event.type
+            if self.dialect is None:
+                if typ == CHAT_CHUNK:
+                    self.dialect = Dialect.CHAT
+                elif typ.startswith("response."):
+                    self.dialect = Dialect.RESPONSES
+            if typ in TERMINAL_TYPES and self.terminal is None:
+                self.terminal = event
+            elif typ == CHAT_CHUNK and self.finish_reason is None:
+                self.finish_reason = _finish_reason(event.data)
+            out.append(event)
+        return out
+
+    @staticmethod
+    def _untyped(raw: bytes, received_ns: int) -> StreamEvent:
+        """An event without an `event:` field: its type is in the JSON (decoded once)."""
+        data = decode_json(raw)
+        if not isinstance(data, dict):
+            raise ProtocolError("event data is not a JSON object", raw=raw)
+        typ = data.get("type")
+        if not isinstance(typ, str):
+            if data.get("object") == CHAT_CHUNK:
+                typ = CHAT_CHUNK
+            elif "error" in data:
+                typ = "error"
+            else:
+                raise ProtocolError("event has neither a type nor a known object", raw=raw)
+        return StreamEvent(typ, raw, received_ns, data)

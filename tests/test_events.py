@@ -1,0 +1,149 @@
+"""StreamEvent and EventDecoder: dialects, laziness, terminal outcomes, usage."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from engine.errors import ErrorEvent, ProtocolError, ResponseFailed, ResponseIncomplete
+from engine.events import Dialect, EventDecoder, StreamEvent, Usage, decode_json
+from engine.sse import SSEParser
+
+
+def decode(raw: bytes) -> tuple[EventDecoder, list[StreamEvent]]:
+    decoder = EventDecoder()
+    parser = SSEParser()
+    return decoder, decoder.decode(parser.feed(raw), 123)
+
+
+def typed(data: dict[str, object]) -> bytes:
+    return b"event: " + str(data["type"]).encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+def untyped(data: object) -> bytes:
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+COMPLETED = {"type": "response.completed", "sequence_number": 3,
+             "response": {"id": "resp_1", "status": "completed",
+                          "usage": {"input_tokens": 5, "output_tokens": 2, "total_tokens": 7}}}
+DELTA = {"type": "response.output_text.delta", "sequence_number": 1, "delta": "Hi"}
+CHAT = {"object": "chat.completion.chunk", "id": "c1",
+        "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}]}
+
+
+def test_responses_stream_is_lazy_until_data_is_read() -> None:
+    decoder, events = decode(typed(DELTA) + typed(COMPLETED))
+    assert [e.type for e in events] == ["response.output_text.delta", "response.completed"]
+    assert all(e.decoded is None for e in events)  # types came from `event:` lines
+    assert events[0].received_ns == 123
+    assert events[0].text_delta == "Hi"
+    assert events[0].sequence_number == 1
+    assert decoder.dialect is Dialect.RESPONSES
+    assert decoder.terminal is events[1]
+    assert decoder.finished
+    assert events[1].usage == Usage(5, 2, 7)
+    assert events[1].error() is None
+    assert events[1].is_terminal
+
+
+def test_responses_without_event_lines_llama_cpp_style() -> None:
+    raw = untyped({k: v for k, v in DELTA.items() if k != "sequence_number"}) + untyped(COMPLETED)
+    decoder, events = decode(raw)
+    assert [e.type for e in events] == ["response.output_text.delta", "response.completed"]
+    assert events[0].sequence_number is None
+    assert events[0].text_delta == "Hi"
+    assert decoder.dialect is Dialect.RESPONSES
+
+
+def test_done_ends_without_being_an_event() -> None:
+    decoder, events = decode(typed(COMPLETED) + b"data: [DONE]\n\n")
+    assert [e.type for e in events] == ["response.completed"]
+    assert decoder.done
+
+
+def test_chat_chunks_and_usage() -> None:
+    usage_chunk = {"object": "chat.completion.chunk", "choices": [],
+                   "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}
+    last = {**CHAT, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}
+    decoder, events = decode(untyped(CHAT) + untyped(last) + untyped(usage_chunk)
+                             + b"data: [DONE]\n\n")
+    assert decoder.dialect is Dialect.CHAT
+    assert decoder.finish_reason == "length"
+    assert [e.text_delta for e in events] == ["Hi", None, None]
+    assert events[2].usage == Usage(3, 4, 7)
+    assert events[0].usage is None
+    assert decoder.done
+    assert decoder.terminal is None
+
+
+def test_chat_choice_other_than_first_is_not_text() -> None:
+    chunk = {**CHAT, "choices": [{"index": 1, "delta": {"content": "x"}}]}
+    _, events = decode(untyped(chunk))
+    assert events[0].text_delta is None
+
+
+@pytest.mark.parametrize(("raw", "cls", "match"), [
+    (typed({"type": "error", "code": "server_error", "message": "boom"}), ErrorEvent, "boom"),
+    (untyped({"error": {"message": "overloaded", "code": 503}}), ErrorEvent, "overloaded"),
+    (typed({"type": "response.failed", "response": {"status": "failed",
+            "error": {"code": "server_error", "message": "model crashed"}}}),
+     ResponseFailed, "model crashed"),
+    (typed({"type": "response.incomplete", "response": {"status": "incomplete",
+            "incomplete_details": {"reason": "max_output_tokens"}}}),
+     ResponseIncomplete, "max_output_tokens"),
+    # vLLM reports an incomplete response inside response.completed
+    (typed({"type": "response.completed", "response": {"status": "incomplete",
+            "incomplete_details": {"reason": "length"}}}), ResponseIncomplete, "length"),
+    (typed({"type": "response.failed", "response": {}}), ResponseFailed, "no reason given"),
+])
+def test_terminal_failures_are_typed(raw: bytes, cls: type[Exception], match: str) -> None:
+    decoder, events = decode(raw)
+    assert decoder.finished
+    error = events[-1].error()
+    assert isinstance(error, cls)
+    assert match in str(error)
+
+
+def test_non_terminal_event_has_no_error() -> None:
+    _, events = decode(typed(DELTA))
+    assert events[0].error() is None
+    assert events[0].response is None
+    assert events[0].usage is None
+
+
+def test_malformed_json_is_a_protocol_error_with_snippet() -> None:
+    _, events = decode(b"event: response.output_text.delta\ndata: {\"delta\": \"a\n\n")
+    with pytest.raises(ProtocolError, match="not valid JSON"):
+        _ = events[0].text_delta
+    with pytest.raises(ProtocolError, match="not valid JSON"):
+        decode(b"data: {oops\n\n")
+
+
+def test_non_object_json_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match="not a JSON object"):
+        decode(b"data: [1, 2]\n\n")
+    _, events = decode(b"event: x\ndata: 3\n\n")
+    with pytest.raises(ProtocolError, match="not a JSON object"):
+        _ = events[0].data
+
+
+def test_untyped_unknown_object_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match="neither a type"):
+        decode(untyped({"hello": 1}))
+
+
+def test_invalid_utf8_decodes_with_replacement() -> None:
+    assert decode_json(b'{"delta": "a\xffb"}') == {"delta": "a\ufffdb"}
+
+
+def test_usage_from_payload() -> None:
+    assert Usage.from_payload(None) is None
+    assert Usage.from_payload({"input_tokens": 2, "output_tokens": 3}) == Usage(2, 3, 5)
+    assert Usage(1, 2, 3).as_dict() == {"input_tokens": 1, "output_tokens": 2,
+                                        "total_tokens": 3}
+
+
+def test_as_dict_for_writers() -> None:
+    _, events = decode(typed(DELTA))
+    assert events[0].as_dict() == {"type": DELTA["type"], "received_ns": 123, "data": DELTA}
