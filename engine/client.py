@@ -52,7 +52,7 @@ DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
 ENDPOINT_PATHS: Final = {Dialect.RESPONSES: "/responses", Dialect.CHAT: "/chat/completions"}
 RETRY_STATUSES: Final = frozenset({408, 409, 429})
 ERROR_BODY_LIMIT: Final = 64 * 1024
-DRAIN_S: Final = 5.0  # how long a finished stream may take to reach EOF and free its connection
+DRAIN_S: Final = 2.0  # how long a finished stream may take to reach EOF and free its connection
 _END: Final = None  # queue item: the stream ended cleanly
 
 
@@ -171,6 +171,9 @@ class _Attempt:
             resp = await self._open()
             self._arm()
             await self._pump(resp)
+            self._disarm()
+            resp.release()  # at EOF: the connection is back in the pool before the consumer ends
+            await self.queue.put(_END)
         except asyncio.CancelledError:
             raise
         except EngineError as exc:
@@ -235,13 +238,11 @@ class _Attempt:
                 else:
                     queue.put_nowait(events)
             if decoder.finished:
-                await queue.put(_END)
                 await self._drain(resp)
                 return
         parser.close()
         if decoder.dialect is Dialect.CHAT and decoder.finish_reason is not None:
-            await queue.put(_END)  # a chat server that omits [DONE] after the last chunk
-            return
+            return  # a chat server that omits [DONE] after the last chunk
         if decoder.dialect is None and nbytes:
             raise ProtocolError("body is not an event stream", raw=b"", status=self.status)
         raise StreamTruncated(
@@ -498,8 +499,8 @@ class Engine:
                     yield batch
                     batch = await attempt.get()
             finally:
-                if not attempt.decoder.finished:
-                    attempt.abort()  # consumer left early or the stream failed
+                if not attempt.reader.done():
+                    attempt.abort()  # consumer left early or failed: drop the connection
             return
 
     def _handle(self, body: Mapping[str, Any], endpoint: str | Dialect | None,

@@ -1,0 +1,309 @@
+"""Engine against the real mock endpoint on 127.0.0.1: both dialects, faults, timeouts, retries."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import time
+from typing import Any
+
+import orjson
+import pytest
+
+from engine.client import Engine, RetryPolicy, Timeouts
+from engine.errors import (
+    AuthenticationError,
+    BadRequestError,
+    ErrorEvent,
+    FirstTokenTimeout,
+    IdleTimeout,
+    InternalServerError,
+    ProtocolError,
+    RateLimitError,
+    ResponseFailed,
+    ResponseIncomplete,
+    StreamTruncated,
+    TransportError,
+)
+from engine.events import Dialect, StreamEvent
+from engine.handlers import Callback, JSONLWriter, TextCollector
+
+FAST_RETRY = RetryPolicy(max_retries=2, base_s=0.001, cap_s=0.01)
+RESPONSES_BODY = {"model": "m", "input": "Hello there", "max_output_tokens": 12}
+CHAT_BODY = {"model": "m", "messages": [{"role": "user", "content": "Hello there"}],
+             "max_tokens": 12}
+
+
+def fault(kind: str) -> dict[str, str]:
+    return {"x-mock-fault": kind}
+
+
+async def test_run_responses(base_url: str) -> None:
+    async with Engine(base_url=base_url, api_key="sk-x") as eng:
+        result = await eng.run(RESPONSES_BODY, custom_id="r1")
+    assert result.status == 200
+    assert result.dialect is Dialect.RESPONSES
+    assert result.usage is not None
+    assert result.usage.output_tokens == 12
+    assert len(result.token_times_ns) == 12  # one text delta per token
+    assert result.text
+    assert result.response["status"] == "completed"
+    assert result.response["output"][0]["content"][0]["text"] == result.text
+    assert result.ttft_s is not None
+    assert 0 < result.ttft_s <= result.e2e_s
+    assert result.request_id
+    assert result.custom_id == "r1"
+    assert result.attempts == 1
+    assert result.events >= 12 + 8
+
+
+async def test_run_chat_normalises_usage_and_shape(base_url: str, mock_server: Any) -> None:
+    async with Engine(base_url=base_url) as eng:
+        result = await eng.run(CHAT_BODY)
+    assert result.dialect is Dialect.CHAT
+    assert result.usage is not None
+    assert result.usage.output_tokens == 12
+    assert result.usage.total_tokens == result.usage.input_tokens + 12
+    assert result.response["object"] == "chat.completion"
+    assert result.response["choices"][0]["message"]["content"] == result.text
+    sent = mock_server.stats.last_body
+    assert sent["stream"] is True
+    assert sent["stream_options"] == {"include_usage": True}
+
+
+async def test_stream_yields_events_in_order(base_url: str) -> None:
+    async with Engine(base_url=base_url) as eng:
+        events = [ev async for ev in eng.stream(RESPONSES_BODY)]
+    types = [e.type for e in events]
+    assert types[0] == "response.created"
+    assert types[-1] == "response.completed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    times = [e.received_ns for e in events]
+    assert times == sorted(times)
+
+
+async def test_endpoint_override_and_env(base_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
+    async with Engine() as eng:
+        assert eng.base_url == base_url
+        result = await eng.run({"model": "m", "input": "x", "max_output_tokens": 3},
+                               endpoint="/responses")
+        chat = await eng.run({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                              "max_tokens": 3}, endpoint="chat")
+    assert result.response["object"] == "response"
+    assert chat.response["object"] == "chat.completion"
+
+
+@pytest.mark.parametrize("kind", ["bom", "crlf", "comments", "done-after"])
+async def test_gateway_quirks_give_the_same_result(base_url: str, kind: str) -> None:
+    async with Engine(base_url=base_url) as eng:
+        plain = await eng.run(RESPONSES_BODY)
+        quirky = await eng.run(RESPONSES_BODY, headers=fault(kind))
+    assert quirky.text == plain.text
+    assert quirky.usage == plain.usage
+
+
+async def test_chat_on_responses_gives_a_responses_object(base_url: str) -> None:
+    async with Engine(base_url=base_url) as eng:
+        plain = await eng.run(RESPONSES_BODY)
+        result = await eng.run(RESPONSES_BODY, headers=fault("chat-on-responses"))
+    assert result.dialect is Dialect.CHAT
+    assert result.text == plain.text
+    assert result.response["object"] == "response"
+    assert result.response["output"][0]["content"][0]["text"] == plain.text
+
+
+@pytest.mark.parametrize(("kind", "cls"), [
+    ("error-event", ErrorEvent),
+    ("failed", ResponseFailed),
+    ("incomplete", ResponseIncomplete),
+    ("malformed", ProtocolError),
+    ("html", ProtocolError),
+])
+async def test_stream_failures_are_typed(base_url: str, kind: str, cls: type[Exception]) -> None:
+    async with Engine(base_url=base_url, retry=FAST_RETRY) as eng:
+        with pytest.raises(cls) as info:
+            await eng.run(RESPONSES_BODY, headers=fault(kind), custom_id="job-7")
+        assert eng.connections_in_use == 0
+    err = info.value
+    assert getattr(err, "custom_id", None) == "job-7"
+    assert getattr(err, "request_id", None)
+    assert "job-7" in str(err)
+
+
+async def test_html_page_names_status_and_content(base_url: str) -> None:
+    async with Engine(base_url=base_url) as eng:
+        with pytest.raises(ProtocolError, match="text/html") as info:
+            await eng.run(RESPONSES_BODY, headers=fault("html"))
+    assert info.value.status == 200
+    assert info.value.raw
+
+
+async def test_status_errors_are_typed_and_retried(mock_server: Any, base_url: str) -> None:
+    async with Engine(base_url=base_url, retry=FAST_RETRY) as eng:
+        before = sum(mock_server.stats.requests.values())
+        with pytest.raises(RateLimitError) as info:
+            await eng.run(RESPONSES_BODY, headers=fault("429"))
+        assert sum(mock_server.stats.requests.values()) - before == 3  # 1 + 2 retries
+        assert info.value.status == 429
+        assert info.value.retry_after_s is not None
+        assert info.value.body["error"]["message"]
+        with pytest.raises(InternalServerError):
+            await eng.run(RESPONSES_BODY, headers=fault("503"))
+        before = sum(mock_server.stats.requests.values())
+        with pytest.raises(BadRequestError):
+            await eng.run({"model": "m"})  # no input: 400, never retried
+        assert sum(mock_server.stats.requests.values()) - before == 1
+
+
+async def test_reset_before_headers_is_a_retried_transport_error(mock_server: Any,
+                                                                base_url: str) -> None:
+    async with Engine(base_url=base_url, retry=FAST_RETRY) as eng:
+        before = sum(mock_server.stats.requests.values())
+        with pytest.raises(TransportError):
+            await eng.run(RESPONSES_BODY, headers=fault("reset"))
+        assert sum(mock_server.stats.requests.values()) - before == 3
+        assert eng.connections_in_use == 0
+
+
+async def test_disconnect_after_events_is_not_retried(mock_server: Any, base_url: str) -> None:
+    async with Engine(base_url=base_url, retry=FAST_RETRY) as eng:
+        before = sum(mock_server.stats.requests.values())
+        with pytest.raises((TransportError, StreamTruncated)):
+            await eng.run(RESPONSES_BODY, headers=fault("disconnect:5"))
+        assert sum(mock_server.stats.requests.values()) - before == 1  # output reached a handler
+        assert eng.connections_in_use == 0
+
+
+async def test_idle_timeout_on_stall(base_url: str) -> None:
+    timeouts = Timeouts(idle_s=0.2)
+    async with Engine(base_url=base_url, timeouts=timeouts, retry=FAST_RETRY) as eng:
+        with pytest.raises(IdleTimeout):
+            await eng.run(RESPONSES_BODY, headers=fault("stall:6"))
+        assert eng.connections_in_use == 0
+
+
+async def test_first_token_timeout(base_url: str) -> None:
+    timeouts = Timeouts(idle_s=None, first_token_s=0.2)
+    async with Engine(base_url=base_url, timeouts=timeouts,
+                      retry=RetryPolicy(max_retries=0)) as eng:
+        with pytest.raises(FirstTokenTimeout):
+            await eng.run(RESPONSES_BODY, headers=fault("stall:2"))
+
+
+async def test_slow_consumer_is_backpressure_not_idle(base_url: str) -> None:
+    async with Engine(base_url=base_url, timeouts=Timeouts(idle_s=0.1), queue_size=1) as eng:
+        seen = 0
+        async for _ in eng.stream(RESPONSES_BODY):
+            seen += 1
+            if seen == 1:
+                await asyncio.sleep(0.4)  # a slow handler; the reader waits on the full queue
+    assert seen > 12
+
+
+async def test_cancel_mid_stream_releases_connection(base_url: str) -> None:
+    got_one = asyncio.Event()
+
+    async def consume(eng: Engine) -> None:
+        async for _ in eng.stream(RESPONSES_BODY, headers={"x-mock-itl-ms": "50"}):
+            got_one.set()
+
+    async with Engine(base_url=base_url) as eng:
+        task = asyncio.create_task(consume(eng))
+        await asyncio.wait_for(got_one.wait(), 10)
+        assert eng.connections_in_use == 1
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert eng.connections_in_use == 0
+
+
+async def test_break_early_releases_connection(base_url: str) -> None:
+    async with Engine(base_url=base_url) as eng:
+        async with contextlib.aclosing(eng.stream(RESPONSES_BODY)) as events:
+            async for _ in events:
+                break
+        assert eng.connections_in_use == 0
+
+
+async def test_connection_is_reused(base_url: str) -> None:
+    async with Engine(base_url=base_url, max_connections=1) as eng:
+        for _ in range(5):
+            await eng.run(RESPONSES_BODY)
+        connector = eng.session.connector
+        assert connector is not None
+        assert eng.connections_in_use == 0
+        assert sum(len(v) for v in connector._conns.values()) == 1
+
+
+async def test_many_concurrent_streams(base_url: str) -> None:
+    async with Engine(base_url=base_url, max_connections=32) as eng:
+        results = await asyncio.gather(*(eng.run(RESPONSES_BODY) for _ in range(200)))
+    assert all(r.usage is not None and r.usage.output_tokens == 12 for r in results)
+
+
+async def test_api_key_sent_and_never_shown(mock_factory: Any) -> None:
+    server = mock_factory(api_key="sk-test-secret")
+    async with Engine(base_url=server.base_url, api_key="sk-test-secret") as eng:
+        assert "sk-test-secret" not in repr(eng)
+        assert (await eng.run(RESPONSES_BODY)).status == 200
+    async with Engine(base_url=server.base_url, api_key="sk-wrong-secret",
+                      retry=FAST_RETRY) as eng:
+        with pytest.raises(AuthenticationError) as info:
+            await eng.run(RESPONSES_BODY)
+    assert info.value.status == 401
+    assert "sk-wrong-secret" not in str(info.value)
+    assert "sk-wrong-secret" not in repr(info.value.body)
+
+
+async def test_retry_after_is_honoured(mock_factory: Any) -> None:
+    server = mock_factory(faults={"429": 1.0}, retry_after_s=0.2)
+    async with Engine(base_url=server.base_url,
+                      retry=RetryPolicy(max_retries=1, base_s=0.0, cap_s=0.0)) as eng:
+        start = time.perf_counter()
+        with pytest.raises(RateLimitError):
+            await eng.run(RESPONSES_BODY)
+    assert time.perf_counter() - start >= 0.2
+
+
+async def test_connect_refused_is_a_transport_error() -> None:
+    async with Engine(base_url="http://127.0.0.1:9/v1", retry=FAST_RETRY) as eng:
+        with pytest.raises(TransportError, match="cannot connect"):
+            await eng.run(RESPONSES_BODY)
+
+
+async def test_repr_snapshot(base_url: str) -> None:
+    eng = Engine(base_url=base_url, api_key="sk-hidden", max_connections=64)
+    assert repr(eng) == f"<Engine {base_url} [streams: 0 active, 0 queued | pool: 0/64]>"
+    await eng.aclose()
+
+
+async def test_handlers_sync_async_and_builtins(base_url: str) -> None:
+    buf = io.BytesIO()
+    collector = TextCollector()
+    seen_async: list[str] = []
+    deltas: list[StreamEvent] = []
+
+    async def async_handler(event: StreamEvent) -> None:
+        await asyncio.sleep(0)
+        seen_async.append(event.type)
+
+    handlers = [collector, JSONLWriter(buf), async_handler,
+                Callback(deltas.append, types={"response.output_text.delta"})]
+    async with Engine(base_url=base_url) as eng:
+        result = await eng.run(RESPONSES_BODY, handlers=handlers)
+    assert collector.text == result.text
+    assert len(deltas) == 12
+    lines = [orjson.loads(line) for line in buf.getvalue().splitlines()]
+    assert [line["type"] for line in lines] == seen_async
+    assert len(lines) == result.events
+
+
+async def test_bad_body_is_a_config_error(base_url: str) -> None:
+    async with Engine(base_url=base_url) as eng:
+        with pytest.raises(ValueError, match="JSON object"):
+            await eng.run(["not", "a", "dict"])  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="endpoint"):
+            await eng.run(RESPONSES_BODY, endpoint="nonsense")

@@ -1,0 +1,65 @@
+"""The dependency rule of DESIGN.md, enforced by walking every module's imports."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+ENGINE = Path(__file__).resolve().parent.parent / "engine"
+STDLIB = set(sys.stdlib_module_names)
+NO_IO = {"asyncio", "aiohttp", "socket", "selectors", "uvloop"}
+
+# module -> third-party / engine modules it may import (stdlib is always allowed, except NO_IO)
+ALLOWED: dict[str, set[str]] = {
+    "errors": set(),
+    "sse": {"errors"},
+    "events": {"sse", "errors", "orjson"},
+    "handlers": {"events", "errors", "orjson"},
+    "limits": {"asyncio"},  # async acquire helpers; still no network I/O
+    "client": {"sse", "events", "errors", "handlers", "limits", "aiohttp", "orjson", "asyncio"},
+}
+MUST_NOT_IO = {"sse", "events", "limits", "handlers"}
+
+
+def imported_names(path: Path) -> set[str]:
+    """Top-level names imported by a module (`engine.x` counts as `x`)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            mods = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            mods = [node.module]
+        else:
+            continue
+        for mod in mods:
+            parts = mod.split(".")
+            names.add(parts[1] if parts[0] == "engine" and len(parts) > 1 else parts[0])
+    return names - {"__future__"}
+
+
+@pytest.mark.parametrize("module", sorted(ALLOWED))
+def test_module_imports_only_what_it_may(module: str) -> None:
+    names = imported_names(ENGINE / f"{module}.py")
+    extra = names - (STDLIB - NO_IO) - ALLOWED[module]
+    assert not extra, f"engine/{module}.py imports {sorted(extra)}"
+
+
+@pytest.mark.parametrize("module", sorted(MUST_NOT_IO))
+def test_core_modules_do_no_io(module: str) -> None:
+    names = imported_names(ENGINE / f"{module}.py")
+    assert not (names & (NO_IO - ALLOWED[module]))
+
+
+def test_mock_never_shares_code_with_the_client() -> None:
+    for path in (ENGINE / "mock").glob("*.py"):
+        names = imported_names(path)
+        assert not names & {"sse", "events", "client", "handlers"}, path.name
+
+
+def test_nothing_imports_cli() -> None:
+    for path in ENGINE.rglob("*.py"):
+        if path.name not in {"cli.py", "__main__.py"}:
+            assert "cli" not in imported_names(path), path
