@@ -1,0 +1,113 @@
+"""The `stream-engine mock` verb (also `python -m engine.mock`): flags <-> MockConfig, serving.
+
+CLI defaults are realistic (TTFT 200 ms, ITL 20 ms, 128 tokens), unlike MockConfig's test
+defaults (0/0, 16 tokens); `MockConfig.to_argv` spells every field so MockProcess reproduces a
+MockConfig exactly. The API key travels in the `MOCK_API_KEY` environment variable, never argv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import resource
+import signal
+import sys
+from typing import TYPE_CHECKING
+
+from engine.errors import ConfigError
+from engine.mock.config import DISTRIBUTIONS, MockConfig, parse_fault_rates, parse_token_range
+from engine.mock.runners import MockServer
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+API_KEY_ENV = "MOCK_API_KEY"
+READY_LINE = "stream-engine mock listening on {url}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the mock's flags on `parser` (shared by the main CLI and `python -m`)."""
+    add = parser.add_argument
+    add("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    add("--port", type=int, default=8000, help="port; 0 picks a free one (default 8000)")
+    add("--ttft-ms", type=float, default=200.0, help="time to first token (default 200)")
+    add("--itl-ms", type=float, default=20.0, help="inter-token latency (default 20)")
+    add("--jitter", type=float, default=0.0, help="relative jitter, 0.1 = ±10%% (default 0)")
+    add("--itl-distribution", choices=DISTRIBUTIONS, default="constant",
+        help="inter-token delay distribution with mean --itl-ms (default constant)")
+    add("--output-tokens", default="128",
+        help="answer length when the request sets no limit: N or MIN-MAX (default 128)")
+    add("--max-concurrency", type=int, default=None,
+        help="concurrent generations; more requests queue FIFO (default unlimited)")
+    add("--faults", default="", help="fault rates, e.g. 429=0.05,500=0.02,disconnect=0.02")
+    add("--api-key", default=os.environ.get(API_KEY_ENV),
+        help=f"require this bearer token (default: ${API_KEY_ENV}; unset = no auth)")
+    add("--seed", type=int, default=0, help="seed of text, faults and jitter (default 0)")
+    add("--retry-after", type=float, default=0.05, help="seconds a 429 asks to wait (0.05)")
+    add("--incomplete-on-limit", action="store_true",
+        help="Responses: end with response.incomplete when max_output_tokens set the length")
+    add("--model", default="mock-model", help="model id listed by GET /v1/models")
+
+
+def config_from_args(args: argparse.Namespace) -> MockConfig:
+    low, high = parse_token_range(args.output_tokens)
+    return MockConfig(
+        ttft_ms=args.ttft_ms, itl_ms=args.itl_ms, jitter=args.jitter,
+        itl_distribution=args.itl_distribution, output_tokens=low, output_tokens_max=high,
+        max_concurrency=args.max_concurrency, faults=parse_fault_rates(args.faults),
+        api_key=args.api_key or None, seed=args.seed, retry_after_s=args.retry_after,
+        incomplete_on_limit=args.incomplete_on_limit, model=args.model,
+    )
+
+
+def _raise_fd_limit() -> None:
+    """Thousands of open streams need thousands of descriptors: lift the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def serve(config: MockConfig, host: str, port: int) -> None:
+    """Run until SIGINT/SIGTERM; print the ready line once listening."""
+    server = MockServer(config, host=host, port=port)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    sys.stdout.write(READY_LINE.format(url=server.base_url) + "\n")
+    sys.stdout.flush()
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    try:
+        import uvloop  # noqa: PLC0415  (optional: not on Windows)
+    except ImportError:
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve the mock with the parsed flags; returns the process exit status."""
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        sys.stderr.write(f"stream-engine mock: {exc}\n")
+        return 2
+    _raise_fd_limit()
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(serve(config, args.host, args.port))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.mock", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,145 @@
+"""The mock's knobs: one frozen dataclass shared by the app, the runners and the CLI.
+
+Defaults here are the *test* defaults (as fast as possible, no faults); the CLI has its own
+realistic defaults (see `command.py`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from engine.errors import ConfigError
+from engine.mock.faults import parse_fault
+
+if TYPE_CHECKING:
+    import random
+
+Distribution = Literal["constant", "exponential", "lognormal"]
+DISTRIBUTIONS: tuple[Distribution, ...] = ("constant", "exponential", "lognormal")
+LOGNORMAL_SIGMA = 0.5  # shape of the lognormal ITL; mu is chosen so the mean stays itl_ms
+
+
+@dataclass(frozen=True, slots=True)
+class MockConfig:
+    """Latency model, output length, faults and auth of one mock endpoint."""
+
+    ttft_ms: float = 0.0
+    itl_ms: float = 0.0
+    jitter: float = 0.0  # relative: 0.1 draws each delay uniformly in ±10 %
+    itl_distribution: Distribution = "constant"
+    output_tokens: int = 16
+    output_tokens_max: int | None = None  # set: length drawn uniformly in [output_tokens, max]
+    max_concurrency: int | None = None  # generations beyond this queue (FIFO)
+    faults: dict[str, float] = field(default_factory=dict)  # kind spec -> rate per request
+    api_key: str | None = field(default=None, repr=False)  # never shown
+    seed: int = 0
+    retry_after_s: float = 0.05  # what a 429 tells the client to wait
+    incomplete_on_limit: bool = False  # Responses: a request limit ends in response.incomplete
+    model: str = "mock-model"  # listed by GET /v1/models (any model name is accepted)
+
+    def __post_init__(self) -> None:
+        if min(self.ttft_ms, self.itl_ms, self.jitter, self.retry_after_s) < 0:
+            raise ConfigError("latencies, jitter and retry_after_s must be >= 0")
+        if self.jitter > 1:
+            raise ConfigError("jitter is relative and must be <= 1")
+        if self.itl_distribution not in DISTRIBUTIONS:
+            raise ConfigError(f"itl_distribution must be one of {DISTRIBUTIONS}")
+        if self.output_tokens < 0:
+            raise ConfigError("output_tokens must be >= 0")
+        if self.output_tokens_max is not None and self.output_tokens_max < self.output_tokens:
+            raise ConfigError("output_tokens_max must be >= output_tokens")
+        if self.max_concurrency is not None and self.max_concurrency < 1:
+            raise ConfigError("max_concurrency must be >= 1")
+        for spec, rate in self.faults.items():
+            parse_fault(spec)
+            if not 0 <= rate <= 1:
+                raise ConfigError(f"fault rate for {spec!r} must be in [0, 1]")
+        if sum(self.faults.values()) > 1 + 1e-9:
+            raise ConfigError("fault rates add up to more than 1")
+
+    def to_argv(self) -> list[str]:
+        """Flags that rebuild `config` in another process (all but the API key)."""
+        tokens = str(self.output_tokens)
+        if self.output_tokens_max is not None:
+            tokens += f"-{self.output_tokens_max}"
+        argv = [
+            "--ttft-ms", repr(self.ttft_ms), "--itl-ms", repr(self.itl_ms),
+            "--jitter", repr(self.jitter), "--itl-distribution", self.itl_distribution,
+            "--output-tokens", tokens, "--seed", str(self.seed),
+            "--retry-after", repr(self.retry_after_s), "--model", self.model,
+            "--faults", ",".join(f"{spec}={rate!r}" for spec, rate in self.faults.items()),
+        ]
+        if self.max_concurrency is not None:
+            argv += ["--max-concurrency", str(self.max_concurrency)]
+        if self.incomplete_on_limit:
+            argv.append("--incomplete-on-limit")
+        return argv
+
+    def output_length(self, rng: random.Random) -> int:
+        """The natural answer length: fixed, or uniform in the configured range."""
+        if self.output_tokens_max is None:
+            return self.output_tokens
+        return rng.randint(self.output_tokens, self.output_tokens_max)
+
+
+def parse_fault_rates(text: str) -> dict[str, float]:
+    """`"429=0.05,500=0.02,disconnect:3=0.01"` -> `{"429": 0.05, ...}` (CLI and env form)."""
+    rates: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        spec, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"fault rate {item!r} is not KIND=RATE")
+        try:
+            rates[spec.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"fault rate {item!r} is not a number") from None
+    return rates
+
+
+def parse_token_range(text: str) -> tuple[int, int | None]:
+    """`"128"` -> (128, None); `"64-512"` -> (64, 512): the CLI's --output-tokens."""
+    low, sep, high = text.partition("-")
+    try:
+        return int(low), (int(high) if sep else None)
+    except ValueError:
+        raise ConfigError(f"--output-tokens {text!r} is not N or MIN-MAX") from None
+
+
+class DelaySampler:
+    """Draws TTFT and inter-token delays (seconds) from the configured model."""
+
+    __slots__ = ("_itl_s", "_jitter", "_kind", "_mu", "_rng")
+
+    def __init__(self, config: MockConfig, itl_ms: float, rng: random.Random) -> None:
+        self._itl_s = itl_ms / 1000
+        self._jitter = config.jitter
+        self._kind = config.itl_distribution
+        self._rng = rng
+        self._mu = math.log(self._itl_s) - LOGNORMAL_SIGMA**2 / 2 if self._itl_s > 0 else 0.0
+
+    @property
+    def is_constant(self) -> bool:
+        """Constant pacing lets the server count due tokens with one division."""
+        return self._kind == "constant" and self._jitter == 0
+
+    @property
+    def itl_s(self) -> float:
+        return self._itl_s
+
+    def jittered(self, seconds: float) -> float:
+        if self._jitter == 0 or seconds == 0:
+            return seconds
+        return seconds * self._rng.uniform(1 - self._jitter, 1 + self._jitter)
+
+    def next_itl(self) -> float:
+        if self._itl_s == 0:
+            return 0.0
+        if self._kind == "exponential":
+            base = self._rng.expovariate(1 / self._itl_s)
+        elif self._kind == "lognormal":
+            base = self._rng.lognormvariate(self._mu, LOGNORMAL_SIGMA)
+        else:
+            base = self._itl_s
+        return self.jittered(base)

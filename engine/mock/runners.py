@@ -1,0 +1,210 @@
+"""Three ways to run the mock: on the caller's loop, on its own thread, in its own process.
+
+The thread form serves sync pytest session fixtures; the process form gives benchmarks and
+load tests a server that does not share the client's CPU core or GIL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING, Self
+
+import orjson
+from aiohttp import web
+
+from engine.mock.config import MockConfig
+from engine.mock.server import LISTEN_BACKLOG, SHUTDOWN_TIMEOUT_S, STATE, create_app
+from engine.mock.stats import MockStats
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+READY_PREFIX = "stream-engine mock listening on "
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class MockServer:
+    """The mock on the running loop: `await start()`, `base_url`, `stats`, `await stop()`."""
+
+    def __init__(self, config: MockConfig | None = None, host: str = "127.0.0.1",
+                 port: int = 0) -> None:
+        self.config = config or MockConfig()
+        self.host = host
+        self.port = port
+        self.app = create_app(self.config)
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def stats(self) -> MockStats:
+        return self.app[STATE].stats
+
+    async def start(self) -> None:
+        # handler_cancellation: a client that goes away cancels its generation (and any stall).
+        runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True,
+                               shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, backlog=LISTEN_BACKLOG,
+                           reuse_address=True)
+        await site.start()
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            self.app[STATE].stopping.set()
+            await runner.cleanup()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.stop()
+
+
+class MockServerThread:
+    """The mock on its own thread and event loop, for synchronous fixtures and scripts."""
+
+    def __init__(self, config: MockConfig | None = None, host: str = "127.0.0.1",
+                 port: int = 0, *, startup_timeout_s: float = 10.0) -> None:
+        self.server = MockServer(config, host, port)
+        self._timeout_s = startup_timeout_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    config = property(lambda self: self.server.config)
+    base_url = property(lambda self: self.server.base_url)
+    port = property(lambda self: self.server.port)
+    stats = property(lambda self: self.server.stats)
+
+    def _main(self) -> None:
+        loop = self._loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(self.server.start())
+        except BaseException as exc:  # handed to start() in the caller's thread
+            self._error = exc
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(self.server.stop())
+            loop.close()
+
+    def start(self) -> Self:
+        self._thread = threading.Thread(target=self._main, name="mock-server", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(self._timeout_s):
+            raise RuntimeError("mock server thread did not start in time")
+        if self._error is not None:
+            raise RuntimeError("mock server failed to start") from self._error
+        return self
+
+    def stop(self) -> None:
+        if self._thread is None or self._loop is None:
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(self._timeout_s)
+        self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class MockProcess:
+    """`python -m engine.mock --port 0 …` as a child process; ready once it printed its URL."""
+
+    def __init__(self, config: MockConfig | None = None, host: str = "127.0.0.1",
+                 port: int = 0, *, startup_timeout_s: float = 20.0) -> None:
+        self.config = config or MockConfig()
+        self.host = host
+        self.port = port
+        self.base_url = ""
+        self._timeout_s = startup_timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise RuntimeError("mock process is not running")
+        return self._proc.pid
+
+    def start(self) -> Self:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT),
+                                                          env.get("PYTHONPATH")]))
+        env.pop("MOCK_API_KEY", None)
+        if self.config.api_key:
+            env["MOCK_API_KEY"] = self.config.api_key  # not argv: argv is visible to `ps`
+        argv = [sys.executable, "-m", "engine.mock", "--host", self.host, "--port",
+                str(self.port), *self.config.to_argv()]
+        self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env)  # noqa: S603
+        self.base_url = self._read_ready_line(self._proc)
+        self.port = int(self.base_url.rsplit(":", 1)[1].split("/")[0])
+        return self
+
+    def _read_ready_line(self, proc: subprocess.Popen[bytes]) -> str:
+        assert proc.stdout is not None  # noqa: S101  (Popen was given stdout=PIPE)
+        deadline = time.monotonic() + self._timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select([proc.stdout], [], [], left)
+            if not readable:
+                break
+            line = proc.stdout.readline().decode()
+            if line.startswith(READY_PREFIX):
+                return line[len(READY_PREFIX):].strip()
+            if not line:  # EOF: the child died before it was ready
+                break
+        self.stop()
+        raise RuntimeError(f"mock process did not start (exit status {proc.returncode})")
+
+    @property
+    def stats(self) -> MockStats:
+        """Fetched from the child's GET /mock/stats."""
+        url = self.base_url.removesuffix("/v1") + "/mock/stats"
+        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310  (our own http URL)
+            return MockStats.from_snapshot(orjson.loads(resp.read()))
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

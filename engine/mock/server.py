@@ -1,0 +1,322 @@
+"""The aiohttp.web application: routes, validation, admission, paced streaming, MockServer.
+
+Per request: auth -> JSON validation -> fault choice -> queue for a generation slot -> paced
+stream. Tokens are due at absolute deadlines from the moment the generation starts (no
+accumulated sleeps, so no drift); whatever is due when the task wakes goes out in one write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import random
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from engine.mock.chat import ChatStream
+from engine.mock.config import DelaySampler, MockConfig
+from engine.mock.faults import HTML_PAGE, FaultPicker, FaultSet, error_body
+from engine.mock.responses import ResponsesStream
+from engine.mock.sse_writer import Reshaper
+from engine.mock.stats import MockStats
+from engine.mock.text import (
+    Generation,
+    count_input_tokens,
+    generate_tokens,
+    message_texts,
+    new_id,
+    prompt_of,
+    text_seed,
+)
+
+MAX_BATCH_EVENTS = 1024  # caps one write when a fast stream is far behind its schedule
+LISTEN_BACKLOG = 4096  # aiohttp's default 128 overflows when hundreds of streams connect at once
+SHUTDOWN_TIMEOUT_S = 1.0
+JSON = "application/json"
+STREAM_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
+                  "openai-version": "2020-10-01"}
+Stream = ResponsesStream | ChatStream
+
+
+class BadRequest(Exception):
+    """A 400 with OpenAI's error fields."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
+class MockState:
+    """Everything the handlers share: config, counters, fault RNG, the concurrency gate."""
+
+    def __init__(self, config: MockConfig) -> None:
+        self.config = config
+        self.stats = MockStats()
+        self.picker = FaultPicker(config.faults, config.seed)
+        self.delay_rng = random.Random(config.seed + 1)
+        self.gate = asyncio.Semaphore(config.max_concurrency) if config.max_concurrency else None
+        self.stopping = asyncio.Event()  # set on shutdown: releases stalled streams
+        self._auth = f"Bearer {config.api_key}".encode() if config.api_key else None
+
+    def authorized(self, request: web.Request) -> bool:
+        if self._auth is None:
+            return True
+        return hmac.compare_digest(request.headers.get("Authorization", "").encode(), self._auth)
+
+
+STATE = web.AppKey("mock_state", MockState)
+
+
+def json_error(status: int, request_id: str, message: str | None = None, *,
+               param: str | None = None, code: str | None = None,
+               headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=error_body(status, message, param=param, code=code),
+                        content_type=JSON, headers={"x-request-id": request_id, **(headers or {})})
+
+
+def _header_ms(request: web.Request, name: str, default: float) -> float:
+    raw = request.headers.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest(f"header {name} must be a number of milliseconds") from None
+    if value < 0:
+        raise BadRequest(f"header {name} must be >= 0")
+    return value
+
+
+def _limit(body: dict[str, Any], *names: str) -> int | None:
+    for name in names:
+        value = body.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise BadRequest(f"Invalid '{name}': expected an integer >= 1.", name,
+                             "invalid_value")
+        return value
+    return None
+
+
+async def _read_body(request: web.Request, required: str) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise BadRequest("We could not parse the JSON body of your request. (HINT: This likely "
+                         "means you aren't using your HTTP library correctly.)") from None
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise BadRequest("you must provide a model parameter", "model",
+                         "missing_required_parameter")
+    if body.get(required) is None:
+        raise BadRequest(f"Missing required parameter: '{required}'.", required,
+                         "missing_required_parameter")
+    return body
+
+
+def build_stream(state: MockState, body: dict[str, Any], chat: bool, faults: FaultSet,
+                 request: web.Request) -> Stream:
+    """Length, text and usage of the answer, in the dialect the client will get."""
+    config = state.config
+    if chat:
+        texts = message_texts(body["messages"])
+        limit = _limit(body, "max_completion_tokens", "max_tokens")
+    else:
+        texts = message_texts(body["input"])
+        if isinstance(body.get("instructions"), str):
+            texts.insert(0, [body["instructions"]])
+        limit = _limit(body, "max_output_tokens")
+    seed = text_seed(config.seed, request.headers.get("x-mock-seed", body.get("seed")),
+                     prompt_of(texts))
+    count = limit if limit is not None else config.output_length(random.Random(seed))
+    if faults.ending is not None:
+        count //= 2  # the error / failure / cut-off arrives mid-answer
+    options = body.get("stream_options")
+    gen = Generation(
+        model=body["model"], tokens=generate_tokens(seed, count),
+        input_tokens=count_input_tokens(texts), created=int(time.time()),
+        stopped_by_limit=limit is not None, ending=faults.ending,
+        max_output_tokens=limit, include_usage=isinstance(options, dict)
+        and options.get("include_usage") is True,
+    )
+    if chat or faults.chat_on_responses:
+        if not chat:
+            gen.include_usage = True  # a chat-speaking server would still report usage
+        return ChatStream(gen)
+    return ResponsesStream(gen, body.get("instructions"), done_after=faults.done_after,
+                           incomplete_on_limit=config.incomplete_on_limit)
+
+
+async def _pump(resp: web.StreamResponse, stream: Stream, sampler: DelaySampler, ttft_s: float,
+                reshaper: Reshaper | None, stats: MockStats) -> None:
+    """Write head, deltas and tail on schedule; one write per wake-up, of everything due."""
+    loop = asyncio.get_running_loop()
+    n, itl = stream.n, sampler.itl_s
+    first = loop.time() + sampler.jittered(ttft_s)
+    next_due, sent = first, 0
+    batch = stream.head()
+    while True:
+        now = loop.time()
+        if sent < n and next_due <= now:
+            if sampler.is_constant:
+                due = n if itl == 0 else min(n, int((now - first) / itl) + 1)
+                due = min(due, sent + MAX_BATCH_EVENTS)
+                next_due = first + due * itl
+            else:
+                due, cap = sent, min(n, sent + MAX_BATCH_EVENTS)
+                while due < cap and next_due <= now:
+                    due += 1
+                    next_due += sampler.next_itl()
+            batch += stream.deltas(sent, due)
+            sent = due
+        if sent == n:
+            batch += stream.tail()
+        stats.events_sent += len(batch)
+        await resp.write(b"".join(batch) if reshaper is None else reshaper.render(batch))
+        if sent == n or (reshaper is not None and reshaper.cut_reached):
+            return
+        batch = []
+        delay = next_due - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+async def _stream(request: web.Request, state: MockState, stream: Stream, faults: FaultSet,
+                  sampler: DelaySampler, ttft_s: float, request_id: str) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={**STREAM_HEADERS, "x-request-id": request_id})
+    await resp.prepare(request)  # headers go out at once, as real servers do; queueing follows
+    reshaper = None
+    if faults.reshapes_stream:
+        midpoint = stream.head_events + stream.n // 2
+        reshaper = Reshaper(faults, default_cut_at=midpoint, malformed_at=midpoint)
+    stats = state.stats
+    async with _admitted(state):
+        stats.stream_started()
+        try:
+            await _pump(resp, stream, sampler, ttft_s, reshaper, stats)
+        finally:
+            stats.stream_ended()
+    if reshaper is not None and reshaper.cut_reached:
+        if faults.cut is not None and faults.cut.kind == "stall":
+            await state.stopping.wait()  # cancelled when the client goes away
+        elif request.transport is not None:
+            request.transport.close()  # flushes what was written, then FIN: a truncated body
+        return resp
+    await resp.write_eof()
+    return resp
+
+
+class _admitted:  # noqa: N801  (reads as a statement: `async with _admitted(state)`)
+    """The FIFO generation gate (a no-op without max_concurrency)."""
+
+    __slots__ = ("_gate",)
+
+    def __init__(self, state: MockState) -> None:
+        self._gate = state.gate
+
+    async def __aenter__(self) -> None:
+        if self._gate is not None:
+            await self._gate.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._gate is not None:
+            self._gate.release()
+
+
+def _fault_answer(request: web.Request, faults: FaultSet, retry_after_s: float,
+                  request_id: str) -> web.Response | None:
+    """The answer that replaces generation (reset, 429/500/503, an HTML page), if any."""
+    if faults.reset:
+        if request.transport is not None:
+            request.transport.abort()  # no status line at all: the client sees a dead connection
+        return web.Response(status=500)
+    if faults.status is not None:
+        retry = {}
+        if faults.status == 429:
+            retry = {"Retry-After": f"{retry_after_s:g}",
+                     "retry-after-ms": str(round(retry_after_s * 1000))}
+        return json_error(faults.status, request_id, headers=retry)
+    if faults.html:
+        return web.Response(body=HTML_PAGE, content_type="text/html",
+                            headers={"x-request-id": request_id})
+    return None
+
+
+async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
+    state = request.app[STATE]
+    config, stats = state.config, state.stats
+    stats.requests[request.path] += 1
+    request_id = new_id("req_")[:36]
+    if not state.authorized(request):
+        return json_error(401, request_id)
+    try:
+        body = await _read_body(request, "messages" if chat else "input")
+        stats.last_body = body
+        faults = state.picker.pick(request.headers.get("x-mock-fault"))
+        ttft_ms = _header_ms(request, "x-mock-ttft-ms", config.ttft_ms)
+        itl_ms = _header_ms(request, "x-mock-itl-ms", config.itl_ms)
+        stream = build_stream(state, body, chat, faults, request)
+    except BadRequest as exc:
+        return json_error(400, request_id, str(exc), param=exc.param, code=exc.code)
+    except ValueError as exc:  # ConfigError from an unknown x-mock-fault kind
+        return json_error(400, request_id, str(exc), param="x-mock-fault")
+    stats.count_faults(faults)
+    early = _fault_answer(request, faults, config.retry_after_s, request_id)
+    if early is not None:
+        return early
+    sampler = DelaySampler(config, itl_ms, state.delay_rng)
+    if body.get("stream") is True:
+        return await _stream(request, state, stream, faults, sampler, ttft_ms / 1000, request_id)
+    async with _admitted(state):  # non-streaming: answer when the last token would be due
+        delay = sampler.jittered(ttft_ms / 1000) + sum(sampler.next_itl() for _ in range(stream.n))
+        await asyncio.sleep(delay)
+    return web.Response(body=stream.body(), content_type=JSON, headers={"x-request-id": request_id})
+
+
+async def responses_handler(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, chat=False)
+
+
+async def chat_handler(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, chat=True)
+
+
+async def models_handler(request: web.Request) -> web.Response:
+    config = request.app[STATE].config
+    model = {"id": config.model, "object": "model", "created": 1700000000, "owned_by": "mock"}
+    wanted = request.match_info.get("model")
+    if wanted is not None:
+        return web.Response(body=orjson.dumps({**model, "id": wanted}), content_type=JSON)
+    return web.Response(body=orjson.dumps({"object": "list", "data": [model]}), content_type=JSON)
+
+
+async def stats_handler(request: web.Request) -> web.Response:
+    return web.Response(body=orjson.dumps(request.app[STATE].stats.snapshot()), content_type=JSON)
+
+
+async def not_found_handler(request: web.Request) -> web.Response:
+    return json_error(404, new_id("req_")[:36], f"Invalid URL ({request.method} {request.path})")
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    app[STATE].stopping.set()
+
+
+def create_app(config: MockConfig | None = None) -> web.Application:
+    """The mock as an aiohttp application (state under `app[STATE]`)."""
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app[STATE] = MockState(config or MockConfig())
+    app.router.add_post("/v1/responses", responses_handler)
+    app.router.add_post("/v1/chat/completions", chat_handler)
+    app.router.add_get("/v1/models", models_handler)
+    app.router.add_get("/v1/models/{model}", models_handler)
+    app.router.add_get("/mock/stats", stats_handler)
+    app.router.add_route("*", "/{tail:.*}", not_found_handler)
+    app.on_shutdown.append(_on_shutdown)
+    return app
