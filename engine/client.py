@@ -44,7 +44,7 @@ from engine.errors import (
 from engine.events import Dialect, EventDecoder, StreamEvent, Usage
 from engine.handlers import Handler, ResponseAssembler, TimingRecorder, split_handlers
 from engine.limits import backoff_delay, parse_retry_after
-from engine.sse import MAX_EVENT_BYTES, SSEParser
+from engine.sse import MAX_EVENT_BYTES
 
 __all__ = ["DEFAULT_BASE_URL", "Engine", "RetryPolicy", "StreamResult", "Timeouts"]
 
@@ -216,7 +216,7 @@ class _Attempt:
         return resp
 
     async def _pump(self, resp: aiohttp.ClientResponse) -> None:
-        parser = SSEParser(self.engine.max_event_bytes)
+        parser = self.decoder.parser(self.engine.max_event_bytes)
         decoder = self.decoder
         queue = self.queue
         clock = time.perf_counter_ns

@@ -12,9 +12,10 @@ without being an event.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
@@ -24,10 +25,9 @@ from engine.errors import (
     ResponseFailed,
     ResponseIncomplete,
     StreamError,
+    snippet,
 )
-
-if TYPE_CHECKING:
-    from engine.sse import SSEMessage
+from engine.sse import MAX_EVENT_BYTES, SSEMessage, SSEParser
 
 __all__ = [
     "CHAT_CHUNK",
@@ -44,6 +44,33 @@ TERMINAL_TYPES = frozenset(
     {"response.completed", "response.failed", "response.incomplete", "error"}
 )
 _DONE = b"[DONE]"
+_DELTA_KEY = b'"delta":"'
+
+
+def _fast_delta(raw: bytes) -> str | None:
+    """The `delta` string of a Responses text-delta event without decoding the whole JSON.
+
+    Exact for the common case: an object (framing checked) whose first `"delta":"` is the
+    top-level key (the bytes `"delta":"` cannot occur inside a JSON string, where quotes are
+    escaped), and a value with no escapes and valid UTF-8. Anything else returns None and the
+    caller decodes the JSON fully, which also raises on malformed data.
+    """
+    if not raw or raw[0] != 123 or raw[-1] != 125:  # {...}
+        return None
+    start = raw.find(_DELTA_KEY)
+    if start < 0:
+        return None
+    start += 9
+    end = raw.find(b'"', start)
+    if end < 0:
+        return None
+    value = raw[start:end]
+    if 92 in value:  # a backslash escape: let orjson unescape it
+        return None
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return None
 
 
 class Dialect(StrEnum):
@@ -88,14 +115,27 @@ class Usage:
         }
 
 
-@dataclass(slots=True)
-class StreamEvent:
-    """One event of a stream. `received_ns` is the perf_counter_ns of its chunk's arrival."""
+class StreamEvent(SSEMessage):
+    """One event of a stream. `received_ns` is the perf_counter_ns of its chunk's arrival.
 
-    type: str
-    raw: bytes
-    received_ns: int
-    decoded: Any = None
+    An `SSEMessage` subclass built by the parser itself (one object per event); the decoder
+    then stamps the arrival time and the type.
+    """
+
+    __slots__ = ("cached_delta", "decoded", "received_ns", "type")
+
+    def __init__(self, raw: bytes, event: str = "message", id: str | None = None) -> None:  # noqa: A002
+        self.raw = raw
+        self.event = event
+        self.id = id
+        self.type = event
+        self.received_ns = 0
+        self.decoded: Any = None
+        # text_delta, computed once: several handlers ask for it. False means "not yet".
+        self.cached_delta: str | None | bool = False
+
+    def __repr__(self) -> str:
+        return f"<StreamEvent {self.type} at {self.received_ns} ns: {snippet(self.raw, 60)}>"
 
     @property
     def data(self) -> dict[str, Any]:
@@ -110,6 +150,18 @@ class StreamEvent:
     @property
     def text_delta(self) -> str | None:
         """The text this event adds to the output (Responses delta or chat content), or None."""
+        delta = self.cached_delta
+        if delta is False:
+            if self.type == TEXT_DELTA and self.decoded is None:
+                delta = _fast_delta(self.raw)
+                if delta is None:
+                    delta = self._text_delta()
+            else:
+                delta = self._text_delta()
+            self.cached_delta = delta
+        return delta  # type: ignore[return-value]
+
+    def _text_delta(self) -> str | None:
         typ = self.type
         if typ == TEXT_DELTA:
             delta = self.data.get("delta")
@@ -207,17 +259,21 @@ class EventDecoder:
         """The stream has said its last word: a terminal event, or [DONE]."""
         return self.done or self.terminal is not None
 
-    def decode(self, messages: list[SSEMessage], received_ns: int) -> list[StreamEvent]:
+    def parser(self, max_event_bytes: int = MAX_EVENT_BYTES) -> SSEParser:
+        """An SSE parser whose messages are StreamEvents, ready for `decode`."""
+        return SSEParser(max_event_bytes, factory=StreamEvent)
+
+    def decode(self, messages: Sequence[SSEMessage], received_ns: int) -> list[StreamEvent]:
+        """Stamp, type and check the messages of one chunk; drops `[DONE]`."""
         out: list[StreamEvent] = []
         for msg in messages:
-            name = msg.event
-            if name != "message":
-                event = StreamEvent(name, msg.raw, received_ns)
-            elif msg.raw == _DONE:
-                self.done = True  # ends the stream; not an event
-                continue
-            else:
-                event = self._untyped(msg.raw, received_ns)
+            event = msg if type(msg) is StreamEvent else StreamEvent(msg.raw, msg.event, msg.id)
+            event.received_ns = received_ns
+            if event.event == "message":
+                if event.raw == _DONE:
+                    self.done = True  # ends the stream; not an event
+                    continue
+                self._untyped(event)
             typ = event.type
             if self.dialect is None:
                 if typ == CHAT_CHUNK:
@@ -232,8 +288,9 @@ class EventDecoder:
         return out
 
     @staticmethod
-    def _untyped(raw: bytes, received_ns: int) -> StreamEvent:
+    def _untyped(event: StreamEvent) -> None:
         """An event without an `event:` field: its type is in the JSON (decoded once)."""
+        raw = event.raw
         data = decode_json(raw)
         if not isinstance(data, dict):
             raise ProtocolError("event data is not a JSON object", raw=raw)
@@ -245,4 +302,5 @@ class EventDecoder:
                 typ = "error"
             else:
                 raise ProtocolError("event has neither a type nor a known object", raw=raw)
-        return StreamEvent(typ, raw, received_ns, data)
+        event.type = typ
+        event.decoded = data

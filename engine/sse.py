@@ -12,6 +12,7 @@ fragments so a long line arriving in many chunks is joined once, not re-copied p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.errors import ProtocolError
@@ -48,8 +49,15 @@ class SSEMessage:
         return self.raw.decode("utf-8", "replace")
 
 
+MessageFactory = Callable[[bytes, str, "str | None"], SSEMessage]
+
+
 class SSEParser:
-    """Sans-I/O SSE parser: `feed(chunk)` returns the messages the chunk completed."""
+    """Sans-I/O SSE parser: `feed(chunk)` returns the messages the chunk completed.
+
+    `factory` builds each message from `(raw, event, id)`; `engine.events` passes its
+    `StreamEvent` (an `SSEMessage` subclass) so one object per event is created, not two.
+    """
 
     __slots__ = (
         "_at_start",
@@ -57,6 +65,7 @@ class SSEParser:
         "_counted_list",
         "_data",
         "_event",
+        "_factory",
         "_failed",
         "_head",
         "_offset",
@@ -70,8 +79,10 @@ class SSEParser:
         "retry",
     )
 
-    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES,
+                 factory: MessageFactory = SSEMessage) -> None:
         self.max_event_bytes = max_event_bytes
+        self._factory = factory
         self.last_event_id: str | None = None
         self.retry: int | None = None
         self.closed = False
@@ -127,12 +138,14 @@ class SSEParser:
         out: list[SSEMessage] = []
         data = self._data
         event = self._event
+        factory = self._factory
+        name_of = _names.get
         for line in lines:
             if not line:  # blank line: dispatch
                 if data:
-                    out.append(SSEMessage(
+                    out.append(factory(
                         data[0] if len(data) == 1 else b"\n".join(data),
-                        _event_name(event) if event else "message",
+                        (name_of(event) or _event_name(event)) if event else "message",
                         self.last_event_id,
                     ))
                     data = []
@@ -176,9 +189,8 @@ class SSEParser:
         elif name == b"id":
             if b"\0" not in value:
                 self.last_event_id = value.decode("utf-8", "replace")
-        elif name == b"retry":
-            if value.isdigit():  # bytes.isdigit is ASCII-only, and False for b""
-                self.retry = int(value)
+        elif name == b"retry" and value.isdigit():  # ASCII digits only; False for b""
+            self.retry = int(value)
         return event
 
     def _strip_bom(self, chunk: bytes) -> bytes:
