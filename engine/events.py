@@ -12,10 +12,9 @@ without being an event.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -28,6 +27,9 @@ from engine.errors import (
     snippet,
 )
 from engine.sse import MAX_EVENT_BYTES, SSEMessage, SSEParser
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = [
     "CHAT_CHUNK",
@@ -115,14 +117,14 @@ class Usage:
         }
 
 
-class StreamEvent(SSEMessage):
+class StreamEvent:
     """One event of a stream. `received_ns` is the perf_counter_ns of its chunk's arrival.
 
-    An `SSEMessage` subclass built by the parser itself (one object per event); the decoder
-    then stamps the arrival time and the type.
+    Built by the parser itself from `(raw, event, id)` as an `SSEMessage` would be (one
+    object per event); the decoder then stamps the arrival time and the type.
     """
 
-    __slots__ = ("cached_delta", "decoded", "received_ns", "type")
+    __slots__ = ("cached_delta", "decoded", "event", "id", "raw", "received_ns", "type")
 
     def __init__(self, raw: bytes, event: str = "message", id: str | None = None) -> None:  # noqa: A002
         self.raw = raw
@@ -132,7 +134,7 @@ class StreamEvent(SSEMessage):
         self.received_ns = 0
         self.decoded: Any = None
         # text_delta, computed once: several handlers ask for it. False means "not yet".
-        self.cached_delta: str | None | bool = False
+        self.cached_delta: str | bool | None = False
 
     def __repr__(self) -> str:
         return f"<StreamEvent {self.type} at {self.received_ns} ns: {snippet(self.raw, 60)}>"
@@ -259,15 +261,16 @@ class EventDecoder:
         """The stream has said its last word: a terminal event, or [DONE]."""
         return self.done or self.terminal is not None
 
-    def parser(self, max_event_bytes: int = MAX_EVENT_BYTES) -> SSEParser:
+    def parser(self, max_event_bytes: int = MAX_EVENT_BYTES) -> SSEParser[StreamEvent]:
         """An SSE parser whose messages are StreamEvents, ready for `decode`."""
         return SSEParser(max_event_bytes, factory=StreamEvent)
 
-    def decode(self, messages: Sequence[SSEMessage], received_ns: int) -> list[StreamEvent]:
+    def decode(self, messages: Sequence[StreamEvent | SSEMessage],
+               received_ns: int) -> list[StreamEvent]:
         """Stamp, type and check the messages of one chunk; drops `[DONE]`."""
         out: list[StreamEvent] = []
         for msg in messages:
-            event = msg if type(msg) is StreamEvent else StreamEvent(msg.raw, msg.event, msg.id)
+            event = msg if isinstance(msg, StreamEvent) else StreamEvent(msg.raw, msg.event, msg.id)
             event.received_ns = received_ns
             if event.event == "message":
                 if event.raw == _DONE:

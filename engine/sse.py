@@ -12,10 +12,13 @@ fragments so a long line arriving in many chunks is joined once, not re-copied p
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from engine.errors import ProtocolError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["MAX_EVENT_BYTES", "SSEMessage", "SSEParser"]
 
@@ -49,14 +52,14 @@ class SSEMessage:
         return self.raw.decode("utf-8", "replace")
 
 
-MessageFactory = Callable[[bytes, str, "str | None"], SSEMessage]
+M = TypeVar("M")
 
 
-class SSEParser:
+class SSEParser(Generic[M]):
     """Sans-I/O SSE parser: `feed(chunk)` returns the messages the chunk completed.
 
     `factory` builds each message from `(raw, event, id)`; `engine.events` passes its
-    `StreamEvent` (an `SSEMessage` subclass) so one object per event is created, not two.
+    `StreamEvent`, so one object per event is created, not two.
     """
 
     __slots__ = (
@@ -79,8 +82,13 @@ class SSEParser:
         "retry",
     )
 
-    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES,
-                 factory: MessageFactory = SSEMessage) -> None:
+    @overload
+    def __init__(self: SSEParser[SSEMessage], max_event_bytes: int = ...) -> None: ...
+    @overload
+    def __init__(self: SSEParser[M], max_event_bytes: int = ..., *,
+                 factory: Callable[[bytes, str, str | None], M]) -> None: ...
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES, *,
+                 factory: Callable[[bytes, str, str | None], Any] = SSEMessage) -> None:
         self.max_event_bytes = max_event_bytes
         self._factory = factory
         self.last_event_id: str | None = None
@@ -100,7 +108,7 @@ class SSEParser:
         self._skip_lf = False
         self._failed: ProtocolError | None = None
 
-    def feed(self, chunk: bytes) -> list[SSEMessage]:
+    def feed(self, chunk: bytes) -> list[M]:
         """Consume the next bytes of the stream; return the events they completed."""
         if self._failed is not None:
             raise self._failed  # a parser that has raised stays dead (h11's ERROR state)
@@ -135,7 +143,7 @@ class SSEParser:
             lines[0] = b"".join(self._pending)
             self._pending = []
             self._pending_bytes = 0
-        out: list[SSEMessage] = []
+        out: list[M] = []
         data = self._data
         event = self._event
         factory = self._factory
@@ -165,7 +173,7 @@ class SSEParser:
             self._check_size()
         return out
 
-    def close(self) -> list[SSEMessage]:
+    def close(self) -> list[M]:
         """End of stream. An unfinished event is discarded, never dispatched (spec)."""
         self.partial_discarded = bool(self._data or self._pending or self._head)
         self.closed = True
