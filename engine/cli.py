@@ -1,4 +1,4 @@
-"""Command line: `stream-engine run | mock | bench | batch`. Imports everything; imported by none."""
+"""Command line: `stream-engine run | mock | bench | batch`. Imports everything; none imports it."""
 
 from __future__ import annotations
 
@@ -6,14 +6,16 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from engine.client import Engine
 from engine.errors import EngineError
 from engine.events import Dialect, StreamEvent
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine, Sequence
 
 DEFAULT_MODEL = "gpt-4.1-mini"
 
@@ -95,7 +97,9 @@ async def _cmd_run_async(args: argparse.Namespace) -> int:
         return await _stream_one(args, args.base_url)
     from engine.mock import MockConfig, MockServer  # noqa: PLC0415 - only when embedded
 
-    server = MockServer(MockConfig(), host="127.0.0.1", port=0)
+    # Realistic pacing so the text is seen streaming, not printed at once.
+    server = MockServer(MockConfig(ttft_ms=150.0, itl_ms=15.0, output_tokens=60),
+                        host="127.0.0.1", port=0)
     await server.start()
     print(f"(no --base-url: using the built-in mock endpoint at {server.base_url})",
           file=sys.stderr)

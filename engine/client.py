@@ -42,7 +42,7 @@ from engine.errors import (
     status_error_class,
 )
 from engine.events import Dialect, EventDecoder, StreamEvent, Usage
-from engine.handlers import Handler, ResponseAssembler, TimingRecorder, split_handlers
+from engine.handlers import Handler, ResponseAssembler, split_handlers
 from engine.limits import backoff_delay, parse_retry_after
 from engine.sse import MAX_EVENT_BYTES
 
@@ -545,8 +545,7 @@ class Engine:
         """Stream one request through `handlers` and return the assembled result."""
         handle = self._handle(body, endpoint, custom_id, headers, timeouts)
         assembler = ResponseAssembler(handle.shape)
-        timing = TimingRecorder()
-        sync, run_async = split_handlers([assembler, timing, *handlers])
+        sync, run_async = split_handlers([assembler, *handlers])
         count = 0
         self._active += 1
         try:
@@ -576,7 +575,7 @@ class Engine:
             custom_id=custom_id, dialect=attempt.decoder.dialect, attempts=handle.attempts,
             started_ns=attempt.started_ns, first_byte_ns=attempt.first_byte_ns,
             first_token_ns=attempt.first_token_ns, finished_ns=handle.finished_ns,
-            token_times_ns=timing.token_times_ns,
+            token_times_ns=assembler.token_times_ns,
         )
 
 

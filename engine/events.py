@@ -46,33 +46,12 @@ TERMINAL_TYPES = frozenset(
     {"response.completed", "response.failed", "response.incomplete", "error"}
 )
 _DONE = b"[DONE]"
+# The text of a Responses delta is read without decoding the whole JSON: exact for an object
+# (framing checked: starts with `{`, ends with `}`) whose first `"delta":"` is the top-level
+# key (those bytes cannot occur inside a JSON string, where quotes are escaped) and whose value
+# has no backslash escape and is valid UTF-8. Anything else falls back to a full orjson decode,
+# which also raises on malformed data.
 _DELTA_KEY = b'"delta":"'
-
-
-def _fast_delta(raw: bytes) -> str | None:
-    """The `delta` string of a Responses text-delta event without decoding the whole JSON.
-
-    Exact for the common case: an object (framing checked) whose first `"delta":"` is the
-    top-level key (the bytes `"delta":"` cannot occur inside a JSON string, where quotes are
-    escaped), and a value with no escapes and valid UTF-8. Anything else returns None and the
-    caller decodes the JSON fully, which also raises on malformed data.
-    """
-    if not raw or raw[0] != 123 or raw[-1] != 125:  # {...}
-        return None
-    start = raw.find(_DELTA_KEY)
-    if start < 0:
-        return None
-    start += 9
-    end = raw.find(b'"', start)
-    if end < 0:
-        return None
-    value = raw[start:end]
-    if 92 in value:  # a backslash escape: let orjson unescape it
-        return None
-    try:
-        return value.decode()
-    except UnicodeDecodeError:
-        return None
 
 
 class Dialect(StrEnum):
@@ -153,15 +132,26 @@ class StreamEvent:
     def text_delta(self) -> str | None:
         """The text this event adds to the output (Responses delta or chat content), or None."""
         delta = self.cached_delta
-        if delta is False:
-            if self.type == TEXT_DELTA and self.decoded is None:
-                delta = _fast_delta(self.raw)
-                if delta is None:
-                    delta = self._text_delta()
-            else:
-                delta = self._text_delta()
-            self.cached_delta = delta
-        return delta  # type: ignore[return-value]
+        if delta is not False:
+            return delta  # type: ignore[return-value]
+        delta = None
+        if self.type == TEXT_DELTA and self.decoded is None:
+            # The exact fast path described at _DELTA_KEY; this runs once per token.
+            raw = self.raw
+            start = raw.find(_DELTA_KEY) + 9
+            if start > 8 and raw[0] == 123 and raw[-1] == 125:
+                end = raw.find(b'"', start)
+                if end > 0:
+                    value = raw[start:end]
+                    if 92 not in value:
+                        try:
+                            delta = value.decode()
+                        except UnicodeDecodeError:
+                            delta = None
+        if delta is None:
+            delta = self._text_delta()
+        self.cached_delta = delta
+        return delta
 
     def _text_delta(self) -> str | None:
         typ = self.type

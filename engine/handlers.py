@@ -103,11 +103,12 @@ class ResponseAssembler:
     """
 
     __slots__ = ("created", "dialect", "finish_reason", "meta", "parts", "shape", "terminal",
-                 "usage")
+                 "token_times_ns", "usage")
 
     def __init__(self, shape: Dialect = Dialect.RESPONSES) -> None:
         self.shape = shape
         self.parts: list[str] = []
+        self.token_times_ns: list[int] = []  # arrival of each delta: TTFT and ITL for free
         self.usage: Usage | None = None
         self.created: dict[str, Any] | None = None  # response object of response.created
         self.terminal: dict[str, Any] | None = None
@@ -119,6 +120,7 @@ class ResponseAssembler:
         delta = event.text_delta
         if delta:
             self.parts.append(delta)
+            self.token_times_ns.append(event.received_ns)
             return
         typ = event.type
         if typ == CHAT_CHUNK:

@@ -113,7 +113,7 @@ def test_non_terminal_event_has_no_error() -> None:
 
 
 def test_malformed_json_is_a_protocol_error_with_snippet() -> None:
-    _, events = decode(b"event: response.output_text.delta\ndata: {\"delta\": \"a\n\n")
+    _, events = decode(b'event: response.output_text.delta\ndata: {"delta": "a\n\n')
     with pytest.raises(ProtocolError, match="not valid JSON"):
         _ = events[0].text_delta
     with pytest.raises(ProtocolError, match="not valid JSON"):
@@ -147,3 +147,36 @@ def test_usage_from_payload() -> None:
 def test_as_dict_for_writers() -> None:
     _, events = decode(typed(DELTA))
     assert events[0].as_dict() == {"type": DELTA["type"], "received_ns": 123, "data": DELTA}
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    (b'{"type":"response.output_text.delta","delta":"plain"}', "plain"),
+    (b'{"type":"response.output_text.delta","delta":"say \\"hi\\"\\n"}', 'say "hi"\n'),
+    (b'{"type":"response.output_text.delta","delta":"caf\xc3\xa9"}', "caf\u00e9"),
+    (b'{"type":"response.output_text.delta","delta":"bad \xff"}', "bad \ufffd"),
+    (b'{"type":"response.output_text.delta", "delta": "spaced"}', "spaced"),
+    (b'{"type":"response.output_text.delta","delta":""}', ""),
+    (b'{"type":"response.output_text.delta","item_id":"delta","delta":"x"}', "x"),
+    (b'{"type":"response.output_text.delta","delta":5}', None),
+])
+def test_text_delta_fast_path_is_exact(raw: bytes, expected: str | None) -> None:
+    _, events = decode(b"event: response.output_text.delta\ndata: " + raw + b"\n\n")
+    assert events[0].text_delta == expected
+    assert events[0].text_delta == expected  # cached
+    assert events[0].text_delta == (decode_json(raw)["delta"] if expected is not None else None)
+
+
+def test_truncated_delta_json_is_not_accepted_by_the_fast_path() -> None:
+    _, events = decode(b'event: response.output_text.delta\n'
+                       b'data: {"type":"response.output_text.delta","delta":"a"\n\n')
+    with pytest.raises(ProtocolError, match="not valid JSON"):
+        _ = events[0].text_delta
+
+
+def test_decoder_accepts_plain_sse_messages_and_repr() -> None:
+    decoder = EventDecoder()
+    (event,) = decoder.decode(SSEParser().feed(typed(DELTA)), 9)
+    assert isinstance(event, StreamEvent)
+    assert event.received_ns == 9
+    assert repr(event).startswith("<StreamEvent response.output_text.delta at 9 ns: b'{")
+    assert decoder.parser().feed(typed(DELTA))[0].type == DELTA["type"]
