@@ -224,10 +224,10 @@ def test_event_size_cap_on_endless_line_names_offset() -> None:
 
 def test_event_size_cap_on_many_data_lines() -> None:
     parser = SSEParser(max_event_bytes=1000)
-    for _ in range(58):  # 58 lines x 17 bytes: still under the cap
+    for _ in range(58):  # 580 data bytes: still under the cap
         parser.feed(b"data: 0123456789\n")
     with pytest.raises(ProtocolError, match="exceeds 1000 bytes"):
-        parser.feed(b"data: 0123456789\n" * 10)
+        parser.feed(b"data: 0123456789\n" * 50)
 
 
 def test_event_size_cap_resets_per_event() -> None:
