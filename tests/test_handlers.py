@@ -1,0 +1,144 @@
+"""Built-in handlers on decoded events: assembly in both shapes, timing, writers, callbacks."""
+
+from __future__ import annotations
+
+import io
+
+import orjson
+
+from engine.events import Dialect, EventDecoder, StreamEvent
+from engine.handlers import (
+    Callback,
+    JSONLWriter,
+    ResponseAssembler,
+    TextCollector,
+    TimingRecorder,
+    split_handlers,
+)
+
+
+def events_of(*payloads: dict[str, object], typed: bool = True) -> list[StreamEvent]:
+    decoder = EventDecoder()
+    out: list[StreamEvent] = []
+    for t, payload in enumerate(payloads):
+        head = f"event: {payload['type']}\n".encode() if typed and "type" in payload else b""
+        raw = head + b"data: " + orjson.dumps(payload) + b"\n\n"
+        out += decoder.decode(decoder.parser().feed(raw), 1000 * (t + 1))
+    return out
+
+
+CREATED = {"type": "response.created", "response": {"id": "resp_9", "object": "response",
+                                                    "model": "m", "status": "in_progress"}}
+DELTAS = [{"type": "response.output_text.delta", "delta": d} for d in ("He", "llo")]
+COMPLETED = {"type": "response.completed", "response": {
+    "id": "resp_9", "object": "response", "status": "completed", "output": [],
+    "usage": {"input_tokens": 3, "output_tokens": 2, "total_tokens": 5}}}
+CHAT = [
+    {"object": "chat.completion.chunk", "id": "c1", "model": "m", "created": 7,
+     "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+    {"object": "chat.completion.chunk", "id": "c1", "model": "m", "created": 7,
+     "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}]},
+    {"object": "chat.completion.chunk", "id": "c1", "model": "m", "created": 7,
+     "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]},
+    {"object": "chat.completion.chunk", "id": "c1", "model": "m", "created": 7, "choices": [],
+     "usage": {"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5}},
+]
+
+
+def test_assembler_takes_the_terminal_response() -> None:
+    asm = ResponseAssembler()
+    for ev in events_of(CREATED, *DELTAS, COMPLETED):
+        asm(ev)
+    assert asm.text == "Hello"
+    assert asm.response() == COMPLETED["response"]
+    assert asm.usage is not None
+    assert asm.usage.total_tokens == 5
+    assert asm.token_times_ns == [2000, 3000]
+    assert asm.dialect is Dialect.RESPONSES
+
+
+def test_assembler_builds_a_response_when_the_server_sent_none() -> None:
+    asm = ResponseAssembler()
+    for ev in events_of(CREATED, *DELTAS):
+        asm(ev)
+    response = asm.response(status="incomplete")
+    assert response["id"] == "resp_9"
+    assert response["status"] == "incomplete"
+    assert response["output"][0]["content"][0]["text"] == "Hello"
+    assert response["usage"] is None
+
+
+def test_assembler_chat_chunks_into_a_responses_object() -> None:
+    asm = ResponseAssembler(Dialect.RESPONSES)
+    for ev in events_of(*CHAT, typed=False):
+        asm(ev)
+    response = asm.response()
+    assert response["object"] == "response"
+    assert response["id"] == "c1"
+    assert response["output"][0]["content"][0]["text"] == "Hi"
+    assert response["usage"] == {"input_tokens": 4, "output_tokens": 1, "total_tokens": 5}
+
+
+def test_assembler_chat_completion_shape() -> None:
+    asm = ResponseAssembler(Dialect.CHAT)
+    for ev in events_of(*CHAT, typed=False):
+        asm(ev)
+    completion = asm.response()
+    assert completion["object"] == "chat.completion"
+    assert completion["choices"][0]["message"] == {"role": "assistant", "content": "Hi"}
+    assert completion["choices"][0]["finish_reason"] == "length"
+    assert completion["usage"] == {"prompt_tokens": 4, "completion_tokens": 1,
+                                   "total_tokens": 5}
+
+
+def test_assembler_responses_stream_into_chat_completion_shape() -> None:
+    asm = ResponseAssembler(Dialect.CHAT)
+    for ev in events_of(CREATED, *DELTAS, COMPLETED):
+        asm(ev)
+    completion = asm.response()
+    assert completion["id"] == "resp_9"
+    assert completion["choices"][0]["message"]["content"] == "Hello"
+    assert completion["usage"]["completion_tokens"] == 2
+
+
+def test_timing_recorder_and_text_collector() -> None:
+    timing = TimingRecorder()
+    text = TextCollector()
+    for ev in events_of(CREATED, *DELTAS, COMPLETED):
+        timing(ev)
+        text(ev)
+    assert timing.first_token_ns == 2000
+    assert timing.itl_ns() == [1000]
+    assert text.text == "Hello"
+    assert TimingRecorder().first_token_ns is None
+
+
+def test_jsonl_writer_and_callback_filter() -> None:
+    buf = io.BytesIO()
+    writer = JSONLWriter(buf)
+    seen: list[str] = []
+    cb = Callback(lambda ev: seen.append(ev.type), types={"response.completed"})
+    for ev in events_of(CREATED, COMPLETED):
+        writer(ev)
+        cb(ev)
+    rows = [orjson.loads(line) for line in buf.getvalue().splitlines()]
+    assert [r["type"] for r in rows] == ["response.created", "response.completed"]
+    assert rows[1]["data"] == COMPLETED
+    assert seen == ["response.completed"]
+
+
+def test_split_handlers_decides_once() -> None:
+    async def coro_fn(ev: StreamEvent) -> None:
+        return None
+
+    class AsyncCallable:
+        async def __call__(self, ev: StreamEvent) -> None:
+            return None
+
+    sync_cb = Callback(print)
+    async_cb = Callback(coro_fn)
+    collector = TextCollector()
+    acall = AsyncCallable()
+    sync, run_async = split_handlers([collector, coro_fn, sync_cb, async_cb, acall])
+    assert sync == [collector, sync_cb]
+    assert run_async == [coro_fn, async_cb, acall]
