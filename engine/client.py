@@ -252,6 +252,8 @@ class _Attempt:
     async def _drain(self, resp: aiohttp.ClientResponse) -> None:
         """Read to EOF after the last event so the connection can be reused."""
         self._disarm()
+        if resp.content.at_eof():
+            return  # the usual case: the body's end arrived with the last event
         try:
             async with asyncio.timeout(DRAIN_S):
                 async for _ in resp.content.iter_any():
