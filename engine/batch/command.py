@@ -1,0 +1,128 @@
+"""The `batch` verb: argparse glue around `run_batch` (engine/cli.py wires it in).
+
+Exit status: 0 when every record of the job succeeded, 1 when the job finished with records
+in the errors file (failed requests or invalid lines), 2 when it could not start (bad
+arguments, duplicate custom_ids, a locked output): nothing was sent then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import orjson
+
+from engine.batch.inputs import Shard
+from engine.batch.runner import BatchConfig, BatchSummary, Endpoint, run_batch
+from engine.client import DEFAULT_BASE_URL, RetryPolicy
+from engine.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine, Sequence
+    from typing import Any
+
+EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `batch` flags, on a parser the caller owns."""
+    parser.add_argument("input", type=Path, help="requests, one JSON object per line "
+                        "(OpenAI Batch format, or plain request bodies)")
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="results in the OpenAI Batch output format (appended; resumable)")
+    parser.add_argument("--errors", type=Path, default=None,
+                        help="failed and invalid records (default: OUTPUT.errors.jsonl)")
+    parser.add_argument("--base-url", action="append", default=[], metavar="URL",
+                        help="endpoint base URL, repeatable (default: $OPENAI_BASE_URL)")
+    parser.add_argument("--api-key-env", action="append", default=[], metavar="NAME",
+                        help="environment variable holding an API key, repeatable "
+                        "(default: OPENAI_API_KEY); one engine per (URL, key)")
+    parser.add_argument("--concurrency", type=int, default=256,
+                        help="streams in flight at most (default: 256)")
+    parser.add_argument("--rpm", type=float, default=None, help="requests per minute, whole job")
+    parser.add_argument("--tpm", type=float, default=None, help="tokens per minute, whole job")
+    parser.add_argument("--no-adaptive", dest="adaptive", action="store_false",
+                        help="keep concurrency fixed instead of halving it on 429")
+    parser.add_argument("--max-retries", type=int, default=RetryPolicy().max_retries,
+                        help="retries per request before it goes to the errors file")
+    parser.add_argument("--estimate-output-tokens", type=int, default=1024, metavar="N",
+                        help="output tokens assumed for a body without an output cap (TPM)")
+    parser.add_argument("--shard", type=_shard, default=Shard(), metavar="I/N",
+                        help="process shard I of N (1-based; by crc32 of custom_id)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate the input and estimate tokens; send nothing")
+    parser.add_argument("--fsync", action="store_true",
+                        help="fsync the files at most once a second (survive power loss)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no live progress display (it is off anyway when not a terminal)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _shard(text: str) -> Shard:
+    try:
+        return Shard.parse(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _endpoints(args: argparse.Namespace) -> list[Endpoint]:
+    urls = args.base_url or [os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL]
+    names = args.api_key_env or ["OPENAI_API_KEY"]
+    keys: list[str | None] = []
+    for name in names:
+        key = os.environ.get(name)
+        if key is None and args.api_key_env:
+            raise ConfigError(f"environment variable {name} is not set")  # the name, never a key
+        keys.append(key)
+    return [Endpoint(url, key) for url in urls for key in keys]
+
+
+def config_from_args(args: argparse.Namespace) -> BatchConfig:
+    return BatchConfig(
+        input_path=args.input, output_path=args.output, errors_path=args.errors,
+        endpoints=_endpoints(args), concurrency=args.concurrency, rpm=args.rpm, tpm=args.tpm,
+        adaptive=args.adaptive, retry=RetryPolicy(max_retries=args.max_retries),
+        shard=args.shard, default_output_tokens=args.estimate_output_tokens,
+        dry_run=args.dry_run, fsync=args.fsync,
+        progress=args.progress and sys.stderr.isatty() and not args.dry_run,
+    )
+
+
+def _run_loop(coro: Coroutine[Any, Any, BatchSummary]) -> BatchSummary:
+    try:
+        import uvloop  # noqa: PLC0415 - optional off Linux/macOS
+    except ImportError:  # pragma: no cover
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the job described by parsed arguments; returns the exit status."""
+    from engine.batch.progress import format_summary  # noqa: PLC0415 - rich only when used
+
+    try:
+        config = config_from_args(args)
+        summary = _run_loop(run_batch(config))
+    except ConfigError as exc:  # includes duplicate ids and bad input files
+        sys.stderr.write(f"stream-engine batch: {exc}\n")
+        return EXIT_USAGE
+    except OSError as exc:
+        sys.stderr.write(f"stream-engine batch: {exc}\n")
+        return EXIT_USAGE
+    sys.stderr.write(format_summary(summary) + "\n")
+    if args.json:
+        sys.stdout.write(orjson.dumps(summary.as_dict()).decode() + "\n")
+    return EXIT_OK if summary.ok else EXIT_FAILURES
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m engine.batch", description="Run an OpenAI Batch file through streaming "
+        "requests: exactly once, resumable, rate-limited.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

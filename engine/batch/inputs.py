@@ -1,0 +1,221 @@
+"""The input file: parse and validate lines, reject duplicate ids, shard, estimate tokens.
+
+Two passes, so a file of millions of requests never sits in memory: `scan_input` reads every
+line once to validate it and collect the set of custom_ids (duplicates are refused before
+anything is sent), then `iter_lines` streams the file again for dispatch, one parsed line at
+a time. Every line gets an id: its `custom_id`, or for a plain request body (and a line too
+broken to name one) its 1-based line number, so even a bad line is reported exactly once.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+
+from engine.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+# Batch API url -> the engine's endpoint name. The base URL already ends in /v1.
+URLS: Final = {
+    "/v1/responses": "responses",
+    "/v1/chat/completions": "chat",
+    "/responses": "responses",
+    "/chat/completions": "chat",
+}
+BATCH_KEYS: Final = frozenset({"custom_id", "method", "url", "body"})
+CHARS_PER_TOKEN: Final = 4  # the usual rule of thumb for English text; corrected by settle()
+MAX_OUTPUT_KEYS: Final = ("max_output_tokens", "max_completion_tokens", "max_tokens")
+REPORTED_PROBLEMS: Final = 20  # bad lines kept for the report; the errors file has them all
+
+
+class DuplicateCustomIdError(ConfigError):
+    """The input names one custom_id on two lines: nothing may be sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """Shard `index` (1-based) of `count`: the ids whose stable hash falls in it."""
+
+    index: int = 1
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.index <= self.count:
+            raise ConfigError(f"shard must be I/N with 1 <= I <= N, got {self.index}/{self.count}")
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """`"2/8"` -> Shard(2, 8)."""
+        index, sep, count = text.partition("/")
+        try:
+            if sep:
+                return cls(int(index), int(count))
+        except ValueError:
+            pass
+        raise ConfigError(f"--shard {text!r} is not I/N (e.g. 1/4)")
+
+    def __contains__(self, custom_id: str) -> bool:
+        # crc32, not hash(): Python's str hash is salted per process, shards must agree.
+        return self.count == 1 or zlib.crc32(custom_id.encode()) % self.count == self.index - 1
+
+
+@dataclass(slots=True)
+class Request:
+    """A valid input line, ready to send."""
+
+    line: int
+    custom_id: str
+    endpoint: str  # "responses" or "chat"
+    body: dict[str, Any]
+    estimated_tokens: int
+
+
+@dataclass(slots=True)
+class BadLine:
+    """An input line that cannot be sent; it ends in the errors file with its line number."""
+
+    line: int
+    custom_id: str
+    message: str
+
+
+@dataclass(slots=True)
+class InputScan:
+    """What the first pass learned: counts, problems and the token estimate of the shard."""
+
+    lines: int = 0  # non-blank lines in the whole file
+    requests: int = 0  # valid lines in this shard
+    bad: int = 0  # invalid lines in this shard
+    estimated_tokens: int = 0  # of the shard's valid requests
+    ids: set[str] = field(default_factory=set)  # the shard's custom_ids, valid or not
+    problems: list[BadLine] = field(default_factory=list)  # the first few bad lines
+
+
+def text_chars(value: Any) -> int:
+    """Characters of every string value (not key) in a JSON body: the prompt's size."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(text_chars(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(text_chars(v) for v in value)
+    return 0
+
+
+def estimate_tokens(body: dict[str, Any], default_output_tokens: int) -> int:
+    """Input from the text length plus the output cap: what TPM is charged before the call."""
+    output = next((body[k] for k in MAX_OUTPUT_KEYS if isinstance(body.get(k), int)),
+                  default_output_tokens)
+    return math.ceil(text_chars(body) / CHARS_PER_TOKEN) + max(int(output), 0)
+
+
+def parse_line(  # noqa: PLR0911 - one early return per way a line can be wrong
+    raw: bytes, line: int, default_output_tokens: int,
+) -> Request | BadLine:
+    """One input line, in the Batch API format or a plain request body."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return BadLine(line, str(line), f"line {line}: not valid JSON ({exc})")
+    if not isinstance(obj, dict):
+        return BadLine(line, str(line), f"line {line}: expected a JSON object, "
+                       f"got {type(obj).__name__}")
+    if not BATCH_KEYS & obj.keys():  # a plain body: the endpoint follows from its shape
+        if "model" not in obj:
+            return BadLine(line, str(line), f"line {line}: body has no model")
+        endpoint = "chat" if "messages" in obj else "responses"
+        return Request(line, str(line), endpoint, obj,
+                       estimate_tokens(obj, default_output_tokens))
+    custom_id = obj.get("custom_id")
+    if not isinstance(custom_id, str) or not custom_id:
+        return BadLine(line, str(line), f"line {line}: custom_id must be a non-empty string")
+    problem = _check_batch_line(obj)
+    if problem:
+        return BadLine(line, custom_id, f"line {line}: {problem}")
+    body = obj["body"]
+    return Request(line, custom_id, URLS[obj["url"]], body,
+                   estimate_tokens(body, default_output_tokens))
+
+
+def _check_batch_line(obj: dict[str, Any]) -> str | None:
+    method = obj.get("method", "POST")
+    if method != "POST":
+        return f"method must be POST, got {method!r}"
+    url = obj.get("url")
+    if url not in URLS:
+        return f"url must be /v1/responses or /v1/chat/completions, got {url!r}"
+    body = obj.get("body")
+    if not isinstance(body, dict):
+        return "body must be a JSON object" if "body" in obj else "body is missing"
+    if "model" not in body:
+        return "body has no model"
+    return None
+
+
+def _numbered_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, stripped bytes) of every non-blank line."""
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, 1):
+            stripped = raw.strip()
+            if stripped:
+                yield number, stripped
+
+
+def scan_input(path: Path, shard: Shard, default_output_tokens: int) -> InputScan:
+    """Validate every line; raise DuplicateCustomIdError naming both line numbers."""
+    scan = InputScan()
+    seen: set[str] = scan.ids if shard.count == 1 else set()  # one set when not sharded
+    duplicates: list[tuple[str, int]] = []
+    for number, raw in _numbered_lines(path):
+        scan.lines += 1
+        parsed = parse_line(raw, number, default_output_tokens)
+        cid = parsed.custom_id
+        if cid in seen:
+            duplicates.append((cid, number))
+            continue
+        seen.add(cid)
+        if cid not in shard:
+            continue
+        if seen is not scan.ids:
+            scan.ids.add(cid)
+        if isinstance(parsed, BadLine):
+            scan.bad += 1
+            if len(scan.problems) < REPORTED_PROBLEMS:
+                scan.problems.append(parsed)
+        else:
+            scan.requests += 1
+            scan.estimated_tokens += parsed.estimated_tokens
+    if duplicates:
+        raise DuplicateCustomIdError(_duplicate_message(path, duplicates))
+    return scan
+
+
+def _duplicate_message(path: Path, duplicates: list[tuple[str, int]]) -> str:
+    """Find each duplicate's first line (a second read, only on this error path)."""
+    shown = duplicates[:REPORTED_PROBLEMS]
+    wanted = {cid for cid, _ in shown}
+    first: dict[str, int] = {}
+    for number, raw in _numbered_lines(path):
+        cid = parse_line(raw, number, 0).custom_id
+        if cid in wanted and cid not in first:
+            first[cid] = number
+    parts = [f"custom_id {cid!r} on line {first[cid]} and line {number}" for cid, number in shown]
+    more = len(duplicates) - len(shown)
+    tail = f" (and {more} more)" if more else ""
+    return f"{path}: duplicate custom_id: " + "; ".join(parts) + tail
+
+
+def iter_lines(path: Path, shard: Shard, default_output_tokens: int,
+               skip: set[str] | frozenset[str] = frozenset()) -> Iterator[Request | BadLine]:
+    """Second pass: the shard's lines not in `skip`, parsed one at a time."""
+    for number, raw in _numbered_lines(path):
+        parsed = parse_line(raw, number, default_output_tokens)
+        if parsed.custom_id in shard and parsed.custom_id not in skip:
+            yield parsed

@@ -1,0 +1,296 @@
+"""Dispatch: the input's requests through limits and engines into the result store.
+
+Per request, in this order: a concurrency slot (AIMD, halved on 429), then a rate-limit grant
+(RPM/TPM on an estimate, settled with the real usage afterwards), then the least-loaded
+engine, then one task that streams it and appends its record. The slot is taken before the
+grant so a grant's time is the time the request goes out, which is what the server counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.batch.inputs import BadLine, Request, Shard, iter_lines, scan_input
+from engine.batch.store import INVALID_REQUEST, ResultStore, read_state
+from engine.client import DEFAULT_BASE_URL, Engine, RetryPolicy, Timeouts
+from engine.errors import ConfigError, EngineError, RateLimitError
+from engine.limits import AdaptiveConcurrency, RateLimiter, Reservation
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from engine.batch.store import ResumeState
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One base URL and the key to use there (the key is never shown in a repr)."""
+
+    base_url: str
+    api_key: str | None = field(default=None, repr=False)
+
+
+def default_endpoints() -> list[Endpoint]:
+    """`OPENAI_BASE_URL` (or the OpenAI API) with `OPENAI_API_KEY`."""
+    return [Endpoint(os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL,
+                     os.environ.get("OPENAI_API_KEY"))]
+
+
+def errors_path_for(output: Path) -> Path:
+    """`out.jsonl` -> `out.errors.jsonl`: the default errors file sits next to the output."""
+    return output.with_name(f"{output.stem}.errors{output.suffix or '.jsonl'}")
+
+
+@dataclass(slots=True)
+class BatchConfig:
+    """One batch job. Limits are for the whole job, across every endpoint."""
+
+    input_path: Path
+    output_path: Path
+    errors_path: Path | None = None  # default: errors_path_for(output_path)
+    endpoints: Sequence[Endpoint] = field(default_factory=default_endpoints)
+    concurrency: int = 256
+    rpm: float | None = None
+    tpm: float | None = None
+    adaptive: bool = True  # halve concurrency on 429 (once per cooldown), recover on success
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    shard: Shard = field(default_factory=Shard)
+    default_output_tokens: int = 1024  # TPM estimate for a body without an output cap
+    dry_run: bool = False
+    fsync: bool = False
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        self.input_path = Path(self.input_path)
+        self.output_path = Path(self.output_path)
+        self.errors_path = Path(self.errors_path or errors_path_for(self.output_path))
+        if self.concurrency < 1:
+            raise ConfigError("concurrency must be at least 1")
+        if not self.endpoints:
+            raise ConfigError("at least one endpoint (base URL) is needed")
+
+
+@dataclass(slots=True)
+class BatchSummary:
+    """Counts of one run; updated live while it runs (the progress display reads it)."""
+
+    lines: int = 0  # non-blank input lines (whole file)
+    requests: int = 0  # valid requests in the shard
+    invalid: int = 0  # bad input lines in the shard
+    to_do: int = 0  # records this run had to produce (shard minus already done)
+    already_done: int = 0  # shard records found in the files at start (resume)
+    succeeded: int = 0  # this run
+    failed: int = 0  # this run, after retries
+    invalid_written: int = 0  # bad lines written to the errors file this run
+    resumed_failed: int = 0  # lines already in the errors file at start
+    repaired_bytes: int = 0  # torn tail truncated on resume
+    estimated_tokens: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    attempts: int = 0  # HTTP requests of the successful records
+    retries: int = 0  # retries the engines made (any record)
+    retries_by_kind: Counter[str] = field(default_factory=Counter)
+    errors_by_kind: Counter[str] = field(default_factory=Counter)
+    requests_by_endpoint: Counter[str] = field(default_factory=Counter)
+    started_s: float = field(default_factory=time.monotonic)
+    wall_s: float = 0.0
+    dry_run: bool = False
+
+    @property
+    def finished(self) -> int:
+        return self.succeeded + self.failed + self.invalid_written
+
+    @property
+    def ok(self) -> bool:
+        """Every record of the job succeeded (nothing in the errors file)."""
+        if self.dry_run:
+            return self.invalid == 0
+        return self.failed + self.invalid_written + self.resumed_failed == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready, for `--json` and scripts."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "started_s"}
+        return {k: dict(v) if isinstance(v, Counter) else v for k, v in out.items()}
+
+
+class _Slot:
+    """One (base URL, key) engine and its requests in flight."""
+
+    __slots__ = ("active", "engine", "label")
+
+    def __init__(self, engine: Engine, label: str) -> None:
+        self.engine = engine
+        self.label = label
+        self.active = 0
+
+
+class _ObservedEngine(Engine):
+    """An Engine that reports each retry it decides on, so 429s can steer concurrency.
+
+    Overrides the private `_retry_delay` (the engine has no public retry hook yet).
+    """
+
+    def __init__(self, *args: Any, on_retry: Callable[[EngineError], None],
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_retry = on_retry
+
+    def _retry_delay(self, exc: EngineError, attempt: int) -> float | None:
+        delay = super()._retry_delay(exc, attempt)
+        if delay is not None:
+            self._on_retry(exc)
+        return delay
+
+
+class BatchRunner:
+    """Runs one BatchConfig; `limiter` and `gate` may be injected (tests use a fake clock)."""
+
+    def __init__(self, config: BatchConfig, *, limiter: RateLimiter | None = None,
+                 gate: AdaptiveConcurrency | None = None) -> None:
+        self.config = config
+        self.summary = BatchSummary(dry_run=config.dry_run)
+        if limiter is None and (config.rpm is not None or config.tpm is not None):
+            limiter = RateLimiter(config.rpm, config.tpm)
+        self.limiter = limiter
+        n = config.concurrency
+        self.gate = gate or AdaptiveConcurrency(n, minimum=1 if config.adaptive else n, maximum=n)
+        self._slots: list[_Slot] = []
+        self._turn = itertools.count()
+        self._fatal: BaseException | None = None
+
+    async def run(self) -> BatchSummary:
+        cfg = self.config
+        summary = self.summary
+        assert cfg.errors_path is not None  # noqa: S101 - set by BatchConfig.__post_init__
+        scan = scan_input(cfg.input_path, cfg.shard, cfg.default_output_tokens)
+        summary.lines, summary.requests, summary.invalid = scan.lines, scan.requests, scan.bad
+        summary.estimated_tokens = scan.estimated_tokens
+        if cfg.dry_run:
+            self._count_done(read_state(cfg.output_path, cfg.errors_path), scan.ids)
+            summary.wall_s = time.monotonic() - summary.started_s
+            return summary
+        with ResultStore(cfg.output_path, cfg.errors_path, fsync=cfg.fsync) as store:
+            state = store.open()
+            self._count_done(state, scan.ids)
+            summary.repaired_bytes = state.repaired_bytes
+            del scan  # the id set is not needed any more: free it before the long part
+            async with contextlib.AsyncExitStack() as stack:
+                for endpoint in cfg.endpoints:
+                    engine = _ObservedEngine(
+                        endpoint.base_url, endpoint.api_key or "", max_connections=cfg.concurrency,
+                        timeouts=cfg.timeouts, retry=cfg.retry, on_retry=self._on_retry)
+                    self._slots.append(_Slot(await stack.enter_async_context(engine),
+                                             endpoint.base_url))
+                if cfg.progress:
+                    from engine.batch.progress import ProgressDisplay  # noqa: PLC0415 - rich is slow to import
+                    await stack.enter_async_context(ProgressDisplay(summary))
+                await self._dispatch(store, state.done)
+        summary.wall_s = time.monotonic() - summary.started_s
+        if self._fatal is not None:
+            raise self._fatal
+        return summary
+
+    def _count_done(self, state: ResumeState, shard_ids: set[str]) -> None:
+        summary = self.summary
+        summary.already_done = len(state.done & shard_ids)
+        summary.resumed_failed = state.failed
+        summary.to_do = summary.requests + summary.invalid - summary.already_done
+
+    async def _dispatch(self, store: ResultStore, done: set[str]) -> None:
+        cfg = self.config
+        tasks: set[asyncio.Task[None]] = set()
+        loop = asyncio.get_running_loop()
+        try:
+            for item in iter_lines(cfg.input_path, cfg.shard, cfg.default_output_tokens, done):
+                if self._fatal is not None:
+                    break
+                if isinstance(item, BadLine):
+                    store.write_bad_line(item)
+                    self.summary.invalid_written += 1
+                    self.summary.errors_by_kind[INVALID_REQUEST] += 1
+                    continue
+                await self.gate.acquire()
+                try:
+                    reservation = (None if self.limiter is None
+                                   else await self.limiter.acquire(item.estimated_tokens))
+                except BaseException:
+                    self.gate.release()
+                    raise
+                task = loop.create_task(self._one(store, self._pick(), item, reservation))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _pick(self) -> _Slot:
+        """The least-loaded engine; ties go round-robin so equal engines share evenly."""
+        slots = self._slots
+        if len(slots) == 1:
+            return slots[0]
+        start = next(self._turn) % len(slots)
+        order = slots[start:] + slots[:start]
+        return min(order, key=lambda s: s.active)
+
+    def _on_retry(self, exc: EngineError) -> None:
+        self.summary.retries += 1
+        self.summary.retries_by_kind[exc.kind] += 1
+        if isinstance(exc, RateLimitError):
+            self.gate.on_rate_limited()
+
+    async def _one(self, store: ResultStore, slot: _Slot, req: Request,
+                   reservation: Reservation | None) -> None:
+        summary = self.summary
+        slot.active += 1
+        summary.requests_by_endpoint[slot.label] += 1
+        try:
+            result = await slot.engine.run(req.body, endpoint=req.endpoint,
+                                           custom_id=req.custom_id)
+        except EngineError as exc:
+            # The estimate stays booked: a failed request may still have cost tokens.
+            store.write_failure(req.custom_id, exc)
+            summary.failed += 1
+            summary.errors_by_kind[exc.kind] += 1
+            if isinstance(exc, RateLimitError):
+                self.gate.on_rate_limited()
+            else:
+                self.gate.on_error()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a bug: stop the job; the record stays undone
+            self._fatal = self._fatal or exc
+        else:
+            store.write_success(req.custom_id, result)
+            summary.succeeded += 1
+            summary.attempts += result.attempts
+            usage = result.usage
+            if usage is not None:
+                summary.input_tokens += usage.input_tokens
+                summary.output_tokens += usage.output_tokens
+                summary.total_tokens += usage.total_tokens
+                if reservation is not None:
+                    reservation.settle(usage.total_tokens)
+            self.gate.on_success()
+        finally:
+            slot.active -= 1
+            self.gate.release()
+
+
+async def run_batch(config: BatchConfig, *, limiter: RateLimiter | None = None,
+                    gate: AdaptiveConcurrency | None = None) -> BatchSummary:
+    """Run (or resume) a batch job to completion and return its summary."""
+    return await BatchRunner(config, limiter=limiter, gate=gate).run()

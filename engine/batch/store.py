@@ -1,0 +1,234 @@
+"""The output and errors files: the job's only state, and how exactly-once survives kill -9.
+
+Invariant: a custom_id is done iff a complete line (ending in a newline) for it is in the
+output file or the errors file. Each finished record is appended as one whole line by a
+single `write(2)` on an `O_APPEND` descriptor, straight to the kernel (no user-space buffer
+to lose), so killing the process at any instant leaves every earlier record complete and at
+most the last line torn. On open, a torn tail (bytes after the last newline) is truncated
+away and its request runs again; then both files are read to learn which ids are done, and
+the runner skips them. An exclusive `flock` on each file stops a second process from
+appending to the same job at the same time (the lock dies with its process, even on kill -9).
+
+Durability: a written line survives the process dying as soon as `write` returns (it is in
+the page cache). Surviving a power loss needs `fsync`; with `fsync=True` the files are
+synced at most once per `fsync_interval_s` and at close, so a crash of the machine loses at
+most that last interval of records, which are then simply run again on resume.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Self
+
+import orjson
+
+from engine.errors import APIStatusError, ConfigError, EngineError, StreamError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from engine.batch.inputs import BadLine
+    from engine.client import StreamResult
+
+TAIL_CHUNK: Final = 64 * 1024
+INVALID_REQUEST: Final = "invalid_request"  # error code of a bad input line
+
+
+def record_id(custom_id: str) -> str:
+    """A stable `batch_req_…` id: the same job writes the same ids on every run."""
+    return "batch_req_" + hashlib.blake2b(custom_id.encode(), digest_size=12).hexdigest()
+
+
+def success_line(custom_id: str, result: StreamResult) -> bytes:
+    """An output line in the OpenAI Batch format; `body` is the assembled final response."""
+    return orjson.dumps({
+        "id": record_id(custom_id),
+        "custom_id": custom_id,
+        "response": {"status_code": result.status, "request_id": result.request_id,
+                     "body": result.response},
+        "error": None,
+    }, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def failure_line(custom_id: str, exc: EngineError) -> bytes:
+    """An errors-file line: the last HTTP status and body when there was one."""
+    response: dict[str, Any] | None = None
+    if isinstance(exc, APIStatusError):
+        response = {"status_code": exc.status, "request_id": exc.request_id, "body": exc.body}
+    elif isinstance(exc, StreamError) and exc.data is not None:
+        # response.failed / incomplete carry the final response object: keep it for tooling.
+        data = exc.data
+        body = data.get("response", data) if isinstance(data, dict) else data
+        response = {"status_code": 200, "request_id": exc.request_id, "body": body}
+    return orjson.dumps({
+        "id": record_id(custom_id),
+        "custom_id": custom_id,
+        "response": response,
+        "error": {"code": exc.kind, "message": exc.message},
+    }, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def bad_line_line(bad: BadLine) -> bytes:
+    """An errors-file line for an input line that could not be sent."""
+    return orjson.dumps({
+        "id": record_id(bad.custom_id),
+        "custom_id": bad.custom_id,
+        "response": None,
+        "error": {"code": INVALID_REQUEST, "message": bad.message, "line": bad.line},
+    }, option=orjson.OPT_APPEND_NEWLINE)
+
+
+@dataclass(slots=True)
+class ResumeState:
+    """What the files held when the job (re)started."""
+
+    done: set[str] = field(default_factory=set)
+    succeeded: int = 0  # lines in the output file
+    failed: int = 0  # lines in the errors file
+    repaired_bytes: int = 0  # torn-tail bytes truncated away
+    duplicates: list[str] = field(default_factory=list)  # ids found twice (should never be)
+
+
+class _AppendFile:
+    """One locked O_APPEND file: whole-line writes, optional periodic fsync."""
+
+    __slots__ = ("fd", "fsync_interval_s", "last_sync", "path", "unsynced")
+
+    def __init__(self, path: Path, fsync_interval_s: float | None) -> None:
+        self.path = path
+        self.fsync_interval_s = fsync_interval_s
+        self.unsynced = False
+        self.last_sync = time.monotonic()
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise ConfigError(f"{path} is locked: another batch process is writing it") from None
+
+    def repair_tail(self) -> int:
+        """Truncate bytes after the last newline (a line torn by a kill); return how many."""
+        size = os.fstat(self.fd).st_size
+        end = size
+        while end > 0:
+            start = max(0, end - TAIL_CHUNK)
+            chunk = os.pread(self.fd, end - start, start)
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                end = start + newline + 1
+                break
+            end = start
+        if end < size:
+            os.ftruncate(self.fd, end)
+        return size - end
+
+    def write(self, line: bytes) -> None:
+        view = memoryview(line)
+        while view:  # one write for a regular file; the loop only guards a short write
+            view = view[os.write(self.fd, view):]
+        if self.fsync_interval_s is not None:
+            self.unsynced = True
+            now = time.monotonic()
+            if now - self.last_sync >= self.fsync_interval_s:
+                self.sync(now)
+
+    def sync(self, now: float) -> None:
+        if self.unsynced:
+            os.fsync(self.fd)
+            self.unsynced = False
+        self.last_sync = now
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            if self.fsync_interval_s is not None:
+                self.sync(time.monotonic())
+            os.close(self.fd)  # also releases the lock
+            self.fd = -1
+
+
+def _read_ids(path: Path) -> list[str]:
+    """custom_id of every complete line of an output or errors file (a torn tail is not)."""
+    ids: list[str] = []
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, 1):
+            if not raw.endswith(b"\n"):
+                break
+            try:
+                cid = orjson.loads(raw)["custom_id"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                raise ConfigError(f"{path} line {number} is not a batch record; refusing to "
+                                  "resume into a file this job did not write") from None
+            ids.append(str(cid))
+    return ids
+
+
+def read_state(output: Path, errors: Path, state: ResumeState | None = None) -> ResumeState:
+    """Which custom_ids the files hold. Read-only: a dry run may call it on a live job."""
+    state = ResumeState() if state is None else state
+    done = state.done
+    for path in (output, errors):
+        ids = _read_ids(path) if path.exists() else []
+        if path is output:
+            state.succeeded = len(ids)
+        else:
+            state.failed = len(ids)
+        for cid in ids:
+            if cid in done:
+                state.duplicates.append(cid)
+            done.add(cid)
+    return state
+
+
+class ResultStore:
+    """The output and errors files of one job, opened for resume and appended line by line."""
+
+    def __init__(self, output: Path, errors: Path, *, fsync: bool = False,
+                 fsync_interval_s: float = 1.0) -> None:
+        if output.resolve() == errors.resolve():
+            raise ConfigError("the output and errors files must differ")
+        self.output_path = output
+        self.errors_path = errors
+        self._interval = fsync_interval_s if fsync else None
+        self._output: _AppendFile | None = None
+        self._errors: _AppendFile | None = None
+
+    def open(self) -> ResumeState:
+        """Lock both files, repair torn tails and read which custom_ids are done."""
+        state = ResumeState()
+        self._output = _AppendFile(self.output_path, self._interval)
+        try:
+            self._errors = _AppendFile(self.errors_path, self._interval)
+        except BaseException:
+            self.close()
+            raise
+        for handle in (self._output, self._errors):
+            state.repaired_bytes += handle.repair_tail()
+        return read_state(self.output_path, self.errors_path, state)
+
+    def write_success(self, custom_id: str, result: StreamResult) -> None:
+        assert self._output is not None, "open() first"  # noqa: S101 - programming error
+        self._output.write(success_line(custom_id, result))
+
+    def write_failure(self, custom_id: str, exc: EngineError) -> None:
+        assert self._errors is not None, "open() first"  # noqa: S101 - programming error
+        self._errors.write(failure_line(custom_id, exc))
+
+    def write_bad_line(self, bad: BadLine) -> None:
+        assert self._errors is not None, "open() first"  # noqa: S101 - programming error
+        self._errors.write(bad_line_line(bad))
+
+    def close(self) -> None:
+        for handle in (self._output, self._errors):
+            if handle is not None:
+                handle.close()
+        self._output = self._errors = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
