@@ -1,0 +1,334 @@
+"""The batch runner against the real mock endpoint: exactly once, resume, limits, endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import pytest
+
+from engine.batch import BatchConfig, DuplicateCustomIdError, Endpoint, Shard, run_batch
+from engine.batch.command import main as batch_main
+from engine.client import RetryPolicy
+from engine.limits import RateLimiter
+from engine.mock import MockConfig, MockServerThread
+from tests.conftest import TEST_API_KEY
+
+if TYPE_CHECKING:
+    from tests.conftest import MockFactory
+
+PROJECT = Path(__file__).resolve().parent.parent
+FAST_RETRY = RetryPolicy(max_retries=2, base_s=0.01, cap_s=0.05, max_retry_after_s=0.05)
+
+
+def make_input(path: Path, n: int, *, start: int = 0, plain: bool = False) -> Path:
+    """n requests, alternating Responses and Chat, each with its own prompt."""
+    with path.open("wb") as f:
+        for i in range(start, start + n):
+            if i % 2:
+                body: dict[str, Any] = {"model": "m", "messages": [
+                    {"role": "user", "content": f"tell me about {i}"}]}
+                url = "/v1/chat/completions"
+            else:
+                body = {"model": "m", "input": f"tell me about {i}", "max_output_tokens": 16}
+                url = "/v1/responses"
+            row = body if plain else {"custom_id": f"req-{i}", "method": "POST", "url": url,
+                                      "body": body}
+            f.write(orjson.dumps(row) + b"\n")
+    return path
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def content(path: Path) -> dict[str, tuple[str, Any]]:
+    """custom_id -> (text, usage): what must not depend on timing, ids or interruptions."""
+    out: dict[str, tuple[str, Any]] = {}
+    for rec in records(path):
+        body = rec["response"]["body"]
+        if body.get("object") == "chat.completion":
+            text = body["choices"][0]["message"]["content"]
+        else:
+            text = "".join(part["text"] for item in body["output"] for part in item["content"])
+        out[rec["custom_id"]] = (text, body["usage"])
+    return out
+
+
+def assert_exactly_once(expected: set[str], out: Path, err: Path) -> None:
+    ok = [r["custom_id"] for r in records(out)]
+    failed = [r["custom_id"] for r in records(err)]
+    assert len(ok) == len(set(ok)), "duplicate output records"
+    assert len(failed) == len(set(failed)), "duplicate error records"
+    assert not set(ok) & set(failed)
+    assert set(ok) | set(failed) == expected
+
+
+def config(tmp_path: Path, base_url: str, **kw: Any) -> BatchConfig:
+    kw.setdefault("retry", FAST_RETRY)
+    kw.setdefault("input_path", tmp_path / "in.jsonl")
+    return BatchConfig(output_path=tmp_path / "out.jsonl",
+                       endpoints=[Endpoint(base_url)], **kw)
+
+
+async def test_faults_end_in_exactly_one_record_each(tmp_path: Path,
+                                                     mock_factory: MockFactory) -> None:
+    faults = {"429": 0.03, "500": 0.03, "disconnect": 0.02, "malformed": 0.02}
+    mock = mock_factory(output_tokens=16, faults=faults, seed=5, retry_after_s=0.01)
+    make_input(tmp_path / "in.jsonl", 2000)
+    summary = await run_batch(config(tmp_path, mock.base_url, concurrency=64))
+    assert_exactly_once({f"req-{i}" for i in range(2000)}, tmp_path / "out.jsonl",
+                        tmp_path / "out.errors.jsonl")
+    assert summary.succeeded + summary.failed == 2000
+    assert summary.failed > 0  # mid-stream faults are never retried
+    assert summary.retries > 0
+    assert set(summary.errors_by_kind) <= {"TransportError", "ProtocolError", "StreamTruncated",
+                                           "http_429", "http_500"}
+    for rec in records(tmp_path / "out.jsonl")[:50]:
+        assert rec["response"]["status_code"] == 200
+        assert rec["response"]["body"]["usage"]["total_tokens"] > 0
+        assert rec["id"].startswith("batch_req_")
+        assert rec["error"] is None
+    for rec in records(tmp_path / "out.errors.jsonl"):
+        assert set(rec["error"]) == {"code", "message"}
+    # Run again: everything is done, nothing is sent or written twice.
+    before = sum(mock.stats.requests.values())
+    again = await run_batch(config(tmp_path, mock.base_url))
+    assert (again.already_done, again.to_do, again.finished) == (2000, 0, 0)
+    assert sum(mock.stats.requests.values()) == before
+
+
+async def test_plain_bodies_and_bad_lines(tmp_path: Path, base_url: str) -> None:
+    path = make_input(tmp_path / "in.jsonl", 4, plain=True)
+    with path.open("ab") as f:
+        f.write(b"this is not json\n")
+        f.write(b'{"custom_id": "x", "method": "GET", "url": "/v1/responses", "body": {}}\n')
+        f.write(b'{"custom_id": "y", "method": "POST", "url": "/v1/embeddings",'
+                b' "body": {"model": "m"}}\n')
+        f.write(b'{"custom_id": "z", "method": "POST", "url": "/v1/responses"}\n')
+        f.write(b'{"model": "m", "input": "last"}\n')
+    summary = await run_batch(config(tmp_path, base_url))
+    assert (summary.succeeded, summary.invalid_written) == (5, 4)
+    assert not summary.ok
+    out = {r["custom_id"]: r for r in records(tmp_path / "out.jsonl")}
+    assert set(out) == {"1", "2", "3", "4", "9"}  # plain bodies are named by line number
+    assert out["2"]["response"]["body"]["object"] == "chat.completion"
+    assert out["1"]["response"]["body"]["object"] == "response"
+    errors = {r["custom_id"]: r["error"] for r in records(tmp_path / "out.errors.jsonl")}
+    assert {cid: e["line"] for cid, e in errors.items()} == {"5": 5, "x": 6, "y": 7, "z": 8}
+    assert errors["x"]["message"].startswith("line 6: method must be POST")
+    assert {e["code"] for e in errors.values()} == {"invalid_request"}
+
+
+def test_duplicate_ids_are_refused_before_sending(tmp_path: Path, mock_factory: MockFactory,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    mock = mock_factory()
+    path = make_input(tmp_path / "in.jsonl", 5)
+    with path.open("ab") as f:
+        f.write(path.read_bytes().splitlines(keepends=True)[1])
+    argv = [str(path), "-o", str(tmp_path / "out.jsonl"), "--base-url", mock.base_url]
+    assert batch_main(argv) == 2
+    assert "'req-1' on line 2 and line 6" in capsys.readouterr().err
+    assert sum(mock.stats.requests.values()) == 0
+    assert not (tmp_path / "out.jsonl").exists()
+    with pytest.raises(DuplicateCustomIdError):
+        asyncio.run(run_batch(config(tmp_path, mock.base_url)))
+
+
+async def test_dry_run_sends_nothing(tmp_path: Path, mock_factory: MockFactory) -> None:
+    mock = mock_factory()
+    make_input(tmp_path / "in.jsonl", 50)
+    summary = await run_batch(config(tmp_path, mock.base_url, dry_run=True))
+    assert (summary.requests, summary.to_do, summary.finished) == (50, 50, 0)
+    assert summary.estimated_tokens > 50 * 16
+    assert sum(mock.stats.requests.values()) == 0
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+async def test_shards_partition_the_job(tmp_path: Path, base_url: str) -> None:
+    make_input(tmp_path / "in.jsonl", 90)
+    seen: list[str] = []
+    for i in (1, 2, 3):
+        cfg = config(tmp_path, base_url, shard=Shard(i, 3))
+        cfg.output_path = tmp_path / f"out{i}.jsonl"
+        cfg.errors_path = tmp_path / f"err{i}.jsonl"
+        summary = await run_batch(cfg)
+        assert 10 < summary.succeeded < 50
+        seen += [r["custom_id"] for r in records(cfg.output_path)]
+    assert sorted(seen) == sorted(f"req-{i}" for i in range(90))
+
+
+async def test_requests_spread_across_base_urls(tmp_path: Path,
+                                                mock_factory: MockFactory) -> None:
+    first, second = mock_factory(), mock_factory()
+    make_input(tmp_path / "in.jsonl", 200)
+    cfg = config(tmp_path, first.base_url, concurrency=16)
+    cfg.endpoints = [Endpoint(first.base_url), Endpoint(second.base_url)]
+    summary = await run_batch(cfg)
+    assert summary.succeeded == 200
+    a, b = (sum(m.stats.requests.values()) for m in (first, second))
+    assert a + b == 200
+    assert min(a, b) >= 50  # least-loaded with round-robin ties: both carry real traffic
+    assert set(summary.requests_by_endpoint) == {first.base_url, second.base_url}
+
+
+class FakeClock:
+    """A clock that jumps forward on sleep: minutes of rate limiting in milliseconds."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+def recording(limiter: RateLimiter, clock: FakeClock) -> list[tuple[float, int]]:
+    """Grant times and estimates, recorded as the runner acquires."""
+    grants: list[tuple[float, int]] = []
+    acquire = limiter.acquire
+
+    async def recorded(estimated_tokens: int) -> Any:
+        reservation = await acquire(estimated_tokens)
+        grants.append((clock(), estimated_tokens))
+        return reservation
+
+    limiter.acquire = recorded  # type: ignore[method-assign]
+    return grants
+
+
+def max_in_window(times: list[float], amounts: list[int], window_s: float = 60.0) -> int:
+    """The largest sum of amounts granted within any half-open window of window_s."""
+    return max(sum(a for t, a in zip(times, amounts, strict=True) if start <= t < start + window_s)
+               for start in times)
+
+
+async def test_requests_per_minute_hold_in_every_window(tmp_path: Path, base_url: str) -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=10, tpm=None, clock=clock, sleep=clock.sleep)
+    grants = recording(limiter, clock)
+    make_input(tmp_path / "in.jsonl", 35)
+    summary = await run_batch(config(tmp_path, base_url, concurrency=8), limiter=limiter)
+    assert summary.succeeded == 35
+    times = [t for t, _ in grants]
+    assert max_in_window(times, [1] * len(times)) <= 10
+    assert times[-1] - times[0] >= 3 * 60  # 35 requests at 10/min need three more minutes
+
+
+async def test_tokens_per_minute_settle_to_real_usage(tmp_path: Path, base_url: str) -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=None, tpm=400, clock=clock, sleep=clock.sleep)
+    grants = recording(limiter, clock)
+    make_input(tmp_path / "in.jsonl", 40)
+    cfg = config(tmp_path, base_url, concurrency=1, default_output_tokens=16)
+    summary = await run_batch(cfg, limiter=limiter)
+    assert summary.succeeded == 40
+    # concurrency 1: output order is grant order, so each grant's real usage is known
+    used = [r["response"]["body"]["usage"]["total_tokens"] for r in records(cfg.output_path)]
+    times = [t for t, _ in grants]
+    slack = max(u - est for u, (_, est) in zip(used, grants, strict=True))
+    assert max_in_window(times, used) <= 400 + max(slack, 0)
+    assert summary.total_tokens == sum(used)
+
+
+def test_api_key_is_never_printed(tmp_path: Path, auth_mock_server: MockServerThread,
+                                  capsys: pytest.CaptureFixture[str],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCH_TEST_KEY", TEST_API_KEY)
+    make_input(tmp_path / "in.jsonl", 6)
+    argv = [str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"), "--json",
+            "--base-url", auth_mock_server.base_url, "--api-key-env", "BATCH_TEST_KEY"]
+    assert batch_main(argv) == 0
+    shown = capsys.readouterr()
+    assert orjson.loads(shown.out)["succeeded"] == 6
+    for text in (shown.out, shown.err, (tmp_path / "out.jsonl").read_text()):
+        assert TEST_API_KEY not in text
+    assert batch_main([*argv[:-1], "NO_SUCH_VARIABLE_SET"]) == 2
+    assert "NO_SUCH_VARIABLE_SET is not set" in capsys.readouterr().err
+
+
+async def test_torn_last_line_is_repaired_on_resume(tmp_path: Path, base_url: str) -> None:
+    make_input(tmp_path / "in.jsonl", 30)
+    cfg = config(tmp_path, base_url)
+    await run_batch(cfg)
+    reference = content(cfg.output_path)
+    lines = cfg.output_path.read_bytes().splitlines(keepends=True)
+    torn = lines[-1][: len(lines[-1]) // 2]  # as if killed in the middle of the write
+    cfg.output_path.write_bytes(b"".join(lines[:20]) + torn)
+    summary = await run_batch(cfg)
+    assert summary.repaired_bytes == len(torn)
+    assert (summary.already_done, summary.succeeded) == (20, 10)
+    assert_exactly_once({f"req-{i}" for i in range(30)}, cfg.output_path,
+                        tmp_path / "out.errors.jsonl")
+    assert content(cfg.output_path) == reference
+
+
+def run_cli(args: list[str]) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    return subprocess.Popen([sys.executable, "-m", "engine.batch", "--no-progress", *args],
+                            cwd=PROJECT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+
+def wait_for_lines(path: Path, count: int, proc: subprocess.Popen[bytes],
+                   deadline_s: float = 60.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_bytes().count(b"\n") >= count:
+            return
+        assert proc.poll() is None, "batch finished before it could be killed"
+        time.sleep(0.01)
+    pytest.fail(f"{path} never reached {count} lines")
+
+
+def test_kill_9_and_rerun_equals_an_uninterrupted_run(tmp_path: Path,
+                                                      mock_factory: MockFactory) -> None:
+    # itl 2 ms x 16 tokens at concurrency 4: about 4 s of work, killed at about 15 %.
+    mock = mock_factory(MockConfig(itl_ms=2.0, output_tokens=16))
+    n = 300
+    path = make_input(tmp_path / "in.jsonl", n)
+    ref_out, out = tmp_path / "ref.jsonl", tmp_path / "out.jsonl"
+    common = ["--base-url", mock.base_url, "--concurrency", "4"]
+    proc = run_cli([str(path), "-o", str(out), *common])
+    wait_for_lines(out, 40, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert proc.stderr is not None
+    proc.stderr.close()
+    killed_at = out.read_bytes().count(b"\n")
+    assert killed_at < n
+    for args in ([str(path), "-o", str(out), *common],
+                 [str(path), "-o", str(ref_out), "--base-url", mock.base_url,
+                  "--concurrency", "32"]):
+        done = run_cli(args)
+        _, err = done.communicate(timeout=60)
+        assert done.returncode == 0, err.decode()
+    expected = {f"req-{i}" for i in range(n)}
+    assert_exactly_once(expected, out, tmp_path / "out.errors.jsonl")
+    assert content(out) == content(ref_out)
+    assert len(content(out)) == n
+
+
+def test_id_records_are_stable_across_runs(tmp_path: Path, base_url: str) -> None:
+    make_input(tmp_path / "in.jsonl", 3)
+    for name in ("a", "b"):
+        cfg = config(tmp_path, base_url)
+        cfg.output_path = tmp_path / f"{name}.jsonl"
+        cfg.errors_path = tmp_path / f"{name}.err.jsonl"
+        asyncio.run(run_batch(cfg))
+    ids = [[r["id"] for r in records(tmp_path / f"{x}.jsonl")] for x in "ab"]
+    assert sorted(ids[0]) == sorted(ids[1])
+    assert len(set(itertools.chain(*ids))) == 3
