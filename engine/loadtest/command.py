@@ -1,0 +1,197 @@
+"""The `stream-engine bench` verb (also `python -m engine.loadtest`): flags -> LoadConfig -> run.
+
+Without `--base-url` it starts the mock endpoint in its own process (so the server never
+competes with the client for a core or the GIL) with a realistic latency model, and runs a
+short test against it: a new user sees the whole thing work in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from contextlib import ExitStack
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+
+from engine.errors import ConfigError
+from engine.loadtest.config import LoadConfig, parse_slo
+from engine.loadtest.report import (
+    LiveProgress,
+    print_summary,
+    sweep_document,
+    sweep_table,
+    write_csv,
+    write_json,
+)
+from engine.loadtest.workers import loop_factory, run_load, run_sweep
+
+if TYPE_CHECKING:
+    from engine.loadtest.result import BenchResult
+
+DEFAULT_MODEL = "gpt-4.1-mini"
+MOCK_MODEL = "mock-model"
+
+
+def _header(value: str) -> tuple[str, str]:
+    name, sep, val = value.partition(":")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected 'Name: value', got {value!r}")
+    return name.strip(), val.strip()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the bench flags on `parser` (shared by the main CLI and `python -m`)."""
+    target = parser.add_argument_group("target")
+    target.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL"),
+                        help="endpoint base URL, e.g. http://host:8000/v1 (default: "
+                             "$OPENAI_BASE_URL; unset = the built-in mock in its own process)")
+    target.add_argument("--api-key", default=None,
+                        help="bearer token (default: $OPENAI_API_KEY)")
+    target.add_argument("--endpoint", choices=["responses", "chat"], default="responses")
+    target.add_argument("--model", default=None,
+                        help=f"model (default {DEFAULT_MODEL}; {MOCK_MODEL} on the mock)")
+    target.add_argument("--header", type=_header, action="append", default=[],
+                        help="extra request header 'Name: value' (repeatable)")
+    shape = parser.add_argument_group("load shape")
+    shape.add_argument("--concurrency", type=int, default=16,
+                       help="closed loop: concurrent users (default 16; sweep: saturation)")
+    shape.add_argument("--rate", type=float, default=None,
+                       help="open loop: requests per second, sent on schedule")
+    shape.add_argument("--arrival", choices=["poisson", "constant"], default="poisson",
+                       help="open-loop inter-arrivals (default poisson)")
+    shape.add_argument("--burstiness", type=float, default=1.0,
+                       help="gamma shape of inter-arrivals: 1 Poisson, <1 burstier (default 1)")
+    shape.add_argument("--sweep", type=int, default=0, metavar="STEPS",
+                       help="sweep: one stream, saturation, then STEPS rates in between")
+    shape.add_argument("--requests", type=int, default=None, help="measured requests")
+    shape.add_argument("--duration", type=float, default=None,
+                       help="measured seconds (default 10 unless --requests)")
+    shape.add_argument("--warmup", type=float, default=1.0,
+                       help="seconds of load before the window, excluded (default 1)")
+    shape.add_argument("--workers", type=int, default=1,
+                       help="client processes, one event loop each (default 1)")
+    req = parser.add_argument_group("requests")
+    req.add_argument("--input-tokens", type=int, default=128, help="synthetic prompt length")
+    req.add_argument("--output-tokens", type=int, default=64, help="max_output_tokens")
+    req.add_argument("--prompts", default=None, help="JSONL of request bodies (or Batch lines)")
+    req.add_argument("--ignore-eos", action="store_true", help="vLLM: always generate max")
+    req.add_argument("--max-connections", type=int, default=None)
+    req.add_argument("--timeout", type=float, default=None, help="per-request limit (s)")
+    req.add_argument("--retries", type=int, default=0, help="retries per request (default 0)")
+    req.add_argument("--seed", type=int, default=0)
+    out = parser.add_argument_group("results")
+    out.add_argument("--slo", type=parse_slo, default={},
+                     help="goodput objectives, e.g. ttft_ms=500,tpot_ms=50 (also itl_ms, e2e_ms)")
+    out.add_argument("--output", "-o", default=None, help="write the JSON result here")
+    out.add_argument("--csv", default=None, help="write one CSV row per request here")
+    out.add_argument("--html", default=None, help="write a self-contained HTML report here")
+    out.add_argument("--quiet", "-q", action="store_true", help="no live progress")
+    client = parser.add_argument_group("client self-check")
+    client.add_argument("--spin-ms", type=float, default=1.0,
+                        help="open loop: yield-spin before each send (default 1; 0 = off)")
+    client.add_argument("--lag-threshold-ms", type=float, default=5.0,
+                        help="loop lag p99 above this marks the client as the bottleneck")
+    mock = parser.add_argument_group("embedded mock (no --base-url)")
+    mock.add_argument("--mock-ttft-ms", type=float, default=100.0)
+    mock.add_argument("--mock-itl-ms", type=float, default=10.0)
+    mock.add_argument("--mock-faults", default="", help="e.g. 429=0.02,500=0.01")
+
+
+def config_from_args(args: argparse.Namespace, base_url: str,
+                     facts: dict[str, Any] | None = None) -> LoadConfig:
+    duration = args.duration
+    if duration is None and args.requests is None:
+        duration = 10.0
+    model = args.model or (MOCK_MODEL if facts else DEFAULT_MODEL)
+    return LoadConfig(
+        base_url=base_url, api_key=args.api_key or os.environ.get("OPENAI_API_KEY"),
+        endpoint=args.endpoint, model=model, concurrency=args.concurrency, rate=args.rate,
+        arrival=args.arrival, burstiness=args.burstiness, requests=args.requests,
+        duration_s=duration, warmup_s=args.warmup, input_tokens=args.input_tokens,
+        output_tokens=args.output_tokens, prompts_file=args.prompts, ignore_eos=args.ignore_eos,
+        slo=args.slo, workers=args.workers, max_connections=args.max_connections,
+        timeout_s=args.timeout, retries=args.retries, seed=args.seed,
+        headers=dict(args.header), spin_ms=args.spin_ms,
+        lag_threshold_ms=args.lag_threshold_ms, sweep_steps=args.sweep, facts=facts or {},
+    )
+
+
+async def _execute(config: LoadConfig, progress: LiveProgress | None) -> list[BenchResult]:
+    if config.sweep_steps > 0:
+        return await run_sweep(config, progress)
+    return [await run_load(config, progress)]
+
+
+def _run_loop(config: LoadConfig, progress: LiveProgress | None) -> list[BenchResult]:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(_execute(config, progress))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the bench described by `args`; 0 when at least one request succeeded."""
+    console = Console(stderr=True)
+    with ExitStack() as stack:
+        base_url, facts = args.base_url, None
+        if not base_url:
+            from engine.mock import MockConfig, MockProcess  # noqa: PLC0415 - only embedded
+            from engine.mock.config import parse_fault_rates  # noqa: PLC0415
+
+            mock_config = MockConfig(ttft_ms=args.mock_ttft_ms, itl_ms=args.mock_itl_ms,
+                                     faults=parse_fault_rates(args.mock_faults))
+            base_url = stack.enter_context(MockProcess(mock_config)).base_url
+            facts = {"embedded_mock": {"ttft_ms": args.mock_ttft_ms,
+                                       "itl_ms": args.mock_itl_ms,
+                                       "faults": args.mock_faults}}
+            console.print(f"(no --base-url: mock endpoint in its own process at {base_url}, "
+                          f"TTFT {args.mock_ttft_ms:g} ms, ITL {args.mock_itl_ms:g} ms)")
+        try:
+            config = config_from_args(args, base_url, facts)
+        except ConfigError as exc:
+            console.print(f"[red]error:[/] {exc}")
+            return 2
+        progress = None
+        if not args.quiet and console.is_terminal:
+            progress = stack.enter_context(LiveProgress(console))
+        results = _run_loop(config, progress)
+    docs = [result.summary() for result in results]
+    if len(docs) == 1:
+        print_summary(docs[0], console)
+    else:
+        console.print(sweep_table(docs))
+        console.print(docs[0]["client"]["verdict"] if not any(
+            d["client"]["bottleneck"] for d in docs) else
+            "CLIENT-BOUND in at least one run: see the client column")
+    write_outputs(args, results, docs, console)
+    return 0 if any(doc["completed"] for doc in docs) else 1
+
+
+def write_outputs(args: argparse.Namespace, results: list[BenchResult],
+                  docs: list[dict[str, Any]], console: Console) -> None:
+    if args.output:
+        write_json(docs[0] if len(docs) == 1 else sweep_document(docs), args.output)
+        console.print(f"JSON result: {args.output}")
+    if args.csv:
+        rows = write_csv(results, args.csv)
+        console.print(f"CSV: {args.csv} ({rows} requests)")
+    if args.html:
+        from engine.loadtest.html import write_html  # noqa: PLC0415 - matplotlib is slow
+
+        write_html(results, docs, args.html)
+        console.print(f"HTML report: {args.html}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stream-engine bench",
+                                     description="Load-test an OpenAI-compatible endpoint.")
+    add_arguments(parser)
+    try:
+        return run(parser.parse_args(argv))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""`LoadConfig`: everything one load test needs, frozen and picklable (it crosses processes).
+
+The load shape follows from the fields: `rate` set means an open loop (requests leave on a
+schedule whatever the endpoint does); otherwise a closed loop of `concurrency` users, each
+sending its next request when the previous one ends. `sweep` runs several of both.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+from engine.errors import ConfigError
+
+Endpoint = Literal["responses", "chat"]
+Arrival = Literal["constant", "poisson"]
+SLO_METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms")
+MIN_PRIME_TOKENS = 16  # the Responses API rejects max_output_tokens below 16
+
+
+@dataclass(frozen=True, slots=True)
+class LoadConfig:
+    """One load test. Times in seconds unless the name says otherwise."""
+
+    base_url: str
+    api_key: str | None = field(default=None, repr=False)  # never written to any report
+    endpoint: Endpoint = "responses"
+    model: str = "mock-model"
+    concurrency: int = 16  # closed loop users (and the sweep's saturation point)
+    rate: float | None = None  # open loop: requests per second
+    arrival: Arrival = "poisson"
+    burstiness: float = 1.0  # gamma shape of inter-arrivals; 1 = Poisson, <1 burstier
+    requests: int | None = None  # stop after this many measured requests ...
+    duration_s: float | None = 10.0  # ... or after this long (whichever is set; both: first)
+    warmup_s: float = 1.0  # load before the measured window, excluded from results
+    input_tokens: int = 128
+    output_tokens: int = 64
+    prompts_file: str | None = None  # JSONL of request bodies instead of synthetic prompts
+    ignore_eos: bool = False  # vLLM: generate exactly max tokens
+    slo: dict[str, float] = field(default_factory=dict)
+    workers: int = 1
+    max_connections: int | None = None  # None: concurrency (closed) or 4096 (open)
+    timeout_s: float | None = None  # whole-request limit
+    idle_timeout_s: float = 60.0
+    retries: int = 0  # a load test counts 429s and 5xx; it does not hide them by retrying
+    seed: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    spin_ms: float = 1.0  # open loop: yield-spin this long before each send (timer granularity)
+    lag_threshold_ms: float = 5.0  # loop lag p99 above this: the client was the bottleneck
+    cpu_threshold: float = 0.9  # fraction of one core
+    sweep_steps: int = 0  # > 0: run a sweep with this many rates between the two extremes
+    label: str = ""
+    facts: dict[str, Any] = field(default_factory=dict)  # e.g. the embedded mock's model
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ConfigError("concurrency must be >= 1")
+        if self.rate is not None and not (self.rate > 0 and math.isfinite(self.rate)):
+            raise ConfigError("rate must be a positive number of requests per second")
+        if self.burstiness <= 0:
+            raise ConfigError("burstiness must be > 0")
+        if self.requests is None and self.duration_s is None:
+            raise ConfigError("give a request count or a duration")
+        if self.requests is not None and self.requests < 1:
+            raise ConfigError("requests must be >= 1")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise ConfigError("duration must be > 0")
+        if self.warmup_s < 0 or self.spin_ms < 0:
+            raise ConfigError("warm-up and spin must be >= 0")
+        if self.input_tokens < 1 or self.output_tokens < 1:
+            raise ConfigError("input and output tokens must be >= 1")
+        if self.workers < 1:
+            raise ConfigError("workers must be >= 1")
+        if self.endpoint not in ("responses", "chat"):
+            raise ConfigError("endpoint must be 'responses' or 'chat'")
+        if self.arrival not in ("constant", "poisson"):
+            raise ConfigError("arrival must be 'constant' or 'poisson'")
+        unknown = set(self.slo) - set(SLO_METRICS)
+        if unknown:
+            raise ConfigError(f"unknown SLO metric(s) {sorted(unknown)}; known: {SLO_METRICS}")
+
+    @property
+    def open_loop(self) -> bool:
+        return self.rate is not None
+
+    @property
+    def pool_size(self) -> int:
+        if self.max_connections is not None:
+            return self.max_connections
+        return 4096 if self.open_loop else self.concurrency
+
+    def with_(self, **changes: Any) -> LoadConfig:
+        """A modified copy (sweep segments, worker shares)."""
+        return replace(self, **changes)
+
+    def public(self) -> dict[str, Any]:
+        """The configuration as reports show it: everything but the API key."""
+        data = asdict(self)
+        data.pop("api_key")
+        data["mode"] = "open" if self.open_loop else "closed"
+        data["api_key_set"] = bool(self.api_key)
+        return data
+
+
+def parse_slo(text: str) -> dict[str, float]:
+    """`"ttft_ms=500,tpot_ms=50"` -> {"ttft_ms": 500.0, "tpot_ms": 50.0}."""
+    slo: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in SLO_METRICS:
+            raise ConfigError(f"SLO {item!r} must be METRIC=MS with METRIC in {SLO_METRICS}")
+        try:
+            slo[name] = float(value)
+        except ValueError:
+            raise ConfigError(f"SLO {item!r}: {value!r} is not a number") from None
+    return slo
+
+
+def split_evenly(total: int, parts: int, index: int) -> int:
+    """Share `index` of `total` split into `parts` near-equal integers (sums exactly)."""
+    return total // parts + (1 if index < total % parts else 0)

@@ -1,0 +1,187 @@
+"""Per-request records and the exact statistics computed from them.
+
+Every figure is computed from all per-request values at once (numpy, linear interpolation),
+never from pre-aggregated percentiles: merging workers is concatenating their records, so the
+merged percentiles are exactly those of one process that saw every request. Records hold
+offsets from the start of the measured window (the clock is `perf_counter_ns`, which on Linux
+is CLOCK_MONOTONIC and shared by every process on the machine).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+
+PERCENTILES = {"p50": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0, "p999": 99.9}
+STAT_KEYS = (*PERCENTILES, "mean", "max", "min", "count")
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """One request as the client saw it. Latencies run from the *intended* start."""
+
+    index: int
+    worker: int
+    warmup: bool
+    intended_s: float  # offset of the intended start from the measured window's start
+    lag_ms: float  # how late the request actually left (schedule lag)
+    ok: bool
+    error: str | None = None  # EngineError.kind, or the exception type for a client bug
+    status: int | None = None
+    first_byte_ms: float | None = None
+    ttft_ms: float | None = None
+    e2e_ms: float | None = None  # to the last event, or to the failure
+    output_tokens: int = 0  # usage, else counted text deltas
+    input_tokens: int | None = None
+    deltas: int = 0
+    attempts: int = 1
+    request_id: str | None = None
+    itl_ms: list[float] = field(default_factory=list)
+
+    @property
+    def tpot_ms(self) -> float | None:
+        """(e2e - ttft) / (output tokens - 1): the decode speed a user sees."""
+        if self.ttft_ms is None or self.e2e_ms is None or self.output_tokens < 2:
+            return None
+        return (self.e2e_ms - self.ttft_ms) / (self.output_tokens - 1)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RequestRecord:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+CSV_COLUMNS = [f.name for f in fields(RequestRecord) if f.name != "itl_ms"] + [
+    "tpot_ms", "itl_ms_mean", "itl_ms_max"]
+
+
+def csv_row(record: RequestRecord) -> list[Any]:
+    data = record.as_dict()
+    itl = data.pop("itl_ms")
+    return [*data.values(), record.tpot_ms, float(np.mean(itl)) if itl else None,
+            max(itl) if itl else None]
+
+
+def stats(values: Sequence[float] | np.ndarray) -> dict[str, float | int | None]:
+    """p50 … p99.9, mean, max, min and count of all values (None when there are none)."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        return {key: (0 if key == "count" else None) for key in STAT_KEYS}
+    cuts = np.percentile(arr, list(PERCENTILES.values()))
+    out: dict[str, float | int | None] = {
+        key: round(float(v), 4) for key, v in zip(PERCENTILES, cuts, strict=True)}
+    out.update(mean=round(float(arr.mean()), 4), max=round(float(arr.max()), 4),
+               min=round(float(arr.min()), 4), count=int(arr.size))
+    return out
+
+
+def merge(parts: Iterable[Sequence[RequestRecord]]) -> list[RequestRecord]:
+    """The union of several workers' records, in intended-start order (a pure function)."""
+    return sorted(itertools.chain.from_iterable(parts), key=lambda r: (r.intended_s, r.index))
+
+
+def measured(records: Iterable[RequestRecord]) -> list[RequestRecord]:
+    return [r for r in records if not r.warmup]
+
+
+def values(records: Iterable[RequestRecord], metric: str) -> np.ndarray:
+    """One metric over the successful requests; `itl_ms` is every gap of every request."""
+    ok = [r for r in records if r.ok]
+    if metric == "itl_ms":
+        return np.fromiter(itertools.chain.from_iterable(r.itl_ms for r in ok), np.float64)
+    raw = (getattr(r, metric) for r in ok)
+    return np.array([v for v in raw if v is not None], dtype=np.float64)
+
+
+def meets_slo(record: RequestRecord, slo: Mapping[str, float]) -> bool:
+    """Success within every objective; `itl_ms` bounds the request's worst gap."""
+    if not record.ok:
+        return False
+    for metric, limit in slo.items():
+        if metric == "itl_ms":
+            if record.itl_ms and max(record.itl_ms) > limit:
+                return False
+            continue
+        value = getattr(record, metric)
+        if value is None or value > limit:
+            return False
+    return True
+
+
+def window_s(records: Sequence[RequestRecord]) -> float:
+    """Measured duration: window start to the last measured request's end."""
+    ends = [r.intended_s + (r.e2e_ms or 0.0) / 1000 for r in records]
+    return max([*ends, 1e-9])
+
+
+def summarize(records: Sequence[RequestRecord], slo: Mapping[str, float]) -> dict[str, Any]:
+    """The schema's figures for the measured records (see docs/loadtest.md)."""
+    done = measured(records)
+    ok = [r for r in done if r.ok]
+    duration = window_s(done)
+    out_tokens = sum(r.output_tokens for r in ok)
+    in_tokens = sum(r.input_tokens or 0 for r in ok)
+    good = sum(meets_slo(r, slo) for r in done) if slo else None
+    return {
+        "duration_s": round(duration, 6),
+        "completed": len(ok),
+        "failed": len(done) - len(ok),
+        "errors": dict(Counter(r.error or "unknown" for r in done if not r.ok).most_common()),
+        "request_throughput": len(ok) / duration,
+        "output_token_throughput": out_tokens / duration,
+        "total_token_throughput": (out_tokens + in_tokens) / duration,
+        "input_tokens": in_tokens,
+        "output_tokens": out_tokens,
+        "ttft_ms": stats(values(done, "ttft_ms")),
+        "itl_ms": stats(values(done, "itl_ms")),
+        "tpot_ms": stats(values(done, "tpot_ms")),
+        "e2e_ms": stats(values(done, "e2e_ms")),
+        "first_byte_ms": stats(values(done, "first_byte_ms")),
+        "output_tokens_per_request": stats(values(done, "output_tokens")),
+        "schedule_lag_ms": stats([r.lag_ms for r in done]),
+        "goodput": None if good is None else {
+            "slo": dict(slo), "requests": good, "request_rate": good / duration,
+            "fraction": good / len(done) if done else 0.0},
+        "concurrency": concurrency_stats(done),
+    }
+
+
+def concurrency_stats(records: Sequence[RequestRecord]) -> dict[str, float]:
+    """Time-weighted mean and the peak of requests in flight (from intended start to end)."""
+    times, level = concurrency_curve(records)
+    if level.size < 2:
+        return {"mean": 0.0, "max": 0.0}
+    span = times[-1] - times[0]
+    mean = float(np.sum(level[:-1] * np.diff(times)) / span) if span > 0 else 0.0
+    return {"mean": round(mean, 3), "max": float(level.max())}
+
+
+def concurrency_curve(records: Sequence[RequestRecord]) -> tuple[np.ndarray, np.ndarray]:
+    """Step function of requests in flight: event times (s) and the level after each."""
+    starts = [r.intended_s for r in records]
+    ends = [r.intended_s + (r.e2e_ms or 0.0) / 1000 for r in records]
+    times = np.array(starts + ends)
+    steps = np.array([1] * len(starts) + [-1] * len(ends))
+    order = np.lexsort((-steps, times))
+    return times[order], np.cumsum(steps[order])
+
+
+def token_times(records: Iterable[RequestRecord]) -> np.ndarray:
+    """Arrival offsets (s) of every output token, rebuilt from TTFT and the gaps."""
+    out: list[np.ndarray] = []
+    for r in records:
+        if r.ttft_ms is None:
+            continue
+        first = r.intended_s * 1000 + r.ttft_ms
+        out.append((first + np.concatenate(([0.0], np.cumsum(r.itl_ms)))) / 1000)
+    return np.concatenate(out) if out else np.empty(0)

@@ -1,0 +1,167 @@
+"""Reports: the console summary (rich), live progress, JSON and per-request CSV.
+
+The console shows the client's self-check right under the latency table, because a TTFT
+measured by a saturated client is a number about the client.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
+
+import orjson
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from engine.loadtest.metrics import CSV_COLUMNS, csv_row
+from engine.loadtest.result import SCHEMA_VERSION, BenchResult
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+LATENCIES = (("TTFT", "ttft_ms"), ("ITL", "itl_ms"), ("TPOT", "tpot_ms"), ("E2E", "e2e_ms"),
+             ("schedule lag", "schedule_lag_ms"), ("connect", "connect_ms"))
+COLUMNS = ("p50", "p90", "p95", "p99", "p999", "mean", "max")
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def latency_table(doc: dict[str, Any], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("ms")
+    for name in COLUMNS:
+        table.add_column(name.replace("p999", "p99.9"), justify="right")
+    for label, key in LATENCIES:
+        row = doc[key]
+        if row["count"]:
+            table.add_row(label, *(_ms(row[c]) for c in COLUMNS))
+    return table
+
+
+def totals_table(doc: dict[str, Any]) -> Table:
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    good = doc["goodput"]
+    rows = [
+        ("mode", f"{doc['mode']} loop, {doc['duration_s']:.2f} s measured"),
+        ("requests", f"{doc['completed']} completed, {doc['failed']} failed"),
+        ("throughput", (f"{doc['request_throughput']:.2f} req/s, "
+                       f"{doc['output_token_throughput']:.1f} output tok/s, "
+                       f"{doc['total_token_throughput']:.1f} total tok/s")),
+        ("tokens", f"{doc['input_tokens']} in, {doc['output_tokens']} out"),
+        ("concurrency", f"mean {doc['concurrency']['mean']}, max {doc['concurrency']['max']:g}"),
+    ]
+    if good is not None:
+        rows.append(("goodput", (f"{good['request_rate']:.2f} req/s ({good['fraction']:.1%} "
+                                f"of requests met {good['slo']})")))
+    if doc["errors"]:
+        rows.append(("errors", ", ".join(f"{k}: {v}" for k, v in doc["errors"].items())))
+    warm = doc["warmup"]
+    rows.append(("warm-up", (f"{warm['requests']} requests over {warm['seconds']:g} s, "
+                            f"{warm['connections_primed']} connections primed, "
+                            f"{warm['connections_opened_during_measurement']} opened later")))
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def client_text(doc: dict[str, Any]) -> Text:
+    client = doc["client"]
+    lag = client["loop_lag_ms"]
+    cpus = ", ".join(f"w{w['worker']} {w['busy_cpu_percent']:.0f}%" for w in client["workers"])
+    line = (f"client self-check: loop lag p50 {_ms(lag['p50'])} / p99 {_ms(lag['p99'])} / max "
+            f"{_ms(lag['max'])} ms; CPU (busy, % of a core) {cpus}\n")
+    style = "bold red" if client["bottleneck"] else "green"
+    return Text(line) + Text(client["verdict"], style=style)
+
+
+def print_summary(doc: dict[str, Any], console: Console | None = None) -> None:
+    console = console or Console(stderr=True)
+    title = f"stream-engine bench {doc.get('label') or ''}".strip()
+    console.print(latency_table(doc, title))
+    console.print(client_text(doc))
+    console.print(totals_table(doc))
+
+
+def sweep_table(docs: Sequence[dict[str, Any]]) -> Table:
+    table = Table(title="sweep", title_justify="left")
+    for name in ("run", "req/s", "out tok/s", "TTFT p50", "TTFT p99", "ITL p50", "TPOT p50",
+                 "E2E p99", "failed", "goodput/s", "client"):
+        table.add_column(name, justify="right")
+    for doc in docs:
+        good = doc["goodput"]
+        table.add_row(
+            doc["label"], f"{doc['request_throughput']:.2f}",
+            f"{doc['output_token_throughput']:.0f}", _ms(doc["ttft_ms"]["p50"]),
+            _ms(doc["ttft_ms"]["p99"]), _ms(doc["itl_ms"]["p50"]), _ms(doc["tpot_ms"]["p50"]),
+            _ms(doc["e2e_ms"]["p99"]), str(doc["failed"]),
+            "-" if good is None else f"{good['request_rate']:.2f}",
+            "BOUND" if doc["client"]["bottleneck"] else "ok")
+    return table
+
+
+def sweep_document(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A sweep's JSON: the runs in order (each a full single-run document)."""
+    return {"schema_version": SCHEMA_VERSION, "tool": "stream-engine bench", "kind": "sweep",
+            "runs": list(docs)}
+
+
+def write_json(doc: dict[str, Any], path: str | Path) -> None:
+    Path(path).write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2
+                                        | orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+
+
+def write_csv(results: Sequence[BenchResult], path: str | Path) -> int:
+    """One row per measured request (warm-up excluded); returns the row count."""
+    rows = 0
+    with Path(path).open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["run", *CSV_COLUMNS])
+        for result in results:
+            for record in result.measured:
+                writer.writerow([result.label or result.config.label, *csv_row(record)])
+                rows += 1
+    return rows
+
+
+class LiveProgress:
+    """done / failed / in flight / rate / live TTFT p50, summed over workers' snapshots."""
+
+    def __init__(self, console: Console, title: str = "bench") -> None:
+        self.console = console
+        self.title = title
+        self.latest: dict[int, dict[str, Any]] = {}
+        self.started = time.monotonic()
+        self._live = Live(self._render(), console=console, refresh_per_second=2,
+                          transient=True)
+
+    def __call__(self, snapshot: dict[str, Any]) -> None:
+        self.latest[snapshot["worker"]] = snapshot
+        self._live.update(self._render())
+
+    def _render(self) -> Group:
+        snaps = list(self.latest.values())
+        done = sum(s["done"] for s in snaps)
+        failed = sum(s["failed"] for s in snaps)
+        inflight = sum(s["inflight"] for s in snaps)
+        elapsed = max((s["elapsed_s"] for s in snaps), default=0.0)
+        ttfts = [s["ttft_p50_ms"] for s in snaps if s["ttft_p50_ms"] is not None]
+        rate = done / elapsed if elapsed > 0 else 0.0
+        ttft = f"{sorted(ttfts)[len(ttfts) // 2]:.1f} ms" if ttfts else "-"
+        return Group(Text(
+            f"{self.title}: {elapsed:6.1f} s  done {done}  failed {failed}  in flight "
+            f"{inflight}  {rate:.1f} req/s  TTFT p50 {ttft}"))
+
+    def __enter__(self) -> Self:
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._live.__exit__(None, None, None)

@@ -1,0 +1,83 @@
+"""`BenchResult`: the merged outcome of a run, and its JSON document (schema in docs/loadtest.md).
+
+`combine` is a pure function of the workers' results: records are concatenated and every
+figure is recomputed from the union, so N workers report exactly what one process that saw
+all requests would have reported.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from engine.loadtest.metrics import RequestRecord, measured, merge, stats, summarize
+from engine.loadtest.selfcheck import ClientCheck, platform_facts, verdict
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from engine.loadtest.config import LoadConfig
+    from engine.loadtest.runner import WorkerResult
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(slots=True)
+class BenchResult:
+    """Every request record of a run plus the client's own health, ready to report."""
+
+    config: LoadConfig
+    records: list[RequestRecord]
+    checks: list[ClientCheck]
+    connect_ms: list[float] = field(default_factory=list)
+    connections_opened_measured: int = 0
+    primed: int = 0
+    prime_errors: dict[str, int] = field(default_factory=dict)
+    label: str = ""
+
+    @property
+    def measured(self) -> list[RequestRecord]:
+        return measured(self.records)
+
+    def summary(self) -> dict[str, Any]:
+        """The result document: figures first, then the client check, config and platform."""
+        config = self.config
+        warm = [r for r in self.records if r.warmup]
+        doc: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "tool": "stream-engine bench",
+            "label": self.label or config.label,
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "mode": "open" if config.open_loop else "closed",
+            **summarize(self.records, config.slo),
+            "connect_ms": stats(self.connect_ms),
+            "warmup": {
+                "seconds": config.warmup_s, "requests": len(warm),
+                "failed": sum(not r.ok for r in warm),
+                "connections_primed": self.primed, "primer_errors": self.prime_errors,
+                "connections_opened_during_measurement": self.connections_opened_measured,
+            },
+            "client": verdict(self.checks, config.lag_threshold_ms, config.cpu_threshold),
+            "config": config.public(),
+            "platform": platform_facts(),
+        }
+        return doc
+
+
+def combine(config: LoadConfig, parts: Sequence[WorkerResult], label: str = "") -> BenchResult:
+    """Merge workers' results exactly (pure: no I/O, no clock)."""
+    errors: Counter[str] = Counter()
+    for part in parts:
+        errors.update(part.prime_errors)
+    return BenchResult(
+        config=config,
+        records=merge(part.records for part in parts),
+        checks=sorted((part.check for part in parts), key=lambda c: c.worker),
+        connect_ms=[ms for part in parts for ms in part.connect_ms],
+        connections_opened_measured=sum(p.connections_opened_measured for p in parts),
+        primed=sum(part.primed for part in parts),
+        prime_errors=dict(errors),
+        label=label,
+    )

@@ -1,0 +1,270 @@
+"""One worker's load: drives an `Engine` in a closed or open loop and records every request.
+
+Order of a run: prime the pool (one concurrent short request per connection the load will
+need, so connect time never lands in a measured TTFT), wait for the common start instant,
+run warm-up plus the measured window, then wait for the requests still in flight. Every
+latency runs from the request's *intended* start: in an open loop that is its slot in the
+schedule, so a send delayed by a busy client or a full pool still counts its whole wait
+(no coordinated omission), and the delay itself is reported as schedule lag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+import aiohttp  # only for TraceConfig: see ConnectTracer
+
+from engine.client import Engine, RetryPolicy, StreamResult, Timeouts
+from engine.errors import APIStatusError, EngineError
+from engine.loadtest.config import LoadConfig, split_evenly
+from engine.loadtest.metrics import RequestRecord
+from engine.loadtest.prompts import PromptSource
+from engine.loadtest.selfcheck import ClientCheck, SelfCheckMonitor
+from engine.loadtest.shapes import open_schedule
+
+PROGRESS_EVERY_S = 0.5
+PRIME_HEADROOM = 1.5  # open loop: connections for 1.5x the expected requests in flight
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass(slots=True)
+class WorkerResult:
+    """What one worker hands back: plain, picklable data."""
+
+    worker: int
+    records: list[RequestRecord]
+    check: ClientCheck
+    connect_ms: list[float] = field(default_factory=list)  # each new connection's setup time
+    connections_opened_measured: int = 0  # new connections inside the window (ideally 0)
+    primed: int = 0
+    prime_errors: dict[str, int] = field(default_factory=dict)
+
+
+class ConnectTracer:
+    """Times every new pool connection (TCP, and TLS when https) with aiohttp's tracing.
+
+    The engine has no hook for this, so the trace config is appended to its session's
+    `trace_configs` list (a public attribute, read per request)."""
+
+    def __init__(self) -> None:
+        self.connect_ms: list[float] = []
+        self.opened_after: list[int] = []  # perf_counter_ns of each connection's end
+        self._starts: dict[int, int] = {}
+        config = aiohttp.TraceConfig()
+        config.on_connection_create_start.append(self._start)
+        config.on_connection_create_end.append(self._end)
+        config.freeze()
+        self.config = config
+
+    async def _start(self, _s: object, ctx: Any, _p: object) -> None:
+        self._starts[id(ctx)] = time.perf_counter_ns()
+
+    async def _end(self, _s: object, ctx: Any, _p: object) -> None:
+        now = time.perf_counter_ns()
+        start = self._starts.pop(id(ctx), None)
+        if start is not None:
+            self.connect_ms.append((now - start) / 1e6)
+            self.opened_after.append(now)
+
+
+class Runner:
+    """`async with Runner(config, worker, workers) as r: await r.prime(); await r.run(t0)`."""
+
+    def __init__(self, config: LoadConfig, worker: int = 0, workers: int = 1,
+                 progress: Progress | None = None) -> None:
+        self.config = config
+        self.worker = worker
+        self.workers = workers
+        self.prompts = PromptSource(config)
+        self.progress = progress
+        self.tracer = ConnectTracer()
+        self.engine = Engine(
+            config.base_url, api_key=config.api_key, max_connections=config.pool_size,
+            timeouts=Timeouts(connect_s=10.0, first_byte_s=config.timeout_s or 300.0,
+                              idle_s=config.idle_timeout_s, total_s=config.timeout_s),
+            retry=RetryPolicy(max_retries=config.retries), headers=config.headers)
+        self.records: list[RequestRecord] = []
+        self.inflight = 0
+        self.recent_ttft: deque[float] = deque(maxlen=500)
+        self.window_ns = 0  # perf_counter_ns of the measured window's start
+        self.spin_ns = int(config.spin_ms * 1e6)
+        self.check = ClientCheck(worker)
+        self.primed = 0
+        self.prime_errors: Counter[str] = Counter()
+
+    async def __aenter__(self) -> Self:
+        await self.engine.__aenter__()
+        self.engine.session.trace_configs.append(self.tracer.config)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.engine.aclose()
+
+    # --- warm-up -------------------------------------------------------------------------
+
+    async def prime(self) -> None:
+        """Open the connections the load will need, with concurrent short requests."""
+        config = self.config
+        if config.open_loop:
+            assert config.rate is not None  # noqa: S101 - open_loop says so
+            probe = await self._call(self.prompts.body(-1 - self.worker))
+            e2e_s = probe.e2e_s if isinstance(probe, StreamResult) else 1.0
+            wanted = math.ceil(config.rate / self.workers * e2e_s * PRIME_HEADROOM) + 1
+        else:
+            wanted = split_evenly(config.concurrency, self.workers, self.worker)
+        wanted = min(wanted, config.pool_size)
+        results = await asyncio.gather(*(self._call(self.prompts.primer(i))
+                                         for i in range(wanted)))
+        for res in results:
+            if isinstance(res, BaseException):
+                self.prime_errors[_kind(res)] += 1
+        self.primed = wanted
+
+    async def _call(self, body: dict[str, Any]) -> StreamResult | BaseException:
+        try:
+            return await self.engine.run(body, endpoint=self.config.endpoint)
+        except Exception as exc:
+            return exc
+
+    # --- the run -------------------------------------------------------------------------
+
+    async def run(self, start_ns: int) -> WorkerResult:
+        """Run from `start_ns` (perf_counter_ns shared by all workers) to the end."""
+        config = self.config
+        self.window_ns = start_ns + int(config.warmup_s * 1e9)
+        delay = (start_ns - time.perf_counter_ns()) / 1e9
+        if delay > 0:
+            await asyncio.sleep(delay)
+        monitor = SelfCheckMonitor(self.worker)
+        self.check = monitor.check
+        ticker = asyncio.get_running_loop().create_task(self._report_progress())
+        try:
+            async with monitor:
+                if config.open_loop:
+                    await self._open_loop(start_ns)
+                else:
+                    await self._closed_loop()
+        finally:
+            ticker.cancel()
+        opened = sum(1 for t in self.tracer.opened_after if t >= self.window_ns)
+        return WorkerResult(self.worker, self.records, self.check, self.tracer.connect_ms,
+                            opened, self.primed, dict(self.prime_errors))
+
+    async def _closed_loop(self) -> None:
+        config = self.config
+        users = split_evenly(config.concurrency, self.workers, self.worker)
+        quota = (None if config.requests is None
+                 else split_evenly(config.requests, self.workers, self.worker))
+        end_ns = (None if config.duration_s is None
+                  else self.window_ns + int(config.duration_s * 1e9))
+        issued = 0
+        counter = iter(range(self.worker, 1 << 62, self.workers))
+
+        async def user() -> None:
+            nonlocal issued
+            while True:
+                now = time.perf_counter_ns()
+                if end_ns is not None and now >= end_ns:
+                    return
+                warmup = now < self.window_ns
+                if not warmup:
+                    if quota is not None and issued >= quota:
+                        return
+                    issued += 1
+                await self._one(next(counter), now, warmup)
+
+        await asyncio.gather(*(user() for _ in range(users)))
+
+    async def _open_loop(self, start_ns: int) -> None:
+        loop = asyncio.get_running_loop()
+        tasks: set[asyncio.Task[None]] = set()
+        for arrival in open_schedule(self.config, self.worker, self.workers):
+            target = start_ns + int(arrival.offset_s * 1e9)
+            await self._wait_until(target)
+            task = loop.create_task(self._one(arrival.index, target, arrival.warmup))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.gather(*tasks)
+
+    async def _wait_until(self, target_ns: int) -> None:
+        """Sleep, then yield-spin the last `spin_ms`: timers are only good to about 1 ms."""
+        clock = time.perf_counter_ns
+        delay = target_ns - clock() - self.spin_ns
+        if delay > 0:
+            await asyncio.sleep(delay / 1e9)
+        t = clock()
+        if t < target_ns:
+            while clock() < target_ns:  # noqa: ASYNC110 - a yield-spin, streams still read
+                await asyncio.sleep(0)
+            self.check.spin_s += (clock() - t) / 1e9
+
+    async def _one(self, index: int, intended_ns: int, warmup: bool) -> None:
+        sent_ns = time.perf_counter_ns()
+        origin = self.window_ns
+        record = RequestRecord(index=index, worker=self.worker, warmup=warmup,
+                               intended_s=(intended_ns - origin) / 1e9,
+                               lag_ms=(sent_ns - intended_ns) / 1e6, ok=False)
+        self.inflight += 1
+        try:
+            result = await self.engine.run(self.prompts.body(index),
+                                           endpoint=self.config.endpoint)
+        except Exception as exc:  # every failure is a counted error, never a crash
+            record.error = _kind(exc)
+            record.status = exc.status if isinstance(exc, APIStatusError) else None
+            record.e2e_ms = (time.perf_counter_ns() - intended_ns) / 1e6
+        else:
+            _fill(record, result, intended_ns)
+            if record.ttft_ms is not None:
+                self.recent_ttft.append(record.ttft_ms)
+        finally:
+            self.inflight -= 1
+        self.records.append(record)
+
+    async def _report_progress(self) -> None:
+        if self.progress is None:
+            return
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY_S)
+            self.progress(self.snapshot())
+
+    def snapshot(self) -> dict[str, Any]:
+        """Live counters for the progress display (measured requests only)."""
+        done = [r for r in self.records if not r.warmup]
+        ttft = sorted(self.recent_ttft)
+        return {
+            "worker": self.worker, "done": sum(r.ok for r in done),
+            "failed": sum(not r.ok for r in done), "inflight": self.inflight,
+            "elapsed_s": max(0.0, (time.perf_counter_ns() - self.window_ns) / 1e9),
+            "ttft_p50_ms": ttft[len(ttft) // 2] if ttft else None,
+        }
+
+
+def _kind(exc: BaseException) -> str:
+    return exc.kind if isinstance(exc, EngineError) else type(exc).__name__
+
+
+def _fill(record: RequestRecord, result: StreamResult, intended_ns: int) -> None:
+    """Latencies from the intended start; tokens from usage, else counted deltas."""
+    times = result.token_times_ns
+    record.ok = True
+    record.status = result.status
+    record.attempts = result.attempts
+    record.request_id = result.request_id
+    if result.first_byte_ns is not None:
+        record.first_byte_ms = (result.first_byte_ns - intended_ns) / 1e6
+    if result.first_token_ns is not None:
+        record.ttft_ms = (result.first_token_ns - intended_ns) / 1e6
+    record.e2e_ms = (result.finished_ns - intended_ns) / 1e6
+    record.deltas = len(times)
+    record.itl_ms = [(b - a) / 1e6 for a, b in itertools.pairwise(times)]
+    usage = result.usage
+    record.output_tokens = usage.output_tokens if usage is not None else len(times)
+    record.input_tokens = usage.input_tokens if usage is not None else None

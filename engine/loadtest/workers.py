@@ -1,0 +1,146 @@
+"""`run_load` and `run_sweep`: the library entry points, in one process or N.
+
+With `workers > 1` every worker is a spawned process with its own uvloop, so N cores read
+streams in parallel. Each primes its own connections, says "ready", and all start at one
+`perf_counter_ns` instant chosen by the parent (CLOCK_MONOTONIC is shared by every process
+on a Linux machine). They split the closed-loop users and request count, or take every N-th
+arrival of the one global schedule, and send their records back to be merged exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import time
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
+from typing import TYPE_CHECKING, Any
+
+from engine.errors import EngineError
+from engine.loadtest.result import BenchResult, combine
+from engine.loadtest.runner import Progress, Runner, WorkerResult
+from engine.loadtest.shapes import sweep_rates
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from engine.loadtest.config import LoadConfig
+
+START_MARGIN_S = 0.05  # from "all ready" to the common start: time to deliver "go"
+READY_TIMEOUT_S = 120.0
+
+
+class WorkerFailed(EngineError):
+    """A worker process died or raised; carries its traceback."""
+
+
+async def run_load(config: LoadConfig, progress: Progress | None = None) -> BenchResult:
+    """Run one load test and return every record, merged and ready to report."""
+    if config.workers == 1:
+        async with Runner(config, progress=progress) as runner:
+            await runner.prime()
+            part = await runner.run(time.perf_counter_ns() + int(START_MARGIN_S * 1e9))
+        return combine(config, [part], config.label)
+    parts = await asyncio.to_thread(run_processes, config, progress)
+    return combine(config, parts, config.label)
+
+
+async def run_sweep(config: LoadConfig, progress: Progress | None = None) -> list[BenchResult]:
+    """GuideLLM's sweep: one stream, then saturation, then `sweep_steps` rates in between."""
+    single = await run_load(config.with_(rate=None, concurrency=1, label="sync"), progress)
+    saturated = await run_load(config.with_(rate=None, label="throughput"), progress)
+    low = single.summary()["request_throughput"]
+    high = saturated.summary()["request_throughput"]
+    results = [single, saturated]
+    for rate in sweep_rates(low, high, config.sweep_steps):
+        segment = config.with_(rate=rate, label=f"rate {rate:.2f}/s")
+        results.append(await run_load(segment, progress))
+    return results
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop where available: the CLI's and the workers' choice, never the library's."""
+    try:
+        import uvloop  # noqa: PLC0415 - not on Windows
+    except ImportError:  # pragma: no cover
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
+
+
+def run_processes(config: LoadConfig, progress: Progress | None) -> list[WorkerResult]:
+    """Spawn the workers, start them together, relay progress, collect their results."""
+    ctx = mp.get_context("spawn")
+    n = config.workers
+    pipes = [ctx.Pipe() for _ in range(n)]
+    procs = [ctx.Process(target=worker_main, args=(config, i, n, child), daemon=True,
+                         name=f"bench-worker-{i}") for i, (_, child) in enumerate(pipes)]
+    for proc in procs:
+        proc.start()
+    conns = [parent for parent, _ in pipes]
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        for conn in conns:
+            _expect(conn, "ready", deadline - time.monotonic())
+        start_ns = time.perf_counter_ns() + int(START_MARGIN_S * 1e9)
+        for conn in conns:
+            conn.send(("go", start_ns))
+        results: dict[int, WorkerResult] = {}
+        while len(results) < n:
+            for ready in wait([c for i, c in enumerate(conns) if i not in results]):
+                assert isinstance(ready, Connection)  # noqa: S101 - wait() returns ours
+                tag, payload = _recv(ready)
+                if tag == "progress" and progress is not None:
+                    progress(payload)
+                elif tag == "done":
+                    results[payload.worker] = payload
+        return [results[i] for i in range(n)]
+    finally:
+        for proc in procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+        for parent, child in pipes:
+            parent.close()
+            child.close()
+
+
+def _recv(conn: Connection) -> tuple[str, Any]:
+    try:
+        tag, payload = conn.recv()
+    except EOFError:
+        raise WorkerFailed("a bench worker exited without a result") from None
+    if tag == "error":
+        raise WorkerFailed(f"a bench worker failed:\n{payload}")
+    return tag, payload
+
+
+def _expect(conn: Connection, wanted: str, timeout_s: float) -> None:
+    if not conn.poll(max(timeout_s, 0.0)):
+        raise WorkerFailed(f"a bench worker did not get {wanted} in time")
+    tag, _ = _recv(conn)
+    if tag != wanted:
+        raise WorkerFailed(f"a bench worker said {tag!r}, expected {wanted!r}")
+
+
+def worker_main(config: LoadConfig, worker: int, workers: int, conn: Connection) -> None:
+    """Process entry point: one uvloop, one Runner, results back through `conn`."""
+    try:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(_worker(config, worker, workers, conn))
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+async def _worker(config: LoadConfig, worker: int, workers: int, conn: Connection) -> None:
+    async with Runner(config, worker, workers,
+                      progress=lambda snap: conn.send(("progress", snap))) as runner:
+        await runner.prime()
+        conn.send(("ready", None))
+        tag, start_ns = await asyncio.to_thread(conn.recv)
+        if tag != "go":
+            return
+        result = await runner.run(start_ns)
+    conn.send(("done", result))
