@@ -77,11 +77,11 @@ class MockConfig:
             argv.append("--incomplete-on-limit")
         return argv
 
-    def output_length(self, rng: random.Random) -> int:
-        """The natural answer length: fixed, or uniform in the configured range."""
+    def output_length(self, seed: int) -> int:
+        """The natural answer length: fixed, or spread evenly over the range by the text seed."""
         if self.output_tokens_max is None:
             return self.output_tokens
-        return rng.randint(self.output_tokens, self.output_tokens_max)
+        return self.output_tokens + seed % (self.output_tokens_max - self.output_tokens + 1)
 
 
 def parse_fault_rates(text: str) -> dict[str, float]:

@@ -19,6 +19,7 @@ from aiohttp import web
 from engine.mock.chat import ChatStream
 from engine.mock.config import DelaySampler, MockConfig
 from engine.mock.faults import HTML_PAGE, FaultPicker, FaultSet, error_body
+from engine.mock.pacing import TIMER_RESOLUTION_S, Schedule, Ticker
 from engine.mock.responses import ResponsesStream
 from engine.mock.sse_writer import Reshaper
 from engine.mock.stats import MockStats
@@ -32,7 +33,6 @@ from engine.mock.text import (
     text_seed,
 )
 
-MAX_BATCH_EVENTS = 1024  # caps one write when a fast stream is far behind its schedule
 LISTEN_BACKLOG = 4096  # aiohttp's default 128 overflows when hundreds of streams connect at once
 SHUTDOWN_TIMEOUT_S = 1.0
 JSON = "application/json"
@@ -60,7 +60,15 @@ class MockState:
         self.delay_rng = random.Random(config.seed + 1)
         self.gate = asyncio.Semaphore(config.max_concurrency) if config.max_concurrency else None
         self.stopping = asyncio.Event()  # set on shutdown: releases stalled streams
+        self._ticker: Ticker | None = None
         self._auth = f"Bearer {config.api_key}".encode() if config.api_key else None
+
+    @property
+    def ticker(self) -> Ticker:
+        """Created on first use, on the loop that serves (the app may be built before it)."""
+        if self._ticker is None:
+            self._ticker = Ticker(asyncio.get_running_loop())
+        return self._ticker
 
     def authorized(self, request: web.Request) -> bool:
         if self._auth is None:
@@ -134,7 +142,7 @@ def build_stream(state: MockState, body: dict[str, Any], chat: bool, faults: Fau
         limit = _limit(body, "max_output_tokens")
     seed = text_seed(config.seed, request.headers.get("x-mock-seed", body.get("seed")),
                      prompt_of(texts))
-    count = limit if limit is not None else config.output_length(random.Random(seed))
+    count = limit if limit is not None else config.output_length(seed)
     if faults.ending is not None:
         count //= 2  # the error / failure / cut-off arrives mid-answer
     options = body.get("stream_options")
@@ -153,37 +161,24 @@ def build_stream(state: MockState, body: dict[str, Any], chat: bool, faults: Fau
                            incomplete_on_limit=config.incomplete_on_limit)
 
 
-async def _pump(resp: web.StreamResponse, stream: Stream, sampler: DelaySampler, ttft_s: float,
-                reshaper: Reshaper | None, stats: MockStats) -> None:
-    """Write head, deltas and tail on schedule; one write per wake-up, of everything due."""
+async def _pump(resp: web.StreamResponse, stream: Stream, schedule: Schedule,
+                reshaper: Reshaper, stats: MockStats) -> None:
+    """The faulty-stream path: head, deltas and tail on schedule, each batch reshaped."""
     loop = asyncio.get_running_loop()
-    n, itl = stream.n, sampler.itl_s
-    first = loop.time() + sampler.jittered(ttft_s)
-    next_due, sent = first, 0
     batch = stream.head()
     while True:
-        now = loop.time()
-        if sent < n and next_due <= now:
-            if sampler.is_constant:
-                due = n if itl == 0 else min(n, int((now - first) / itl) + 1)
-                due = min(due, sent + MAX_BATCH_EVENTS)
-                next_due = first + due * itl
-            else:
-                due, cap = sent, min(n, sent + MAX_BATCH_EVENTS)
-                while due < cap and next_due <= now:
-                    due += 1
-                    next_due += sampler.next_itl()
-            batch += stream.deltas(sent, due)
-            sent = due
-        if sent == n:
+        start, stop = schedule.take_due(loop.time())
+        batch += stream.deltas(start, stop)
+        if schedule.finished:
             batch += stream.tail()
-        stats.events_sent += len(batch)
-        await resp.write(b"".join(batch) if reshaper is None else reshaper.render(batch))
-        if sent == n or (reshaper is not None and reshaper.cut_reached):
+        if batch:
+            stats.events_sent += len(batch)
+            await resp.write(reshaper.render(batch))
+        if schedule.finished or reshaper.cut_reached:
             return
         batch = []
-        delay = next_due - loop.time()
-        if delay > 0:
+        delay = schedule.next_due - loop.time()
+        if delay > TIMER_RESOLUTION_S:
             await asyncio.sleep(delay)
 
 
@@ -191,24 +186,31 @@ async def _stream(request: web.Request, state: MockState, stream: Stream, faults
                   sampler: DelaySampler, ttft_s: float, request_id: str) -> web.StreamResponse:
     resp = web.StreamResponse(headers={**STREAM_HEADERS, "x-request-id": request_id})
     await resp.prepare(request)  # headers go out at once, as real servers do; queueing follows
-    reshaper = None
-    if faults.reshapes_stream:
-        midpoint = stream.head_events + stream.n // 2
-        reshaper = Reshaper(faults, default_cut_at=midpoint, malformed_at=midpoint)
+    midpoint = stream.head_events + stream.n // 2
+    reshaper = Reshaper(faults, default_cut_at=midpoint, malformed_at=midpoint)
+    transport = request.transport
     stats = state.stats
     async with _admitted(state):
         stats.stream_started()
         try:
-            await _pump(resp, stream, sampler, ttft_s, reshaper, stats)
+            schedule = Schedule(stream.n, asyncio.get_running_loop().time(), ttft_s, sampler)
+            if faults.reshapes_stream or transport is None or request.version < (1, 1):
+                await _pump(resp, stream, schedule, reshaper, stats)
+            else:  # the fast path: the shared ticker writes the chunks straight to the socket
+                head = stream.head()
+                stats.events_sent += len(head)
+                await resp.write(b"".join(head))
+                stats.events_sent += await state.ticker.run(stream, schedule, transport)
         finally:
             stats.stream_ended()
-    if reshaper is not None and reshaper.cut_reached:
+    if reshaper.cut_reached:
         if faults.cut is not None and faults.cut.kind == "stall":
             await state.stopping.wait()  # cancelled when the client goes away
-        elif request.transport is not None:
-            request.transport.close()  # flushes what was written, then FIN: a truncated body
+        elif transport is not None:
+            transport.close()  # flushes what was written, then FIN: a truncated body
         return resp
-    await resp.write_eof()
+    if transport is not None and not transport.is_closing():
+        await resp.write_eof()
     return resp
 
 

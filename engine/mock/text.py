@@ -33,8 +33,6 @@ _SPECIAL = [",", ".", "\n\n", ' "quoted"', " naïve", " 東京", " 🙂", "\\", 
 
 VOCAB: tuple[str, ...] = tuple([" " + w for w in _WORDS] + _SPECIAL)
 VOCAB_JSON: tuple[bytes, ...] = tuple(orjson.dumps(t) for t in VOCAB)
-_VOCAB_RANGE = range(len(VOCAB))
-_FIRST = tuple(i for i, t in enumerate(VOCAB) if t.startswith(" ") and t[1:].isalpha())
 
 
 def text_seed(config_seed: int, request_seed: object, prompt: str) -> int:
@@ -42,13 +40,20 @@ def text_seed(config_seed: int, request_seed: object, prompt: str) -> int:
     return zlib.crc32(f"{config_seed}|{request_seed}|{prompt}".encode())
 
 
+_TABLE_SIZE = 1 << 16
+# One long deterministic token sequence; an answer is a window of it chosen by the seed, so a
+# request costs a slice instead of building and drawing from a fresh Random.
+_TABLE = random.Random(0x5EED).choices(range(len(VOCAB)), k=_TABLE_SIZE)
+
+
 def generate_tokens(seed: int, count: int) -> list[int]:
-    """`count` vocabulary indices; the first is a plain word so answers read like text."""
+    """`count` vocabulary indices: the window of the shared table that starts at `seed`."""
     if count <= 0:
         return []
-    rng = random.Random(seed)
-    tokens = rng.choices(_VOCAB_RANGE, k=count)
-    tokens[0] = _FIRST[tokens[0] % len(_FIRST)]
+    start = seed % _TABLE_SIZE
+    tokens = _TABLE[start:start + count]
+    while len(tokens) < count:  # longer than the table's tail: wrap around
+        tokens += _TABLE[: count - len(tokens)]
     return tokens
 
 
