@@ -86,16 +86,20 @@ def over_time(result: BenchResult) -> Figure:
     if tokens.size:
         counts, _ = np.histogram(tokens, bins)
         top.step(bins[:-1], counts / width, where="post", label="output tokens/s")
+        top.legend(loc="upper left")
     if ends.size:
         twin = top.twinx()
         done, _ = np.histogram(ends, bins)
         twin.step(bins[:-1], done / width, where="post", color="#ee7733",
                   label="completed req/s")
         twin.set_ylabel("requests/s")
+        twin.legend(loc="upper right")
     top.set(title="Throughput over time", ylabel="tokens/s")
     times, level = concurrency_curve(records)
-    if times.size:
-        bottom.step(times, level, where="post", color="#aa3377")
+    if times.size:  # sampled on a grid: a closed loop's instant dips would fill the plot
+        grid = np.linspace(float(times[0]), float(times[-1]), 400)
+        at = np.clip(np.searchsorted(times, grid, side="right") - 1, 0, level.size - 1)
+        bottom.plot(grid, level[at], color="#aa3377")
     bottom.set(title="Requests in flight (from intended start)", xlabel="s into the window",
                ylabel="in flight")
     fig.tight_layout()

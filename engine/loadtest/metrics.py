@@ -87,7 +87,8 @@ def stats(values: Sequence[float] | np.ndarray) -> dict[str, float | int | None]
 
 def merge(parts: Iterable[Sequence[RequestRecord]]) -> list[RequestRecord]:
     """The union of several workers' records, in intended-start order (a pure function)."""
-    return sorted(itertools.chain.from_iterable(parts), key=lambda r: (r.intended_s, r.index))
+    chained = itertools.chain.from_iterable(parts)
+    return sorted(chained, key=lambda r: (r.intended_s, r.index, r.worker))
 
 
 def measured(records: Iterable[RequestRecord]) -> list[RequestRecord]:

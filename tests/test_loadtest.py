@@ -1,0 +1,251 @@
+"""The load tester against the mock in its own process: accuracy, schedule, faults, merging,
+outputs, and the CLI end to end (HTML checked in headless chromium)."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import orjson
+import pytest
+
+from engine.errors import ConfigError
+from engine.loadtest import LoadConfig, RequestRecord, combine, merge, run_load, run_sweep
+from engine.loadtest.config import parse_slo
+from engine.loadtest.metrics import meets_slo, stats, summarize
+from engine.loadtest.prompts import PromptSource, load_bodies
+from engine.loadtest.runner import WorkerResult
+from engine.loadtest.selfcheck import ClientCheck, verdict
+from engine.loadtest.shapes import arrival_offsets, open_schedule, sweep_rates
+from engine.loadtest.workers import loop_factory
+from engine.mock import MockConfig, MockProcess
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from tests.conftest import MockFactory
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FAST = {"x-mock-ttft-ms": "0", "x-mock-itl-ms": "0"}
+SCHEMA_KEYS = {"schema_version", "ttft_ms", "itl_ms", "tpot_ms", "e2e_ms", "completed", "failed",
+               "errors", "request_throughput", "output_token_throughput", "goodput",
+               "duration_s", "config", "platform", "client", "schedule_lag_ms", "connect_ms"}
+STAT_KEYS = {"p50", "p90", "p95", "p99", "p999", "mean", "max"}
+
+
+@pytest.fixture(scope="module")
+def paced() -> Iterator[str]:
+    """The mock at TTFT 100 ms / ITL 10 ms, in its own process (headers can override)."""
+    with MockProcess(MockConfig(ttft_ms=100, itl_ms=10, output_tokens=16)) as proc:
+        yield proc.base_url
+
+
+def bench(config: LoadConfig):  # type: ignore[no-untyped-def]
+    """Run on uvloop in this thread: timing tests need not run twice (asyncio + uvloop)."""
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(run_load(config))
+
+
+def test_ttft_and_itl_match_the_server_pacing_and_tokens_match_usage(paced: str) -> None:
+    config = LoadConfig(paced, concurrency=4, duration_s=1.5, warmup_s=0.3, output_tokens=20,
+                        input_tokens=40)
+    result = bench(config)
+    doc = result.summary()
+    assert doc["failed"] == 0
+    assert doc["completed"] >= 8
+    assert abs(doc["ttft_ms"]["p50"] - 100) < 5
+    assert abs(doc["itl_ms"]["p50"] - 10) < 1
+    for record in result.measured:
+        assert record.output_tokens == record.deltas == 20  # usage == counted deltas
+        assert record.input_tokens == 40  # the mock's documented count for this prompt
+    assert doc["output_tokens"] == 20 * doc["completed"]
+    assert doc["warmup"]["connections_opened_during_measurement"] == 0
+    assert doc["warmup"]["connections_primed"] == 4
+    assert doc["connect_ms"]["count"] >= 4
+
+
+def test_open_loop_sends_on_schedule_at_500_per_second(paced: str) -> None:
+    config = LoadConfig(paced, rate=500, arrival="constant", duration_s=1.5, warmup_s=0.3,
+                        output_tokens=2, input_tokens=8,
+                        headers={"x-mock-ttft-ms": "5", "x-mock-itl-ms": "1"})
+    doc = bench(config).summary()
+    assert doc["failed"] == 0
+    assert doc["completed"] == 750  # exactly the schedule: 1.5 s x 500/s
+    lag = doc["schedule_lag_ms"]
+    print("schedule lag", lag)
+    assert lag["p99"] < 1.0
+    assert doc["client"]["workers"][0]["spin_s"] > 0
+
+
+async def test_faults_are_counted_by_kind_never_raised(mock_factory: MockFactory) -> None:
+    server = mock_factory(MockConfig(output_tokens=8, faults={
+        "429": 0.2, "500": 0.1, "disconnect": 0.1, "error-event": 0.1}))
+    config = LoadConfig(server.base_url, concurrency=4, requests=80, duration_s=None,
+                        warmup_s=0, output_tokens=8)
+    doc = (await run_load(config)).summary()
+    assert doc["completed"] + doc["failed"] == 80
+    assert {"http_429", "http_500", "ErrorEvent"} <= set(doc["errors"])
+    assert sum(doc["errors"].values()) == doc["failed"]
+    assert doc["failed"] >= 20
+
+
+async def test_a_forced_fault_fails_every_request_cleanly(base_url: str) -> None:
+    config = LoadConfig(base_url, concurrency=2, requests=6, duration_s=None, warmup_s=0,
+                        headers={"x-mock-fault": "503"})
+    doc = (await run_load(config)).summary()
+    assert doc["errors"] == {"http_503": 6}
+    assert doc["completed"] == 0
+    assert doc["ttft_ms"]["p50"] is None
+
+
+def test_two_workers_split_the_load_and_merge_exactly(paced: str) -> None:
+    config = LoadConfig(paced, concurrency=4, requests=40, duration_s=None, warmup_s=0.2,
+                        output_tokens=4, workers=2, headers=FAST)
+    result = bench(config)
+    doc = result.summary()
+    measured = result.measured
+    assert doc["completed"] == 40
+    assert {r.worker for r in measured} == {0, 1}
+    assert len(result.checks) == 2
+    union = np.array([r.ttft_ms for r in measured])
+    assert doc["ttft_ms"]["p99"] == pytest.approx(float(np.percentile(union, 99)), abs=1e-3)
+
+
+def _record(i: int, worker: int, ttft: float) -> RequestRecord:
+    return RequestRecord(index=i, worker=worker, warmup=False, intended_s=i / 10, lag_ms=0.0,
+                         ok=True, ttft_ms=ttft, e2e_ms=ttft + 30, output_tokens=4, deltas=4,
+                         itl_ms=[10.0, 10.0, 10.0])
+
+
+def test_combine_is_exact_over_the_union() -> None:
+    config = LoadConfig("http://x/v1")
+    parts = [WorkerResult(w, [_record(i, w, 10.0 * (w + 1) + i) for i in range(50)],
+                          ClientCheck(w), connect_ms=[1.0]) for w in range(3)]
+    result = combine(config, parts)
+    doc = summarize(result.records, {})
+    union = [r.ttft_ms for p in parts for r in p.records]
+    assert doc["completed"] == 150
+    for key, q in (("p50", 50), ("p99", 99), ("p999", 99.9)):
+        assert doc["ttft_ms"][key] == pytest.approx(float(np.percentile(union, q)), abs=1e-3)
+    assert len(result.connect_ms) == 3
+    assert merge([parts[1].records, parts[0].records]) == merge([parts[0].records,
+                                                                 parts[1].records])
+    assert RequestRecord.from_dict(parts[0].records[0].as_dict()) == parts[0].records[0]
+
+
+def test_stats_goodput_and_slo_parsing() -> None:
+    assert stats([])["p50"] is None
+    assert stats([1.0, 2.0, 3.0])["max"] == 3.0
+    assert set(stats([1.0])) >= STAT_KEYS
+    slo = parse_slo("ttft_ms=25,tpot_ms=20")
+    assert slo == {"ttft_ms": 25.0, "tpot_ms": 20.0}
+    assert meets_slo(_record(1, 0, 11.0), slo)
+    assert not meets_slo(_record(1, 0, 26.0), slo)
+    records = [_record(i, 0, 10.0 + i) for i in range(30)]
+    good = summarize(records, slo)["goodput"]
+    assert good["requests"] == 16  # ttft 10..25
+    with pytest.raises(ConfigError):
+        parse_slo("latency=5")
+
+
+def test_schedules() -> None:
+    constant = [a.offset_s for a in open_schedule(
+        LoadConfig("u", rate=100, arrival="constant", duration_s=1, warmup_s=0))]
+    assert len(constant) == 100
+    assert constant[:3] == pytest.approx([0.0, 0.01, 0.02])
+    gen = arrival_offsets(1000, "poisson", 1.0, seed=1)
+    offsets = np.array([next(gen) for _ in range(20000)])
+    assert offsets[-1] / 20000 == pytest.approx(1 / 1000, rel=0.03)
+    bursty = arrival_offsets(1000, "poisson", 0.25, seed=1)
+    gaps = np.diff([next(bursty) for _ in range(20000)])
+    assert np.std(gaps) / np.mean(gaps) == pytest.approx(2.0, rel=0.1)  # CV = 1/sqrt(shape)
+    config = LoadConfig("u", rate=200, duration_s=1, warmup_s=0.5)
+    one = [(a.index, a.offset_s) for a in open_schedule(config)]
+    two = sorted((a.index, a.offset_s) for w in range(2) for a in open_schedule(config, w, 2))
+    assert one == two
+    assert sweep_rates(1, 5, 3) == [2, 3, 4]
+
+
+def test_client_verdict_says_when_the_client_was_the_bottleneck() -> None:
+    busy = ClientCheck(0, wall_s=10, cpu_s=9.8, loop_lag_ms=[0.1] * 100)
+    spinning = ClientCheck(1, wall_s=10, cpu_s=9.8, spin_s=6, loop_lag_ms=[0.1] * 100)
+    assert verdict([busy], 5, 0.9)["bottleneck"]
+    assert "CLIENT-BOUND" in verdict([busy], 5, 0.9)["verdict"]
+    assert not verdict([spinning], 5, 0.9)["bottleneck"]
+    assert verdict([ClientCheck(0, wall_s=1, loop_lag_ms=[20.0] * 10)], 5, 0.9)["bottleneck"]
+
+
+def test_prompts_synthetic_and_jsonl(tmp_path: Path) -> None:
+    source = PromptSource(LoadConfig("u", endpoint="chat", input_tokens=30, output_tokens=7))
+    body = source.body(3)
+    assert body["max_completion_tokens"] == 7
+    assert len(body["messages"][0]["content"].split()) == 24
+    assert source.body(3) == body
+    assert source.body(4) != body
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b'{"input": "hi"}\n\n{"custom_id": "a", "body": {"input": "yo"}}\n')
+    assert load_bodies(path, "m") == [{"input": "hi", "model": "m"},
+                                      {"input": "yo", "model": "m"}]
+
+
+def test_sweep_runs_single_saturated_and_rates_between(paced: str) -> None:
+    config = LoadConfig(paced, concurrency=8, duration_s=0.5, warmup_s=0.1, output_tokens=4,
+                        sweep_steps=1, headers={"x-mock-ttft-ms": "20", "x-mock-itl-ms": "2"})
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        results = runner.run(run_sweep(config))
+    docs = [r.summary() for r in results]
+    assert [d["label"] for d in docs][:2] == ["sync", "throughput"]
+    assert len(docs) == 3
+    assert docs[2]["mode"] == "open"
+    assert docs[1]["request_throughput"] > docs[0]["request_throughput"]
+
+
+def test_cli_end_to_end_with_the_embedded_mock(tmp_path: Path) -> None:
+    out, table, page = tmp_path / "r.json", tmp_path / "r.csv", tmp_path / "r.html"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("OPENAI_BASE_URL", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.loadtest", "--duration", "1.5", "--warmup", "0.3",
+         "--concurrency", "4", "--output-tokens", "16", "--slo", "ttft_ms=500,tpot_ms=50",
+         "-o", str(out), "--csv", str(table), "--html", str(page)],
+        capture_output=True, env=env, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr.decode()
+    doc = orjson.loads(out.read_bytes())
+    assert doc.keys() >= SCHEMA_KEYS
+    for key in ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms"):
+        assert doc[key].keys() >= STAT_KEYS
+    assert doc["goodput"]["fraction"] == 1.0
+    assert "api_key" not in doc["config"]
+    with table.open() as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == doc["completed"] + doc["failed"]
+    assert "TTFT" in proc.stderr.decode()
+    check_html_in_chromium(page, tmp_path)
+
+
+def check_html_in_chromium(page: Path, tmp_path: Path) -> None:
+    text = page.read_text()
+    assert 'src="http' not in text
+    assert 'href="http' not in text
+    assert "url(" not in text
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed")
+    base = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+            "--disable-background-networking", "--disable-component-update", "--no-first-run",
+            f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1200,2000"]
+    dom = subprocess.run([*base, "--dump-dom", page.as_uri()], capture_output=True,
+                         timeout=60, check=True).stdout.decode()
+    assert 'data-plots-rendered="3"' in dom
+    assert dom.count('data-rendered="1"') == 3
+    shot = tmp_path / "shot.png"
+    subprocess.run([*base, f"--screenshot={shot}", page.as_uri()], capture_output=True,
+                   timeout=60, check=True)
+    assert shot.stat().st_size > 10_000
