@@ -332,3 +332,18 @@ def test_id_records_are_stable_across_runs(tmp_path: Path, base_url: str) -> Non
     ids = [[r["id"] for r in records(tmp_path / f"{x}.jsonl")] for x in "ab"]
     assert sorted(ids[0]) == sorted(ids[1])
     assert len(set(itertools.chain(*ids))) == 3
+
+
+async def test_progress_display_and_summary(tmp_path: Path, base_url: str,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.batch.progress import format_summary  # noqa: PLC0415
+
+    make_input(tmp_path / "in.jsonl", 20)
+    summary = await run_batch(config(tmp_path, base_url, progress=True))
+    assert "20/20" in capsys.readouterr().err  # the display's last frame
+    text = format_summary(summary)
+    assert "20 succeeded, 0 failed" in text
+    assert "tokens: " in text
+    dry = await run_batch(config(tmp_path, base_url, dry_run=True))
+    assert "0 records to do" in format_summary(dry)
+    assert dry.as_dict()["already_done"] == 20

@@ -167,3 +167,14 @@ def test_fsync_mode_writes_whole_lines(tmp_path: Path) -> None:
         store.write_bad_line(BadLine(4, "4", "line 4: nope"))
     assert orjson.loads(err.read_bytes())["error"]["line"] == 4
     assert out.stat().st_size == 0
+
+
+def test_batch_imports_only_what_it_may() -> None:
+    """DESIGN.md's rule for batch: client, handlers, limits, events, errors (never mock, cli)."""
+    from tests.test_imports import ENGINE, NO_IO, STDLIB, imported_names  # noqa: PLC0415
+
+    allowed = {"client", "handlers", "limits", "events", "errors", "batch", "orjson", "rich",
+               "asyncio", "uvloop"}
+    for path in (ENGINE / "batch").glob("*.py"):
+        extra = imported_names(path) - (STDLIB - NO_IO) - allowed
+        assert not extra, f"{path.name} imports {sorted(extra)}"
