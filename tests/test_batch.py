@@ -347,3 +347,21 @@ async def test_progress_display_and_summary(tmp_path: Path, base_url: str,
     dry = await run_batch(config(tmp_path, base_url, dry_run=True))
     assert "0 records to do" in format_summary(dry)
     assert dry.as_dict()["already_done"] == 20
+
+
+def test_ctrl_c_stops_cleanly_and_resumes(tmp_path: Path, mock_factory: MockFactory) -> None:
+    mock = mock_factory(MockConfig(itl_ms=2.0, output_tokens=16))
+    path = make_input(tmp_path / "in.jsonl", 200)
+    out = tmp_path / "out.jsonl"
+    args = [str(path), "-o", str(out), "--base-url", mock.base_url, "--concurrency", "4"]
+    proc = run_cli(args)
+    wait_for_lines(out, 20, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err.decode()
+    assert b"run the same command to resume" in err
+    assert out.read_bytes().endswith(b"\n")  # stopped between records, never inside one
+    done = run_cli(args)
+    _, err = done.communicate(timeout=60)
+    assert done.returncode == 0, err.decode()
+    assert_exactly_once({f"req-{i}" for i in range(200)}, out, tmp_path / "out.errors.jsonl")

@@ -2,7 +2,7 @@
 
 Exit status: 0 when every record of the job succeeded, 1 when the job finished with records
 in the errors file (failed requests or invalid lines), 2 when it could not start (bad
-arguments, duplicate custom_ids, a locked output): nothing was sent then.
+arguments, duplicate custom_ids, a locked output): nothing was sent then; 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import Coroutine, Sequence
     from typing import Any
 
-EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,6 +114,9 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         sys.stderr.write(f"stream-engine batch: {exc}\n")
         return EXIT_USAGE
+    except KeyboardInterrupt:  # every finished record is on disk already
+        sys.stderr.write("stream-engine batch: interrupted; run the same command to resume\n")
+        return EXIT_INTERRUPTED
     sys.stderr.write(format_summary(summary) + "\n")
     if args.json:
         sys.stdout.write(orjson.dumps(summary.as_dict()).decode() + "\n")
