@@ -150,14 +150,14 @@ class Runner:
                 if config.open_loop:
                     await self._open_loop(start_ns)
                 else:
-                    await self._closed_loop()
+                    await self._closed_loop(start_ns)
         finally:
             ticker.cancel()
         opened = sum(1 for t in self.tracer.opened_after if t >= self.window_ns)
         return WorkerResult(self.worker, self.records, self.check, self.tracer.connect_ms,
                             opened, self.primed, dict(self.prime_errors))
 
-    async def _closed_loop(self) -> None:
+    async def _closed_loop(self, start_ns: int) -> None:
         config = self.config
         users = split_evenly(config.concurrency, self.workers, self.worker)
         quota = (None if config.requests is None
@@ -166,9 +166,15 @@ class Runner:
                   else self.window_ns + int(config.duration_s * 1e9))
         issued = 0
         counter = iter(range(self.worker, 1 << 62, self.workers))
+        # Users start spread over the warm-up: started together, equal streams would stay
+        # in lockstep and every wave would queue hundreds of sends behind each other.
+        ramp_ns = int(config.warmup_s * 1e9) // config.concurrency
 
-        async def user() -> None:
+        async def user(slot: int) -> None:
             nonlocal issued
+            delay = start_ns + slot * ramp_ns - time.perf_counter_ns()
+            if delay > 0:
+                await asyncio.sleep(delay / 1e9)
             while True:
                 now = time.perf_counter_ns()
                 if end_ns is not None and now >= end_ns:
@@ -180,7 +186,7 @@ class Runner:
                     issued += 1
                 await self._one(next(counter), now, warmup)
 
-        await asyncio.gather(*(user() for _ in range(users)))
+        await asyncio.gather(*(user(k * self.workers + self.worker) for k in range(users)))
 
     async def _open_loop(self, start_ns: int) -> None:
         loop = asyncio.get_running_loop()

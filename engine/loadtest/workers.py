@@ -77,6 +77,8 @@ def run_processes(config: LoadConfig, progress: Progress | None) -> list[WorkerR
                          name=f"bench-worker-{i}") for i, (_, child) in enumerate(pipes)]
     for proc in procs:
         proc.start()
+    for _, child in pipes:
+        child.close()  # the child holds its end: a dead worker is then EOF, not a silent wait
     conns = [parent for parent, _ in pipes]
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -100,9 +102,8 @@ def run_processes(config: LoadConfig, progress: Progress | None) -> list[WorkerR
             proc.join(5)
             if proc.is_alive():
                 proc.kill()
-        for parent, child in pipes:
+        for parent, _ in pipes:
             parent.close()
-            child.close()
 
 
 def _recv(conn: Connection) -> tuple[str, Any]:
