@@ -121,6 +121,26 @@ def _add_mock(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=command.run)
 
 
+def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from engine.loadtest import command  # noqa: PLC0415 - keeps `run` start-up light
+
+    p = sub.add_parser("bench", help="load-test an endpoint (the built-in mock by default)",
+                       description="Load-test an OpenAI-compatible endpoint: TTFT, ITL, "
+                       "throughput, goodput. Without --base-url it starts the built-in mock.")
+    command.add_arguments(p)
+    p.set_defaults(func=command.run)
+
+
+def _add_batch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from engine.batch import command  # noqa: PLC0415 - keeps `run` start-up light
+
+    p = sub.add_parser("batch", help="run an OpenAI Batch file (exactly once, resumable)",
+                       description="Run an OpenAI Batch JSONL file through streaming requests: "
+                       "exactly once, resumable after a kill, rate-limited.")
+    command.add_arguments(p)
+    p.set_defaults(func=command.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stream-engine",
@@ -129,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run(sub)
     _add_mock(sub)
+    _add_bench(sub)
+    _add_batch(sub)
     return parser
 
 

@@ -18,7 +18,7 @@ import contextlib
 import itertools
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Self
 
@@ -364,6 +364,7 @@ class Engine:
         max_event_bytes: int = MAX_EVENT_BYTES,
         headers: Mapping[str, str] | None = None,
         keepalive_s: float = 30.0,
+        on_retry: Callable[[EngineError, int], None] | None = None,
     ) -> None:
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
                          ).rstrip("/")
@@ -377,6 +378,8 @@ class Engine:
         self.queue_size = queue_size
         self.max_event_bytes = max_event_bytes
         self.keepalive_s = keepalive_s
+        # Called with (error, attempt number) before each retry: rate limiters, counters.
+        self.on_retry = on_retry
         self._extra_headers = dict(headers or {})
         self._session: aiohttp.ClientSession | None = None
         self._readers: set[asyncio.Task[None]] = set()
@@ -487,9 +490,12 @@ class Engine:
                 batch = await attempt.get()
             except EngineError as exc:
                 attempt.abort()
+                exc.attempts = handle.attempts
                 delay = self._retry_delay(exc, handle.attempts - 1)
                 if delay is None:
                     raise
+                if self.on_retry is not None:
+                    self.on_retry(exc, handle.attempts)
                 await asyncio.sleep(delay)
                 continue
             except BaseException:
@@ -564,6 +570,7 @@ class Engine:
             handle.raise_for_outcome()
         except EngineError as exc:  # e.g. a malformed event found by a handler's lazy decode
             exc.custom_id = exc.custom_id or custom_id
+            exc.attempts = handle.attempts
             if handle.attempt is not None:
                 exc.request_id = exc.request_id or handle.attempt.request_id
             raise

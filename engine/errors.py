@@ -49,6 +49,7 @@ class EngineError(Exception):
         self.message = message
         self.request_id = request_id
         self.custom_id = custom_id
+        self.attempts = 1  # how many HTTP requests the engine made before giving up
 
     @property
     def kind(self) -> str:

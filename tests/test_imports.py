@@ -21,6 +21,15 @@ ALLOWED: dict[str, set[str]] = {
     "limits": {"asyncio"},  # async acquire helpers; still no network I/O
     "client": {"sse", "events", "errors", "handlers", "limits", "aiohttp", "orjson", "asyncio"},
 }
+# packages: every module of the package may import only these (plus stdlib, itself)
+PACKAGE_ALLOWED: dict[str, set[str]] = {
+    "batch": {"client", "handlers", "limits", "events", "errors", "orjson", "rich", "asyncio",
+              "uvloop"},
+    "loadtest": {"client", "handlers", "limits", "events", "errors", "orjson", "rich", "numpy",
+                 "matplotlib", "asyncio", "uvloop", "aiohttp"},
+}
+# CLI glue may also start the embedded mock endpoint
+GLUE_EXTRA = {"command.py": {"mock"}}
 MUST_NOT_IO = {"sse", "events", "limits", "handlers"}
 
 
@@ -51,6 +60,14 @@ def test_module_imports_only_what_it_may(module: str) -> None:
 def test_core_modules_do_no_io(module: str) -> None:
     names = imported_names(ENGINE / f"{module}.py")
     assert not (names & (NO_IO - ALLOWED[module]))
+
+
+@pytest.mark.parametrize("package", sorted(PACKAGE_ALLOWED))
+def test_package_imports_only_what_it_may(package: str) -> None:
+    for path in sorted((ENGINE / package).glob("*.py")):
+        allowed = PACKAGE_ALLOWED[package] | GLUE_EXTRA.get(path.name, set()) | {package}
+        extra = imported_names(path) - STDLIB - allowed
+        assert not extra, f"engine/{package}/{path.name} imports {sorted(extra)}"
 
 
 def test_mock_never_shares_code_with_the_client() -> None:

@@ -25,7 +25,7 @@ from engine.errors import ConfigError, EngineError, RateLimitError
 from engine.limits import AdaptiveConcurrency, RateLimiter, Reservation
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
     from engine.batch.store import ResumeState
 
@@ -134,24 +134,6 @@ class _Slot:
         self.active = 0
 
 
-class _ObservedEngine(Engine):
-    """An Engine that reports each retry it decides on, so 429s can steer concurrency.
-
-    Overrides the private `_retry_delay` (the engine has no public retry hook yet).
-    """
-
-    def __init__(self, *args: Any, on_retry: Callable[[EngineError], None],
-                 **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._on_retry = on_retry
-
-    def _retry_delay(self, exc: EngineError, attempt: int) -> float | None:
-        delay = super()._retry_delay(exc, attempt)
-        if delay is not None:
-            self._on_retry(exc)
-        return delay
-
-
 class BatchRunner:
     """Runs one BatchConfig; `limiter` and `gate` may be injected (tests use a fake clock)."""
 
@@ -186,7 +168,7 @@ class BatchRunner:
             del scan  # the id set is not needed any more: free it before the long part
             async with contextlib.AsyncExitStack() as stack:
                 for endpoint in cfg.endpoints:
-                    engine = _ObservedEngine(
+                    engine = Engine(
                         endpoint.base_url, endpoint.api_key or "", max_connections=cfg.concurrency,
                         timeouts=cfg.timeouts, retry=cfg.retry, on_retry=self._on_retry)
                     self._slots.append(_Slot(await stack.enter_async_context(engine),
@@ -246,7 +228,7 @@ class BatchRunner:
         order = slots[start:] + slots[:start]
         return min(order, key=lambda s: s.active)
 
-    def _on_retry(self, exc: EngineError) -> None:
+    def _on_retry(self, exc: EngineError, attempt: int) -> None:  # noqa: ARG002 - hook signature
         self.summary.retries += 1
         self.summary.retries_by_kind[exc.kind] += 1
         if isinstance(exc, RateLimitError):
