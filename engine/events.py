@@ -103,13 +103,12 @@ class StreamEvent:
     object per event); the decoder then stamps the arrival time and the type.
     """
 
-    __slots__ = ("cached_delta", "decoded", "event", "id", "raw", "received_ns", "type")
+    __slots__ = ("cached_delta", "decoded", "id", "raw", "received_ns", "type")
 
     def __init__(self, raw: bytes, event: str = "message", id: str | None = None) -> None:  # noqa: A002
         self.raw = raw
-        self.event = event
         self.id = id
-        self.type = event
+        self.type = event  # the SSE event name until the decoder reads an untyped event's JSON
         self.received_ns = 0
         self.decoded: Any = None
         # text_delta, computed once: several handlers ask for it. False means "not yet".
@@ -262,7 +261,7 @@ class EventDecoder:
         for msg in messages:
             event = msg if isinstance(msg, StreamEvent) else StreamEvent(msg.raw, msg.event, msg.id)
             event.received_ns = received_ns
-            if event.event == "message":
+            if event.type == "message":
                 if event.raw == _DONE:
                     self.done = True  # ends the stream; not an event
                     continue

@@ -148,13 +148,14 @@ class SSEParser(Generic[M]):
         event = self._event
         factory = self._factory
         name_of = _names.get
+        last_id = self.last_event_id
         for line in lines:
             if not line:  # blank line: dispatch
                 if data:
                     out.append(factory(
                         data[0] if len(data) == 1 else b"\n".join(data),
                         (name_of(event) or _event_name(event)) if event else "message",
-                        self.last_event_id,
+                        last_id,
                     ))
                     data = []
                 event = None
@@ -164,6 +165,7 @@ class SSEParser(Generic[M]):
                 event = line[7:]
             elif line[0] != 58:  # 58 is ":", a comment line
                 event = self._field(line, data, event)
+                last_id = self.last_event_id  # an `id:` field may have changed it
         self._data = data
         self._event = event
         if tail:
