@@ -249,3 +249,15 @@ def check_html_in_chromium(page: Path, tmp_path: Path) -> None:
     subprocess.run([*base, f"--screenshot={shot}", page.as_uri()], capture_output=True,
                    timeout=60, check=True)
     assert shot.stat().st_size > 10_000
+
+
+def test_calibration_matches_every_request_to_its_server_write_stamp(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.loadtest.calibrate import main  # noqa: PLC0415
+
+    assert main(["--streams", "8", "--duration", "1.5", "--warmup", "0.3", "--tokens", "5",
+                 "--ttft-ms", "20", "--itl-ms", "5"]) == 0
+    report = orjson.loads(capsys.readouterr().out)
+    assert report["completed"] > 0
+    assert report["client_read_delay_ms"]["count"] == report["completed"]
+    assert report["client_read_delay_ms"]["min"] >= 0  # one clock: never read before written

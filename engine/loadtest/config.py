@@ -98,6 +98,7 @@ class LoadConfig:
         """The configuration as reports show it: everything but the API key."""
         data = asdict(self)
         data.pop("api_key")
+        data["headers"] = sorted(self.headers)  # names only: a header may carry a secret
         data["mode"] = "open" if self.open_loop else "closed"
         data["api_key_set"] = bool(self.api_key)
         return data

@@ -36,6 +36,7 @@ class BenchResult:
     primed: int = 0
     prime_errors: dict[str, int] = field(default_factory=dict)
     label: str = ""
+    origin_ns: int = 0  # perf_counter_ns of the window start: correlates records with server logs
 
     @property
     def measured(self) -> list[RequestRecord]:
@@ -59,6 +60,8 @@ class BenchResult:
                 "connections_primed": self.primed, "primer_errors": self.prime_errors,
                 "connections_opened_during_measurement": self.connections_opened_measured,
             },
+            "clock": {"origin_perf_counter_ns": self.origin_ns,
+                      "note": "record offsets are seconds from this time.perf_counter_ns()"},
             "client": verdict(self.checks, config.lag_threshold_ms, config.cpu_threshold),
             "config": config.public(),
             "platform": platform_facts(),
@@ -80,4 +83,5 @@ def combine(config: LoadConfig, parts: Sequence[WorkerResult], label: str = "") 
         primed=sum(part.primed for part in parts),
         prime_errors=dict(errors),
         label=label,
+        origin_ns=min((part.origin_ns for part in parts), default=0),
     )

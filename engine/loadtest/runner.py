@@ -45,6 +45,7 @@ class WorkerResult:
     connections_opened_measured: int = 0  # new connections inside the window (ideally 0)
     primed: int = 0
     prime_errors: dict[str, int] = field(default_factory=dict)
+    origin_ns: int = 0  # perf_counter_ns of the measured window's start (records' offset 0)
 
 
 class ConnectTracer:
@@ -155,7 +156,7 @@ class Runner:
             ticker.cancel()
         opened = sum(1 for t in self.tracer.opened_after if t >= self.window_ns)
         return WorkerResult(self.worker, self.records, self.check, self.tracer.connect_ms,
-                            opened, self.primed, dict(self.prime_errors))
+                            opened, self.primed, dict(self.prime_errors), self.window_ns)
 
     async def _closed_loop(self, start_ns: int) -> None:
         config = self.config
