@@ -110,10 +110,14 @@ class Ticker:
     def _push(self, due: float, paced: _Paced) -> None:
         heapq.heappush(self._heap, (due, next(self._ids), paced))
         if due < self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer_at = due
-            self._timer = self._loop.call_at(due, self._fire)
+            self._arm(due)
+
+    def _arm(self, due: float) -> None:
+        """Move the one timer to `due` (earlier than where it stands)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = due
+        self._timer = self._loop.call_at(due, self._fire)
 
     def _fire(self) -> None:
         self._timer, self._timer_at = None, float("inf")
@@ -123,9 +127,10 @@ class Ticker:
             ready.append(heapq.heappop(heap)[2])
         for paced in ready:
             self._step(paced, now)
-        if heap and self._timer is None:
-            self._timer_at = heap[0][0]
-            self._timer = self._loop.call_at(self._timer_at, self._fire)
+        # The steps re-armed the timer for their own next token; streams left in the heap
+        # may be due sooner (e.g. first tokens of later arrivals): the timer must be the min.
+        if heap and heap[0][0] < self._timer_at:
+            self._arm(heap[0][0])
 
     def _step(self, paced: _Paced, now: float) -> None:
         transport, schedule = paced.transport, paced.schedule

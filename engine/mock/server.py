@@ -183,7 +183,8 @@ async def _pump(resp: web.StreamResponse, stream: Stream, schedule: Schedule,
 
 
 async def _stream(request: web.Request, state: MockState, stream: Stream, faults: FaultSet,
-                  sampler: DelaySampler, ttft_s: float, request_id: str) -> web.StreamResponse:
+                  sampler: DelaySampler, ttft_s: float, request_id: str,
+                  arrival: float) -> web.StreamResponse:
     resp = web.StreamResponse(headers={**STREAM_HEADERS, "x-request-id": request_id})
     await resp.prepare(request)  # headers go out at once, as real servers do; queueing follows
     midpoint = stream.head_events + stream.n // 2
@@ -193,7 +194,12 @@ async def _stream(request: web.Request, state: MockState, stream: Stream, faults
     async with _admitted(state):
         stats.stream_started()
         try:
-            schedule = Schedule(stream.n, asyncio.get_running_loop().time(), ttft_s, sampler)
+            # Deadlines count from the request's arrival (or its admission, when it queued), not
+            # from after this server's own setup work: under a burst of arrivals, setup is
+            # serialised and would otherwise add up to tens of ms to the configured TTFT.
+            now = asyncio.get_running_loop().time()
+            start = now if state.gate is not None else arrival
+            schedule = Schedule(stream.n, start, ttft_s, sampler)
             if faults.reshapes_stream or transport is None or request.version < (1, 1):
                 await _pump(resp, stream, schedule, reshaper, stats)
             else:  # the fast path: the shared ticker writes the chunks straight to the socket
@@ -251,6 +257,7 @@ def _fault_answer(request: web.Request, faults: FaultSet, retry_after_s: float,
 
 
 async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
+    arrival = asyncio.get_running_loop().time()
     state = request.app[STATE]
     config, stats = state.config, state.stats
     stats.requests[request.path] += 1
@@ -274,7 +281,8 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
         return early
     sampler = DelaySampler(config, itl_ms, state.delay_rng)
     if body.get("stream") is True:
-        return await _stream(request, state, stream, faults, sampler, ttft_ms / 1000, request_id)
+        return await _stream(request, state, stream, faults, sampler, ttft_ms / 1000, request_id,
+                             arrival)
     async with _admitted(state):  # non-streaming: answer when the last token would be due
         delay = sampler.jittered(ttft_ms / 1000) + sum(sampler.next_itl() for _ in range(stream.n))
         await asyncio.sleep(delay)
