@@ -426,3 +426,26 @@ def test_mock_process_serves_and_reports_stats() -> None:
         assert status == 200
         assert len(deltas(split_events(raw))) == 4
         assert proc.stats.requests["/v1/responses"] == 1
+
+
+async def test_staggered_arrivals_all_get_their_first_token_on_time(
+        mock_factory: Any) -> None:
+    """Regression: the shared ticker once re-armed for a stream's *next* token before
+    serving later arrivals' first tokens, making their TTFT up to one ITL late."""
+    server = mock_factory(ttft_ms=50.0, itl_ms=200.0, output_tokens=2)
+    url = f"{server.base_url}/responses"
+    body = orjson.dumps({"model": "m", "input": "hi", "stream": True})
+
+    async def ttft_ms(session: aiohttp.ClientSession, delay_s: float) -> float:
+        await asyncio.sleep(delay_s)  # staggered arrivals, not a wait for a result
+        start = time.perf_counter()
+        async with session.post(url, data=body) as resp:
+            async for chunk in resp.content.iter_any():
+                if b"output_text.delta" in chunk:
+                    return (time.perf_counter() - start) * 1000
+        raise AssertionError("no delta")
+
+    async with aiohttp.ClientSession() as session:
+        ttfts = await asyncio.gather(*(ttft_ms(session, i * 0.003) for i in range(12)))
+    assert min(ttfts) >= 50
+    assert max(ttfts) < 50 + 100  # far below 50 + one 200 ms ITL
