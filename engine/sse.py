@@ -130,7 +130,9 @@ class SSEParser(Generic[M]):
                     return []
         if 13 in chunk:
             self._skip_lf = chunk[-1] == 13
-            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            chunk = chunk.replace(b"\r\n", b"\n")
+            if 13 in chunk:  # a lone CR: rare, so CRLF streams pay for one pass, not two
+                chunk = chunk.replace(b"\r", b"\n")
         lines = chunk.split(b"\n")
         tail = lines.pop()
         if not lines:  # no line ended in this chunk
