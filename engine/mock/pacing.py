@@ -20,7 +20,10 @@ if TYPE_CHECKING:
 
     from engine.mock.config import DelaySampler
 
-TIMER_RESOLUTION_S = 0.001  # libuv timers have 1 ms resolution; due within it means due now
+# Slack for "due now". Zero: a token is never sent before its deadline (a real server cannot
+# send what it has not generated, and a TTFT below the configured one would mislead a load
+# test); a timer that fires early (libuv rounds to 1 ms) simply re-arms for the same deadline.
+TIMER_RESOLUTION_S = 0.0
 MAX_BATCH_EVENTS = 1024  # caps one write when a fast stream is far behind its schedule
 HIGH_WATER_BYTES = 256 * 1024  # a client this far behind gets its tokens later, coalesced
 BACKPRESSURE_RETRY_S = 0.01

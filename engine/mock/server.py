@@ -179,12 +179,11 @@ async def _pump(resp: web.StreamResponse, stream: Stream, schedule: Schedule,
         batch = []
         delay = schedule.next_due - loop.time()
         if delay > TIMER_RESOLUTION_S:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(delay)  # a wake-up before the deadline just loops once more
 
 
 async def _stream(request: web.Request, state: MockState, stream: Stream, faults: FaultSet,
-                  sampler: DelaySampler, ttft_s: float, request_id: str,
-                  arrival: float) -> web.StreamResponse:
+                  sampler: DelaySampler, ttft_s: float, request_id: str) -> web.StreamResponse:
     resp = web.StreamResponse(headers={**STREAM_HEADERS, "x-request-id": request_id})
     await resp.prepare(request)  # headers go out at once, as real servers do; queueing follows
     midpoint = stream.head_events + stream.n // 2
@@ -194,12 +193,12 @@ async def _stream(request: web.Request, state: MockState, stream: Stream, faults
     async with _admitted(state):
         stats.stream_started()
         try:
-            # Deadlines count from the request's arrival (or its admission, when it queued), not
-            # from after this server's own setup work: under a burst of arrivals, setup is
-            # serialised and would otherwise add up to tens of ms to the configured TTFT.
-            now = asyncio.get_running_loop().time()
-            start = now if state.gate is not None else arrival
-            schedule = Schedule(stream.n, start, ttft_s, sampler)
+            # Deadlines count from admission. uvloop's clock counts whole milliseconds, so a
+            # reading can be up to 1 ms behind the true time: adding that resolution keeps every
+            # token at or after its deadline (0-1 ms late, never early).
+            loop = asyncio.get_running_loop()
+            schedule = Schedule(stream.n, loop.time() + _clock_resolution_s(loop), ttft_s,
+                                sampler)
             if faults.reshapes_stream or transport is None or request.version < (1, 1):
                 await _pump(resp, stream, schedule, reshaper, stats)
             else:  # the fast path: the shared ticker writes the chunks straight to the socket
@@ -218,6 +217,10 @@ async def _stream(request: web.Request, state: MockState, stream: Stream, faults
     if transport is not None and not transport.is_closing():
         await resp.write_eof()
     return resp
+
+
+def _clock_resolution_s(loop: asyncio.AbstractEventLoop) -> float:
+    return 0.001 if type(loop).__module__.startswith("uvloop") else 0.0
 
 
 class _admitted:  # noqa: N801  (reads as a statement: `async with _admitted(state)`)
@@ -257,7 +260,6 @@ def _fault_answer(request: web.Request, faults: FaultSet, retry_after_s: float,
 
 
 async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
-    arrival = asyncio.get_running_loop().time()
     state = request.app[STATE]
     config, stats = state.config, state.stats
     stats.requests[request.path] += 1
@@ -281,8 +283,7 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
         return early
     sampler = DelaySampler(config, itl_ms, state.delay_rng)
     if body.get("stream") is True:
-        return await _stream(request, state, stream, faults, sampler, ttft_ms / 1000, request_id,
-                             arrival)
+        return await _stream(request, state, stream, faults, sampler, ttft_ms / 1000, request_id)
     async with _admitted(state):  # non-streaming: answer when the last token would be due
         delay = sampler.jittered(ttft_ms / 1000) + sum(sampler.next_itl() for _ in range(stream.n))
         await asyncio.sleep(delay)
