@@ -27,9 +27,10 @@ PACKAGE_ALLOWED: dict[str, set[str]] = {
               "uvloop"},
     "loadtest": {"client", "handlers", "limits", "events", "errors", "orjson", "rich", "numpy",
                  "matplotlib", "asyncio", "uvloop", "aiohttp"},
+    "distributed": {"batch", "loadtest", "limits", "errors", "orjson", "ray", "asyncio"},
 }
-# CLI glue may also start the embedded mock endpoint
-GLUE_EXTRA = {"command.py": {"mock"}}
+# CLI glue may also start the embedded mock endpoint, and hand a job to Ray (lazily)
+GLUE_EXTRA = {"command.py": {"mock", "distributed"}}
 MUST_NOT_IO = {"sse", "events", "limits", "handlers"}
 
 
@@ -80,3 +81,9 @@ def test_nothing_imports_cli() -> None:
     for path in ENGINE.rglob("*.py"):
         if path.name not in {"cli.py", "__main__.py"}:
             assert "cli" not in imported_names(path), path
+
+
+def test_only_the_distributed_package_imports_ray() -> None:
+    for path in ENGINE.rglob("*.py"):
+        if path.parent.name != "distributed":
+            assert "ray" not in imported_names(path), path

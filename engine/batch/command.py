@@ -60,6 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no live progress display (it is off anyway when not a terminal)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ray = parser.add_argument_group("scale-out on Ray (pip install 'stream-engine[ray]')")
+    ray.add_argument("--ray", default=None, metavar="ADDRESS",
+                     help="run the shards as Ray actors: 'auto' joins the running cluster, "
+                     "'host:port' or 'ray://…' a given one, 'local' starts a private instance")
+    ray.add_argument("--workers", type=int, default=None, metavar="N",
+                     help="with --ray: actors, one shard each (default: one per cluster CPU); "
+                     "--concurrency, --rpm and --tpm hold for the whole job")
 
 
 def _shard(text: str) -> Shard:
@@ -82,6 +89,8 @@ def _endpoints(args: argparse.Namespace) -> list[Endpoint]:
 
 
 def config_from_args(args: argparse.Namespace) -> BatchConfig:
+    if args.workers is not None and args.ray is None:
+        raise ConfigError("--workers goes with --ray (one process runs the job otherwise)")
     return BatchConfig(
         input_path=args.input, output_path=args.output, errors_path=args.errors,
         endpoints=_endpoints(args), concurrency=args.concurrency, rpm=args.rpm, tpm=args.tpm,
@@ -101,13 +110,26 @@ def _run_loop(coro: Coroutine[Any, Any, BatchSummary]) -> BatchSummary:
         return runner.run(coro)
 
 
+def _run_on_ray(config: BatchConfig, address: str, workers: int | None) -> BatchSummary:
+    try:
+        from engine.distributed import run_batch_on_ray  # noqa: PLC0415 - the optional extra
+    except ImportError as exc:
+        raise ConfigError(f"--ray needs the ray extra: pip install 'stream-engine[ray]' ({exc})"
+                          ) from exc
+    return run_batch_on_ray(config, address=None if address == "local" else address,
+                            workers=workers)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the job described by parsed arguments; returns the exit status."""
     from engine.batch.progress import format_summary  # noqa: PLC0415 - rich only when used
 
     try:
         config = config_from_args(args)
-        summary = _run_loop(run_batch(config))
+        if args.ray is not None:
+            summary = _run_on_ray(config, args.ray, args.workers)
+        else:
+            summary = _run_loop(run_batch(config))
     except ConfigError as exc:  # includes duplicate ids and bad input files
         sys.stderr.write(f"stream-engine batch: {exc}\n")
         return EXIT_USAGE

@@ -33,7 +33,7 @@ import ray
 from engine.batch.inputs import Shard, scan_input
 from engine.batch.runner import BatchConfig, BatchRunner, BatchSummary, errors_path_for, run_batch
 from engine.batch.store import ResultStore, read_state
-from engine.distributed.cluster import ACTOR_CPUS, LIMITER_CPUS, Cluster, gather
+from engine.distributed.cluster import ACTOR_CPUS, LIMITER_CPUS, Cluster, LoopThread, gather
 from engine.distributed.limiter import LEASE_SIZE, LEASE_TTL_S, LeasedLimiter, RateLimitActor
 from engine.errors import ConfigError
 from engine.limits import WINDOW_S
@@ -129,8 +129,11 @@ class ShardWorker:
         shard = config.shard
         done = read_state(*final).done if any(p.exists() for p in final) else set()
         skip = {cid for cid in done if cid in shard}
-        with asyncio.Runner(loop_factory=loop_factory()) as loop:
+        loop = LoopThread()
+        try:
             return loop.run(self._run(config, skip, limiter, lease_size, lease_ttl_s))
+        finally:
+            loop.close()
 
     @staticmethod
     async def _run(config: BatchConfig, skip: set[str], actor: Any | None, lease_size: int,

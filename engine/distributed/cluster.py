@@ -7,13 +7,21 @@ notebooks) and shuts down only an instance it started itself.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
-from typing import Any, Final, Self
+import threading
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
 import ray
 
 from engine.errors import ConfigError, EngineError
+from engine.loadtest.workers import loop_factory
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
+T = TypeVar("T")
 
 ACTOR_CPUS: Final = 0.5  # streams are I/O bound; whole-CPU actors starve each other on 2 cores
 LIMITER_CPUS: Final = 0.0  # the limiter actor does a few dict updates per lease
@@ -82,3 +90,29 @@ def gather(refs: list[Any]) -> list[Any]:
         return list(ray.get(refs))
     except ray.exceptions.RayActorError as exc:
         raise DistributedError(f"a Ray actor died: {exc}") from exc
+
+
+class LoopThread:
+    """An actor's own uvloop, in a thread of its own, kept across method calls.
+
+    Ray runs an actor's sync methods in a thread that may already have a running event
+    loop (its async machinery), so `asyncio.run` there fails; the engine's loop lives in
+    its own thread instead, and the actor's methods block on its results.
+    """
+
+    def __init__(self) -> None:
+        self._loop = loop_factory()()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="engine-loop",
+                                        daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self.run(self._loop.shutdown_asyncgens())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()

@@ -12,16 +12,14 @@ the clocks (typically well under a millisecond on a LAN). Records come back whol
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import TYPE_CHECKING, Any, Final
 
 import ray
 
-from engine.distributed.cluster import ACTOR_CPUS, Cluster, gather
+from engine.distributed.cluster import ACTOR_CPUS, Cluster, LoopThread, gather
 from engine.loadtest.result import BenchResult, combine
 from engine.loadtest.runner import Runner, WorkerResult
-from engine.loadtest.workers import loop_factory
 
 if TYPE_CHECKING:
     from engine.loadtest.config import LoadConfig
@@ -36,7 +34,7 @@ class BenchWorker:
         self._config = config
         self._worker = worker
         self._workers = workers
-        self._loop = asyncio.Runner(loop_factory=loop_factory())
+        self._loop = LoopThread()
         self._runner: Runner | None = None
 
     def prime(self) -> int:

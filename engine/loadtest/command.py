@@ -72,7 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     shape.add_argument("--warmup", type=float, default=1.0,
                        help="seconds of load before the window, excluded (default 1)")
     shape.add_argument("--workers", type=int, default=1,
-                       help="client processes, one event loop each (default 1)")
+                       help="client processes, one event loop each (default 1); with --ray, "
+                       "Ray actors")
+    shape.add_argument("--ray", default=None, metavar="ADDRESS",
+                       help="generate the load from Ray actors (pip install "
+                       "'stream-engine[ray]'): 'auto' joins the running cluster, 'host:port' or "
+                       "'ray://…' a given one, 'local' starts a private instance")
     req = parser.add_argument_group("requests")
     req.add_argument("--input-tokens", type=int, default=128, help="synthetic prompt length")
     req.add_argument("--output-tokens", type=int, default=64, help="max_output_tokens")
@@ -130,6 +135,18 @@ def _run_loop(config: LoadConfig, progress: LiveProgress | None) -> list[BenchRe
         return runner.run(_execute(config, progress))
 
 
+def _run_on_ray(config: LoadConfig, address: str) -> list[BenchResult]:
+    if config.sweep_steps > 0:
+        raise ConfigError("--sweep runs on one machine; drop --ray or --sweep")
+    try:
+        from engine.distributed import run_load_on_ray  # noqa: PLC0415 - the optional extra
+    except ImportError as exc:
+        raise ConfigError(f"--ray needs the ray extra: pip install 'stream-engine[ray]' ({exc})"
+                          ) from exc
+    return [run_load_on_ray(config, address=None if address == "local" else address,
+                            workers=config.workers)]
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the bench described by `args`; 0 when at least one request succeeded."""
     console = Console(stderr=True)
@@ -149,13 +166,16 @@ def run(args: argparse.Namespace) -> int:
                           f"TTFT {args.mock_ttft_ms:g} ms, ITL {args.mock_itl_ms:g} ms)")
         try:
             config = config_from_args(args, base_url, facts)
+            if args.ray is not None:
+                results = _run_on_ray(config, args.ray)
+            else:
+                progress = None
+                if not args.quiet and console.is_terminal:
+                    progress = stack.enter_context(LiveProgress(console))
+                results = _run_loop(config, progress)
         except ConfigError as exc:
             console.print(f"[red]error:[/] {exc}")
             return 2
-        progress = None
-        if not args.quiet and console.is_terminal:
-            progress = stack.enter_context(LiveProgress(console))
-        results = _run_loop(config, progress)
     docs = [result.summary() for result in results]
     if len(docs) == 1:
         print_summary(docs[0], console)
