@@ -1,17 +1,31 @@
-"""The mock endpoint over real HTTP on 127.0.0.1, read as raw bytes (never through engine.sse)."""
+"""The mock endpoint over real HTTP on 127.0.0.1, read as raw bytes (never through engine.sse).
+
+The latency model itself (sampler, schedule, shared ticker) is tested at the end without any
+clock: seeded draws, and a fake loop whose time only moves when the test says so.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import math
+import random
+import statistics
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
 import pytest
 
 from engine.mock import MockConfig, MockProcess, MockServerThread
+from engine.mock.config import LOGNORMAL_SIGMA, DelaySampler
+from engine.mock.pacing import Schedule, Ticker
+from engine.mock.stats import MockStats
 from engine.mock.text import MESSAGE_OVERHEAD, REPLY_OVERHEAD
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 RESPONSES_SEQUENCE = [
     "response.created", "response.in_progress", "response.output_item.added",
@@ -217,15 +231,43 @@ async def test_unknown_path_is_404(base_url: str) -> None:
     assert headers["x-request-id"].startswith("req_")
 
 
-async def test_api_key(auth_mock_server: MockServerThread) -> None:
-    url = auth_mock_server.base_url + "/responses"
-    for headers in ({}, {"Authorization": "Bearer wrong"}):
-        status, _, raw = await post(url, RESP, headers)
+AUTH_ROUTES = [
+    ("POST", "/v1/responses", RESP), ("POST", "/v1/responses", {**RESP, "stream": False}),
+    ("POST", "/v1/chat/completions", CHAT), ("GET", "/v1/models", None),
+    ("GET", "/v1/models/gpt-x", None), ("POST", "/v1/nope", RESP), ("GET", "/mock/stats", None),
+]
+
+
+async def call(base_url: str, method: str, path: str, body: Any, headers: dict[str, str],
+               ) -> tuple[int, Any, bytes]:
+    url = base_url.removesuffix("/v1") + path
+    async with aiohttp.ClientSession() as session, session.request(
+            method, url, data=None if body is None else orjson.dumps(body),
+            headers=headers) as resp:
+        return resp.status, resp.headers, await resp.read()
+
+
+@pytest.mark.parametrize(("method", "path", "body"), AUTH_ROUTES,
+                         ids=[f"{m} {p}" for m, p, _ in AUTH_ROUTES])
+async def test_api_key_guards_every_route(auth_mock_server: MockServerThread, method: str,
+                                          path: str, body: Any) -> None:
+    before = auth_mock_server.stats.unauthorized
+    for headers, code in (({}, None), ({"Authorization": "Bearer wrong"}, "invalid_api_key"),
+                          ({"Authorization": "Bearer sk-test-ke"}, "invalid_api_key"),
+                          ({"Authorization": "sk-test-key"}, "invalid_api_key")):
+        status, got_headers, raw = await call(auth_mock_server.base_url, method, path, body,
+                                              headers)
         assert status == 401
-        assert orjson.loads(raw)["error"]["code"] == "invalid_api_key"
-        assert b"sk-test-key" not in raw
-    status, _, _ = await post(url, RESP, {"Authorization": "Bearer sk-test-key"})
-    assert status == 200
+        assert got_headers["Content-Type"] == "application/json"
+        assert got_headers["x-request-id"].startswith("req_")
+        error = orjson.loads(raw)["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        assert (error["type"], error["code"]) == ("invalid_request_error", code)
+        assert b"sk-test" not in raw
+    assert auth_mock_server.stats.unauthorized - before == 4
+    status, _, _ = await call(auth_mock_server.base_url, method, path, body,
+                              {"Authorization": "Bearer sk-test-key"})
+    assert status == (404 if path == "/v1/nope" else 200)
 
 
 @pytest.mark.parametrize(("fault", "status", "code"), [
@@ -373,42 +415,80 @@ async def test_fault_rates_from_config(mock_factory: Any) -> None:
     assert server.stats.requests["/v1/responses"] == 200
 
 
-async def timed_stream(url: str, headers: dict[str, str], body: Any = RESP,
-                       ) -> tuple[float, list[float]]:
-    """perf_counter at the first event and at each text delta (one read may carry several)."""
-    first_event, times = 0.0, []
+async def arrival_times(url: str, headers: dict[str, str], body: Any = RESP) -> list[float]:
+    """perf_counter at the arrival of each text delta (one read may carry several)."""
+    times: list[float] = []
     async with aiohttp.ClientSession() as session, session.post(
             url, data=orjson.dumps(body), headers=headers) as resp:
         async for chunk in resp.content.iter_any():
-            now = time.perf_counter()
-            first_event = first_event or now
-            times += [now] * chunk.count(b"output_text.delta\n")
-    return first_event, times
+            times += [time.perf_counter()] * chunk.count(b"output_text.delta\n")
+    return times
 
 
-async def test_pacing_follows_ttft_and_itl(base_url: str) -> None:
+async def test_no_token_arrives_before_its_deadline(base_url: str) -> None:
+    """A lower bound only: token k is due TTFT + k * ITL after the server admitted the request,
+    which is after `started`. An upper bound would flake on a busy machine."""
     started = time.perf_counter()
-    _, times = await timed_stream(base_url + "/responses",
-                                  {"x-mock-ttft-ms": "100", "x-mock-itl-ms": "10"})
+    times = await arrival_times(base_url + "/responses",
+                                {"x-mock-ttft-ms": "100", "x-mock-itl-ms": "10"})
     assert len(times) == 16
-    assert 0.1 <= times[0] - started < 0.3
-    mean_gap = (times[-1] - times[0]) / 15
-    assert 0.01 * 0.9 <= mean_gap < 0.03
+    for k, arrived in enumerate(times):
+        assert arrived - started >= 0.1 + k * 0.01, k
 
 
-async def test_max_concurrency_queues_requests(mock_factory: Any) -> None:
-    server = mock_factory(max_concurrency=1, itl_ms=5.0, output_tokens=20)
-    url = server.base_url + "/responses"
-    first = asyncio.create_task(timed_stream(url, {}))
-    deadline = time.monotonic() + 5
-    while server.stats.streams_active == 0:  # poll until the first stream holds the slot
-        assert time.monotonic() < deadline
+async def test_drawn_delays_reach_the_wire(mock_factory: Any) -> None:
+    """Jitter and the per-token distribution are applied on the wire: the server's draws are
+    replayed from its seeded RNG, and no token arrives before its drawn deadline."""
+    config = MockConfig(ttft_ms=30.0, itl_ms=8.0, jitter=0.3, itl_distribution="exponential",
+                        seed=5)
+    server = mock_factory(config)  # a fresh server: this request makes its only draws
+    replay = DelaySampler(config, config.itl_ms, config.delay_rng())
+    deadlines = [replay.jittered(config.ttft_ms / 1000)]
+    deadlines += [deadlines[-1] + replay.next_itl() for _ in range(15)]
+    gaps = [b - a for a, b in itertools.pairwise(deadlines)]
+    assert max(gaps) > 2 * min(gaps)  # really drawn, not constant
+    started = time.perf_counter()
+    times = await arrival_times(server.base_url + "/responses", {})
+    assert len(times) == 16
+    for k, (arrived, due) in enumerate(zip(times, deadlines, strict=True)):
+        assert arrived - started >= due, k
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Poll a server-side condition with a deadline (no sleep stands in for a wait)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.001)
-    second_first_event, second = await timed_stream(url, {})
-    _, first_times = await first
-    assert len(first_times) == len(second) == 20
-    assert second_first_event >= first_times[-1]  # queued behind the whole first stream
-    assert server.stats.streams_max == 1
+
+
+async def test_max_concurrency_queues_requests_beyond_the_cap(mock_factory: Any) -> None:
+    server = mock_factory(max_concurrency=2, output_tokens=4)
+    url = server.base_url + "/responses"
+    stats = server.stats
+
+    async def read(session: aiohttp.ClientSession, body: Any) -> bytes:
+        async with session.post(url, data=orjson.dumps(body)) as resp:
+            return await resp.read()
+
+    async with aiohttp.ClientSession() as session:
+        # Two streams whose first token is a minute away hold both generation slots.
+        holders = [await session.post(url, data=orjson.dumps(RESP),
+                                      headers={"x-mock-ttft-ms": "60000"}) for _ in range(2)]
+        await until(lambda: stats.streams_active == 2)
+        queued = [asyncio.create_task(read(session, body))
+                  for body in (RESP, RESP, {**RESP, "stream": False})]
+        await until(lambda: stats.waiting == 3)
+        assert stats.streams_active == 2
+        assert not any(task.done() for task in queued)
+        for resp in holders:
+            resp.close()  # the clients leave: their generations end and free the slots
+        streamed_1, streamed_2, whole = await asyncio.gather(*queued)
+    assert len(deltas(split_events(streamed_1))) == len(deltas(split_events(streamed_2))) == 4
+    assert orjson.loads(whole)["usage"]["output_tokens"] == 4
+    await until(lambda: stats.streams_active == 0)
+    assert stats.streams_max == 2  # never above the cap
+    assert (stats.queued, stats.waiting) == (3, 0)
 
 
 def test_stats_record_the_last_body(mock_factory: Any) -> None:
@@ -428,24 +508,233 @@ def test_mock_process_serves_and_reports_stats() -> None:
         assert proc.stats.requests["/v1/responses"] == 1
 
 
-async def test_staggered_arrivals_all_get_their_first_token_on_time(
-        mock_factory: Any) -> None:
-    """Regression: the shared ticker once re-armed for a stream's *next* token before
-    serving later arrivals' first tokens, making their TTFT up to one ITL late."""
-    server = mock_factory(ttft_ms=50.0, itl_ms=200.0, output_tokens=2)
-    url = f"{server.base_url}/responses"
-    body = orjson.dumps({"model": "m", "input": "hi", "stream": True})
+# --- The latency model without a clock: seeded draws, fake time --------------------------------
 
-    async def ttft_ms(session: aiohttp.ClientSession, delay_s: float) -> float:
-        await asyncio.sleep(delay_s)  # staggered arrivals, not a wait for a result
-        start = time.perf_counter()
-        async with session.post(url, data=body) as resp:
-            async for chunk in resp.content.iter_any():
-                if b"output_text.delta" in chunk:
-                    return (time.perf_counter() - start) * 1000
-        raise AssertionError("no delta")
+SAMPLES = 20_000
 
-    async with aiohttp.ClientSession() as session:
-        ttfts = await asyncio.gather(*(ttft_ms(session, i * 0.003) for i in range(12)))
-    assert min(ttfts) >= 50
-    assert max(ttfts) < 50 + 100  # far below 50 + one 200 ms ITL
+
+def draws(itl_ms: float = 10.0, seed: int = 11, **fields: Any) -> list[float]:
+    """SAMPLES inter-token delays (ms) from a seeded sampler: the same list on every run."""
+    sampler = DelaySampler(MockConfig(itl_ms=itl_ms, **fields), itl_ms, random.Random(seed))
+    return [sampler.next_itl() * 1000 for _ in range(SAMPLES)]
+
+
+def fraction(values: list[float], predicate: Callable[[float], bool]) -> float:
+    return sum(map(predicate, values)) / len(values)
+
+
+def test_constant_itl_without_jitter_is_exact() -> None:
+    sampler = DelaySampler(MockConfig(itl_ms=10.0), 10.0, random.Random(0))
+    assert sampler.is_constant
+    assert {sampler.next_itl() for _ in range(100)} == {0.01}
+    assert sampler.jittered(0.2) == 0.2
+    assert draws(itl_ms=0.0, jitter=0.5, itl_distribution="lognormal") == [0.0] * SAMPLES
+
+
+def test_jitter_is_uniform_within_its_band() -> None:
+    values = draws(jitter=0.2)
+    assert not DelaySampler(MockConfig(jitter=0.2), 10.0, random.Random(0)).is_constant
+    assert 8.0 <= min(values) < 8.05
+    assert 11.95 < max(values) <= 12.0
+    assert statistics.fmean(values) == pytest.approx(10.0, rel=0.005)
+    for tenth in range(10):  # each tenth of the band holds a tenth of the draws
+        low = 8.0 + 0.4 * tenth
+        assert fraction(values, lambda v, low=low: low <= v < low + 0.4) == pytest.approx(
+            0.1, abs=0.01)
+
+
+def test_jitter_applies_to_ttft() -> None:
+    sampler = DelaySampler(MockConfig(jitter=0.5), 0.0, random.Random(3))
+    values = [sampler.jittered(0.2) for _ in range(SAMPLES)]
+    assert min(values) >= 0.1
+    assert max(values) <= 0.3
+    assert statistics.fmean(values) == pytest.approx(0.2, rel=0.01)
+    assert sampler.jittered(0.0) == 0.0
+
+
+def test_exponential_itl_has_the_mean_and_shape() -> None:
+    values = draws(itl_distribution="exponential")
+    assert min(values) > 0
+    assert statistics.fmean(values) == pytest.approx(10.0, rel=0.03)
+    assert statistics.pstdev(values) == pytest.approx(10.0, rel=0.05)  # sd = mean
+    assert fraction(values, lambda v: v > 10.0) == pytest.approx(math.exp(-1), abs=0.01)
+    assert statistics.median(values) == pytest.approx(10.0 * math.log(2), rel=0.03)
+
+
+def test_lognormal_itl_has_the_mean_and_shape() -> None:
+    values = draws(itl_distribution="lognormal")
+    logs = [math.log(v) for v in values]
+    assert statistics.fmean(values) == pytest.approx(10.0, rel=0.02)  # mu keeps the mean
+    assert statistics.pstdev(logs) == pytest.approx(LOGNORMAL_SIGMA, rel=0.03)
+    assert statistics.median(values) == pytest.approx(
+        10.0 * math.exp(-(LOGNORMAL_SIGMA**2) / 2), rel=0.02)
+
+
+@pytest.mark.parametrize("kind", ["exponential", "lognormal"])
+def test_jitter_on_a_distribution_keeps_the_mean(kind: str) -> None:
+    values = draws(itl_distribution=kind, jitter=0.5)
+    assert statistics.fmean(values) == pytest.approx(10.0, rel=0.03)
+    assert values != draws(itl_distribution=kind)  # the jitter draw changed the values
+
+
+def test_same_seed_same_delays() -> None:
+    assert draws(itl_distribution="lognormal", jitter=0.1) == draws(
+        itl_distribution="lognormal", jitter=0.1)
+    assert draws(itl_distribution="lognormal", seed=12) != draws(itl_distribution="lognormal")
+
+
+def expected_deadlines(config: MockConfig, start: float, n: int, seed: int) -> list[float]:
+    """Replay of Schedule's arithmetic: first at start + TTFT, then one draw per token."""
+    sampler = DelaySampler(config, config.itl_ms, random.Random(seed))
+    if sampler.is_constant:
+        first = start + config.ttft_ms / 1000
+        return [first + k * sampler.itl_s for k in range(n)]
+    due = [start + sampler.jittered(config.ttft_ms / 1000)]
+    for _ in range(n - 1):
+        due.append(due[-1] + sampler.next_itl())
+    return due
+
+
+LATENCY_MODELS = [
+    pytest.param(MockConfig(ttft_ms=250.0, itl_ms=125.0), id="constant"),
+    pytest.param(MockConfig(ttft_ms=100.0, itl_ms=30.0), id="constant-inexact-floats"),
+    pytest.param(MockConfig(ttft_ms=50.0, itl_ms=20.0, jitter=0.3), id="jitter"),
+    pytest.param(MockConfig(ttft_ms=50.0, itl_ms=20.0, itl_distribution="exponential"),
+                 id="exponential"),
+    pytest.param(MockConfig(ttft_ms=50.0, itl_ms=20.0, itl_distribution="lognormal",
+                            jitter=0.2), id="lognormal-jitter"),
+]
+
+
+@pytest.mark.parametrize("config", LATENCY_MODELS)
+def test_schedule_releases_exactly_the_due_tokens(config: MockConfig) -> None:
+    n, start = 40, 7.0
+    due = expected_deadlines(config, start, n, seed=21)
+    schedule = Schedule(n, start, config.ttft_ms / 1000,
+                        DelaySampler(config, config.itl_ms, random.Random(21)))
+    clock = random.Random(0)
+    now, sent = start, 0
+    while not schedule.finished:
+        now += clock.uniform(0, 0.08)  # wake-ups at arbitrary times, early or late
+        first, stop = schedule.take_due(now)
+        assert first == sent
+        assert stop == sum(d <= now for d in due)  # every due token, never one that is not
+        sent = stop
+        if not schedule.finished:
+            assert schedule.next_due == due[sent] > now
+
+
+class FakeTimer:
+    __slots__ = ("callback", "cancelled", "when")
+
+    def __init__(self, when: float, callback: Callable[[], object]) -> None:
+        self.when, self.callback, self.cancelled = when, callback, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeLoop:
+    """What Ticker uses of a loop; time moves only when `run` fires a timer."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list[FakeTimer] = []
+        self.futures = asyncio.new_event_loop()  # makes futures, never runs
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> FakeTimer:
+        self.timers.append(timer := FakeTimer(when, callback))
+        return timer
+
+    def create_future(self) -> asyncio.Future[int]:
+        return self.futures.create_future()
+
+    def run(self, until: float = math.inf, late_s: float = 0.0) -> None:
+        """Fire the timers in due order, each `late_s` after its time, up to `until`."""
+        while live := [t for t in self.timers if not t.cancelled]:
+            timer = min(live, key=lambda t: t.when)
+            if timer.when > until:
+                return
+            self.timers.remove(timer)
+            self.now = max(self.now, timer.when + late_s)
+            timer.callback()
+
+
+class FakeTransport:
+    """Records (time, token indices) per write; decodes the chunked framing."""
+
+    def __init__(self, loop: FakeLoop) -> None:
+        self.loop = loop
+        self.writes: list[tuple[float, list[bytes]]] = []
+
+    def write(self, data: bytes) -> None:
+        size, _, rest = data.partition(b"\r\n")
+        assert len(rest) == int(size, 16) + 2
+        assert rest.endswith(b"\r\n")
+        self.writes.append((self.loop.now, rest[:-2].split(b"\n\n")[:-1]))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+class FakeRender:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def deltas(self, start: int, stop: int) -> list[bytes]:
+        return [b"%d\n\n" % k for k in range(start, stop)]
+
+    def tail(self) -> list[bytes]:
+        return [b"end\n\n"]
+
+
+@pytest.fixture
+def fake_loop() -> Iterator[FakeLoop]:
+    loop = FakeLoop()
+    yield loop
+    loop.futures.close()
+
+
+def token_times(transport: FakeTransport) -> list[float]:
+    """The write time of token 0, 1, ... in order; checks order and the tail."""
+    events = [(t, e) for t, batch in transport.writes for e in batch]
+    assert [e for _, e in events] == [b"%d" % k for k in range(len(events) - 1)] + [b"end"]
+    return [t for t, _ in events[:-1]]
+
+
+@pytest.mark.parametrize("config", LATENCY_MODELS)
+@pytest.mark.parametrize("late_s", [0.0, 0.0333])
+def test_ticker_sends_each_token_at_its_deadline(fake_loop: FakeLoop, config: MockConfig,
+                                                 late_s: float) -> None:
+    """Punctual timers: every token goes out exactly at its deadline. Late timers: never
+    before it, and each write carries every token due by then (late tokens coalesce)."""
+    stats = MockStats()
+    ticker = Ticker(fake_loop, stats)  # type: ignore[arg-type]
+    transports, deadlines = [], []
+    for i in range(12):  # staggered arrivals, each 3 ms after the last
+        fake_loop.run(until=i * 0.003, late_s=late_s)
+        start = fake_loop.now = max(fake_loop.now, i * 0.003)
+        sampler = DelaySampler(config, config.itl_ms, random.Random(i))
+        transports.append(transport := FakeTransport(fake_loop))
+        deadlines.append(expected_deadlines(config, start, 10, seed=i))
+        ticker.run(FakeRender(10), Schedule(10, start, config.ttft_ms / 1000, sampler),
+                   transport)  # type: ignore[arg-type]
+    fake_loop.run(late_s=late_s)
+    for transport, due in zip(transports, deadlines, strict=True):
+        sent = token_times(transport)
+        assert len(sent) == 10
+        if late_s == 0:
+            assert sent == due  # the regression: first tokens of later arrivals were late
+        for k, (at, deadline) in enumerate(zip(sent, due, strict=True)):
+            assert at >= deadline, k
+            assert at - deadline <= late_s + 1e-9, k  # fake time: an exact bound, not a guess
+        for at, _ in transport.writes:
+            assert sent.count(at) == sum(at >= d for d in due) - sum(t < at for t in sent)
+    assert stats.events_sent == 12 * 11
+    assert stats.ticker_lag_s_max == pytest.approx(late_s)

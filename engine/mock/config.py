@@ -7,14 +7,12 @@ realistic defaults (see `command.py`).
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from engine.errors import ConfigError
 from engine.mock.faults import parse_fault
-
-if TYPE_CHECKING:
-    import random
 
 Distribution = Literal["constant", "exponential", "lognormal"]
 DISTRIBUTIONS: tuple[Distribution, ...] = ("constant", "exponential", "lognormal")
@@ -76,6 +74,11 @@ class MockConfig:
         if self.incomplete_on_limit:
             argv.append("--incomplete-on-limit")
         return argv
+
+    def delay_rng(self) -> random.Random:
+        """The latency model's RNG: seeded apart from the fault draw, so adding a fault rate
+        does not change the delays (and a test can replay them)."""
+        return random.Random(self.seed + 1)
 
     def output_length(self, seed: int) -> int:
         """The natural answer length: fixed, or spread evenly over the range by the text seed."""

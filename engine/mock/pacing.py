@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import asyncio
 
     from engine.mock.config import DelaySampler
+    from engine.mock.stats import MockStats
 
 # Slack for "due now". Zero: a token is never sent before its deadline (a real server cannot
 # send what it has not generated, and a TTFT below the configured one would mislead a load
@@ -66,6 +67,9 @@ class Schedule:
             itl = self._itl
             due = cap if itl == 0 else min(cap, int((now + TIMER_RESOLUTION_S - self._first)
                                                      / itl) + 1)
+            # next_due <= now said token `start` is due; the division may round just below it
+            # (first + k*itl vs k): never answer "nothing", or the timer re-fires in a spin.
+            due = max(due, start + 1)
             self.next_due = self._first + due * itl
         else:
             due, limit = start, now + TIMER_RESOLUTION_S
@@ -96,8 +100,9 @@ class _Paced:
 class Ticker:
     """One timer for all plain streams of a server; `await ticker.run(...)` per stream."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, stats: MockStats) -> None:
         self._loop = loop
+        self._stats = stats
         self._heap: list[tuple[float, int, _Paced]] = []
         self._ids = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
@@ -124,7 +129,11 @@ class Ticker:
 
     def _fire(self) -> None:
         self._timer, self._timer_at = None, float("inf")
-        heap, now = self._heap, self._loop.time()
+        heap, now, stats = self._heap, self._loop.time(), self._stats
+        if heap and (lag := now - heap[0][0]) >= 0:  # how late the earliest due stream is
+            stats.ticker_fires += 1
+            stats.ticker_lag_s_total += lag
+            stats.ticker_lag_s_max = max(stats.ticker_lag_s_max, lag)
         ready: list[_Paced] = []
         while heap and heap[0][0] <= now + TIMER_RESOLUTION_S:
             ready.append(heapq.heappop(heap)[2])
@@ -151,6 +160,7 @@ class Ticker:
             batch += paced.render.tail()
         if batch:
             paced.events += len(batch)
+            self._stats.events_sent += len(batch)
             transport.write(chunked(b"".join(batch)))
         if schedule.finished:
             paced.done.set_result(paced.events)

@@ -185,7 +185,10 @@ class MockProcess:
     def stats(self) -> MockStats:
         """Fetched from the child's GET /mock/stats."""
         url = self.base_url.removesuffix("/v1") + "/mock/stats"
-        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310  (our own http URL)
+        request = urllib.request.Request(url)  # noqa: S310  (our own http URL)
+        if self.config.api_key:  # /mock/stats shows request bodies: it needs the key too
+            request.add_header("Authorization", f"Bearer {self.config.api_key}")
+        with urllib.request.urlopen(request, timeout=5) as resp:  # noqa: S310
             return MockStats.from_snapshot(orjson.loads(resp.read()))
 
     def stop(self) -> None:

@@ -8,10 +8,10 @@ accumulated sleeps, so no drift); whatever is due when the task wakes goes out i
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
-import random
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -32,6 +32,9 @@ from engine.mock.text import (
     prompt_of,
     text_seed,
 )
+
+if TYPE_CHECKING:
+    from aiohttp.typedefs import Handler, Middleware
 
 LISTEN_BACKLOG = 4096  # aiohttp's default 128 overflows when hundreds of streams connect at once
 SHUTDOWN_TIMEOUT_S = 1.0
@@ -57,23 +60,17 @@ class MockState:
         self.config = config
         self.stats = MockStats()
         self.picker = FaultPicker(config.faults, config.seed)
-        self.delay_rng = random.Random(config.seed + 1)
+        self.delay_rng = config.delay_rng()
         self.gate = asyncio.Semaphore(config.max_concurrency) if config.max_concurrency else None
         self.stopping = asyncio.Event()  # set on shutdown: releases stalled streams
         self._ticker: Ticker | None = None
-        self._auth = f"Bearer {config.api_key}".encode() if config.api_key else None
 
     @property
     def ticker(self) -> Ticker:
         """Created on first use, on the loop that serves (the app may be built before it)."""
         if self._ticker is None:
-            self._ticker = Ticker(asyncio.get_running_loop())
+            self._ticker = Ticker(asyncio.get_running_loop(), self.stats)
         return self._ticker
-
-    def authorized(self, request: web.Request) -> bool:
-        if self._auth is None:
-            return True
-        return hmac.compare_digest(request.headers.get("Authorization", "").encode(), self._auth)
 
 
 STATE = web.AppKey("mock_state", MockState)
@@ -84,6 +81,40 @@ def json_error(status: int, request_id: str, message: str | None = None, *,
                headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(status=status, body=error_body(status, message, param=param, code=code),
                         content_type=JSON, headers={"x-request-id": request_id, **(headers or {})})
+
+
+# The real API's answer when no Authorization header came at all (its `code` is null).
+MISSING_KEY_MESSAGE = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization "
+    "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+)
+
+
+def _digest(value: str) -> bytes:
+    # Hashing first makes the compare constant-time in the key's length too.
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
+
+
+def require_api_key(api_key: str) -> Middleware:
+    """Every route (all of /v1/*, and /mock/stats, which shows request bodies) needs the key."""
+    expected = _digest(f"Bearer {api_key}")
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        given = request.headers.get("Authorization")
+        if given is not None and hmac.compare_digest(_digest(given), expected):
+            return await handler(request)
+        request.app[STATE].stats.unauthorized += 1
+        request_id = new_id("req_")[:36]
+        if given is None:
+            body = orjson.dumps({"error": {"message": MISSING_KEY_MESSAGE,
+                                           "type": "invalid_request_error", "param": None,
+                                           "code": None}})
+            return web.Response(status=401, body=body, content_type=JSON,
+                                headers={"x-request-id": request_id})
+        return json_error(401, request_id)  # "Incorrect API key provided.", never echoing it
+
+    return check
 
 
 def _header_ms(request: web.Request, name: str, default: float) -> float:
@@ -205,7 +236,7 @@ async def _stream(request: web.Request, state: MockState, stream: Stream, faults
                 head = stream.head()
                 stats.events_sent += len(head)
                 await resp.write(b"".join(head))
-                stats.events_sent += await state.ticker.run(stream, schedule, transport)
+                await state.ticker.run(stream, schedule, transport)  # counts as it writes
         finally:
             stats.stream_ended()
     if reshaper.cut_reached:
@@ -224,16 +255,26 @@ def _clock_resolution_s(loop: asyncio.AbstractEventLoop) -> float:
 
 
 class _admitted:  # noqa: N801  (reads as a statement: `async with _admitted(state)`)
-    """The FIFO generation gate (a no-op without max_concurrency)."""
+    """The FIFO generation gate (a no-op without max_concurrency); counts who had to wait."""
 
-    __slots__ = ("_gate",)
+    __slots__ = ("_gate", "_stats")
 
     def __init__(self, state: MockState) -> None:
         self._gate = state.gate
+        self._stats = state.stats
 
     async def __aenter__(self) -> None:
-        if self._gate is not None:
-            await self._gate.acquire()
+        gate = self._gate
+        if gate is None:
+            return
+        if not gate.locked():
+            await gate.acquire()  # a free slot: acquire() returns without suspending
+            return
+        self._stats.wait_started()
+        try:
+            await gate.acquire()
+        finally:
+            self._stats.wait_ended()
 
     async def __aexit__(self, *exc: object) -> None:
         if self._gate is not None:
@@ -264,8 +305,6 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
     config, stats = state.config, state.stats
     stats.requests[request.path] += 1
     request_id = new_id("req_")[:36]
-    if not state.authorized(request):
-        return json_error(401, request_id)
     try:
         body = await _read_body(request, "messages" if chat else "input")
         stats.last_body = body
@@ -321,8 +360,11 @@ async def _on_shutdown(app: web.Application) -> None:
 
 def create_app(config: MockConfig | None = None) -> web.Application:
     """The mock as an aiohttp application (state under `app[STATE]`)."""
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app[STATE] = MockState(config or MockConfig())
+    config = config or MockConfig()
+    # The middleware exists only with a key: the keyless hot path pays nothing for it.
+    middlewares: list[Middleware] = [require_api_key(config.api_key)] if config.api_key else []
+    app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=middlewares)
+    app[STATE] = MockState(config)
     app.router.add_post("/v1/responses", responses_handler)
     app.router.add_post("/v1/chat/completions", chat_handler)
     app.router.add_get("/v1/models", models_handler)

@@ -12,17 +12,24 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class MockStats:
-    """Requests per path, faults per kind, streams active/max, events written, last body.
+    """Requests per path, faults per kind, streams active/max, queueing, events written, pacing
+    lateness, last body.
 
-    Plain ints mutated on the server's loop; reading them from another thread is fine for
+    Plain numbers mutated on the server's loop; reading them from another thread is fine for
     counters (each update is one bytecode-level assignment under the GIL).
     """
 
-    requests: Counter[str] = field(default_factory=Counter)
+    requests: Counter[str] = field(default_factory=Counter)  # accepted past the key check
     faults: Counter[str] = field(default_factory=Counter)
-    streams_active: int = 0
+    unauthorized: int = 0  # 401s: no or wrong API key
+    streams_active: int = 0  # holding a generation slot now
     streams_max: int = 0
-    events_sent: int = 0
+    waiting: int = 0  # waiting for a generation slot now (max_concurrency)
+    queued: int = 0  # requests that had to wait for a slot, in total
+    events_sent: int = 0  # SSE events handed to the transport, counted as they are written
+    ticker_fires: int = 0  # wake-ups of the shared pacing timer
+    ticker_lag_s_total: float = 0.0  # sum over wake-ups of (now - earliest due deadline)
+    ticker_lag_s_max: float = 0.0  # > a few ms: the server could not keep up with the schedule
     last_body: Any = None
 
     def stream_started(self) -> None:
@@ -32,20 +39,25 @@ class MockStats:
     def stream_ended(self) -> None:
         self.streams_active -= 1
 
+    def wait_started(self) -> None:
+        self.waiting += 1
+        self.queued += 1
+
+    def wait_ended(self) -> None:
+        self.waiting -= 1
+
     def count_faults(self, faults: FaultSet) -> None:
         for kind in faults.kinds:
             self.faults[kind] += 1
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able copy (served at GET /mock/stats for MockProcess)."""
-        return {
-            "requests": dict(self.requests), "faults": dict(self.faults),
-            "streams_active": self.streams_active, "streams_max": self.streams_max,
-            "events_sent": self.events_sent, "last_body": self.last_body,
-        }
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        data["requests"], data["faults"] = dict(self.requests), dict(self.faults)
+        return data
 
     @classmethod
     def from_snapshot(cls, data: dict[str, Any]) -> MockStats:
-        return cls(requests=Counter(data["requests"]), faults=Counter(data["faults"]),
-                   streams_active=data["streams_active"], streams_max=data["streams_max"],
-                   events_sent=data["events_sent"], last_body=data["last_body"])
+        fields = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        fields["requests"], fields["faults"] = Counter(data["requests"]), Counter(data["faults"])
+        return cls(**fields)
