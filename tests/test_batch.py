@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +19,9 @@ import pytest
 
 from engine.batch import BatchConfig, DuplicateCustomIdError, Endpoint, Shard, run_batch
 from engine.batch.command import main as batch_main
-from engine.client import RetryPolicy
+from engine.batch.runner import retry_delay
+from engine.client import Engine, RetryPolicy
+from engine.errors import EngineError, InternalServerError, RateLimitError, TransportError
 from engine.limits import RateLimiter
 from engine.mock import MockConfig, MockServerThread
 from tests.conftest import TEST_API_KEY
@@ -94,6 +98,9 @@ async def test_faults_end_in_exactly_one_record_each(tmp_path: Path,
     assert summary.retries > 0
     assert set(summary.errors_by_kind) <= {"TransportError", "ProtocolError", "StreamTruncated",
                                            "http_429", "http_500"}
+    request_ids = [r["response"]["request_id"] for r in records(tmp_path / "out.jsonl")]
+    assert all(rid.startswith("req_") for rid in request_ids)  # the server's x-request-id
+    assert len(set(request_ids)) == len(request_ids)
     for rec in records(tmp_path / "out.jsonl")[:50]:
         assert rec["response"]["status_code"] == 200
         assert rec["response"]["body"]["usage"]["total_tokens"] > 0
@@ -101,6 +108,8 @@ async def test_faults_end_in_exactly_one_record_each(tmp_path: Path,
         assert rec["error"] is None
     for rec in records(tmp_path / "out.errors.jsonl"):
         assert set(rec["error"]) == {"code", "message"}
+        if rec["error"]["code"].startswith("http_"):
+            assert rec["response"]["request_id"].startswith("req_")
     # Run again: everything is done, nothing is sent or written twice.
     before = sum(mock.stats.requests.values())
     again = await run_batch(config(tmp_path, mock.base_url))
@@ -244,6 +253,90 @@ async def test_tokens_per_minute_settle_to_real_usage(tmp_path: Path, base_url: 
     assert summary.total_tokens == sum(used)
 
 
+class ArrivalLog(Counter[str]):
+    """Stands in for the mock's per-path request counter and stamps every arrival with the
+    test's clock: what the server received, and when, by the limiter's time."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.times: list[float] = []
+
+    def __setitem__(self, key: str, value: int) -> None:
+        self.times.append(self.clock())  # on the mock's thread; list.append is atomic
+        super().__setitem__(key, value)
+
+
+class ServerPacedClock(FakeClock):
+    """A fake clock that moves on only after every granted request has reached the server,
+    so each arrival carries the time of its grant, never a later one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrivals = ArrivalLog(self)
+        self.grants: list[tuple[float, int]] = []
+
+    async def sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + 10
+        while len(self.arrivals.times) < len(self.grants):
+            assert time.monotonic() < deadline, "a granted request never reached the server"
+            await asyncio.sleep(0.001)
+        await super().sleep(seconds)
+
+
+async def test_retries_are_charged_to_the_limits(tmp_path: Path,
+                                                 mock_factory: MockFactory) -> None:
+    """Every HTTP request the server receives, retries included, went through the limiter,
+    so no window at the server holds more than rpm requests."""
+    mock = mock_factory(output_tokens=16, faults={"429": 0.25, "500": 0.1}, seed=3,
+                        retry_after_s=0.01)
+    clock = ServerPacedClock()
+    mock.stats.requests = clock.arrivals
+    limiter = RateLimiter(rpm=10, tpm=None, clock=clock, sleep=clock.sleep)
+    clock.grants = recording(limiter, clock)
+    make_input(tmp_path / "in.jsonl", 40)
+    summary = await run_batch(config(tmp_path, mock.base_url, concurrency=8), limiter=limiter)
+    assert summary.retries >= 5  # the faults did make the runner retry
+    assert_exactly_once({f"req-{i}" for i in range(40)}, tmp_path / "out.jsonl",
+                        tmp_path / "out.errors.jsonl")
+    arrivals = clock.arrivals.times
+    assert len(arrivals) == len(clock.grants) == 40 + summary.retries
+    assert max_in_window(arrivals, [1] * len(arrivals)) <= 10
+
+
+@pytest.mark.parametrize("max_retries", [0, 2])
+async def test_retry_budget_counts_every_attempt(tmp_path: Path, mock_factory: MockFactory,
+                                                 max_retries: int) -> None:
+    mock = mock_factory(faults={"500": 1.0})
+    make_input(tmp_path / "in.jsonl", 5)
+    retry = RetryPolicy(max_retries=max_retries, base_s=0.001, cap_s=0.002)
+    summary = await run_batch(config(tmp_path, mock.base_url, retry=retry))
+    assert (summary.failed, summary.retries) == (5, 5 * max_retries)
+    assert sum(mock.stats.requests.values()) == 5 * (1 + max_retries)
+    assert {r["error"]["code"] for r in records(tmp_path / "out.errors.jsonl")} == {"http_500"}
+
+
+@pytest.mark.parametrize("error", [
+    pytest.param(RateLimitError("slow", status=429, retry_after_s=0.25), id="retry-after"),
+    pytest.param(RateLimitError("slow", status=429, retry_after_s=600.0), id="retry-after-cap"),
+    pytest.param(InternalServerError("oops", status=500), id="http-500"),
+    pytest.param(TransportError("reset"), id="transport"),
+])
+def test_runner_waits_as_long_as_the_engine_would(error: EngineError) -> None:
+    """The runner sends retries itself; its waits must follow the engine's rules."""
+    policy = RetryPolicy(max_retries=9, base_s=0.5, cap_s=20.0, max_retry_after_s=60.0)
+    engine = Engine("http://127.0.0.1:9/v1", "", retry=policy)  # no session: nothing opened
+    saved = random.getstate()  # backoff jitter draws from the global generator
+    try:
+        for attempt in (1, 2, 5):
+            random.seed(attempt)
+            expected = engine._retry_delay(error, attempt - 1)
+            random.seed(attempt)
+            assert retry_delay(error, attempt, policy) == expected
+    finally:
+        random.setstate(saved)
+
+
 def test_api_key_is_never_printed(tmp_path: Path, auth_mock_server: MockServerThread,
                                   capsys: pytest.CaptureFixture[str],
                                   monkeypatch: pytest.MonkeyPatch) -> None:
@@ -365,3 +458,4 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path: Path, mock_factory: MockFact
     _, err = done.communicate(timeout=60)
     assert done.returncode == 0, err.decode()
     assert_exactly_once({f"req-{i}" for i in range(200)}, out, tmp_path / "out.errors.jsonl")
+

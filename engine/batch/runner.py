@@ -4,6 +4,12 @@ Per request, in this order: a concurrency slot (AIMD, halved on 429), then a rat
 (RPM/TPM on an estimate, settled with the real usage afterwards), then the least-loaded
 engine, then one task that streams it and appends its record. The slot is taken before the
 grant so a grant's time is the time the request goes out, which is what the server counts.
+
+Retries are sent by the runner, not inside the engine, because every HTTP request the server
+receives must hold its own grant and the engine's retry loop cannot wait for one. The engine
+still decides *whether* an error may be retried (its rules: status, error kind, no event
+delivered yet): it calls `on_retry` at that point, the runner's hook raises `_RetryHere`
+out of `Engine.run`, and the runner backs off, takes a new grant and sends again.
 """
 
 from __future__ import annotations
@@ -14,15 +20,15 @@ import itertools
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.batch.inputs import BadLine, Request, Shard, iter_lines, scan_input
 from engine.batch.store import INVALID_REQUEST, ResultStore, read_state
-from engine.client import DEFAULT_BASE_URL, Engine, RetryPolicy, Timeouts
-from engine.errors import ConfigError, EngineError, RateLimitError
-from engine.limits import AdaptiveConcurrency, RateLimiter, Reservation
+from engine.client import DEFAULT_BASE_URL, Engine, RetryPolicy, StreamResult, Timeouts
+from engine.errors import APIStatusError, ConfigError, EngineError, RateLimitError
+from engine.limits import AdaptiveConcurrency, RateLimiter, Reservation, backoff_delay
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -36,6 +42,11 @@ class Endpoint:
 
     base_url: str
     api_key: str | None = field(default=None, repr=False)
+    label: str = ""  # how the summary names it (default: the base URL); never the key
+
+    @property
+    def name(self) -> str:
+        return self.label or self.base_url
 
 
 def default_endpoints() -> list[Endpoint]:
@@ -98,10 +109,13 @@ class BatchSummary:
     output_tokens: int = 0
     total_tokens: int = 0
     attempts: int = 0  # HTTP requests of the successful records
-    retries: int = 0  # retries the engines made (any record)
+    retries: int = 0  # retries sent (any record), each one granted by the limits
     retries_by_kind: Counter[str] = field(default_factory=Counter)
     errors_by_kind: Counter[str] = field(default_factory=Counter)
     requests_by_endpoint: Counter[str] = field(default_factory=Counter)
+    concurrency: int = 0  # the configured limit
+    concurrency_min: int = 0  # the lowest the adaptive limit went (after 429s)
+    problems: list[str] = field(default_factory=list)  # the first invalid lines, "line N: why"
     started_s: float = field(default_factory=time.monotonic)
     wall_s: float = 0.0
     dry_run: bool = False
@@ -123,6 +137,27 @@ class BatchSummary:
         return {k: dict(v) if isinstance(v, Counter) else v for k, v in out.items()}
 
 
+class _RetryHere(Exception):
+    """Raised by the engines' `on_retry` hook: the engine found `error` retryable; the runner
+    sends the retry itself, after taking a rate-limit grant for it."""
+
+    def __init__(self, error: EngineError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def _retry_here(error: EngineError, attempt: int) -> None:  # noqa: ARG001 - hook signature
+    raise _RetryHere(error)
+
+
+def retry_delay(error: EngineError, attempt: int, policy: RetryPolicy) -> float:
+    """The engine's wait before retry number `attempt`: the server's Retry-After (capped),
+    else full-jitter exponential backoff."""
+    if isinstance(error, APIStatusError) and error.retry_after_s is not None:
+        return min(error.retry_after_s, policy.max_retry_after_s)
+    return backoff_delay(attempt - 1, policy.base_s, policy.cap_s)
+
+
 class _Slot:
     """One (base URL, key) engine and its requests in flight."""
 
@@ -140,7 +175,8 @@ class BatchRunner:
     def __init__(self, config: BatchConfig, *, limiter: RateLimiter | None = None,
                  gate: AdaptiveConcurrency | None = None) -> None:
         self.config = config
-        self.summary = BatchSummary(dry_run=config.dry_run)
+        self.summary = BatchSummary(dry_run=config.dry_run, concurrency=config.concurrency,
+                                    concurrency_min=config.concurrency)
         if limiter is None and (config.rpm is not None or config.tpm is not None):
             limiter = RateLimiter(config.rpm, config.tpm)
         self.limiter = limiter
@@ -157,6 +193,7 @@ class BatchRunner:
         scan = scan_input(cfg.input_path, cfg.shard, cfg.default_output_tokens)
         summary.lines, summary.requests, summary.invalid = scan.lines, scan.requests, scan.bad
         summary.estimated_tokens = scan.estimated_tokens
+        summary.problems = [bad.message for bad in scan.problems]
         if cfg.dry_run:
             self._count_done(read_state(cfg.output_path, cfg.errors_path), scan.ids)
             summary.wall_s = time.monotonic() - summary.started_s
@@ -166,13 +203,16 @@ class BatchRunner:
             self._count_done(state, scan.ids)
             summary.repaired_bytes = state.repaired_bytes
             del scan  # the id set is not needed any more: free it before the long part
+            # One engine-side retry at most, and the hook turns it into the runner's (see the
+            # module docstring); with max_retries 0 the engine never calls the hook at all.
+            engine_retry = replace(cfg.retry, max_retries=min(cfg.retry.max_retries, 1))
             async with contextlib.AsyncExitStack() as stack:
                 for endpoint in cfg.endpoints:
                     engine = Engine(
                         endpoint.base_url, endpoint.api_key or "", max_connections=cfg.concurrency,
-                        timeouts=cfg.timeouts, retry=cfg.retry, on_retry=self._on_retry)
+                        timeouts=cfg.timeouts, retry=engine_retry, on_retry=_retry_here)
                     self._slots.append(_Slot(await stack.enter_async_context(engine),
-                                             endpoint.base_url))
+                                             endpoint.name))
                 if cfg.progress:
                     from engine.batch.progress import ProgressDisplay  # noqa: PLC0415 - rich is slow to import
                     await stack.enter_async_context(ProgressDisplay(summary))
@@ -203,8 +243,7 @@ class BatchRunner:
                     continue
                 await self.gate.acquire()
                 try:
-                    reservation = (None if self.limiter is None
-                                   else await self.limiter.acquire(item.estimated_tokens))
+                    reservation = await self._grant(item)
                 except BaseException:
                     self.gate.release()
                     raise
@@ -228,11 +267,47 @@ class BatchRunner:
         order = slots[start:] + slots[:start]
         return min(order, key=lambda s: s.active)
 
-    def _on_retry(self, exc: EngineError, attempt: int) -> None:  # noqa: ARG002 - hook signature
-        self.summary.retries += 1
-        self.summary.retries_by_kind[exc.kind] += 1
-        if isinstance(exc, RateLimitError):
-            self.gate.on_rate_limited()
+    async def _grant(self, req: Request) -> Reservation | None:
+        """A rate-limit grant for one HTTP request (first attempt or retry)."""
+        if self.limiter is None:
+            return None
+        return await self.limiter.acquire(req.estimated_tokens)
+
+    def _rate_limited(self) -> None:
+        self.gate.on_rate_limited()
+        self.summary.concurrency_min = min(self.summary.concurrency_min, self.gate.limit)
+
+    async def _send(self, slot: _Slot, req: Request,
+                    reservation: Reservation | None) -> tuple[StreamResult, Reservation | None]:
+        """Send until success or a final error; returns the result and the grant it used.
+
+        A failed attempt's grant stays booked at its estimate: the provider may have counted it.
+        """
+        policy = self.config.retry
+        summary = self.summary
+        attempt = 1
+        while True:
+            try:
+                result = await slot.engine.run(req.body, endpoint=req.endpoint,
+                                               custom_id=req.custom_id)
+            except _RetryHere as signal:
+                error = signal.error
+                error.attempts = attempt
+                if isinstance(error, RateLimitError):
+                    self._rate_limited()  # every 429 is a signal, not only final ones
+                if attempt > policy.max_retries:
+                    raise error from None
+            except EngineError as exc:
+                exc.attempts = attempt
+                raise
+            else:
+                result.attempts = attempt
+                return result, reservation
+            summary.retries += 1
+            summary.retries_by_kind[error.kind] += 1
+            await asyncio.sleep(retry_delay(error, attempt, policy))
+            reservation = await self._grant(req)  # after the backoff: granted when sent
+            attempt += 1
 
     async def _one(self, store: ResultStore, slot: _Slot, req: Request,
                    reservation: Reservation | None) -> None:
@@ -240,15 +315,13 @@ class BatchRunner:
         slot.active += 1
         summary.requests_by_endpoint[slot.label] += 1
         try:
-            result = await slot.engine.run(req.body, endpoint=req.endpoint,
-                                           custom_id=req.custom_id)
+            result, reservation = await self._send(slot, req, reservation)
         except EngineError as exc:
-            # The estimate stays booked: a failed request may still have cost tokens.
             store.write_failure(req.custom_id, exc)
             summary.failed += 1
             summary.errors_by_kind[exc.kind] += 1
             if isinstance(exc, RateLimitError):
-                self.gate.on_rate_limited()
+                self._rate_limited()
             else:
                 self.gate.on_error()
         except asyncio.CancelledError:
