@@ -459,3 +459,138 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path: Path, mock_factory: MockFact
     assert done.returncode == 0, err.decode()
     assert_exactly_once({f"req-{i}" for i in range(200)}, out, tmp_path / "out.errors.jsonl")
 
+
+def write_bad_lines(path: Path, count: int) -> list[int]:
+    """Append `count` invalid lines of alternating kinds; returns their line numbers."""
+    first = len(path.read_bytes().splitlines()) + 1
+    with path.open("ab") as f:
+        for i in range(count):
+            f.write(b"{broken\n" if i % 2 else
+                    b'{"custom_id": "bad-%d", "method": "POST", "url": "/v1/embeddings",'
+                    b' "body": {"model": "m"}}\n' % i)
+    return list(range(first, first + count))
+
+
+def test_bad_lines_are_listed_on_stderr(tmp_path: Path, base_url: str,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    path = make_input(tmp_path / "in.jsonl", 5)
+    numbers = write_bad_lines(path, 23)
+    out = tmp_path / "out.jsonl"
+    assert batch_main([str(path), "-o", str(out), "--base-url", base_url, "--json"]) == 1
+    shown = capsys.readouterr()
+    err = shown.err
+    assert "invalid input lines (go to the errors file):" in err
+    for number in numbers[:20]:  # the first 20, each with its line number and reason
+        assert f"  line {number}: " in err
+    assert f"  line {numbers[0]}: url must be /v1/responses or /v1/chat/completions" in err
+    assert f"  line {numbers[1]}: not valid JSON" in err
+    assert f"line {numbers[20]}:" not in err
+    assert "  … and 3 more" in err
+    assert orjson.loads(shown.out)["problems"][0].startswith(f"line {numbers[0]}: url must be")
+    assert len(records(tmp_path / "out.errors.jsonl")) == 23  # the file holds every one
+
+
+def test_cli_dry_run_lists_problems_and_sends_nothing(tmp_path: Path, mock_factory: MockFactory,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    mock = mock_factory()
+    path = make_input(tmp_path / "in.jsonl", 12)
+    out = tmp_path / "out.jsonl"
+    argv = [str(path), "-o", str(out), "--base-url", mock.base_url, "--dry-run"]
+    assert batch_main(argv) == 0
+    err = capsys.readouterr().err
+    assert "dry run: 12 records to do" in err
+    assert "invalid" in err
+    assert "invalid input lines" not in err
+    numbers = write_bad_lines(path, 2)
+    assert batch_main(argv) == 1  # the file has problems: say so in the exit status
+    err = capsys.readouterr().err
+    assert "12 requests in this shard, 2 invalid" in err
+    assert "invalid input lines (would go to the errors file):" in err
+    assert f"  line {numbers[0]}: url must be" in err
+    assert f"  line {numbers[1]}: not valid JSON" in err
+    assert "dry run: 14 records to do" in err
+    assert sum(mock.stats.requests.values()) == 0
+    assert not out.exists()
+    assert not (tmp_path / "out.errors.jsonl").exists()
+
+
+def test_cli_errors_path_is_used(tmp_path: Path, base_url: str) -> None:
+    path = make_input(tmp_path / "in.jsonl", 4)
+    write_bad_lines(path, 2)
+    out, errors = tmp_path / "out.jsonl", tmp_path / "elsewhere" / "failed.jsonl"
+    errors.parent.mkdir()
+    argv = [str(path), "-o", str(out), "--errors", str(errors), "--base-url", base_url]
+    assert batch_main(argv) == 1
+    assert {r["custom_id"] for r in records(errors)} == {"bad-0", "6"}
+    assert len(records(out)) == 4
+    assert not (tmp_path / "out.errors.jsonl").exists()
+    assert batch_main(argv) == 1  # resumed from the same files: nothing left to do
+    assert (len(records(out)), len(records(errors))) == (4, 2)
+
+
+def test_cli_shards_cover_the_input_once(tmp_path: Path, base_url: str) -> None:
+    path = make_input(tmp_path / "in.jsonl", 40)
+    seen: list[str] = []
+    for i in (1, 2):
+        out = tmp_path / f"part{i}.jsonl"
+        assert batch_main([str(path), "-o", str(out), "--base-url", base_url,
+                           "--shard", f"{i}/2"]) == 0
+        ids = [r["custom_id"] for r in records(out)]
+        assert ids
+        assert all(cid in Shard(i, 2) for cid in ids)
+        seen += ids
+    assert sorted(seen) == sorted(f"req-{i}" for i in range(40))
+
+
+async def test_each_endpoint_gets_its_own_key(tmp_path: Path, mock_factory: MockFactory) -> None:
+    first, second = mock_factory(api_key="sk-first"), mock_factory(api_key="sk-second")
+    make_input(tmp_path / "in.jsonl", 60)
+    cfg = config(tmp_path, first.base_url, concurrency=8)
+    cfg.endpoints = [Endpoint(first.base_url, "sk-first"), Endpoint(second.base_url, "sk-second")]
+    summary = await run_batch(cfg)
+    assert (summary.succeeded, summary.failed) == (60, 0)  # a crossed key would be a 401
+    assert min(sum(m.stats.requests.values()) for m in (first, second)) >= 10
+
+
+def test_cli_spreads_over_every_api_key(tmp_path: Path, mock_factory: MockFactory,
+                                        capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two `--api-key-env`: both keys carry requests. The mock knows only the first, so what
+    went with the second ends as a 401 in the errors file: proof that it was sent."""
+    mock = mock_factory(api_key="sk-known")
+    monkeypatch.setenv("KEY_A", "sk-known")
+    monkeypatch.setenv("KEY_B", "sk-other")
+    path = make_input(tmp_path / "in.jsonl", 40)
+    out = tmp_path / "out.jsonl"
+    argv = [str(path), "-o", str(out), "--base-url", mock.base_url, "--concurrency", "4",
+            "--api-key-env", "KEY_A", "--api-key-env", "KEY_B", "--json"]
+    assert batch_main(argv) == 1
+    shown = capsys.readouterr()
+    by_endpoint = orjson.loads(shown.out)["requests_by_endpoint"]
+    assert set(by_endpoint) == {f"{mock.base_url} $KEY_A", f"{mock.base_url} $KEY_B"}
+    assert min(by_endpoint.values()) >= 5
+    ok, failed = records(out), records(tmp_path / "out.errors.jsonl")
+    assert len(ok) == by_endpoint[f"{mock.base_url} $KEY_A"]
+    assert len(failed) == by_endpoint[f"{mock.base_url} $KEY_B"]
+    assert {r["error"]["code"] for r in failed} == {"http_401"}
+    for text in (shown.out, shown.err, out.read_text(),
+                 (tmp_path / "out.errors.jsonl").read_text()):
+        assert "sk-known" not in text
+        assert "sk-other" not in text
+
+
+async def test_adaptive_concurrency_backs_off_on_429(tmp_path: Path,
+                                                     mock_factory: MockFactory) -> None:
+    from engine.batch.progress import format_summary  # noqa: PLC0415
+
+    mock = mock_factory(output_tokens=16, faults={"429": 0.1}, seed=11, retry_after_s=0.01)
+    make_input(tmp_path / "in.jsonl", 200)
+    summary = await run_batch(config(tmp_path, mock.base_url, concurrency=16))
+    assert summary.retries_by_kind["http_429"] > 0
+    assert 1 <= summary.concurrency_min <= 8  # halved at least once (once per 2 s cooldown)
+    assert "backed off on 429 from 16 to" in format_summary(summary)
+    fixed = config(tmp_path, mock.base_url, concurrency=16, adaptive=False)
+    fixed.output_path, fixed.errors_path = tmp_path / "fixed.jsonl", tmp_path / "fixed.err.jsonl"
+    summary = await run_batch(fixed)
+    assert summary.retries_by_kind["http_429"] > 0
+    assert summary.concurrency_min == 16

@@ -77,6 +77,7 @@ def _shard(text: str) -> Shard:
 
 
 def _endpoints(args: argparse.Namespace) -> list[Endpoint]:
+    """One endpoint per (URL, key); with several keys the summary names each by its variable."""
     urls = args.base_url or [os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL]
     names = args.api_key_env or ["OPENAI_API_KEY"]
     keys: list[str | None] = []
@@ -85,7 +86,8 @@ def _endpoints(args: argparse.Namespace) -> list[Endpoint]:
         if key is None and args.api_key_env:
             raise ConfigError(f"environment variable {name} is not set")  # the name, never a key
         keys.append(key)
-    return [Endpoint(url, key) for url in urls for key in keys]
+    return [Endpoint(url, key, f"{url} ${name}" if len(names) > 1 else "")
+            for url in urls for name, key in zip(names, keys, strict=True)]
 
 
 def config_from_args(args: argparse.Namespace) -> BatchConfig:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from engine.batch.runner import BatchSummary
 
 REFRESH_S: Final = 0.5
+PROBLEM_CHARS: Final = 200  # a bad line's reason may quote a huge value: keep the report short
 
 
 def _rate_and_eta(summary: BatchSummary, now: float) -> tuple[float, float | None]:
@@ -76,6 +77,10 @@ class ProgressDisplay:
         self.progress.stop()
 
 
+def _clip(text: str) -> str:
+    return text if len(text) <= PROBLEM_CHARS else text[:PROBLEM_CHARS] + "…"
+
+
 def format_summary(summary: BatchSummary) -> str:
     """The final report: counts, tokens, wall time and errors by kind (plain text)."""
     s = summary
@@ -83,6 +88,12 @@ def format_summary(summary: BatchSummary) -> str:
         (f"input: {s.lines:,} lines, {s.requests:,} requests in this shard, "
         f"{s.invalid:,} invalid, {s.already_done:,} already done"),
     ]
+    if s.invalid:
+        where = "would go" if s.dry_run else "go"
+        lines.append(f"invalid input lines ({where} to the errors file):")
+        lines += [f"  {_clip(problem)}" for problem in s.problems]
+        if s.invalid > len(s.problems):
+            lines.append(f"  … and {s.invalid - len(s.problems):,} more")
     if s.dry_run:
         lines.append(f"dry run: {s.to_do:,} records to do, estimated {s.estimated_tokens:,} "
                      "tokens for the shard (prompt chars/4 + output cap); nothing sent")
@@ -99,6 +110,9 @@ def format_summary(summary: BatchSummary) -> str:
             lines.append(f"resume: truncated a torn last line ({s.repaired_bytes} bytes)")
         if s.resumed_failed:
             lines.append(f"errors file already held {s.resumed_failed:,} records")
+        if s.concurrency_min < s.concurrency:
+            lines.append(f"concurrency: backed off on 429 from {s.concurrency:,} "
+                         f"to {s.concurrency_min:,} at the lowest")
     for title, counter in (("errors by kind", s.errors_by_kind),
                            ("retries by kind", s.retries_by_kind),
                            ("requests by endpoint", s.requests_by_endpoint)):
