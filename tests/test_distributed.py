@@ -55,11 +55,14 @@ def test_batch_on_three_actors_with_faults_ends_exactly_once(
         tmp_path: Path, mock_factory: MockFactory) -> None:
     faults = {"429": 0.03, "500": 0.03, "disconnect": 0.02, "malformed": 0.02}
     mock = mock_factory(output_tokens=16, faults=faults, seed=7, retry_after_s=0.01)
-    make_input(tmp_path / "in.jsonl", 2000)
+    with make_input(tmp_path / "in.jsonl", 2000).open("ab") as f:
+        f.write(b"not json\n{\"custom_id\": \"bad\", \"method\": \"POST\"}\n")
     summary = run_batch_on_ray(job(tmp_path, mock.base_url), address=None, workers=3)
     out, err = tmp_path / "out.jsonl", tmp_path / "out.errors.jsonl"
-    assert_exactly_once({f"req-{i}" for i in range(2000)}, out, err)
+    assert_exactly_once({f"req-{i}" for i in range(2000)} | {"2001", "bad"}, out, err)
     assert summary.succeeded + summary.failed == 2000
+    assert (summary.invalid, summary.invalid_written) == (2, 2)
+    assert [p.split(":")[0] for p in summary.problems] == ["line 2001", "line 2002"]
     assert summary.failed > 0  # mid-stream faults are never retried
     assert summary.retries > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.errors.jsonl",
@@ -69,7 +72,7 @@ def test_batch_on_three_actors_with_faults_ends_exactly_once(
     # Again: the job is complete, nothing is sent and no actor is needed.
     before = sum(mock.stats.requests.values())
     again = run_batch_on_ray(job(tmp_path, mock.base_url), address=None, workers=3)
-    assert (again.already_done, again.finished) == (2000, 0)
+    assert (again.already_done, again.finished) == (2002, 0)
     assert sum(mock.stats.requests.values()) == before
 
 

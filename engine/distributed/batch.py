@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import ray
 
-from engine.batch.inputs import Shard, scan_input
+from engine.batch.inputs import REPORTED_PROBLEMS, Shard, scan_input
 from engine.batch.runner import BatchConfig, BatchRunner, BatchSummary, errors_path_for, run_batch
 from engine.batch.store import ResultStore, read_state
 from engine.distributed.cluster import ACTOR_CPUS, LIMITER_CPUS, Cluster, LoopThread, gather
@@ -209,14 +209,24 @@ def run_batch_on_ray(config: BatchConfig, *, address: str | None, workers: int |
 
 
 def add_summaries(parts: list[BatchSummary]) -> BatchSummary:
-    """Shard summaries -> the job's: counts add up; `lines` is the whole file in each."""
+    """Shard summaries -> the job's: counts add up (concurrency too: the shards' shares);
+    `lines` is the whole file in each; the first bad lines of all shards, in line order."""
     total = BatchSummary(dry_run=any(p.dry_run for p in parts))
     for f in fields(BatchSummary):
         values = [getattr(p, f.name) for p in parts]
         if f.name == "lines":
             total.lines = max(values, default=0)
+        elif f.name == "problems":
+            merged = sorted((line for part in values for line in part), key=_line_number)
+            total.problems = merged[:REPORTED_PROBLEMS]
         elif isinstance(getattr(total, f.name), Counter):
             setattr(total, f.name, sum(values, Counter()))
         elif isinstance(getattr(total, f.name), int) and not isinstance(values[0], bool):
             setattr(total, f.name, sum(values))
     return total
+
+
+def _line_number(problem: str) -> int:
+    """"line 12: not valid JSON" -> 12 (problems are "line N: why")."""
+    number = problem.removeprefix("line ").partition(":")[0]
+    return int(number) if number.isdigit() else 0
