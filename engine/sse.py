@@ -2,7 +2,8 @@
 
 Exact to the WHATWG HTML "event stream interpretation" (section 9.2.6): CRLF, LF and lone CR
 line endings (also split across chunks), a BOM only at stream start, comments, fields without a
-colon, one leading space stripped from values, `id` containing NUL ignored, `retry` digits only,
+colon, one leading space stripped from values, `id` containing NUL ignored, `retry` digits only
+(and ignored when it does not fit 64 bits; see MAX_RETRY_MS),
 blocks without `data` not dispatched, an unfinished event discarded at end of stream.
 
 Speed comes from working on whole chunks: one `split(b"\\n")` per chunk (CR is normalised
@@ -20,11 +21,18 @@ from engine.errors import ProtocolError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["MAX_EVENT_BYTES", "SSEMessage", "SSEParser"]
+__all__ = ["MAX_EVENT_BYTES", "MAX_RETRY_MS", "SSEMessage", "SSEParser"]
 
 MAX_EVENT_BYTES = 16 * 1024 * 1024
 _BOM = b"\xef\xbb\xbf"
 _NAME_CACHE_SIZE = 1024
+# The spec sets the reconnection time to any all-digit `retry` value, however long. A value
+# that does not fit a signed 64-bit integer (about 292 million years in ms) cannot be a delay
+# anyone meant, and `int()` of more than 4300 digits raises ValueError (CPython's int-string
+# limit), so such values are ignored like any other invalid `retry`. Leading zeros are
+# stripped first: "0005" is 5 however many zeros there are.
+MAX_RETRY_MS = 2**63 - 1
+_MAX_RETRY_DIGITS = len(str(MAX_RETRY_MS))
 # Event names repeat on every event of a stream; decode each distinct one once.
 _names: dict[bytes, str] = {}
 
@@ -202,7 +210,9 @@ class SSEParser(Generic[M]):
             if b"\0" not in value:
                 self.last_event_id = value.decode("utf-8", "replace")
         elif name == b"retry" and value.isdigit():  # ASCII digits only; False for b""
-            self.retry = int(value)
+            digits = value.lstrip(b"0") or b"0"
+            if len(digits) <= _MAX_RETRY_DIGITS and int(digits) <= MAX_RETRY_MS:
+                self.retry = int(digits)
         return event
 
     def _strip_bom(self, chunk: bytes) -> bytes:

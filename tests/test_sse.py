@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import ProtocolError
-from engine.sse import SSEMessage, SSEParser
+from engine.sse import MAX_RETRY_MS, SSEMessage, SSEParser
 
 Msg = tuple[str, str, str | None]  # (event, data, id)
 
@@ -173,6 +173,30 @@ def test_every_split_point_with_empty_chunks() -> None:
 def test_retry_digits_only(value: bytes, expected: int | None) -> None:
     parser = SSEParser()
     parser.feed(value)
+    assert parser.retry == expected
+
+
+def test_retry_longer_than_the_int_string_limit_is_ignored() -> None:
+    # int() of more than 4300 digits raises ValueError: the parser must ignore the value
+    # (it cannot be a meant delay) and raise nothing, fed whole or byte by byte.
+    huge = b"retry: " + b"9" * 5000 + b"\n"
+    bytewise = [huge[i : i + 1] for i in range(len(huge))]
+    for chunks in ([b"retry: 7\n" + huge], [b"retry: 7\n", *bytewise]):
+        parser = SSEParser()
+        for chunk in chunks:
+            assert parser.feed(chunk) == []
+        assert parser.retry == 7  # the last *valid* value stays in effect
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    pytest.param(str(MAX_RETRY_MS).encode(), MAX_RETRY_MS, id="int64-max-kept"),
+    pytest.param(str(MAX_RETRY_MS + 1).encode(), None, id="beyond-int64-ignored"),
+    pytest.param(b"0" * 5000 + b"5", 5, id="leading-zeros-are-still-the-number"),
+    pytest.param(b"0" * 5000, 0, id="all-zeros"),
+])
+def test_retry_range(value: bytes, expected: int | None) -> None:
+    parser = SSEParser()
+    parser.feed(b"retry: " + value + b"\n")
     assert parser.retry == expected
 
 
