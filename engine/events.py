@@ -46,12 +46,14 @@ TERMINAL_TYPES = frozenset(
     {"response.completed", "response.failed", "response.incomplete", "error"}
 )
 _DONE = b"[DONE]"
-# The text of a Responses delta is read without decoding the whole JSON: exact for an object
-# (framing checked: starts with `{`, ends with `}`) whose first `"delta":"` is the top-level
-# key (those bytes cannot occur inside a JSON string, where quotes are escaped) and whose value
-# has no backslash escape and is valid UTF-8. Anything else falls back to a full orjson decode,
-# which also raises on malformed data.
-_DELTA_KEY = b'"delta":"'
+# A Responses delta's text is read with one bare orjson call, which validates the whole object.
+# A byte scan for `"delta":"` was faster but not exact: it accepted broken JSON (a trailing
+# comma, a raw control character in the string, garbage between members) and took the first
+# of duplicate keys where a JSON decoder takes the last, so a corrupt stream could end in
+# silent success. No validator cheaper than orjson was found (a regex costs ~4x, splitting at
+# quotes ~1x). The decoded object is kept, so `.data` costs nothing afterwards.
+_loads = orjson.loads
+_JSONDecodeError = orjson.JSONDecodeError
 
 
 class Dialect(StrEnum):
@@ -122,9 +124,10 @@ class StreamEvent:
         """The event's JSON object, decoded on first use."""
         data = self.decoded
         if data is None:
-            data = self.decoded = decode_json(self.raw)
-            if not isinstance(data, dict):
+            data = decode_json(self.raw)
+            if not isinstance(data, dict):  # not kept: every later read raises too
                 raise ProtocolError("event data is not a JSON object", raw=self.raw)
+            self.decoded = data
         return data  # type: ignore[no-any-return]
 
     @property
@@ -133,23 +136,18 @@ class StreamEvent:
         delta = self.cached_delta
         if delta is not False:
             return delta  # type: ignore[return-value]
-        delta = None
         if self.type == TEXT_DELTA and self.decoded is None:
-            # The exact fast path described at _DELTA_KEY; this runs once per token.
-            raw = self.raw
-            start = raw.find(_DELTA_KEY) + 9
-            if start > 8 and raw[0] == 123 and raw[-1] == 125:
-                end = raw.find(b'"', start)
-                if end > 0:
-                    value = raw[start:end]
-                    if 92 not in value:
-                        try:
-                            delta = value.decode()
-                        except UnicodeDecodeError:
-                            delta = None
-        if delta is None:
-            delta = self._text_delta()
-        self.cached_delta = delta
+            # The fast path, once per token: no wrapper calls, no isinstance chains.
+            try:
+                data = _loads(self.raw)
+            except _JSONDecodeError:
+                data = None  # invalid UTF-8 (decoded with U+FFFD) or invalid JSON (raises)
+            if type(data) is dict:
+                self.decoded = data
+                value = data.get("delta")
+                delta = self.cached_delta = value if type(value) is str else None
+                return delta
+        delta = self.cached_delta = self._text_delta()
         return delta
 
     def _text_delta(self) -> str | None:

@@ -173,6 +173,45 @@ def test_truncated_delta_json_is_not_accepted_by_the_fast_path() -> None:
         _ = events[0].text_delta
 
 
+@pytest.mark.parametrize("raw", [
+    pytest.param(b'{"type":"response.output_text.delta","delta":"x",}', id="trailing-comma"),
+    pytest.param(b'{"type":"response.output_text.delta","delta":"x" "y"}', id="garbage-member"),
+    pytest.param(b'{"type":"response.output_text.delta","delta":"a\tb"}', id="raw-control-char"),
+    pytest.param(b'{"type":"response.output_text.delta","delta":"x","n":01}', id="leading-zero"),
+    pytest.param(b'{"type":"response.output_text.delta",,"delta":"x"}', id="double-comma"),
+    pytest.param(b'{"type":"response.output_text.delta","delta":"x"}}', id="extra-brace"),
+])
+def test_broken_delta_json_is_always_a_protocol_error(raw: bytes) -> None:
+    # The text of a delta must never come from bytes a JSON decoder rejects: a corrupt
+    # stream would otherwise end in silent success with made-up text.
+    _, events = decode(b"event: response.output_text.delta\ndata: " + raw + b"\n\n")
+    with pytest.raises(ProtocolError, match="not valid JSON"):
+        _ = events[0].text_delta
+    with pytest.raises(ProtocolError, match="not valid JSON"):
+        _ = events[0].data
+
+
+def test_duplicate_delta_key_takes_the_last_like_a_json_decoder() -> None:
+    raw = b'{"type":"response.output_text.delta","delta":"first","delta":"last"}'
+    _, events = decode(b"event: response.output_text.delta\ndata: " + raw + b"\n\n")
+    assert events[0].text_delta == "last" == decode_json(raw)["delta"]
+
+
+def test_delta_fast_path_keeps_the_decoded_object() -> None:
+    _, events = decode(typed(DELTA))
+    assert events[0].text_delta == "Hi"
+    assert events[0].decoded == DELTA  # `.data` is free after `text_delta`
+
+
+def test_typed_delta_that_is_not_an_object_is_a_protocol_error() -> None:
+    _, events = decode(b"event: response.output_text.delta\ndata: [1]\n\n")
+    for _ in range(2):  # and stays one: the non-object is not cached as the event's data
+        with pytest.raises(ProtocolError, match="not a JSON object"):
+            _ = events[0].text_delta
+        with pytest.raises(ProtocolError, match="not a JSON object"):
+            _ = events[0].data
+
+
 def test_decoder_accepts_plain_sse_messages_and_repr() -> None:
     decoder = EventDecoder()
     (event,) = decoder.decode(SSEParser().feed(typed(DELTA)), 9)
