@@ -2,23 +2,27 @@
 
     EngineError
     ├── ConfigError (also ValueError)       the caller's fault: bad arguments, bad input line
-    ├── TransportError                      connection refused / reset / closed mid-stream
+    ├── TransportError                      no response: refused, reset, a malformed status line
     ├── APIStatusError(status, body)        a non-2xx answer
     │   ├── BadRequestError (400)  AuthenticationError (401)  PermissionDeniedError (403)
     │   ├── NotFoundError (404)  ConflictError (409)  UnprocessableEntityError (422)
     │   ├── RateLimitError (429)  InternalServerError (5xx)
-    ├── StreamError                         the server said the response did not succeed
-    │   ├── ErrorEvent                      `error` event / chat `{"error": …}` chunk
+    ├── StreamError(status)                 the response began but did not succeed
+    │   ├── ErrorEvent                      `error` event / chat `{"error": …}` chunk / JSON body
     │   ├── ResponseFailed                  `response.failed`
     │   ├── ResponseIncomplete              `response.incomplete` or status "incomplete"
-    │   └── StreamTruncated                 the body ended without a terminal event
+    │   └── StreamTruncated                 the body ended (cleanly or by a dropped connection)
+    │                                       without a terminal event
     ├── ProtocolError                       not SSE, bad JSON, event over the size cap
     └── EngineTimeout (also TimeoutError)
         ├── ConnectTimeout  FirstByteTimeout  FirstTokenTimeout  IdleTimeout  TotalTimeout
 
 A request identifier (`request_id`: the server's `x-request-id`; `custom_id`: the caller's
-label) rides on every error so a failure among thousands can be traced. The API key never
-appears in any message: errors hold bodies and ids, never request headers.
+label) rides on every error so a failure among thousands can be traced; `APIStatusError`,
+`StreamError` and `ProtocolError` also carry the HTTP `status` and, where the server gave
+one, its `server_message`. The API key never appears in any message, args or traceback:
+errors hold bodies and ids, never request headers, and no aiohttp exception is chained to
+them (aiohttp's `ClientResponseError` holds the request headers).
 """
 
 from __future__ import annotations
@@ -67,7 +71,8 @@ class ConfigError(EngineError, ValueError):
 
 
 class TransportError(EngineError):
-    """The connection failed or broke (refused, reset, closed mid-body)."""
+    """No usable response: the connection was refused or reset, or the status line and
+    headers could not be read. A body cut after the headers is `StreamTruncated`."""
 
 
 class APIStatusError(EngineError):
@@ -82,11 +87,13 @@ class APIStatusError(EngineError):
         request_id: str | None = None,
         custom_id: str | None = None,
         retry_after_s: float | None = None,
+        server_message: str | None = None,
     ) -> None:
         super().__init__(message, request_id=request_id, custom_id=custom_id)
         self.status = status
         self.body = body
         self.retry_after_s = retry_after_s
+        self.server_message = server_message
 
     @property
     def kind(self) -> str:
@@ -144,7 +151,8 @@ def status_error_class(status: int) -> type[APIStatusError]:
 
 
 class StreamError(EngineError):
-    """The stream said the response did not succeed; `data` is the server's event payload."""
+    """The response began (HTTP `status`, usually 200) but did not succeed; `data` is the
+    server's event payload or error body, `server_message` its message, if any."""
 
     def __init__(
         self,
@@ -152,12 +160,16 @@ class StreamError(EngineError):
         *,
         data: Any = None,
         code: str | None = None,
+        status: int | None = None,
+        server_message: str | None = None,
         request_id: str | None = None,
         custom_id: str | None = None,
     ) -> None:
         super().__init__(message, request_id=request_id, custom_id=custom_id)
         self.data = data
         self.code = code
+        self.status = status
+        self.server_message = server_message
 
 
 class ErrorEvent(StreamError):

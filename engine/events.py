@@ -85,10 +85,10 @@ class Usage:
         """From a Responses `usage` or a Chat `usage` object (prompt/completion tokens)."""
         if not isinstance(usage, dict):
             return None
-        inp = usage.get("input_tokens", usage.get("prompt_tokens")) or 0
-        out = usage.get("output_tokens", usage.get("completion_tokens")) or 0
-        total = usage.get("total_tokens") or inp + out
-        return cls(int(inp), int(out), int(total))
+        inp = _count(usage.get("input_tokens", usage.get("prompt_tokens")))
+        out = _count(usage.get("output_tokens", usage.get("completion_tokens")))
+        return cls(inp, out, _count(usage.get("total_tokens")) or inp + out)
+
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -156,11 +156,12 @@ class StreamEvent:
             delta = self.data.get("delta")
             return delta if isinstance(delta, str) else None
         if typ == CHAT_CHUNK:
-            choices = self.data.get("choices")
+            choices = _choices(self.data)
             if choices:
                 first = choices[0]
                 if isinstance(first, dict) and first.get("index", 0) == 0:
-                    content = (first.get("delta") or {}).get("content")
+                    delta = first.get("delta")
+                    content = delta.get("content") if isinstance(delta, dict) else None
                     return content if isinstance(content, str) else None
         return None
 
@@ -192,27 +193,29 @@ class StreamEvent:
         """The typed failure this event reports, if any (`error`, failed, incomplete)."""
         typ = self.type
         if typ == "error" or (typ == CHAT_CHUNK and "error" in self.data):
-            err = self.data.get("error", self.data)
-            err = err if isinstance(err, dict) else {"message": str(err)}
+            err = _error_object(self.data.get("error", self.data))
+            message = _str_or_none(err.get("message"))
             return ErrorEvent(
-                f"server sent an error event: {err.get('message') or err}",
-                data=self.data, code=_str_or_none(err.get("code")),
+                f"server sent an error event: {message or err}",
+                data=self.data, code=_str_or_none(err.get("code")), server_message=message,
             )
         if typ not in TERMINAL_TYPES:
             return None
         response = self.response or {}
         status = response.get("status")
         if typ == "response.failed" or status == "failed":
-            err = response.get("error") or {}
+            err = _error_object(response.get("error"))
+            message = _str_or_none(err.get("message"))
             return ResponseFailed(
-                f"response failed: {err.get('message') or err or 'no reason given'}",
-                data=self.data, code=_str_or_none(err.get("code")),
+                f"response failed: {message or err or 'no reason given'}",
+                data=self.data, code=_str_or_none(err.get("code")), server_message=message,
             )
         if typ == "response.incomplete" or status == "incomplete":
-            reason = (response.get("incomplete_details") or {}).get("reason")
+            details = response.get("incomplete_details")
+            reason = _str_or_none(details.get("reason") if isinstance(details, dict) else details)
             return ResponseIncomplete(
                 f"response incomplete: {reason or 'no reason given'}",
-                data=self.data, code=_str_or_none(reason),
+                data=self.data, code=reason,
             )
         return None
 
@@ -222,14 +225,35 @@ class StreamEvent:
 
 
 def _finish_reason(data: dict[str, Any]) -> str | None:
-    for choice in data.get("choices") or ():
+    for choice in _choices(data):
         if isinstance(choice, dict) and choice.get("finish_reason"):
             return str(choice["finish_reason"])
     return None
 
 
+def _choices(data: dict[str, Any]) -> list[Any]:
+    """A chat chunk's `choices`; an odd shape from a server (null, an object) counts as none."""
+    choices = data.get("choices")
+    return choices if isinstance(choices, list) else []
+
+
+def _error_object(value: Any) -> dict[str, Any]:
+    """A server's error field as a dict: a bare string (or number) is its message."""
+    if isinstance(value, dict):
+        return value
+    return {} if value is None else {"message": str(value)}
+
+
 def _str_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
+
+
+def _count(value: Any) -> int:
+    """A token count; anything but a non-negative whole number (a string, a bool) counts 0."""
+    if type(value) is float and value.is_integer():  # 5.0 from a loose server; not inf/nan
+        value = int(value)
+    return value if type(value) is int and value >= 0 else 0
+
 
 
 class EventDecoder:

@@ -140,8 +140,10 @@ class ResponseAssembler:
         usage = Usage.from_payload(data.get("usage"))
         if usage is not None:
             self.usage = usage
-        for choice in data.get("choices") or ():
+        choices = data.get("choices")
+        for choice in choices if isinstance(choices, list) else ():  # odd shapes: no choices
             if isinstance(choice, dict) and choice.get("finish_reason"):
+
                 self.finish_reason = str(choice["finish_reason"])
 
     @property

@@ -105,7 +105,62 @@ def test_terminal_failures_are_typed(raw: bytes, cls: type[Exception], match: st
     assert match in str(error)
 
 
+def test_stream_errors_carry_the_server_message() -> None:
+    _, events = decode(untyped({"error": {"message": "overloaded", "code": 503}})
+                       + typed({"type": "response.failed", "response": {
+                           "status": "failed", "error": {"code": "x", "message": "crashed"}}}))
+    errors = [e.error() for e in events]
+    assert [err.server_message if err else None for err in errors] == ["overloaded", "crashed"]
+    assert errors[0] is not None
+    assert errors[0].code == "503"
+    assert errors[0].status is None  # the client sets the HTTP status it got
+
+
+ODD = [
+    # (chat payload, its text_delta, the decoder's finish_reason afterwards)
+
+    pytest.param({**CHAT, "choices": 5}, None, None, id="chat-choices-not-a-list"),
+    pytest.param({**CHAT, "choices": [{"index": 0, "delta": "x"}]}, None, None,
+                 id="chat-delta-not-an-object"),
+    pytest.param({**CHAT, "choices": [{"index": 0, "delta": None, "finish_reason": "stop"}]},
+                 None, "stop", id="chat-delta-null"),
+]
+
+
+@pytest.mark.parametrize(("payload", "delta", "finish"), ODD)
+def test_odd_chat_shapes_count_as_absent(payload: dict[str, object], delta: str | None,
+                                         finish: str | None) -> None:
+    decoder, events = decode(untyped(payload))
+    assert events[0].text_delta == delta
+    assert decoder.finish_reason == finish
+
+
+@pytest.mark.parametrize(("response", "cls", "text"), [
+    ({"status": "failed", "error": "boom"}, ResponseFailed, "response failed: boom"),
+    ({"status": "failed", "error": None}, ResponseFailed, "no reason given"),
+    ({"status": "incomplete", "incomplete_details": "length"}, ResponseIncomplete, "length"),
+    ({"status": "incomplete", "incomplete_details": None}, ResponseIncomplete, "no reason"),
+])
+def test_odd_failure_shapes_still_give_the_typed_error(
+        response: dict[str, object], cls: type[Exception], text: str) -> None:
+    _, events = decode(typed({"type": "response.completed", "response": response}))
+    error = events[0].error()
+    assert isinstance(error, cls)
+    assert text in str(error)
+
+
+@pytest.mark.parametrize(("usage", "expected"), [
+    ({"input_tokens": "5", "output_tokens": True}, Usage(0, 0, 0)),
+    ({"input_tokens": 2.0, "output_tokens": float("inf"), "total_tokens": -1}, Usage(2, 0, 2)),
+    ({"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 9}, Usage(3, 4, 9)),
+])
+def test_usage_counts_that_are_not_whole_numbers_count_zero(usage: dict[str, object],
+                                                            expected: Usage) -> None:
+    assert Usage.from_payload(usage) == expected
+
+
 def test_non_terminal_event_has_no_error() -> None:
+
     _, events = decode(typed(DELTA))
     assert events[0].error() is None
     assert events[0].response is None
