@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import itertools
 import os
 import shutil
 import subprocess
@@ -83,6 +84,64 @@ def test_open_loop_sends_on_schedule_at_500_per_second(paced: str) -> None:
     print("schedule lag", lag)
     assert lag["p99"] < 1.0
     assert doc["client"]["workers"][0]["spin_s"] > 0
+
+
+SERVER_TTFT_MS = 30.0
+
+
+def _send_order(records: list[RequestRecord]) -> list[RequestRecord]:
+    return sorted(records, key=lambda r: r.intended_s + r.lag_ms / 1000)
+
+
+def _check_waits_are_counted(records: list[RequestRecord]) -> None:
+    """One pool connection: every send waits for the previous stream's last byte, and that
+    wait is in the request's schedule lag, TTFT and E2E (no coordinated omission)."""
+    assert all(r.ok and r.ttft_ms is not None and r.e2e_ms is not None for r in records)
+    for prev, cur in itertools.pairwise(_send_order(records)):
+        assert prev.e2e_ms is not None
+        # An independent lower bound on the wait: the connection was busy until `prev` ended.
+        assert cur.intended_s + cur.lag_ms / 1000 >= prev.intended_s + prev.e2e_ms / 1000
+    for r in records:
+        assert r.ttft_ms is not None
+        assert r.e2e_ms is not None
+        assert r.lag_ms >= r.pool_wait_ms >= 0
+        # The mock never sends a first token before arrival + its TTFT, and the request
+        # arrived after it was sent, so a TTFT from the intended start holds the whole wait.
+        assert r.ttft_ms >= r.lag_ms + SERVER_TTFT_MS
+        assert r.e2e_ms >= r.ttft_ms
+
+
+def test_open_loop_counts_the_wait_for_a_pool_connection(paced: str) -> None:
+    # 40 req/s with one connection and ~35 ms streams: each send waits longer than the last.
+    config = LoadConfig(paced, rate=40, arrival="constant", requests=10, duration_s=None,
+                        warmup_s=0, output_tokens=4, max_connections=1,
+                        headers={"x-mock-ttft-ms": str(SERVER_TTFT_MS), "x-mock-itl-ms": "1"})
+    result = bench(config)
+    records = result.measured
+    assert len(records) == 10
+    _check_waits_are_counted(records)
+    queued = [r for r in records if r.pool_wait_ms > 0]
+    assert len(queued) >= 5
+    assert all(r.lag_ms > 0 for r in queued)
+    late = _send_order(records)
+    assert late[-1].lag_ms > late[0].lag_ms  # the queue grows: the schedule is not stretched
+    doc = result.summary()
+    assert doc["schedule_lag_ms"]["max"] == pytest.approx(max(r.lag_ms for r in records),
+                                                          abs=1e-3)
+    assert doc["pool_wait_ms"]["max"] > 0
+    assert doc["client"]["bottleneck"]
+    assert "pool connection" in doc["client"]["verdict"]
+
+
+def test_closed_loop_counts_the_wait_for_a_pool_connection(paced: str) -> None:
+    config = LoadConfig(paced, concurrency=4, requests=8, duration_s=None, warmup_s=0,
+                        output_tokens=4, max_connections=1,
+                        headers={"x-mock-ttft-ms": str(SERVER_TTFT_MS), "x-mock-itl-ms": "1"})
+    result = bench(config)
+    records = result.measured
+    _check_waits_are_counted(records)
+    assert sum(r.pool_wait_ms > 0 for r in records) >= 4
+    assert result.summary()["schedule_lag_ms"]["p90"] > 0
 
 
 async def test_faults_are_counted_by_kind_never_raised(mock_factory: MockFactory) -> None:

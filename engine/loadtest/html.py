@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from engine.loadtest.metrics import concurrency_curve, token_times, values
-from engine.loadtest.report import COLUMNS, LATENCIES
+from engine.loadtest.report import COLUMNS, LATENCIES, shown
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -111,7 +111,7 @@ def _stats_table(doc: dict[str, Any]) -> str:
     rows = []
     for label, key in LATENCIES:
         row = doc[key]
-        if row["count"]:
+        if shown(row, key):
             cells = "".join(f"<td>{'-' if row[c] is None else f'{row[c]:.2f}'}</td>"
                             for c in COLUMNS)
             rows.append(f"<tr><td>{label}</td>{cells}</tr>")

@@ -31,7 +31,7 @@ class RequestRecord:
     worker: int
     warmup: bool
     intended_s: float  # offset of the intended start from the measured window's start
-    lag_ms: float  # how late the request actually left (schedule lag)
+    lag_ms: float  # how late the request's headers actually left (schedule lag)
     ok: bool
     error: str | None = None  # EngineError.kind, or the exception type for a client bug
     status: int | None = None
@@ -43,6 +43,7 @@ class RequestRecord:
     deltas: int = 0
     attempts: int = 1
     request_id: str | None = None
+    pool_wait_ms: float = 0.0  # part of lag_ms spent waiting for a free pool connection
     itl_ms: list[float] = field(default_factory=list)
 
     @property
@@ -150,6 +151,7 @@ def summarize(records: Sequence[RequestRecord], slo: Mapping[str, float]) -> dic
         "first_byte_ms": stats(values(done, "first_byte_ms")),
         "output_tokens_per_request": stats(values(done, "output_tokens")),
         "schedule_lag_ms": stats([r.lag_ms for r in done]),
+        "pool_wait_ms": stats([r.pool_wait_ms for r in done]),
         "goodput": None if good is None else {
             "slo": dict(slo), "requests": good, "request_rate": good / duration,
             "fraction": good / len(done) if done else 0.0},

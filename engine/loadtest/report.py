@@ -24,12 +24,18 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 LATENCIES = (("TTFT", "ttft_ms"), ("ITL", "itl_ms"), ("TPOT", "tpot_ms"), ("E2E", "e2e_ms"),
-             ("schedule lag", "schedule_lag_ms"), ("connect", "connect_ms"))
+             ("schedule lag", "schedule_lag_ms"), ("pool wait", "pool_wait_ms"),
+             ("connect", "connect_ms"))
 COLUMNS = ("p50", "p90", "p95", "p99", "p999", "mean", "max")
 
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
+
+
+def shown(row: dict[str, Any], key: str) -> bool:
+    """Rows with values; pool wait only when some request waited (it is 0 when all is well)."""
+    return bool(row["count"]) and (key != "pool_wait_ms" or bool(row["max"]))
 
 
 def latency_table(doc: dict[str, Any], title: str) -> Table:
@@ -39,7 +45,7 @@ def latency_table(doc: dict[str, Any], title: str) -> Table:
         table.add_column(name.replace("p999", "p99.9"), justify="right")
     for label, key in LATENCIES:
         row = doc[key]
-        if row["count"]:
+        if shown(row, key):
             table.add_row(label, *(_ms(row[c]) for c in COLUMNS))
     return table
 

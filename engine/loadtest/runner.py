@@ -16,6 +16,7 @@ import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -48,8 +49,23 @@ class WorkerResult:
     origin_ns: int = 0  # perf_counter_ns of the measured window's start (records' offset 0)
 
 
+@dataclass(slots=True)
+class SendStamp:
+    """When one measured request really left: filled by trace callbacks in its reader task."""
+
+    sent_ns: int = 0  # request headers written to the socket (first attempt)
+    pool_wait_ns: int = 0  # time spent waiting for a free pool connection before that
+    queued_ns: int = 0  # start of the current wait, 0 when not waiting
+
+
+# The engine's reader task is created inside `Engine.run`, so it inherits a copy of the
+# calling task's context: trace callbacks (which run in that reader) find the request's stamp.
+_SENDING: ContextVar[SendStamp | None] = ContextVar("stream_engine_bench_send", default=None)
+
+
 class ConnectTracer:
-    """Times every new pool connection (TCP, and TLS when https) with aiohttp's tracing.
+    """Times every new pool connection (TCP, and TLS when https) with aiohttp's tracing, and
+    stamps when each measured request really went out (after any wait for a connection).
 
     The engine has no hook for this, so the trace config is appended to its session's
     `trace_configs` list (a public attribute, read per request)."""
@@ -61,8 +77,27 @@ class ConnectTracer:
         config = aiohttp.TraceConfig()
         config.on_connection_create_start.append(self._start)
         config.on_connection_create_end.append(self._end)
+        config.on_connection_queued_start.append(self._queued)
+        config.on_connection_queued_end.append(self._dequeued)
+        config.on_request_headers_sent.append(self._sent)
         config.freeze()
         self.config = config
+
+    async def _queued(self, _s: object, _c: object, _p: object) -> None:
+        stamp = _SENDING.get()
+        if stamp is not None and not stamp.sent_ns:
+            stamp.queued_ns = time.perf_counter_ns()
+
+    async def _dequeued(self, _s: object, _c: object, _p: object) -> None:
+        stamp = _SENDING.get()
+        if stamp is not None and stamp.queued_ns:
+            stamp.pool_wait_ns += time.perf_counter_ns() - stamp.queued_ns
+            stamp.queued_ns = 0
+
+    async def _sent(self, _s: object, _c: object, _p: object) -> None:
+        stamp = _SENDING.get()
+        if stamp is not None and not stamp.sent_ns:  # a retry is not a later send
+            stamp.sent_ns = time.perf_counter_ns()
 
     async def _start(self, _s: object, ctx: Any, _p: object) -> None:
         self._starts[id(ctx)] = time.perf_counter_ns()
@@ -214,11 +249,12 @@ class Runner:
             self.check.spin_s += (clock() - t) / 1e9
 
     async def _one(self, index: int, intended_ns: int, warmup: bool) -> None:
-        sent_ns = time.perf_counter_ns()
-        origin = self.window_ns
+        started_ns = time.perf_counter_ns()
         record = RequestRecord(index=index, worker=self.worker, warmup=warmup,
-                               intended_s=(intended_ns - origin) / 1e9,
-                               lag_ms=(sent_ns - intended_ns) / 1e6, ok=False)
+                               intended_s=(intended_ns - self.window_ns) / 1e9,
+                               lag_ms=0.0, ok=False)
+        stamp = SendStamp()
+        token = _SENDING.set(stamp)
         self.inflight += 1
         try:
             result = await self.engine.run(self.prompts.body(index),
@@ -233,6 +269,11 @@ class Runner:
                 self.recent_ttft.append(record.ttft_ms)
         finally:
             self.inflight -= 1
+            _SENDING.reset(token)
+        # Schedule lag is the real send (headers written) minus the intended one: a wait
+        # for a busy loop or for a pool connection is in it. Never sent: when it was tried.
+        record.lag_ms = ((stamp.sent_ns or started_ns) - intended_ns) / 1e6
+        record.pool_wait_ms = stamp.pool_wait_ns / 1e6
         self.records.append(record)
 
     async def _report_progress(self) -> None:

@@ -5,7 +5,8 @@ than the endpoint. Two signals, taken during the run in every worker: event-loop
 ticker asks to wake every few ms and records how late it woke: any callback that hogs the
 loop shows up here) and process CPU time over wall time. Open-loop runs spin briefly before
 each send to beat timer granularity; that spin is idle work, so it is reported and taken
-out of the busy figure.
+out of the busy figure. Requests that waited for a pool connection (`--max-connections`
+below the load) are the client's delay too.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
 TICK_S = 0.005
+POOL_WAIT_MS = 1.0  # a measured request that waited longer than this for a connection
 
 
 @dataclass(slots=True)
@@ -82,9 +84,10 @@ class SelfCheckMonitor:
                 await self._task
 
 
-def verdict(checks: Sequence[ClientCheck], lag_threshold_ms: float,
-            cpu_threshold: float) -> dict[str, Any]:
-    """The report's client section: per worker figures, pooled loop lag, a plain verdict."""
+def verdict(checks: Sequence[ClientCheck], lag_threshold_ms: float, cpu_threshold: float,
+            pool_wait_ms: Sequence[float] = ()) -> dict[str, Any]:
+    """The report's client section: per worker figures, pooled loop lag, a plain verdict.
+    `pool_wait_ms`: each measured request's wait for a pool connection."""
     lag = np.concatenate([np.asarray(c.loop_lag_ms) for c in checks]) if checks else np.empty(0)
     lag_stats = stats(lag)
     reasons = [f"worker {c.worker} used {c.busy_fraction:.0%} of a core"
@@ -92,6 +95,10 @@ def verdict(checks: Sequence[ClientCheck], lag_threshold_ms: float,
     p99 = lag_stats["p99"]
     if p99 is not None and p99 > lag_threshold_ms:
         reasons.append(f"event-loop lag p99 {p99:.1f} ms > {lag_threshold_ms:g} ms")
+    waited = [ms for ms in pool_wait_ms if ms > POOL_WAIT_MS]
+    if waited:
+        reasons.append(f"{len(waited)} requests waited for a pool connection (up to "
+                       f"{max(waited):.0f} ms): raise --max-connections")
     if reasons:
         text = ("CLIENT-BOUND: the load generator was the bottleneck (" + "; ".join(reasons)
                 + "); latencies include client delay. Add --workers or lower the load.")
