@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,13 +20,13 @@ import pytest
 
 from engine.errors import ConfigError
 from engine.loadtest import LoadConfig, RequestRecord, combine, merge, run_load, run_sweep
-from engine.loadtest.config import parse_slo
+from engine.loadtest.config import AUTO_WORKERS, parse_slo
 from engine.loadtest.metrics import meets_slo, stats, summarize
 from engine.loadtest.prompts import PromptSource, load_bodies
 from engine.loadtest.runner import WorkerResult
 from engine.loadtest.selfcheck import ClientCheck, verdict
 from engine.loadtest.shapes import arrival_offsets, open_schedule, sweep_rates
-from engine.loadtest.workers import loop_factory
+from engine.loadtest.workers import auto_workers, loop_factory, resolve_workers
 from engine.mock import MockConfig, MockProcess
 
 if TYPE_CHECKING:
@@ -242,6 +243,85 @@ def test_client_verdict_says_when_the_client_was_the_bottleneck() -> None:
     assert verdict([ClientCheck(0, wall_s=1, loop_lag_ms=[20.0] * 10)], 5, 0.9)["bottleneck"]
 
 
+def test_client_verdict_flags_a_late_read_even_when_loop_lag_looks_fine() -> None:
+    # The one-worker 500 x 50 tokens/s calibration: loop lag p99 under 2 ms, reads 3-5 ms late.
+    late = ClientCheck(0, wall_s=10, cpu_s=4, loop_lag_ms=[0.1] * 98 + [1.9] * 2,
+                       read_delay_ms=[0.2] * 95 + [4.0] * 5)
+    doc = verdict([late], 5, 0.9, read_delay_threshold_ms=2.0)
+    assert doc["bottleneck"]
+    assert "client read delay p99 4.0 ms > 2 ms" in doc["verdict"]
+    assert doc["read_delay_ms"]["count"] == 100
+    on_time = ClientCheck(0, wall_s=10, cpu_s=4, read_delay_ms=[0.2] * 100)
+    assert not verdict([on_time], 5, 0.9, read_delay_threshold_ms=2.0)["bottleneck"]
+    assert not verdict([ClientCheck(0, wall_s=1)], 5, 0.9)["bottleneck"]  # no canary: no figure
+    waited = verdict([on_time], 5, 0.9, pool_wait_ms=[0.0, 0.5, 12.0])
+    assert waited["bottleneck"]
+    assert "1 requests waited for a pool connection (up to 12 ms)" in waited["verdict"]
+
+
+async def test_the_canary_reads_stamped_events_and_flags_a_blocked_loop(base_url: str) -> None:
+    async def hog() -> None:  # a client that cannot keep up: 4 ms of work every 10 ms
+        while True:
+            time.sleep(0.004)  # noqa: ASYNC251 - blocking the loop is the point
+            await asyncio.sleep(0.006)
+
+    config = LoadConfig(base_url, concurrency=2, duration_s=1.0, warmup_s=0.1,
+                        output_tokens=4, read_delay_threshold_ms=2.0)
+    blocker = asyncio.get_running_loop().create_task(hog())
+    try:
+        doc = (await run_load(config)).summary()
+    finally:
+        blocker.cancel()
+    delay = doc["client"]["read_delay_ms"]
+    assert delay["count"] > 50  # one event every 2 ms over the run
+    assert delay["min"] >= 0  # one clock: never read before written
+    assert delay["p99"] > 2.0  # events that arrived during a block waited for it
+    assert doc["client"]["bottleneck"]
+    assert "client read delay" in doc["client"]["verdict"]
+    assert doc["client"]["workers"][0]["canary_error"] is None
+
+
+async def test_without_the_canary_there_is_no_read_delay_figure(base_url: str) -> None:
+    config = LoadConfig(base_url, concurrency=2, requests=4, duration_s=None, warmup_s=0,
+                        canary=False)
+    doc = (await run_load(config)).summary()
+    assert doc["completed"] == 4
+    assert doc["client"]["read_delay_ms"]["count"] == 0
+
+
+async def test_auto_workers_follow_the_load_and_the_cores(base_url: str) -> None:
+    assert auto_workers(500, cores=2) == 2  # 3 wanted, 2 cores
+    assert auto_workers(500, cores=None) == 3  # Ray: the load decides
+    assert auto_workers(16, cores=8) == 1
+    assert auto_workers(0, cores=4) == 1
+    big = await resolve_workers(LoadConfig("http://x/v1", concurrency=500, workers=0), cores=2)
+    assert big.workers == 2
+    assert big.facts["workers_auto"] == {"streams_in_flight": 500.0, "usable_cores": 2,
+                                         "workers": 2, "streams_per_worker": 200}
+    small = await resolve_workers(LoadConfig("http://x/v1", concurrency=16, workers=0), cores=4)
+    assert small.workers == 1
+    fixed = LoadConfig("http://x/v1", concurrency=500, workers=1)
+    assert await resolve_workers(fixed, cores=2) is fixed
+    # Open loop: in flight = rate x the e2e of one probe request (a fast mock: well under 1).
+    opened = await resolve_workers(LoadConfig(base_url, rate=100, workers=0), cores=2)
+    assert opened.workers == 1
+    assert opened.facts["workers_auto"]["streams_in_flight"] < 100
+
+
+def test_workers_flag_takes_auto_or_a_count() -> None:
+    import argparse  # noqa: PLC0415
+
+    from engine.loadtest.command import add_arguments  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args([]).workers == AUTO_WORKERS
+    assert parser.parse_args(["--workers", "auto"]).workers == AUTO_WORKERS
+    assert parser.parse_args(["--workers", "3"]).workers == 3
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--workers", "0"])
+
+
 def test_prompts_synthetic_and_jsonl(tmp_path: Path) -> None:
     source = PromptSource(LoadConfig("u", endpoint="chat", input_tokens=30, output_tokens=7))
     body = source.body(3)
@@ -320,3 +400,5 @@ def test_calibration_matches_every_request_to_its_server_write_stamp(
     assert report["completed"] > 0
     assert report["client_read_delay_ms"]["count"] == report["completed"]
     assert report["client_read_delay_ms"]["min"] >= 0  # one clock: never read before written
+    assert report["canary_read_delay_ms"]["count"] > 0  # the bench's own estimate beside it
+    assert report["workers"] == 1  # auto: 8 streams need one worker

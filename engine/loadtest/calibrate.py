@@ -9,6 +9,8 @@ Linux, one clock for every process, so for every request
     read delay = (client's first-token arrival stamp) - (server's first-token write stamp)
 
 is the client's own error (plus the loopback hop), whatever the server's pacing accuracy.
+The report puts the bench's own in-run estimate beside it (the canary stream's read delay,
+see `canary.py`) and the self-check's verdict, so the two can be compared on the same run.
 
     python -m engine.loadtest.calibrate --streams 500 --ttft-ms 200 --itl-ms 20 --tokens 100
 """
@@ -26,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from engine.loadtest.config import LoadConfig
+from engine.loadtest.config import AUTO_WORKERS, LoadConfig
 from engine.loadtest.metrics import RequestRecord, stats
 from engine.loadtest.workers import loop_factory, run_load
 
@@ -117,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     add("--tokens", type=int, default=100)
     add("--duration", type=float, default=10.0)
     add("--warmup", type=float, default=3.0)
-    add("--workers", type=int, default=1)
+    add("--workers", type=lambda v: AUTO_WORKERS if v == "auto" else int(v), default=AUTO_WORKERS,
+        help="client processes (default auto, as `stream-engine bench`)")
     add("--serve", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve is not None:
@@ -145,10 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     doc = result.summary()
     delays = read_delays(result.origin_ns, result.measured, stamps)
     report = {
-        "streams": args.streams, "workers": args.workers, "completed": doc["completed"],
-        "failed": doc["failed"], "ttft_ms": doc["ttft_ms"],
+        "streams": args.streams, "workers": result.config.workers,
+        "completed": doc["completed"], "failed": doc["failed"], "ttft_ms": doc["ttft_ms"],
         "client_read_delay_ms": stats(np.asarray(delays)),
+        "canary_read_delay_ms": doc["client"]["read_delay_ms"],
         "loop_lag_ms": doc["client"]["loop_lag_ms"], "verdict": doc["client"]["verdict"],
+        "bottleneck": doc["client"]["bottleneck"],
         "busy_cpu_percent": [w["busy_cpu_percent"] for w in doc["client"]["workers"]],
     }
     print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())  # noqa: T201

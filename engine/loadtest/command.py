@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from engine.errors import ConfigError
-from engine.loadtest.config import LoadConfig, parse_slo
+from engine.loadtest.config import AUTO_WORKERS, LoadConfig, parse_slo
 from engine.loadtest.report import (
     LiveProgress,
     print_summary,
@@ -26,7 +26,14 @@ from engine.loadtest.report import (
     write_csv,
     write_json,
 )
-from engine.loadtest.workers import loop_factory, run_load, run_sweep
+from engine.loadtest.workers import (
+    STREAMS_PER_WORKER,
+    auto_workers,
+    loop_factory,
+    probe_e2e_s,
+    run_load,
+    run_sweep,
+)
 
 if TYPE_CHECKING:
     from engine.loadtest.result import BenchResult
@@ -40,6 +47,18 @@ def _header(value: str) -> tuple[str, str]:
     if not sep or not name.strip():
         raise argparse.ArgumentTypeError(f"expected 'Name: value', got {value!r}")
     return name.strip(), val.strip()
+
+
+def _workers(value: str) -> int:
+    if value == "auto":
+        return AUTO_WORKERS
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a count >= 1, got {value!r}")
+    return count
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,9 +90,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="measured seconds (default 10 unless --requests)")
     shape.add_argument("--warmup", type=float, default=1.0,
                        help="seconds of load before the window, excluded (default 1)")
-    shape.add_argument("--workers", type=int, default=1,
-                       help="client processes, one event loop each (default 1); with --ray, "
-                       "Ray actors")
+    shape.add_argument("--workers", type=_workers, default=AUTO_WORKERS, metavar="N|auto",
+                       help="client processes, one event loop each (default auto: one per "
+                       f"{STREAMS_PER_WORKER} streams in flight, at most one per usable core); "
+                       "with --ray, Ray actors (auto: one per "
+                       f"{STREAMS_PER_WORKER} streams)")
     shape.add_argument("--ray", default=None, metavar="ADDRESS",
                        help="generate the load from Ray actors (pip install "
                        "'stream-engine[ray]'): 'auto' joins the running cluster, 'host:port' or "
@@ -99,6 +120,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="open loop: yield-spin before each send (default 1; 0 = off)")
     client.add_argument("--lag-threshold-ms", type=float, default=5.0,
                         help="loop lag p99 above this marks the client as the bottleneck")
+    client.add_argument("--read-delay-threshold-ms", type=float, default=2.0,
+                        help="canary read delay p99 above this marks the client as the "
+                        "bottleneck (default 2)")
+    client.add_argument("--no-canary", action="store_true",
+                        help="do not read the stamped canary stream (no read delay figure)")
     mock = parser.add_argument_group("embedded mock (no --base-url)")
     mock.add_argument("--mock-ttft-ms", type=float, default=100.0)
     mock.add_argument("--mock-itl-ms", type=float, default=10.0)
@@ -121,6 +147,7 @@ def config_from_args(args: argparse.Namespace, base_url: str,
         timeout_s=args.timeout, retries=args.retries, seed=args.seed,
         headers=dict(args.header), spin_ms=args.spin_ms,
         lag_threshold_ms=args.lag_threshold_ms, sweep_steps=args.sweep, facts=facts or {},
+        canary=not args.no_canary, read_delay_threshold_ms=args.read_delay_threshold_ms,
     )
 
 
@@ -143,8 +170,13 @@ def _run_on_ray(config: LoadConfig, address: str) -> list[BenchResult]:
     except ImportError as exc:
         raise ConfigError(f"--ray needs the ray extra: pip install 'stream-engine[ray]' ({exc})"
                           ) from exc
+    workers = config.workers
+    if workers == AUTO_WORKERS:  # the cluster's cores are not ours to count: the load decides
+        e2e_s = asyncio.run(probe_e2e_s(config)) if config.open_loop else 0.0
+        workers = auto_workers((config.rate or 0.0) * e2e_s if config.open_loop
+                               else config.concurrency, cores=None)
     return [run_load_on_ray(config, address=None if address == "local" else address,
-                            workers=config.workers)]
+                            workers=workers)]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from engine.errors import ConfigError
 Endpoint = Literal["responses", "chat"]
 Arrival = Literal["constant", "poisson"]
 SLO_METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms")
+AUTO_WORKERS = 0  # `workers=AUTO_WORKERS`: one per STREAMS_PER_WORKER streams, at most one a core
 MIN_PRIME_TOKENS = 16  # the Responses API rejects max_output_tokens below 16
 
 
@@ -39,7 +40,7 @@ class LoadConfig:
     prompts_file: str | None = None  # JSONL of request bodies instead of synthetic prompts
     ignore_eos: bool = False  # vLLM: generate exactly max tokens
     slo: dict[str, float] = field(default_factory=dict)
-    workers: int = 1
+    workers: int = 1  # AUTO_WORKERS (0): chosen from the load and the usable cores at run time
     max_connections: int | None = None  # None: concurrency (closed) or 4096 (open)
     timeout_s: float | None = None  # whole-request limit
     idle_timeout_s: float = 60.0
@@ -49,6 +50,8 @@ class LoadConfig:
     spin_ms: float = 1.0  # open loop: yield-spin this long before each send (timer granularity)
     lag_threshold_ms: float = 5.0  # loop lag p99 above this: the client was the bottleneck
     cpu_threshold: float = 0.9  # fraction of one core
+    canary: bool = True  # read a stamped canary stream in every worker (client read delay)
+    read_delay_threshold_ms: float = 2.0  # canary read delay p99 above this: client-bound
     sweep_steps: int = 0  # > 0: run a sweep with this many rates between the two extremes
     label: str = ""
     facts: dict[str, Any] = field(default_factory=dict)  # e.g. the embedded mock's model
@@ -70,8 +73,8 @@ class LoadConfig:
             raise ConfigError("warm-up and spin must be >= 0")
         if self.input_tokens < 1 or self.output_tokens < 1:
             raise ConfigError("input and output tokens must be >= 1")
-        if self.workers < 1:
-            raise ConfigError("workers must be >= 1")
+        if self.workers < 0:
+            raise ConfigError("workers must be >= 1, or AUTO_WORKERS (0) for auto")
         if self.endpoint not in ("responses", "chat"):
             raise ConfigError("endpoint must be 'responses' or 'chat'")
         if self.arrival not in ("constant", "poisson"):

@@ -81,9 +81,12 @@ def totals_table(doc: dict[str, Any]) -> Table:
 def client_text(doc: dict[str, Any]) -> Text:
     client = doc["client"]
     lag = client["loop_lag_ms"]
+    delay = client["read_delay_ms"]
     cpus = ", ".join(f"w{w['worker']} {w['busy_cpu_percent']:.0f}%" for w in client["workers"])
-    line = (f"client self-check: loop lag p50 {_ms(lag['p50'])} / p99 {_ms(lag['p99'])} / max "
-            f"{_ms(lag['max'])} ms; CPU (busy, % of a core) {cpus}\n")
+    read = (f"read delay (canary) p50 {_ms(delay['p50'])} / p99 {_ms(delay['p99'])} / max "
+            f"{_ms(delay['max'])} ms; " if delay["count"] else "")
+    line = (f"client self-check: {read}loop lag p50 {_ms(lag['p50'])} / p99 {_ms(lag['p99'])} "
+            f"/ max {_ms(lag['max'])} ms; CPU (busy, % of a core) {cpus}\n")
     style = "bold red" if client["bottleneck"] else "green"
     return Text(line) + Text(client["verdict"], style=style)
 

@@ -63,6 +63,7 @@ class BenchResult:
             "clock": {"origin_perf_counter_ns": self.origin_ns,
                       "note": "record offsets are seconds from this time.perf_counter_ns()"},
             "client": verdict(self.checks, config.lag_threshold_ms, config.cpu_threshold,
+                              config.read_delay_threshold_ms,
                               [r.pool_wait_ms for r in self.measured]),
             "config": config.public(),
             "platform": platform_facts(),

@@ -114,8 +114,9 @@ class Runner:
     """`async with Runner(config, worker, workers) as r: await r.prime(); await r.run(t0)`."""
 
     def __init__(self, config: LoadConfig, worker: int = 0, workers: int = 1,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, canary_url: str | None = None) -> None:
         self.config = config
+        self.canary_url = canary_url if config.canary else None
         self.worker = worker
         self.workers = workers
         self.prompts = PromptSource(config)
@@ -178,7 +179,7 @@ class Runner:
         delay = (start_ns - time.perf_counter_ns()) / 1e9
         if delay > 0:
             await asyncio.sleep(delay)
-        monitor = SelfCheckMonitor(self.worker)
+        monitor = SelfCheckMonitor(self.worker, canary_url=self.canary_url)
         self.check = monitor.check
         ticker = asyncio.get_running_loop().create_task(self._report_progress())
         try:

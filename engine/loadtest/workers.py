@@ -5,19 +5,31 @@ streams in parallel. Each primes its own connections, says "ready", and all star
 `perf_counter_ns` instant chosen by the parent (CLOCK_MONOTONIC is shared by every process
 on a Linux machine). They split the closed-loop users and request count, or take every N-th
 arrival of the one global schedule, and send their records back to be merged exactly.
+
+`workers=AUTO_WORKERS` picks the count at run time: one worker per `STREAMS_PER_WORKER`
+streams in flight, at most one per usable core. One loop reading 500 streams x 50 tokens/s
+read first tokens 3-5 ms late at p99; two loops of 250 each stayed within 1.3 ms (the
+calibration in docs/loadtest.md), so a large load gets the cores it needs by default.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import multiprocessing as mp
+import os
 import time
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
+from engine.client import Engine, RetryPolicy, Timeouts
 from engine.errors import EngineError
+from engine.loadtest.canary import CanaryProcess
+from engine.loadtest.config import AUTO_WORKERS
+from engine.loadtest.prompts import PromptSource
 from engine.loadtest.result import BenchResult, combine
 from engine.loadtest.runner import Progress, Runner, WorkerResult
 from engine.loadtest.shapes import sweep_rates
@@ -29,33 +41,96 @@ if TYPE_CHECKING:
 
 START_MARGIN_S = 0.05  # from "all ready" to the common start: time to deliver "go"
 READY_TIMEOUT_S = 120.0
+# Streams one worker reads within 2 ms at p99: 250 x 50 tokens/s was measured to (see
+# docs/loadtest.md), 500 was not; 200 leaves room for faster token rates.
+STREAMS_PER_WORKER = 200
+PROBE_FALLBACK_S = 1.0  # open loop, the probe request failed: assume a 1 s stream
 
 
 class WorkerFailed(EngineError):
     """A worker process died or raised; carries its traceback."""
 
 
-async def run_load(config: LoadConfig, progress: Progress | None = None) -> BenchResult:
-    """Run one load test and return every record, merged and ready to report."""
-    if config.workers == 1:
-        async with Runner(config, progress=progress) as runner:
-            await runner.prime()
-            part = await runner.run(time.perf_counter_ns() + int(START_MARGIN_S * 1e9))
-        return combine(config, [part], config.label)
-    parts = await asyncio.to_thread(run_processes, config, progress)
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
+def auto_workers(streams: float, cores: int | None) -> int:
+    """One worker per STREAMS_PER_WORKER streams in flight, at most `cores` (None: no cap)."""
+    wanted = max(1, math.ceil(streams / STREAMS_PER_WORKER))
+    return wanted if cores is None else max(1, min(wanted, cores))
+
+
+async def probe_e2e_s(config: LoadConfig) -> float:
+    """The e2e of one request of the load (open loop: in flight = rate x e2e)."""
+    engine = Engine(config.base_url, api_key=config.api_key, max_connections=1,
+                    retry=RetryPolicy(0), headers=config.headers,
+                    timeouts=Timeouts(total_s=config.timeout_s))
+    async with engine:
+        try:
+            result = await engine.run(PromptSource(config).body(-1), endpoint=config.endpoint)
+        except EngineError:
+            return PROBE_FALLBACK_S
+    return result.e2e_s
+
+
+async def resolve_workers(config: LoadConfig, cores: int | None = None) -> LoadConfig:
+    """`config` with AUTO_WORKERS replaced by a count; the choice goes into its facts."""
+    if config.workers != AUTO_WORKERS:
+        return config
+    cores = usable_cores() if cores is None else cores
+    if config.open_loop:
+        assert config.rate is not None  # noqa: S101 - open_loop says so
+        streams = config.rate * (await probe_e2e_s(config) if cores > 1 else 0.0)
+    else:
+        streams = float(config.concurrency)
+    workers = auto_workers(streams, cores)
+    facts = config.facts | {"workers_auto": {"streams_in_flight": round(streams, 1),
+                                             "usable_cores": cores, "workers": workers,
+                                             "streams_per_worker": STREAMS_PER_WORKER}}
+    return config.with_(workers=workers, facts=facts)
+
+
+async def run_load(config: LoadConfig, progress: Progress | None = None,
+                   canary_url: str | None = None) -> BenchResult:
+    """Run one load test and return every record, merged and ready to report.
+
+    With `config.canary` a canary server is started for the run unless `canary_url` names
+    one already running."""
+    config = await resolve_workers(config)
+    async with contextlib.AsyncExitStack() as stack:
+        if config.canary and canary_url is None:
+            canary = CanaryProcess()
+            canary_url = (await asyncio.to_thread(canary.__enter__)).url
+            stack.push_async_callback(asyncio.to_thread, canary.__exit__)
+        if config.workers == 1:
+            async with Runner(config, progress=progress, canary_url=canary_url) as runner:
+                await runner.prime()
+                part = await runner.run(time.perf_counter_ns() + int(START_MARGIN_S * 1e9))
+            return combine(config, [part], config.label)
+        parts = await asyncio.to_thread(run_processes, config, progress, canary_url)
     return combine(config, parts, config.label)
 
 
 async def run_sweep(config: LoadConfig, progress: Progress | None = None) -> list[BenchResult]:
     """GuideLLM's sweep: one stream, then saturation, then `sweep_steps` rates in between."""
-    single = await run_load(config.with_(rate=None, concurrency=1, label="sync"), progress)
-    saturated = await run_load(config.with_(rate=None, label="throughput"), progress)
-    low = single.summary()["request_throughput"]
-    high = saturated.summary()["request_throughput"]
-    results = [single, saturated]
-    for rate in sweep_rates(low, high, config.sweep_steps):
-        segment = config.with_(rate=rate, label=f"rate {rate:.2f}/s")
-        results.append(await run_load(segment, progress))
+    with contextlib.ExitStack() as stack:
+        url = None
+        if config.canary:  # one canary server for every segment
+            url = (await asyncio.to_thread(stack.enter_context, CanaryProcess())).url
+        single = await run_load(config.with_(rate=None, concurrency=1, label="sync"),
+                                progress, url)
+        saturated = await run_load(config.with_(rate=None, label="throughput"), progress, url)
+        low = single.summary()["request_throughput"]
+        high = saturated.summary()["request_throughput"]
+        results = [single, saturated]
+        for rate in sweep_rates(low, high, config.sweep_steps):
+            segment = config.with_(rate=rate, label=f"rate {rate:.2f}/s")
+            results.append(await run_load(segment, progress, url))
     return results
 
 
@@ -68,12 +143,13 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return uvloop.new_event_loop
 
 
-def run_processes(config: LoadConfig, progress: Progress | None) -> list[WorkerResult]:
+def run_processes(config: LoadConfig, progress: Progress | None,
+                  canary_url: str | None = None) -> list[WorkerResult]:
     """Spawn the workers, start them together, relay progress, collect their results."""
     ctx = mp.get_context("spawn")
     n = config.workers
     pipes = [ctx.Pipe() for _ in range(n)]
-    procs = [ctx.Process(target=worker_main, args=(config, i, n, child), daemon=True,
+    procs = [ctx.Process(target=worker_main, args=(config, i, n, child, canary_url), daemon=True,
                          name=f"bench-worker-{i}") for i, (_, child) in enumerate(pipes)]
     for proc in procs:
         proc.start()
@@ -124,20 +200,22 @@ def _expect(conn: Connection, wanted: str, timeout_s: float) -> None:
         raise WorkerFailed(f"a bench worker said {tag!r}, expected {wanted!r}")
 
 
-def worker_main(config: LoadConfig, worker: int, workers: int, conn: Connection) -> None:
+def worker_main(config: LoadConfig, worker: int, workers: int, conn: Connection,
+                canary_url: str | None = None) -> None:
     """Process entry point: one uvloop, one Runner, results back through `conn`."""
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(_worker(config, worker, workers, conn))
+            runner.run(_worker(config, worker, workers, conn, canary_url))
     except BaseException:
         conn.send(("error", traceback.format_exc()))
     finally:
         conn.close()
 
 
-async def _worker(config: LoadConfig, worker: int, workers: int, conn: Connection) -> None:
-    async with Runner(config, worker, workers,
-                      progress=lambda snap: conn.send(("progress", snap))) as runner:
+async def _worker(config: LoadConfig, worker: int, workers: int, conn: Connection,
+                  canary_url: str | None) -> None:
+    async with Runner(config, worker, workers, progress=lambda snap: conn.send(("progress", snap)),
+                      canary_url=canary_url) as runner:
         await runner.prime()
         conn.send(("ready", None))
         tag, start_ns = await asyncio.to_thread(conn.recv)
