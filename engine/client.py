@@ -9,6 +9,11 @@ reader, which stops reading the socket: backpressure reaches the server through 
 Timeouts after the headers are enforced by one lazy watchdog timer per stream: it is armed
 once and, when it fires, re-arms itself for the next deadline if data arrived meanwhile, so
 the per-chunk cost is one attribute store rather than a timer per read.
+
+aiohttp exceptions stop here: each is described by type and message (`_describe`), never by
+repr, and never chained (`raise ... from exc` would keep it as `__cause__`): the args and repr
+of aiohttp's `ClientResponseError` hold the request headers, Authorization included. Text a
+server may have reflected from the request is redacted as well (`_redact`).
 """
 
 from __future__ import annotations
@@ -19,7 +24,14 @@ import contextlib
 import itertools
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+)
 from dataclasses import dataclass, field
 from typing import Any, Final, Self
 
@@ -27,6 +39,7 @@ import aiohttp
 import orjson
 
 from engine.errors import (
+    SNIPPET_BYTES,
     APIStatusError,
     ConfigError,
     ConnectTimeout,
@@ -37,6 +50,7 @@ from engine.errors import (
     FirstTokenTimeout,
     IdleTimeout,
     ProtocolError,
+    StreamError,
     StreamTruncated,
     TotalTimeout,
     TransportError,
@@ -55,6 +69,48 @@ RETRY_STATUSES: Final = frozenset({408, 409, 429})
 ERROR_BODY_LIMIT: Final = 64 * 1024
 DRAIN_S: Final = 2.0  # how long a finished stream may take to reach EOF and free its connection
 _END: Final = None  # queue item: the stream ended cleanly
+# Headers whose values are credentials: never shown, even when a server reflects them.
+SECRET_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "api-key", "x-api-key"})
+REDACTED: Final = "[redacted]"
+# How an event stream can begin (after an optional BOM): a known field, a comment, a blank line.
+_SSE_STARTS: Final = (b"data", b"event", b"id", b"retry", b":", b"\n", b"\r")
+
+
+def _secret_values(api_key: str | None, *header_maps: Mapping[str, str]) -> tuple[str, ...]:
+    """The credential strings of a request (key, auth header values and their tokens)."""
+    values = {api_key or ""}
+    for headers in header_maps:
+        for name, value in headers.items():
+            if name.lower() in SECRET_HEADERS:
+                values.update((value, value.partition(" ")[2]))  # and the token after "Bearer "
+    values.discard("")
+    return tuple(sorted(values, key=len, reverse=True))  # a whole value before its token
+
+
+def _redact(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def _redact_bytes(raw: bytes, secrets: tuple[str, ...]) -> bytes:
+    for secret in secrets:
+        raw = raw.replace(secret.encode(), REDACTED.encode())
+    return raw
+
+
+def _describe(exc: BaseException) -> str:
+    """One line naming an aiohttp error: its type and message, never its repr or args."""
+    # ClientResponseError's str() adds the URL and its repr/args the request headers; its
+    # `message` (e.g. aiohttp's parser quoting a bad status line) is what the server did.
+    text = exc.message if isinstance(exc, aiohttp.ClientResponseError) else str(exc)
+    text = " ".join(str(text).split())  # the parser's multi-line caret display, on one line
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _looks_like_sse(head: bytes) -> bool:
+    """Whether a body's first bytes could begin an event stream (used only on error paths)."""
+    return head.removeprefix(b"\xef\xbb\xbf").startswith(_SSE_STARTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,8 +283,9 @@ class _Attempt:
         except EngineError as exc:
             self._tag(exc)
             await self.queue.put(exc)
-        except aiohttp.ClientError as exc:
-            await self.queue.put(self._tag(TransportError(f"connection broke: {exc!r}")))
+        except aiohttp.ClientError as exc:  # a safety net: _open and _pump map their own
+            await self.queue.put(self._tag(TransportError(
+                f"connection broke: {self._describe(exc)}")))
         except Exception as exc:  # a bug, surfaced to the consumer rather than lost in a task
             await self.queue.put(exc)
         finally:
@@ -239,19 +296,32 @@ class _Attempt:
     async def _open(self) -> aiohttp.ClientResponse:
         t = self.timeouts
         limits = [s for s in (t.first_byte_s, t.total_s) if s is not None]
+        error: EngineError
         try:
             async with asyncio.timeout(min(limits) if limits else None):
                 resp = await self.engine.session.post(
-                    self.url, data=self.payload, headers=self.headers)
+                    self.url, data=self.payload, headers=self.headers,
+                    # Per request: a call's own `timeouts` must win over the engine's.
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s))
         except TimeoutError as exc:
             if isinstance(exc, aiohttp.ConnectionTimeoutError):
-                raise ConnectTimeout(f"connect to {self.url} timed out") from exc
-            first_byte = t.first_byte_s is not None and (
-                t.total_s is None or t.first_byte_s <= t.total_s)
-            cls = FirstByteTimeout if first_byte else TotalTimeout
-            raise cls(f"no response headers within {min(limits)} s") from exc
+                error = ConnectTimeout(f"connect to {self.url} timed out after {t.connect_s} s")
+            else:
+                first_byte = t.first_byte_s is not None and (
+                    t.total_s is None or t.first_byte_s <= t.total_s)
+                cls = FirstByteTimeout if first_byte else TotalTimeout
+                error = cls(f"no response headers within {min(limits)} s")
         except aiohttp.ClientConnectorError as exc:
-            raise TransportError(f"cannot connect to {self.url}: {exc.os_error!r}") from exc
+            error = TransportError(f"cannot connect to {self.url}: {self._describe(exc)}")
+        except aiohttp.ClientError as exc:  # reset, closed, a malformed status line or header
+            error = TransportError(f"no valid response from {self.url}: {self._describe(exc)}")
+        else:
+            return await self._check_response(resp)
+        # Raised outside the handlers, so the aiohttp exception is neither cause nor context.
+        raise error
+
+    async def _check_response(self, resp: aiohttp.ClientResponse) -> aiohttp.ClientResponse:
+        """Record the response's facts; raise for an error status or a body that is no stream."""
         self.resp = resp
         self.first_byte_ns = time.perf_counter_ns()
         self.status = resp.status
@@ -269,32 +339,41 @@ class _Attempt:
         queue = self.queue
         clock = time.perf_counter_ns
         nbytes = 0
-        async for chunk in resp.content.iter_any():
-            now = self.last_ns = clock()
-            nbytes += len(chunk)
-            messages = parser.feed(chunk)
-            if not messages:
-                continue
-            events = decoder.decode(messages, now)
-            if events:
-                if self.first_token_ns is None:
-                    self._find_first_token(events)
-                if queue.full():
-                    self.blocked = True
-                    await queue.put(events)
-                    self.blocked = False
-                else:
-                    queue.put_nowait(events)
-            if decoder.finished:
-                await self._drain(resp)
-                return
+        head = b""  # the body's first bytes, for the error if it is not an event stream
+        broke: str | None = None
+        try:
+            async for chunk in resp.content.iter_any():
+                now = self.last_ns = clock()
+                if nbytes < SNIPPET_BYTES:
+                    head += chunk[: SNIPPET_BYTES - nbytes]
+                nbytes += len(chunk)
+                messages = parser.feed(chunk)
+                if not messages:
+                    continue
+                events = decoder.decode(messages, now)
+                if events:
+                    if self.first_token_ns is None:
+                        self._find_first_token(events)
+                    if queue.full():
+                        self.blocked = True
+                        await queue.put(events)
+                        self.blocked = False
+                    else:
+                        queue.put_nowait(events)
+                if decoder.finished:
+                    await self._drain(resp)
+                    return
+        except aiohttp.ClientError as exc:  # the connection dropped mid-body (payload cut, reset)
+            broke = self._describe(exc)
         parser.close()
-        if decoder.dialect is Dialect.CHAT and decoder.finish_reason is not None:
+        if broke is None and decoder.dialect is Dialect.CHAT and decoder.finish_reason is not None:
             return  # a chat server that omits [DONE] after the last chunk
-        if decoder.dialect is None and nbytes:
-            raise ProtocolError("body is not an event stream", raw=b"", status=self.status)
+        if decoder.dialect is None and nbytes and not _looks_like_sse(head):
+            raise ProtocolError(f"body is not an event stream (HTTP {self.status})",
+                                raw=self._redact_bytes(head), status=self.status)
+        how = "the body ended" if broke is None else f"the connection dropped ({broke})"
         raise StreamTruncated(
-            f"stream ended without a terminal event after {nbytes} bytes"
+            f"{how} without a terminal event after {nbytes} bytes"
             + (" (an unfinished event was discarded)" if parser.partial_discarded else ""))
 
     async def _drain(self, resp: aiohttp.ClientResponse) -> None:
@@ -355,12 +434,29 @@ class _Attempt:
     def _tag(self, exc: EngineError) -> EngineError:
         exc.request_id = exc.request_id or self.request_id
         exc.custom_id = exc.custom_id or self.custom_id
+        if isinstance(exc, StreamError | ProtocolError) and exc.status is None and self.status:
+            exc.status = self.status
         return exc
 
+    def _secrets(self) -> tuple[str, ...]:
+        """The engine's credentials and those of this call's own headers."""
+        own = _secret_values(None, self.headers)
+        if not own:
+            return self.engine._secrets  # noqa: SLF001 - same module
+        return tuple(sorted({*self.engine._secrets, *own}, key=len, reverse=True))  # noqa: SLF001
+
+    def _describe(self, exc: BaseException) -> str:
+        """`_describe` with this request's credentials redacted (a server may reflect them)."""
+        return _redact(_describe(exc), self._secrets())
+
+    def _redact_bytes(self, raw: bytes) -> bytes:
+        return _redact_bytes(raw, self._secrets())
+
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The start of an error body, with any credential the server reflected redacted."""
         with contextlib.suppress(aiohttp.ClientError, TimeoutError):
             async with asyncio.timeout(10):
-                return await resp.content.read(ERROR_BODY_LIMIT)
+                return self._redact_bytes(await resp.content.read(ERROR_BODY_LIMIT))
         return b""
 
     async def _status_error(self, resp: aiohttp.ClientResponse) -> APIStatusError:
@@ -370,13 +466,14 @@ class _Attempt:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             body = raw.decode("utf-8", "replace")
-        err = body.get("error") if isinstance(body, dict) else None
-        message = err.get("message") if isinstance(err, dict) else None
+        message = _error_message(body)
+        shown = message or (body[:SNIPPET_BYTES] if isinstance(body, str) else body)
         cls = status_error_class(resp.status)
         return cls(
-            f"HTTP {resp.status}: {message or body or resp.reason}",
+            f"HTTP {resp.status}: {shown or resp.reason}",
             status=resp.status, body=body, request_id=self.request_id,
             custom_id=self.custom_id, retry_after_s=parse_retry_after(resp.headers),
+            server_message=message,
         )
 
     async def _not_a_stream(self, resp: aiohttp.ClientResponse, ctype: str) -> EngineError:
@@ -385,12 +482,22 @@ class _Attempt:
             with contextlib.suppress(orjson.JSONDecodeError):
                 body = orjson.loads(raw)
                 err = body.get("error") if isinstance(body, dict) else None
-                if err:
-                    message = err.get("message") if isinstance(err, dict) else err
-                    return ErrorEvent(f"server answered with an error object: {message}",
-                                      data=body)
+                if err:  # a gateway's `{"error": ...}` with a success status
+                    message = _error_message(body) or str(err)
+                    code = err.get("code") if isinstance(err, dict) else None
+                    return ErrorEvent(
+                        f"server answered HTTP {resp.status} with an error object: {message}",
+                        data=body, status=resp.status, server_message=message,
+                        code=None if code is None else str(code))
         return ProtocolError(f"expected text/event-stream, got {ctype!r} (HTTP {resp.status})",
                              raw=raw, status=resp.status)
+
+
+def _error_message(body: Any) -> str | None:
+    """The `error.message` of an OpenAI-style error body, if it has one."""
+    err = body.get("error") if isinstance(body, dict) else None
+    message = err.get("message") if isinstance(err, dict) else None
+    return message if isinstance(message, str) else None
 
 
 class Engine:
@@ -429,6 +536,9 @@ class Engine:
         # Called with (error, attempt number) before each retry: rate limiters, counters.
         self.on_retry = on_retry
         self._extra_headers = dict(headers or {})
+        self._secrets = _secret_values(self.__api_key, self._extra_headers)
+        # The wait before a retry; tests replace it to see the delays without waiting them.
+        self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self._session: aiohttp.ClientSession | None = None
         self._readers: set[asyncio.Task[None]] = set()
         self._active = 0
@@ -544,7 +654,7 @@ class Engine:
                     raise
                 if self.on_retry is not None:
                     self.on_retry(exc, handle.attempts)
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
                 continue
             except BaseException:
                 attempt.abort()
@@ -620,8 +730,9 @@ class Engine:
             exc.custom_id = exc.custom_id or custom_id
             exc.attempts = handle.attempts
             if handle.attempt is not None:
-                exc.request_id = exc.request_id or handle.attempt.request_id
+                handle.attempt._tag(exc)  # noqa: SLF001 - same module
             raise
+
         finally:
             self._active -= 1
         attempt = handle.attempt
