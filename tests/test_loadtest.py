@@ -5,33 +5,39 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import io
 import itertools
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 import pytest
+from rich.console import Console
 
 from engine.errors import ConfigError
 from engine.loadtest import LoadConfig, RequestRecord, combine, merge, run_load, run_sweep
-from engine.loadtest.config import AUTO_WORKERS, parse_slo
+from engine.loadtest.config import AUTO_WORKERS, Endpoint, parse_slo
 from engine.loadtest.metrics import meets_slo, stats, summarize
 from engine.loadtest.prompts import PromptSource, load_bodies
+from engine.loadtest.report import LiveProgress
 from engine.loadtest.runner import WorkerResult
 from engine.loadtest.selfcheck import ClientCheck, verdict
 from engine.loadtest.shapes import arrival_offsets, open_schedule, sweep_rates
 from engine.loadtest.workers import auto_workers, loop_factory, resolve_workers
 from engine.mock import MockConfig, MockProcess
+from tests.conftest import TEST_API_KEY
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from engine.mock import MockServerThread
     from tests.conftest import MockFactory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,10 +50,15 @@ STAT_KEYS = {"p50", "p90", "p95", "p99", "p999", "mean", "max"}
 
 
 @pytest.fixture(scope="module")
-def paced() -> Iterator[str]:
+def paced_mock() -> Iterator[MockProcess]:
     """The mock at TTFT 100 ms / ITL 10 ms, in its own process (headers can override)."""
     with MockProcess(MockConfig(ttft_ms=100, itl_ms=10, output_tokens=16)) as proc:
-        yield proc.base_url
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def paced(paced_mock: MockProcess) -> str:
+    return paced_mock.base_url
 
 
 def bench(config: LoadConfig):  # type: ignore[no-untyped-def]
@@ -157,6 +168,30 @@ async def test_faults_are_counted_by_kind_never_raised(mock_factory: MockFactory
     assert doc["failed"] >= 20
 
 
+@pytest.mark.parametrize("endpoint", ["responses", "chat"])
+async def test_malformed_and_disconnect_are_counted_by_kind(mock_factory: MockFactory,
+                                                            endpoint: Endpoint) -> None:
+    server = mock_factory(MockConfig(output_tokens=8, faults={"malformed": 0.3,
+                                                               "disconnect": 0.3}))
+    config = LoadConfig(server.base_url, endpoint=endpoint, concurrency=4, requests=60,
+                        duration_s=None, warmup_s=0, output_tokens=8)
+    doc = (await run_load(config)).summary()
+    assert doc["completed"] + doc["failed"] == 60
+    # A cut body is a broken connection or a clean end without the terminal event,
+    # depending on where the server's close lands; bad JSON is a ProtocolError.
+    cut = {"TransportError", "StreamTruncated"}
+    assert "ProtocolError" in doc["errors"]
+    assert set(doc["errors"]) - {"ProtocolError"} <= cut
+    assert set(doc["errors"]) & cut
+    assert sum(doc["errors"].values()) == doc["failed"]
+    # Every fault the server injected is one counted error (primers count separately).
+    both = Counter(doc["errors"]) + Counter(doc["warmup"]["primer_errors"])
+    injected = server.stats.faults
+    assert both["ProtocolError"] == injected["malformed"]
+    assert sum(both[kind] for kind in cut) == injected["disconnect"]
+    assert doc["ttft_ms"]["count"] == doc["completed"]
+
+
 async def test_a_forced_fault_fails_every_request_cleanly(base_url: str) -> None:
     config = LoadConfig(base_url, concurrency=2, requests=6, duration_s=None, warmup_s=0,
                         headers={"x-mock-fault": "503"})
@@ -191,7 +226,7 @@ def test_combine_is_exact_over_the_union() -> None:
                           ClientCheck(w), connect_ms=[1.0]) for w in range(3)]
     result = combine(config, parts)
     doc = summarize(result.records, {})
-    union = [r.ttft_ms for p in parts for r in p.records]
+    union = [r.ttft_ms for p in parts for r in p.records if r.ttft_ms is not None]
     assert doc["completed"] == 150
     for key, q in (("p50", 50), ("p99", 99), ("p999", 99.9)):
         assert doc["ttft_ms"][key] == pytest.approx(float(np.percentile(union, q)), abs=1e-3)
@@ -199,6 +234,35 @@ def test_combine_is_exact_over_the_union() -> None:
     assert merge([parts[1].records, parts[0].records]) == merge([parts[0].records,
                                                                  parts[1].records])
     assert RequestRecord.from_dict(parts[0].records[0].as_dict()) == parts[0].records[0]
+
+
+def test_tpot_and_throughputs_are_computed_from_the_records() -> None:
+    def rec(i: int, intended_s: float, *, warmup: bool = False, ok: bool = True,
+            **kw: Any) -> RequestRecord:
+        return RequestRecord(index=i, worker=0, warmup=warmup, intended_s=intended_s,
+                             lag_ms=0.0, ok=ok, **kw)
+
+    records = [
+        rec(0, 0.0, ttft_ms=100.0, e2e_ms=500.0, output_tokens=5, input_tokens=10),
+        rec(1, 0.5, ttft_ms=50.0, e2e_ms=1500.0, output_tokens=30, input_tokens=20),
+        rec(2, 0.2, ttft_ms=30.0, e2e_ms=30.0, output_tokens=1, input_tokens=5),
+        rec(3, 1.0, ok=False, error="http_500", e2e_ms=200.0),
+        rec(4, -0.5, warmup=True, ttft_ms=1.0, e2e_ms=9000.0, output_tokens=999),
+    ]
+    assert records[0].tpot_ms == pytest.approx((500 - 100) / (5 - 1))
+    assert records[1].tpot_ms == pytest.approx((1500 - 50) / (30 - 1))
+    assert records[2].tpot_ms is None  # one token: no time per *output* token after the first
+    assert records[3].tpot_ms is None
+    doc = summarize(records, {})
+    assert doc["duration_s"] == pytest.approx(2.0)  # window start to the last measured end
+    assert (doc["completed"], doc["failed"]) == (3, 1)
+    assert doc["request_throughput"] == pytest.approx(3 / 2.0)
+    assert doc["output_token_throughput"] == pytest.approx((5 + 30 + 1) / 2.0)
+    assert doc["total_token_throughput"] == pytest.approx((5 + 30 + 1 + 10 + 20 + 5) / 2.0)
+    assert (doc["input_tokens"], doc["output_tokens"]) == (35, 36)
+    assert doc["tpot_ms"]["count"] == 2
+    assert doc["tpot_ms"]["mean"] == pytest.approx((100 + 1450 / 29) / 2, abs=1e-3)
+    assert doc["errors"] == {"http_500": 1}
 
 
 def test_stats_goodput_and_slo_parsing() -> None:
@@ -347,6 +411,121 @@ def test_sweep_runs_single_saturated_and_rates_between(paced: str) -> None:
     assert docs[1]["request_throughput"] > docs[0]["request_throughput"]
 
 
+async def test_without_usage_output_tokens_are_the_counted_deltas(base_url: str,
+                                                                 tmp_path: Path) -> None:
+    prompts = tmp_path / "chat.jsonl"
+    body = {"messages": [{"role": "user", "content": "count with me"}],
+            "max_completion_tokens": 7, "stream_options": {"include_usage": False}}
+    prompts.write_bytes(orjson.dumps(body) + b"\n")
+    config = LoadConfig(base_url, endpoint="chat", prompts_file=str(prompts), concurrency=2,
+                        requests=6, duration_s=None, warmup_s=0)
+    result = await run_load(config)
+    doc = result.summary()
+    assert doc["completed"] == 6
+    for record in result.measured:
+        assert record.input_tokens is None  # the server sent no usage ...
+        assert record.output_tokens == record.deltas == 7  # ... so the deltas were counted
+    assert (doc["output_tokens"], doc["input_tokens"]) == (42, 0)
+    assert doc["tpot_ms"]["count"] == 6
+
+
+def test_cli_chat_endpoint_end_to_end(paced_mock: MockProcess, tmp_path: Path) -> None:
+    from engine.loadtest.command import main  # noqa: PLC0415
+
+    before = paced_mock.stats.requests.get("/v1/chat/completions", 0)
+    out = tmp_path / "chat.json"
+    assert main(["--base-url", paced_mock.base_url, "--endpoint", "chat", "--requests", "12",
+                 "--concurrency", "3", "--warmup", "0.2", "--output-tokens", "6",
+                 "--input-tokens", "20", "--header", "x-mock-ttft-ms: 5",
+                 "--header", "x-mock-itl-ms: 1", "-q", "-o", str(out)]) == 0
+    doc = orjson.loads(out.read_bytes())
+    assert doc["config"]["endpoint"] == "chat"
+    assert (doc["completed"], doc["failed"]) == (12, 0)
+    assert doc["output_tokens"] == 12 * 6  # usage (include_usage is on by default)
+    assert doc["input_tokens"] == 12 * 20  # the mock counts words + template, as we do
+    assert doc["ttft_ms"]["min"] >= 5  # the server's TTFT, never less
+    assert doc["itl_ms"]["count"] == 12 * 5
+    sent = paced_mock.stats.requests.get("/v1/chat/completions", 0) - before
+    assert sent >= 12 + doc["warmup"]["requests"]  # + primers; nothing went to /responses
+
+
+def test_base_url_with_an_api_key_that_never_reaches_a_report(
+        auth_mock_server: MockServerThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.loadtest.command import main  # noqa: PLC0415
+
+    outputs = [tmp_path / name for name in ("r.json", "r.csv", "r.html")]
+    flags = ["-o", str(outputs[0]), "--csv", str(outputs[1]), "--html", str(outputs[2])]
+    base = ["--base-url", auth_mock_server.base_url, "--requests", "8", "--concurrency", "2",
+            "--warmup", "0", "--output-tokens", "4", "-q", *flags]
+    monkeypatch.setenv("OPENAI_API_KEY", TEST_API_KEY)
+    assert main(base) == 0
+    doc = orjson.loads(outputs[0].read_bytes())
+    assert (doc["completed"], doc["failed"]) == (8, 0)
+    assert doc["config"]["api_key_set"] is True
+    printed = capsys.readouterr()
+    for text in (*(p.read_text() for p in outputs), printed.out, printed.err):
+        assert TEST_API_KEY not in text
+    wrong = "sk-wrong-key-" + "x" * 20
+    assert main([*base, "--api-key", wrong]) == 1  # every request failed: exit 1
+    doc = orjson.loads(outputs[0].read_bytes())
+    assert doc["errors"] == {"http_401": 8}
+    printed = capsys.readouterr()
+    for text in (*(p.read_text() for p in outputs), printed.out, printed.err):
+        assert wrong not in text
+        assert TEST_API_KEY not in text
+
+
+def test_cli_sweep_writes_json_csv_and_html(paced: str, tmp_path: Path) -> None:
+    from engine.loadtest.command import main  # noqa: PLC0415
+
+    out, table, page = tmp_path / "s.json", tmp_path / "s.csv", tmp_path / "s.html"
+    assert main(["--base-url", paced, "--sweep", "1", "--concurrency", "4", "--duration", "0.5",
+                 "--warmup", "0.1", "--output-tokens", "4", "--header", "x-mock-ttft-ms: 20",
+                 "--header", "x-mock-itl-ms: 2", "-q", "-o", str(out), "--csv", str(table),
+                 "--html", str(page)]) == 0
+    doc = orjson.loads(out.read_bytes())
+    assert (doc["kind"], doc["tool"], doc["schema_version"]) == ("sweep", "stream-engine bench", 1)
+    runs = doc["runs"]
+    assert [run["label"] for run in runs][:2] == ["sync", "throughput"]
+    assert len(runs) == 3
+    assert runs[2]["label"].startswith("rate ")
+    assert [run["mode"] for run in runs] == ["closed", "closed", "open"]
+    for run in runs:
+        assert run.keys() >= SCHEMA_KEYS
+        assert run["completed"] > 0
+    with table.open() as file:
+        rows = list(csv.DictReader(file))
+    assert {row["run"] for row in rows} == {run["label"] for run in runs}
+    assert len(rows) == sum(run["completed"] + run["failed"] for run in runs)
+    text = page.read_text()
+    for run in runs:
+        assert f"<h2>{run['label']}</h2>" in text
+    check_html_in_chromium(page, tmp_path, plots=9)
+
+
+def test_live_progress_gets_snapshots_from_every_worker(paced: str) -> None:
+    snapshots: list[dict[str, Any]] = []
+    config = LoadConfig(paced, concurrency=4, duration_s=1.2, warmup_s=0.2, output_tokens=4,
+                        workers=2, headers={"x-mock-ttft-ms": "5", "x-mock-itl-ms": "1"})
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        result = runner.run(run_load(config, progress=snapshots.append))
+    assert {s["worker"] for s in snapshots} == {0, 1}
+    for snap in snapshots:
+        assert snap.keys() == {"worker", "done", "failed", "inflight", "elapsed_s", "ttft_p50_ms"}
+    last = {s["worker"]: s for s in snapshots}
+    assert sum(int(s["done"]) for s in last.values()) <= result.summary()["completed"]
+    assert max(int(s["done"]) for s in last.values()) > 0  # counts move during the run
+    console = Console(file=io.StringIO(), width=200)
+    with LiveProgress(console, title="bench") as live:
+        for snap in snapshots:
+            live(snap)
+        line = str(live._render().renderables[0])
+    done = sum(int(s["done"]) for s in last.values())
+    assert f"done {done} " in line
+    assert "TTFT p50" in line
+
+
 def test_cli_end_to_end_with_the_embedded_mock(tmp_path: Path) -> None:
     out, table, page = tmp_path / "r.json", tmp_path / "r.csv", tmp_path / "r.html"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -370,20 +549,21 @@ def test_cli_end_to_end_with_the_embedded_mock(tmp_path: Path) -> None:
     check_html_in_chromium(page, tmp_path)
 
 
-def check_html_in_chromium(page: Path, tmp_path: Path) -> None:
+def check_html_in_chromium(page: Path, tmp_path: Path, plots: int = 3) -> None:
+    """The report renders offline in a real browser. CI installs chromium: a missing browser
+    is a failure, never a skip standing in for an unchecked report."""
     text = page.read_text()
     assert 'src="http' not in text
     assert 'href="http' not in text
     assert "url(" not in text
-    if not Path(CHROMIUM).exists():
-        pytest.skip("chromium is not installed")
+    assert Path(CHROMIUM).exists(), f"chromium not found at {CHROMIUM}: install it (CI does)"
     base = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
             "--disable-background-networking", "--disable-component-update", "--no-first-run",
             f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1200,2000"]
     dom = subprocess.run([*base, "--dump-dom", page.as_uri()], capture_output=True,
                          timeout=60, check=True).stdout.decode()
-    assert 'data-plots-rendered="3"' in dom
-    assert dom.count('data-rendered="1"') == 3
+    assert f'data-plots-rendered="{plots}"' in dom
+    assert dom.count('data-rendered="1"') == plots
     shot = tmp_path / "shot.png"
     subprocess.run([*base, f"--screenshot={shot}", page.as_uri()], capture_output=True,
                    timeout=60, check=True)
