@@ -754,10 +754,11 @@ class _Handle:
     url: str
     shape: Dialect
     payload: bytes
-    headers: dict[str, str]
+    headers: dict[str, str] = field(repr=False)  # may hold a credential (`api-key`)
     custom_id: str | None
     timeouts: Timeouts
     attempt: _Attempt | None = None
+
     attempts: int = 0
     finished_ns: int = 0
 

@@ -91,7 +91,19 @@ def test_assembler_chat_completion_shape() -> None:
                                    "total_tokens": 5}
 
 
+def test_assembler_tolerates_odd_chat_shapes() -> None:
+    # A server's `choices` that is not a list carries no text and no finish reason.
+    odd = [{**CHAT[1], "choices": 5}, {**CHAT[1], "choices": {"index": 0}}, CHAT[1]]
+    asm = ResponseAssembler(Dialect.CHAT)
+    for ev in events_of(*odd, typed=False):
+        asm(ev)
+    completion = asm.response()
+    assert completion["choices"][0]["message"]["content"] == "Hi"
+    assert completion["choices"][0]["finish_reason"] == "stop"  # the default: none was seen
+
+
 def test_assembler_responses_stream_into_chat_completion_shape() -> None:
+
     asm = ResponseAssembler(Dialect.CHAT)
     for ev in events_of(CREATED, *DELTAS, COMPLETED):
         asm(ev)
