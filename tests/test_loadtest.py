@@ -22,7 +22,15 @@ import pytest
 from rich.console import Console
 
 from engine.errors import ConfigError
-from engine.loadtest import LoadConfig, RequestRecord, combine, merge, run_load, run_sweep
+from engine.loadtest import (
+    BenchResult,
+    LoadConfig,
+    RequestRecord,
+    combine,
+    merge,
+    run_load,
+    run_sweep,
+)
 from engine.loadtest.config import AUTO_WORKERS, Endpoint, parse_slo
 from engine.loadtest.metrics import meets_slo, stats, summarize
 from engine.loadtest.prompts import PromptSource, load_bodies
@@ -384,6 +392,23 @@ def test_workers_flag_takes_auto_or_a_count() -> None:
     assert parser.parse_args(["--workers", "3"]).workers == 3
     with pytest.raises(SystemExit):
         parser.parse_args(["--workers", "0"])
+
+
+def test_ray_with_auto_workers_counts_by_the_load_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.distributed  # noqa: PLC0415 - the optional extra, installed for tests
+    from engine.loadtest.command import main  # noqa: PLC0415
+
+    calls: list[tuple[LoadConfig, int]] = []
+
+    def fake(config: LoadConfig, *, address: str | None, workers: int) -> BenchResult:
+        calls.append((config, workers))
+        return combine(config, [WorkerResult(0, [], ClientCheck(0))])
+
+    monkeypatch.setattr(engine.distributed, "run_load_on_ray", fake)
+    argv = ["--base-url", "http://127.0.0.1:9/v1", "--ray", "local", "--requests", "1", "-q"]
+    assert main([*argv, "--concurrency", "450"]) == 1  # nothing completed (a fake run)
+    assert main([*argv, "--concurrency", "450", "--workers", "2"]) == 1
+    assert [workers for _, workers in calls] == [3, 2]  # the cluster's cores are not counted
 
 
 def test_prompts_synthetic_and_jsonl(tmp_path: Path) -> None:

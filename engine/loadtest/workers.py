@@ -118,10 +118,12 @@ async def run_load(config: LoadConfig, progress: Progress | None = None,
 
 async def run_sweep(config: LoadConfig, progress: Progress | None = None) -> list[BenchResult]:
     """GuideLLM's sweep: one stream, then saturation, then `sweep_steps` rates in between."""
-    with contextlib.ExitStack() as stack:
+    async with contextlib.AsyncExitStack() as stack:
         url = None
         if config.canary:  # one canary server for every segment
-            url = (await asyncio.to_thread(stack.enter_context, CanaryProcess())).url
+            canary = CanaryProcess()
+            url = (await asyncio.to_thread(canary.__enter__)).url
+            stack.push_async_callback(asyncio.to_thread, canary.__exit__)
         single = await run_load(config.with_(rate=None, concurrency=1, label="sync"),
                                 progress, url)
         saturated = await run_load(config.with_(rate=None, label="throughput"), progress, url)
