@@ -687,8 +687,11 @@ class FakeRender:
     def __init__(self, n: int) -> None:
         self.n = n
 
+    def delta(self, index: int) -> bytes:
+        return b"%d\n\n" % index
+
     def deltas(self, start: int, stop: int) -> list[bytes]:
-        return [b"%d\n\n" % k for k in range(start, stop)]
+        return [self.delta(k) for k in range(start, stop)]
 
     def tail(self) -> list[bytes]:
         return [b"end\n\n"]

@@ -63,6 +63,10 @@ class ChatStream:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
         return [self._chunk([choice])]
 
+    def delta(self, index: int) -> bytes:
+        """One content chunk: what a paced stream sends per tick."""
+        return self._prefix + VOCAB_JSON[self._gen.tokens[index]] + self._suffix
+
     def deltas(self, start: int, stop: int) -> list[bytes]:
         """Content chunks `start..stop-1`: the hot path, two concatenations per event."""
         prefix, suffix, tokens, vocab = self._prefix, self._suffix, self._gen.tokens, VOCAB_JSON

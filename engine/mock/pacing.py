@@ -12,7 +12,7 @@ stream. That is what lets one core hold 10,000 streams at 10 tokens/s each.
 from __future__ import annotations
 
 import heapq
-import itertools
+import math
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -28,12 +28,15 @@ TIMER_RESOLUTION_S = 0.0
 MAX_BATCH_EVENTS = 1024  # caps one write when a fast stream is far behind its schedule
 HIGH_WATER_BYTES = 256 * 1024  # a client this far behind gets its tokens later, coalesced
 BACKPRESSURE_RETRY_S = 0.01
+SLOTS_PER_S = 1000  # the timing wheel's slots: 1 ms, uvloop's clock resolution
 
 
 class Renderer(Protocol):
     """What a dialect offers the pacer (ResponsesStream, ChatStream)."""
 
     n: int
+
+    def delta(self, index: int) -> bytes: ...
 
     def deltas(self, start: int, stop: int) -> list[bytes]: ...
 
@@ -62,17 +65,20 @@ class Schedule:
         start = self.sent
         if start >= self.n or self.next_due > now + TIMER_RESOLUTION_S:
             return start, start
-        cap = min(self.n, start + MAX_BATCH_EVENTS)
-        if self._constant:
-            itl = self._itl
-            due = cap if itl == 0 else min(cap, int((now + TIMER_RESOLUTION_S - self._first)
-                                                     / itl) + 1)
-            # next_due <= now said token `start` is due; the division may round just below it
-            # (first + k*itl vs k): never answer "nothing", or the timer re-fires in a spin.
-            due = max(due, start + 1)
-            self.next_due = self._first + due * itl
+        if self._constant and self._itl > 0:  # token k is due at first + k * itl
+            due = int((now + TIMER_RESOLUTION_S - self._first) / self._itl) + 1
+            if due <= start:
+                # next_due <= now said token `start` is due; the division may round just below
+                # it (first + k*itl vs k): never answer "nothing", or the timer would spin.
+                due = start + 1
+            elif due > self.n or due - start > MAX_BATCH_EVENTS:
+                due = min(self.n, start + MAX_BATCH_EVENTS)
+            self.next_due = self._first + due * self._itl
+        elif self._constant:  # ITL 0: everything at once (in MAX_BATCH_EVENTS writes)
+            due = min(self.n, start + MAX_BATCH_EVENTS)
         else:
             due, limit = start, now + TIMER_RESOLUTION_S
+            cap = min(self.n, start + MAX_BATCH_EVENTS)
             while due < cap and self.next_due <= limit:
                 due += 1
                 self.next_due += self._sampler.next_itl()
@@ -80,13 +86,8 @@ class Schedule:
         return start, due
 
 
-def chunked(data: bytes) -> bytes:
-    """One HTTP/1.1 chunk (the response was prepared with chunked encoding)."""
-    return b"%x\r\n%b\r\n" % (len(data), data)
-
-
 class _Paced:
-    __slots__ = ("done", "events", "render", "schedule", "transport")
+    __slots__ = ("done", "due", "events", "render", "schedule", "transport")
 
     def __init__(self, render: Renderer, schedule: Schedule, transport: asyncio.Transport,
                  done: asyncio.Future[int]) -> None:
@@ -95,74 +96,115 @@ class _Paced:
         self.transport = transport
         self.done = done
         self.events = 0
+        self.due = schedule.next_due
 
 
 class Ticker:
-    """One timer for all plain streams of a server; `await ticker.run(...)` per stream."""
+    """One timer for all plain streams of a server; `await ticker.run(...)` per stream.
+
+    Streams wait on a timing wheel of 1 ms slots (a dict of lists plus a small heap of slot
+    numbers), not on one heap of streams: at 10,000 streams a heap push + pop cost ~2 µs per
+    token, a slot append ~0.2 µs. Deadlines stay exact: in the current slot only the streams
+    whose own deadline has passed are taken, and the timer is armed at the earliest deadline.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, stats: MockStats) -> None:
         self._loop = loop
         self._stats = stats
-        self._heap: list[tuple[float, int, _Paced]] = []
-        self._ids = itertools.count()
+        self._slots: dict[int, list[_Paced]] = {}
+        self._order: list[int] = []  # heap of the slot numbers present in _slots
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = float("inf")
+        self._timer_at = math.inf  # invariant: the earliest deadline waiting, when any waits
+        self._firing = False
 
     def run(self, render: Renderer, schedule: Schedule, transport: asyncio.Transport,
             ) -> asyncio.Future[int]:
         """Pace `render`'s deltas and tail onto `transport`; resolves to the events written."""
         done: asyncio.Future[int] = self._loop.create_future()
-        self._push(schedule.next_due, _Paced(render, schedule, transport, done))
+        paced = _Paced(render, schedule, transport, done)
+        self._push(paced)
         return done
 
-    def _push(self, due: float, paced: _Paced) -> None:
-        heapq.heappush(self._heap, (due, next(self._ids), paced))
-        if due < self._timer_at:
-            self._arm(due)
+    def _push(self, paced: _Paced) -> None:
+        slot = int(paced.due * SLOTS_PER_S)
+        waiting = self._slots.get(slot)
+        if waiting is None:
+            self._slots[slot] = [paced]
+            heapq.heappush(self._order, slot)
+        else:
+            waiting.append(paced)
+        if paced.due < self._timer_at and not self._firing:  # _fire arms once at its end
+            self._arm(paced.due)
 
     def _arm(self, due: float) -> None:
-        """Move the one timer to `due` (earlier than where it stands)."""
+        """Move the one timer to `due`."""
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = due
         self._timer = self._loop.call_at(due, self._fire)
 
+    def _take_due(self, now: float) -> list[_Paced]:
+        """Every stream whose deadline is <= now: whole past slots, part of the current one."""
+        slots, order, ready = self._slots, self._order, []
+        current = int(now * SLOTS_PER_S)
+        while order and order[0] <= current:
+            slot = order[0]
+            waiting = slots[slot]
+            if slot < current:  # the whole slot lies before `now`
+                ready += waiting
+            else:
+                due = [paced for paced in waiting if paced.due <= now]
+                if len(due) < len(waiting):
+                    slots[slot] = [paced for paced in waiting if paced.due > now]
+                    return ready + due
+                ready += due
+            heapq.heappop(order)
+            del slots[slot]
+        return ready
+
     def _fire(self) -> None:
-        self._timer, self._timer_at = None, float("inf")
-        heap, now, stats = self._heap, self._loop.time(), self._stats
-        if heap and (lag := now - heap[0][0]) >= 0:  # how late the earliest due stream is
+        now, stats = self._loop.time(), self._stats
+        if (lag := now - self._timer_at) >= 0:  # armed at the earliest deadline: its lateness
             stats.ticker_fires += 1
             stats.ticker_lag_s_total += lag
             stats.ticker_lag_s_max = max(stats.ticker_lag_s_max, lag)
-        ready: list[_Paced] = []
-        while heap and heap[0][0] <= now + TIMER_RESOLUTION_S:
-            ready.append(heapq.heappop(heap)[2])
-        for paced in ready:
-            self._step(paced, now)
-        # The steps re-armed the timer for their own next token; streams left in the heap
-        # may be due sooner (e.g. first tokens of later arrivals): the timer must be the min.
-        if heap and heap[0][0] < self._timer_at:
-            self._arm(heap[0][0])
+        self._timer, self._timer_at = None, math.inf
+        self._firing = True
+        try:
+            for paced in self._take_due(now):
+                self._step(paced, now)
+        finally:
+            self._firing = False
+        if self._order:  # re-arm at the earliest deadline left (it lies in the first slot)
+            self._arm(min(paced.due for paced in self._slots[self._order[0]]))
 
     def _step(self, paced: _Paced, now: float) -> None:
-        transport, schedule = paced.transport, paced.schedule
+        """Write what is due of one stream. The hot path: once per token per stream."""
+        transport, schedule, render = paced.transport, paced.schedule, paced.render
         if paced.done.done():  # the handler was cancelled: its client went away
             return
         if transport.is_closing():
             paced.done.set_result(paced.events)
             return
         if transport.get_write_buffer_size() > HIGH_WATER_BYTES:
-            self._push(now + BACKPRESSURE_RETRY_S, paced)  # due tokens pile up, then coalesce
+            self._stats.backpressured += 1  # the client, not the server, is behind
+            paced.due = now + BACKPRESSURE_RETRY_S  # due tokens pile up, then coalesce
+            self._push(paced)
             return
         start, stop = schedule.take_due(now)
-        batch = paced.render.deltas(start, stop)
-        if schedule.finished:
-            batch += paced.render.tail()
-        if batch:
-            paced.events += len(batch)
-            self._stats.events_sent += len(batch)
-            transport.write(chunked(b"".join(batch)))
-        if schedule.finished:
-            paced.done.set_result(paced.events)
+        if stop < schedule.n:  # mid-stream: usually exactly one token
+            data = render.delta(start) if stop - start == 1 else b"".join(
+                render.deltas(start, stop))
+            events = stop - start
         else:
-            self._push(schedule.next_due, paced)
+            batch = [*render.deltas(start, stop), *render.tail()]
+            data, events = b"".join(batch), len(batch)
+        if events:
+            paced.events += events
+            self._stats.events_sent += events
+            transport.write(b"%x\r\n%b\r\n" % (len(data), data))  # one HTTP/1.1 chunk
+        if stop < schedule.n:
+            paced.due = schedule.next_due
+            self._push(paced)
+        else:
+            paced.done.set_result(paced.events)

@@ -105,6 +105,10 @@ class ResponsesStream:
                 "part": self._part("")}),
         ]
 
+    def delta(self, index: int) -> bytes:
+        """One delta event: what a paced stream sends per tick."""
+        return self._template % (HEAD_EVENTS + index, VOCAB_JSON[self._gen.tokens[index]])
+
     def deltas(self, start: int, stop: int) -> list[bytes]:
         """Delta events `start..stop-1`: the hot path, one bytes `%` per event."""
         template, tokens, vocab = self._template, self._gen.tokens, VOCAB_JSON
