@@ -297,8 +297,30 @@ def test_property_matches_reference(raw: bytes) -> None:
     assert parse_whole(raw) == reference_parse(raw)
 
 
+LONG_VALUES = st.sampled_from([b"9" * 5000, b"0" * 4400 + b"7", b"1" * 19, b"1" * 20]) | st.binary(
+    max_size=20)
+LINES = st.builds(lambda name, sep, value, end: name + sep + value + end,
+                  st.sampled_from([b"retry", b"data", b"id", b"event", b""]),
+                  st.sampled_from([b":", b": ", b""]), LONG_VALUES,
+                  st.sampled_from([b"\n", b"\r\n", b"\r", b"\n\n", b""]))
+
+
+@settings(derandomize=True, max_examples=100)
+@given(raw=st.lists(LINES, max_size=8).map(b"".join), step=st.integers(1, 4096))
+def test_property_long_field_values_raise_only_protocol_error(raw: bytes, step: int) -> None:
+    # Values past CPython's int-string limit (4300 digits) must not escape as ValueError.
+    parser = SSEParser()
+    try:
+        for i in range(0, len(raw), step):
+            parser.feed(raw[i : i + step])
+        parser.close()
+    except ProtocolError:
+        pass
+
+
 @settings(derandomize=True, max_examples=300)
 @given(raw=st.binary(max_size=300), size=st.integers(min_value=1, max_value=64))
+
 def test_property_arbitrary_bytes_raise_only_protocol_error(raw: bytes, size: int) -> None:
     parser = SSEParser(max_event_bytes=size)
     try:
