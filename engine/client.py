@@ -115,8 +115,10 @@ def _looks_like_sse(head: bytes) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    """Each phase's limit in seconds (None: no limit). All measured from the request start,
-    except `idle_s`, the longest gap between two chunks of the body."""
+    """Each phase's limit in seconds (None: no limit), per call or per engine. Measured from
+    the request start, except `idle_s` (the longest gap between two chunks of the body) and
+    `connect_s` (one TCP connect; waiting for a free connection of the pool does not count)."""
+
 
     connect_s: float | None = 10.0
     first_byte_s: float | None = 120.0

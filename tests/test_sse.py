@@ -297,8 +297,9 @@ def test_property_matches_reference(raw: bytes) -> None:
     assert parse_whole(raw) == reference_parse(raw)
 
 
-LONG_VALUES = st.sampled_from([b"9" * 5000, b"0" * 4400 + b"7", b"1" * 19, b"1" * 20]) | st.binary(
-    max_size=20)
+LONG_VALUES = (st.sampled_from([b"9" * 5000, b"0" * 4400 + b"7", b"1" * 19, b"1" * 20])
+               | st.binary(max_size=20))
+
 LINES = st.builds(lambda name, sep, value, end: name + sep + value + end,
                   st.sampled_from([b"retry", b"data", b"id", b"event", b""]),
                   st.sampled_from([b":", b": ", b""]), LONG_VALUES,
