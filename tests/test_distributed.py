@@ -56,7 +56,7 @@ def test_batch_on_three_actors_with_faults_ends_exactly_once(
     faults = {"429": 0.03, "500": 0.03, "disconnect": 0.02, "malformed": 0.02}
     mock = mock_factory(output_tokens=16, faults=faults, seed=7, retry_after_s=0.01)
     with make_input(tmp_path / "in.jsonl", 2000).open("ab") as f:
-        f.write(b"not json\n{\"custom_id\": \"bad\", \"method\": \"POST\"}\n")
+        f.write(b'not json\n{"custom_id": "bad", "method": "POST"}\n')
     summary = run_batch_on_ray(job(tmp_path, mock.base_url), address=None, workers=3)
     out, err = tmp_path / "out.jsonl", tmp_path / "out.errors.jsonl"
     assert_exactly_once({f"req-{i}" for i in range(2000)} | {"2001", "bad"}, out, err)
