@@ -502,6 +502,24 @@ def _error_message(body: Any) -> str | None:
     return message if isinstance(message, str) else None
 
 
+
+def retry_delay(exc: EngineError, attempt: int, policy: RetryPolicy) -> float | None:
+    """Seconds to wait before retry number `attempt + 1`, or None when `exc` must not be
+    retried (its kind, or `policy.max_retries`). One rule for the engine and for callers that
+    send their own retries (the batch runner, through its rate limits)."""
+    if attempt >= policy.max_retries:
+        return None
+    if isinstance(exc, APIStatusError):
+        if not (exc.status in RETRY_STATUSES or exc.status >= 500):
+            return None
+        if exc.retry_after_s is not None:
+            return min(exc.retry_after_s, policy.max_retry_after_s)
+    elif not isinstance(exc, TransportError | ConnectTimeout | FirstByteTimeout
+                        | IdleTimeout | FirstTokenTimeout | StreamTruncated):
+        return None
+    return backoff_delay(attempt, policy.base_s, policy.cap_s)
+
+
 class Engine:
     """Streams requests to an OpenAI-compatible endpoint over one pooled aiohttp session.
 
@@ -536,6 +554,8 @@ class Engine:
         self.max_event_bytes = max_event_bytes
         self.keepalive_s = keepalive_s
         # Called with (error, attempt number) before each retry: rate limiters, counters.
+        # An exception it raises cancels that retry and propagates to the caller (the batch
+        # runner takes the retry over, to send it through its rate limits).
         self.on_retry = on_retry
         self._extra_headers = dict(headers or {})
         self._secrets = _secret_values(self.__api_key, self._extra_headers)
@@ -625,19 +645,10 @@ class Engine:
             body["stream_options"] = {"include_usage": True}  # usage is part of every result
         return orjson.dumps(body)
 
-    def _retry_delay(self, exc: EngineError, attempt: int) -> float | None:
-        """Seconds to wait before retrying, or None when `exc` must not be retried."""
-        if attempt >= self.retry.max_retries:
-            return None
-        if isinstance(exc, APIStatusError):
-            if not (exc.status in RETRY_STATUSES or exc.status >= 500):
-                return None
-            if exc.retry_after_s is not None:
-                return min(exc.retry_after_s, self.retry.max_retry_after_s)
-        elif not isinstance(exc, TransportError | ConnectTimeout | FirstByteTimeout
-                            | IdleTimeout | FirstTokenTimeout | StreamTruncated):
-            return None
-        return backoff_delay(attempt, self.retry.base_s, self.retry.cap_s)
+    def retry_delay(self, exc: EngineError, attempt: int) -> float | None:
+        """Seconds to wait before retry number `attempt + 1`, or None when `exc` must not be
+        retried (see `retry_delay`)."""
+        return retry_delay(exc, attempt, self.retry)
 
     async def _batches(self, handle: _Handle) -> AsyncGenerator[list[StreamEvent], None]:
         """Batches of one request's events, with retries before the first event."""
@@ -651,7 +662,7 @@ class Engine:
             except EngineError as exc:
                 attempt.abort()
                 exc.attempts = handle.attempts
-                delay = self._retry_delay(exc, handle.attempts - 1)
+                delay = self.retry_delay(exc, handle.attempts - 1)
                 if delay is None:
                     raise
                 if self.on_retry is not None:

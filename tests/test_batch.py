@@ -19,8 +19,7 @@ import pytest
 
 from engine.batch import BatchConfig, DuplicateCustomIdError, Endpoint, Shard, run_batch
 from engine.batch.command import main as batch_main
-from engine.batch.runner import retry_delay
-from engine.client import Engine, RetryPolicy
+from engine.client import Engine, RetryPolicy, retry_delay
 from engine.errors import EngineError, InternalServerError, RateLimitError, TransportError
 from engine.limits import RateLimiter
 from engine.mock import MockConfig, MockServerThread
@@ -322,19 +321,21 @@ async def test_retry_budget_counts_every_attempt(tmp_path: Path, mock_factory: M
     pytest.param(InternalServerError("oops", status=500), id="http-500"),
     pytest.param(TransportError("reset"), id="transport"),
 ])
-def test_runner_waits_as_long_as_the_engine_would(error: EngineError) -> None:
-    """The runner sends retries itself; its waits must follow the engine's rules."""
-    policy = RetryPolicy(max_retries=9, base_s=0.5, cap_s=20.0, max_retry_after_s=60.0)
+def test_runner_and_engine_share_one_retry_rule(error: EngineError) -> None:
+    """The runner sends retries itself, with the engine's rule: the same function."""
+    policy = RetryPolicy(max_retries=3, base_s=0.5, cap_s=20.0, max_retry_after_s=60.0)
     engine = Engine("http://127.0.0.1:9/v1", "", retry=policy)  # no session: nothing opened
     saved = random.getstate()  # backoff jitter draws from the global generator
     try:
-        for attempt in (1, 2, 5):
+        for attempt in (0, 1, 2):
             random.seed(attempt)
-            expected = engine._retry_delay(error, attempt - 1)
+            expected = engine.retry_delay(error, attempt)
             random.seed(attempt)
-            assert retry_delay(error, attempt, policy) == expected
+            assert retry_delay(error, attempt, policy) == expected is not None
+        assert retry_delay(error, 3, policy) is None  # max_retries reached
     finally:
         random.setstate(saved)
+
 
 
 def test_api_key_is_never_printed(tmp_path: Path, auth_mock_server: MockServerThread,

@@ -159,6 +159,24 @@ async def test_status_errors_are_typed_and_retried(mock_server: Any, base_url: s
         assert sum(mock_server.stats.requests.values()) - before == 1
 
 
+async def test_an_exception_from_on_retry_cancels_the_retry(mock_server: Any,
+                                                           base_url: str) -> None:
+    """The batch runner relies on this to send retries itself, through its rate limits."""
+
+    class TakeOver(Exception):
+        pass
+
+    def hook(error: Any, attempt: int) -> None:
+        raise TakeOver(f"{error.kind} after attempt {attempt}")
+
+    async with Engine(base_url=base_url, retry=FAST_RETRY, on_retry=hook) as eng:
+        before = sum(mock_server.stats.requests.values())
+        with pytest.raises(TakeOver, match="after attempt 1"):
+            await eng.run(RESPONSES_BODY, headers=fault("429"))
+        assert sum(mock_server.stats.requests.values()) - before == 1
+        assert eng.connections_in_use == 0
+
+
 async def test_reset_before_headers_is_a_retried_transport_error(mock_server: Any,
                                                                 base_url: str) -> None:
     async with Engine(base_url=base_url, retry=FAST_RETRY) as eng:

@@ -26,9 +26,16 @@ from typing import TYPE_CHECKING, Any
 
 from engine.batch.inputs import BadLine, Request, Shard, iter_lines, scan_input
 from engine.batch.store import INVALID_REQUEST, ResultStore, read_state
-from engine.client import DEFAULT_BASE_URL, Engine, RetryPolicy, StreamResult, Timeouts
-from engine.errors import APIStatusError, ConfigError, EngineError, RateLimitError
-from engine.limits import AdaptiveConcurrency, RateLimiter, Reservation, backoff_delay
+from engine.client import (
+    DEFAULT_BASE_URL,
+    Engine,
+    RetryPolicy,
+    StreamResult,
+    Timeouts,
+    retry_delay,
+)
+from engine.errors import ConfigError, EngineError, RateLimitError
+from engine.limits import AdaptiveConcurrency, RateLimiter, Reservation
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -148,14 +155,6 @@ class _RetryHere(Exception):
 
 def _retry_here(error: EngineError, attempt: int) -> None:  # noqa: ARG001 - hook signature
     raise _RetryHere(error)
-
-
-def retry_delay(error: EngineError, attempt: int, policy: RetryPolicy) -> float:
-    """The engine's wait before retry number `attempt`: the server's Retry-After (capped),
-    else full-jitter exponential backoff."""
-    if isinstance(error, APIStatusError) and error.retry_after_s is not None:
-        return min(error.retry_after_s, policy.max_retry_after_s)
-    return backoff_delay(attempt - 1, policy.base_s, policy.cap_s)
 
 
 class _Slot:
@@ -283,7 +282,6 @@ class BatchRunner:
 
         A failed attempt's grant stays booked at its estimate: the provider may have counted it.
         """
-        policy = self.config.retry
         summary = self.summary
         attempt = 1
         while True:
@@ -295,7 +293,8 @@ class BatchRunner:
                 error.attempts = attempt
                 if isinstance(error, RateLimitError):
                     self._rate_limited()  # every 429 is a signal, not only final ones
-                if attempt > policy.max_retries:
+                delay = retry_delay(error, attempt - 1, self.config.retry)  # the engine's rule
+                if delay is None:
                     raise error from None
             except EngineError as exc:
                 exc.attempts = attempt
@@ -305,7 +304,7 @@ class BatchRunner:
                 return result, reservation
             summary.retries += 1
             summary.retries_by_kind[error.kind] += 1
-            await asyncio.sleep(retry_delay(error, attempt, policy))
+            await asyncio.sleep(delay)
             reservation = await self._grant(req)  # after the backoff: granted when sent
             attempt += 1
 
