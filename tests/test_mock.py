@@ -25,7 +25,7 @@ from engine.mock.stats import MockStats
 from engine.mock.text import MESSAGE_OVERHEAD, REPLY_OVERHEAD
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
 RESPONSES_SEQUENCE = [
     "response.created", "response.in_progress", "response.output_item.added",
@@ -635,17 +635,30 @@ class FakeTimer:
 
 
 class FakeLoop:
-    """What Ticker uses of a loop; time moves only when `run` fires a timer."""
+    """What Ticker uses of a loop; time moves only when `run` fires a timer.
 
-    def __init__(self) -> None:
-        self.now = 0.0
+    With `ms_clock` it behaves like uvloop: `time()` counts whole milliseconds and a timer's
+    delay is rounded to the nearest millisecond, 0 meaning the next loop iteration.
+    """
+
+    ITERATION_S = 50e-6
+
+    def __init__(self, ms_clock: bool = False) -> None:
+        self.now = 0.0  # the true time
+        self.ms_clock = ms_clock
         self.timers: list[FakeTimer] = []
         self.futures = asyncio.new_event_loop()  # makes futures, never runs
 
+    def _ms(self) -> int:
+        return round(self.now * 1e6) // 1000
+
     def time(self) -> float:
-        return self.now
+        return self._ms() / 1000 if self.ms_clock else self.now
 
     def call_at(self, when: float, callback: Callable[[], object]) -> FakeTimer:
+        if self.ms_clock:
+            delay_ms = round((when - self.time()) * 1000)
+            when = (self._ms() + delay_ms) / 1000 if delay_ms > 0 else self.now + self.ITERATION_S
         self.timers.append(timer := FakeTimer(when, callback))
         return timer
 
@@ -664,17 +677,17 @@ class FakeLoop:
 
 
 class FakeTransport:
-    """Records (time, token indices) per write; decodes the chunked framing."""
+    """Records (server clock, true time, token indices) per write; decodes the chunk framing."""
 
     def __init__(self, loop: FakeLoop) -> None:
         self.loop = loop
-        self.writes: list[tuple[float, list[bytes]]] = []
+        self.writes: list[tuple[float, float, list[bytes]]] = []
 
     def write(self, data: bytes) -> None:
         size, _, rest = data.partition(b"\r\n")
         assert len(rest) == int(size, 16) + 2
         assert rest.endswith(b"\r\n")
-        self.writes.append((self.loop.now, rest[:-2].split(b"\n\n")[:-1]))
+        self.writes.append((self.loop.time(), self.loop.now, rest[:-2].split(b"\n\n")[:-1]))
 
     def is_closing(self) -> bool:
         return False
@@ -697,47 +710,79 @@ class FakeRender:
         return [b"end\n\n"]
 
 
-@pytest.fixture
-def fake_loop() -> Iterator[FakeLoop]:
-    loop = FakeLoop()
-    yield loop
-    loop.futures.close()
+def token_times(transport: FakeTransport) -> list[tuple[float, float]]:
+    """(server clock, true time) of the write of token 0, 1, ...; checks order and the tail."""
+    events = [(clock, true, e) for clock, true, batch in transport.writes for e in batch]
+    assert [e for *_, e in events] == [b"%d" % k for k in range(len(events) - 1)] + [b"end"]
+    return [(clock, true) for clock, true, _ in events[:-1]]
 
 
-def token_times(transport: FakeTransport) -> list[float]:
-    """The write time of token 0, 1, ... in order; checks order and the tail."""
-    events = [(t, e) for t, batch in transport.writes for e in batch]
-    assert [e for _, e in events] == [b"%d" % k for k in range(len(events) - 1)] + [b"end"]
-    return [t for t, _ in events[:-1]]
+def run_staggered(loop: FakeLoop, ticker: Ticker, config: MockConfig, late_s: float,
+                  streams: int = 12, tokens: int = 10) -> list[tuple[FakeTransport, list[float]]]:
+    """`streams` arrivals 3 ms apart, run to the end; each transport with its deadlines."""
+    runs = []
+    for i in range(streams):
+        loop.run(until=i * 0.003, late_s=late_s)
+        loop.now = max(loop.now, i * 0.003)
+        start = loop.time()  # the server's reading of its clock at admission
+        sampler = DelaySampler(config, config.itl_ms, random.Random(i))
+        transport = FakeTransport(loop)
+        runs.append((transport, expected_deadlines(config, start, tokens, seed=i)))
+        ticker.run(FakeRender(tokens), Schedule(tokens, start, config.ttft_ms / 1000, sampler),
+                   transport)  # type: ignore[arg-type]
+    loop.run(late_s=late_s)
+    return runs
+
+
+CLOCKS = [pytest.param(False, 0.0, id="exact-clock"),
+          pytest.param(True, 0.001, id="uvloop-ms-clock")]
 
 
 @pytest.mark.parametrize("config", LATENCY_MODELS)
 @pytest.mark.parametrize("late_s", [0.0, 0.0333])
-def test_ticker_sends_each_token_at_its_deadline(fake_loop: FakeLoop, config: MockConfig,
-                                                 late_s: float) -> None:
-    """Punctual timers: every token goes out exactly at its deadline. Late timers: never
-    before it, and each write carries every token due by then (late tokens coalesce)."""
-    stats = MockStats()
-    ticker = Ticker(fake_loop, stats)  # type: ignore[arg-type]
-    transports, deadlines = [], []
-    for i in range(12):  # staggered arrivals, each 3 ms after the last
-        fake_loop.run(until=i * 0.003, late_s=late_s)
-        start = fake_loop.now = max(fake_loop.now, i * 0.003)
-        sampler = DelaySampler(config, config.itl_ms, random.Random(i))
-        transports.append(transport := FakeTransport(fake_loop))
-        deadlines.append(expected_deadlines(config, start, 10, seed=i))
-        ticker.run(FakeRender(10), Schedule(10, start, config.ttft_ms / 1000, sampler),
-                   transport)  # type: ignore[arg-type]
-    fake_loop.run(late_s=late_s)
-    for transport, due in zip(transports, deadlines, strict=True):
+@pytest.mark.parametrize(("ms_clock", "resolution_s"), CLOCKS)
+def test_ticker_sends_each_token_at_its_deadline(config: MockConfig, late_s: float,
+                                                 ms_clock: bool, resolution_s: float) -> None:
+    """Punctual timers: every token goes out at its deadline (exactly, or on the next tick
+    of a millisecond clock). Late timers: never before it, and each write carries every
+    token due by then (late tokens coalesce). The loop never wakes for nothing."""
+    loop, stats = FakeLoop(ms_clock), MockStats()
+    try:
+        runs = run_staggered(loop, Ticker(loop, stats, resolution_s),  # type: ignore[arg-type]
+                             config, late_s)
+    finally:
+        loop.futures.close()
+    for transport, due in runs:
         sent = token_times(transport)
         assert len(sent) == 10
-        if late_s == 0:
-            assert sent == due  # the regression: first tokens of later arrivals were late
-        for k, (at, deadline) in enumerate(zip(sent, due, strict=True)):
-            assert at >= deadline, k
-            assert at - deadline <= late_s + 1e-9, k  # fake time: an exact bound, not a guess
-        for at, _ in transport.writes:
-            assert sent.count(at) == sum(at >= d for d in due) - sum(t < at for t in sent)
+        if late_s == 0 and not ms_clock:
+            # The regression: first tokens of later arrivals were up to one ITL late.
+            assert [true for _, true in sent] == due
+        for k, ((clock, true), deadline) in enumerate(zip(sent, due, strict=True)):
+            assert clock >= deadline, k  # by the server's own clock, hence by the true time
+            # Fake time, so an exact bound rather than a guess:
+            assert true - deadline <= late_s + resolution_s + 1e-9, k
+        for clock, _, _ in transport.writes:  # everything due by then, in that write
+            assert sum(c == clock for c, _ in sent) == (
+                sum(clock >= d for d in due) - sum(c < clock for c, _ in sent))
     assert stats.events_sent == 12 * 11
-    assert stats.ticker_lag_s_max == pytest.approx(late_s)
+    assert stats.ticker_early == 0
+    assert late_s - 1e-9 <= stats.ticker_lag_s_max <= late_s + resolution_s + 1e-9
+
+
+def test_ticker_on_a_millisecond_clock_wakes_once_per_deadline() -> None:
+    """uvloop rounds a timer's delay to whole milliseconds: a timer armed at the deadline
+    itself can fire while the clock still reads the millisecond before, and re-arming spins
+    until the clock moves. Arming at the next clock tick (wake_time) never fires early."""
+    config = MockConfig(ttft_ms=50.3, itl_ms=7.7)
+    early = {}
+    for resolution_s in (0.0, 0.001):
+        loop, stats = FakeLoop(ms_clock=True), MockStats()
+        try:
+            run_staggered(loop, Ticker(loop, stats, resolution_s),  # type: ignore[arg-type]
+                          config, 0.0, streams=40)
+        finally:
+            loop.futures.close()
+        early[resolution_s] = stats.ticker_early
+    assert early[0.0] > 100  # the spin that cost a busy server most of a core
+    assert early[0.001] == 0

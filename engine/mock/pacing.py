@@ -21,14 +21,34 @@ if TYPE_CHECKING:
     from engine.mock.config import DelaySampler
     from engine.mock.stats import MockStats
 
-# Slack for "due now". Zero: a token is never sent before its deadline (a real server cannot
-# send what it has not generated, and a TTFT below the configured one would mislead a load
-# test); a timer that fires early (libuv rounds to 1 ms) simply re-arms for the same deadline.
-TIMER_RESOLUTION_S = 0.0
+# A token is never sent before its deadline, with no slack: a real server cannot send what it
+# has not generated, and a TTFT below the configured one would mislead a load test.
 MAX_BATCH_EVENTS = 1024  # caps one write when a fast stream is far behind its schedule
 HIGH_WATER_BYTES = 256 * 1024  # a client this far behind gets its tokens later, coalesced
 BACKPRESSURE_RETRY_S = 0.01
 SLOTS_PER_S = 1000  # the timing wheel's slots: 1 ms, uvloop's clock resolution
+
+
+def clock_resolution_s(loop: asyncio.AbstractEventLoop) -> float:
+    """uvloop's clock counts whole milliseconds (libuv's uv_now); asyncio's is exact."""
+    return 0.001 if type(loop).__module__.startswith("uvloop") else 0.0
+
+
+def wake_time(due: float, resolution_s: float) -> float:
+    """When to ask the loop to wake so that it is not before `due`.
+
+    uvloop reads its clock in whole milliseconds and rounds a timer's delay to the nearest
+    millisecond (0 means "at once"): a timer set for `due` can fire while `loop.time()` is still
+    below it, and re-arming for the same deadline then spins until the next millisecond. Asking
+    for the first clock tick at or after `due` wakes exactly once.
+    """
+    if not resolution_s:
+        return due
+    ticks_per_s = round(1 / resolution_s)
+    tick = math.ceil(due * ticks_per_s)
+    if tick / ticks_per_s < due:  # the clock reads tick / ticks_per_s: compare in its floats
+        tick += 1
+    return tick / ticks_per_s
 
 
 class Renderer(Protocol):
@@ -63,23 +83,27 @@ class Schedule:
     def take_due(self, now: float) -> tuple[int, int]:
         """The token range due by `now` (marked as sent), at most MAX_BATCH_EVENTS long."""
         start = self.sent
-        if start >= self.n or self.next_due > now + TIMER_RESOLUTION_S:
+        if start >= self.n or self.next_due > now:
             return start, start
         if self._constant and self._itl > 0:  # token k is due at first + k * itl
-            due = int((now + TIMER_RESOLUTION_S - self._first) / self._itl) + 1
-            if due <= start:
-                # next_due <= now said token `start` is due; the division may round just below
-                # it (first + k*itl vs k): never answer "nothing", or the timer would spin.
+            first, itl = self._first, self._itl
+            due = int((now - first) / itl) + 1  # tokens 0..due-1 are due
+            # The division may be one off the deadlines as floats (first + k * itl): agree with
+            # them, so that no token goes early and none due is left for another wake-up.
+            if first + due * itl <= now:
+                due += 1
+            elif first + (due - 1) * itl > now:
+                due -= 1
+            if due <= start:  # cannot happen (next_due <= now), but never answer "nothing"
                 due = start + 1
             elif due > self.n or due - start > MAX_BATCH_EVENTS:
                 due = min(self.n, start + MAX_BATCH_EVENTS)
-            self.next_due = self._first + due * self._itl
+            self.next_due = first + due * itl
         elif self._constant:  # ITL 0: everything at once (in MAX_BATCH_EVENTS writes)
             due = min(self.n, start + MAX_BATCH_EVENTS)
         else:
-            due, limit = start, now + TIMER_RESOLUTION_S
-            cap = min(self.n, start + MAX_BATCH_EVENTS)
-            while due < cap and self.next_due <= limit:
+            due, cap = start, min(self.n, start + MAX_BATCH_EVENTS)
+            while due < cap and self.next_due <= now:
                 due += 1
                 self.next_due += self._sampler.next_itl()
         self.sent = due
@@ -108,9 +132,11 @@ class Ticker:
     whose own deadline has passed are taken, and the timer is armed at the earliest deadline.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, stats: MockStats) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, stats: MockStats,
+                 resolution_s: float = 0.0) -> None:
         self._loop = loop
         self._stats = stats
+        self._resolution_s = resolution_s  # of the loop's clock: see wake_time
         self._slots: dict[int, list[_Paced]] = {}
         self._order: list[int] = []  # heap of the slot numbers present in _slots
         self._timer: asyncio.TimerHandle | None = None
@@ -141,7 +167,7 @@ class Ticker:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = due
-        self._timer = self._loop.call_at(due, self._fire)
+        self._timer = self._loop.call_at(wake_time(due, self._resolution_s), self._fire)
 
     def _take_due(self, now: float) -> list[_Paced]:
         """Every stream whose deadline is <= now: whole past slots, part of the current one."""
@@ -168,6 +194,8 @@ class Ticker:
             stats.ticker_fires += 1
             stats.ticker_lag_s_total += lag
             stats.ticker_lag_s_max = max(stats.ticker_lag_s_max, lag)
+        else:
+            stats.ticker_early += 1  # woke before any deadline: nothing to send, re-arm
         self._timer, self._timer_at = None, math.inf
         self._firing = True
         try:

@@ -19,7 +19,7 @@ from aiohttp import web
 from engine.mock.chat import ChatStream
 from engine.mock.config import DelaySampler, MockConfig
 from engine.mock.faults import HTML_PAGE, FaultPicker, FaultSet, error_body
-from engine.mock.pacing import TIMER_RESOLUTION_S, Schedule, Ticker
+from engine.mock.pacing import Schedule, Ticker, clock_resolution_s, wake_time
 from engine.mock.responses import ResponsesStream
 from engine.mock.sse_writer import Reshaper
 from engine.mock.stats import MockStats
@@ -69,7 +69,8 @@ class MockState:
     def ticker(self) -> Ticker:
         """Created on first use, on the loop that serves (the app may be built before it)."""
         if self._ticker is None:
-            self._ticker = Ticker(asyncio.get_running_loop(), self.stats)
+            loop = asyncio.get_running_loop()
+            self._ticker = Ticker(loop, self.stats, clock_resolution_s(loop))
         return self._ticker
 
 
@@ -196,6 +197,7 @@ async def _pump(resp: web.StreamResponse, stream: Stream, schedule: Schedule,
                 reshaper: Reshaper, stats: MockStats) -> None:
     """The faulty-stream path: head, deltas and tail on schedule, each batch reshaped."""
     loop = asyncio.get_running_loop()
+    resolution_s = clock_resolution_s(loop)
     batch = stream.head()
     while True:
         start, stop = schedule.take_due(loop.time())
@@ -208,9 +210,8 @@ async def _pump(resp: web.StreamResponse, stream: Stream, schedule: Schedule,
         if schedule.finished or reshaper.cut_reached:
             return
         batch = []
-        delay = schedule.next_due - loop.time()
-        if delay > TIMER_RESOLUTION_S:
-            await asyncio.sleep(delay)  # a wake-up before the deadline just loops once more
+        # A wake-up before the deadline just loops once more (take_due answers nothing).
+        await asyncio.sleep(wake_time(schedule.next_due, resolution_s) - loop.time())
 
 
 async def _stream(request: web.Request, state: MockState, stream: Stream, faults: FaultSet,
@@ -228,7 +229,7 @@ async def _stream(request: web.Request, state: MockState, stream: Stream, faults
             # reading can be up to 1 ms behind the true time: adding that resolution keeps every
             # token at or after its deadline (0-1 ms late, never early).
             loop = asyncio.get_running_loop()
-            schedule = Schedule(stream.n, loop.time() + _clock_resolution_s(loop), ttft_s,
+            schedule = Schedule(stream.n, loop.time() + clock_resolution_s(loop), ttft_s,
                                 sampler)
             if faults.reshapes_stream or transport is None or request.version < (1, 1):
                 await _pump(resp, stream, schedule, reshaper, stats)
@@ -248,10 +249,6 @@ async def _stream(request: web.Request, state: MockState, stream: Stream, faults
     if transport is not None and not transport.is_closing():
         await resp.write_eof()
     return resp
-
-
-def _clock_resolution_s(loop: asyncio.AbstractEventLoop) -> float:
-    return 0.001 if type(loop).__module__.startswith("uvloop") else 0.0
 
 
 class _admitted:  # noqa: N801  (reads as a statement: `async with _admitted(state)`)
