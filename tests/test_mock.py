@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import math
 import random
 import statistics
@@ -489,6 +490,21 @@ async def test_max_concurrency_queues_requests_beyond_the_cap(mock_factory: Any)
     await until(lambda: stats.streams_active == 0)
     assert stats.streams_max == 2  # never above the cap
     assert (stats.queued, stats.waiting) == (3, 0)
+
+
+async def test_stopping_the_server_ends_open_streams(mock_factory: Any,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Shutdown ends paced streams at once (truncated bodies) instead of leaving their handlers
+    to aiohttp's shutdown timeout, whose race logs InvalidStateError."""
+    server = mock_factory(ttft_ms=60_000.0)
+    async with aiohttp.ClientSession() as session, session.post(
+            server.base_url + "/responses", data=orjson.dumps(RESP)) as resp:
+        await until(lambda: server.stats.streams_active == 1)
+        await asyncio.to_thread(server.stop)
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+    assert server.stats.streams_active == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 def test_stats_record_the_last_body(mock_factory: Any) -> None:

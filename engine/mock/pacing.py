@@ -151,6 +151,21 @@ class Ticker:
         self._push(paced)
         return done
 
+    def close(self) -> None:
+        """End every waiting stream now (server shutdown): close its connection and resolve its
+        handler, so that no handler outlives aiohttp's shutdown timeout (whose race with a
+        handler finishing late logs `InvalidStateError` from aiohttp's web_protocol)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = None, math.inf
+        for waiting in self._slots.values():
+            for paced in waiting:
+                if not paced.done.done():
+                    paced.transport.close()  # the client sees a truncated body
+                    paced.done.set_result(paced.events)
+        self._slots.clear()
+        self._order.clear()
+
     def _push(self, paced: _Paced) -> None:
         slot = int(paced.due * SLOTS_PER_S)
         waiting = self._slots.get(slot)

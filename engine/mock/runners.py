@@ -65,7 +65,7 @@ class MockServer:
     async def stop(self) -> None:
         if self._runner is not None:
             runner, self._runner = self._runner, None
-            self.app[STATE].stopping.set()
+            self.app[STATE].close_streams()
             await runner.cleanup()
 
     async def __aenter__(self) -> Self:

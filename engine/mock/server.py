@@ -65,6 +65,12 @@ class MockState:
         self.stopping = asyncio.Event()  # set on shutdown: releases stalled streams
         self._ticker: Ticker | None = None
 
+    def close_streams(self) -> None:
+        """Server shutdown: release stalled streams and end paced ones at once."""
+        self.stopping.set()
+        if self._ticker is not None:
+            self._ticker.close()
+
     @property
     def ticker(self) -> Ticker:
         """Created on first use, on the loop that serves (the app may be built before it)."""
@@ -352,7 +358,7 @@ async def not_found_handler(request: web.Request) -> web.Response:
 
 
 async def _on_shutdown(app: web.Application) -> None:
-    app[STATE].stopping.set()
+    app[STATE].close_streams()
 
 
 def create_app(config: MockConfig | None = None) -> web.Application:
