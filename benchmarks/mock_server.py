@@ -1,32 +1,45 @@
-"""Throughput of the mock endpoint, with the server in its own process (MockProcess).
+"""Throughput of the mock endpoint, with the server in its own (single-threaded) process.
 
-Figure 1 (`--figure 1`): events/s served to N concurrent Responses streams at ITL 0, and the
-server process's CPU (from /proc/PID/stat), i.e. CPU µs per event on the server.
-Figure 2 (`--figure 2`): hold 10,000 concurrent streams at 10 tokens/s each (ITL 100 ms) for
-~10 s: do they all stay open, and how many tokens/s arrive against the 100,000 expected.
+Figure 1: events/s served to 500 concurrent Responses streams at ITL 0 (closed loop), and the
+server's CPU per event. Figure 2: 10,000 concurrent streams at 10 tokens/s each (ITL 100 ms,
+20 s each): are all 10,000 streaming at once (counted by the server, not just connected), and
+how many tokens/s does the server send and the clients receive against the 100,000 expected?
 
-The load client is raw aiohttp in this process and only counts `\\n\\n` separators, so the
-client costs as little as possible. Run one figure at a time on a 2-core machine:
+To tell a slow server from a slow client, figure 2 measures both sides over the same window
+(all streams open): the server's own send rate (`events_sent` from GET /mock/stats, counted
+as the ticker writes), how late its shared timer runs (`ticker_lag`), its CPU split into user
+and system time (/proc/PID/stat), and what the clients received. The clients are raw
+`asyncio.Protocol` readers that only count `\\n\\n`, in `--clients` processes of their own
+(SCHED_BATCH, so that a woken client does not preempt the server at every token).
+The server is one single-threaded process, so it can never use more than one core; `--pin`
+also pins it to CPU 0 and the clients to the others (on a machine shared with other work,
+pinning leaves the server at the mercy of whatever else runs on CPU 0, so it is off by
+default).
 
-    python benchmarks/mock_server.py --figure 1
-    python benchmarks/mock_server.py --figure 2
+    python benchmarks/mock_server.py                       # both figures, about a minute
+    python benchmarks/mock_server.py --figure 2 --streams 10000 --rate 10 --clients 2
+
+Results are merged into `benchmarks/results/mock_server.json` (one entry per figure, each
+with its command and the machine's facts).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import http.client
 import itertools
 import json
+import multiprocessing as mp
 import os
-import platform
-import resource
+import shlex
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
 import orjson
@@ -34,72 +47,79 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.mock import MockConfig, MockProcess
+from benchmarks.common import RESULTS, load_average, machine_facts, raise_nofile
+from engine.mock import MockConfig, MockProcess, MockStats
+
+if TYPE_CHECKING:
+    from multiprocessing.sharedctypes import SynchronizedArray
 
 HEAD_TAIL_EVENTS = 8  # a Responses stream is 4 head events + deltas + 4 tail events
 TICKS = os.sysconf("SC_CLK_TCK")
-CONNECTS_IN_FLIGHT = 1000
+CONNECTS_IN_FLIGHT = 1000  # total over all client processes (see RawStream)
+SAMPLE_S = 0.5
+PUBLISH_S = 0.1
+HARD_LIMIT_S = 45.0  # figure 2 is stopped this long after its planned end, whatever happens
+OUT = RESULTS / "mock_server.json"
+# Per client process, in a shared array: what the parent samples.
+EVENTS, OPEN, DONE, FAILED, CPU_US, SLOTS = range(6)
 
 
-def process_cpu_s(pid: int) -> float:
-    """utime + stime of a process, from /proc (fields 14 and 15)."""
+def process_cpu_s(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process, from /proc (fields 14 and 15)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
+
+
+def pin(pid: int, cpus: set[int] | None) -> None:
+    if cpus:
+        os.sched_setaffinity(pid, cpus)
+
+
+def cpu_plan(pinned: bool) -> tuple[set[int] | None, set[int] | None]:
+    """Server on CPU 0, clients on the others: "one core" is then literally one core."""
+    available = sorted(os.sched_getaffinity(0))
+    if not pinned or len(available) < 2:
+        return None, None
+    return {available[0]}, set(available[1:])
+
+
+# --- figure 1: events/s at ITL 0 -----------------------------------------------------------
 
 
 @dataclass
 class Load:
-    """Shared counters of the load client."""
+    """Counters of the figure-1 client."""
 
     events: int = 0
-    streams_done: int = 0
     streams_failed: int = 0
-    open_streams: int = 0
     errors: list[str] = field(default_factory=list)
 
 
-async def one_stream(session: aiohttp.ClientSession, url: str, body: bytes, load: Load,
-                     connecting: asyncio.Semaphore | None = None) -> None:
-    """One streaming request; counts separators as they arrive.
-
-    `connecting` caps connects in flight: the kernel's accept queue (somaxconn, 4096 here)
-    overflows when 10,000 SYNs arrive at once, and dropped SYNs come back seconds later.
-    """
+async def one_stream(session: aiohttp.ClientSession, url: str, body: bytes, load: Load) -> None:
     try:
-        if connecting is None:
-            resp = await session.post(url, data=body)
-        else:
-            async with connecting:
-                resp = await session.post(url, data=body)
-        async with resp:
-            load.open_streams += 1
-            try:
-                async for chunk in resp.content.iter_any():
-                    load.events += chunk.count(b"\n\n")
-            finally:
-                load.open_streams -= 1
-        load.streams_done += 1
+        async with session.post(url, data=body) as resp:
+            async for chunk in resp.content.iter_any():
+                load.events += chunk.count(b"\n\n")
     except (aiohttp.ClientError, TimeoutError) as exc:
         load.streams_failed += 1
         if len(load.errors) < 5:
             load.errors.append(repr(exc))
 
 
-def session_for(streams: int) -> aiohttp.ClientSession:
-    # Explicit limits: aiohttp's defaults (100 connections, 300 s total) would cap the load.
-    connector = aiohttp.TCPConnector(limit=streams, limit_per_host=streams, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=30)
-    return aiohttp.ClientSession(connector=connector, timeout=timeout)
-
-
-async def figure_1(streams: int, tokens: int, seconds: float) -> dict[str, object]:
+async def figure_1(streams: int, tokens: int, seconds: float, server_cpus: set[int] | None,
+                   client_cpus: set[int] | None) -> dict[str, Any]:
     """Closed loop: `streams` workers, each re-requesting as soon as its stream ended."""
     config = MockConfig(ttft_ms=0, itl_ms=0, output_tokens=tokens)
     body = orjson.dumps({"model": "m", "input": "bench", "stream": True})
     load = Load()
+    pin(0, client_cpus)
     with MockProcess(config) as proc:
+        pin(proc.pid, server_cpus)
         url = proc.base_url + "/responses"
-        async with session_for(streams) as session:
+        # Explicit limits: aiohttp's defaults (100 connections, 300 s total) would cap the load.
+        connector = aiohttp.TCPConnector(limit=streams, limit_per_host=streams)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=30)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             await asyncio.gather(*(one_stream(session, url, body, load) for _ in range(streams)))
             load.events = 0  # the first round opened the connections: that was warm-up
             stop_at = time.perf_counter() + seconds
@@ -108,121 +128,294 @@ async def figure_1(streams: int, tokens: int, seconds: float) -> dict[str, objec
                 while time.perf_counter() < stop_at:
                     await one_stream(session, url, body, load)
 
-            cpu0, own0, t0 = process_cpu_s(proc.pid), time.process_time(), time.perf_counter()
+            (user0, sys0), own0 = process_cpu_s(proc.pid), time.process_time()
+            t0 = time.perf_counter()
             await asyncio.gather(*(worker() for _ in range(streams)))
             wall = time.perf_counter() - t0
-            cpu, own = process_cpu_s(proc.pid) - cpu0, time.process_time() - own0
+            (user1, sys1), own = process_cpu_s(proc.pid), time.process_time() - own0
+    cpu = (user1 - user0) + (sys1 - sys0)
     return {
-        "figure": 1, "streams": streams, "tokens_per_stream": tokens, "wall_s": round(wall, 2),
+        "streams": streams, "tokens_per_stream": tokens, "wall_s": round(wall, 2),
         "events": load.events, "events_per_s": round(load.events / wall),
-        "server_cpu_s": round(cpu, 2), "server_cores": round(cpu / wall, 2),
-        "server_cpu_us_per_event": round(cpu / load.events * 1e6, 2),
-        "server_events_per_cpu_s": round(load.events / cpu), "client_cpu_s": round(own, 2),
-        "failed": load.streams_failed, "errors": load.errors,
+        "server_cpu_s": {"user": round(user1 - user0, 2), "system": round(sys1 - sys0, 2)},
+        "server_cores": round(cpu / wall, 2),
+        "server_cpu_us_per_event": round(cpu / load.events * 1e6, 3),
+        "server_events_per_cpu_s": round(load.events / cpu),
+        "client_cores": round(own / wall, 2), "failed": load.streams_failed,
+        "errors": load.errors,
     }
+
+
+# --- figure 2: 10,000 streams at 10 tokens/s --------------------------------------------------
 
 
 class RawStream(asyncio.Protocol):
     """The cheapest possible HTTP/1.1 streaming client: one hand-written POST, count separators.
 
-    Figure 2 measures the server, so the client must not be the bottleneck: aiohttp's reader
-    costs several µs per chunk, and 100,000 tiny chunks/s would saturate this process first.
+    aiohttp's reader costs several µs per chunk, and 100,000 one-token chunks per second would
+    saturate a client process before the server.
     """
 
-    def __init__(self, request: bytes, load: Load, done: asyncio.Future[None]) -> None:
-        self._request, self._load, self._done = request, load, done
+    def __init__(self, request: bytes, counts: list[int], done: asyncio.Future[None]) -> None:
+        self._request, self._counts, self._done = request, counts, done
         self._transport: asyncio.Transport | None = None
-        self._tail = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast("asyncio.Transport", transport)  # uvloop's is not a subclass
-        self._load.open_streams += 1
+        self._counts[OPEN] += 1
         self._transport.write(self._request)
 
     def data_received(self, data: bytes) -> None:
-        self._load.events += data.count(b"\n\n")
+        self._counts[EVENTS] += data.count(b"\n\n")
         if data.endswith(b"0\r\n\r\n") and self._transport is not None:
-            self._load.streams_done += 1
+            self._counts[DONE] += 1
             self._transport.close()  # the last chunk of the chunked body
 
     def connection_lost(self, exc: Exception | None) -> None:  # noqa: ARG002
-        self._load.open_streams -= 1
+        self._counts[OPEN] -= 1
         if not self._done.done():
             self._done.set_result(None)
 
 
-async def raw_stream(host: str, port: int, request: bytes, load: Load,
-                     connecting: asyncio.Semaphore) -> None:
+async def client_streams(host: str, port: int, request: bytes, streams: int,
+                         connects: int, shared: SynchronizedArray[int], base: int) -> None:
+    """`streams` raw streams; publishes its counters into `shared[base:base+SLOTS]`."""
     loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-    try:
-        async with connecting:  # caps SYNs in flight (see one_stream)
-            await loop.create_connection(lambda: RawStream(request, load, done), host, port)
-        await done
-    except OSError as exc:
-        load.streams_failed += 1
-        if len(load.errors) < 5:
-            load.errors.append(repr(exc))
+    counts = [0] * SLOTS
+    connecting = asyncio.Semaphore(connects)  # somaxconn is 4096: 10,000 SYNs at once overflow
+
+    async def one() -> None:
+        done: asyncio.Future[None] = loop.create_future()
+        try:
+            async with connecting:
+                await loop.create_connection(lambda: RawStream(request, counts, done), host, port)
+            await done
+        except OSError:
+            counts[FAILED] += 1
+
+    def publish() -> None:
+        counts[CPU_US] = int(time.process_time() * 1e6)
+        shared[base:base + SLOTS] = counts
+
+    async def publisher() -> None:
+        while True:
+            publish()
+            await asyncio.sleep(PUBLISH_S)
+
+    ticker = asyncio.create_task(publisher())
+    await asyncio.gather(*(one() for _ in range(streams)))
+    ticker.cancel()
+    publish()
 
 
-async def figure_2(streams: int, rate: float, seconds: float) -> dict[str, object]:
-    """Open loop: `streams` long streams at once, `rate` tokens/s each, sampled every second."""
-    tokens = int(rate * seconds)
-    config = MockConfig(ttft_ms=0, itl_ms=1000 / rate, output_tokens=tokens)
+def client_process(index: int, host: str, port: int, request: bytes, streams: int,
+                   connects: int, shared: SynchronizedArray[int], cpus: set[int] | None) -> None:
+    pin(0, cpus)
+    # SCHED_BATCH: a woken client does not preempt the server on a shared core. Without it
+    # every token written can switch the server out for a client that reads one chunk.
+    os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    raise_nofile()
+    uvloop.run(client_streams(host, port, request, streams, connects, shared, index * SLOTS))
+
+
+class StatsReader:
+    """GET /mock/stats on one kept-alive connection, opened before the load: a new connection
+    per sample would queue behind thousands of connects in the server's accept queue."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._conn = http.client.HTTPConnection(host, port, timeout=10)
+
+    def read(self) -> MockStats | None:
+        """The server's counters, or None when it did not answer in time (sample skipped)."""
+        try:
+            self._conn.request("GET", "/mock/stats")
+            return MockStats.from_snapshot(orjson.loads(self._conn.getresponse().read()))
+        except (OSError, http.client.HTTPException):
+            self._conn.close()  # reconnects on the next request
+            return None
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+@dataclass
+class Sample:
+    t: float
+    events: int
+    open: int
+    done: int
+    failed: int
+    client_cpu_s: float
+    server_sent: int
+    server_active: int
+    server_user_s: float
+    server_sys_s: float
+    lag_total_s: float
+    fires: int
+
+
+def rate(a: Sample, b: Sample, name: str) -> float:
+    return (getattr(b, name) - getattr(a, name)) / (b.t - a.t)
+
+
+def figure_2(streams: int, per_s: float, seconds: float, clients: int,
+             server_cpus: set[int] | None, client_cpus: set[int] | None) -> dict[str, Any]:
+    """Open loop: `streams` streams of `seconds` at `per_s` tokens/s each, sampled twice a
+    second on both sides."""
+    tokens = int(per_s * seconds)
+    config = MockConfig(ttft_ms=0, itl_ms=1000 / per_s, output_tokens=tokens)
     body = orjson.dumps({"model": "m", "input": "bench", "stream": True})
-    load = Load()
-    samples: list[tuple[float, int, int]] = []
+    ctx = mp.get_context("fork")  # before any loop runs in this process: safe to fork
+    shared = ctx.Array(ctypes.c_longlong, clients * SLOTS, lock=False)
+    samples: list[Sample] = []
     with MockProcess(config) as proc:
+        pin(proc.pid, server_cpus)
+        reader = StatsReader(proc.host, proc.port)
+        reader.read()  # connects now, before the load
         request = (b"POST /v1/responses HTTP/1.1\r\nHost: %b:%d\r\nContent-Type: "
                    b"application/json\r\nContent-Length: %d\r\n\r\n%b"
                    % (proc.host.encode(), proc.port, len(body), body))
-        connecting = asyncio.Semaphore(CONNECTS_IN_FLIGHT)
-        cpu0, own0, t0 = process_cpu_s(proc.pid), time.process_time(), time.perf_counter()
-        tasks = [asyncio.create_task(raw_stream(proc.host, proc.port, request, load, connecting))
-                 for _ in range(streams)]
-        while not all(t.done() for t in tasks):
-            await asyncio.sleep(0.5)
-            samples.append((time.perf_counter() - t0, load.events, load.open_streams))
-        await asyncio.gather(*tasks)
-        wall = time.perf_counter() - t0
-        cpu, own = process_cpu_s(proc.pid) - cpu0, time.process_time() - own0
-    rates = [(e1 - e0) / (t1 - t0_) for (t0_, e0, _), (t1, e1, _) in itertools.pairwise(samples)]
-    steady = [r for (_, _, open_), r in zip(samples[1:], rates, strict=False) if open_ == streams]
-    return {
-        "figure": 2, "streams": streams, "tokens_per_s_each": rate, "tokens_per_stream": tokens,
-        "expected_tokens_per_s": round(streams * rate), "wall_s": round(wall, 2),
-        "max_open_streams": max(s[2] for s in samples), "completed": load.streams_done,
-        "failed": load.streams_failed, "errors": load.errors,
-        "token_events": load.events - HEAD_TAIL_EVENTS * load.streams_done,
-        "steady_events_per_s_median": round(statistics.median(steady)) if steady else None,
-        "steady_seconds": len(steady) / 2, "server_cpu_s": round(cpu, 2),
-        "server_cores": round(cpu / wall, 2), "client_cpu_s": round(own, 2),
-        "per_half_second": [[round(t, 1), e, o] for t, e, o in samples],
+        shares = [streams // clients + (i < streams % clients) for i in range(clients)]
+        workers = [ctx.Process(target=client_process, args=(
+            i, proc.host, proc.port, request, share, max(1, CONNECTS_IN_FLIGHT // clients),
+            shared, client_cpus), daemon=True) for i, share in enumerate(shares)]
+        t0 = time.perf_counter()
+        for worker in workers:
+            worker.start()
+        deadline = t0 + seconds + HARD_LIMIT_S
+        while True:
+            time.sleep(SAMPLE_S)  # the sampling period of a harness, not a wait for a result
+            values, t = list(shared), time.perf_counter() - t0
+            total = [sum(values[i * SLOTS + k] for i in range(clients)) for k in range(SLOTS)]
+            stats = reader.read()  # ~1 ms after the client counters, once all are connected
+            user, system = process_cpu_s(proc.pid)
+            if stats is not None:
+                samples.append(Sample(
+                    t, total[EVENTS], total[OPEN], total[DONE], total[FAILED],
+                    total[CPU_US] / 1e6, stats.events_sent, stats.streams_active, user, system,
+                    stats.ticker_lag_s_total, stats.ticker_fires))
+            if not any(w.is_alive() for w in workers) or time.perf_counter() > deadline:
+                break
+        timed_out = any(w.is_alive() for w in workers)
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()
+            worker.join(5)
+        final = reader.read() or proc.stats
+        reader.close()
+    steady = [s for s in samples if s.open == s.server_active == streams]
+    result: dict[str, Any] = {
+        "streams": streams, "tokens_per_s_each": per_s, "tokens_per_stream": tokens,
+        "expected_tokens_per_s": round(streams * per_s), "client_processes": clients,
+        "wall_s": round(samples[-1].t, 2), "timed_out": timed_out,
+        "max_open_streams": max(s.open for s in samples),
+        "completed": samples[-1].done, "failed": samples[-1].failed,
+        "token_events_received": samples[-1].events - HEAD_TAIL_EVENTS * samples[-1].done,
+        "server_events_sent": final.events_sent, "server_backpressured": final.backpressured,
+        "server_ticker_lag_ms_max": round(final.ticker_lag_s_max * 1000, 2),
+        "server_ticker_early_wakeups": final.ticker_early,
+        "steady": None,
+        "samples_t_received_sent_open_active_servercpu": [
+            [round(s.t, 1), s.events, s.server_sent, s.open, s.server_active,
+             round(s.server_user_s + s.server_sys_s, 2)] for s in samples],
     }
+    if len(steady) >= 2:
+        a, b = steady[0], steady[-1]
+        pairs = [(x, y) for x, y in itertools.pairwise(samples)
+                 if x.open == x.server_active == y.open == y.server_active == streams]
+        fires = b.fires - a.fires
+        result["steady"] = {
+            "seconds": round(b.t - a.t, 2),
+            "client_tokens_per_s": round(rate(a, b, "events")),
+            "client_tokens_per_s_median_of_half_seconds": round(statistics.median(
+                rate(x, y, "events") for x, y in pairs)),
+            "server_tokens_per_s": round(rate(a, b, "server_sent")),
+            "server_cores_user": round(rate(a, b, "server_user_s"), 3),
+            "server_cores_system": round(rate(a, b, "server_sys_s"), 3),
+            "server_cpu_us_per_token": round((rate(a, b, "server_user_s")
+                                              + rate(a, b, "server_sys_s"))
+                                             / rate(a, b, "server_sent") * 1e6, 2),
+            "server_ticker_lag_ms_mean": round((b.lag_total_s - a.lag_total_s) / fires * 1000, 3)
+            if fires else None,
+            "client_cores": round(rate(a, b, "client_cpu_s"), 3),
+        }
+    return result
+
+
+# --- reporting --------------------------------------------------------------------------------
+
+
+def report_1(r: dict[str, Any]) -> str:
+    return (f"figure 1: {r['events_per_s']:,} events/s to {r['streams']} streams "
+            f"({r['tokens_per_stream']} tokens, ITL 0, {r['wall_s']} s); server "
+            f"{r['server_cpu_us_per_event']} µs CPU/event = {r['server_events_per_cpu_s']:,} "
+            f"events per CPU-second, {r['server_cores']} cores used; client "
+            f"{r['client_cores']} cores; failed {r['failed']}")
+
+
+def report_2(r: dict[str, Any]) -> str:
+    head = (f"figure 2: {r['max_open_streams']:,}/{r['streams']:,} streams open at once, "
+            f"{r['completed']:,} completed, {r['failed']} failed, "
+            f"{r['token_events_received']:,} token events received "
+            f"(expected {r['streams'] * r['tokens_per_stream']:,})")
+    s = r["steady"]
+    if s is None:
+        return head + "; never all open at once"
+    return (f"{head}\n  while all were open ({s['seconds']} s), expected "
+            f"{r['expected_tokens_per_s']:,} tokens/s: server sent {s['server_tokens_per_s']:,}"
+            f", clients received {s['client_tokens_per_s']:,} (median of half-seconds "
+            f"{s['client_tokens_per_s_median_of_half_seconds']:,})\n  server CPU "
+            f"{s['server_cores_user']} user + {s['server_cores_system']} system cores = "
+            f"{s['server_cpu_us_per_token']} µs/token, ticker lag mean "
+            f"{s['server_ticker_lag_ms_mean']} ms (max over the run "
+            f"{r['server_ticker_lag_ms_max']} ms), backpressured writes "
+            f"{r['server_backpressured']}; clients {s['client_cores']} cores "
+            f"in {r['client_processes']} process(es)")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--figure", choices=["1", "2"], required=True)
+    parser.add_argument("--figure", choices=["1", "2", "all"], default="all")
     parser.add_argument("--streams", type=int, help="default 500 (figure 1), 10000 (figure 2)")
     parser.add_argument("--tokens", type=int, default=500, help="figure 1: tokens per stream")
     parser.add_argument("--rate", type=float, default=10.0, help="figure 2: tokens/s per stream")
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of the run")
+    parser.add_argument("--seconds", type=float, default=10.0,
+                        help="figure 1: length of the run (default 10)")
+    parser.add_argument("--stream-seconds", type=float, default=20.0,
+                        help="figure 2: length of each stream (default 20: admitting 10,000 "
+                        "requests takes this server several seconds of its core)")
+    parser.add_argument("--clients", type=int, default=2,
+                        help="figure 2: client processes (default 2)")
+    parser.add_argument("--pin", action="store_true",
+                        help="pin the server to CPU 0 and the clients to the other CPUs")
+    parser.add_argument("--out", type=Path, default=OUT, help=f"results file (default {OUT})")
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if args.figure == "1":
-        run = figure_1(args.streams or 500, args.tokens, args.seconds)
-    else:
+    hard = raise_nofile()
+    server_cpus, client_cpus = cpu_plan(args.pin)
+    command = "python " + shlex.join(["benchmarks/mock_server.py", *sys.argv[1:]])
+    stored = json.loads(args.out.read_text()) if args.out.exists() else {}
+    if args.figure in ("1", "all"):
+        facts = {**machine_facts(), "server_cpus": sorted(server_cpus or []),
+                 "client_cpus": sorted(client_cpus or [])}
+        r1 = uvloop.run(figure_1(args.streams or 500, args.tokens, args.seconds,
+                                 server_cpus, client_cpus))
+        stored["figure_1"] = {"command": command, "machine": facts, "result": r1}
+        print(report_1(r1))
+    if args.figure in ("2", "all"):
         streams = args.streams or 10_000
-        if hard < streams + 100:
+        if hard < streams // args.clients + 100:
             print(f"ulimit -n is {hard}: too low for {streams} streams", file=sys.stderr)
             return 1
-        run = figure_2(streams, args.rate, args.seconds)
-    result = uvloop.run(run)
-    result["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count(),
-                         "platform": platform.platform(), "nofile_soft_was": soft}
-    print(json.dumps(result, indent=1))
+        facts = {**machine_facts(), "server_cpus": sorted(server_cpus or []),
+                 "client_cpus": sorted(client_cpus or [])}
+        r2 = figure_2(streams, args.rate, args.stream_seconds, args.clients, server_cpus,
+                      client_cpus)
+        r2["load_average_after"] = load_average()
+        stored["figure_2"] = {"command": command, "machine": facts, "result": r2}
+        print(report_2(r2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(stored, indent=1) + "\n")
+    print(f"command: {command}\nresults: {args.out}")
     return 0
 
 
