@@ -32,6 +32,8 @@ from engine.loadtest.shapes import open_schedule
 
 PROGRESS_EVERY_S = 0.5
 PRIME_HEADROOM = 1.5  # open loop: connections for 1.5x the expected requests in flight
+SPIN_CAP_NS = 10_000_000  # the adaptive spin never exceeds 10 ms per send
+LATE_DECAY = 0.99  # per sleep: one slow wake-up is forgotten after a few hundred sends
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -132,6 +134,7 @@ class Runner:
         self.recent_ttft: deque[float] = deque(maxlen=500)
         self.window_ns = 0  # perf_counter_ns of the measured window's start
         self.spin_ns = int(config.spin_ms * 1e6)
+        self.timer_late_ns = 0.0  # decaying max of how late sleeps wake (the adaptive spin)
         self.check = ClientCheck(worker)
         self.primed = 0
         self.prime_errors: Counter[str] = Counter()
@@ -238,11 +241,21 @@ class Runner:
             await asyncio.gather(*tasks)
 
     async def _wait_until(self, target_ns: int) -> None:
-        """Sleep, then yield-spin the last `spin_ms`: timers are only good to about 1 ms."""
+        """Sleep, then yield-spin the last stretch: timers are only good to about 1 ms.
+
+        The stretch is `spin_ms`, or longer where sleeps are seen to wake later than that
+        (a VM whose idle vCPU is descheduled wakes up to several ms late): twice the decaying
+        maximum of recent wake-up delays, capped at SPIN_CAP_NS.
+        """
         clock = time.perf_counter_ns
-        delay = target_ns - clock() - self.spin_ns
+        spin = self.spin_ns
+        if spin:
+            spin = max(spin, min(SPIN_CAP_NS, int(2 * self.timer_late_ns)))
+        wake = target_ns - spin
+        delay = wake - clock()
         if delay > 0:
             await asyncio.sleep(delay / 1e9)
+            self.timer_late_ns = max(float(clock() - wake), self.timer_late_ns * LATE_DECAY)
         t = clock()
         if t < target_ns:
             while clock() < target_ns:  # noqa: ASYNC110 - a yield-spin, streams still read
