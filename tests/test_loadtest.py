@@ -121,7 +121,34 @@ def test_open_loop_sends_on_schedule_at_500_per_second(paced: str, tmp_path: Pat
         if lags[-1] < 1.0:
             break
     print("schedule lag p99 per run (ms)", lags)
+    if min(lags) >= 1.0:
+        stall_ms = machine_stall_ms()
+        if stall_ms >= 1.0:  # the machine, not the client: see machine_stall_ms
+            pytest.skip(f"this machine stalls a spinning process for {stall_ms:.1f} ms "
+                        f"(longest gap in 1.5 s): no client can send within 1 ms; lags {lags}")
     assert min(lags) < 1.0
+
+
+PROBE = """
+import time
+worst, end, last = 0.0, time.perf_counter() + 1.5, time.perf_counter()
+while (now := time.perf_counter()) < end:
+    worst = max(worst, now - last)
+    last = now
+print(worst * 1000)
+"""
+
+
+def machine_stall_ms() -> float:
+    """The longest gap a process that only spins sees in 1.5 s (the OS or hypervisor took
+    its CPU away).
+
+    On a quiet machine this is microseconds; on a VM whose host is busy it is milliseconds,
+    and then a send schedule cannot be held to 1 ms by any client.
+    """
+    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
+                          timeout=30, check=True)
+    return float(proc.stdout)
 
 
 SERVER_TTFT_MS = 30.0
