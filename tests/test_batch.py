@@ -505,7 +505,7 @@ def test_cli_dry_run_lists_problems_and_sends_nothing(tmp_path: Path, mock_facto
     numbers = write_bad_lines(path, 2)
     assert batch_main(argv) == 1  # the file has problems: say so in the exit status
     err = capsys.readouterr().err
-    assert "12 requests in this shard, 2 invalid" in err
+    assert "12 requests, 2 invalid" in err
     assert "invalid input lines (would go to the errors file):" in err
     assert f"  line {numbers[0]}: url must be" in err
     assert f"  line {numbers[1]}: not valid JSON" in err
@@ -529,7 +529,8 @@ def test_cli_errors_path_is_used(tmp_path: Path, base_url: str) -> None:
     assert (len(records(out)), len(records(errors))) == (4, 2)
 
 
-def test_cli_shards_cover_the_input_once(tmp_path: Path, base_url: str) -> None:
+def test_cli_shards_cover_the_input_once(tmp_path: Path, base_url: str,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
     path = make_input(tmp_path / "in.jsonl", 40)
     seen: list[str] = []
     for i in (1, 2):
@@ -537,6 +538,7 @@ def test_cli_shards_cover_the_input_once(tmp_path: Path, base_url: str) -> None:
         assert batch_main([str(path), "-o", str(out), "--base-url", base_url,
                            "--shard", f"{i}/2"]) == 0
         ids = [r["custom_id"] for r in records(out)]
+        assert f"{len(ids)} requests in shard {i}/2," in capsys.readouterr().err
         assert ids
         assert all(cid in Shard(i, 2) for cid in ids)
         seen += ids

@@ -85,7 +85,8 @@ def format_summary(summary: BatchSummary) -> str:
     """The final report: counts, tokens, wall time and errors by kind (plain text)."""
     s = summary
     lines = [
-        (f"input: {s.lines:,} lines, {s.requests:,} requests in this shard, "
+        (f"input: {s.lines:,} lines, {s.requests:,} requests"
+         f"{f' in shard {s.shard}' if s.shard else ''}, "
         f"{s.invalid:,} invalid, {s.already_done:,} already done"),
     ]
     if s.invalid:

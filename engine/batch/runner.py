@@ -123,6 +123,7 @@ class BatchSummary:
     concurrency: int = 0  # the configured limit
     concurrency_min: int = 0  # the lowest the adaptive limit went (after 429s)
     problems: list[str] = field(default_factory=list)  # the first invalid lines, "line N: why"
+    shard: str = ""  # "I/N" when this summary is one shard's (counts are then the shard's)
     started_s: float = field(default_factory=time.monotonic)
     wall_s: float = 0.0
     dry_run: bool = False
@@ -175,6 +176,8 @@ class BatchRunner:
                  gate: AdaptiveConcurrency | None = None) -> None:
         self.config = config
         self.summary = BatchSummary(dry_run=config.dry_run, concurrency=config.concurrency,
+                                    shard=(f"{config.shard.index}/{config.shard.count}"
+                                           if config.shard.count > 1 else ""),
                                     concurrency_min=config.concurrency)
         if limiter is None and (config.rpm is not None or config.tpm is not None):
             limiter = RateLimiter(config.rpm, config.tpm)
