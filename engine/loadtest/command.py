@@ -28,9 +28,8 @@ from engine.loadtest.report import (
 )
 from engine.loadtest.workers import (
     STREAMS_PER_WORKER,
-    auto_workers,
     loop_factory,
-    probe_e2e_s,
+    resolve_workers,
     run_load,
     run_sweep,
 )
@@ -170,13 +169,9 @@ def _run_on_ray(config: LoadConfig, address: str) -> list[BenchResult]:
     except ImportError as exc:
         raise ConfigError(f"--ray needs the ray extra: pip install 'stream-engine[ray]' ({exc})"
                           ) from exc
-    workers = config.workers
-    if workers == AUTO_WORKERS:  # the cluster's cores are not ours to count: the load decides
-        e2e_s = asyncio.run(probe_e2e_s(config)) if config.open_loop else 0.0
-        workers = auto_workers((config.rate or 0.0) * e2e_s if config.open_loop
-                               else config.concurrency, cores=None)
+    config = asyncio.run(resolve_workers(config, capped=False))
     return [run_load_on_ray(config, address=None if address == "local" else address,
-                            workers=workers)]
+                            workers=config.workers)]
 
 
 def run(args: argparse.Namespace) -> int:

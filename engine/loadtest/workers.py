@@ -78,14 +78,21 @@ async def probe_e2e_s(config: LoadConfig) -> float:
     return result.e2e_s
 
 
-async def resolve_workers(config: LoadConfig, cores: int | None = None) -> LoadConfig:
-    """`config` with AUTO_WORKERS replaced by a count; the choice goes into its facts."""
+async def resolve_workers(config: LoadConfig, cores: int | None = None, *,
+                          capped: bool = True) -> LoadConfig:
+    """`config` with AUTO_WORKERS replaced by a count; the choice goes into its facts.
+
+    `capped=False` (Ray: the cluster's cores are not ours to count) lets the load decide."""
     if config.workers != AUTO_WORKERS:
         return config
-    cores = usable_cores() if cores is None else cores
+    if not capped:
+        cores = None
+    elif cores is None:
+        cores = usable_cores()
     if config.open_loop:
         assert config.rate is not None  # noqa: S101 - open_loop says so
-        streams = config.rate * (await probe_e2e_s(config) if cores > 1 else 0.0)
+        needed = cores is None or cores > 1  # one core: one worker, whatever the load
+        streams = config.rate * (await probe_e2e_s(config) if needed else 0.0)
     else:
         streams = float(config.concurrency)
     workers = auto_workers(streams, cores)
@@ -93,6 +100,15 @@ async def resolve_workers(config: LoadConfig, cores: int | None = None) -> LoadC
                                              "usable_cores": cores, "workers": workers,
                                              "streams_per_worker": STREAMS_PER_WORKER}}
     return config.with_(workers=workers, facts=facts)
+
+
+async def _start_canary(stack: contextlib.AsyncExitStack) -> str:
+    """Start a canary server (in a thread: it waits for the child's ready line) until `stack`
+    closes; returns its URL."""
+    canary = CanaryProcess()
+    url = (await asyncio.to_thread(canary.__enter__)).url
+    stack.push_async_callback(asyncio.to_thread, canary.__exit__)
+    return url
 
 
 async def run_load(config: LoadConfig, progress: Progress | None = None,
@@ -104,9 +120,7 @@ async def run_load(config: LoadConfig, progress: Progress | None = None,
     config = await resolve_workers(config)
     async with contextlib.AsyncExitStack() as stack:
         if config.canary and canary_url is None:
-            canary = CanaryProcess()
-            canary_url = (await asyncio.to_thread(canary.__enter__)).url
-            stack.push_async_callback(asyncio.to_thread, canary.__exit__)
+            canary_url = await _start_canary(stack)
         if config.workers == 1:
             async with Runner(config, progress=progress, canary_url=canary_url) as runner:
                 await runner.prime()
@@ -119,11 +133,7 @@ async def run_load(config: LoadConfig, progress: Progress | None = None,
 async def run_sweep(config: LoadConfig, progress: Progress | None = None) -> list[BenchResult]:
     """GuideLLM's sweep: one stream, then saturation, then `sweep_steps` rates in between."""
     async with contextlib.AsyncExitStack() as stack:
-        url = None
-        if config.canary:  # one canary server for every segment
-            canary = CanaryProcess()
-            url = (await asyncio.to_thread(canary.__enter__)).url
-            stack.push_async_callback(asyncio.to_thread, canary.__exit__)
+        url = await _start_canary(stack) if config.canary else None  # one for every segment
         single = await run_load(config.with_(rate=None, concurrency=1, label="sync"),
                                 progress, url)
         saturated = await run_load(config.with_(rate=None, label="throughput"), progress, url)
