@@ -119,7 +119,6 @@ class Timeouts:
     the request start, except `idle_s` (the longest gap between two chunks of the body) and
     `connect_s` (one TCP connect; waiting for a free connection of the pool does not count)."""
 
-
     connect_s: float | None = 10.0
     first_byte_s: float | None = 120.0
     first_token_s: float | None = None
@@ -502,7 +501,6 @@ def _error_message(body: Any) -> str | None:
     return message if isinstance(message, str) else None
 
 
-
 def retry_delay(exc: EngineError, attempt: int, policy: RetryPolicy) -> float | None:
     """Seconds to wait before retry number `attempt + 1`, or None when `exc` must not be
     retried (its kind, or `policy.max_retries`). One rule for the engine and for callers that
@@ -745,7 +743,6 @@ class Engine:
             if handle.attempt is not None:
                 handle.attempt._tag(exc)  # noqa: SLF001 - same module
             raise
-
         finally:
             self._active -= 1
         attempt = handle.attempt
@@ -771,7 +768,6 @@ class _Handle:
     custom_id: str | None
     timeouts: Timeouts
     attempt: _Attempt | None = None
-
     attempts: int = 0
     finished_ns: int = 0
 

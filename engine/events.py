@@ -89,7 +89,6 @@ class Usage:
         out = _count(usage.get("output_tokens", usage.get("completion_tokens")))
         return cls(inp, out, _count(usage.get("total_tokens")) or inp + out)
 
-
     def as_dict(self) -> dict[str, int]:
         return {
             "input_tokens": self.input_tokens,
@@ -253,7 +252,6 @@ def _count(value: Any) -> int:
     if type(value) is float and value.is_integer():  # 5.0 from a loose server; not inf/nan
         value = int(value)
     return value if type(value) is int and value >= 0 else 0
-
 
 
 class EventDecoder:
