@@ -56,7 +56,7 @@ from engine.errors import (
     TransportError,
     status_error_class,
 )
-from engine.events import Dialect, EventDecoder, StreamEvent, Usage
+from engine.events import Dialect, EventDecoder, Pending, StreamEvent, Usage
 from engine.handlers import Handler, ResponseAssembler, split_handlers
 from engine.limits import backoff_delay, parse_retry_after
 from engine.sse import MAX_EVENT_BYTES
@@ -174,7 +174,9 @@ class StreamResult:
         return [(b - a) / 1e9 for a, b in itertools.pairwise(t)]
 
 
-Item = list[StreamEvent] | BaseException | None
+# A chunk's events and its arrival time; raw tuples become StreamEvents in the consumer.
+Batch = tuple[int, list[Pending]]
+Item = Batch | BaseException | None
 
 
 class BatchQueue:
@@ -212,7 +214,7 @@ class BatchQueue:
             await self._putter
         self.put_nowait(item)
 
-    async def get(self) -> list[StreamEvent] | None:
+    async def get(self) -> Batch | None:
         """The next batch, None at a clean end; an exception put by the reader is raised."""
         items = self._items
         while not items:
@@ -351,16 +353,16 @@ class _Attempt:
                 messages = parser.feed(chunk)
                 if not messages:
                     continue
-                events = decoder.decode(messages, now)
+                events = decoder.scan(messages, now)
                 if events:
                     if self.first_token_ns is None:
-                        self._find_first_token(events)
+                        self._find_first_token(events, now)
                     if queue.full():
                         self.blocked = True
-                        await queue.put(events)
+                        await queue.put((now, events))
                         self.blocked = False
                     else:
-                        queue.put_nowait(events)
+                        queue.put_nowait((now, events))
                 if decoder.finished:
                     await self._drain(resp)
                     return
@@ -389,10 +391,12 @@ class _Attempt:
         except (TimeoutError, aiohttp.ClientError):
             resp.close()
 
-    def _find_first_token(self, events: list[StreamEvent]) -> None:
-        for ev in events:
+    def _find_first_token(self, events: list[Pending], received_ns: int) -> None:
+        """Look for the first text, building the events it looks at (kept in the batch)."""
+        for i, item in enumerate(events):
+            ev = events[i] = StreamEvent(*item, received_ns) if isinstance(item, tuple) else item
             if ev.text_delta:
-                self.first_token_ns = ev.received_ns
+                self.first_token_ns = received_ns
                 return
 
     # --- the watchdog ----------------------------------------------------------------------
@@ -648,7 +652,7 @@ class Engine:
         retried (see `retry_delay`)."""
         return retry_delay(exc, attempt, self.retry)
 
-    async def _batches(self, handle: _Handle) -> AsyncGenerator[list[StreamEvent], None]:
+    async def _batches(self, handle: _Handle) -> AsyncGenerator[Batch, None]:
         """Batches of one request's events, with retries before the first event."""
         while True:
             attempt = _Attempt(self, handle.url, handle.payload, handle.headers,
@@ -672,7 +676,7 @@ class Engine:
                 raise
             try:
                 while batch is not None:
-                    handle.finished_ns = batch[-1].received_ns  # e2e ends at arrival
+                    handle.finished_ns = batch[0]  # e2e ends at arrival
                     yield batch
                     batch = await attempt.queue.get()
             finally:
@@ -702,9 +706,9 @@ class Engine:
         self._active += 1
         try:
             async with contextlib.aclosing(self._batches(handle)) as batches:
-                async for batch in batches:
-                    for event in batch:
-                        yield event
+                async for received_ns, items in batches:
+                    for item in items:
+                        yield StreamEvent(*item, received_ns) if isinstance(item, tuple) else item
             handle.raise_for_outcome()
         finally:
             self._active -= 1
@@ -727,9 +731,11 @@ class Engine:
         self._active += 1
         try:
             async with contextlib.aclosing(self._batches(handle)) as batches:
-                async for batch in batches:
-                    count += len(batch)
-                    for event in batch:
+                async for received_ns, items in batches:
+                    count += len(items)
+                    for item in items:
+                        event = (StreamEvent(*item, received_ns) if isinstance(item, tuple)
+                                 else item)
                         for fn in sync:
                             fn(event)
                         for afn in run_async:

@@ -66,8 +66,11 @@ M = TypeVar("M")
 class SSEParser(Generic[M]):
     """Sans-I/O SSE parser: `feed(chunk)` returns the messages the chunk completed.
 
-    `factory` builds each message from `(raw, event, id)`; `engine.events` passes its
-    `StreamEvent`, so one object per event is created, not two.
+    `factory` builds each message from `(raw, event, id)`; `factory=None` returns that plain
+    tuple. The engine's reader asks for tuples: a tuple of bytes and strings leaves the cyclic
+    garbage collector's lists at its first pass, where an object waiting in a queue for its
+    consumer would be traversed and promoted, generation after generation (see
+    `engine.events.EventDecoder`).
     """
 
     __slots__ = (
@@ -93,10 +96,13 @@ class SSEParser(Generic[M]):
     @overload
     def __init__(self: SSEParser[SSEMessage], max_event_bytes: int = ...) -> None: ...
     @overload
+    def __init__(self: SSEParser[tuple[bytes, str, str | None]], max_event_bytes: int = ...,
+                 *, factory: None) -> None: ...
+    @overload
     def __init__(self: SSEParser[M], max_event_bytes: int = ..., *,
                  factory: Callable[[bytes, str, str | None], M]) -> None: ...
     def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES, *,
-                 factory: Callable[[bytes, str, str | None], Any] = SSEMessage) -> None:
+                 factory: Callable[[bytes, str, str | None], Any] | None = SSEMessage) -> None:
         self.max_event_bytes = max_event_bytes
         self._factory = factory
         self.last_event_id: str | None = None
@@ -162,11 +168,10 @@ class SSEParser(Generic[M]):
         for line in lines:
             if not line:  # blank line: dispatch
                 if data:
-                    out.append(factory(
-                        data[0] if len(data) == 1 else b"\n".join(data),
-                        (name_of(event) or _event_name(event)) if event else "message",
-                        last_id,
-                    ))
+                    raw = data[0] if len(data) == 1 else b"\n".join(data)
+                    name = (name_of(event) or _event_name(event)) if event else "message"
+                    out.append((raw, name, last_id) if factory is None  # type: ignore[arg-type]
+                               else factory(raw, name, last_id))
                     data = []
                 event = None
             elif line[:6] == b"data: ":

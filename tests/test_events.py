@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import orjson
 import pytest
 
@@ -252,10 +254,33 @@ def test_duplicate_delta_key_takes_the_last_like_a_json_decoder() -> None:
     assert events[0].text_delta == "last" == decode_json(raw)["delta"]
 
 
-def test_delta_fast_path_keeps_the_decoded_object() -> None:
+def test_delta_fast_path_does_not_keep_the_decoded_object() -> None:
     _, events = decode(typed(DELTA))
     assert events[0].text_delta == "Hi"
-    assert events[0].decoded == DELTA  # `.data` is free after `text_delta`
+    assert events[0].decoded is None  # freed at once: nothing for the garbage collector
+    assert events[0].data == DELTA  # decoded again on demand
+    assert events[0].text_delta == "Hi"  # cached
+
+
+def test_scan_leaves_plain_events_raw_and_untracked_by_the_collector() -> None:
+    """Events waiting in the queue must not be objects the cyclic GC traverses."""
+    completed = {"type": "response.completed", "response": {"status": "completed"}}
+    stream = typed({"type": "response.created", "response": {}}) + typed(DELTA) * 3
+    decoder = EventDecoder()
+    parser = decoder.parser()
+    first = decoder.scan(parser.feed(stream), 5)
+    assert decoder.dialect is Dialect.RESPONSES
+    items = decoder.scan(parser.feed(typed(DELTA) * 2 + typed(completed) + b"data: [DONE]\n\n"), 7)
+    assert [type(i) for i in first + items] == [tuple] * 6 + [StreamEvent]
+    gc.collect()
+    assert not any(gc.is_tracked(i) for i in first + items[:-1])
+    assert decoder.terminal is items[-1]
+    assert decoder.terminal.received_ns == 7
+    assert decoder.done
+    assert decoder.finished
+    events = decoder.decode(first, 5)  # the eager form builds them, stamped
+    assert [e.text_delta for e in events] == [None, "Hi", "Hi", "Hi"]
+    assert {e.received_ns for e in events} == {5}
 
 
 def test_typed_delta_that_is_not_an_object_is_a_protocol_error() -> None:
@@ -273,4 +298,4 @@ def test_decoder_accepts_plain_sse_messages_and_repr() -> None:
     assert isinstance(event, StreamEvent)
     assert event.received_ns == 9
     assert repr(event).startswith("<StreamEvent response.output_text.delta at 9 ns: b'{")
-    assert decoder.parser().feed(typed(DELTA))[0].type == DELTA["type"]
+    assert decoder.parser().feed(typed(DELTA)) == [(orjson.dumps(DELTA), DELTA["type"], None)]
