@@ -56,7 +56,7 @@ from engine.errors import (
     TransportError,
     status_error_class,
 )
-from engine.events import Dialect, EventDecoder, Pending, StreamEvent, Usage
+from engine.events import Dialect, EventDecoder, Flat, StreamEvent, Usage, events_of
 from engine.handlers import Handler, ResponseAssembler, split_handlers
 from engine.limits import backoff_delay, parse_retry_after
 from engine.sse import MAX_EVENT_BYTES
@@ -174,8 +174,8 @@ class StreamResult:
         return [(b - a) / 1e9 for a, b in itertools.pairwise(t)]
 
 
-# A chunk's events and its arrival time; raw tuples become StreamEvents in the consumer.
-Batch = tuple[int, list[Pending]]
+# A chunk's arrival time and its events, flat (see `engine.events.Flat`).
+Batch = tuple[int, Flat]
 Item = Batch | BaseException | None
 
 
@@ -391,10 +391,10 @@ class _Attempt:
         except (TimeoutError, aiohttp.ClientError):
             resp.close()
 
-    def _find_first_token(self, events: list[Pending], received_ns: int) -> None:
-        """Look for the first text, building the events it looks at (kept in the batch)."""
-        for i, item in enumerate(events):
-            ev = events[i] = StreamEvent(*item, received_ns) if isinstance(item, tuple) else item
+    def _find_first_token(self, events: Flat, received_ns: int) -> None:
+        """Look for the first text; the events it built stay in the batch."""
+        for i, ev in enumerate(events_of(events, received_ns)):
+            events[3 * i: 3 * i + 3] = (ev, None, None)
             if ev.text_delta:
                 self.first_token_ns = received_ns
                 return
@@ -707,8 +707,8 @@ class Engine:
         try:
             async with contextlib.aclosing(self._batches(handle)) as batches:
                 async for received_ns, items in batches:
-                    for item in items:
-                        yield StreamEvent(*item, received_ns) if isinstance(item, tuple) else item
+                    for event in events_of(items, received_ns):
+                        yield event
             handle.raise_for_outcome()
         finally:
             self._active -= 1
@@ -732,10 +732,8 @@ class Engine:
         try:
             async with contextlib.aclosing(self._batches(handle)) as batches:
                 async for received_ns, items in batches:
-                    count += len(items)
-                    for item in items:
-                        event = (StreamEvent(*item, received_ns) if isinstance(item, tuple)
-                                 else item)
+                    count += len(items) // 3
+                    for event in events_of(items, received_ns):
                         for fn in sync:
                             fn(event)
                         for afn in run_async:

@@ -29,17 +29,17 @@ from engine.errors import (
 from engine.sse import MAX_EVENT_BYTES, SSEMessage, SSEParser
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
 __all__ = [
     "CHAT_CHUNK",
     "Dialect",
     "EventDecoder",
-    "Pending",
-    "RawEvent",
+    "Flat",
     "StreamEvent",
     "Usage",
     "decode_json",
+    "events_of",
 ]
 
 CHAT_CHUNK = "chat.completion.chunk"
@@ -258,24 +258,31 @@ def _count(value: Any) -> int:
     return value if type(value) is int and value >= 0 else 0
 
 
-# What the engine's parser hands the decoder: `(raw, event name, last event id)`.
-RawEvent = tuple[bytes, str, str | None]
-# A batch item: a raw event (built into a StreamEvent when its consumer takes it), or an event
-# the reader already had to look into (untyped JSON, a terminal event, the first token).
-Pending = RawEvent | StreamEvent
+# A chunk's events as the engine's reader queues them: a flat list, three items per event,
+# `raw, name, id` as the parser produced them (`SSEParser(factory=None)`), or `event, None,
+# None` for an event the reader had to build (untyped JSON, a terminal event, the first
+# token). The consumer builds the rest one at a time (`events_of`).
+Flat = list[Any]
 # Event names the reader must look into; any other typed event passes through untouched.
 _SPECIAL = TERMINAL_TYPES | {"message", CHAT_CHUNK}
+
+
+def events_of(items: Flat, received_ns: int) -> Iterator[StreamEvent]:
+    """The StreamEvents of a flat batch, each built when it is taken."""
+    it = iter(items)
+    for raw, name, id_ in zip(it, it, it, strict=True):
+        yield raw if name is None else StreamEvent(raw, name, id_, received_ns)
 
 
 class EventDecoder:
     """Turns one stream's SSE messages into StreamEvents and tracks its dialect and end.
 
-    The engine's reader calls `scan`, which leaves most events as the parser's plain tuples:
-    a chunk's events wait in the queue until the consumer runs, and objects that wait are
-    what the cyclic garbage collector traverses and promotes, generation after generation
-    (with a StreamEvent per event built here it took a fifth of the client's CPU on fast
-    streams, full collections of 25 ms included). The consumer builds each StreamEvent as it
-    hands it on, so an event a handler drops is freed at once. `decode` is the eager form.
+    The engine's reader calls `scan`, which leaves most events as the parser made them:
+    bytes and strings in a flat list. A chunk's events wait in the queue until the consumer
+    runs, and objects that wait are what the cyclic garbage collector counts, traverses and
+    promotes (a StreamEvent per event built here cost a fifth of the client's CPU on fast
+    streams, with 25 ms full collections). The consumer builds each StreamEvent as it hands it
+    on, so an event that a handler drops is freed at once. `decode` is the eager form.
     """
 
     __slots__ = ("dialect", "done", "finish_reason", "terminal")
@@ -291,36 +298,31 @@ class EventDecoder:
         """The stream has said its last word: a terminal event, or [DONE]."""
         return self.done or self.terminal is not None
 
-    def parser(self, max_event_bytes: int = MAX_EVENT_BYTES) -> SSEParser[RawEvent]:
-        """An SSE parser whose messages are raw tuples, ready for `scan`."""
+    def parser(self, max_event_bytes: int = MAX_EVENT_BYTES) -> SSEParser[bytes | str | None]:
+        """An SSE parser whose messages come as one flat list, ready for `scan`."""
         return SSEParser(max_event_bytes, factory=None)
 
-    def decode(self, messages: Sequence[RawEvent | SSEMessage],
+    def decode(self, messages: Sequence[SSEMessage] | Flat,
                received_ns: int) -> list[StreamEvent]:
-        """Stamp, type and check the messages of one chunk; drops `[DONE]`."""
-        return [StreamEvent(*item, received_ns) if isinstance(item, tuple) else item
-                for item in self.scan(messages, received_ns)]
+        """Stamp, type and check the messages of one chunk (from either parser); drops `[DONE]`."""
+        flat: Flat = ([x for m in messages for x in (m.raw, m.event, m.id)]
+                      if messages and isinstance(messages[0], SSEMessage) else list(messages))
+        return list(events_of(self.scan(flat, received_ns), received_ns))
 
-    def scan(self, messages: Sequence[RawEvent | SSEMessage],
-             received_ns: int) -> list[Pending]:
-        """`decode`, lazily: events that need no look inside stay raw tuples."""
-        if self.dialect is Dialect.RESPONSES:
-            for msg in messages:  # the common case: typed events, none terminal
-                if type(msg) is not tuple or msg[1] in _SPECIAL:
-                    break
-            else:
-                return messages  # type: ignore[return-value]
-        out: list[Pending] = []
-        for msg in messages:
-            if not isinstance(msg, tuple):
-                msg = (msg.raw, msg.event, msg.id)  # noqa: PLW2901 - an SSEMessage
-            typ = msg[1]
-            item: Pending = msg
+    def scan(self, messages: Flat, received_ns: int) -> Flat:
+        """`decode`, lazily: a flat batch in which only the events it had to read are built.
+        May return `messages` itself."""
+        if self.dialect is Dialect.RESPONSES and _SPECIAL.isdisjoint(messages[1::3]):
+            return messages  # the common case: typed events, none terminal
+        out: Flat = []
+        it = iter(messages)
+        for raw, name, id_ in zip(it, it, it, strict=True):
+            typ = name
             if typ in _SPECIAL:
-                if typ == "message" and msg[0] == _DONE:
+                if typ == "message" and raw == _DONE:
                     self.done = True  # ends the stream; not an event
                     continue
-                item = event = StreamEvent(*msg, received_ns)
+                event = StreamEvent(raw, name, id_, received_ns)
                 if typ == "message":
                     self._untyped(event)
                     typ = event.type
@@ -328,12 +330,14 @@ class EventDecoder:
                     self.terminal = event
                 elif typ == CHAT_CHUNK and self.finish_reason is None:
                     self.finish_reason = _finish_reason(event.data)
+                out += (event, None, None)
+            else:
+                out += (raw, name, id_)
             if self.dialect is None:
                 if typ == CHAT_CHUNK:
                     self.dialect = Dialect.CHAT
                 elif typ.startswith("response."):
                     self.dialect = Dialect.RESPONSES
-            out.append(item)
         return out
 
     @staticmethod

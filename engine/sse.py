@@ -66,11 +66,11 @@ M = TypeVar("M")
 class SSEParser(Generic[M]):
     """Sans-I/O SSE parser: `feed(chunk)` returns the messages the chunk completed.
 
-    `factory` builds each message from `(raw, event, id)`; `factory=None` returns that plain
-    tuple. The engine's reader asks for tuples: a tuple of bytes and strings leaves the cyclic
-    garbage collector's lists at its first pass, where an object waiting in a queue for its
-    consumer would be traversed and promoted, generation after generation (see
-    `engine.events.EventDecoder`).
+    `factory` builds each message from `(raw, event, id)`. With `factory=None`, `feed` returns
+    one flat list, three items per message: `[raw, event, id, raw, event, id, ...]`. The
+    engine's reader asks for that: bytes and strings are no work for the cyclic garbage
+    collector, while an object per message, waiting in a queue for its consumer, is counted,
+    traversed and promoted by it (see `engine.events.EventDecoder`).
     """
 
     __slots__ = (
@@ -96,7 +96,7 @@ class SSEParser(Generic[M]):
     @overload
     def __init__(self: SSEParser[SSEMessage], max_event_bytes: int = ...) -> None: ...
     @overload
-    def __init__(self: SSEParser[tuple[bytes, str, str | None]], max_event_bytes: int = ...,
+    def __init__(self: SSEParser[bytes | str | None], max_event_bytes: int = ...,
                  *, factory: None) -> None: ...
     @overload
     def __init__(self: SSEParser[M], max_event_bytes: int = ..., *,
@@ -170,8 +170,10 @@ class SSEParser(Generic[M]):
                 if data:
                     raw = data[0] if len(data) == 1 else b"\n".join(data)
                     name = (name_of(event) or _event_name(event)) if event else "message"
-                    out.append((raw, name, last_id) if factory is None  # type: ignore[arg-type]
-                               else factory(raw, name, last_id))
+                    if factory is None:
+                        out += (raw, name, last_id)  # type: ignore[arg-type] # flat, see above
+                    else:
+                        out.append(factory(raw, name, last_id))
                     data = []
                 event = None
             elif line[:6] == b"data: ":
