@@ -12,6 +12,7 @@ without being an event.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -312,8 +313,21 @@ class EventDecoder:
     def scan(self, messages: Flat, received_ns: int) -> Flat:
         """`decode`, lazily: a flat batch in which only the events it had to read are built.
         May return `messages` itself."""
-        if self.dialect is Dialect.RESPONSES and _SPECIAL.isdisjoint(messages[1::3]):
-            return messages  # the common case: typed events, none terminal
+        names = messages[1::3]
+        special = _SPECIAL.intersection(names)
+        # Events before the first special one pass as they are (all of them, usually).
+        plain = min(map(names.index, special)) if special else len(names)
+        if self.dialect is None:
+            for name in itertools.islice(names, plain):
+                if name.startswith("response."):
+                    self.dialect = Dialect.RESPONSES
+                    break
+        if not special:
+            return messages
+        return messages[: 3 * plain] + self._look(messages[3 * plain :], received_ns)
+
+    def _look(self, messages: Flat, received_ns: int) -> Flat:
+        """The events from the first one that needs a look (a terminal, [DONE], untyped)."""
         out: Flat = []
         it = iter(messages)
         for raw, name, id_ in zip(it, it, it, strict=True):

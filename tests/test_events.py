@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from engine.errors import ErrorEvent, ProtocolError, ResponseFailed, ResponseIncomplete
-from engine.events import Dialect, EventDecoder, StreamEvent, Usage, decode_json
+from engine.events import Dialect, EventDecoder, StreamEvent, Usage, decode_json, events_of
 from engine.sse import SSEParser
 
 
@@ -298,3 +298,16 @@ def test_decoder_accepts_plain_sse_messages_and_repr() -> None:
     assert event.received_ns == 9
     assert repr(event).startswith("<StreamEvent response.output_text.delta at 9 ns: b'{")
     assert decoder.parser().feed(typed(DELTA)) == [orjson.dumps(DELTA), DELTA["type"], None]
+
+
+def test_untyped_then_typed_events_in_one_chunk_keep_their_order_and_dialect() -> None:
+    """A gateway that omits `event:` on some events: the untyped one is read, the rest pass."""
+    decoder = EventDecoder()
+    created = {"type": "response.created", "response": {}}
+    items = decoder.scan(decoder.parser().feed(untyped(created) + typed(DELTA)), 3)
+    assert isinstance(items[0], StreamEvent)
+    assert items[0].type == "response.created"
+    assert items[1:] == [None, None, orjson.dumps(DELTA), DELTA["type"], None]
+    assert decoder.dialect is Dialect.RESPONSES
+    events = list(events_of(items, 3))
+    assert [e.text_delta for e in events] == [None, "Hi"]
