@@ -33,16 +33,16 @@ _NAME_CACHE_SIZE = 1024
 # stripped first: "0005" is 5 however many zeros there are.
 MAX_RETRY_MS = 2**63 - 1
 _MAX_RETRY_DIGITS = len(str(MAX_RETRY_MS))
-# Event names repeat on every event of a stream; decode each distinct one once.
+# Event names repeat on every event of a stream: each distinct `event: NAME` line is decoded
+# once, keyed by the whole line (no slice per event).
 _names: dict[bytes, str] = {}
 
 
-def _event_name(raw: bytes) -> str:
-    name = _names.get(raw)
-    if name is None:
-        name = raw.decode("utf-8", "replace")
-        if len(_names) < _NAME_CACHE_SIZE:
-            _names[raw] = name
+def _event_name(line: bytes) -> str:
+    """The name of an `event: NAME` line, decoded as the spec says (U+FFFD for bad UTF-8)."""
+    name = line[7:].decode("utf-8", "replace")
+    if len(_names) < _NAME_CACHE_SIZE:
+        _names[line] = name
     return name
 
 
@@ -111,7 +111,7 @@ class SSEParser(Generic[M]):
         # True when close() discarded an unfinished event or line (a truncated stream).
         self.partial_discarded = False
         self._data: list[bytes] = []
-        self._event: bytes | None = None
+        self._event: str | None = None
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._counted_list: list[bytes] | None = None
@@ -169,7 +169,7 @@ class SSEParser(Generic[M]):
             if not line:  # blank line: dispatch
                 if data:
                     raw = data[0] if len(data) == 1 else b"\n".join(data)
-                    name = (name_of(event) or _event_name(event)) if event else "message"
+                    name = event or "message"  # an empty name is "message" too (spec)
                     if factory is None:
                         out += (raw, name, last_id)  # type: ignore[arg-type] # flat, see above
                     else:
@@ -179,7 +179,7 @@ class SSEParser(Generic[M]):
             elif line[:6] == b"data: ":
                 data.append(line[6:])
             elif line[:7] == b"event: ":
-                event = line[7:]
+                event = name_of(line) or _event_name(line)
             elif line[0] != 58:  # 58 is ":", a comment line
                 event = self._field(line, data, event)
                 last_id = self.last_event_id  # an `id:` field may have changed it
@@ -200,7 +200,7 @@ class SSEParser(Generic[M]):
         self._pending = []
         return []
 
-    def _field(self, line: bytes, data: list[bytes], event: bytes | None) -> bytes | None:
+    def _field(self, line: bytes, data: list[bytes], event: str | None) -> str | None:
         """The general field rule, for lines the fast paths did not match."""
         colon = line.find(b":")
         if colon < 0:
@@ -212,7 +212,7 @@ class SSEParser(Generic[M]):
         if name == b"data":
             data.append(value)
         elif name == b"event":
-            return value
+            return value.decode("utf-8", "replace")
         elif name == b"id":
             if b"\0" not in value:
                 self.last_event_id = value.decode("utf-8", "replace")
