@@ -7,7 +7,7 @@ Contestants, each fed the same chunks in the same process and run, round-robin:
   openai         `openai._streaming.SSEDecoder().iter_bytes(chunks)` (the SDK's decoder)
   aiohttp-lines  `aiohttp.StreamReader` fed the chunks, `async for line in reader`, keeping
                  `data: ` lines and dispatching on blank lines (the naive client's parser)
-  engine-events  (separate line, not a parser) the parser with the `StreamEvent` factory,
+  engine-events  (separate line, not a parser) the engine's own parser output (flat),
                  `EventDecoder.decode` and `text_delta` of every event: what a handler gets
 
 Streams: Responses and Chat Completions of N text deltas as the mock renders them, LF and
@@ -70,7 +70,7 @@ def run_engine_events(chunks: list[bytes], passes: int) -> tuple[int, str | None
         for chunk in chunks:
             messages = feed(chunk)
             if messages:
-                count += len(messages)
+                count += len(messages) // 3  # the engine's parser output is flat
                 for event in decode(messages, 0):
                     delta = event.text_delta
                     if delta:
