@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import gc
 import io
 import itertools
 import os
@@ -404,6 +405,20 @@ async def test_without_the_canary_there_is_no_read_delay_figure(base_url: str) -
     doc = (await run_load(config)).summary()
     assert doc["completed"] == 4
     assert doc["client"]["read_delay_ms"]["count"] == 0
+
+
+async def test_the_cyclic_collector_is_off_while_a_run_measures_and_back_after(
+        base_url: str) -> None:
+    """A collection's pause would be a late send and a late stamp (see Runner.run)."""
+    during: list[bool] = []
+    config = LoadConfig(base_url, concurrency=2, duration_s=1.2, warmup_s=0, canary=False)
+    assert gc.isenabled()
+    doc = (await run_load(config, progress=lambda _: during.append(gc.isenabled()))).summary()
+    assert doc["completed"] > 0
+    assert during  # the progress ticker ran inside the run (every 0.5 s)
+    assert not any(during)
+    assert gc.isenabled()
+    assert gc.get_freeze_count() == 0  # the heap frozen for the run is handed back
 
 
 async def test_auto_workers_follow_the_load_and_the_cores(base_url: str) -> None:
