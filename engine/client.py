@@ -727,12 +727,16 @@ class Engine:
         handle = self._handle(body, endpoint, custom_id, headers, timeouts)
         assembler = ResponseAssembler(handle.shape)
         sync, run_async = split_handlers([assembler, *handlers])
+        bare = len(sync) == 1 and not run_async  # no handler but ours: no event per delta
         count = 0
         self._active += 1
         try:
             async with contextlib.aclosing(self._batches(handle)) as batches:
                 async for received_ns, items in batches:
                     count += len(items) // 3
+                    if bare:
+                        assembler.add_batch(items, received_ns)
+                        continue
                     for event in events_of(items, received_ns):
                         for fn in sync:
                             fn(event)

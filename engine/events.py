@@ -40,6 +40,7 @@ __all__ = [
     "StreamEvent",
     "Usage",
     "decode_json",
+    "delta_text",
     "events_of",
 ]
 
@@ -62,6 +63,22 @@ _JSONDecodeError = orjson.JSONDecodeError
 class Dialect(StrEnum):
     RESPONSES = "responses"
     CHAT = "chat"
+
+
+def delta_text(raw: bytes) -> str | bool | None:
+    """The text of a Responses text-delta event from its raw data, with one bare orjson call
+    (no wrappers, no isinstance chains): None when the object has no string `delta`, False
+    when the data is not a JSON object at all (invalid JSON or UTF-8), so the caller takes
+    the general path, which raises the ProtocolError. The decoded object is not kept: freed
+    at once, it costs the garbage collector nothing."""
+    try:
+        data = _loads(raw)
+    except _JSONDecodeError:
+        return False
+    if type(data) is not dict:
+        return False
+    value = data.get("delta")
+    return value if type(value) is str else None
 
 
 def decode_json(raw: bytes) -> Any:
@@ -140,17 +157,10 @@ class StreamEvent:
         if delta is not False:
             return delta  # type: ignore[return-value]
         if self.type == TEXT_DELTA and self.decoded is None:
-            # The fast path, once per token: no wrapper calls, no isinstance chains. The
-            # object is not kept: freed at once, it costs the garbage collector nothing
-            # (`.data` decodes again if a consumer wants it).
-            try:
-                data = _loads(self.raw)
-            except _JSONDecodeError:
-                data = None  # invalid UTF-8 (decoded with U+FFFD) or invalid JSON (raises)
-            if type(data) is dict:
-                value = data.get("delta")
-                delta = self.cached_delta = value if type(value) is str else None
-                return delta
+            delta = delta_text(self.raw)  # the fast path, once per token
+            if delta is not False:
+                self.cached_delta = delta
+                return delta  # type: ignore[return-value]
         delta = self.cached_delta = self._text_delta()
         return delta
 

@@ -16,7 +16,7 @@ from typing import IO, Any, Protocol
 
 import orjson
 
-from engine.events import CHAT_CHUNK, Dialect, StreamEvent, Usage
+from engine.events import CHAT_CHUNK, TEXT_DELTA, Dialect, Flat, StreamEvent, Usage, delta_text
 
 __all__ = [
     "Callback",
@@ -145,6 +145,21 @@ class ResponseAssembler:
             if isinstance(choice, dict) and choice.get("finish_reason"):
 
                 self.finish_reason = str(choice["finish_reason"])
+
+    def add_batch(self, items: Flat, received_ns: int) -> None:
+        """A queued batch (see `engine.events.Flat`) as `__call__` would see its events, with
+        no event built for a text delta: what `Engine.run` does when no other handler needs
+        the events."""
+        parts, times = self.parts, self.token_times_ns
+        it = iter(items)
+        for raw, name, id_ in zip(it, it, it, strict=True):
+            if name == TEXT_DELTA:
+                delta = delta_text(raw)
+                if delta:  # a non-empty str (True is never returned)
+                    parts.append(delta)  # type: ignore[arg-type]
+                    times.append(received_ns)
+                    continue
+            self(raw if name is None else StreamEvent(raw, name, id_, received_ns))
 
     @property
     def text(self) -> str:

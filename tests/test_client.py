@@ -330,6 +330,33 @@ async def test_handlers_sync_async_and_builtins(base_url: str) -> None:
     assert len(lines) == result.events
 
 
+def without_ids(value: Any) -> Any:
+    """A response with what differs between two requests to the mock (ids, times) taken out."""
+    if isinstance(value, dict):
+        return {k: without_ids(v) for k, v in value.items()
+                if k not in ("id", "created", "created_at", "completed_at")}
+    if isinstance(value, list):
+        return [without_ids(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("kind", ["plain", "crlf", "done-after", "chat-on-responses"])
+async def test_run_without_handlers_gives_what_run_with_one_gives(base_url: str,
+                                                                 kind: str) -> None:
+    """`run()` with no handler reads deltas straight off the batch; the result must not
+    differ from the event-by-event path in anything."""
+    headers = {} if kind == "plain" else fault(kind)
+    async with Engine(base_url=base_url) as eng:
+        for body in (RESPONSES_BODY, CHAT_BODY):
+            bare = await eng.run(body, headers=headers)
+            full = await eng.run(body, headers=headers, handlers=[TextCollector()])
+            assert bare.text == full.text != ""
+            assert len(bare.token_times_ns) == len(full.token_times_ns) > 0
+            for name in ("usage", "events", "dialect", "status"):
+                assert getattr(bare, name) == getattr(full, name), name
+            assert without_ids(bare.response) == without_ids(full.response)
+
+
 async def test_bad_body_is_a_config_error(base_url: str) -> None:
     async with Engine(base_url=base_url) as eng:
         with pytest.raises(ValueError, match="JSON object"):

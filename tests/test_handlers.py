@@ -57,6 +57,24 @@ def test_assembler_takes_the_terminal_response() -> None:
     assert asm.dialect is Dialect.RESPONSES
 
 
+def test_assembler_add_batch_equals_calling_it_per_event() -> None:
+    """The flat-batch path of `Engine.run` without handlers: same text, times, response."""
+    empty = {"type": "response.output_text.delta", "delta": ""}
+    payloads = [CREATED, DELTAS[0], empty, DELTAS[1], COMPLETED]
+    raw = b"".join(f"event: {p['type']}\n".encode() + b"data: " + orjson.dumps(p) + b"\n\n"
+                   for p in payloads)
+    per_event, batched = ResponseAssembler(), ResponseAssembler()
+    for ev in EventDecoder().decode(EventDecoder().parser().feed(raw), 7):
+        per_event(ev)
+    decoder = EventDecoder()
+    batched.add_batch(decoder.scan(decoder.parser().feed(raw), 7), 7)
+    for asm in (per_event, batched):
+        assert asm.text == "Hello"
+        assert asm.token_times_ns == [7, 7]
+        assert asm.response() == COMPLETED["response"]
+        assert asm.dialect is Dialect.RESPONSES  # the empty delta went the per-event way
+
+
 def test_assembler_builds_a_response_when_the_server_sent_none() -> None:
     asm = ResponseAssembler()
     for ev in events_of(CREATED, *DELTAS):
