@@ -2,9 +2,10 @@
 
 Per stream, one reader task reads `resp.content.iter_any()`, stamps each chunk with
 `perf_counter_ns()` as it arrives, feeds the SSE parser and puts the chunk's events, as one
-batch, on a bounded queue. The consumer (`stream()` / `run()`) takes batches off the queue and
-calls the handlers, so a slow handler never distorts arrival times, and a full queue stops the
-reader, which stops reading the socket: backpressure reaches the server through TCP.
+flat batch (no object per event: see `engine.events.EventDecoder`), on a bounded queue. The
+consumer (`stream()` / `run()`) takes batches off the queue and calls the handlers, so a slow
+handler never distorts arrival times, and a full queue stops the reader, which stops reading
+the socket: backpressure reaches the server through TCP.
 
 Timeouts after the headers are enforced by one lazy watchdog timer per stream: it is armed
 once and, when it fires, re-arms itself for the next deadline if data arrived meanwhile, so
