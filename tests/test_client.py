@@ -7,6 +7,7 @@ import contextlib
 import io
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
@@ -328,6 +329,25 @@ async def test_handlers_sync_async_and_builtins(base_url: str) -> None:
     lines = [orjson.loads(line) for line in buf.getvalue().splitlines()]
     assert [line["type"] for line in lines] == seen_async
     assert len(lines) == result.events
+
+
+async def test_the_request_leaves_from_the_calling_task(base_url: str) -> None:
+    """No task hop before the send: on a busy loop one would add a loop turn to every TTFT."""
+    sent_by: list[asyncio.Task[Any] | None] = []
+
+    async def on_sent(*_: object) -> None:
+        sent_by.append(asyncio.current_task())
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_headers_sent.append(on_sent)
+    trace.freeze()
+    async with Engine(base_url=base_url) as eng:
+        eng.session.trace_configs.append(trace)
+        result = await eng.run(RESPONSES_BODY)
+        async for _ in eng.stream(RESPONSES_BODY):
+            pass
+    assert result.text
+    assert sent_by == [asyncio.current_task()] * 2
 
 
 def without_ids(value: Any) -> Any:

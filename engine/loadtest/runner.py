@@ -61,8 +61,8 @@ class SendStamp:
     queued_ns: int = 0  # start of the current wait, 0 when not waiting
 
 
-# The engine's reader task is created inside `Engine.run`, so it inherits a copy of the
-# calling task's context: trace callbacks (which run in that reader) find the request's stamp.
+# `Engine.run` sends the request from the calling task, so trace callbacks (which run where
+# the request is sent) find the request's stamp in this context variable.
 _SENDING: ContextVar[SendStamp | None] = ContextVar("stream_engine_bench_send", default=None)
 
 
