@@ -102,16 +102,15 @@ class ResponseAssembler:
     is a `chat.completion` object assembled from the chunks.
     """
 
-    __slots__ = ("created_event", "dialect", "finish_reason", "meta", "parts", "shape",
-                 "terminal", "token_times_ns", "usage")
+    __slots__ = ("created", "dialect", "finish_reason", "meta", "parts", "shape", "terminal",
+                 "token_times_ns", "usage")
 
     def __init__(self, shape: Dialect = Dialect.RESPONSES) -> None:
         self.shape = shape
         self.parts: list[str] = []
         self.token_times_ns: list[int] = []  # arrival of each delta: TTFT and ITL for free
         self.usage: Usage | None = None
-        # response.created, decoded only if its response object is needed (no terminal event)
-        self.created_event: StreamEvent | None = None
+        self.created: dict[str, Any] | None = None  # response object of response.created
         self.terminal: dict[str, Any] | None = None
         self.meta: dict[str, Any] = {}  # id/model/created of chat chunks
         self.finish_reason: str | None = None
@@ -130,7 +129,7 @@ class ResponseAssembler:
         elif typ.startswith("response."):
             self.dialect = Dialect.RESPONSES
             if typ == "response.created":
-                self.created_event = event
+                self.created = event.response  # read now: a malformed one is a ProtocolError
             elif event.is_terminal:
                 self.terminal = event.response
                 self.usage = event.usage
@@ -165,11 +164,6 @@ class ResponseAssembler:
     @property
     def text(self) -> str:
         return "".join(self.parts)
-
-    @property
-    def created(self) -> dict[str, Any] | None:
-        """The response object of `response.created`, if one came."""
-        return None if self.created_event is None else self.created_event.response
 
     def response(self, status: str = "completed") -> dict[str, Any]:
         """The final object; `status` is used only when it has to be assembled."""

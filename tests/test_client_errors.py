@@ -40,7 +40,7 @@ from engine.errors import (
     TotalTimeout,
     TransportError,
 )
-from engine.handlers import Callback
+from engine.handlers import Callback, TextCollector
 
 if TYPE_CHECKING:
     from engine.events import StreamEvent
@@ -203,6 +203,27 @@ async def test_a_delta_with_broken_json_fails_the_stream() -> None:
             base_url=url, retry=NO_RETRY) as eng:
         with pytest.raises(ProtocolError, match="not valid JSON"):
             await eng.run(BODY)
+
+
+COMPLETED_EVENT = (b'event: response.completed\ndata: {"type":"response.completed",'
+                   b'"response":{"status":"completed"}}\n\n')
+
+
+@pytest.mark.parametrize("end", [COMPLETED_EVENT, b"data: [DONE]\n\n"])
+@pytest.mark.parametrize("handlers", [(), (TextCollector(),)])
+async def test_a_malformed_response_created_fails_the_stream(end: bytes,
+                                                             handlers: tuple[Any, ...]) -> None:
+    """With or without handlers, and whether or not a terminal event follows."""
+    stream = (b"event: response.created\ndata: not json\n\n"
+              b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+              b'"delta":"Hi"}\n\n' + end)
+    async with raw_server(lambda _: http("200 OK", stream)) as url, Engine(
+            base_url=url, retry=NO_RETRY) as eng:
+        with pytest.raises(ProtocolError, match="not valid JSON") as info:
+            await eng.run(BODY, handlers=list(handlers), custom_id="c7")
+    assert info.value.custom_id == "c7"
+    assert info.value.request_id == "req_raw"
+    assert info.value.status == 200
 
 
 # --- 4. a body that is not an event stream keeps its bytes -----------------------------------
