@@ -44,6 +44,7 @@ from engine.errors import (
     APIStatusError,
     ConfigError,
     ConnectTimeout,
+    EngineClosed,
     EngineError,
     EngineTimeout,
     ErrorEvent,
@@ -275,10 +276,10 @@ class _Attempt:
             if self.resp is not None:
                 self.resp.release()  # an error status whose body was read: reuse the connection
             raise self._tag(exc) from None
-        engine = self.engine
+        readers = self.engine._readers  # noqa: SLF001 - the engine owns its readers
         self.reader = reader = asyncio.get_running_loop().create_task(self._read(resp))
-        engine._readers.add(reader)  # noqa: SLF001 - the engine owns its readers
-        reader.add_done_callback(engine._readers.discard)  # noqa: SLF001
+        readers[reader] = self.queue
+        reader.add_done_callback(lambda task: readers.pop(task, None))
 
     @property
     def reading(self) -> bool:
@@ -584,8 +585,9 @@ class Engine:
         # The wait before a retry; tests replace it to see the delays without waiting them.
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self._session: aiohttp.ClientSession | None = None
-        self._readers: set[asyncio.Task[None]] = set()
+        self._readers: dict[asyncio.Task[None], BatchQueue] = {}  # reader -> its consumer's queue
         self._active = 0
+        self._closed = False
 
     def __repr__(self) -> str:
         used = 0
@@ -597,6 +599,7 @@ class Engine:
                 f"pool: {used}/{self.max_connections}]>")
 
     async def __aenter__(self) -> Self:
+        self._closed = False
         _ = self.session
         return self
 
@@ -606,6 +609,8 @@ class Engine:
     @property
     def session(self) -> aiohttp.ClientSession:
         """The pooled session, created on first use inside the running loop."""
+        if self._closed:
+            raise EngineClosed("the engine is closed")
         if self._session is None:
             connector = aiohttp.TCPConnector(
                 limit=self.max_connections,
@@ -634,11 +639,16 @@ class Engine:
         return len(getattr(self._session.connector, "_acquired", ()))
 
     async def aclose(self) -> None:
-        """Stop every reader and close the pool."""
-        for task in list(self._readers):
+        """Stop every reader, tell its consumer, and close the pool. A request still waiting
+        for its headers fails with `EngineClosed` too (it is not retried)."""
+        self._closed = True
+        readers = dict(self._readers)
+        for task in readers:
             task.cancel()
-        if self._readers:
-            await asyncio.gather(*self._readers, return_exceptions=True)
+        if readers:
+            await asyncio.gather(*readers, return_exceptions=True)
+        for queue in readers.values():  # a consumer waiting on a cancelled reader must wake
+            queue.put_nowait(EngineClosed("the engine was closed while the stream was read"))
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -682,12 +692,16 @@ class Engine:
             try:
                 await attempt.open()
                 batch = await attempt.queue.get()
-            except EngineError as exc:
+            except EngineError as caught:
                 attempt.abort()
+                exc = caught
+                if self._closed and not isinstance(exc, EngineClosed):
+                    exc = attempt._tag(EngineClosed(  # noqa: SLF001 - same module
+                        f"the engine was closed while the request was in flight ({exc.kind})"))
                 exc.attempts = handle.attempts
                 delay = self.retry_delay(exc, handle.attempts - 1)
                 if delay is None:
-                    raise
+                    raise exc from None
                 if self.on_retry is not None:
                     self.on_retry(exc, handle.attempts)
                 await self._sleep(delay)

@@ -2,6 +2,7 @@
 
     EngineError
     ├── ConfigError (also ValueError)       the caller's fault: bad arguments, bad input line
+    ├── EngineClosed                        the engine was closed with the request in flight
     ├── TransportError                      no response: refused, reset, a malformed status line
     ├── APIStatusError(status, body)        a non-2xx answer
     │   ├── BadRequestError (400)  AuthenticationError (401)  PermissionDeniedError (403)
@@ -68,6 +69,11 @@ class EngineError(Exception):
 
 class ConfigError(EngineError, ValueError):
     """The caller's fault: an invalid argument, body or input line."""
+
+
+class EngineClosed(EngineError):
+    """The engine was closed (`aclose`, the end of `async with`) while this request was in
+    flight, or a request was made after it. Never retried."""
 
 
 class TransportError(EngineError):

@@ -26,6 +26,7 @@ from engine.errors import (
     AuthenticationError,
     BadRequestError,
     ConnectTimeout,
+    EngineClosed,
     EngineError,
     ErrorEvent,
     FirstByteTimeout,
@@ -480,3 +481,51 @@ async def test_retry_after_is_capped_by_the_policy(mock_factory: MockFactory) ->
         with pytest.raises(RateLimitError):
             await eng.run(BODY)
     assert delays == [2.0]
+
+
+# --- 9. closing the engine with requests in flight -------------------------------------------
+
+
+async def test_closing_the_engine_while_a_request_waits_for_headers() -> None:
+    """Not retried on a fresh pool after the close: it fails, typed, and opens nothing."""
+    accepted = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        with contextlib.suppress(ConnectionError):
+            await reader.read()  # never answers; returns when the client goes away
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    try:
+        eng = Engine(base_url=url)  # the default retry policy: a TransportError would retry
+        async with eng:
+            task = asyncio.create_task(eng.run(BODY))
+            await until(accepted.is_set, "the request to reach the server")
+        with pytest.raises(EngineClosed, match="closed while the request was in flight"):
+            await asyncio.wait_for(task, DEADLINE_S)
+        assert eng._session is None  # no pool was opened again for a retry
+        with pytest.raises(EngineClosed):
+            await eng.run(BODY)
+        assert eng._session is None
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_closing_the_engine_mid_stream_wakes_the_consumer(base_url: str) -> None:
+    seen: list[str] = []
+
+    async def consume(eng: Engine) -> None:
+        async for event in eng.stream(BODY, headers={"x-mock-ttft-ms": "0",
+                                                     "x-mock-itl-ms": "500"}):
+            seen.append(event.type)  # noqa: PERF401 - polled while the stream runs
+
+    async with Engine(base_url=base_url) as eng:
+        task = asyncio.create_task(consume(eng))
+        await until(lambda: len(seen) > 0, "the first events")
+    with pytest.raises(EngineClosed, match="closed while the stream was read"):
+        await asyncio.wait_for(task, DEADLINE_S)  # it used to wait forever on its queue
+    async with eng:  # a closed engine can be entered again
+        assert (await eng.run(BODY)).text
