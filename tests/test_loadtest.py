@@ -32,6 +32,7 @@ from engine.loadtest import (
     run_load,
     run_sweep,
 )
+from engine.loadtest import runner as runner_module
 from engine.loadtest.config import AUTO_WORKERS, Endpoint, parse_slo
 from engine.loadtest.metrics import meets_slo, stats, summarize
 from engine.loadtest.prompts import PromptSource, load_bodies
@@ -419,6 +420,30 @@ async def test_the_cyclic_collector_is_off_while_a_run_measures_and_back_after(
     assert not any(during)
     assert gc.isenabled()
     assert gc.get_freeze_count() == 0  # the heap frozen for the run is handed back
+
+
+async def test_garbage_of_failing_requests_is_collected_within_a_budget(
+        base_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the collector off, failed requests' cyclic garbage (exception -> traceback ->
+    frame) must still be bounded: the run collects the young objects past a budget."""
+    monkeypatch.setattr(runner_module, "GC_YOUNG_BUDGET", 3_000)
+    monkeypatch.setattr(runner_module, "GC_CHECK_S", 0.05)
+    started: list[tuple[int, bool]] = []
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started.append((info["generation"], gc.isenabled()))
+
+    gc.callbacks.append(on_gc)
+    try:
+        config = LoadConfig(base_url, concurrency=4, duration_s=1.5, warmup_s=0, canary=False,
+                            headers={"x-mock-fault": "disconnect:2"})
+        doc = (await run_load(config)).summary()
+    finally:
+        gc.callbacks.remove(on_gc)
+    assert doc["completed"] == 0
+    assert sum(doc["errors"].values()) > 50
+    assert (1, False) in started  # the run's own collection, automatic collection still off
 
 
 async def test_auto_workers_follow_the_load_and_the_cores(base_url: str) -> None:
