@@ -313,11 +313,14 @@ class EventDecoder:
         """An SSE parser whose messages come as one flat list, ready for `scan`."""
         return SSEParser(max_event_bytes, factory=None)
 
-    def decode(self, messages: Sequence[SSEMessage] | Flat,
+    def decode(self, messages: Sequence[SSEMessage | StreamEvent] | Flat,
                received_ns: int) -> list[StreamEvent]:
-        """Stamp, type and check the messages of one chunk (from either parser); drops `[DONE]`."""
-        flat: Flat = ([x for m in messages for x in (m.raw, m.event, m.id)]
-                      if messages and isinstance(messages[0], SSEMessage) else list(messages))
+        """Stamp, type and check the messages of one chunk (messages of either parser, or
+        events); drops `[DONE]`."""
+        flat: Flat = list(messages)
+        if flat and isinstance(flat[0], SSEMessage | StreamEvent):
+            flat = [x for m in flat for x in (
+                m.raw, m.event if isinstance(m, SSEMessage) else m.type, m.id)]
         return list(events_of(self.scan(flat, received_ns), received_ns))
 
     def scan(self, messages: Flat, received_ns: int) -> Flat:
@@ -328,9 +331,10 @@ class EventDecoder:
         # Events before the first special one pass as they are (all of them, usually).
         plain = min(map(names.index, special)) if special else len(names)
         if self.dialect is None:
-            for name in itertools.islice(names, plain):
-                if name.startswith("response."):
-                    self.dialect = Dialect.RESPONSES
+            for i, name in enumerate(itertools.islice(names, plain)):
+                typ = messages[3 * i].type if name is None else name  # None: built already
+                if typ == CHAT_CHUNK or typ.startswith("response."):
+                    self.dialect = Dialect.CHAT if typ == CHAT_CHUNK else Dialect.RESPONSES
                     break
         if not special:
             return messages
@@ -341,8 +345,8 @@ class EventDecoder:
         out: Flat = []
         it = iter(messages)
         for raw, name, id_ in zip(it, it, it, strict=True):
-            typ = name
-            if typ in _SPECIAL:
+            typ = raw.type if name is None else name  # None: an event built already
+            if typ in _SPECIAL and name is not None:
                 if typ == "message" and raw == _DONE:
                     self.done = True  # ends the stream; not an event
                     continue

@@ -311,3 +311,22 @@ def test_untyped_then_typed_events_in_one_chunk_keep_their_order_and_dialect() -
     assert decoder.dialect is Dialect.RESPONSES
     events = list(events_of(items, 3))
     assert [e.text_delta for e in events] == [None, "Hi"]
+
+
+def test_decode_takes_events_and_a_scanned_batch_takes_another_scan() -> None:
+    decoder = EventDecoder()
+    events = decoder.decode(decoder.parser().feed(typed(DELTA) + typed(COMPLETED)), 5)
+    again = EventDecoder().decode(events, 6)
+    assert [(e.type, e.raw, e.received_ns) for e in again] == [
+        (e.type, e.raw, 6) for e in events]
+    chat = EventDecoder()
+    items = chat.scan(chat.parser().feed(untyped(CHAT) + untyped(CHAT)), 7)
+    assert isinstance(items[0], StreamEvent)  # untyped: built by the reader
+    fresh = EventDecoder()
+    assert fresh.scan(items, 7) == items  # built events pass through, typed by their JSON
+    assert fresh.dialect is Dialect.CHAT
+    created = {"type": "response.created", "response": {}}
+    flat = decoder.scan(decoder.parser().feed(untyped(created) + typed(DELTA)), 8)
+    plain = EventDecoder()
+    assert plain.scan(flat[3:], 8) == flat[3:]
+    assert plain.dialect is Dialect.RESPONSES
