@@ -93,8 +93,8 @@ async def test_faults_end_in_exactly_one_record_each(tmp_path: Path,
     assert_exactly_once({f"req-{i}" for i in range(2000)}, tmp_path / "out.jsonl",
                         tmp_path / "out.errors.jsonl")
     assert summary.succeeded + summary.failed == 2000
-    assert summary.failed > 0  # mid-stream faults are never retried
-    assert summary.retries > 0
+    assert summary.failed > 0  # malformed events are final
+    assert summary.retries_by_kind["StreamTruncated"] > 0  # broken streams are sent again
     assert set(summary.errors_by_kind) <= {"TransportError", "ProtocolError", "StreamTruncated",
                                            "http_429", "http_500"}
     request_ids = [r["response"]["request_id"] for r in records(tmp_path / "out.jsonl")]
@@ -114,6 +114,36 @@ async def test_faults_end_in_exactly_one_record_each(tmp_path: Path,
     again = await run_batch(config(tmp_path, mock.base_url))
     assert (again.already_done, again.to_do, again.finished) == (2000, 0, 0)
     assert sum(mock.stats.requests.values()) == before
+
+
+async def test_a_stream_broken_after_its_first_event_is_sent_again(
+        tmp_path: Path, mock_factory: MockFactory) -> None:
+    """Nothing of it reached the output, so a batch retries it (a streaming consumer would not)."""
+    mock = mock_factory(output_tokens=8, faults={"disconnect": 0.2}, seed=11)
+    make_input(tmp_path / "in.jsonl", 60)
+    # Many retries: the mock draws faults from one seeded sequence, and near the end of the
+    # job a request retried at once can be the only one drawing, several times in a row.
+    policy = RetryPolicy(max_retries=20, base_s=0.001, cap_s=0.005)
+    summary = await run_batch(config(tmp_path, mock.base_url, concurrency=8, retry=policy))
+    assert_exactly_once({f"req-{i}" for i in range(60)}, tmp_path / "out.jsonl",
+                        tmp_path / "out.errors.jsonl")
+    assert (summary.succeeded, summary.failed) == (60, 0)
+    assert summary.retries_by_kind["StreamTruncated"] == summary.retries > 3
+    assert sum(mock.stats.requests.values()) == 60 + summary.retries
+    for rec in records(tmp_path / "out.jsonl"):  # whole answers, not the broken attempt's part
+        body = rec["response"]["body"]
+        done = (body["status"] == "completed" if body["object"] == "response"
+                else body["choices"][0]["finish_reason"] in ("stop", "length"))
+        assert done, body
+
+
+async def test_a_malformed_event_is_final_in_a_batch(tmp_path: Path,
+                                                     mock_factory: MockFactory) -> None:
+    mock = mock_factory(output_tokens=8, faults={"malformed": 1.0})
+    make_input(tmp_path / "in.jsonl", 2)
+    summary = await run_batch(config(tmp_path, mock.base_url))
+    assert (summary.succeeded, summary.failed, summary.retries) == (0, 2, 0)
+    assert dict(summary.errors_by_kind) == {"ProtocolError": 2}
 
 
 async def test_plain_bodies_and_bad_lines(tmp_path: Path, base_url: str) -> None:

@@ -10,6 +10,12 @@ receives must hold its own grant and the engine's retry loop cannot wait for one
 still decides *whether* an error may be retried (its rules: status, error kind, no event
 delivered yet): it calls `on_retry` at that point, the runner's hook raises `_RetryHere`
 out of `Engine.run`, and the runner backs off, takes a new grant and sends again.
+
+Unlike a streaming consumer, the runner also retries a stream that broke *after* its first
+event (dropped connection, body cut short, the server going idle): nothing of it has reached
+the output yet, the record is written only once the whole answer is in, so sending it again
+duplicates nothing; a flaky gateway should not turn a transient break into a failed record.
+A malformed event stays final (the server sent bad data).
 """
 
 from __future__ import annotations
@@ -34,7 +40,14 @@ from engine.client import (
     Timeouts,
     retry_delay,
 )
-from engine.errors import ConfigError, EngineError, RateLimitError
+from engine.errors import (
+    ConfigError,
+    EngineError,
+    IdleTimeout,
+    RateLimitError,
+    StreamTruncated,
+    TransportError,
+)
 from engine.limits import AdaptiveConcurrency, RateLimiter, Reservation
 
 if TYPE_CHECKING:
@@ -143,6 +156,10 @@ class BatchSummary:
         """JSON-ready, for `--json` and scripts."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "started_s"}
         return {k: dict(v) if isinstance(v, Counter) else v for k, v in out.items()}
+
+
+# What a stream that broke after its first event raises; the runner sends it again (see top).
+BROKEN_MID_STREAM = (StreamTruncated, IdleTimeout, TransportError)
 
 
 class _RetryHere(Exception):
@@ -301,7 +318,11 @@ class BatchRunner:
                     raise error from None
             except EngineError as exc:
                 exc.attempts = attempt
-                raise
+                delay = (retry_delay(exc, attempt - 1, self.config.retry)
+                         if isinstance(exc, BROKEN_MID_STREAM) else None)
+                if delay is None:
+                    raise
+                error = exc
             else:
                 result.attempts = attempt
                 return result, reservation
