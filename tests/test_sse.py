@@ -166,6 +166,15 @@ def test_every_split_point_with_empty_chunks() -> None:
             assert parse_chunks([raw[:i], b"", raw[i:j], b"", raw[j:]]) == expected
 
 
+def test_pure_crlf_chunks_at_every_split_point_match_the_reference() -> None:
+    """The CRLF fast path (split on CRLF) and its fall-backs (a CR ending a chunk, a lone LF)."""
+    raw = b"event: a\r\ndata: 1\r\ndata: 2\r\nid: 7\r\n\r\n: c\r\ndata: 3\r\n\r\ndata: 4\n\n"
+    expected = reference_parse(raw)
+    assert [m[1] for m in expected] == ["1\n2", "3", "4"]
+    for i in range(len(raw) + 1):
+        assert parse_chunks([raw[:i], raw[i:]]) == expected
+
+
 @pytest.mark.parametrize(("value", "expected"), [
     (b"retry: 3000\n", 3000), (b"retry: 30x\n", None), (b"retry:\n", None),
     (b"retry: -5\n", None), (b"retry: \xd9\xa3\n", None), (b"retry:10\nretry: 20\n", 20),
