@@ -42,6 +42,7 @@ __all__ = [
     "decode_json",
     "delta_text",
     "events_of",
+    "triples",
 ]
 
 CHAT_CHUNK = "chat.completion.chunk"
@@ -278,10 +279,15 @@ Flat = list[Any]
 _SPECIAL = TERMINAL_TYPES | {"message", CHAT_CHUNK}
 
 
+def triples(items: Flat) -> Iterator[tuple[Any, str | None, str | None]]:
+    """A flat batch's events as `(raw, name, id)`, or `(event, None, None)` when built."""
+    it = iter(items)
+    return zip(it, it, it, strict=True)
+
+
 def events_of(items: Flat, received_ns: int) -> Iterator[StreamEvent]:
     """The StreamEvents of a flat batch, each built when it is taken."""
-    it = iter(items)
-    for raw, name, id_ in zip(it, it, it, strict=True):
+    for raw, name, id_ in triples(items):
         yield raw if name is None else StreamEvent(raw, name, id_, received_ns)
 
 
@@ -332,9 +338,7 @@ class EventDecoder:
         plain = min(map(names.index, special)) if special else len(names)
         if self.dialect is None:
             for i, name in enumerate(itertools.islice(names, plain)):
-                typ = messages[3 * i].type if name is None else name  # None: built already
-                if typ == CHAT_CHUNK or typ.startswith("response."):
-                    self.dialect = Dialect.CHAT if typ == CHAT_CHUNK else Dialect.RESPONSES
+                if self._detect(messages[3 * i].type if name is None else name):  # None: built
                     break
         if not special:
             return messages
@@ -343,8 +347,7 @@ class EventDecoder:
     def _look(self, messages: Flat, received_ns: int) -> Flat:
         """The events from the first one that needs a look (a terminal, [DONE], untyped)."""
         out: Flat = []
-        it = iter(messages)
-        for raw, name, id_ in zip(it, it, it, strict=True):
+        for raw, name, id_ in triples(messages):
             typ = raw.type if name is None else name  # None: an event built already
             if typ in _SPECIAL and name is not None:
                 if typ == "message" and raw == _DONE:
@@ -362,11 +365,18 @@ class EventDecoder:
             else:
                 out += (raw, name, id_)
             if self.dialect is None:
-                if typ == CHAT_CHUNK:
-                    self.dialect = Dialect.CHAT
-                elif typ.startswith("response."):
-                    self.dialect = Dialect.RESPONSES
+                self._detect(typ)
         return out
+
+    def _detect(self, typ: str) -> bool:
+        """Set the dialect if this event type tells it; whether it did."""
+        if typ == CHAT_CHUNK:
+            self.dialect = Dialect.CHAT
+        elif typ.startswith("response."):
+            self.dialect = Dialect.RESPONSES
+        else:
+            return False
+        return True
 
     @staticmethod
     def _untyped(event: StreamEvent) -> None:

@@ -16,7 +16,16 @@ from typing import IO, Any, Protocol
 
 import orjson
 
-from engine.events import CHAT_CHUNK, TEXT_DELTA, Dialect, Flat, StreamEvent, Usage, delta_text
+from engine.events import (
+    CHAT_CHUNK,
+    TEXT_DELTA,
+    Dialect,
+    Flat,
+    StreamEvent,
+    Usage,
+    delta_text,
+    triples,
+)
 
 __all__ = [
     "Callback",
@@ -151,8 +160,7 @@ class ResponseAssembler:
         no event built for a text delta: what `Engine.run` does when no other handler needs
         the events."""
         parts, times = self.parts, self.token_times_ns
-        it = iter(items)
-        for raw, name, id_ in zip(it, it, it, strict=True):
+        for raw, name, id_ in triples(items):
             if name == TEXT_DELTA:
                 delta = delta_text(raw)
                 if delta:  # a non-empty str (True is never returned)
