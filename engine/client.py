@@ -761,9 +761,8 @@ class Engine:
         """Stream one request through `handlers` and return the assembled result."""
         handle = self._handle(body, endpoint, custom_id, headers, timeouts)
         assembler = ResponseAssembler(handle.shape)
-        sync, run_async = (split_handlers([assembler, *handlers]) if handlers
-                           else ([assembler], []))
-        bare = len(sync) == 1 and not run_async  # no handler but ours: no event per delta
+        bare = not handlers  # no handler of the caller's: no event per text delta
+        sync, run_async = ([assembler], []) if bare else split_handlers([assembler, *handlers])
         count = 0
         self._active += 1
         try:
