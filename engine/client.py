@@ -14,7 +14,7 @@ the per-chunk cost is one attribute store rather than a timer per read.
 aiohttp exceptions stop here: each is described by type and message (`_describe`), never by
 repr, and never chained (`raise ... from exc` would keep it as `__cause__`): the args and repr
 of aiohttp's `ClientResponseError` hold the request headers, Authorization included. Text a
-server may have reflected from the request is redacted as well (`_redact`).
+server may have reflected from the request is redacted as well (`engine.redaction`).
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ from engine.errors import (
 from engine.events import Dialect, EventDecoder, Flat, StreamEvent, Usage, events_of
 from engine.handlers import Handler, ResponseAssembler, split_handlers
 from engine.limits import backoff_delay, parse_retry_after
+from engine.redaction import redact, redact_bytes, secret_values
 from engine.sse import MAX_EVENT_BYTES
 
 __all__ = ["DEFAULT_BASE_URL", "Engine", "RetryPolicy", "StreamResult", "Timeouts"]
@@ -71,34 +72,8 @@ RETRY_STATUSES: Final = frozenset({408, 409, 429})
 ERROR_BODY_LIMIT: Final = 64 * 1024
 DRAIN_S: Final = 2.0  # how long a finished stream may take to reach EOF and free its connection
 _END: Final = None  # queue item: the stream ended cleanly
-# Headers whose values are credentials: never shown, even when a server reflects them.
-SECRET_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "api-key", "x-api-key"})
-REDACTED: Final = "[redacted]"
 # How an event stream can begin (after an optional BOM): a known field, a comment, a blank line.
 _SSE_STARTS: Final = (b"data", b"event", b"id", b"retry", b":", b"\n", b"\r")
-
-
-def _secret_values(api_key: str | None, *header_maps: Mapping[str, str]) -> tuple[str, ...]:
-    """The credential strings of a request (key, auth header values and their tokens)."""
-    values = {api_key or ""}
-    for headers in header_maps:
-        for name, value in headers.items():
-            if name.lower() in SECRET_HEADERS:
-                values.update((value, value.partition(" ")[2]))  # and the token after "Bearer "
-    values.discard("")
-    return tuple(sorted(values, key=len, reverse=True))  # a whole value before its token
-
-
-def _redact(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, REDACTED)
-    return text
-
-
-def _redact_bytes(raw: bytes, secrets: tuple[str, ...]) -> bytes:
-    for secret in secrets:
-        raw = raw.replace(secret.encode(), REDACTED.encode())
-    return raw
 
 
 def _describe(exc: BaseException) -> str:
@@ -466,17 +441,17 @@ class _Attempt:
 
     def _secrets(self) -> tuple[str, ...]:
         """The engine's credentials and those of this call's own headers."""
-        own = _secret_values(None, self.headers)
+        own = secret_values(None, self.headers)
         if not own:
             return self.engine._secrets  # noqa: SLF001 - same module
         return tuple(sorted({*self.engine._secrets, *own}, key=len, reverse=True))  # noqa: SLF001
 
     def _describe(self, exc: BaseException) -> str:
         """`_describe` with this request's credentials redacted (a server may reflect them)."""
-        return _redact(_describe(exc), self._secrets())
+        return redact(_describe(exc), self._secrets())
 
     def _redact_bytes(self, raw: bytes) -> bytes:
-        return _redact_bytes(raw, self._secrets())
+        return redact_bytes(raw, self._secrets())
 
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
         """The start of an error body, with any credential the server reflected redacted."""
@@ -581,7 +556,7 @@ class Engine:
         # runner takes the retry over, to send it through its rate limits).
         self.on_retry = on_retry
         self._extra_headers = dict(headers or {})
-        self._secrets = _secret_values(self.__api_key, self._extra_headers)
+        self._secrets = secret_values(self.__api_key, self._extra_headers)
         # The wait before a retry; tests replace it to see the delays without waiting them.
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self._session: aiohttp.ClientSession | None = None

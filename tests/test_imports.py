@@ -19,13 +19,16 @@ ALLOWED: dict[str, set[str]] = {
     "events": {"sse", "errors", "orjson"},
     "handlers": {"events", "errors", "orjson"},
     "limits": {"asyncio"},  # async acquire helpers; still no network I/O
-    "client": {"sse", "events", "errors", "handlers", "limits", "aiohttp", "orjson", "asyncio"},
+    "redaction": set(),
+    "client": {"sse", "events", "errors", "handlers", "limits", "redaction", "aiohttp", "orjson",
+               "asyncio"},
 }
 # packages: every module of the package may import only these (plus stdlib, itself)
 PACKAGE_ALLOWED: dict[str, set[str]] = {
     "batch": {"client", "handlers", "limits", "events", "errors", "orjson", "rich", "asyncio",
               "uvloop"},
-    "loadtest": {"client", "handlers", "limits", "events", "errors", "orjson", "rich", "numpy",
+    "loadtest": {"client", "handlers", "limits", "events", "errors", "redaction", "orjson", "rich",
+                 "numpy",
                  "matplotlib", "asyncio", "uvloop", "aiohttp"},
     "distributed": {"batch", "loadtest", "limits", "errors", "orjson", "ray", "asyncio"},
 }
