@@ -87,7 +87,9 @@ async def _stream_one(args: argparse.Namespace, base_url: str) -> int:
             return 1
     usage = result.usage.as_dict() if result.usage else "not reported"
     ttft = f"{result.ttft_s * 1000:.1f} ms" if result.ttft_s is not None else "n/a"
-    print(f"\n\nusage: {usage}\ntime to first token: {ttft}   total: {result.e2e_s * 1000:.1f} ms"
+    reason = result.incomplete_reason or result.finish_reason or "no reason given"
+    print(f"\n\nended: {result.status} ({reason})\nusage: {usage}\n"
+          f"time to first token: {ttft}   total: {result.e2e_s * 1000:.1f} ms"
           f"   events: {result.events}   request id: {result.request_id}", file=sys.stderr)
     return 0
 

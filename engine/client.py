@@ -116,13 +116,18 @@ class RetryPolicy:
 @dataclass(slots=True)
 class StreamResult:
     """What `Engine.run` returns. `response` has the shape of the endpoint called: a
-    Responses object for `/responses`, a `chat.completion` for `/chat/completions`."""
+    Responses object for `/responses`, a `chat.completion` for `/chat/completions`.
+
+    How the stream ended is told the same way for both wire formats: `status` is
+    "completed" or "incomplete" (the output cap or a content filter stopped it: a result,
+    not an error), `incomplete_reason` the Responses reason (`max_output_tokens`,
+    `content_filter`) and `finish_reason` chat's (`stop`, `length`, `content_filter`, ...)."""
 
     text: str
     usage: Usage | None
     response: dict[str, Any]
     events: int  # number of events the stream delivered
-    status: int
+    http_status: int
     request_id: str | None
     custom_id: str | None
     dialect: Dialect | None
@@ -132,6 +137,12 @@ class StreamResult:
     first_token_ns: int | None
     finished_ns: int
     token_times_ns: list[int] = field(default_factory=list)
+    status: str = "completed"
+    incomplete_reason: str | None = None
+    finish_reason: str | None = None
+    # Sent again on a fresh connection because a pooled one was dead on arrival (a server
+    # that closes kept-alive connections): transparent, not a retry (see `attempts`).
+    reconnects: int = 0
 
     @property
     def ttft_s(self) -> float | None:
@@ -710,8 +721,9 @@ class Engine:
         headers: Mapping[str, str] | None = None,
         timeouts: Timeouts | None = None,
     ) -> AsyncIterator[StreamEvent]:
-        """Yield the events of one streamed request. A failure (error event, failed or
-        incomplete response, truncated stream) is raised after its event was yielded."""
+        """Yield the events of one streamed request. A failure (error event, failed
+        response, truncated stream) is raised after its event was yielded; an incomplete
+        response is not a failure."""
         handle = self._handle(body, endpoint, custom_id, headers, timeouts)
         self._active += 1
         try:
@@ -765,13 +777,15 @@ class Engine:
             self._active -= 1
         attempt = handle.attempt
         assert attempt is not None  # noqa: S101 - _batches ran at least once
+        ending = assembler.ending
         return StreamResult(
             text=assembler.text, usage=assembler.usage, response=assembler.response(),
-            events=count, status=attempt.status, request_id=attempt.request_id,
+            events=count, http_status=attempt.status, request_id=attempt.request_id,
             custom_id=custom_id, dialect=attempt.decoder.dialect, attempts=handle.attempts,
             started_ns=attempt.started_ns, first_byte_ns=attempt.first_byte_ns,
             first_token_ns=attempt.first_token_ns, finished_ns=handle.finished_ns,
-            token_times_ns=assembler.token_times_ns,
+            token_times_ns=assembler.token_times_ns, status=ending.status,
+            incomplete_reason=ending.incomplete_reason, finish_reason=ending.finish_reason,
         )
 
 

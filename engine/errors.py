@@ -11,7 +11,6 @@
     ├── StreamError(status)                 the response began but did not succeed
     │   ├── ErrorEvent                      `error` event / chat `{"error": …}` chunk / JSON body
     │   ├── ResponseFailed                  `response.failed`
-    │   ├── ResponseIncomplete              `response.incomplete` or status "incomplete"
     │   └── StreamTruncated                 the body ended (cleanly or by a dropped connection)
     │                                       without a terminal event
     ├── ProtocolError                       not SSE, bad JSON, event over the size cap
@@ -183,10 +182,6 @@ class ErrorEvent(StreamError):
 
 
 class ResponseFailed(StreamError):
-    pass
-
-
-class ResponseIncomplete(StreamError):
     pass
 
 

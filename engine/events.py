@@ -8,6 +8,10 @@ The dialect is detected per stream from the bytes, not the URL: gateways answer 
 with chat chunks, send `data: [DONE]` after `response.completed`, omit `sequence_number`, or
 report `status: "incomplete"` inside `response.completed` (vLLM). `[DONE]` ends a stream
 without being an event.
+
+An incomplete response (`response.incomplete`, or `status: "incomplete"`: the output cap or a
+content filter ended it) is a result, not an error, as chat's `finish_reason: "length"` is:
+`ending` tells both in one vocabulary.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from engine.errors import (
     ErrorEvent,
     ProtocolError,
     ResponseFailed,
-    ResponseIncomplete,
     StreamError,
     snippet,
 )
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CHAT_CHUNK",
     "Dialect",
+    "Ending",
     "EventDecoder",
     "Flat",
     "StreamEvent",
@@ -205,7 +209,7 @@ class StreamEvent:
         return Usage.from_payload(response.get("usage")) if response else None
 
     def error(self) -> StreamError | None:
-        """The typed failure this event reports, if any (`error`, failed, incomplete)."""
+        """The typed failure this event reports, if any (`error`, `response.failed`)."""
         typ = self.type
         if typ == "error" or (typ == CHAT_CHUNK and "error" in self.data):
             err = _error_object(self.data.get("error", self.data))
@@ -225,18 +229,43 @@ class StreamEvent:
                 f"response failed: {message or err or 'no reason given'}",
                 data=self.data, code=_str_or_none(err.get("code")), server_message=message,
             )
-        if typ == "response.incomplete" or status == "incomplete":
-            details = response.get("incomplete_details")
-            reason = _str_or_none(details.get("reason") if isinstance(details, dict) else details)
-            return ResponseIncomplete(
-                f"response incomplete: {reason or 'no reason given'}",
-                data=self.data, code=reason,
-            )
         return None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready view for writers: type, arrival time and the decoded data."""
         return {"type": self.type, "received_ns": self.received_ns, "data": self.data}
+
+
+# How a stream ended, in both vocabularies: chat's finish_reason and the Responses
+# incomplete_details.reason (OpenAI's own mapping: "length" is "max_output_tokens").
+_INCOMPLETE_BY_FINISH = {"length": "max_output_tokens", "content_filter": "content_filter"}
+_FINISH_BY_INCOMPLETE = {v: k for k, v in _INCOMPLETE_BY_FINISH.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How a stream ended: `status` "completed" or "incomplete", the Responses
+    `incomplete_reason` and chat's `finish_reason`, each filled for both dialects."""
+
+    status: str = "completed"
+    incomplete_reason: str | None = None
+    finish_reason: str | None = None
+
+    @classmethod
+    def from_finish(cls, finish_reason: str | None) -> Ending:
+        """From a chat `finish_reason` ("length" and "content_filter" are incomplete)."""
+        reason = _INCOMPLETE_BY_FINISH.get(finish_reason or "")
+        return cls("incomplete" if reason else "completed", reason, finish_reason)
+
+    @classmethod
+    def from_response(cls, response: dict[str, Any] | None) -> Ending:
+        """From a Responses object's `status` and `incomplete_details`."""
+        response = response or {}
+        if response.get("status") != "incomplete":
+            return cls("completed", None, "stop")
+        details = response.get("incomplete_details")
+        reason = _str_or_none(details.get("reason") if isinstance(details, dict) else details)
+        return cls("incomplete", reason, _FINISH_BY_INCOMPLETE.get(reason or "", reason))
 
 
 def _finish_reason(data: dict[str, Any]) -> str | None:

@@ -20,6 +20,7 @@ from engine.events import (
     CHAT_CHUNK,
     TEXT_DELTA,
     Dialect,
+    Ending,
     Flat,
     StreamEvent,
     Usage,
@@ -173,18 +174,29 @@ class ResponseAssembler:
     def text(self) -> str:
         return "".join(self.parts)
 
-    def response(self, status: str = "completed") -> dict[str, Any]:
-        """The final object; `status` is used only when it has to be assembled."""
+    @property
+    def ending(self) -> Ending:
+        """How the stream ended: from chat's finish_reason, else the terminal response."""
+        if self.terminal is None and (self.dialect is Dialect.CHAT or self.finish_reason):
+            return Ending.from_finish(self.finish_reason)
+        return Ending.from_response(self.terminal)
+
+    def response(self) -> dict[str, Any]:
+        """The final object: the server's terminal response, or assembled from the events."""
         if self.shape is Dialect.CHAT:
             return self._chat_completion()
         if self.terminal is not None:
             return self.terminal
+        ending = self.ending
+        status = ending.status
         base = dict(self.created or {})
         base.setdefault("id", self.meta.get("id", ""))
         base.setdefault("object", "response")
         base.setdefault("created_at", self.meta.get("created", int(time.time())))
         base.setdefault("model", self.meta.get("model", ""))
         base["status"] = status
+        base["incomplete_details"] = (None if ending.incomplete_reason is None
+                                      else {"reason": ending.incomplete_reason})
         base["output"] = [{
             "type": "message", "id": "", "status": status, "role": "assistant",
             "content": [{"type": "output_text", "text": self.text, "annotations": []}],
@@ -203,7 +215,7 @@ class ResponseAssembler:
             "model": meta.get("model"),
             "choices": [{
                 "index": 0, "message": {"role": "assistant", "content": self.text},
-                "finish_reason": self.finish_reason or "stop", "logprobs": None,
+                "finish_reason": self.ending.finish_reason or "stop", "logprobs": None,
             }],
             "usage": None if usage is None else {
                 "prompt_tokens": usage.input_tokens,

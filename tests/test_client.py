@@ -22,7 +22,6 @@ from engine.errors import (
     ProtocolError,
     RateLimitError,
     ResponseFailed,
-    ResponseIncomplete,
     StreamTruncated,
     TransportError,
 )
@@ -42,7 +41,8 @@ def fault(kind: str) -> dict[str, str]:
 async def test_run_responses(base_url: str) -> None:
     async with Engine(base_url=base_url, api_key="sk-x") as eng:
         result = await eng.run(RESPONSES_BODY, custom_id="r1")
-    assert result.status == 200
+    assert result.http_status == 200
+    assert (result.status, result.finish_reason) == ("completed", "stop")
     assert result.dialect is Dialect.RESPONSES
     assert result.usage is not None
     assert result.usage.output_tokens == 12
@@ -115,10 +115,31 @@ async def test_chat_on_responses_gives_a_responses_object(base_url: str) -> None
     assert result.response["output"][0]["content"][0]["text"] == plain.text
 
 
+async def test_an_incomplete_response_is_a_result_not_an_error(base_url: str) -> None:
+    async with Engine(base_url=base_url, retry=FAST_RETRY) as eng:
+        result = await eng.run(RESPONSES_BODY, headers=fault("incomplete"))
+        streamed = [ev.type async for ev in eng.stream(RESPONSES_BODY, headers=fault("incomplete"))]
+    assert (result.status, result.incomplete_reason, result.finish_reason) == (
+        "incomplete", "max_output_tokens", "length")
+    assert result.text
+    assert result.response["status"] == "incomplete"
+    assert result.usage is not None
+    assert streamed[-1] == "response.incomplete"  # stream() ends without raising
+
+
+async def test_a_chat_stream_cut_by_its_limit_is_incomplete_too(base_url: str) -> None:
+    async with Engine(base_url=base_url) as eng:
+        result = await eng.run({**CHAT_BODY, "max_tokens": 3})
+    assert (result.status, result.incomplete_reason, result.finish_reason) == (
+        "incomplete", "max_output_tokens", "length")
+    assert result.response["choices"][0]["finish_reason"] == "length"
+    assert result.usage is not None
+    assert result.usage.output_tokens == 3
+
+
 @pytest.mark.parametrize(("kind", "cls"), [
     ("error-event", ErrorEvent),
     ("failed", ResponseFailed),
-    ("incomplete", ResponseIncomplete),
     ("malformed", ProtocolError),
     ("html", ProtocolError),
 ])
@@ -268,7 +289,7 @@ async def test_api_key_sent_and_never_shown(mock_factory: Any) -> None:
     server = mock_factory(api_key="sk-test-secret")
     async with Engine(base_url=server.base_url, api_key="sk-test-secret") as eng:
         assert "sk-test-secret" not in repr(eng)
-        assert (await eng.run(RESPONSES_BODY)).status == 200
+        assert (await eng.run(RESPONSES_BODY)).http_status == 200
     async with Engine(base_url=server.base_url, api_key="sk-wrong-secret",
                       retry=FAST_RETRY) as eng:
         with pytest.raises(AuthenticationError) as info:

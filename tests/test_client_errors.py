@@ -35,7 +35,6 @@ from engine.errors import (
     ProtocolError,
     RateLimitError,
     ResponseFailed,
-    ResponseIncomplete,
     StreamError,
     StreamTruncated,
     TotalTimeout,
@@ -387,7 +386,6 @@ async def test_a_body_that_ends_without_a_terminal_event_is_truncated(
 @pytest.mark.parametrize(("kind", "cls", "has_message"), [
     ("error-event", ErrorEvent, True),
     ("failed", ResponseFailed, True),
-    ("incomplete", ResponseIncomplete, False),
 ])
 async def test_stream_errors_carry_status_message_and_request_id(
         base_url: str, kind: str, cls: type[StreamError], has_message: bool) -> None:

@@ -5,8 +5,16 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from engine.errors import ErrorEvent, ProtocolError, ResponseFailed, ResponseIncomplete
-from engine.events import Dialect, EventDecoder, StreamEvent, Usage, decode_json, events_of
+from engine.errors import ErrorEvent, ProtocolError, ResponseFailed
+from engine.events import (
+    Dialect,
+    Ending,
+    EventDecoder,
+    StreamEvent,
+    Usage,
+    decode_json,
+    events_of,
+)
 from engine.sse import SSEParser
 
 
@@ -89,12 +97,6 @@ def test_chat_choice_other_than_first_is_not_text() -> None:
     (typed({"type": "response.failed", "response": {"status": "failed",
             "error": {"code": "server_error", "message": "model crashed"}}}),
      ResponseFailed, "model crashed"),
-    (typed({"type": "response.incomplete", "response": {"status": "incomplete",
-            "incomplete_details": {"reason": "max_output_tokens"}}}),
-     ResponseIncomplete, "max_output_tokens"),
-    # vLLM reports an incomplete response inside response.completed
-    (typed({"type": "response.completed", "response": {"status": "incomplete",
-            "incomplete_details": {"reason": "length"}}}), ResponseIncomplete, "length"),
     (typed({"type": "response.failed", "response": {}}), ResponseFailed, "no reason given"),
 ])
 def test_terminal_failures_are_typed(raw: bytes, cls: type[Exception], match: str) -> None:
@@ -103,6 +105,47 @@ def test_terminal_failures_are_typed(raw: bytes, cls: type[Exception], match: st
     error = events[-1].error()
     assert isinstance(error, cls)
     assert match in str(error)
+
+
+@pytest.mark.parametrize("raw", [
+    typed({"type": "response.incomplete", "response": {
+        "status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}}}),
+    # vLLM reports an incomplete response inside response.completed
+    typed({"type": "response.completed", "response": {
+        "status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}}}),
+], ids=["response.incomplete", "completed-with-status-incomplete"])
+def test_an_incomplete_response_ends_the_stream_without_an_error(raw: bytes) -> None:
+    decoder, events = decode(raw)
+    assert decoder.finished
+    assert events[-1].error() is None
+    assert Ending.from_response(events[-1].response) == Ending(
+        "incomplete", "max_output_tokens", "length")
+
+
+@pytest.mark.parametrize(("response", "ending"), [
+    ({"status": "completed"}, Ending("completed", None, "stop")),
+    ({"status": "incomplete", "incomplete_details": {"reason": "content_filter"}},
+     Ending("incomplete", "content_filter", "content_filter")),
+    ({"status": "incomplete", "incomplete_details": "max_output_tokens"},
+     Ending("incomplete", "max_output_tokens", "length")),
+    ({"status": "incomplete", "incomplete_details": {"reason": "other"}},
+     Ending("incomplete", "other", "other")),
+    ({"status": "incomplete", "incomplete_details": None}, Ending("incomplete", None, None)),
+    (None, Ending("completed", None, "stop")),
+])
+def test_ending_from_a_response(response: dict[str, object] | None, ending: Ending) -> None:
+    assert Ending.from_response(response) == ending
+
+
+@pytest.mark.parametrize(("finish", "ending"), [
+    ("stop", Ending("completed", None, "stop")),
+    ("length", Ending("incomplete", "max_output_tokens", "length")),
+    ("content_filter", Ending("incomplete", "content_filter", "content_filter")),
+    ("tool_calls", Ending("completed", None, "tool_calls")),
+    (None, Ending("completed", None, None)),
+])
+def test_ending_from_a_chat_finish_reason(finish: str | None, ending: Ending) -> None:
+    assert Ending.from_finish(finish) == ending
 
 
 def test_stream_errors_carry_the_server_message() -> None:
@@ -138,8 +181,6 @@ def test_odd_chat_shapes_count_as_absent(payload: dict[str, object], delta: str 
 @pytest.mark.parametrize(("response", "cls", "text"), [
     ({"status": "failed", "error": "boom"}, ResponseFailed, "response failed: boom"),
     ({"status": "failed", "error": None}, ResponseFailed, "no reason given"),
-    ({"status": "incomplete", "incomplete_details": "length"}, ResponseIncomplete, "length"),
-    ({"status": "incomplete", "incomplete_details": None}, ResponseIncomplete, "no reason"),
 ])
 def test_odd_failure_shapes_still_give_the_typed_error(
         response: dict[str, object], cls: type[Exception], text: str) -> None:

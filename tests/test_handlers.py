@@ -79,9 +79,10 @@ def test_assembler_builds_a_response_when_the_server_sent_none() -> None:
     asm = ResponseAssembler()
     for ev in events_of(CREATED, *DELTAS):
         asm(ev)
-    response = asm.response(status="incomplete")
+    response = asm.response()
     assert response["id"] == "resp_9"
-    assert response["status"] == "incomplete"
+    assert response["status"] == "completed"
+    assert response["incomplete_details"] is None
     assert response["output"][0]["content"][0]["text"] == "Hello"
     assert response["usage"] is None
 

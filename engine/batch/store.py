@@ -48,7 +48,7 @@ def success_line(custom_id: str, result: StreamResult) -> bytes:
     return orjson.dumps({
         "id": record_id(custom_id),
         "custom_id": custom_id,
-        "response": {"status_code": result.status, "request_id": result.request_id,
+        "response": {"status_code": result.http_status, "request_id": result.request_id,
                      "body": result.response},
         "error": None,
     }, option=orjson.OPT_APPEND_NEWLINE)
@@ -60,7 +60,7 @@ def failure_line(custom_id: str, exc: EngineError) -> bytes:
     if isinstance(exc, APIStatusError):
         response = {"status_code": exc.status, "request_id": exc.request_id, "body": exc.body}
     elif isinstance(exc, StreamError) and exc.data is not None:
-        # response.failed / incomplete carry the final response object: keep it for tooling.
+        # response.failed carries the final response object: keep it for tooling.
         data = exc.data
         body = data.get("response", data) if isinstance(data, dict) else data
         response = {"status_code": 200, "request_id": exc.request_id, "body": body}

@@ -355,7 +355,7 @@ def _fill(record: RequestRecord, result: StreamResult, intended_ns: int) -> None
     """Latencies from the intended start; tokens from usage, else counted deltas."""
     times = result.token_times_ns
     record.ok = True
-    record.status = result.status
+    record.status = result.http_status
     record.attempts = result.attempts
     record.request_id = result.request_id
     if result.first_byte_ns is not None:
