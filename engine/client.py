@@ -34,7 +34,7 @@ from collections.abc import (
     Mapping,
 )
 from dataclasses import dataclass, field
-from typing import Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
 import aiohttp
 import orjson
@@ -63,6 +63,9 @@ from engine.handlers import Handler, ResponseAssembler, split_handlers
 from engine.limits import backoff_delay, parse_retry_after
 from engine.redaction import redact, redact_bytes, secret_values
 from engine.sse import MAX_EVENT_BYTES
+
+if TYPE_CHECKING:
+    from types import SimpleNamespace
 
 __all__ = ["DEFAULT_BASE_URL", "Engine", "RetryPolicy", "StreamResult", "Timeouts"]
 
@@ -229,8 +232,8 @@ class _Attempt:
 
     __slots__ = (
         "blocked", "custom_id", "decoder", "engine", "first_byte_ns", "first_token_ns", "headers",
-        "last_ns", "payload", "queue", "reader", "request_id", "resp", "started_ns", "status",
-        "timeouts", "timer", "url",
+        "last_ns", "payload", "queue", "reader", "reconnects", "request_id", "resp", "reused",
+        "started_ns", "status", "timeouts", "timer", "url",
     )
 
     def __init__(self, engine: Engine, url: str, payload: bytes, headers: Mapping[str, str],
@@ -253,6 +256,8 @@ class _Attempt:
         self.last_ns = self.started_ns
         self.blocked = False  # the reader waits on a full queue: not the server's idle time
         self.reader: asyncio.Task[None] | None = None
+        self.reused = False  # set by the engine's trace hook: the pool handed out a kept-alive one
+        self.reconnects = 0
 
     async def open(self) -> None:
         """Send the request and read its headers here, then start the reader on the body."""
@@ -309,10 +314,7 @@ class _Attempt:
         error: EngineError
         try:
             async with asyncio.timeout(min(limits) if limits else None):
-                resp = await self.engine.session.post(
-                    self.url, data=self.payload, headers=self.headers,
-                    # Per request: a call's own `timeouts` must win over the engine's.
-                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s))
+                resp = await self._send()
         except TimeoutError as exc:
             if isinstance(exc, aiohttp.ConnectionTimeoutError):
                 error = ConnectTimeout(f"connect to {self.url} timed out after {t.connect_s} s")
@@ -329,6 +331,29 @@ class _Attempt:
             return await self._check_response(resp)
         # Raised outside the handlers, so the aiohttp exception is neither cause nor context.
         raise error
+
+    async def _send(self) -> aiohttp.ClientResponse:
+        """POST the request; sent again at once when a kept-alive connection from the pool
+        turns out dead before any response byte (the server closed it as we took it).
+
+        Servers close kept-alive connections whenever they like: llama-server after every
+        streamed response although it answered `Keep-Alive`, uvicorn after 5 s idle. The
+        close can cross our next request on the wire; that request never reached a live
+        server, so sending it again is not a retry and costs no attempt. Each dead connection
+        is dropped from the pool, so this ends; a new connection that fails is a real error."""
+        session = self.engine.session
+        # Per request: a call's own `timeouts` must win over the engine's.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect_s)
+        while True:
+            self.reused = False
+            try:
+                return await session.post(self.url, data=self.payload, headers=self.headers,
+                                          timeout=timeout, trace_request_ctx=self)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                if not self.reused or isinstance(exc, aiohttp.ClientConnectorError):
+                    raise
+                self.reconnects += 1
+                self.engine.reconnects += 1
 
     async def _check_response(self, resp: aiohttp.ClientResponse) -> aiohttp.ClientResponse:
         """Record the response's facts; raise for an error status or a body that is no stream."""
@@ -529,6 +554,18 @@ def retry_delay(exc: EngineError, attempt: int, policy: RetryPolicy) -> float | 
     return backoff_delay(attempt, policy.base_s, policy.cap_s)
 
 
+async def _mark_reused(_session: object, ctx: SimpleNamespace, _params: object) -> None:
+    """aiohttp's trace hook: the pool gave this request a kept-alive connection."""
+    attempt = ctx.trace_request_ctx
+    if isinstance(attempt, _Attempt):
+        attempt.reused = True
+
+
+_REUSE_TRACE: Final = aiohttp.TraceConfig()
+_REUSE_TRACE.on_connection_reuseconn.append(_mark_reused)
+_REUSE_TRACE.freeze()
+
+
 class Engine:
     """Streams requests to an OpenAI-compatible endpoint over one pooled aiohttp session.
 
@@ -574,6 +611,7 @@ class Engine:
         self._readers: dict[asyncio.Task[None], BatchQueue] = {}  # reader -> its consumer's queue
         self._active = 0
         self._closed = False
+        self.reconnects = 0  # requests sent again on a fresh connection (see `_Attempt._send`)
 
     def __repr__(self) -> str:
         used = 0
@@ -614,6 +652,7 @@ class Engine:
                 # The phases are enforced by the engine; aiohttp's 300 s total must not apply.
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect_s),
                 auto_decompress=False,
+                trace_configs=[_REUSE_TRACE],
             )
         return self._session
 
@@ -680,6 +719,7 @@ class Engine:
                 batch = await attempt.queue.get()
             except EngineError as caught:
                 attempt.abort()
+                handle.reconnects += attempt.reconnects
                 exc = caught
                 if self._closed and not isinstance(exc, EngineClosed):
                     exc = attempt._tag(EngineClosed(  # noqa: SLF001 - same module
@@ -695,6 +735,7 @@ class Engine:
             except BaseException:
                 attempt.abort()
                 raise
+            handle.reconnects += attempt.reconnects
             try:
                 while batch is not None:
                     handle.finished_ns = batch[0]  # e2e ends at arrival
@@ -703,6 +744,8 @@ class Engine:
             finally:
                 if attempt.reading:
                     attempt.abort()  # consumer left early or failed: drop the connection
+            if not handle.finished_ns:  # no event at all (a bare [DONE]): the body's end
+                handle.finished_ns = attempt.last_ns
             return
 
     def _handle(self, body: Mapping[str, Any], endpoint: str | Dialect | None,
@@ -786,6 +829,7 @@ class Engine:
             first_token_ns=attempt.first_token_ns, finished_ns=handle.finished_ns,
             token_times_ns=assembler.token_times_ns, status=ending.status,
             incomplete_reason=ending.incomplete_reason, finish_reason=ending.finish_reason,
+            reconnects=handle.reconnects,
         )
 
 
@@ -801,6 +845,7 @@ class _Handle:
     timeouts: Timeouts
     attempt: _Attempt | None = None
     attempts: int = 0
+    reconnects: int = 0
     finished_ns: int = 0
 
     def raise_for_outcome(self) -> None:
@@ -808,7 +853,12 @@ class _Handle:
         attempt = self.attempt
         if attempt is None:
             return
-        terminal = attempt.decoder.terminal
+        decoder = attempt.decoder
+        terminal = decoder.terminal
         error = terminal.error() if terminal is not None else None
         if error is not None:
             raise attempt._tag(error)  # noqa: SLF001 - same module
+        if terminal is None and decoder.finish_reason is None and attempt.first_token_ns is None:
+            # `[DONE]` alone is no answer: nothing said, nothing finished (never a success)
+            raise attempt._tag(StreamTruncated(  # noqa: SLF001 - same module
+                "the stream ended ([DONE]) with no content and no terminal event"))

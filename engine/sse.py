@@ -6,6 +6,11 @@ colon, one leading space stripped from values, `id` containing NUL ignored, `ret
 (and ignored when it does not fit 64 bits; see MAX_RETRY_MS),
 blocks without `data` not dispatched, an unfinished event discarded at end of stream.
 
+One addition to the spec: an `error:` line, a field the spec ignores, is dispatched at once as
+an event named `error` with the line's value as its data. llama.cpp's server reported a
+failure mid-stream that way (`error: {...}` then `data: [DONE]`); read to the letter, the
+failure vanished and the stream looked like an empty success.
+
 Speed comes from working on whole chunks: one `split(b"\\n")` per chunk (a chunk with CR is
 split on CRLF when every line ends that way, else normalised first), bytes kept undecoded,
 and a partial line kept as a list of fragments so a long line arriving in many chunks is
@@ -189,6 +194,13 @@ class SSEParser(Generic[M]):
             elif line[:7] == b"event: ":
                 event = name_of(line) or _event_name(line)
             elif line[0] != 58:  # 58 is ":", a comment line
+                if line[:6] == b"error:":  # see the module docstring
+                    value = line[7:] if line[6:7] == b" " else line[6:]
+                    if factory is None:
+                        out += (value, "error", last_id)  # type: ignore[arg-type]
+                    else:
+                        out.append(factory(value, "error", last_id))
+                    continue
                 event = self._field(line, data, event)
                 last_id = self.last_event_id  # an `id:` field may have changed it
         self._data = data

@@ -42,13 +42,15 @@ async def test_run_responses(base_url: str) -> None:
     async with Engine(base_url=base_url, api_key="sk-x") as eng:
         result = await eng.run(RESPONSES_BODY, custom_id="r1")
     assert result.http_status == 200
-    assert (result.status, result.finish_reason) == ("completed", "stop")
+    # the request's cap set the length: OpenAI ends such a stream incomplete (a result)
+    assert (result.status, result.incomplete_reason, result.finish_reason) == (
+        "incomplete", "max_output_tokens", "length")
     assert result.dialect is Dialect.RESPONSES
     assert result.usage is not None
     assert result.usage.output_tokens == 12
     assert len(result.token_times_ns) == 12  # one text delta per token
     assert result.text
-    assert result.response["status"] == "completed"
+    assert result.response["status"] == "incomplete"
     assert result.response["output"][0]["content"][0]["text"] == result.text
     assert result.ttft_s is not None
     assert 0 < result.ttft_s <= result.e2e_s
@@ -72,12 +74,19 @@ async def test_run_chat_normalises_usage_and_shape(base_url: str, mock_server: A
     assert sent["stream_options"] == {"include_usage": True}
 
 
-async def test_stream_yields_events_in_order(base_url: str) -> None:
+@pytest.mark.parametrize(("body", "last"), [
+    (RESPONSES_BODY, "response.incomplete"),
+    ({"model": "m", "input": "Hello there"}, "response.completed"),
+], ids=["capped", "uncapped"])
+async def test_stream_yields_events_in_order(base_url: str, body: dict[str, Any],
+                                             last: str) -> None:
     async with Engine(base_url=base_url) as eng:
-        events = [ev async for ev in eng.stream(RESPONSES_BODY)]
+        events = [ev async for ev in eng.stream(body)]
+        result = await eng.run(body)
     types = [e.type for e in events]
     assert types[0] == "response.created"
-    assert types[-1] == "response.completed"
+    assert types[-1] == last
+    assert result.status == last.removeprefix("response.")
     assert [e.sequence_number for e in events] == list(range(len(events)))
     times = [e.received_ns for e in events]
     assert times == sorted(times)

@@ -51,6 +51,7 @@ HEADER_SECRET = "azure-key-NEVER-SHOWN-77"  # noqa: S105 - a fake per-call `api-
 NO_RETRY = RetryPolicy(max_retries=0)
 FAST_RETRY = RetryPolicy(max_retries=2, base_s=0.001, cap_s=0.01)
 BODY = {"model": "m", "input": "Hello there", "max_output_tokens": 12}
+CHAT_BODY = {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}
 DEADLINE_S = 10.0  # polls give up after this long: a hung test fails instead of waiting
 
 
@@ -224,6 +225,55 @@ async def test_a_malformed_response_created_fails_the_stream(end: bytes,
     assert info.value.custom_id == "c7"
     assert info.value.request_id == "req_raw"
     assert info.value.status == 200
+
+
+CHAT_CHUNK = (b'data: {"object":"chat.completion.chunk","choices":[{"index":0,'
+              b'"delta":{"content":"Hi"}}]}\n\n')
+LLAMA_ERROR = b'error: {"code":500,"message":"slot unavailable","type":"server_error"}\n\n'
+
+
+async def _drain_stream(events: AsyncIterator[Any]) -> None:
+    async for _ in events:
+        pass
+
+
+@pytest.mark.parametrize("before", [b"", CHAT_CHUNK], ids=["at-once", "after-a-chunk"])
+@pytest.mark.parametrize("stream_api", [False, True], ids=["run", "stream"])
+async def test_llama_cpp_error_line_then_done_is_an_error(before: bytes, stream_api: bool) -> None:
+    """llama.cpp's streaming error: an `error:` SSE line, then `data: [DONE]`."""
+    body = before + LLAMA_ERROR + b"data: [DONE]\n\n"
+    async with raw_server(lambda _: http("200 OK", body)) as url, Engine(
+            base_url=url, retry=NO_RETRY) as eng:
+        consume = (lambda: _drain_stream(eng.stream(CHAT_BODY))) if stream_api else (
+            lambda: eng.run(CHAT_BODY))
+        with pytest.raises(ErrorEvent, match="slot unavailable") as info:
+            await consume()
+    assert info.value.server_message == "slot unavailable"
+    assert info.value.code == "500"
+    assert info.value.status == 200
+
+
+@pytest.mark.parametrize("body", [
+    b"data: [DONE]\n\n",
+    b": keep-alive\n\ndata: [DONE]\n\n",
+    (b'data: {"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":'
+     b'"assistant"}}]}\n\ndata: [DONE]\n\n'),
+], ids=["done-alone", "comment-then-done", "role-chunk-then-done"])
+async def test_done_without_content_or_an_ending_is_never_a_success(body: bytes) -> None:
+    async with raw_server(lambda _: http("200 OK", body)) as url, Engine(
+            base_url=url, retry=NO_RETRY) as eng:
+        with pytest.raises(StreamTruncated, match="no content and no terminal event"):
+            await eng.run(CHAT_BODY)
+
+
+async def test_an_empty_answer_that_says_it_finished_is_a_success() -> None:
+    body = (b'data: {"object":"chat.completion.chunk","choices":[{"index":0,"delta":{},'
+            b'"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n')
+    async with raw_server(lambda _: http("200 OK", body)) as url, Engine(
+            base_url=url, retry=NO_RETRY) as eng:
+        result = await eng.run(CHAT_BODY)
+    assert (result.text, result.finish_reason, result.status) == ("", "stop", "completed")
+    assert result.e2e_s >= 0
 
 
 # --- 4. a body that is not an event stream keeps its bytes -----------------------------------

@@ -82,11 +82,19 @@ def reference_parse(raw: bytes) -> list[Msg]:
             event = value
         elif name == "id" and "\0" not in value:
             last_id = value
+        elif name == "error" and ":" in line:  # the one addition to the spec (llama.cpp)
+            out.append(("error", value, last_id))
     return out
 
 
 CASES = [
     pytest.param(b"data: hello\n\n", [("message", "hello", None)], id="simple"),
+    pytest.param(b'data: {"a":1}\n\nerror: {"message":"boom"}\n\ndata: [DONE]\n\n',
+                 [("message", '{"a":1}', None), ("error", '{"message":"boom"}', None),
+                  ("message", "[DONE]", None)], id="llama-cpp-error-line"),
+    pytest.param(b"error:x\ndata: y\n\n", [("error", "x", None), ("message", "y", None)],
+                 id="error-line-dispatched-at-once"),
+    pytest.param(b"errors: x\nerror\n\n", [], id="only-the-error-field"),
     pytest.param(b"data: a\r\n\r\n", [("message", "a", None)], id="crlf"),
     pytest.param(b"data: a\r\rdata: b\r\r", [("message", "a", None), ("message", "b", None)],
                  id="lone-cr"),
@@ -287,7 +295,7 @@ def test_message_data_and_raw() -> None:
 ATOMS = st.sampled_from([
     b"data:", b"data: ", b"event:", b"event: x", b"id:", b"id: 1", b"retry: 10", b"retry:x",
     b":", b" ", b"a", b"\xc3\xa9", b"\xff", b"\r", b"\n", b"\r\n", b"\xef\xbb\xbf", b"\0",
-    b"[DONE]", b"{}",
+    b"[DONE]", b"{}", b"error: e", b"error:",
 ])
 STREAMS = st.lists(ATOMS, max_size=40).map(b"".join)
 
