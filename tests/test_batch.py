@@ -19,7 +19,7 @@ import pytest
 
 from engine.batch import BatchConfig, DuplicateCustomIdError, Endpoint, Shard, run_batch
 from engine.batch.command import main as batch_main
-from engine.client import Engine, RetryPolicy, retry_delay
+from engine.client import Engine, RetryPolicy, Timeouts, retry_delay
 from engine.errors import EngineError, InternalServerError, RateLimitError, TransportError
 from engine.limits import RateLimiter
 from engine.mock import MockConfig, MockServerThread
@@ -93,8 +93,8 @@ async def test_faults_end_in_exactly_one_record_each(tmp_path: Path,
     assert_exactly_once({f"req-{i}" for i in range(2000)}, tmp_path / "out.jsonl",
                         tmp_path / "out.errors.jsonl")
     assert summary.succeeded + summary.failed == 2000
-    assert summary.failed > 0  # malformed events are final
     assert summary.retries_by_kind["StreamTruncated"] > 0  # broken streams are sent again
+    assert summary.retries_by_kind["ProtocolError"] > 0  # so are malformed ones
     assert set(summary.errors_by_kind) <= {"TransportError", "ProtocolError", "StreamTruncated",
                                            "http_429", "http_500"}
     request_ids = [r["response"]["request_id"] for r in records(tmp_path / "out.jsonl")]
@@ -132,18 +132,36 @@ async def test_a_stream_broken_after_its_first_event_is_sent_again(
     assert sum(mock.stats.requests.values()) == 60 + summary.retries
     for rec in records(tmp_path / "out.jsonl"):  # whole answers, not the broken attempt's part
         body = rec["response"]["body"]
-        done = (body["status"] == "completed" if body["object"] == "response"
+        done = (body["status"] in ("completed", "incomplete") if body["object"] == "response"
                 else body["choices"][0]["finish_reason"] in ("stop", "length"))
         assert done, body
 
 
-async def test_a_malformed_event_is_final_in_a_batch(tmp_path: Path,
-                                                     mock_factory: MockFactory) -> None:
+async def test_a_malformed_event_is_sent_again_within_max_retries(
+        tmp_path: Path, mock_factory: MockFactory) -> None:
     mock = mock_factory(output_tokens=8, faults={"malformed": 1.0})
     make_input(tmp_path / "in.jsonl", 2)
-    summary = await run_batch(config(tmp_path, mock.base_url))
-    assert (summary.succeeded, summary.failed, summary.retries) == (0, 2, 0)
+    summary = await run_batch(config(tmp_path, mock.base_url))  # max_retries 2
+    assert (summary.succeeded, summary.failed, summary.retries) == (0, 2, 4)
     assert dict(summary.errors_by_kind) == {"ProtocolError": 2}
+    assert sum(mock.stats.requests.values()) == 6
+    errors = records(tmp_path / "out.errors.jsonl")
+    assert {e["error"]["code"] for e in errors} == {"ProtocolError"}
+
+
+@pytest.mark.parametrize("fault", ["malformed", "stall:1"])
+async def test_a_stream_broken_mid_way_ends_whole_in_the_output(
+        tmp_path: Path, mock_factory: MockFactory, fault: str) -> None:
+    mock = mock_factory(output_tokens=8, faults={fault: 0.3}, seed=3)
+    make_input(tmp_path / "in.jsonl", 40)
+    policy = RetryPolicy(max_retries=20, base_s=0.001, cap_s=0.005)
+    timeouts = Timeouts(first_token_s=0.5)
+    summary = await run_batch(config(tmp_path, mock.base_url, concurrency=8, retry=policy,
+                                     timeouts=timeouts))
+    assert (summary.succeeded, summary.failed) == (40, 0)
+    assert summary.retries > 0
+    assert_exactly_once({f"req-{i}" for i in range(40)}, tmp_path / "out.jsonl",
+                        tmp_path / "out.errors.jsonl")
 
 
 async def test_plain_bodies_and_bad_lines(tmp_path: Path, base_url: str) -> None:

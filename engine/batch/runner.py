@@ -11,11 +11,12 @@ still decides *whether* an error may be retried (its rules: status, error kind, 
 delivered yet): it calls `on_retry` at that point, the runner's hook raises `_RetryHere`
 out of `Engine.run`, and the runner backs off, takes a new grant and sends again.
 
-Unlike a streaming consumer, the runner also retries a stream that broke *after* its first
-event (dropped connection, body cut short, the server going idle): nothing of it has reached
-the output yet, the record is written only once the whole answer is in, so sending it again
-duplicates nothing; a flaky gateway should not turn a transient break into a failed record.
-A malformed event stays final (the server sent bad data).
+Unlike a streaming consumer, the runner also retries, within `max_retries`, a stream that
+broke *after* its first event (dropped connection, body cut short, a malformed event, the
+server going idle or sending no token in time): nothing of it has reached the output yet, the
+record is written only once the whole answer is in, so sending it again duplicates nothing; a
+flaky gateway should not turn a transient break into a failed record. An answer the server
+meant (an error event, `response.failed`, a 4xx) stays final.
 """
 
 from __future__ import annotations
@@ -43,12 +44,14 @@ from engine.client import (
 from engine.errors import (
     ConfigError,
     EngineError,
+    FirstTokenTimeout,
     IdleTimeout,
+    ProtocolError,
     RateLimitError,
     StreamTruncated,
     TransportError,
 )
-from engine.limits import AdaptiveConcurrency, RateLimiter, Reservation
+from engine.limits import AdaptiveConcurrency, RateLimiter, Reservation, backoff_delay
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -159,7 +162,8 @@ class BatchSummary:
 
 
 # What a stream that broke after its first event raises; the runner sends it again (see top).
-BROKEN_MID_STREAM = (StreamTruncated, IdleTimeout, TransportError)
+BROKEN_MID_STREAM = (StreamTruncated, IdleTimeout, FirstTokenTimeout, TransportError,
+                     ProtocolError)
 
 
 class _RetryHere(Exception):
@@ -318,10 +322,10 @@ class BatchRunner:
                     raise error from None
             except EngineError as exc:
                 exc.attempts = attempt
-                delay = (retry_delay(exc, attempt - 1, self.config.retry)
-                         if isinstance(exc, BROKEN_MID_STREAM) else None)
-                if delay is None:
+                policy = self.config.retry
+                if not isinstance(exc, BROKEN_MID_STREAM) or attempt > policy.max_retries:
                     raise
+                delay = backoff_delay(attempt - 1, policy.base_s, policy.cap_s)
                 error = exc
             else:
                 result.attempts = attempt
