@@ -166,19 +166,54 @@ async def test_output_length_follows_the_request_limit(base_url: str, path: str,
     if path == "/responses":
         assert len(deltas(events)) == 5
         assert data[-1]["response"]["usage"]["output_tokens"] == 5
-        assert data[-1]["type"] == "response.completed"  # incomplete_on_limit is off
+        assert data[-1]["type"] == "response.incomplete"  # the default limit_ending
     else:
         assert len(data) == 1 + 5 + 2
         assert data[-2]["choices"][0]["finish_reason"] == "length"
         assert data[-1]["usage"]["completion_tokens"] == 5
 
 
-async def test_incomplete_on_limit(mock_factory: Any) -> None:
-    server = mock_factory(incomplete_on_limit=True)
-    data = payloads(await stream(server.base_url, {**RESP, "max_output_tokens": 3}))
-    assert data[-1]["type"] == "response.incomplete"
-    assert data[-1]["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
-    assert data[-1]["response"]["usage"]["output_tokens"] == 3
+LIMITED_HEAD = ["response.created", "response.in_progress", "response.output_item.added",
+                "response.content_part.added", *["response.output_text.delta"] * 3,
+                "response.output_text.done", "response.content_part.done",
+                "response.output_item.done"]
+
+
+# limit_ending -> (last event, response status, message item status, incomplete_details)
+LIMIT_ENDINGS = {
+    "incomplete": ("response.incomplete", "incomplete", "incomplete",
+                   {"reason": "max_output_tokens"}),
+    "vllm": ("response.completed", "incomplete", "completed", {"reason": "max_output_tokens"}),
+    "completed": ("response.completed", "completed", "completed", None),
+}
+
+
+@pytest.mark.parametrize("ending", list(LIMIT_ENDINGS))
+async def test_limit_endings(mock_factory: Any, ending: str) -> None:
+    last, status, item_status, details = LIMIT_ENDINGS[ending]
+    server = mock_factory() if ending == "incomplete" else mock_factory(limit_ending=ending)
+    assert server.config.limit_ending == ending  # "incomplete" is the default
+    events = await stream(server.base_url, {**RESP, "max_output_tokens": 3})
+    data = payloads(events)
+    assert [name for name, _ in events] == [d["type"] for d in data] == [*LIMITED_HEAD, last]
+    assert data[-2]["item"]["status"] == item_status
+    final = data[-1]["response"]
+    assert (final["status"], final["incomplete_details"]) == (status, details)
+    assert final["output"][0]["status"] == item_status
+    assert (final["completed_at"] is None) == (status != "completed")
+    assert final["usage"]["output_tokens"] == 3
+    _, _, raw = await post(server.base_url + "/responses",
+                           {**RESP, "stream": False, "max_output_tokens": 3})
+    whole = orjson.loads(raw)
+    assert (whole["status"], whole["incomplete_details"]) == (status, details)
+    assert whole["output"][0]["status"] == item_status
+    # A length the mock chose (--output-tokens), not the request, ends completed.
+    events = await stream(server.base_url)
+    data = payloads(events)
+    assert [name for name, _ in events] == RESPONSES_SEQUENCE
+    assert data[-2]["item"]["status"] == "completed"
+    assert (data[-1]["response"]["status"], data[-1]["response"]["incomplete_details"]) == (
+        "completed", None)
 
 
 async def test_output_tokens_equal_text_deltas_for_ranges(mock_factory: Any) -> None:
@@ -522,6 +557,157 @@ def test_mock_process_serves_and_reports_stats() -> None:
         assert status == 200
         assert len(deltas(split_events(raw))) == 4
         assert proc.stats.requests["/v1/responses"] == 1
+
+
+# --- Connection handling, over raw sockets ----------------------------------------------------
+
+RAW_DEADLINE_S = 5.0
+Headers = list[tuple[str, str]]  # (lower-case name, value), in the order sent
+
+
+def header_values(headers: Headers, name: str) -> list[str]:
+    return [value for key, value in headers if key == name]
+
+
+async def raw_connect(base_url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = base_url.removeprefix("http://").removesuffix("/v1").split(":")
+    return await asyncio.open_connection(host, int(port))
+
+
+async def raw_exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str,
+                       body: bytes, headers: dict[str, str] | None = None,
+                       ) -> tuple[int, Headers, bytes]:
+    """One keep-alive HTTP/1.1 POST; reads the body to its end (a chunked body to its
+    terminating chunk), so a server that cut it short raises IncompleteReadError here."""
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n"
+                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                 f"{extra}\r\n".encode() + body)
+    async with asyncio.timeout(RAW_DEADLINE_S):
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        status_line, *lines = head.split("\r\n")[:-2]
+        got = [(name.strip().lower(), value.strip())
+               for name, _, value in (line.partition(":") for line in lines)]
+        if header_values(got, "transfer-encoding") == ["chunked"]:
+            data = bytearray()
+            while size := int((await reader.readuntil(b"\r\n"))[:-2], 16):
+                data += (await reader.readexactly(size + 2))[:-2]
+            assert await reader.readexactly(2) == b"\r\n"  # the terminating chunk, no trailers
+        else:
+            data = bytearray(await reader.readexactly(int(header_values(got, "content-length")[0])))
+    return int(status_line.split()[1]), got, bytes(data)
+
+
+async def seconds_to_eof(reader: asyncio.StreamReader) -> float:
+    """Waits (bounded) for the server to close the connection; nothing else may arrive."""
+    started = time.monotonic()
+    async with asyncio.timeout(RAW_DEADLINE_S):
+        assert await reader.read(1) == b""
+    return time.monotonic() - started
+
+
+# (path, body, status): a streamed, a whole, a 400 and a 404 answer
+EXCHANGES = [
+    ("/v1/responses", orjson.dumps(RESP), 200),
+    ("/v1/chat/completions", orjson.dumps({**CHAT, "stream": False}), 200),
+    ("/v1/responses", b"{not json", 400),
+    ("/v1/nope", orjson.dumps(RESP), 404),
+]
+
+
+@pytest.mark.parametrize("mode", ["silent", "announced"])
+async def test_close_after_response(mock_factory: Any, mode: str) -> None:
+    """silent: llama-server's headers (keep-alive, no `Connection: close`), yet the server
+    closes; announced: `Connection: close`. Either way the whole body arrives first."""
+    server = mock_factory(close_after_response=mode)
+    for path, body, status in EXCHANGES:
+        reader, writer = await raw_connect(server.base_url)
+        try:
+            got, got_headers, data = await raw_exchange(reader, writer, path, body)
+            assert got == status
+            if mode == "silent":
+                assert header_values(got_headers, "connection") == ["keep-alive"]
+                assert header_values(got_headers, "keep-alive") == ["timeout=5, max=100"]
+            else:
+                assert header_values(got_headers, "connection") == ["close"]
+                assert header_values(got_headers, "keep-alive") == []
+            if path == "/v1/responses" and status == 200:
+                assert [name for name, _ in split_events(data)] == RESPONSES_SEQUENCE
+            else:
+                orjson.loads(data)  # the whole JSON body
+            await seconds_to_eof(reader)
+        finally:
+            writer.close()
+    await until(lambda: server.stats.closed_after_response == len(EXCHANGES))
+
+
+async def test_connections_stay_open_by_default(base_url: str) -> None:
+    reader, writer = await raw_connect(base_url)
+    try:
+        for path, body, status in EXCHANGES:  # all on one connection
+            got, got_headers, _ = await raw_exchange(reader, writer, path, body)
+            assert got == status
+            assert header_values(got_headers, "connection") == []  # HTTP/1.1: keep-alive
+    finally:
+        writer.close()
+
+
+async def test_keepalive_timeout_closes_idle_connections_only(mock_factory: Any) -> None:
+    """uvicorn closes idle keep-alive connections after 5 s; here S = 0.2 s. A response that
+    takes several times S (streamed, or whole after a long TTFT) is never cut."""
+    server = mock_factory(keepalive_timeout_s=0.2)
+    reader, writer = await raw_connect(server.base_url)  # never sends a request
+    try:
+        assert await seconds_to_eof(reader) >= 0.1
+    finally:
+        writer.close()
+    for body, headers in ((RESP, {"x-mock-itl-ms": "50"}),
+                          ({**RESP, "stream": False}, {"x-mock-ttft-ms": "700"})):
+        reader, writer = await raw_connect(server.base_url)
+        try:
+            started = time.monotonic()
+            got, _, data = await raw_exchange(reader, writer, "/v1/responses",
+                                              orjson.dumps(body), headers)
+            assert time.monotonic() - started >= 0.6  # busy for three timeouts and more
+            assert got == 200
+            if body["stream"]:
+                assert len(deltas(split_events(data))) == 16
+            else:
+                assert orjson.loads(data)["usage"]["output_tokens"] == 16
+            assert await seconds_to_eof(reader) >= 0.1  # then idle: closed after ~S
+        finally:
+            writer.close()
+    assert server.stats.closed_after_response == 0  # not that reason
+
+
+def test_mock_process_honours_the_connection_options() -> None:
+    """MockProcess rebuilds the config from to_argv: keep-alive timeout, close, limit ending."""
+    config = MockConfig(output_tokens=4, keepalive_timeout_s=0.2, close_after_response="announced",
+                        limit_ending="vllm")
+
+    async def exercise(base_url: str) -> None:
+        reader, writer = await raw_connect(base_url)
+        try:
+            assert await seconds_to_eof(reader) >= 0.1  # idle, never asked
+        finally:
+            writer.close()
+        reader, writer = await raw_connect(base_url)
+        try:
+            status, headers, data = await raw_exchange(
+                reader, writer, "/v1/responses", orjson.dumps({**RESP, "max_output_tokens": 2}))
+            assert status == 200
+            assert header_values(headers, "connection") == ["close"]
+            final = payloads(split_events(data))[-1]
+            assert (final["type"], final["response"]["status"]) == ("response.completed",
+                                                                  "incomplete")
+            await seconds_to_eof(reader)
+        finally:
+            writer.close()
+
+    with MockProcess(config) as proc:
+        asyncio.run(exercise(proc.base_url))
+        # GET /mock/stats is closed too, but counted after its snapshot was taken.
+        assert proc.stats.closed_after_response == 1
 
 
 # --- The latency model without a clock: seeded draws, fake time --------------------------------

@@ -6,6 +6,7 @@ gets SIGTERM and a bounded wait (then SIGKILL) whatever the test's outcome.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -21,9 +22,9 @@ import aiohttp
 import orjson
 import pytest
 
-from engine.mock.command import READY_LINE
+from engine.mock.command import READY_LINE, add_arguments, config_from_args
 from engine.mock.command import main as mock_main
-from engine.mock.config import parse_fault_rates
+from engine.mock.config import MockConfig, parse_fault_rates
 from engine.mock.faults import FaultPicker
 
 if TYPE_CHECKING:
@@ -163,3 +164,81 @@ def test_parse_fault_rates() -> None:
     assert parse_fault_rates("") == {}
     assert parse_fault_rates(" 429=0.05, 500=0.02 ,disconnect:3=0.01,") == {
         "429": 0.05, "500": 0.02, "disconnect:3": 0.01}
+
+
+@pytest.mark.parametrize("config", [
+    MockConfig(),
+    MockConfig(ttft_ms=12.5, itl_ms=3.0, jitter=0.2, itl_distribution="lognormal",
+               output_tokens=4, output_tokens_max=9, max_concurrency=3,
+               faults={"429": 0.1, "disconnect:3": 0.05}, seed=7, retry_after_s=0.5,
+               limit_ending="vllm", model="m2", close_after_response="silent",
+               keepalive_timeout_s=0.2),
+    MockConfig(limit_ending="completed", close_after_response="announced"),
+], ids=["defaults", "every-field", "completed-announced"])
+def test_to_argv_round_trips(config: MockConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MOCK_API_KEY", raising=False)  # the key never travels in argv
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert config_from_args(parser.parse_args(config.to_argv())) == config
+
+
+def test_cli_defaults_of_the_new_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MOCK_API_KEY", raising=False)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    config = config_from_args(parser.parse_args([]))
+    assert (config.limit_ending, config.close_after_response, config.keepalive_timeout_s) == (
+        "incomplete", "no", None)
+
+
+def test_bad_keepalive_timeout_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert mock_main(["--port", "0", "--keepalive-timeout", "0"]) == 2
+    assert "keepalive_timeout_s must be > 0" in capsys.readouterr().err
+
+
+async def ending_and_connection(base_url: str) -> dict[str, object]:
+    """A limited stream's last event and status and its Connection header, then whether the
+    server closed that connection, and an idle one (the keep-alive timeout)."""
+    host, port = base_url.removeprefix("http://").removesuffix("/v1").split(":")
+    seen: dict[str, object] = {}
+    async with asyncio.timeout(10):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            seen["idle_eof"] = await reader.read() == b""  # read() returns at EOF only
+        finally:
+            writer.close()
+        reader, writer = await asyncio.open_connection(host, int(port))
+        body = orjson.dumps({"model": "m", "input": "hi", "stream": True, "max_output_tokens": 2})
+        writer.write(b"POST /v1/responses HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+                     % (len(body), body))
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            raw = bytearray()
+            while size := int((await reader.readuntil(b"\r\n"))[:-2], 16):
+                raw += (await reader.readexactly(size + 2))[:-2]
+            await reader.readexactly(2)
+            seen["eof_after_response"] = await reader.read() == b""
+        finally:
+            writer.close()
+    seen["connection"] = [line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"connection:")]
+    events = [block.split(b"\n") for block in bytes(raw).split(b"\n\n") if block]
+    seen["names"] = [lines[0].removeprefix(b"event: ").decode() for lines in events]
+    seen["status"] = orjson.loads(events[-1][1].removeprefix(b"data: "))["response"]["status"]
+    return seen
+
+
+def test_mock_command_limit_ending_and_connection_flags() -> None:
+    with mock_command("--ttft-ms", "0", "--itl-ms", "0", "--limit-ending", "vllm",
+                      "--close-after-response", "announced", "--keepalive-timeout", "0.2",
+                      ) as (_, base_url):
+        seen = asyncio.run(ending_and_connection(base_url))
+    assert seen["idle_eof"] is True
+    names = seen["names"]
+    assert isinstance(names, list)
+    assert names[-1] == "response.completed"  # vllm: completed, whose status is incomplete
+    assert seen["status"] == "incomplete"
+    assert names.count("response.output_text.delta") == 2
+    assert seen["connection"] == [b"close"]
+    assert seen["eof_after_response"] is True

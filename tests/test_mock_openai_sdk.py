@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from engine.mock import MockServerThread
+    from tests.conftest import MockFactory
 
 MESSAGES = [{"role": "user", "content": "Say something"}]
 
@@ -38,16 +39,38 @@ async def test_responses_create_stream(client: AsyncOpenAI) -> None:
     assert event.response.usage.output_tokens == len(text) == 16
 
 
-async def test_responses_stream_helper_final_response(client: AsyncOpenAI) -> None:
-    async with client.responses.stream(model="mock-model", input="hello",
-                                       max_output_tokens=7) as stream:
+@pytest.mark.parametrize(("ending", "status"), [("vllm", "incomplete"),
+                                                ("completed", "completed")])
+async def test_responses_stream_helper_final_response(mock_factory: MockFactory, ending: str,
+                                                      status: str) -> None:
+    """get_final_response() needs a response.completed event: the endings that send one."""
+    server = mock_factory(limit_ending=ending)
+    async with AsyncOpenAI(base_url=server.base_url, api_key="x", max_retries=0) as sdk, \
+            sdk.responses.stream(model="mock-model", input="hello",
+                                 max_output_tokens=7) as stream:
         deltas = [e.delta async for e in stream if e.type == "response.output_text.delta"]
         final = await stream.get_final_response()
-    assert final.status == "completed"
+    assert final.status == status
     assert final.output_text == "".join(deltas)
     assert final.usage is not None
     assert final.usage.output_tokens == 7
     assert final.usage.total_tokens == final.usage.input_tokens + 7
+
+
+async def test_responses_stream_helper_reads_the_incomplete_ending(client: AsyncOpenAI) -> None:
+    """The default limit ending, OpenAI's response.incomplete, parses as the SDK's event."""
+    async with client.responses.stream(model="mock-model", input="hello",
+                                       max_output_tokens=7) as stream:
+        events = [event async for event in stream]
+    last = events[-1]
+    assert last.type == "response.incomplete"
+    assert last.response.status == "incomplete"
+    assert last.response.incomplete_details is not None
+    assert last.response.incomplete_details.reason == "max_output_tokens"
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert last.response.output_text == "".join(deltas)
+    assert last.response.usage is not None
+    assert last.response.usage.output_tokens == len(deltas) == 7
 
 
 async def test_responses_non_streaming(client: AsyncOpenAI) -> None:

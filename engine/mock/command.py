@@ -17,7 +17,14 @@ import sys
 from typing import TYPE_CHECKING
 
 from engine.errors import ConfigError
-from engine.mock.config import DISTRIBUTIONS, MockConfig, parse_fault_rates, parse_token_range
+from engine.mock.config import (
+    CLOSE_MODES,
+    DISTRIBUTIONS,
+    LIMIT_ENDINGS,
+    MockConfig,
+    parse_fault_rates,
+    parse_token_range,
+)
 from engine.mock.runners import MockServer
 
 if TYPE_CHECKING:
@@ -46,9 +53,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"require this bearer token (default: ${API_KEY_ENV}; unset = no auth)")
     add("--seed", type=int, default=0, help="seed of text, faults and jitter (default 0)")
     add("--retry-after", type=float, default=0.05, help="seconds a 429 asks to wait (0.05)")
-    add("--incomplete-on-limit", action="store_true",
-        help="Responses: end with response.incomplete when max_output_tokens set the length")
+    add("--limit-ending", choices=LIMIT_ENDINGS, default="incomplete",
+        help="Responses stream cut by max_output_tokens: response.incomplete (OpenAI), "
+             "response.completed with status incomplete (vllm), or completed "
+             "(default incomplete)")
     add("--model", default="mock-model", help="model id listed by GET /v1/models")
+    add("--close-after-response", choices=CLOSE_MODES, default="no",
+        help="close the connection after each response: silent (headers say keep-alive, as "
+             "llama-server) or announced (Connection: close) (default no)")
+    add("--keepalive-timeout", type=float, default=None, metavar="S",
+        help="close idle keep-alive connections after S seconds (uvicorn: 5; "
+             "default aiohttp's)")
 
 
 def config_from_args(args: argparse.Namespace) -> MockConfig:
@@ -58,7 +73,9 @@ def config_from_args(args: argparse.Namespace) -> MockConfig:
         itl_distribution=args.itl_distribution, output_tokens=low, output_tokens_max=high,
         max_concurrency=args.max_concurrency, faults=parse_fault_rates(args.faults),
         api_key=args.api_key or None, seed=args.seed, retry_after_s=args.retry_after,
-        incomplete_on_limit=args.incomplete_on_limit, model=args.model,
+        limit_ending=args.limit_ending, model=args.model,
+        close_after_response=args.close_after_response,
+        keepalive_timeout_s=args.keepalive_timeout,
     )
 
 

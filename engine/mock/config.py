@@ -17,11 +17,19 @@ from engine.mock.faults import parse_fault
 Distribution = Literal["constant", "exponential", "lognormal"]
 DISTRIBUTIONS: tuple[Distribution, ...] = ("constant", "exponential", "lognormal")
 LOGNORMAL_SIGMA = 0.5  # shape of the lognormal ITL; mu is chosen so the mean stays itl_ms
+# How a Responses stream whose length the request's max_output_tokens set ends: OpenAI's
+# response.incomplete, vLLM's response.completed with status "incomplete", or plain completed.
+LimitEnding = Literal["incomplete", "vllm", "completed"]
+LIMIT_ENDINGS: tuple[LimitEnding, ...] = ("incomplete", "vllm", "completed")
+# Closing the connection after every response: silently (llama-server) or with Connection: close.
+CloseAfterResponse = Literal["no", "silent", "announced"]
+CLOSE_MODES: tuple[CloseAfterResponse, ...] = ("no", "silent", "announced")
 
 
 @dataclass(frozen=True, slots=True)
 class MockConfig:
-    """Latency model, output length, faults and auth of one mock endpoint."""
+    """Latency model, output length, endings, faults, auth and connection handling of one mock
+    endpoint."""
 
     ttft_ms: float = 0.0
     itl_ms: float = 0.0
@@ -34,8 +42,10 @@ class MockConfig:
     api_key: str | None = field(default=None, repr=False)  # never shown
     seed: int = 0
     retry_after_s: float = 0.05  # what a 429 tells the client to wait
-    incomplete_on_limit: bool = False  # Responses: a request limit ends in response.incomplete
+    limit_ending: LimitEnding = "incomplete"  # Responses: the end of a stream the limit cut
     model: str = "mock-model"  # listed by GET /v1/models (any model name is accepted)
+    close_after_response: CloseAfterResponse = "no"  # close the connection after each answer
+    keepalive_timeout_s: float | None = None  # close idle keep-alive connections (None: aiohttp's)
 
     def __post_init__(self) -> None:
         if min(self.ttft_ms, self.itl_ms, self.jitter, self.retry_after_s) < 0:
@@ -56,6 +66,12 @@ class MockConfig:
                 raise ConfigError(f"fault rate for {spec!r} must be in [0, 1]")
         if sum(self.faults.values()) > 1 + 1e-9:
             raise ConfigError("fault rates add up to more than 1")
+        if self.limit_ending not in LIMIT_ENDINGS:
+            raise ConfigError(f"limit_ending must be one of {LIMIT_ENDINGS}")
+        if self.close_after_response not in CLOSE_MODES:
+            raise ConfigError(f"close_after_response must be one of {CLOSE_MODES}")
+        if self.keepalive_timeout_s is not None and not self.keepalive_timeout_s > 0:
+            raise ConfigError("keepalive_timeout_s must be > 0 (None: aiohttp's default)")
 
     def to_argv(self) -> list[str]:
         """Flags that rebuild `config` in another process (all but the API key)."""
@@ -68,11 +84,13 @@ class MockConfig:
             "--output-tokens", tokens, "--seed", str(self.seed),
             "--retry-after", repr(self.retry_after_s), "--model", self.model,
             "--faults", ",".join(f"{spec}={rate!r}" for spec, rate in self.faults.items()),
+            "--limit-ending", self.limit_ending,
+            "--close-after-response", self.close_after_response,
         ]
         if self.max_concurrency is not None:
             argv += ["--max-concurrency", str(self.max_concurrency)]
-        if self.incomplete_on_limit:
-            argv.append("--incomplete-on-limit")
+        if self.keepalive_timeout_s is not None:
+            argv += ["--keepalive-timeout", repr(self.keepalive_timeout_s)]
         return argv
 
     def delay_rng(self) -> random.Random:

@@ -4,6 +4,11 @@
     response.content_part.added, response.output_text.delta x n, response.output_text.done,
     response.content_part.done, response.output_item.done, response.completed
 
+A stream whose length the request's `max_output_tokens` set ends as `limit_ending` says:
+OpenAI's `response.incomplete` (the item and the response `incomplete`, `incomplete_details`),
+vLLM's `response.completed` whose response is `incomplete` (the item `completed`), or a plain
+`response.completed`.
+
 The deltas come from one per-request bytes template (`%d` for the sequence number, `%b` for the
 token's pre-rendered JSON string); everything else is rendered with orjson once per request.
 """
@@ -11,12 +16,15 @@ token's pre-rendered JSON string); everything else is rendered with orjson once 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from engine.mock.sse_writer import DONE, named_event
 from engine.mock.text import VOCAB_JSON, Generation, new_id
+
+if TYPE_CHECKING:
+    from engine.mock.config import LimitEnding
 
 HEAD_EVENTS = 4  # created, in_progress, output_item.added, content_part.added
 _ERROR_MESSAGE = "The server had an error while processing your request. (mock fault)"
@@ -35,14 +43,16 @@ def _usage(gen: Generation) -> dict[str, Any]:
 class ResponsesStream:
     """One Responses answer: head events, delta events by index range, tail events, or a body."""
 
-    __slots__ = ("_gen", "_id", "_instructions", "_item_id", "_limit_incomplete", "_template",
+    __slots__ = ("_gen", "_id", "_instructions", "_item_id", "_limit_ending", "_template",
                  "done_after", "n")
     head_events = HEAD_EVENTS
 
     def __init__(self, gen: Generation, instructions: Any = None, *, done_after: bool = False,
-                 incomplete_on_limit: bool = False) -> None:
+                 limit_ending: LimitEnding = "incomplete") -> None:
         self._gen = gen
-        self._limit_incomplete = incomplete_on_limit and gen.stopped_by_limit
+        # Only a length the request's limit set (and no fault ending) ends the limit's way.
+        limited = gen.stopped_by_limit and gen.ending is None
+        self._limit_ending: LimitEnding | None = limit_ending if limited else None
         self._id = new_id("resp_")
         self._item_id = new_id("msg_")
         self._instructions = instructions if isinstance(instructions, str) else None
@@ -57,12 +67,27 @@ class ResponsesStream:
 
     @property
     def status(self) -> str:
-        gen = self._gen
-        if gen.ending == "failed":
+        """The final response's status."""
+        ending = self._gen.ending
+        if ending == "failed":
             return "failed"
-        if gen.ending == "incomplete" or (self._limit_incomplete and gen.ending is None):
+        if ending == "incomplete" or self._limit_ending in ("incomplete", "vllm"):
             return "incomplete"
         return "completed"
+
+    @property
+    def _final_event(self) -> str:
+        """vLLM reports an incomplete response inside response.completed."""
+        if self._limit_ending == "vllm":
+            return "response.completed"
+        return f"response.{self.status}"
+
+    @property
+    def _item_status(self) -> str:
+        """vLLM marks the message `completed` even when the response is incomplete."""
+        if self.status == "completed" or self._limit_ending == "vllm":
+            return "completed"
+        return "incomplete"
 
     def _response(self, status: str, output: list[Any], *, final: bool) -> dict[str, Any]:
         """The `response` object; fields and order follow what the real API sends."""
@@ -126,8 +151,7 @@ class ResponsesStream:
             return [named_event("response.failed", {"type": "response.failed",
                                                     "sequence_number": seq, "response": failed})]
         text = gen.text
-        item_status = "completed" if status == "completed" else "incomplete"
-        item = self._item(item_status, [self._part(text)])
+        item = self._item(self._item_status, [self._part(text)])
         where = {"item_id": self._item_id, "output_index": 0, "content_index": 0}
         events = [
             named_event("response.output_text.done", {
@@ -139,8 +163,8 @@ class ResponsesStream:
             named_event("response.output_item.done", {
                 "type": "response.output_item.done", "sequence_number": seq + 2,
                 "output_index": 0, "item": item}),
-            named_event(f"response.{status}", {
-                "type": f"response.{status}", "sequence_number": seq + 3,
+            named_event(final := self._final_event, {
+                "type": final, "sequence_number": seq + 3,
                 "response": self._response(status, [item], final=True)}),
         ]
         if self.done_after:
@@ -152,6 +176,5 @@ class ResponsesStream:
         status = self.status
         if status == "failed":
             return orjson.dumps(self._response("failed", [], final=True))
-        item_status = "completed" if status == "completed" else "incomplete"
-        item = self._item(item_status, [self._part(self._gen.text)])
+        item = self._item(self._item_status, [self._part(self._gen.text)])
         return orjson.dumps(self._response(status, [item], final=True))

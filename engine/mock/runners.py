@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import orjson
 from aiohttp import web
@@ -53,8 +53,11 @@ class MockServer:
 
     async def start(self) -> None:
         # handler_cancellation: a client that goes away cancels its generation (and any stall).
+        kwargs: dict[str, Any] = {}
+        if self.config.keepalive_timeout_s is not None:  # else aiohttp's default (an hour)
+            kwargs["keepalive_timeout"] = self.config.keepalive_timeout_s
         runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True,
-                               shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+                               shutdown_timeout=SHUTDOWN_TIMEOUT_S, **kwargs)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port, backlog=LISTEN_BACKLOG,
                            reuse_address=True)

@@ -34,7 +34,11 @@ from engine.mock.text import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from aiohttp.typedefs import Handler, Middleware
+
+    from engine.mock.config import CloseAfterResponse
 
 LISTEN_BACKLOG = 4096  # aiohttp's default 128 overflows when hundreds of streams connect at once
 SHUTDOWN_TIMEOUT_S = 1.0
@@ -124,6 +128,43 @@ def require_api_key(api_key: str) -> Middleware:
     return check
 
 
+# What llama-server says before it closes the connection anyway.
+SILENT_CLOSE_HEADERS = {"Connection": "keep-alive", "Keep-Alive": "timeout=5, max=100"}
+
+
+def connection_headers(mode: CloseAfterResponse) -> Callable[[web.Request, web.StreamResponse],
+                                                            Awaitable[None]]:
+    """on_response_prepare: the Connection headers of `mode`, streamed answers included.
+
+    Assigned, not defaulted, so that they win over aiohttp's own `Connection: close`, which
+    `force_close` would add to a response not yet prepared.
+    """
+
+    async def set_headers(request: web.Request, response: web.StreamResponse) -> None:
+        if mode == "announced":
+            response.headers["Connection"] = "close"
+        elif request.keep_alive:  # a client that asked for close gets aiohttp's close
+            response.headers.update(SILENT_CLOSE_HEADERS)
+
+    return set_headers
+
+
+@web.middleware
+async def close_connections(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Marks every answer's connection for closing, counted in `closed_after_response`.
+
+    aiohttp closes a connection whose response is not keep-alive once that response was fully
+    written (finish_response's write_eof), so the close never cuts a body short; a streamed
+    answer, already sent, is marked after the fact.
+    """
+    response = await handler(request)
+    response.force_close()
+    transport = request.transport
+    if transport is not None and not transport.is_closing():  # not a fault's cut or reset
+        request.app[STATE].stats.closed_after_response += 1
+    return response
+
+
 def _header_ms(request: web.Request, name: str, default: float) -> float:
     raw = request.headers.get(name)
     if raw is None:
@@ -196,7 +237,7 @@ def build_stream(state: MockState, body: dict[str, Any], chat: bool, faults: Fau
             gen.include_usage = True  # a chat-speaking server would still report usage
         return ChatStream(gen)
     return ResponsesStream(gen, body.get("instructions"), done_after=faults.done_after,
-                           incomplete_on_limit=config.incomplete_on_limit)
+                           limit_ending=config.limit_ending)
 
 
 async def _pump(resp: web.StreamResponse, stream: Stream, schedule: Schedule,
@@ -364,10 +405,14 @@ async def _on_shutdown(app: web.Application) -> None:
 def create_app(config: MockConfig | None = None) -> web.Application:
     """The mock as an aiohttp application (state under `app[STATE]`)."""
     config = config or MockConfig()
-    # The middleware exists only with a key: the keyless hot path pays nothing for it.
+    # The middlewares exist only when configured: the default hot path pays nothing for them.
     middlewares: list[Middleware] = [require_api_key(config.api_key)] if config.api_key else []
+    if config.close_after_response != "no":
+        middlewares.insert(0, close_connections)  # outermost: 401s close too
     app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=middlewares)
     app[STATE] = MockState(config)
+    if config.close_after_response != "no":
+        app.on_response_prepare.append(connection_headers(config.close_after_response))
     app.router.add_post("/v1/responses", responses_handler)
     app.router.add_post("/v1/chat/completions", chat_handler)
     app.router.add_get("/v1/models", models_handler)

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 @dataclass(slots=True)
 class MockStats:
     """Requests per path, faults per kind, streams active/max, queueing, events written, pacing
-    lateness, last body.
+    lateness, connections closed, last body.
 
     Plain numbers mutated on the server's loop; reading them from another thread is fine for
     counters (each update is one bytecode-level assignment under the GIL).
@@ -32,6 +32,7 @@ class MockStats:
     ticker_lag_s_max: float = 0.0  # > a few ms: the server could not keep up with the schedule
     ticker_early: int = 0  # wake-ups before the earliest deadline (wasted: should stay ~0)
     backpressured: int = 0  # due writes deferred because a client's socket buffer was full
+    closed_after_response: int = 0  # connections closed by close_after_response
     last_body: Any = None
 
     def stream_started(self) -> None:
