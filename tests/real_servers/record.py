@@ -1,0 +1,86 @@
+"""Record real servers' streams, wire-exact, for the replay tests.
+
+    python tests/real_servers/record.py --base-url http://127.0.0.1:8080/v1 --name llama-server
+
+For each request below, one raw HTTP/1.1 exchange over a plain socket: the response's bytes
+exactly as they arrived (status line, headers, chunked framing, SSE), each read stamped with
+its offset from the send, and whether the server closed the connection after the response
+although the request asked to keep it alive. `tests/replay.py` serves them back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import socket
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+HERE = Path(__file__).resolve().parent / "recordings"
+PROMPT = "Write a short story about a lighthouse."
+LINGER_S = 1.0  # after the body's end: does the server close the connection by itself?
+
+
+def requests(model: str) -> dict[str, tuple[str, dict[str, Any]]]:
+    """name -> (path under the base URL, body): both wire formats, capped by a token limit."""
+    return {
+        "responses": ("/responses", {"model": model, "input": PROMPT, "max_output_tokens": 16,
+                                     "temperature": 0, "stream": True}),
+        "chat": ("/chat/completions", {
+            "model": model, "messages": [{"role": "user", "content": PROMPT}],
+            "max_tokens": 16, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}),
+    }
+
+
+def exchange(base_url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    url = urlsplit(base_url)
+    payload = orjson.dumps(body)
+    head = (f"POST {url.path}{path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+            f"Content-Type: application/json\r\nAccept: text/event-stream\r\n"
+            f"Connection: keep-alive\r\nContent-Length: {len(payload)}\r\n\r\n").encode()
+    chunks: list[tuple[float, bytes]] = []
+    with socket.create_connection((url.hostname, url.port or 80), timeout=60) as sock:
+        t0 = time.perf_counter()
+        sock.sendall(head + payload)
+        data = b""
+        while not data.endswith(b"\r\n0\r\n\r\n"):  # the chunked body's last chunk
+            got = sock.recv(65536)
+            if not got:
+                break
+            chunks.append((time.perf_counter() - t0, got))
+            data += got
+        sock.settimeout(LINGER_S)
+        try:
+            closed = sock.recv(1) == b""
+        except TimeoutError:
+            closed = False
+    return {
+        "path": path, "request": body, "closed_after_response": closed,
+        "reads": [[round(t, 6), base64.b64encode(b).decode()] for t, b in chunks],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base-url", required=True)
+    ap.add_argument("--name", required=True, help="server label, e.g. llama-server or vllm")
+    ap.add_argument("--model", default="tiny-random-llama")
+    args = ap.parse_args()
+    HERE.mkdir(exist_ok=True)
+    for endpoint, (path, body) in requests(args.model).items():
+        record = {"server": args.name, "endpoint": endpoint,
+                  "recorded": dt.datetime.now(dt.UTC).date().isoformat(), **exchange(args.base_url, path, body)}
+        out = HERE / f"{args.name}-{endpoint}.json"
+        out.write_bytes(orjson.dumps(record, option=orjson.OPT_INDENT_2) + b"\n")
+        print(f"{out}: {len(record['reads'])} reads, closed after response: "
+              f"{record['closed_after_response']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Streams recorded from real servers (llama-server, vLLM), replayed wire-exact with their
+timing and their connection behaviour (see tests/replay.py): the engine, the batch runner and
+the load tester read them as the real servers' own final objects say."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import pytest
+
+from engine.batch import BatchConfig, Endpoint, run_batch
+from engine.client import Engine, RetryPolicy
+from engine.events import Usage
+from tests.replay import Recording, ReplayServer, recordings
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+NO_RETRY = RetryPolicy(max_retries=0)
+RECS = recordings()
+IDS = [f"{r.server}-{r.endpoint}" for r in RECS]
+
+
+def oracle(rec: Recording) -> tuple[str, Usage | None, str | None]:
+    """Text, usage and the server's own ending, read from the recording without the engine:
+    split on blank lines, take `data:` lines, decode JSON."""
+    text, usage, ending = "", None, None
+    for block in rec.body.split(b"\n\n"):
+        data = b"\n".join(line[6:] for line in block.split(b"\n") if line.startswith(b"data: "))
+        if not data or data == b"[DONE]":
+            continue
+        obj = orjson.loads(data)
+        if obj.get("object") == "chat.completion.chunk":
+            for choice in obj["choices"]:
+                text += choice["delta"].get("content") or ""
+                ending = choice.get("finish_reason") or ending
+            usage = Usage.from_payload(obj.get("usage")) or usage
+        elif obj.get("type") == "response.output_text.delta":
+            text += obj["delta"]
+        elif obj.get("type") in ("response.completed", "response.incomplete"):
+            usage = Usage.from_payload(obj["response"]["usage"])
+            ending = obj["response"]["status"]
+    return text, usage, ending
+
+
+def test_recordings_cover_both_servers_and_wire_formats() -> None:
+    assert {(r.server, r.endpoint) for r in RECS} >= {
+        ("llama-server", "responses"), ("llama-server", "chat")}
+    assert all(r.wire.startswith(b"HTTP/1.1 200") for r in RECS)
+
+
+@pytest.mark.parametrize("rec", RECS, ids=IDS)
+async def test_a_replayed_stream_reads_as_the_server_said(rec: Recording) -> None:
+    text, usage, ending = oracle(rec)
+    async with ReplayServer([rec]) as server, Engine(base_url=server.base_url,
+                                                      retry=NO_RETRY) as eng:
+        result = await eng.run(rec.request, endpoint=rec.endpoint)
+    assert result.text == text
+    assert text
+    assert result.usage == usage
+    assert usage is not None
+    assert usage.output_tokens == rec.request.get("max_tokens", rec.request.get(
+        "max_output_tokens"))
+    if rec.endpoint == "chat":
+        assert result.finish_reason == ending
+        assert result.status == ("incomplete" if ending == "length" else "completed")
+    else:
+        assert result.status == ending
+    assert result.ttft_s is not None
+    assert 0 < result.ttft_s <= result.e2e_s
+
+
+@pytest.mark.parametrize("rec", RECS, ids=IDS)
+async def test_the_servers_connection_behaviour_loses_no_request(rec: Recording) -> None:
+    """100 requests by 8 users, the connections closed (or kept) as the real server did."""
+    requests = 100
+    async with ReplayServer([rec], speed=0) as server, Engine(
+            base_url=server.base_url, retry=NO_RETRY, max_connections=8) as eng:
+        counter = iter(range(requests))
+
+        async def user() -> list[str]:
+            return [(await eng.run(rec.request, endpoint=rec.endpoint)).text for _ in counter]
+
+        texts = [t for part in await asyncio.gather(*(user() for _ in range(8))) for t in part]
+    assert texts == [oracle(rec)[0]] * requests
+    assert server.requests == requests  # nothing sent twice to a live server
+    if rec.closed_after_response:
+        assert server.connections == requests
+
+
+def _batch_lines(recs: list[Recording], count: int) -> bytes:
+    lines = []
+    for i in range(count):
+        rec = recs[i % len(recs)]
+        lines.append(orjson.dumps({"custom_id": f"r{i}", "method": "POST",
+                                   "url": "/v1" + rec.path, "body": rec.request}))
+    return b"\n".join(lines) + b"\n"
+
+
+async def test_a_mixed_batch_against_replayed_servers_lands_whole(tmp_path: Path) -> None:
+    for server_name in sorted({r.server for r in RECS}):
+        recs = [r for r in RECS if r.server == server_name]
+        (tmp_path / "in.jsonl").write_bytes(_batch_lines(recs, 40))
+        out = tmp_path / f"{server_name}.jsonl"
+        async with ReplayServer(recs, speed=0) as server:
+            summary = await run_batch(BatchConfig(
+                input_path=tmp_path / "in.jsonl", output_path=out,
+                endpoints=[Endpoint(server.base_url)], concurrency=8, retry=NO_RETRY))
+        assert (summary.succeeded, summary.failed) == (40, 0), server_name
+        written: list[dict[str, Any]] = [orjson.loads(line) for line in out.read_bytes().split(
+            b"\n") if line]
+        assert sorted(r["custom_id"] for r in written) == sorted(f"r{i}" for i in range(40))
+        assert all(r["response"]["status_code"] == 200 for r in written)
+        assert (tmp_path / f"{server_name}.errors.jsonl").read_bytes() == b""
