@@ -74,8 +74,9 @@ def main() -> None:
     args = ap.parse_args()
     HERE.mkdir(exist_ok=True)
     for endpoint, (path, body) in requests(args.model).items():
-        record = {"server": args.name, "endpoint": endpoint,
-                  "recorded": dt.datetime.now(dt.UTC).date().isoformat(), **exchange(args.base_url, path, body)}
+        today = dt.datetime.now(dt.UTC).date().isoformat()
+        record = {"server": args.name, "endpoint": endpoint, "recorded": today,
+                  **exchange(args.base_url, path, body)}
         out = HERE / f"{args.name}-{endpoint}.json"
         out.write_bytes(orjson.dumps(record, option=orjson.OPT_INDENT_2) + b"\n")
         print(f"{out}: {len(record['reads'])} reads, closed after response: "
