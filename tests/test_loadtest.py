@@ -55,7 +55,8 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FAST = {"x-mock-ttft-ms": "0", "x-mock-itl-ms": "0"}
 SCHEMA_KEYS = {"schema_version", "ttft_ms", "itl_ms", "tpot_ms", "e2e_ms", "completed", "failed",
                "errors", "request_throughput", "output_token_throughput", "goodput",
-               "duration_s", "config", "platform", "client", "schedule_lag_ms", "connect_ms"}
+               "duration_s", "config", "platform", "client", "schedule_lag_ms", "connect_ms",
+               "error_details", "end_reasons", "incomplete", "reconnects"}
 STAT_KEYS = {"p50", "p90", "p95", "p99", "p999", "mean", "max"}
 
 

@@ -17,8 +17,16 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from engine.loadtest.metrics import concurrency_curve, token_times, values
-from engine.loadtest.report import COLUMNS, LATENCIES, shown
+from engine.loadtest.metrics import concurrency_curve, ended_s, token_times, values
+from engine.loadtest.report import (
+    COLUMNS,
+    LATENCIES,
+    counts_text,
+    reconnects_text,
+    requests_text,
+    shown,
+    statuses_text,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -28,7 +36,7 @@ if TYPE_CHECKING:
 STYLE = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:8px 0 16px}td,th{border:1px solid #ccc;padding:3px 8px;
 text-align:right}th:first-child,td:first-child{text-align:left}.bad{color:#b00;font-weight:bold}
-.ok{color:#070}img.plot{max-width:100%;display:block;margin:8px 0}"""
+.ok{color:#070}img.plot{max-width:100%;display:block;margin:8px 0}th.msg,td.msg{text-align:left}"""
 SCRIPT = """window.addEventListener('load',()=>{let n=0;for(const i of
 document.querySelectorAll('img.plot')){if(i.complete&&i.naturalWidth>0){i.dataset.rendered='1';
 n++}}document.body.dataset.plotsRendered=String(n)});"""
@@ -78,7 +86,7 @@ def over_time(result: BenchResult) -> Figure:
     fig = Figure(figsize=(10, 5.5))
     top, bottom = fig.subplots(2, 1, sharex=True)
     tokens = token_times(r for r in records if r.ok)
-    ends = np.array([r.intended_s + (r.e2e_ms or 0) / 1000 for r in records if r.ok])
+    ends = np.array([ended_s(r) for r in records if r.ok])
     span = max(float(tokens.max()) if tokens.size else 0.0,
                float(ends.max()) if ends.size else 0.0, 1e-3)
     width = max(span / 60, 0.1)
@@ -122,17 +130,35 @@ def _facts(doc: dict[str, Any]) -> str:
     good = doc["goodput"]
     facts = {
         "mode": doc["mode"], "measured": f"{doc['duration_s']:.2f} s",
-        "completed / failed": f"{doc['completed']} / {doc['failed']}",
+        "requests": requests_text(doc),
         "request throughput": f"{doc['request_throughput']:.2f} req/s",
         "output token throughput": f"{doc['output_token_throughput']:.1f} tok/s",
         "goodput": "-" if good is None else f"{good['request_rate']:.2f} req/s "
                                             f"({good['fraction']:.1%}, SLO {good['slo']})",
-        "errors": ", ".join(f"{k}: {v}" for k, v in doc["errors"].items()) or "none",
+        "end reasons": counts_text(doc["end_reasons"]) or "-",
+        "errors": counts_text(doc["errors"]) or "none",
         "endpoint": f"{doc['config']['base_url']} ({doc['config']['endpoint']})",
     }
+    if doc["reconnects"]:
+        facts["reconnects"] = reconnects_text(doc)
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
                    for k, v in facts.items())
     return f"<table>{rows}</table>"
+
+
+def _errors_table(doc: dict[str, Any]) -> str:
+    """Why requests failed, per kind; every server-supplied string is escaped."""
+    if not doc["error_details"]:
+        return ""
+    rows = []
+    for kind, detail in doc["error_details"].items():
+        messages = "<br>".join(html.escape(m) for m in detail["messages"]) or "-"
+        rows.append(f"<tr><td>{html.escape(kind)}</td><td>{detail['count']}</td>"
+                    f"<td>{html.escape(statuses_text(detail['statuses']))}</td>"
+                    f'<td>{detail["first_at_s"]:.2f}</td><td class="msg">{messages}</td></tr>')
+    head = ("<tr><th>error</th><th>count</th><th>HTTP status</th><th>first at (s)</th>"
+            '<th class="msg">example messages</th></tr>')
+    return f'<table class="errors">{head}{"".join(rows)}</table>'
 
 
 def section(result: BenchResult, doc: dict[str, Any], n: int) -> str:
@@ -140,7 +166,7 @@ def section(result: BenchResult, doc: dict[str, Any], n: int) -> str:
     cls = "bad" if client["bottleneck"] else "ok"
     title = html.escape(doc.get("label") or f"run {n + 1}")
     return "\n".join([
-        f"<h2>{title}</h2>", _facts(doc), _stats_table(doc),
+        f"<h2>{title}</h2>", _facts(doc), _errors_table(doc), _stats_table(doc),
         f'<p class="{cls}">{html.escape(client["verdict"])}</p>',
         _img(ttft_histogram(result), f"ttft-histogram-{n}"),
         _img(latency_cdfs(result), f"latency-cdf-{n}"),

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0, "p999": 99.9}
 STAT_KEYS = (*PERCENTILES, "mean", "max", "min", "count")
+EXAMPLES = 3  # messages and request ids kept per error kind: enough to see a pattern
 
 
 @dataclass(slots=True)
@@ -34,7 +35,9 @@ class RequestRecord:
     lag_ms: float  # how late the request's headers actually left (schedule lag)
     ok: bool
     error: str | None = None  # EngineError.kind, or the exception type for a client bug
-    status: int | None = None
+    status: int | None = None  # HTTP status (a failure's, when it got that far)
+    finish_reason: str | None = None  # how a completed stream ended: "stop", "length", ...
+    incomplete: bool = False  # completed, but cut short (output cap, content filter)
     first_byte_ms: float | None = None
     ttft_ms: float | None = None
     e2e_ms: float | None = None  # to the last event, or to the failure
@@ -42,8 +45,10 @@ class RequestRecord:
     input_tokens: int | None = None
     deltas: int = 0
     attempts: int = 1
+    reconnects: int = 0  # re-sent on a fresh connection because a pooled one was dead
     request_id: str | None = None
     pool_wait_ms: float = 0.0  # part of lag_ms spent waiting for a free pool connection
+    message: str | None = None  # why it failed (credentials redacted); None on success
     itl_ms: list[float] = field(default_factory=list)
 
     @property
@@ -62,15 +67,18 @@ class RequestRecord:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-CSV_COLUMNS = [f.name for f in fields(RequestRecord) if f.name != "itl_ms"] + [
-    "tpot_ms", "itl_ms_mean", "itl_ms_max"]
+# The record's fields in order, the derived figures, then the free-text message last so the
+# short columns line up when the file is read as text.
+CSV_COLUMNS = [f.name for f in fields(RequestRecord) if f.name not in ("itl_ms", "message")] + [
+    "tpot_ms", "itl_ms_mean", "itl_ms_max", "message"]
 
 
 def csv_row(record: RequestRecord) -> list[Any]:
     data = record.as_dict()
     itl = data.pop("itl_ms")
-    return [*data.values(), record.tpot_ms, float(np.mean(itl)) if itl else None,
-            max(itl) if itl else None]
+    data.update(tpot_ms=record.tpot_ms, itl_ms_mean=float(np.mean(itl)) if itl else None,
+                itl_ms_max=max(itl) if itl else None)
+    return [data[name] for name in CSV_COLUMNS]
 
 
 def stats(values: Sequence[float] | np.ndarray) -> dict[str, float | int | None]:
@@ -120,10 +128,33 @@ def meets_slo(record: RequestRecord, slo: Mapping[str, float]) -> bool:
     return True
 
 
+def ended_s(record: RequestRecord) -> float:
+    """When the request ended (or failed), in seconds from the measured window's start."""
+    return record.intended_s + (record.e2e_ms or 0.0) / 1000
+
+
 def window_s(records: Sequence[RequestRecord]) -> float:
     """Measured duration: window start to the last measured request's end."""
-    ends = [r.intended_s + (r.e2e_ms or 0.0) / 1000 for r in records]
-    return max([*ends, 1e-9])
+    return max([*map(ended_s, records), 1e-9])
+
+
+def error_details(failed: Iterable[RequestRecord]) -> dict[str, dict[str, Any]]:
+    """Per error kind, most frequent first: what tells *why* requests failed (HTTP statuses,
+    example messages, when it began, ids to find in the server's logs), not just how many."""
+    by_kind: dict[str, list[RequestRecord]] = {}
+    for record in sorted(failed, key=ended_s):
+        by_kind.setdefault(record.error or "unknown", []).append(record)
+    details: dict[str, dict[str, Any]] = {}
+    for kind, group in sorted(by_kind.items(), key=lambda item: -len(item[1])):
+        statuses = Counter("none" if r.status is None else str(r.status) for r in group)
+        details[kind] = {
+            "count": len(group),
+            "statuses": dict(statuses.most_common()),
+            "messages": list(dict.fromkeys(r.message for r in group if r.message))[:EXAMPLES],
+            "first_at_s": round(ended_s(group[0]), 6),
+            "request_ids": [r.request_id for r in group if r.request_id][:EXAMPLES],
+        }
+    return details
 
 
 def summarize(records: Sequence[RequestRecord], slo: Mapping[str, float]) -> dict[str, Any]:
@@ -134,11 +165,16 @@ def summarize(records: Sequence[RequestRecord], slo: Mapping[str, float]) -> dic
     out_tokens = sum(r.output_tokens for r in ok)
     in_tokens = sum(r.input_tokens or 0 for r in ok)
     good = sum(meets_slo(r, slo) for r in done) if slo else None
+    details = error_details(r for r in done if not r.ok)
     return {
         "duration_s": round(duration, 6),
         "completed": len(ok),
         "failed": len(done) - len(ok),
-        "errors": dict(Counter(r.error or "unknown" for r in done if not r.ok).most_common()),
+        "errors": {kind: detail["count"] for kind, detail in details.items()},
+        "error_details": details,
+        "end_reasons": dict(Counter(r.finish_reason or "none" for r in ok).most_common()),
+        "incomplete": sum(r.incomplete for r in ok),
+        "reconnects": sum(r.reconnects for r in done),
         "request_throughput": len(ok) / duration,
         "output_token_throughput": out_tokens / duration,
         "total_token_throughput": (out_tokens + in_tokens) / duration,
@@ -172,7 +208,7 @@ def concurrency_stats(records: Sequence[RequestRecord]) -> dict[str, float]:
 def concurrency_curve(records: Sequence[RequestRecord]) -> tuple[np.ndarray, np.ndarray]:
     """Step function of requests in flight: event times (s) and the level after each."""
     starts = [r.intended_s for r in records]
-    ends = [r.intended_s + (r.e2e_ms or 0.0) / 1000 for r in records]
+    ends = [ended_s(r) for r in records]
     times = np.array(starts + ends)
     steps = np.array([1] * len(starts) + [-1] * len(ends))
     order = np.lexsort((-steps, times))

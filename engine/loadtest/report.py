@@ -21,12 +21,13 @@ from engine.loadtest.metrics import CSV_COLUMNS, csv_row
 from engine.loadtest.result import SCHEMA_VERSION, BenchResult
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
 LATENCIES = (("TTFT", "ttft_ms"), ("ITL", "itl_ms"), ("TPOT", "tpot_ms"), ("E2E", "e2e_ms"),
              ("schedule lag", "schedule_lag_ms"), ("pool wait", "pool_wait_ms"),
              ("connect", "connect_ms"))
 COLUMNS = ("p50", "p90", "p95", "p99", "p999", "mean", "max")
+EXAMPLE_CHARS = 120  # one error message per kind on the console: a line, not a body
 
 
 def _ms(value: float | None) -> str:
@@ -36,6 +37,38 @@ def _ms(value: float | None) -> str:
 def shown(row: dict[str, Any], key: str) -> bool:
     """Rows with values; pool wait only when some request waited (it is 0 when all is well)."""
     return bool(row["count"]) and (key != "pool_wait_ms" or bool(row["max"]))
+
+
+def counts_text(counts: Mapping[str, int]) -> str:
+    """`{"stop": 90, "length": 29}` -> "stop: 90, length: 29"."""
+    return ", ".join(f"{key}: {n}" for key, n in counts.items())
+
+
+def statuses_text(statuses: Mapping[str, int]) -> str:
+    """The HTTP statuses an error kind came with; "none" is a failure before any answer."""
+    names = {s: "no HTTP status" if s == "none" else f"HTTP {s}" for s in statuses}
+    if len(statuses) == 1:
+        return next(iter(names.values()))
+    return ", ".join(f"{names[s]}: {n}" for s, n in statuses.items())
+
+
+def requests_text(doc: dict[str, Any]) -> str:
+    incomplete = f" ({doc['incomplete']} incomplete)" if doc["incomplete"] else ""
+    return f"{doc['completed']} completed{incomplete}, {doc['failed']} failed"
+
+
+def reconnects_text(doc: dict[str, Any]) -> str:
+    return f"{doc['reconnects']} (a pooled connection was dead: sent again, not a failure)"
+
+
+def error_example(detail: dict[str, Any]) -> str:
+    """One line per error kind: how many, which statuses, when the first came, and why."""
+    messages = detail["messages"]
+    message = messages[0] if messages else "(no message)"
+    if len(message) > EXAMPLE_CHARS:
+        message = message[:EXAMPLE_CHARS] + "…"
+    return (f"{detail['count']} x {statuses_text(detail['statuses'])}, first at "
+            f"{detail['first_at_s']:.2f} s: {message}")
 
 
 def latency_table(doc: dict[str, Any], title: str) -> Table:
@@ -57,7 +90,7 @@ def totals_table(doc: dict[str, Any]) -> Table:
     good = doc["goodput"]
     rows = [
         ("mode", f"{doc['mode']} loop, {doc['duration_s']:.2f} s measured"),
-        ("requests", f"{doc['completed']} completed, {doc['failed']} failed"),
+        ("requests", requests_text(doc)),
         ("throughput", (f"{doc['request_throughput']:.2f} req/s, "
                        f"{doc['output_token_throughput']:.1f} output tok/s, "
                        f"{doc['total_token_throughput']:.1f} total tok/s")),
@@ -67,14 +100,20 @@ def totals_table(doc: dict[str, Any]) -> Table:
     if good is not None:
         rows.append(("goodput", (f"{good['request_rate']:.2f} req/s ({good['fraction']:.1%} "
                                 f"of requests met {good['slo']})")))
+    if doc["end_reasons"]:
+        rows.append(("end reasons", counts_text(doc["end_reasons"])))
+    if doc["reconnects"]:
+        rows.append(("reconnects", reconnects_text(doc)))
     if doc["errors"]:
-        rows.append(("errors", ", ".join(f"{k}: {v}" for k, v in doc["errors"].items())))
+        rows.append(("errors", counts_text(doc["errors"])))
+        rows.extend((f"  {kind}", error_example(detail))
+                    for kind, detail in doc["error_details"].items())
     warm = doc["warmup"]
     rows.append(("warm-up", (f"{warm['requests']} requests over {warm['seconds']:g} s, "
                             f"{warm['connections_primed']} connections primed, "
                             f"{warm['connections_opened_during_measurement']} opened later")))
-    for name, value in rows:
-        table.add_row(name, value)
+    for name, value in rows:  # Text: a server's message is shown as is, never as markup
+        table.add_row(Text(name), Text(value))
     return table
 
 

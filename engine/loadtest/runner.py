@@ -14,6 +14,7 @@ import asyncio
 import gc
 import itertools
 import math
+import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -24,12 +25,13 @@ from typing import Any, Self
 import aiohttp  # only for TraceConfig: see ConnectTracer
 
 from engine.client import Engine, RetryPolicy, StreamResult, Timeouts
-from engine.errors import APIStatusError, EngineError
+from engine.errors import APIStatusError, EngineError, ProtocolError, StreamError
 from engine.loadtest.config import LoadConfig, split_evenly
 from engine.loadtest.metrics import RequestRecord
 from engine.loadtest.prompts import PromptSource
 from engine.loadtest.selfcheck import ClientCheck, SelfCheckMonitor
 from engine.loadtest.shapes import open_schedule
+from engine.redaction import redact, secret_values
 
 PROGRESS_EVERY_S = 0.5
 # With the cyclic collector off during a run (see Runner.run), cyclic garbage still has to go:
@@ -42,6 +44,7 @@ GC_CHECK_S = 0.5
 PRIME_HEADROOM = 1.5  # open loop: connections for 1.5x the expected requests in flight
 SPIN_CAP_NS = 10_000_000  # the adaptive spin never exceeds 10 ms per send
 LATE_DECAY = 0.99  # per sleep: one slow wake-up is forgotten after a few hundred sends
+MESSAGE_CHARS = 500  # a failure's message as recorded: an error body can be kilobytes
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -132,8 +135,12 @@ class Runner:
         self.prompts = PromptSource(config)
         self.progress = progress
         self.tracer = ConnectTracer()
+        # Resolved here (as Engine would) so the key sent is the key redacted from messages.
+        api_key = config.api_key if config.api_key is not None else os.environ.get(
+            "OPENAI_API_KEY")
+        self.secrets = secret_values(api_key, config.headers)
         self.engine = Engine(
-            config.base_url, api_key=config.api_key, max_connections=config.pool_size,
+            config.base_url, api_key=api_key, max_connections=config.pool_size,
             timeouts=Timeouts(connect_s=10.0, first_byte_s=config.timeout_s or 300.0,
                               idle_s=config.idle_timeout_s, total_s=config.timeout_s),
             retry=RetryPolicy(max_retries=config.retries), headers=config.headers)
@@ -304,8 +311,7 @@ class Runner:
             result = await self.engine.run(self.prompts.body(index),
                                            endpoint=self.config.endpoint)
         except Exception as exc:  # every failure is a counted error, never a crash
-            record.error = _kind(exc)
-            record.status = exc.status if isinstance(exc, APIStatusError) else None
+            _fail(record, exc, self.secrets)
             record.e2e_ms = (time.perf_counter_ns() - intended_ns) / 1e6
         else:
             _fill(record, result, intended_ns)
@@ -351,12 +357,31 @@ def _kind(exc: BaseException) -> str:
     return exc.kind if isinstance(exc, EngineError) else type(exc).__name__
 
 
+def _fail(record: RequestRecord, exc: BaseException, secrets: tuple[str, ...]) -> None:
+    """Enough to tell why it failed: a kind alone ("TransportError: 31") does not say.
+
+    The message is redacted here, at the source, because servers reflect credentials and
+    not every message the engine builds (an error event's text) passes its redaction."""
+    record.error = _kind(exc)
+    text = (exc.message if isinstance(exc, EngineError) else str(exc)) or type(exc).__name__
+    text = redact(text, secrets)
+    record.message = text if len(text) <= MESSAGE_CHARS else text[:MESSAGE_CHARS] + "…"
+    if isinstance(exc, APIStatusError | StreamError | ProtocolError):
+        record.status = exc.status
+    if isinstance(exc, EngineError):
+        record.request_id = exc.request_id
+        record.attempts = exc.attempts
+
+
 def _fill(record: RequestRecord, result: StreamResult, intended_ns: int) -> None:
     """Latencies from the intended start; tokens from usage, else counted deltas."""
     times = result.token_times_ns
     record.ok = True
     record.status = result.http_status
+    record.finish_reason = result.finish_reason
+    record.incomplete = result.status == "incomplete"
     record.attempts = result.attempts
+    record.reconnects = result.reconnects
     record.request_id = result.request_id
     if result.first_byte_ns is not None:
         record.first_byte_ms = (result.first_byte_ns - intended_ns) / 1e6
