@@ -473,6 +473,11 @@ class _Attempt:
         exc.custom_id = exc.custom_id or self.custom_id
         if isinstance(exc, StreamError | ProtocolError) and exc.status is None and self.status:
             exc.status = self.status
+        # An error event or a failed response may quote the request, credentials included.
+        message = redact(exc.message, self._secrets())
+        if message != exc.message:
+            exc.message = message
+            exc.args = (message,)
         return exc
 
     def _secrets(self) -> tuple[str, ...]:

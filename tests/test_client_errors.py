@@ -253,6 +253,18 @@ async def test_llama_cpp_error_line_then_done_is_an_error(before: bytes, stream_
     assert info.value.status == 200
 
 
+async def test_a_key_quoted_in_an_error_event_is_redacted_from_the_message() -> None:
+    event = b'data: {"error": {"message": "bad key sk-live-123 for Bearer sk-live-123"}}\n\n'
+    async with raw_server(lambda _: http("200 OK", event)) as url, Engine(
+            base_url=url, api_key="sk-live-123", retry=NO_RETRY) as eng:
+        with pytest.raises(ErrorEvent) as info:
+            await eng.run(CHAT_BODY)
+    assert "sk-live-123" not in str(info.value)
+    assert "sk-live-123" not in repr(info.value.args)
+    assert info.value.message == ("server sent an error event: bad key [redacted] for "
+                                  "Bearer [redacted]")
+
+
 @pytest.mark.parametrize("body", [
     b"data: [DONE]\n\n",
     b": keep-alive\n\ndata: [DONE]\n\n",
