@@ -128,11 +128,14 @@ class ResponseAssembler:
 
     def __call__(self, event: StreamEvent) -> None:
         delta = event.text_delta
+        typ = event.type
         if delta:
             self.parts.append(delta)
             self.token_times_ns.append(event.received_ns)
-            return
-        typ = event.type
+            if typ != CHAT_CHUNK:
+                return
+            # A chat chunk may end the answer with its last token (vLLM sends finish_reason
+            # beside the content; OpenAI in a chunk of its own), or carry usage with it.
         if typ == CHAT_CHUNK:
             self.dialect = Dialect.CHAT
             self._chat_chunk(event.data)
@@ -153,7 +156,6 @@ class ResponseAssembler:
         choices = data.get("choices")
         for choice in choices if isinstance(choices, list) else ():  # odd shapes: no choices
             if isinstance(choice, dict) and choice.get("finish_reason"):
-
                 self.finish_reason = str(choice["finish_reason"])
 
     def add_batch(self, items: Flat, received_ns: int) -> None:

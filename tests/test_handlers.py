@@ -5,8 +5,9 @@ from __future__ import annotations
 import io
 
 import orjson
+import pytest
 
-from engine.events import Dialect, EventDecoder, StreamEvent
+from engine.events import Dialect, Ending, EventDecoder, StreamEvent
 from engine.handlers import (
     Callback,
     JSONLWriter,
@@ -173,3 +174,21 @@ def test_split_handlers_decides_once() -> None:
     sync, run_async = split_handlers([collector, coro_fn, sync_cb, async_cb, acall])
     assert sync == [collector, sync_cb]
     assert run_async == [coro_fn, async_cb, acall]
+
+
+@pytest.mark.parametrize("shape", [Dialect.CHAT, Dialect.RESPONSES])
+def test_a_finish_reason_beside_the_last_token_is_kept(shape: Dialect) -> None:
+    """vLLM ends a capped chat stream with finish_reason on the chunk of its last token."""
+    last = {"object": "chat.completion.chunk", "id": "c1", "model": "m", "created": 7,
+            "choices": [{"index": 0, "delta": {"content": " there"}, "finish_reason": "length"}]}
+    asm = ResponseAssembler(shape)
+    for ev in events_of(CHAT[0], CHAT[1], last, CHAT[3], typed=False):
+        asm(ev)
+    assert asm.text == "Hi there"
+    assert asm.ending == Ending("incomplete", "max_output_tokens", "length")
+    response = asm.response()
+    if shape is Dialect.CHAT:
+        assert response["choices"][0]["finish_reason"] == "length"
+    else:
+        assert response["status"] == "incomplete"
+        assert response["incomplete_details"] == {"reason": "max_output_tokens"}
