@@ -347,3 +347,9 @@ def test_property_arbitrary_bytes_raise_only_protocol_error(raw: bytes, size: in
         parser.close()
     except ProtocolError:
         pass
+
+
+def test_the_flat_form_carries_an_error_line_too() -> None:
+    parser = SSEParser(factory=None)
+    assert parser.feed(b'data: a\n\nerror: {"m":1}\ndata: [DONE]\n\n') == [
+        b"a", "message", None, b'{"m":1}', "error", None, b"[DONE]", "message", None]
