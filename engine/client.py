@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Final, Self
 import aiohttp
 import orjson
 
+from engine.assembly import Choice, ResponseAssembler, ToolCall
 from engine.errors import (
     SNIPPET_BYTES,
     APIStatusError,
@@ -59,7 +60,7 @@ from engine.errors import (
     status_error_class,
 )
 from engine.events import Dialect, EventDecoder, Flat, StreamEvent, Usage, events_of
-from engine.handlers import Handler, ResponseAssembler, split_handlers
+from engine.handlers import Handler, split_handlers
 from engine.limits import backoff_delay, parse_retry_after
 from engine.redaction import redact, redact_bytes, secret_values
 from engine.sse import MAX_EVENT_BYTES
@@ -70,7 +71,8 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_BASE_URL", "Engine", "RetryPolicy", "StreamResult", "Timeouts"]
 
 DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
-ENDPOINT_PATHS: Final = {Dialect.RESPONSES: "/responses", Dialect.CHAT: "/chat/completions"}
+ENDPOINT_PATHS: Final = {Dialect.RESPONSES: "/responses", Dialect.CHAT: "/chat/completions",
+                         Dialect.COMPLETIONS: "/completions"}
 RETRY_STATUSES: Final = frozenset({408, 409, 429})
 ERROR_BODY_LIMIT: Final = 64 * 1024
 DRAIN_S: Final = 2.0  # how long a finished stream may take to reach EOF and free its connection
@@ -146,13 +148,37 @@ class StreamResult:
     # Sent again on a fresh connection because a pooled one was dead on arrival (a server
     # that closes kept-alive connections): transparent, not a retry (see `attempts`).
     reconnects: int = 0
+    first_text_ns: int | None = None  # the first visible text (after any reasoning/tool call)
+    choices: list[Choice] = field(default_factory=list)  # every part of every choice
 
     @property
     def ttft_s(self) -> float | None:
-        """Request start to the first non-empty text delta."""
+        """Request start to the first token of any kind: text, reasoning, refusal or a tool
+        call (what a user of a reasoning or tool-calling model waits for first)."""
         if self.first_token_ns is None:
             return None
         return (self.first_token_ns - self.started_ns) / 1e9
+
+    @property
+    def ttft_text_s(self) -> float | None:
+        """Request start to the first visible text."""
+        if self.first_text_ns is None:
+            return None
+        return (self.first_text_ns - self.started_ns) / 1e9
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        """The first choice's tool calls (id, name, arguments joined from their fragments)."""
+        return self.choices[0].tool_calls if self.choices else []
+
+    @property
+    def reasoning(self) -> str | None:
+        """The first choice's reasoning text, if the server streamed any."""
+        return self.choices[0].reasoning if self.choices else None
+
+    @property
+    def refusal(self) -> str | None:
+        return self.choices[0].refusal if self.choices else None
 
     @property
     def e2e_s(self) -> float:
@@ -160,7 +186,7 @@ class StreamResult:
 
     @property
     def itl_s(self) -> list[float]:
-        """Every gap between consecutive text deltas."""
+        """Every gap between consecutive tokens (of any kind)."""
         t = self.token_times_ns
         return [(b - a) / 1e9 for a, b in itertools.pairwise(t)]
 
@@ -401,7 +427,8 @@ class _Attempt:
         except aiohttp.ClientError as exc:  # the connection dropped mid-body (payload cut, reset)
             broke = self._describe(exc)
         parser.close()
-        if broke is None and decoder.dialect is Dialect.CHAT and decoder.finish_reason is not None:
+        if (broke is None and decoder.dialect in (Dialect.CHAT, Dialect.COMPLETIONS)
+                and decoder.finish_reason is not None):
             return  # a chat server that omits [DONE] after the last chunk
         if decoder.dialect is None and nbytes and not _looks_like_sse(head):
             raise ProtocolError(f"body is not an event stream (HTTP {self.status})",
@@ -424,10 +451,11 @@ class _Attempt:
             resp.close()
 
     def _find_first_token(self, events: Flat, received_ns: int) -> None:
-        """Look for the first text; the events it built stay in the batch."""
+        """Look for the first token of any kind (text, reasoning, a tool call); the events
+        it built stay in the batch."""
         for i, ev in enumerate(events_of(events, received_ns)):
             events[3 * i: 3 * i + 3] = (ev, None, None)
-            if ev.text_delta:
+            if ev.has_token:
                 self.first_token_ns = received_ns
                 return
 
@@ -687,15 +715,18 @@ class Engine:
                 endpoint: str | Dialect | None) -> tuple[str, Dialect]:
         """The URL and the response shape for a body (`messages` means chat)."""
         if endpoint is None:
-            shape = Dialect.CHAT if "messages" in body else Dialect.RESPONSES
+            shape = (Dialect.CHAT if "messages" in body else Dialect.COMPLETIONS
+                     if "prompt" in body and "input" not in body else Dialect.RESPONSES)
             return self.base_url + ENDPOINT_PATHS[shape], shape
-        if endpoint in (Dialect.RESPONSES, Dialect.CHAT):
+        if endpoint in ENDPOINT_PATHS:
             shape = Dialect(endpoint)
             return self.base_url + ENDPOINT_PATHS[shape], shape
         path = str(endpoint)
         if not path.startswith("/"):
-            raise ConfigError(f"endpoint must be 'responses', 'chat' or a path, not {path!r}")
-        shape = Dialect.CHAT if path.endswith("/chat/completions") else Dialect.RESPONSES
+            raise ConfigError("endpoint must be 'responses', 'chat', 'completions' or a path, "
+                              f"not {path!r}")
+        shape = (Dialect.CHAT if path.endswith("/chat/completions") else Dialect.COMPLETIONS
+                 if path.endswith("/completions") else Dialect.RESPONSES)
         return self.base_url + path, shape
 
     def _payload(self, body: Mapping[str, Any], shape: Dialect) -> bytes:
@@ -703,7 +734,7 @@ class Engine:
             raise ConfigError(f"request body must be a JSON object, not {type(body).__name__}")
         body = dict(body)
         body["stream"] = True
-        if shape is Dialect.CHAT and "stream_options" not in body:
+        if shape is not Dialect.RESPONSES and "stream_options" not in body:
             body["stream_options"] = {"include_usage": True}  # usage is part of every result
         return orjson.dumps(body)
 
@@ -834,7 +865,8 @@ class Engine:
             first_token_ns=attempt.first_token_ns, finished_ns=handle.finished_ns,
             token_times_ns=assembler.token_times_ns, status=ending.status,
             incomplete_reason=ending.incomplete_reason, finish_reason=ending.finish_reason,
-            reconnects=handle.reconnects,
+            reconnects=handle.reconnects, first_text_ns=assembler.first_text_ns,
+            choices=assembler.choices,
         )
 
 

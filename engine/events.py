@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHAT_CHUNK",
+    "COMPLETION_CHUNK",
+    "Delta",
     "Dialect",
     "Ending",
     "EventDecoder",
@@ -50,7 +52,21 @@ __all__ = [
 ]
 
 CHAT_CHUNK = "chat.completion.chunk"
+COMPLETION_CHUNK = "text_completion"  # legacy /v1/completions
+CHOICE_CHUNKS = frozenset({CHAT_CHUNK, COMPLETION_CHUNK})
 TEXT_DELTA = "response.output_text.delta"
+# Responses events that carry a token of some kind, and which kind (see `Delta`).
+DELTA_KINDS = {
+    TEXT_DELTA: "text",
+    "response.refusal.delta": "refusal",
+    "response.reasoning_text.delta": "reasoning",
+    "response.reasoning_summary_text.delta": "reasoning_summary",
+    "response.function_call_arguments.delta": "tool_call",
+}
+# Chat delta fields, in the kinds of `Delta`. Servers name reasoning two ways (llama.cpp and
+# DeepSeek `reasoning_content`, vLLM and Ollama `reasoning`; some send both, the same text).
+_CHAT_FIELDS = (("content", "text"), ("refusal", "refusal"))
+REASONING_FIELDS = ("reasoning_content", "reasoning")
 TERMINAL_TYPES = frozenset(
     {"response.completed", "response.failed", "response.incomplete", "error"}
 )
@@ -68,6 +84,27 @@ _JSONDecodeError = orjson.JSONDecodeError
 class Dialect(StrEnum):
     RESPONSES = "responses"
     CHAT = "chat"
+    COMPLETIONS = "completions"  # legacy /v1/completions (`choices[].text`)
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """One token-bearing fragment of an event, the same for every wire format.
+
+    `kind` is "text", "refusal", "reasoning", "reasoning_summary" or "tool_call" (`text` is
+    then the arguments fragment); `index` is the chat choice or the Responses output item.
+    A tool call is named by `call_index` (chat) or `item_id` (Responses); its `call_id` and
+    `name` come with its first fragment (chat) or its `response.output_item.added` (Responses).
+    """
+
+    kind: str
+    text: str
+    index: int = 0
+    call_index: int | None = None
+    call_id: str | None = None
+    name: str | None = None
+    item_id: str | None = None
+    logprobs: list[Any] | None = None
 
 
 def delta_text(raw: bytes) -> str | bool | None:
@@ -104,6 +141,8 @@ class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
     total_tokens: int = 0
+    cached_tokens: int = 0  # of the input, served from the prompt cache
+    reasoning_tokens: int = 0  # of the output, spent reasoning (not in the visible text)
 
     @classmethod
     def from_payload(cls, usage: Any) -> Usage | None:
@@ -112,13 +151,29 @@ class Usage:
             return None
         inp = _count(usage.get("input_tokens", usage.get("prompt_tokens")))
         out = _count(usage.get("output_tokens", usage.get("completion_tokens")))
-        return cls(inp, out, _count(usage.get("total_tokens")) or inp + out)
+        cached = _detail(usage, "input_tokens_details", "prompt_tokens_details", "cached_tokens")
+        reasoning = _detail(usage, "output_tokens_details", "completion_tokens_details",
+                            "reasoning_tokens")
+        return cls(inp, out, _count(usage.get("total_tokens")) or inp + out, cached, reasoning)
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, Any]:
+        """The Responses API's shape."""
         return {
             "input_tokens": self.input_tokens,
+            "input_tokens_details": {"cached_tokens": self.cached_tokens},
             "output_tokens": self.output_tokens,
+            "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
             "total_tokens": self.total_tokens,
+        }
+
+    def as_chat(self) -> dict[str, Any]:
+        """The Chat Completions API's shape."""
+        return {
+            "prompt_tokens": self.input_tokens,
+            "completion_tokens": self.output_tokens,
+            "total_tokens": self.total_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+            "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
         }
 
 
@@ -129,7 +184,7 @@ class StreamEvent:
     the consumer takes it (see `EventDecoder`).
     """
 
-    __slots__ = ("cached_delta", "decoded", "id", "raw", "received_ns", "type")
+    __slots__ = ("cached_delta", "cached_deltas", "decoded", "id", "raw", "received_ns", "type")
 
     def __init__(self, raw: bytes, event: str = "message", id: str | None = None,  # noqa: A002
                  received_ns: int = 0) -> None:
@@ -140,6 +195,7 @@ class StreamEvent:
         self.decoded: Any = None
         # text_delta, computed once: several handlers ask for it. False means "not yet".
         self.cached_delta: str | bool | None = False
+        self.cached_deltas: tuple[Delta, ...] | None = None
 
     def __repr__(self) -> str:
         return f"<StreamEvent {self.type} at {self.received_ns} ns: {snippet(self.raw, 60)}>"
@@ -174,15 +230,82 @@ class StreamEvent:
         if typ == TEXT_DELTA:
             delta = self.data.get("delta")
             return delta if isinstance(delta, str) else None
-        if typ == CHAT_CHUNK:
+        if typ in CHOICE_CHUNKS:
             choices = _choices(self.data)
             if choices:
                 first = choices[0]
                 if isinstance(first, dict) and first.get("index", 0) == 0:
-                    delta = first.get("delta")
-                    content = delta.get("content") if isinstance(delta, dict) else None
+                    if typ == COMPLETION_CHUNK:
+                        content = first.get("text")
+                    else:
+                        delta = first.get("delta")
+                        content = delta.get("content") if isinstance(delta, dict) else None
                     return content if isinstance(content, str) else None
         return None
+
+    @property
+    def deltas(self) -> tuple[Delta, ...]:
+        """Every token-bearing fragment of this event (text, refusal, reasoning, tool-call
+        arguments), for every choice or output item, decoded once."""
+        deltas = self.cached_deltas
+        if deltas is None:
+            deltas = self.cached_deltas = tuple(self._deltas())
+        return deltas
+
+    @property
+    def has_token(self) -> bool:
+        """Whether the event carries a token of any kind (text, reasoning, a tool call...)."""
+        if self.type == TEXT_DELTA:
+            return bool(self.text_delta)
+        return any(d.text or d.name for d in self.deltas)
+
+    def _deltas(self) -> Iterator[Delta]:
+        typ = self.type
+        kind = DELTA_KINDS.get(typ)
+        if kind is not None:
+            data = self.data
+            text = data.get("delta")
+            if isinstance(text, str):
+                logprobs = data.get("logprobs")
+                yield Delta(kind, text, _int(data.get("output_index")),
+                            item_id=_str_or_none(data.get("item_id")),
+                            logprobs=logprobs if isinstance(logprobs, list) and logprobs else None)
+            return
+        if typ not in CHOICE_CHUNKS:
+            return
+        for choice in _choices(self.data):
+            if not isinstance(choice, dict):
+                continue
+            index = _int(choice.get("index"))
+            if typ == COMPLETION_CHUNK:
+                text = choice.get("text")
+                if isinstance(text, str) and text:
+                    yield Delta("text", text, index)
+                continue
+            delta = choice.get("delta")
+            if not isinstance(delta, dict):
+                continue
+            logprobs = choice.get("logprobs")
+            for field, kind in _CHAT_FIELDS:
+                text = delta.get(field)
+                if isinstance(text, str) and text:
+                    entries = logprobs.get(field) if isinstance(logprobs, dict) else None
+                    yield Delta(kind, text, index, logprobs=entries if isinstance(
+                        entries, list) and entries else None)
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if isinstance(reasoning, str) and reasoning:
+                yield Delta("reasoning", reasoning, index)
+            calls = delta.get("tool_calls")
+            for call in calls if isinstance(calls, list) else ():
+                if not isinstance(call, dict):
+                    continue
+                fn = call.get("function")
+                fn = fn if isinstance(fn, dict) else {}
+                arguments = fn.get("arguments")
+                yield Delta("tool_call", arguments if isinstance(arguments, str) else "", index,
+                            call_index=_int(call.get("index")),
+                            call_id=_str_or_none(call.get("id")),
+                            name=_str_or_none(fn.get("name")))
 
     @property
     def sequence_number(self) -> int | None:
@@ -203,7 +326,7 @@ class StreamEvent:
     @property
     def usage(self) -> Usage | None:
         """Normalised usage, from `response.completed`-like events or a chat usage chunk."""
-        if self.type == CHAT_CHUNK:
+        if self.type in CHOICE_CHUNKS:
             return Usage.from_payload(self.data.get("usage"))
         response = self.response
         return Usage.from_payload(response.get("usage")) if response else None
@@ -211,7 +334,7 @@ class StreamEvent:
     def error(self) -> StreamError | None:
         """The typed failure this event reports, if any (`error`, `response.failed`)."""
         typ = self.type
-        if typ == "error" or (typ == CHAT_CHUNK and "error" in self.data):
+        if typ == "error" or (typ in CHOICE_CHUNKS and "error" in self.data):
             err = _error_object(self.data.get("error", self.data))
             message = _str_or_none(err.get("message"))
             return ErrorEvent(
@@ -292,6 +415,17 @@ def _str_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def _int(value: Any) -> int:
+    """An index from a server: anything but an int counts as 0."""
+    return value if type(value) is int else 0
+
+
+def _detail(usage: dict[str, Any], responses: str, chat: str, name: str) -> int:
+    """A count inside `*_tokens_details`, under either API's name for the object."""
+    details = usage.get(responses, usage.get(chat))
+    return _count(details.get(name)) if isinstance(details, dict) else 0
+
+
 def _count(value: Any) -> int:
     """A token count; anything but a non-negative whole number (a string, a bool) counts 0."""
     if type(value) is float and value.is_integer():  # 5.0 from a loose server; not inf/nan
@@ -305,7 +439,7 @@ def _count(value: Any) -> int:
 # token). The consumer builds the rest one at a time (`events_of`).
 Flat = list[Any]
 # Event names the reader must look into; any other typed event passes through untouched.
-_SPECIAL = TERMINAL_TYPES | {"message", CHAT_CHUNK}
+_SPECIAL = TERMINAL_TYPES | CHOICE_CHUNKS | {"message"}
 
 
 def triples(items: Flat) -> Iterator[tuple[Any, str | None, str | None]]:
@@ -388,7 +522,7 @@ class EventDecoder:
                     typ = event.type
                 if typ in TERMINAL_TYPES and self.terminal is None:
                     self.terminal = event
-                elif typ == CHAT_CHUNK and self.finish_reason is None:
+                elif typ in CHOICE_CHUNKS and self.finish_reason is None:
                     self.finish_reason = _finish_reason(event.data)
                 out += (event, None, None)
             else:
@@ -401,6 +535,8 @@ class EventDecoder:
         """Set the dialect if this event type tells it; whether it did."""
         if typ == CHAT_CHUNK:
             self.dialect = Dialect.CHAT
+        elif typ == COMPLETION_CHUNK:
+            self.dialect = Dialect.COMPLETIONS
         elif typ.startswith("response."):
             self.dialect = Dialect.RESPONSES
         else:
@@ -416,8 +552,8 @@ class EventDecoder:
             raise ProtocolError("event data is not a JSON object", raw=raw)
         typ = data.get("type")
         if not isinstance(typ, str):
-            if data.get("object") == CHAT_CHUNK:
-                typ = CHAT_CHUNK
+            if data.get("object") in CHOICE_CHUNKS:
+                typ = data["object"]
             elif "error" in data:
                 typ = "error"
             else:

@@ -236,8 +236,30 @@ def test_invalid_utf8_decodes_with_replacement() -> None:
 def test_usage_from_payload() -> None:
     assert Usage.from_payload(None) is None
     assert Usage.from_payload({"input_tokens": 2, "output_tokens": 3}) == Usage(2, 3, 5)
-    assert Usage(1, 2, 3).as_dict() == {"input_tokens": 1, "output_tokens": 2,
-                                        "total_tokens": 3}
+    assert Usage(1, 2, 3, 1, 2).as_dict() == {
+        "input_tokens": 1, "input_tokens_details": {"cached_tokens": 1},
+        "output_tokens": 2, "output_tokens_details": {"reasoning_tokens": 2},
+        "total_tokens": 3}
+    assert Usage(1, 2, 3, 1, 2).as_chat() == {
+        "prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3,
+        "prompt_tokens_details": {"cached_tokens": 1},
+        "completion_tokens_details": {"reasoning_tokens": 2}}
+
+
+@pytest.mark.parametrize("payload", [
+    {"input_tokens": 10, "output_tokens": 20, "input_tokens_details": {"cached_tokens": 4},
+     "output_tokens_details": {"reasoning_tokens": 12}},
+    {"prompt_tokens": 10, "completion_tokens": 20, "prompt_tokens_details": {"cached_tokens": 4},
+     "completion_tokens_details": {"reasoning_tokens": 12, "audio_tokens": 0}},
+], ids=["responses", "chat"])
+def test_usage_details_of_both_apis(payload: dict[str, object]) -> None:
+    assert Usage.from_payload(payload) == Usage(10, 20, 30, 4, 12)
+
+
+def test_usage_details_of_odd_shapes_count_zero() -> None:
+    assert Usage.from_payload({"prompt_tokens": 1, "prompt_tokens_details": None,
+                               "completion_tokens_details": {"reasoning_tokens": "x"}}) == Usage(
+        1, 0, 1)
 
 
 def test_as_dict_for_writers() -> None:

@@ -7,7 +7,7 @@ import io
 import orjson
 import pytest
 
-from engine.events import Dialect, Ending, EventDecoder, StreamEvent
+from engine.events import Dialect, Ending, EventDecoder, StreamEvent, Usage
 from engine.handlers import (
     Callback,
     JSONLWriter,
@@ -96,7 +96,7 @@ def test_assembler_chat_chunks_into_a_responses_object() -> None:
     assert response["object"] == "response"
     assert response["id"] == "c1"
     assert response["output"][0]["content"][0]["text"] == "Hi"
-    assert response["usage"] == {"input_tokens": 4, "output_tokens": 1, "total_tokens": 5}
+    assert response["usage"] == Usage(4, 1, 5).as_dict()
 
 
 def test_assembler_chat_completion_shape() -> None:
@@ -105,10 +105,13 @@ def test_assembler_chat_completion_shape() -> None:
         asm(ev)
     completion = asm.response()
     assert completion["object"] == "chat.completion"
-    assert completion["choices"][0]["message"] == {"role": "assistant", "content": "Hi"}
+    assert completion["choices"][0]["message"] == {"role": "assistant", "content": "Hi",
+                                                   "refusal": None}
     assert completion["choices"][0]["finish_reason"] == "length"
     assert completion["usage"] == {"prompt_tokens": 4, "completion_tokens": 1,
-                                   "total_tokens": 5}
+                                   "total_tokens": 5, "prompt_tokens_details": {
+                                       "cached_tokens": 0},
+                                   "completion_tokens_details": {"reasoning_tokens": 0}}
 
 
 def test_assembler_tolerates_odd_chat_shapes() -> None:

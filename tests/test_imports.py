@@ -17,11 +17,12 @@ ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "sse": {"errors"},
     "events": {"sse", "errors", "orjson"},
-    "handlers": {"events", "errors", "orjson"},
+    "handlers": {"events", "errors", "assembly", "orjson"},
     "limits": {"asyncio"},  # async acquire helpers; still no network I/O
     "redaction": set(),
-    "client": {"sse", "events", "errors", "handlers", "limits", "redaction", "aiohttp", "orjson",
-               "asyncio"},
+    "assembly": {"events"},
+    "client": {"sse", "events", "errors", "handlers", "assembly", "limits", "redaction", "aiohttp",
+               "orjson", "asyncio"},
 }
 # packages: every module of the package may import only these (plus stdlib, itself)
 PACKAGE_ALLOWED: dict[str, set[str]] = {
@@ -34,7 +35,7 @@ PACKAGE_ALLOWED: dict[str, set[str]] = {
 }
 # CLI glue may also start the embedded mock endpoint, and hand a job to Ray (lazily)
 GLUE_EXTRA = {"command.py": {"mock", "distributed"}}
-MUST_NOT_IO = {"sse", "events", "limits", "handlers"}
+MUST_NOT_IO = {"sse", "events", "limits", "handlers", "assembly"}
 
 
 def imported_names(path: Path) -> set[str]:
