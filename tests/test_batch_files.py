@@ -11,7 +11,9 @@ import pytest
 from engine.batch import BadLine, DuplicateCustomIdError, Request, ResultStore, Shard, scan_input
 from engine.batch.inputs import estimate_tokens, iter_lines, parse_line
 from engine.batch.store import record_id
+from engine.client import Engine
 from engine.errors import ConfigError, RateLimitError, ResponseFailed
+from engine.events import Dialect
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -55,12 +57,19 @@ def test_batch_and_plain_lines() -> None:
     req = parse_line(orjson.dumps(batch_line("x", "/v1/chat/completions")), 3, 100)
     assert isinstance(req, Request)
     assert (req.custom_id, req.endpoint, req.line) == ("x", "chat", 3)
-    plain = parse_line(b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}', 9, 0)
-    assert isinstance(plain, Request)
-    assert (plain.custom_id, plain.endpoint) == ("9", "chat")
-    plain = parse_line(b'{"model": "m", "input": "hi"}', 10, 0)
-    assert isinstance(plain, Request)
-    assert plain.endpoint == "responses"
+    req = parse_line(orjson.dumps(batch_line("y", "/v1/completions")), 4, 100)
+    assert isinstance(req, Request)
+    assert req.endpoint == "completions"
+    engine = Engine(base_url="http://h/v1")
+    for number, (body, shape) in enumerate([
+            (b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}', Dialect.CHAT),
+            (b'{"model": "m", "input": "hi"}', Dialect.RESPONSES),
+            (b'{"model": "m", "prompt": "hi"}', Dialect.COMPLETIONS)], start=9):
+        plain = parse_line(body, number, 0)
+        assert isinstance(plain, Request)
+        # a plain body's endpoint is the engine's rule, read from its shape
+        assert (plain.custom_id, plain.endpoint) == (str(number), None)
+        assert engine.url_for(plain.body, plain.endpoint)[1] is shape
 
 
 def test_estimate_is_text_length_plus_output_cap() -> None:

@@ -26,8 +26,10 @@ if TYPE_CHECKING:
 URLS: Final = {
     "/v1/responses": "responses",
     "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
     "/responses": "responses",
     "/chat/completions": "chat",
+    "/completions": "completions",
 }
 BATCH_KEYS: Final = frozenset({"custom_id", "method", "url", "body"})
 CHARS_PER_TOKEN: Final = 4  # the usual rule of thumb for English text; corrected by settle()
@@ -72,7 +74,7 @@ class Request:
 
     line: int
     custom_id: str
-    endpoint: str  # "responses" or "chat"
+    endpoint: str | None  # "responses", "chat", "completions"; None: the engine's rule
     body: dict[str, Any]
     estimated_tokens: int
 
@@ -130,8 +132,7 @@ def parse_line(  # noqa: PLR0911 - one early return per way a line can be wrong
     if not BATCH_KEYS & obj.keys():  # a plain body: the endpoint follows from its shape
         if "model" not in obj:
             return BadLine(line, str(line), f"line {line}: body has no model")
-        endpoint = "chat" if "messages" in obj else "responses"
-        return Request(line, str(line), endpoint, obj,
+        return Request(line, str(line), None, obj,  # the engine tells it from the body
                        estimate_tokens(obj, default_output_tokens))
     custom_id = obj.get("custom_id")
     if not isinstance(custom_id, str) or not custom_id:
@@ -150,7 +151,8 @@ def _check_batch_line(obj: dict[str, Any]) -> str | None:
         return f"method must be POST, got {method!r}"
     url = obj.get("url")
     if url not in URLS:
-        return f"url must be /v1/responses or /v1/chat/completions, got {url!r}"
+        return ("url must be /v1/responses, /v1/chat/completions or /v1/completions, "
+                f"got {url!r}")
     body = obj.get("body")
     if not isinstance(body, dict):
         return "body must be a JSON object" if "body" in obj else "body is missing"
