@@ -44,7 +44,8 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("prompt", nargs="?", default="Say hello to stream-engine.")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL"))
-    p.add_argument("--endpoint", choices=["responses", "chat"], default="responses")
+    p.add_argument("--endpoint", choices=["responses", "chat", "completions"],
+                   default="responses")
     p.add_argument("--max-output-tokens", type=int, default=None)
     p.add_argument("--header", type=_header, action="append", default=[],
                    help="extra request header, 'Name: value' (repeatable)")
@@ -53,9 +54,13 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _body(args: argparse.Namespace) -> dict[str, Any]:
+    if args.endpoint == "completions":
+        body: dict[str, Any] = {"model": args.model, "prompt": args.prompt}
+        if args.max_output_tokens:
+            body["max_tokens"] = args.max_output_tokens
+        return body
     if args.endpoint == "chat":
-        body: dict[str, Any] = {"model": args.model,
-                                "messages": [{"role": "user", "content": args.prompt}]}
+        body = {"model": args.model, "messages": [{"role": "user", "content": args.prompt}]}
         if args.max_output_tokens:
             body["max_completion_tokens"] = args.max_output_tokens
         return body
@@ -85,8 +90,12 @@ async def _stream_one(args: argparse.Namespace, base_url: str) -> int:
         except EngineError as exc:
             print(f"\nerror: {exc.kind}: {exc}", file=sys.stderr)
             return 1
-    usage = result.usage.as_dict() if result.usage else "not reported"
+    u = result.usage
+    usage = (f"{u.input_tokens} in ({u.cached_tokens} cached), {u.output_tokens} out "
+             f"({u.reasoning_tokens} reasoning), {u.total_tokens} total" if u else "not reported")
     ttft = f"{result.ttft_s * 1000:.1f} ms" if result.ttft_s is not None else "n/a"
+    for call in result.tool_calls:
+        print(f"\ntool call {call.id}: {call.name}({call.arguments})")
     reason = result.incomplete_reason or result.finish_reason or "no reason given"
     print(f"\n\nended: {result.status} ({reason})\nusage: {usage}\n"
           f"time to first token: {ttft}   total: {result.e2e_s * 1000:.1f} ms"

@@ -40,8 +40,8 @@ def test_run_prints_the_text_then_usage_and_ttft(base_url: str) -> None:
     proc = engine_cli("run", "--base-url", base_url, "Tell me a joke")
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.split()) >= 8  # the mock's 16 tokens of text, streamed to stdout
-    assert "usage: {'input_tokens':" in proc.stderr
-    assert "'output_tokens': 16" in proc.stderr
+    assert "ended: completed (stop)\nusage: 10 in (0 cached), 16 out (0 reasoning), 26 total" in (
+        proc.stderr)
     assert "time to first token:" in proc.stderr
     assert "request id: req_" in proc.stderr
 
@@ -62,7 +62,8 @@ def test_console_script_without_base_url_uses_the_embedded_mock() -> None:
     proc = engine_cli("run", "--max-output-tokens", "5", "Hello", module=False)
     assert proc.returncode == 0, proc.stderr
     assert "using the built-in mock endpoint" in proc.stderr
-    assert "'output_tokens': 5" in proc.stderr
+    assert "ended: incomplete (max_output_tokens)" in proc.stderr
+    assert " 5 out (0 reasoning)" in proc.stderr
 
 
 def test_a_failed_stream_is_a_typed_error_and_exit_status_1(base_url: str) -> None:
