@@ -259,7 +259,9 @@ class SSEParser(Generic[M]):
             self._counted = (0, 0)
         items, size = self._counted
         if items < len(data):
-            size += sum(map(len, data[items:]))
+            # Each line counts its newline too: a flood of empty `data:` lines is an event of
+            # newlines, and must meet the cap like any other.
+            size += sum(map(len, data[items:])) + len(data) - items
             self._counted = (len(data), size)
         if size + self._pending_bytes > self.max_event_bytes:
             self._failed = ProtocolError(
@@ -267,4 +269,9 @@ class SSEParser(Generic[M]):
                 offset=self._offset,
                 raw=b"".join(self._pending[:1]) or (data[0] if data else b""),
             )
+            # The error outlives the parser's caller (it is kept, and its traceback holds
+            # `feed`'s frame): free the buffered event now, not when that is collected.
+            data.clear()
+            self._pending.clear()
+            self._pending_bytes = 0
             raise self._failed

@@ -7,6 +7,7 @@ import pytest
 
 from engine.errors import ErrorEvent, ProtocolError, ResponseFailed
 from engine.events import (
+    Delta,
     Dialect,
     Ending,
     EventDecoder,
@@ -393,3 +394,34 @@ def test_decode_takes_events_and_a_scanned_batch_takes_another_scan() -> None:
     plain = EventDecoder()
     assert plain.scan(flat[3:], 8) == flat[3:]
     assert plain.dialect is Dialect.RESPONSES
+
+
+COMPLETION = {"object": "text_completion", "id": "cmpl-1", "choices": [
+    {"index": 0, "text": "Once", "finish_reason": None}]}
+
+
+def test_a_legacy_completion_chunk_is_text() -> None:
+    decoder, events = decode(untyped(COMPLETION))
+    assert decoder.dialect is Dialect.COMPLETIONS
+    assert events[0].type == "text_completion"
+    assert events[0].text_delta == "Once"
+    assert events[0].deltas == (Delta("text", "Once"),)
+    assert events[0].has_token
+
+
+def test_a_responses_text_delta_has_a_token_only_when_not_empty() -> None:
+    _, events = decode(typed({"type": "response.output_text.delta", "delta": ""})
+                       + typed({"type": "response.output_text.delta", "delta": "a"}))
+    assert [e.has_token for e in events] == [False, True]
+
+
+@pytest.mark.parametrize("choices", [
+    [5, {"index": 0, "delta": "x"}],
+    [{"index": 0, "delta": {"tool_calls": [7, {"index": 0, "function": "f"}]}}],
+    [{"index": "0", "text": ""}],
+], ids=["not-dicts", "odd-tool-calls", "empty-completion-text"])
+def test_odd_choice_shapes_give_no_deltas(choices: list[object]) -> None:
+    for kind in ("chat.completion.chunk", "text_completion"):
+        _, events = decode(untyped({"object": kind, "choices": choices}))
+        assert all(not d.text and d.name is None for d in events[0].deltas)
+        assert not events[0].has_token

@@ -271,6 +271,22 @@ def test_event_size_cap_on_many_data_lines() -> None:
         parser.feed(b"data: 0123456789\n" * 50)
 
 
+def test_a_flood_of_empty_data_lines_meets_the_cap() -> None:
+    """50 empty `data:` lines make an event of 49 newlines: it counts against the cap."""
+    parser = SSEParser(max_event_bytes=100)
+    assert parser.feed(b"data:\n" * 99) == []
+    with pytest.raises(ProtocolError, match="exceeds 100 bytes"):
+        parser.feed(b"data:\n" * 2)
+
+
+def test_a_failed_parser_frees_what_it_buffered() -> None:
+    parser = SSEParser(max_event_bytes=1000)
+    parser.feed(b"data: " + b"x" * 900 + b"\ndata: ")
+    with pytest.raises(ProtocolError):
+        parser.feed(b"y" * 500)
+    assert (parser._data, parser._pending) == ([], [])
+
+
 def test_event_size_cap_resets_per_event() -> None:
     parser = SSEParser(max_event_bytes=100)
     for _ in range(100):
