@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.errors import ProtocolError
 from engine.events import (
     CHOICE_CHUNKS,
     COMPLETION_CHUNK,
@@ -30,7 +31,11 @@ from engine.events import (
     triples,
 )
 
-__all__ = ["Choice", "ResponseAssembler", "ToolCall"]
+__all__ = ["MAX_RESPONSE_CHARS", "Choice", "ResponseAssembler", "ToolCall"]
+
+# What one answer may hold in memory (text, reasoning, refusal and tool arguments together):
+# far above any model's output, far below what an endless stream would take.
+MAX_RESPONSE_CHARS = 64 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -90,11 +95,14 @@ class ResponseAssembler:
     """Builds the final response object of a stream, in the shape of the endpoint called
     (see the module docstring); `choices` holds every part, for every wire format."""
 
-    __slots__ = ("_parts", "created", "dialect", "first_text_ns", "meta", "parts", "shape",
-                 "terminal", "token_times_ns", "usage")
+    __slots__ = ("_left", "_parts", "created", "dialect", "first_text_ns", "max_chars", "meta",
+                 "parts", "shape", "terminal", "token_times_ns", "usage")
 
-    def __init__(self, shape: Dialect = Dialect.RESPONSES) -> None:
+    def __init__(self, shape: Dialect = Dialect.RESPONSES,
+                 max_chars: int = MAX_RESPONSE_CHARS) -> None:
         self.shape = shape
+        self.max_chars = max_chars
+        self._left = max_chars  # counted down as fragments arrive
         self.parts: list[str] = []  # choice 0's visible text
         # Arrival of every event that carried a token of any kind: TTFT and ITL for free.
         self.token_times_ns: list[int] = []
@@ -144,6 +152,9 @@ class ResponseAssembler:
             self.token_times_ns.append(received_ns)
             if self.first_text_ns is None:
                 self.first_text_ns = received_ns
+            self._left -= len(delta)
+            if self._left < 0:
+                self._too_big()
 
     def _choice_chunk(self, event: StreamEvent) -> None:
         data = event.data
@@ -200,8 +211,15 @@ class ResponseAssembler:
                 getattr(self._choice(index), "summary" if kind == "reasoning_summary"
                         else kind).append(d.text)
             token = token or bool(d.text or d.name)
+            self._left -= len(d.text)
         if token:
             self.token_times_ns.append(received_ns)
+        if self._left < 0:
+            self._too_big()
+
+    def _too_big(self) -> None:
+        raise ProtocolError(f"the answer exceeds {self.max_chars} characters (max_response_chars)"
+                            "; an endless stream is cut here rather than exhaust memory")
 
     def _item(self, item: Any) -> None:
         """A Responses function call announced: its call id and name, before the arguments."""

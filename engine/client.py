@@ -41,7 +41,7 @@ from typing import Any, Final, Self
 import aiohttp
 import orjson
 
-from engine.assembly import Choice, ResponseAssembler, ToolCall
+from engine.assembly import MAX_RESPONSE_CHARS, Choice, ResponseAssembler, ToolCall
 from engine.errors import (
     SNIPPET_BYTES,
     APIStatusError,
@@ -407,13 +407,14 @@ class _Attempt:
         broke: str | None = None
         try:
             async for chunk in resp.content.iter_any():
-                now = self.last_ns = clock()
+                now = clock()
                 if nbytes < SNIPPET_BYTES:
                     head += chunk[: SNIPPET_BYTES - nbytes]
                 nbytes += len(chunk)
                 messages = parser.feed(chunk)
                 if not messages:
-                    continue
+                    continue  # comments and partial events: idle time goes on
+                self.last_ns = now
                 events = decoder.scan(messages, now)
                 if events:
                     if self.first_token_ns is None:
@@ -489,7 +490,7 @@ class _Attempt:
         if t.idle_s is not None:
             start = now if self.blocked else self.last_ns
             deadlines.append((start + int(t.idle_s * 1e9), IdleTimeout,
-                              f"no data for {t.idle_s} s"))
+                              f"no event for {t.idle_s} s"))
         when, cls, message = min(deadlines, key=lambda d: d[0])
         if when <= now and self.resp is not None:
             self.timer = None
@@ -504,11 +505,20 @@ class _Attempt:
         exc.custom_id = exc.custom_id or self.custom_id
         if isinstance(exc, StreamError | ProtocolError) and exc.status is None and self.status:
             exc.status = self.status
-        # An error event or a failed response may quote the request, credentials included.
-        message = redact(exc.message, self._secrets())
+        # An error event or a failed response may quote the request, credentials included:
+        # the message, the event's data and the offending bytes are all shown or written.
+        secrets = self._secrets()
+        message = redact(exc.message, secrets)
         if message != exc.message:
             exc.message = message
             exc.args = (message,)
+        if isinstance(exc, StreamError) and exc.data is not None:
+            raw = orjson.dumps(exc.data, default=str)
+            clean = redact_bytes(raw, secrets)
+            if clean != raw:
+                exc.data = orjson.loads(clean)
+        elif isinstance(exc, ProtocolError) and isinstance(exc.raw, bytes):
+            exc.raw = redact_bytes(exc.raw, secrets)
         return exc
 
     def _secrets(self) -> tuple[str, ...]:
@@ -638,6 +648,7 @@ class Engine:
         retry: RetryPolicy | None = None,
         queue_size: int = 64,
         max_event_bytes: int = MAX_EVENT_BYTES,
+        max_response_chars: int = MAX_RESPONSE_CHARS,
         headers: Mapping[str, str] | None = None,
         keepalive_s: float = 30.0,
         on_retry: Callable[[EngineError, int], None] | None = None,
@@ -653,6 +664,7 @@ class Engine:
         self.retry = retry or RetryPolicy()
         self.queue_size = queue_size
         self.max_event_bytes = max_event_bytes
+        self.max_response_chars = max_response_chars  # what `run` keeps of one answer
         self.keepalive_s = keepalive_s
         # Called with (error, attempt number) before each retry: rate limiters, counters.
         # An exception it raises cancels that retry and propagates to the caller (the batch
@@ -784,6 +796,11 @@ class Engine:
                 exc.attempts = handle.attempts
                 delay = self.retry_delay(exc, handle.attempts - 1)
                 if delay is None:
+                    if handle.attempts > 1:  # say what the whole call took, not the last try
+                        spent_s = (time.perf_counter_ns() - handle.started_ns) / 1e9
+                        exc.message += (f" (gave up after {handle.attempts} attempts, "
+                                        f"{spent_s:.1f} s)")
+                        exc.args = (exc.message,)
                     raise exc from None
                 if self.on_retry is not None:
                     self.on_retry(exc, handle.attempts)
@@ -847,7 +864,7 @@ class Engine:
     ) -> StreamResult:
         """Stream one request through `handlers` and return the assembled result."""
         handle = self._handle(body, endpoint, custom_id, headers, timeouts)
-        assembler = ResponseAssembler(handle.shape)
+        assembler = ResponseAssembler(handle.shape, self.max_response_chars)
         bare = not handlers  # no handler of the caller's: no event per text delta
         sync, run_async = ([assembler], []) if bare else split_handlers([assembler, *handlers])
         count = 0
@@ -905,6 +922,7 @@ class _Handle:
     attempts: int = 0
     reconnects: int = 0
     finished_ns: int = 0
+    started_ns: int = field(default_factory=time.perf_counter_ns)
 
     def raise_for_outcome(self) -> None:
         """Turn a stream that ended with a failure event into its typed error."""

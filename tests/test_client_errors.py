@@ -30,6 +30,7 @@ from engine.errors import (
     EngineError,
     ErrorEvent,
     FirstByteTimeout,
+    IdleTimeout,
     InternalServerError,
     NotFoundError,
     ProtocolError,
@@ -589,3 +590,69 @@ async def test_closing_the_engine_mid_stream_wakes_the_consumer(base_url: str) -
         await asyncio.wait_for(task, DEADLINE_S)  # it used to wait forever on its queue
     async with eng:  # a closed engine can be entered again
         assert (await eng.run(BODY)).text
+
+
+# --- hostile servers: drips, echoes, endless answers ------------------------------------------
+
+
+def drip(every_s: float, before: bytes = b"", count: int = 400) -> Callable[
+        [web.Request], Any]:
+    """A handler that sends `before`, then a comment every `every_s` (bounded: `count`)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        if before:
+            await resp.write(before)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(count):
+                await resp.write(b": keep-alive\n\n")
+                await asyncio.sleep(every_s)  # the server's own pacing, not a synchronisation
+        return resp
+
+    return handler
+
+
+@pytest.mark.parametrize(("before", "message"), [
+    (b"", r"no event for 0.3 s \(gave up after 2 attempts, \d+\.\d s\)"),
+    (CHAT_CHUNK, r"no event for 0.3 s$"),  # after an event: never retried
+], ids=["before-any-event", "after-an-event"])
+async def test_comments_alone_do_not_keep_a_stream_alive(before: bytes, message: str) -> None:
+    """Idle time counts events, not bytes: a server that only pings is idle."""
+    started = time.monotonic()
+    async with web_app(drip(0.02, before)) as url, Engine(
+            base_url=url, retry=RetryPolicy(max_retries=1, base_s=0.01, cap_s=0.01),
+            timeouts=Timeouts(idle_s=0.3)) as eng:
+        with pytest.raises(IdleTimeout, match=message):
+            await eng.run(CHAT_BODY)
+    assert time.monotonic() - started < 5  # at most 2 x 0.3 s idle, not the drip's 8 s
+
+
+async def test_a_key_echoed_in_event_data_is_redacted_everywhere() -> None:
+    failed = (b'event: response.failed\ndata: {"type":"response.failed","response":{"status":'
+              b'"failed","error":{"message":"bad","echo":"Bearer sk-echo-9"}}}\n\n')
+    async with raw_server(lambda _: http("200 OK", failed)) as url, Engine(
+            base_url=url, api_key="sk-echo-9", retry=NO_RETRY) as eng:
+        with pytest.raises(ResponseFailed) as info:
+            await eng.run(BODY)
+    assert "sk-echo-9" not in orjson.dumps(info.value.data).decode()
+    assert info.value.data["response"]["error"]["echo"] == "Bearer [redacted]"
+    broken = b"data: {not json sk-echo-9\n\n"
+    async with raw_server(lambda _: http("200 OK", broken)) as url, Engine(
+            base_url=url, api_key="sk-echo-9", retry=NO_RETRY) as eng:
+        with pytest.raises(ProtocolError) as perr:
+            await eng.run(CHAT_BODY)
+    assert perr.value.raw is not None
+    assert b"sk-echo-9" not in perr.value.raw
+    assert "sk-echo-9" not in str(perr.value)
+
+
+async def test_an_endless_answer_is_cut_at_the_response_cap() -> None:
+    """The text `run` keeps is bounded (`max_response_chars`), whatever the server sends."""
+    piece = (b'data: {"object":"chat.completion.chunk","choices":[{"index":0,"delta":'
+             b'{"content":"' + b"x" * 1000 + b'"}}]}\n\n')
+    async with raw_server(lambda _: http("200 OK", piece * 200)) as url, Engine(
+            base_url=url, retry=NO_RETRY, max_response_chars=50_000) as eng:
+        with pytest.raises(ProtocolError, match="exceeds 50000 characters"):
+            await eng.run(CHAT_BODY)
+        assert eng.connections_in_use == 0

@@ -20,7 +20,7 @@ ALLOWED: dict[str, set[str]] = {
     "handlers": {"events", "errors", "assembly", "orjson"},
     "limits": {"asyncio"},  # async acquire helpers; still no network I/O
     "redaction": set(),
-    "assembly": {"events"},
+    "assembly": {"events", "errors"},
     "client": {"sse", "events", "errors", "handlers", "assembly", "limits", "redaction", "aiohttp",
                "orjson", "asyncio"},
 }
