@@ -13,6 +13,8 @@ import orjson
 from engine.client import Engine
 from engine.errors import EngineError
 from engine.events import Dialect, StreamEvent
+from engine.options import add_timeout_arguments, retry_from, timeouts_from
+from engine.redaction import redact, secret_values
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Sequence
@@ -50,6 +52,7 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--header", type=_header, action="append", default=[],
                    help="extra request header, 'Name: value' (repeatable)")
     p.add_argument("--raw", action="store_true", help="print every event as a JSON line")
+    add_timeout_arguments(p)
     p.set_defaults(func=_cmd_run)
 
 
@@ -73,17 +76,21 @@ def _body(args: argparse.Namespace) -> dict[str, Any]:
 async def _stream_one(args: argparse.Namespace, base_url: str) -> int:
     out = sys.stdout
     headers = dict(args.header)
+    # A server may echo the key into what it streams: nothing printed may show it.
+    secrets = secret_values(os.environ.get("OPENAI_API_KEY"), headers)
 
     def show(event: StreamEvent) -> None:
         if args.raw:
-            out.write(orjson.dumps({"type": event.type, "data": event.data}).decode() + "\n")
+            line = orjson.dumps({"type": event.type, "data": event.data}).decode()
+            out.write(redact(line, secrets) + "\n")
         else:
             delta = event.text_delta
             if delta:
-                out.write(delta)
+                out.write(redact(delta, secrets))
                 out.flush()
 
-    async with Engine(base_url=base_url) as engine:
+    async with Engine(base_url=base_url, timeouts=timeouts_from(args),
+                      retry=retry_from(args)) as engine:
         try:
             result = await engine.run(_body(args), handlers=[show], endpoint=Dialect(args.endpoint),
                                       headers=headers)
@@ -95,7 +102,7 @@ async def _stream_one(args: argparse.Namespace, base_url: str) -> int:
              f"({u.reasoning_tokens} reasoning), {u.total_tokens} total" if u else "not reported")
     ttft = f"{result.ttft_s * 1000:.1f} ms" if result.ttft_s is not None else "n/a"
     for call in result.tool_calls:
-        print(f"\ntool call {call.id}: {call.name}({call.arguments})")
+        print(redact(f"\ntool call {call.id}: {call.name}({call.arguments})", secrets))
     reason = result.incomplete_reason or result.finish_reason or "no reason given"
     print(f"\n\nended: {result.status} ({reason})\nusage: {usage}\n"
           f"time to first token: {ttft}   total: {result.e2e_s * 1000:.1f} ms"

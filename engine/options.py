@@ -1,0 +1,60 @@
+"""Command-line options that `run`, `batch` and `bench` share: the phases' time limits.
+
+The defaults end a dead stream within minutes, whatever it does: no headers within 60 s, no
+first token within 300 s, no event for 60 s (comments do not count), each attempt; with the
+default two retries, a server that stalls every attempt fails in at most 3 x 60 s plus backoff.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from engine.client import RetryPolicy, Timeouts
+
+__all__ = ["add_timeout_arguments", "retry_from", "timeouts_from"]
+
+DEFAULTS = Timeouts(connect_s=10.0, first_byte_s=60.0, first_token_s=300.0, idle_s=60.0,
+                    total_s=None)
+
+
+def _seconds(text: str) -> float | None:
+    """A limit in seconds; 0 or 'none' for no limit."""
+    if text.lower() in ("none", "off"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds or 'none', got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("a time limit cannot be negative")
+    return value or None
+
+
+def add_timeout_arguments(parser: argparse.ArgumentParser, *, retries: bool = True) -> None:
+    """The five phase limits (seconds; 'none' for no limit) and, optionally, --max-retries."""
+    group = parser.add_argument_group(
+        "time limits (seconds per attempt; 'none' for no limit)")
+    for flag, name, help_text in (
+            ("--connect-timeout", "connect_s", "one TCP connect"),
+            ("--first-byte-timeout", "first_byte_s", "request sent to response headers"),
+            ("--first-token-timeout", "first_token_s",
+             "request sent to the first token of any kind (reasoning, tool call, text)"),
+            ("--idle-timeout", "idle_s",
+             "longest wait between two events (comments and keep-alives do not count)"),
+            ("--total-timeout", "total_s", "the whole attempt")):
+        default = getattr(DEFAULTS, name)
+        group.add_argument(flag, dest=name, type=_seconds, default=default, metavar="S",
+                           help=f"{help_text} (default: {default or 'none'})")
+    if retries:
+        group.add_argument("--max-retries", type=int, default=RetryPolicy().max_retries,
+                           help="retries of a request that failed before its first event "
+                                "(default: %(default)s)")
+
+
+def timeouts_from(args: argparse.Namespace) -> Timeouts:
+    return Timeouts(connect_s=args.connect_s, first_byte_s=args.first_byte_s,
+                    first_token_s=args.first_token_s, idle_s=args.idle_s, total_s=args.total_s)
+
+
+def retry_from(args: argparse.Namespace) -> RetryPolicy:
+    return RetryPolicy(max_retries=args.max_retries)
