@@ -32,6 +32,7 @@ __all__ = ["MAX_EVENT_BYTES", "MAX_RETRY_MS", "SSEMessage", "SSEParser"]
 MAX_EVENT_BYTES = 16 * 1024 * 1024
 _BOM = b"\xef\xbb\xbf"
 _NAME_CACHE_SIZE = 1024
+_LINE_COST = len(b"data: \n")  # what a data line adds to an event's size besides its value
 # The spec sets the reconnection time to any all-digit `retry` value, however long. A value
 # that does not fit a signed 64-bit integer (about 292 million years in ms) cannot be a delay
 # anyone meant, and `int()` of more than 4300 digits raises ValueError (CPython's int-string
@@ -259,9 +260,9 @@ class SSEParser(Generic[M]):
             self._counted = (0, 0)
         items, size = self._counted
         if items < len(data):
-            # Each line counts its newline too: a flood of empty `data:` lines is an event of
-            # newlines, and must meet the cap like any other.
-            size += sum(map(len, data[items:])) + len(data) - items
+            # Each line counts as sent, with its `data: ` and line end (7 bytes): a flood of
+            # empty `data:` lines holds a list entry per line, and must meet the cap too.
+            size += sum(map(len, data[items:])) + _LINE_COST * (len(data) - items)
             self._counted = (len(data), size)
         if size + self._pending_bytes > self.max_event_bytes:
             self._failed = ProtocolError(

@@ -1,0 +1,141 @@
+"""A server that misbehaves on purpose, on 127.0.0.1, in a thread: one behaviour per URL prefix.
+
+    with HostileServer() as server:
+        url = server.url("drip")      # http://127.0.0.1:PORT/drip/v1, both API paths
+
+Every behaviour is bounded (bytes and seconds), so a client that fails to stop still ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Self
+
+import orjson
+from aiohttp import web
+
+LIMIT_S = 60.0  # no behaviour lasts longer than this
+CHUNK = 64 * 1024
+Behaviour = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
+
+
+async def _drip(request: web.Request, resp: web.StreamResponse) -> None:
+    """Keep-alive comments every 50 ms, never an event."""
+    for _ in range(int(LIMIT_S / 0.05)):
+        await resp.write(b": ping\n\n")
+        await asyncio.sleep(0.05)  # the server's pacing
+
+
+async def _stall(request: web.Request, resp: web.StreamResponse) -> None:
+    """Headers, then silence."""
+    await asyncio.sleep(LIMIT_S)
+
+
+async def _echo_key(request: web.Request, resp: web.StreamResponse) -> None:
+    """The request's credentials, echoed in an error event (chat) or response.failed."""
+    auth = request.headers.get("Authorization", "")
+    if request.path.endswith("/chat/completions"):
+        await resp.write(b"data: " + orjson.dumps(
+            {"error": {"message": f"invalid credentials: {auth}", "code": "auth"}}) + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        return
+    await resp.write(b"event: response.failed\ndata: " + orjson.dumps(
+        {"type": "response.failed", "response": {"status": "failed", "error": {
+            "message": f"upstream refused {auth}", "code": "auth"}}}) + b"\n\n")
+
+
+async def _endless_line(request: web.Request, resp: web.StreamResponse) -> None:
+    """`data: xxxx…` with no line end, up to 1 GiB."""
+    await resp.write(b"data: ")
+    piece = b"x" * CHUNK
+    for _ in range(1024 * 1024 * 1024 // CHUNK):
+        await resp.write(piece)
+
+
+async def _empty_flood(request: web.Request, resp: web.StreamResponse) -> None:
+    """Empty `data:` lines and never a blank line: one event of newlines, up to 1 GiB."""
+    piece = b"data:\n" * (CHUNK // 6)
+    for _ in range(1024 * 1024 * 1024 // len(piece)):
+        await resp.write(piece)
+
+
+async def _huge(request: web.Request, resp: web.StreamResponse) -> None:
+    """A well-formed chat stream of 2 GiB of text, then its end."""
+    event = (b'data: {"object":"chat.completion.chunk","choices":[{"index":0,"delta":'
+             b'{"content":"' + b"y" * 4000 + b'"}}]}\n\n')
+    piece = event * (CHUNK // len(event) + 1)
+    for _ in range(2 * 1024 * 1024 * 1024 // len(piece)):
+        await resp.write(piece)
+    await resp.write(b'data: {"object":"chat.completion.chunk","choices":[{"index":0,'
+                     b'"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n')
+
+
+BEHAVIOURS: dict[str, Behaviour] = {
+    "drip": _drip, "stall": _stall, "echo-key": _echo_key, "endless-line": _endless_line,
+    "empty-flood": _empty_flood, "huge": _huge,
+}
+
+
+async def _handle(request: web.Request, counts: dict[str, int]) -> web.StreamResponse:
+    name = request.match_info["behaviour"]
+    counts[name] = counts.get(name, 0) + 1
+    if name == "429":  # every answer asks the client to wait 2 s
+        return web.json_response({"error": {"message": "slow down", "code": "rate_limit"}},
+                                 status=429, headers={"Retry-After": "2"})
+    await request.read()
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    with contextlib.suppress(ConnectionError):  # the client hung up: that is the point
+        await BEHAVIOURS[name](request, resp)
+        await resp.write_eof()
+    return resp
+
+
+class HostileServer:
+    """The behaviours above, served from a thread with its own loop."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.requests: dict[str, int] = {}
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def url(self, behaviour: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{behaviour}/v1"
+
+    def _main(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        app = web.Application()
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await _handle(request, self.requests)
+
+        app.router.add_route("POST", "/{behaviour}/v1/{tail:.*}", handle)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = runner.addresses[0][1]
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._ready.set()
+        await self._stop.wait()
+        await runner.cleanup()
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the hostile server did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
