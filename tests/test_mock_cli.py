@@ -172,9 +172,11 @@ def test_parse_fault_rates() -> None:
                output_tokens=4, output_tokens_max=9, max_concurrency=3,
                faults={"429": 0.1, "disconnect:3": 0.05}, seed=7, retry_after_s=0.5,
                limit_ending="vllm", model="m2", close_after_response="silent",
-               keepalive_timeout_s=0.2),
+               keepalive_timeout_s=0.2, reasoning_tokens=12, reasoning_field="reasoning",
+               reasoning_summary=True),
     MockConfig(limit_ending="completed", close_after_response="announced"),
-], ids=["defaults", "every-field", "completed-announced"])
+    MockConfig(reasoning_tokens=3),
+], ids=["defaults", "every-field", "completed-announced", "reasoning-raw-text"])
 def test_to_argv_round_trips(config: MockConfig, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MOCK_API_KEY", raising=False)  # the key never travels in argv
     parser = argparse.ArgumentParser()
@@ -189,11 +191,18 @@ def test_cli_defaults_of_the_new_options(monkeypatch: pytest.MonkeyPatch) -> Non
     config = config_from_args(parser.parse_args([]))
     assert (config.limit_ending, config.close_after_response, config.keepalive_timeout_s) == (
         "incomplete", "no", None)
+    assert (config.reasoning_tokens, config.reasoning_field, config.reasoning_summary) == (
+        0, "reasoning_content", False)
 
 
 def test_bad_keepalive_timeout_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert mock_main(["--port", "0", "--keepalive-timeout", "0"]) == 2
     assert "keepalive_timeout_s must be > 0" in capsys.readouterr().err
+
+
+def test_bad_reasoning_tokens_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert mock_main(["--port", "0", "--reasoning-tokens", "-1"]) == 2
+    assert "reasoning_tokens must be >= 0" in capsys.readouterr().err
 
 
 async def ending_and_connection(base_url: str) -> dict[str, object]:

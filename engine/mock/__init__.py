@@ -1,4 +1,6 @@
-"""The mock endpoint: a fast, faithful emulator of the Responses and Chat Completions streams.
+"""The mock endpoint: a fast, faithful emulator of the Responses, Chat Completions and legacy
+Completions streams, with every part a real stream has (tool calls, reasoning, refusal, several
+choices, logprobs, usage details).
 
 It writes SSE with its own few lines and never imports `engine.sse`, `engine.events` or
 `engine.client`, so the server and the client under test cannot share a bug.

@@ -1,95 +1,114 @@
 """Chat Completions (`POST /v1/chat/completions`): `chat.completion.chunk` lines and `[DONE]`.
 
-First chunk `delta: {role: "assistant", content: ""}`, one chunk per token, a chunk with
-`finish_reason`, a usage chunk (`choices: []`) only when `stream_options.include_usage`, then
-`data: [DONE]`. Each content chunk is prefix + the token's pre-rendered JSON + suffix.
+Per choice a first chunk `delta: {role: "assistant", content: "", refusal: null}` (`content:
+null` when the answer is not text, `refusal: ""` when it is a refusal), then one chunk per
+token: `delta.<reasoning field>` for reasoning, `delta.content` for text (with `logprobs` when
+asked), `delta.refusal` for a refusal. A tool call is an opening chunk `delta.tool_calls:
+[{index, id, type: "function", function: {name, arguments: ""}}]` (which also carries the role
+when the call is the first thing the choice says, as OpenAI sends it), then one chunk per
+argument fragment `{index, function: {arguments}}`. Then `finish_reason` (`stop`, `length`,
+`tool_calls`), the usage chunk and `[DONE]` (see `choices.py`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from engine.mock.faults import error_object
-from engine.mock.sse_writer import DONE, data_event, named_event
-from engine.mock.text import VOCAB_JSON, Generation, new_id
+from engine.mock.choices import ChoiceStream, Frame
+from engine.mock.parts import chat_logprob
+from engine.mock.sse_writer import SLOT
+
+if TYPE_CHECKING:
+    from engine.mock.text import Choice, Segment
 
 SYSTEM_FINGERPRINT = "fp_mock"
 
 
-class ChatStream:
-    """One Chat Completions answer: head chunk, content chunks by index range, tail, or a body."""
+def _role_delta(choice: Choice) -> dict[str, Any]:
+    """The role chunk's delta: content "" for a text answer, null otherwise (as OpenAI)."""
+    refuses = choice.joined("refusal") is not None
+    return {"role": "assistant", "content": None if refuses or choice.calls else "",
+            "refusal": "" if refuses else None}
 
-    __slots__ = ("_envelope", "_gen", "_id", "_prefix", "_suffix", "n")
-    head_events = 1
 
-    def __init__(self, gen: Generation) -> None:
-        self._gen = gen
-        self._id = new_id("chatcmpl-")
-        self.n = gen.output_tokens
+class ChatStream(ChoiceStream):
+    """One Chat Completions answer: head chunks, token chunks by step, tail, or a body."""
+
+    __slots__ = ()
+
+    def _make_envelope(self, stream_id: str) -> dict[str, Any]:
         # Key order as the real API sends it; `usage: null` rides on every chunk with include_usage.
-        self._envelope: dict[str, Any] = {
-            "id": self._id, "object": "chat.completion.chunk", "created": gen.created,
-            "model": gen.model, "service_tier": "default", "system_fingerprint": SYSTEM_FINGERPRINT,
-        }
-        head = orjson.dumps(self._envelope)[:-1]  # the envelope without its closing brace
-        self._prefix = b"data: " + head + b',"choices":[{"index":0,"delta":{"content":'
-        tail = b',"usage":null}' if gen.include_usage else b"}"
-        self._suffix = b'},"logprobs":null,"finish_reason":null}]' + tail + b"\n\n"
+        gen = self._gen
+        return {"id": stream_id, "object": "chat.completion.chunk", "created": gen.created,
+                "model": gen.model, "service_tier": "default",
+                "system_fingerprint": SYSTEM_FINGERPRINT}
 
-    @property
-    def finish_reason(self) -> str:
-        cut = self._gen.stopped_by_limit or self._gen.ending == "incomplete"
-        return "length" if cut else "stop"
+    def _head(self, index: int, choice: Choice) -> dict[str, Any] | None:
+        segments = choice.segments
+        if segments and segments[0].kind == "tool_call":
+            return None  # the first call's opening chunk carries the role
+        return {"index": index, "delta": _role_delta(choice), "logprobs": None,
+                "finish_reason": None}
 
-    def _chunk(self, choices: list[Any], **extra: Any) -> bytes:
-        usage = {"usage": None} if self._gen.include_usage else {}
-        return data_event({**self._envelope, "choices": choices, **usage, **extra})
+    def _frames(self, index: int, choice: Choice, segment: Segment) -> list[Frame]:
+        def frame(delta: dict[str, Any], count: int, logprobs: Any = None,
+                  extras: list[bytes] | None = None) -> Frame:
+            return Frame({"index": index, "delta": delta, "logprobs": logprobs,
+                          "finish_reason": None}, count, extras)
+
+        count = len(segment.pieces)
+        if segment.kind == "reasoning":
+            return [frame({self._gen.reasoning_field: SLOT}, count)]
+        if segment.kind == "refusal":
+            return [frame({"refusal": SLOT}, count)]
+        if segment.kind == "text":
+            top = self._gen.top_logprobs
+            if top is None:
+                return [frame({"content": SLOT}, count)]
+            extras = [orjson.dumps({"content": [chat_logprob(p, top)], "refusal": None})
+                      for p in segment.pieces]
+            return [frame({"content": SLOT}, count, SLOT, extras)]
+        call = {"index": segment.call_index, "id": segment.call_id, "type": "function",
+                "function": {"name": segment.name, "arguments": SLOT}}
+        opening: dict[str, Any] = {"tool_calls": [call]}
+        if choice.segments[0] is segment:  # the choice's first chunk: with the role
+            opening = {"role": "assistant", "content": None, **opening, "refusal": None}
+        fragment = {"tool_calls": [{"index": segment.call_index,
+                                    "function": {"arguments": SLOT}}]}
+        return [frame(opening, 1), frame(fragment, count - 1)]
+
+    def _finish(self, index: int, reason: str) -> dict[str, Any]:
+        return {"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}
 
     def _usage(self) -> dict[str, Any]:
         gen = self._gen
         return {
             "prompt_tokens": gen.input_tokens, "completion_tokens": gen.output_tokens,
             "total_tokens": gen.input_tokens + gen.output_tokens,
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": gen.cached_tokens, "audio_tokens": 0},
             "completion_tokens_details": {
-                "reasoning_tokens": 0, "audio_tokens": 0,
+                "reasoning_tokens": gen.reasoning_tokens, "audio_tokens": 0,
                 "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
         }
 
-    def head(self) -> list[bytes]:
-        delta = {"role": "assistant", "content": "", "refusal": None}
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
-        return [self._chunk([choice])]
-
-    def delta(self, index: int) -> bytes:
-        """One content chunk: what a paced stream sends per tick."""
-        return self._prefix + VOCAB_JSON[self._gen.tokens[index]] + self._suffix
-
-    def deltas(self, start: int, stop: int) -> list[bytes]:
-        """Content chunks `start..stop-1`: the hot path, two concatenations per event."""
-        prefix, suffix, tokens, vocab = self._prefix, self._suffix, self._gen.tokens, VOCAB_JSON
-        return [prefix + vocab[tokens[k]] + suffix for k in range(start, stop)]
-
-    def tail(self) -> list[bytes]:
-        if self._gen.ending in ("error-event", "failed"):
-            # A mid-stream error, then the stream ends without [DONE].
-            return [named_event("error", {"error": error_object(500)})]
-        finish = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": self.finish_reason}
-        events = [self._chunk([finish])]
-        if self._gen.include_usage:
-            events.append(data_event({**self._envelope, "choices": [], "usage": self._usage()}))
-        events.append(DONE)
-        return events
-
-    def body(self) -> bytes:
-        """The non-streaming answer: one `chat.completion` object."""
-        message: dict[str, Any] = {"role": "assistant", "content": self._gen.text, "refusal": None,
-                   "annotations": []}
-        return orjson.dumps({
-            **self._envelope, "object": "chat.completion",
-            "choices": [{"index": 0, "message": message, "logprobs": None,
-                         "finish_reason": self.finish_reason}],
-            "usage": self._usage(),
-        })
+    def _body_choice(self, index: int, choice: Choice, reason: str) -> dict[str, Any]:
+        role = _role_delta(choice)
+        message: dict[str, Any] = {"role": "assistant", "content": choice.joined("text"),
+                                   "refusal": choice.joined("refusal"), "annotations": []}
+        if role["content"] == "" and message["content"] is None:
+            message["content"] = ""  # a text answer cut before its first text token
+        if (reasoning := choice.joined("reasoning")) is not None:
+            message[self._gen.reasoning_field] = reasoning
+        if calls := choice.calls:
+            message["tool_calls"] = [
+                {"id": call.call_id, "type": "function",
+                 "function": {"name": call.name, "arguments": call.text}} for call in calls]
+        logprobs = None
+        if self._gen.top_logprobs is not None:
+            top = self._gen.top_logprobs
+            logprobs = {"content": [chat_logprob(p, top) for s in choice.segments
+                                    if s.kind == "text" for p in s.pieces], "refusal": None}
+        return {"index": index, "message": message, "logprobs": logprobs,
+                "finish_reason": reason}

@@ -21,6 +21,7 @@ from engine.mock.config import (
     CLOSE_MODES,
     DISTRIBUTIONS,
     LIMIT_ENDINGS,
+    REASONING_FIELDS,
     MockConfig,
     parse_fault_rates,
     parse_token_range,
@@ -64,6 +65,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--keepalive-timeout", type=float, default=None, metavar="S",
         help="close idle keep-alive connections after S seconds (uvicorn: 5; "
              "default aiohttp's)")
+    add("--reasoning-tokens", type=int, default=0, metavar="N",
+        help="N reasoning tokens before every chat and Responses answer (default 0)")
+    add("--reasoning-field", choices=REASONING_FIELDS, default="reasoning_content",
+        help="chat delta field of reasoning: reasoning_content (llama.cpp, DeepSeek) or "
+             "reasoning (vLLM, Ollama) (default reasoning_content)")
+    add("--reasoning-summary", action="store_true",
+        help="Responses: reasoning as reasoning_summary_text events (OpenAI's hosted models) "
+             "instead of reasoning_text (open-weight models, vLLM)")
 
 
 def config_from_args(args: argparse.Namespace) -> MockConfig:
@@ -75,7 +84,8 @@ def config_from_args(args: argparse.Namespace) -> MockConfig:
         api_key=args.api_key or None, seed=args.seed, retry_after_s=args.retry_after,
         limit_ending=args.limit_ending, model=args.model,
         close_after_response=args.close_after_response,
-        keepalive_timeout_s=args.keepalive_timeout,
+        keepalive_timeout_s=args.keepalive_timeout, reasoning_tokens=args.reasoning_tokens,
+        reasoning_field=args.reasoning_field, reasoning_summary=args.reasoning_summary,
     )
 
 

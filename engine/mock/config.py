@@ -24,12 +24,15 @@ LIMIT_ENDINGS: tuple[LimitEnding, ...] = ("incomplete", "vllm", "completed")
 # Closing the connection after every response: silently (llama-server) or with Connection: close.
 CloseAfterResponse = Literal["no", "silent", "announced"]
 CLOSE_MODES: tuple[CloseAfterResponse, ...] = ("no", "silent", "announced")
+# The chat delta field of reasoning tokens: llama.cpp and DeepSeek's, or vLLM's and Ollama's.
+ReasoningField = Literal["reasoning_content", "reasoning"]
+REASONING_FIELDS: tuple[ReasoningField, ...] = ("reasoning_content", "reasoning")
 
 
 @dataclass(frozen=True, slots=True)
 class MockConfig:
-    """Latency model, output length, endings, faults, auth and connection handling of one mock
-    endpoint."""
+    """Latency model, output length, reasoning, endings, faults, auth and connection handling
+    of one mock endpoint."""
 
     ttft_ms: float = 0.0
     itl_ms: float = 0.0
@@ -46,6 +49,9 @@ class MockConfig:
     model: str = "mock-model"  # listed by GET /v1/models (any model name is accepted)
     close_after_response: CloseAfterResponse = "no"  # close the connection after each answer
     keepalive_timeout_s: float | None = None  # close idle keep-alive connections (None: aiohttp's)
+    reasoning_tokens: int = 0  # reasoning before every chat / Responses answer (0: none)
+    reasoning_field: ReasoningField = "reasoning_content"  # chat: the reasoning delta's field
+    reasoning_summary: bool = False  # Responses: reasoning as summary events, not raw text
 
     def __post_init__(self) -> None:
         if min(self.ttft_ms, self.itl_ms, self.jitter, self.retry_after_s) < 0:
@@ -72,6 +78,10 @@ class MockConfig:
             raise ConfigError(f"close_after_response must be one of {CLOSE_MODES}")
         if self.keepalive_timeout_s is not None and not self.keepalive_timeout_s > 0:
             raise ConfigError("keepalive_timeout_s must be > 0 (None: aiohttp's default)")
+        if self.reasoning_tokens < 0:
+            raise ConfigError("reasoning_tokens must be >= 0")
+        if self.reasoning_field not in REASONING_FIELDS:
+            raise ConfigError(f"reasoning_field must be one of {REASONING_FIELDS}")
 
     def to_argv(self) -> list[str]:
         """Flags that rebuild `config` in another process (all but the API key)."""
@@ -86,7 +96,11 @@ class MockConfig:
             "--faults", ",".join(f"{spec}={rate!r}" for spec, rate in self.faults.items()),
             "--limit-ending", self.limit_ending,
             "--close-after-response", self.close_after_response,
+            "--reasoning-tokens", str(self.reasoning_tokens),
+            "--reasoning-field", self.reasoning_field,
         ]
+        if self.reasoning_summary:
+            argv.append("--reasoning-summary")
         if self.max_concurrency is not None:
             argv += ["--max-concurrency", str(self.max_concurrency)]
         if self.keepalive_timeout_s is not None:

@@ -52,11 +52,16 @@ def wake_time(due: float, resolution_s: float) -> float:
 
 
 class Renderer(Protocol):
-    """What a dialect offers the pacer (ResponsesStream, ChatStream)."""
+    """What a dialect offers the pacer (ResponsesStream, ChatStream, CompletionsStream).
+
+    `deltas(start, stop)` are the events of tokens start..stop-1, which may be more than one a
+    token (an output item that opens or closes, several choices); `delta(index)` is token
+    `index`'s event when it is exactly one, else None.
+    """
 
     n: int
 
-    def delta(self, index: int) -> bytes: ...
+    def delta(self, index: int) -> bytes | None: ...
 
     def deltas(self, start: int, stop: int) -> list[bytes]: ...
 
@@ -235,12 +240,13 @@ class Ticker:
             self._push(paced)
             return
         start, stop = schedule.take_due(now)
-        if stop < schedule.n:  # mid-stream: usually exactly one token
-            data = render.delta(start) if stop - start == 1 else b"".join(
-                render.deltas(start, stop))
-            events = stop - start
+        single = render.delta(start) if stop - start == 1 and stop < schedule.n else None
+        if single is not None:  # mid-stream: usually exactly one token, one event
+            data, events = single, 1
         else:
-            batch = [*render.deltas(start, stop), *render.tail()]
+            batch = render.deltas(start, stop)
+            if stop == schedule.n:
+                batch += render.tail()
             data, events = b"".join(batch), len(batch)
         if events:
             paced.events += events

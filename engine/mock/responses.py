@@ -4,66 +4,235 @@
     response.content_part.added, response.output_text.delta x n, response.output_text.done,
     response.content_part.done, response.output_item.done, response.completed
 
+Each segment of the answer is one output item, in order (`output_index` 0, 1, ...): reasoning
+(`rs_…`: `content_part` + `reasoning_text.delta`/`.done` as OpenAI's open-weight models and
+vLLM send it, or `reasoning_summary_part` + `reasoning_summary_text.delta`/`.done` as OpenAI's
+hosted models do), a message (`msg_…`: `output_text` or, for a refusal, `refusal`), function
+calls (`fc_…`: the item is the call's first token, then `function_call_arguments.delta`/`.done`).
+The first item opens in the head, a later one just before its first token; an item closes right
+after its last token, the last one in the tail before the final event.
+
 A stream whose length the request's `max_output_tokens` set ends as `limit_ending` says:
 OpenAI's `response.incomplete` (the item and the response `incomplete`, `incomplete_details`),
 vLLM's `response.completed` whose response is `incomplete` (the item `completed`), or a plain
 `response.completed`.
 
-The deltas come from one per-request bytes template (`%d` for the sequence number, `%b` for the
-token's pre-rendered JSON string); everything else is rendered with orjson once per request.
+A token's event comes from one per-item bytes template (`%d` for the sequence number, `%b` for
+the token's pre-rendered JSON string); everything else is rendered with orjson.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from engine.mock.sse_writer import DONE, named_event
-from engine.mock.text import VOCAB_JSON, Generation, new_id
+from engine.mock.parts import delta_logprob, text_logprob
+from engine.mock.sse_writer import (
+    DONE,
+    SEQ,
+    SLOT,
+    cut_at_slots,
+    named_event,
+    percent_template,
+)
+from engine.mock.text import Generation, new_id
 
 if TYPE_CHECKING:
     from engine.mock.config import LimitEnding
+    from engine.mock.text import Segment
 
-HEAD_EVENTS = 4  # created, in_progress, output_item.added, content_part.added
 _ERROR_MESSAGE = "The server had an error while processing your request. (mock fault)"
+_LIFECYCLE_HEAD = 2  # response.created, response.in_progress
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """The event names and fields of one kind of output item."""
+
+    prefix: str  # of the item's id
+    delta: str  # a token's event
+    done: str  # the event with the whole text
+    field: str  # where that event puts it
+    index: str | None = "content_index"  # the part's index field (None: a call has no parts)
+    part_added: str = "response.content_part.added"
+    part_done: str = "response.content_part.done"
+
+
+_MESSAGE = _Shape("msg_", "response.output_text.delta", "response.output_text.done", "text")
+_REFUSAL = _Shape("msg_", "response.refusal.delta", "response.refusal.done", "refusal")
+_REASONING = _Shape("rs_", "response.reasoning_text.delta", "response.reasoning_text.done",
+                    "text")
+_SUMMARY = _Shape("rs_", "response.reasoning_summary_text.delta",
+                  "response.reasoning_summary_text.done", "text", "summary_index",
+                  "response.reasoning_summary_part.added", "response.reasoning_summary_part.done")
+_CALL = _Shape("fc_", "response.function_call_arguments.delta",
+               "response.function_call_arguments.done", "arguments", None)
 
 
 def _usage(gen: Generation) -> dict[str, Any]:
     return {
         "input_tokens": gen.input_tokens,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": gen.cached_tokens},
         "output_tokens": gen.output_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": gen.reasoning_tokens},
         "total_tokens": gen.input_tokens + gen.output_tokens,
     }
 
 
-class ResponsesStream:
-    """One Responses answer: head events, delta events by index range, tail events, or a body."""
+class _Item:
+    """One segment as an output item: its events around a run of per-token events."""
 
-    __slots__ = ("_gen", "_id", "_instructions", "_item_id", "_limit_ending", "_template",
-                 "done_after", "n")
-    head_events = HEAD_EVENTS
+    __slots__ = ("_top", "first_seq", "id", "output_index", "pieces", "segment", "shape",
+                 "start", "template")
+
+    def __init__(self, segment: Segment, shape: _Shape, output_index: int, start: int,
+                 first_seq: int, top_logprobs: int | None) -> None:
+        self.segment, self.shape, self.output_index = segment, shape, output_index
+        self.id = new_id(shape.prefix)
+        self.start = start  # the answer's token index of the item's first token
+        self.first_seq = first_seq  # the sequence number of that token's event
+        self._top = top_logprobs if shape is _MESSAGE else None
+        delta: dict[str, Any] = {**self._where(SEQ, shape.delta), "delta": SLOT}
+        if shape is _MESSAGE:
+            delta["logprobs"] = [] if self._top is None else SLOT
+        prefix, mids, suffix = cut_at_slots(named_event(shape.delta, delta))
+        self.template = percent_template(prefix, suffix)
+        self.pieces = segment.json
+        if self._top is not None:  # the token, then `,"logprobs":` and its entry
+            top = self._top
+            self.pieces = [p + mids[0] + orjson.dumps([delta_logprob(t, top)])
+                           for p, t in zip(segment.json, segment.pieces, strict=True)]
+
+    @property
+    def is_call(self) -> bool:
+        return self.shape is _CALL
+
+    @property
+    def stop(self) -> int:
+        return self.start + len(self.pieces)
+
+    @property
+    def opening_events(self) -> int:
+        """Events before its first token (a call's item is that token)."""
+        return 0 if self.is_call else 2
+
+    @property
+    def closing_events(self) -> int:
+        return 2 if self.is_call else 3
+
+    def _where(self, seq: Any, name: str) -> dict[str, Any]:
+        where: dict[str, Any] = {"type": name, "sequence_number": seq, "item_id": self.id,
+                                 "output_index": self.output_index}
+        if self.shape.index is not None:
+            where[self.shape.index] = 0
+        return where
+
+    def _logprobs(self) -> list[dict[str, Any]]:
+        """The whole text's logprobs, as the done event and the final part carry them."""
+        top = self._top
+        return [] if top is None else [text_logprob(p, top) for p in self.segment.pieces]
+
+    def _part(self, text: str, *, final: bool) -> dict[str, Any]:
+        shape = self.shape
+        if shape is _MESSAGE:
+            return {"type": "output_text", "annotations": [],
+                    "logprobs": self._logprobs() if final else [], "text": text}
+        if shape is _REFUSAL:
+            return {"type": "refusal", "refusal": text}
+        return {"type": "summary_text" if shape is _SUMMARY else "reasoning_text", "text": text}
+
+    def item(self, status: str, *, final: bool) -> dict[str, Any]:
+        """The item as output_item.added (final=False) or .done and the response show it."""
+        segment, shape = self.segment, self.shape
+        if self.is_call:
+            return {"id": self.id, "type": "function_call", "status": status,
+                    "arguments": segment.text if final else "", "call_id": segment.call_id,
+                    "name": segment.name}
+        parts = [self._part(segment.text, final=True)] if final else []
+        if shape is _REASONING or shape is _SUMMARY:
+            summary = parts if shape is _SUMMARY else []
+            return {"id": self.id, "type": "reasoning", "summary": summary,
+                    "content": [] if shape is _SUMMARY else parts}
+        return {"id": self.id, "type": "message", "status": status, "content": parts,
+                "role": "assistant"}
+
+    def _added(self, seq: int) -> bytes:
+        return named_event("response.output_item.added", {
+            "type": "response.output_item.added", "sequence_number": seq,
+            "output_index": self.output_index, "item": self.item("in_progress", final=False)})
+
+    def opening(self) -> list[bytes]:
+        if self.is_call:
+            return []
+        seq = self.first_seq - 2
+        part = {**self._where(seq + 1, self.shape.part_added),
+                "part": self._part("", final=False)}
+        return [self._added(seq), named_event(self.shape.part_added, part)]
+
+    def token(self, k: int) -> bytes:
+        """The event of the answer's token `k` (one of this item's)."""
+        j = k - self.start
+        if self.is_call and j == 0:
+            return self._added(self.first_seq)
+        return self.template % (self.first_seq + j, self.pieces[j])
+
+    def closing(self, status: str) -> list[bytes]:
+        seq, segment, shape = self.first_seq + len(self.pieces), self.segment, self.shape
+        done = {**self._where(seq, shape.done), shape.field: segment.text}
+        if shape is _MESSAGE:
+            done["logprobs"] = self._logprobs()
+        events = [named_event(shape.done, done)]
+        if not self.is_call:
+            part = {**self._where(seq + 1, shape.part_done),
+                    "part": self._part(segment.text, final=True)}
+            events.append(named_event(shape.part_done, part))
+        events.append(named_event("response.output_item.done", {
+            "type": "response.output_item.done", "sequence_number": seq + len(events),
+            "output_index": self.output_index, "item": self.item(status, final=True)}))
+        return events
+
+
+def _shape(segment: Segment, summary: bool) -> _Shape:
+    if segment.kind == "reasoning":
+        return _SUMMARY if summary else _REASONING
+    return {"text": _MESSAGE, "refusal": _REFUSAL, "tool_call": _CALL}[segment.kind]
+
+
+class ResponsesStream:
+    """One Responses answer: head events, token events by index range, tail events, or a body."""
+
+    __slots__ = ("_fast", "_gen", "_id", "_instructions", "_items", "_limit_ending",
+                 "_tail_seq", "done_after", "head_events", "n")
 
     def __init__(self, gen: Generation, instructions: Any = None, *, done_after: bool = False,
                  limit_ending: LimitEnding = "incomplete") -> None:
         self._gen = gen
+        choice = gen.choices[0]
         # Only a length the request's limit set (and no fault ending) ends the limit's way.
-        limited = gen.stopped_by_limit and gen.ending is None
+        limited = choice.stopped_by_limit and gen.ending is None
         self._limit_ending: LimitEnding | None = limit_ending if limited else None
         self._id = new_id("resp_")
-        self._item_id = new_id("msg_")
         self._instructions = instructions if isinstance(instructions, str) else None
         self.done_after = done_after
-        self.n = gen.output_tokens
-        self._template = (
-            b"event: response.output_text.delta\n"
-            b'data: {"type":"response.output_text.delta","sequence_number":%d,"item_id":"'
-            + self._item_id.encode()
-            + b'","output_index":0,"content_index":0,"delta":%b,"logprobs":[]}\n\n'
-        )
+        self._items: list[_Item] = []
+        seq, start, last = _LIFECYCLE_HEAD, 0, len(choice.segments) - 1
+        for index, segment in enumerate(choice.segments):
+            shape = _shape(segment, gen.reasoning_summary)
+            seq += 0 if shape is _CALL else 2
+            item = _Item(segment, shape, index, start, seq, gen.top_logprobs)
+            self._items.append(item)
+            seq += len(item.pieces) + (item.closing_events if index < last else 0)
+            start = item.stop
+        self._tail_seq = seq
+        self.n = start
+        self.head_events = _LIFECYCLE_HEAD + self._items[0].opening_events
+        first = self._items[0]
+        # One message or reasoning item (a plain answer): the hot path, one bytes `%` a token.
+        self._fast = ((first.template, first.pieces, first.first_seq)
+                      if len(self._items) == 1 and not first.is_call else None)
 
     @property
     def status(self) -> str:
@@ -84,7 +253,7 @@ class ResponsesStream:
 
     @property
     def _item_status(self) -> str:
-        """vLLM marks the message `completed` even when the response is incomplete."""
+        """vLLM marks the last item `completed` even when the response is incomplete."""
         if self.status == "completed" or self._limit_ending == "vllm":
             return "completed"
         return "incomplete"
@@ -107,40 +276,55 @@ class ResponsesStream:
             "text": {"format": {"type": "text"}, "verbosity": "medium"}, "tool_choice": "auto",
             "tools": [], "top_logprobs": 0, "top_p": 1.0, "truncation": "disabled",
             "usage": _usage(gen) if final else None, "user": None, "metadata": {},
+            **gen.echo,
         }
 
-    def _part(self, text: str) -> dict[str, Any]:
-        return {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
-
-    def _item(self, status: str, content: list[Any]) -> dict[str, Any]:
-        return {"id": self._item_id, "type": "message", "status": status, "content": content,
-                "role": "assistant"}
+    def _output(self) -> list[dict[str, Any]]:
+        """Every item as the final response lists it: the last one with the ending's status."""
+        last = len(self._items) - 1
+        return [item.item(self._item_status if i == last else "completed", final=True)
+                for i, item in enumerate(self._items)]
 
     def head(self) -> list[bytes]:
         started = self._response("in_progress", [], final=False)
         return [
             *(named_event(name, {"type": name, "sequence_number": seq, "response": started})
               for seq, name in enumerate(("response.created", "response.in_progress"))),
-            named_event("response.output_item.added", {
-                "type": "response.output_item.added", "sequence_number": 2, "output_index": 0,
-                "item": self._item("in_progress", [])}),
-            named_event("response.content_part.added", {
-                "type": "response.content_part.added", "sequence_number": 3,
-                "item_id": self._item_id, "output_index": 0, "content_index": 0,
-                "part": self._part("")}),
+            *self._items[0].opening(),
         ]
 
-    def delta(self, index: int) -> bytes:
-        """One delta event: what a paced stream sends per tick."""
-        return self._template % (HEAD_EVENTS + index, VOCAB_JSON[self._gen.tokens[index]])
+    def _item_at(self, k: int) -> _Item:
+        for item in self._items:
+            if k < item.stop:
+                return item
+        raise IndexError(k)
+
+    def _step(self, k: int) -> list[bytes]:
+        """Token `k`'s event, after its item's opening and before its closing when it is the
+        item's first or last token (the answer's last item closes in the tail)."""
+        item = self._item_at(k)
+        events = item.opening() if k == item.start and item.output_index else []
+        events.append(item.token(k))
+        if k == item.stop - 1 and item is not self._items[-1]:
+            events += item.closing("completed")
+        return events
+
+    def delta(self, index: int) -> bytes | None:
+        """One token's event, when the answer is one item (a paced stream's common tick)."""
+        if self._fast is not None:
+            template, pieces, first = self._fast
+            return template % (first + index, pieces[index])
+        return self._items[0].token(index) if len(self._items) == 1 else None
 
     def deltas(self, start: int, stop: int) -> list[bytes]:
-        """Delta events `start..stop-1`: the hot path, one bytes `%` per event."""
-        template, tokens, vocab = self._template, self._gen.tokens, VOCAB_JSON
-        return [template % (HEAD_EVENTS + k, vocab[tokens[k]]) for k in range(start, stop)]
+        """Events of tokens `start..stop-1`."""
+        if self._fast is not None:
+            template, pieces, first = self._fast
+            return [template % (first + k, pieces[k]) for k in range(start, stop)]
+        return [event for k in range(start, stop) for event in self._step(k)]
 
     def tail(self) -> list[bytes]:
-        gen, seq = self._gen, HEAD_EVENTS + self.n
+        gen, seq = self._gen, self._tail_seq
         if gen.ending == "error-event":
             return [named_event("error", {"type": "error", "sequence_number": seq,
                                           "code": "server_error", "message": _ERROR_MESSAGE,
@@ -150,23 +334,11 @@ class ResponsesStream:
             failed = self._response("failed", [], final=True)
             return [named_event("response.failed", {"type": "response.failed",
                                                     "sequence_number": seq, "response": failed})]
-        text = gen.text
-        item = self._item(self._item_status, [self._part(text)])
-        where = {"item_id": self._item_id, "output_index": 0, "content_index": 0}
-        events = [
-            named_event("response.output_text.done", {
-                "type": "response.output_text.done", "sequence_number": seq, **where,
-                "text": text, "logprobs": []}),
-            named_event("response.content_part.done", {
-                "type": "response.content_part.done", "sequence_number": seq + 1, **where,
-                "part": self._part(text)}),
-            named_event("response.output_item.done", {
-                "type": "response.output_item.done", "sequence_number": seq + 2,
-                "output_index": 0, "item": item}),
-            named_event(final := self._final_event, {
-                "type": final, "sequence_number": seq + 3,
-                "response": self._response(status, [item], final=True)}),
-        ]
+        events = self._items[-1].closing(self._item_status)
+        final = self._final_event
+        events.append(named_event(final, {
+            "type": final, "sequence_number": seq + len(events),
+            "response": self._response(status, self._output(), final=True)}))
         if self.done_after:
             events.append(DONE)
         return events
@@ -174,7 +346,5 @@ class ResponsesStream:
     def body(self) -> bytes:
         """The non-streaming answer: the final response object."""
         status = self.status
-        if status == "failed":
-            return orjson.dumps(self._response("failed", [], final=True))
-        item = self._item(self._item_status, [self._part(self._gen.text)])
-        return orjson.dumps(self._response(status, [item], final=True))
+        output = [] if status == "failed" else self._output()
+        return orjson.dumps(self._response(status, output, final=True))

@@ -1,8 +1,9 @@
 """The aiohttp.web application: routes, validation, admission, paced streaming, MockServer.
 
-Per request: auth -> JSON validation -> fault choice -> queue for a generation slot -> paced
-stream. Tokens are due at absolute deadlines from the moment the generation starts (no
-accumulated sleeps, so no drift); whatever is due when the task wakes goes out in one write.
+Per request: auth -> JSON validation -> fault choice -> the answer's plan (`planning.py`) ->
+queue for a generation slot -> paced stream. Tokens are due at absolute deadlines from the
+moment the generation starts (no accumulated sleeps, so no drift); whatever is due when the
+task wakes goes out in one write.
 """
 
 from __future__ import annotations
@@ -10,28 +11,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
 from engine.mock.chat import ChatStream
+from engine.mock.completions import CompletionsStream
 from engine.mock.config import DelaySampler, MockConfig
 from engine.mock.faults import HTML_PAGE, FaultPicker, FaultSet, error_body
 from engine.mock.pacing import Schedule, Ticker, clock_resolution_s, wake_time
+from engine.mock.planning import BadRequest, Dialect, header_ms, plan
 from engine.mock.responses import ResponsesStream
 from engine.mock.sse_writer import Reshaper
 from engine.mock.stats import MockStats
-from engine.mock.text import (
-    Generation,
-    count_input_tokens,
-    generate_tokens,
-    message_texts,
-    new_id,
-    prompt_of,
-    text_seed,
-)
+from engine.mock.text import new_id
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -45,16 +39,8 @@ SHUTDOWN_TIMEOUT_S = 1.0
 JSON = "application/json"
 STREAM_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
                   "openai-version": "2020-10-01"}
-Stream = ResponsesStream | ChatStream
-
-
-class BadRequest(Exception):
-    """A 400 with OpenAI's error fields."""
-
-    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
-        self.code = code
+Stream = ResponsesStream | ChatStream | CompletionsStream
+REQUIRED: dict[Dialect, str] = {"chat": "messages", "responses": "input", "completions": "prompt"}
 
 
 class MockState:
@@ -165,31 +151,6 @@ async def close_connections(request: web.Request, handler: Handler) -> web.Strea
     return response
 
 
-def _header_ms(request: web.Request, name: str, default: float) -> float:
-    raw = request.headers.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise BadRequest(f"header {name} must be a number of milliseconds") from None
-    if value < 0:
-        raise BadRequest(f"header {name} must be >= 0")
-    return value
-
-
-def _limit(body: dict[str, Any], *names: str) -> int | None:
-    for name in names:
-        value = body.get(name)
-        if value is None:
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise BadRequest(f"Invalid '{name}': expected an integer >= 1.", name,
-                             "invalid_value")
-        return value
-    return None
-
-
 async def _read_body(request: web.Request, required: str) -> dict[str, Any]:
     try:
         body = orjson.loads(await request.read())
@@ -207,33 +168,15 @@ async def _read_body(request: web.Request, required: str) -> dict[str, Any]:
     return body
 
 
-def build_stream(state: MockState, body: dict[str, Any], chat: bool, faults: FaultSet,
+def build_stream(state: MockState, body: dict[str, Any], dialect: Dialect, faults: FaultSet,
                  request: web.Request) -> Stream:
-    """Length, text and usage of the answer, in the dialect the client will get."""
+    """The answer (see `planning.py`), in the dialect the client will get."""
     config = state.config
-    if chat:
-        texts = message_texts(body["messages"])
-        limit = _limit(body, "max_completion_tokens", "max_tokens")
-    else:
-        texts = message_texts(body["input"])
-        if isinstance(body.get("instructions"), str):
-            texts.insert(0, [body["instructions"]])
-        limit = _limit(body, "max_output_tokens")
-    seed = text_seed(config.seed, request.headers.get("x-mock-seed", body.get("seed")),
-                     prompt_of(texts))
-    count = limit if limit is not None else config.output_length(seed)
-    if faults.ending is not None:
-        count //= 2  # the error / failure / cut-off arrives mid-answer
-    options = body.get("stream_options")
-    gen = Generation(
-        model=body["model"], tokens=generate_tokens(seed, count),
-        input_tokens=count_input_tokens(texts), created=int(time.time()),
-        stopped_by_limit=limit is not None, ending=faults.ending,
-        max_output_tokens=limit, include_usage=isinstance(options, dict)
-        and options.get("include_usage") is True,
-    )
-    if chat or faults.chat_on_responses:
-        if not chat:
+    gen = plan(config, body, request.headers, dialect, faults.ending)
+    if dialect == "completions":
+        return CompletionsStream(gen)
+    if dialect == "chat" or faults.chat_on_responses:
+        if dialect != "chat":
             gen.include_usage = True  # a chat-speaking server would still report usage
         return ChatStream(gen)
     return ResponsesStream(gen, body.get("instructions"), done_after=faults.done_after,
@@ -344,18 +287,18 @@ def _fault_answer(request: web.Request, faults: FaultSet, retry_after_s: float,
     return None
 
 
-async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
+async def _generate(request: web.Request, dialect: Dialect) -> web.StreamResponse:
     state = request.app[STATE]
     config, stats = state.config, state.stats
     stats.requests[request.path] += 1
     request_id = new_id("req_")[:36]
     try:
-        body = await _read_body(request, "messages" if chat else "input")
+        body = await _read_body(request, REQUIRED[dialect])
         stats.last_body = body
         faults = state.picker.pick(request.headers.get("x-mock-fault"))
-        ttft_ms = _header_ms(request, "x-mock-ttft-ms", config.ttft_ms)
-        itl_ms = _header_ms(request, "x-mock-itl-ms", config.itl_ms)
-        stream = build_stream(state, body, chat, faults, request)
+        ttft_ms = header_ms(request.headers, "x-mock-ttft-ms", config.ttft_ms)
+        itl_ms = header_ms(request.headers, "x-mock-itl-ms", config.itl_ms)
+        stream = build_stream(state, body, dialect, faults, request)
     except BadRequest as exc:
         return json_error(400, request_id, str(exc), param=exc.param, code=exc.code)
     except ValueError as exc:  # ConfigError from an unknown x-mock-fault kind
@@ -374,11 +317,15 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
 
 
 async def responses_handler(request: web.Request) -> web.StreamResponse:
-    return await _generate(request, chat=False)
+    return await _generate(request, "responses")
 
 
 async def chat_handler(request: web.Request) -> web.StreamResponse:
-    return await _generate(request, chat=True)
+    return await _generate(request, "chat")
+
+
+async def completions_handler(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, "completions")
 
 
 async def models_handler(request: web.Request) -> web.Response:
@@ -415,6 +362,7 @@ def create_app(config: MockConfig | None = None) -> web.Application:
         app.on_response_prepare.append(connection_headers(config.close_after_response))
     app.router.add_post("/v1/responses", responses_handler)
     app.router.add_post("/v1/chat/completions", chat_handler)
+    app.router.add_post("/v1/completions", completions_handler)
     app.router.add_get("/v1/models", models_handler)
     app.router.add_get("/v1/models/{model}", models_handler)
     app.router.add_get("/mock/stats", stats_handler)

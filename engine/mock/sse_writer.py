@@ -29,6 +29,28 @@ def data_event(payload: Any) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
+# Placeholders for per-token values: an event is rendered once per answer with them, then cut
+# into the bytes around them, so that a token costs a concatenation, not a JSON encoding.
+SLOT = "\x00slot\x00"
+SEQ = "\x00seq\x00"
+SLOT_JSON = orjson.dumps(SLOT)
+SEQ_JSON = orjson.dumps(SEQ)
+
+
+def cut_at_slots(event: bytes) -> tuple[bytes, list[bytes], bytes]:
+    """(before the first SLOT, the bytes between SLOTs, after the last SLOT)."""
+    first, *rest = event.split(SLOT_JSON)
+    return first, rest[:-1], rest[-1]
+
+
+def percent_template(prefix: bytes, suffix: bytes) -> bytes:
+    """`prefix %b suffix` as a bytes-% template whose `%d` is where SEQ stood."""
+    def escape(part: bytes) -> bytes:
+        return part.replace(b"%", b"%%").replace(SEQ_JSON, b"%d")
+
+    return escape(prefix) + b"%b" + escape(suffix)
+
+
 def broken_copy(event: bytes) -> bytes:
     """The event cut inside its JSON: still well-framed SSE, but the data does not parse."""
     data_at = event.find(b"data: ") + len(b"data: ")

@@ -1,8 +1,11 @@
-"""Deterministic synthetic text and token accounting.
+"""Deterministic synthetic text, the answer's model and token accounting.
 
-The answer is a list of vocabulary indices drawn from `random.Random(seed)`; one index is one
-token is one delta, so `usage.output_tokens` equals the number of text deltas exactly. Each
-token's JSON string is rendered once at import, so the delta loop never calls a JSON encoder.
+Text is a list of vocabulary indices, a window of one seeded table; one token is one paced
+delta, so `usage.output_tokens` equals the number of deltas exactly. Each token's JSON string is
+rendered once at import, so the delta loop never calls a JSON encoder.
+
+An answer (`Generation`) is one or more choices; a choice is a list of `Segment`s, runs of one
+kind of token (reasoning, text, refusal, one tool call) that every dialect frames its own way.
 
 Input tokens (documented rule): every message counts `MESSAGE_OVERHEAD` plus the number of
 whitespace-separated words of its text content, and the reply is primed with `REPLY_OVERHEAD`.
@@ -13,15 +16,18 @@ from __future__ import annotations
 
 import random
 import zlib
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 MESSAGE_OVERHEAD = 3
 REPLY_OVERHEAD = 3
 
-_WORDS = (  # noqa: SIM905  (a sentence reads better than a 70-item list)
+WORDS = (  # noqa: SIM905  (a sentence reads better than a 70-item list)
     "the of and to in is that it for as with was on be at by this from or an are not but "
     "stream token engine event delta server client latency model request response chunk "
     "buffer socket queue handler batch mock signal window budget pipeline parser value "
@@ -31,7 +37,7 @@ _WORDS = (  # noqa: SIM905  (a sentence reads better than a 70-item list)
 # Tokens that exercise a client's decoder: escapes, multi-byte UTF-8, newlines, no space.
 _SPECIAL = [",", ".", "\n\n", ' "quoted"', " naïve", " 東京", " 🙂", "\\", "\t", "ing", "'s"]
 
-VOCAB: tuple[str, ...] = tuple([" " + w for w in _WORDS] + _SPECIAL)
+VOCAB: tuple[str, ...] = tuple([" " + w for w in WORDS] + _SPECIAL)
 VOCAB_JSON: tuple[bytes, ...] = tuple(orjson.dumps(t) for t in VOCAB)
 
 
@@ -86,26 +92,106 @@ def prompt_of(messages: list[list[str]]) -> str:
     return "\x1e".join("\x1f".join(texts) for texts in messages)
 
 
+SegmentKind = Literal["reasoning", "text", "refusal", "tool_call"]
+
+
 @dataclass(slots=True)
-class Generation:
-    """One request's answer and accounting, shared by both API dialects."""
+class Segment:
+    """A run of one kind of token. A tool call's first piece is `""`: the token that names the
+    function (chat sends it as the call's opening chunk, Responses as its output item)."""
 
-    model: str
-    tokens: list[int]
-    input_tokens: int
-    created: int
-    stopped_by_limit: bool = False  # the request's token limit set the length
-    ending: str | None = None  # error-event / failed / incomplete fault
-    max_output_tokens: int | None = None
-    include_usage: bool = False  # chat: stream_options.include_usage
+    kind: SegmentKind
+    pieces: list[str]  # the text of each token
+    json: list[bytes]  # each piece as a JSON string, rendered once per answer
+    name: str = ""  # tool_call: the function's name
+    call_id: str = ""  # tool_call: `call_…`
+    call_index: int = 0  # tool_call: its place among the choice's calls
 
-    @property
-    def output_tokens(self) -> int:
-        return len(self.tokens)
+    @classmethod
+    def of_tokens(cls, kind: SegmentKind, tokens: Sequence[int]) -> Segment:
+        """A run of vocabulary tokens (text, reasoning)."""
+        return cls(kind, [VOCAB[i] for i in tokens], [VOCAB_JSON[i] for i in tokens])
+
+    @classmethod
+    def of_pieces(cls, kind: SegmentKind, pieces: list[str], **call: Any) -> Segment:
+        return cls(kind, pieces, [orjson.dumps(p) for p in pieces], **call)
 
     @property
     def text(self) -> str:
-        return "".join([VOCAB[i] for i in self.tokens])
+        """All of it: the text, the refusal, the reasoning, or the call's arguments."""
+        return "".join(self.pieces)
+
+    def first(self, count: int) -> Segment:
+        """Its first `count` tokens (a limit or a fault cut the answer here)."""
+        return Segment(self.kind, self.pieces[:count], self.json[:count], self.name,
+                       self.call_id, self.call_index)
+
+
+@dataclass(slots=True)
+class Choice:
+    """One answer of the request (chat's `n` gives several): its segments, in order."""
+
+    segments: list[Segment]
+    stopped_by_limit: bool = False  # the request's token limit set the length
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(segment.pieces) for segment in self.segments)
+
+    @property
+    def reasoning_tokens(self) -> int:
+        return sum(len(s.pieces) for s in self.segments if s.kind == "reasoning")
+
+    @property
+    def calls(self) -> list[Segment]:
+        return [s for s in self.segments if s.kind == "tool_call"]
+
+    def joined(self, kind: SegmentKind) -> str | None:
+        """The text of every segment of `kind`, or None when there is none."""
+        texts = [s.text for s in self.segments if s.kind == kind]
+        return "".join(texts) if texts else None
+
+
+@dataclass(slots=True)
+class Generation:
+    """One request's answer and accounting, shared by every dialect.
+
+    `tokens` is the shorthand for a plain answer: one choice of text. The planner passes
+    `choices` instead when the request asked for more (reasoning, tool calls, `n`, ...).
+    """
+
+    model: str
+    input_tokens: int
+    created: int
+    tokens: Sequence[int] = ()
+    stopped_by_limit: bool = False  # (with `tokens`) the request's token limit set the length
+    ending: str | None = None  # error-event / failed / incomplete fault
+    max_output_tokens: int | None = None
+    include_usage: bool = False  # chat: stream_options.include_usage
+    choices: list[Choice] = field(default_factory=list)
+    cached_tokens: int = 0  # x-mock-cached-tokens, at most input_tokens
+    top_logprobs: int | None = None  # None: no logprobs asked for; else alternatives per token
+    reasoning_field: str = "reasoning_content"  # chat: the delta field of reasoning tokens
+    reasoning_summary: bool = False  # Responses: reasoning as a summary, not as raw text
+    echo: dict[str, Any] = field(default_factory=dict)  # request fields the response repeats
+
+    def __post_init__(self) -> None:
+        if not self.choices:
+            self.choices = [Choice([Segment.of_tokens("text", self.tokens)],
+                                   self.stopped_by_limit)]
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(choice.tokens for choice in self.choices)
+
+    @property
+    def reasoning_tokens(self) -> int:
+        return sum(choice.reasoning_tokens for choice in self.choices)
+
+    @property
+    def text(self) -> str:
+        """The first choice's visible text."""
+        return self.choices[0].joined("text") or ""
 
 
 def new_id(prefix: str) -> str:

@@ -1,0 +1,318 @@
+"""From a request to its answer: length, seeds, and which parts the request asks for.
+
+The parts are chosen by the body fields the real API has (`tools` + `tool_choice`, `n`,
+`logprobs` / `top_logprobs` / `include`, Responses `reasoning`) and, where the API has no
+natural trigger, by `x-mock-*` headers (`x-mock-output`, `x-mock-tool-calls`,
+`x-mock-reasoning-tokens`, `x-mock-reasoning-field`, `x-mock-reasoning-summary`,
+`x-mock-cached-tokens`); the config sets defaults for reasoning.
+
+Length: the request's token limit caps the whole output, reasoning included (as OpenAI counts
+it), and sets a text answer's length exactly; a refusal or a tool call has its own length and
+is cut only by a smaller limit. A fault ending halves whatever the answer would have been.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from engine.mock.parts import call_segment, reasoning_segment, refusal_segment
+from engine.mock.text import (
+    Choice,
+    Generation,
+    Segment,
+    count_input_tokens,
+    generate_tokens,
+    message_texts,
+    prompt_of,
+    text_seed,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from engine.mock.config import MockConfig
+
+Dialect = Literal["chat", "responses", "completions"]
+Output = Literal["text", "refusal", "tool_calls"]
+OUTPUTS: tuple[Output, ...] = ("text", "refusal", "tool_calls")
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+DEFAULT_REASONING_TOKENS = 8  # a Responses `reasoning` request on a mock configured with none
+CHOICE_STRIDE = 7919  # choice i's seed is the request's + i * this: its own text
+MAX_CHOICES = 128  # the real API's cap on `n`
+MAX_TOP_LOGPROBS = 20
+MAX_TOOL_CALLS = 128
+LOGPROBS_INCLUDE = "message.output_text.logprobs"
+
+
+class BadRequest(Exception):
+    """A 400 with OpenAI's error fields."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
+def header_ms(headers: Mapping[str, str], name: str, default: float) -> float:
+    raw = headers.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest(f"header {name} must be a number of milliseconds") from None
+    if value < 0:
+        raise BadRequest(f"header {name} must be >= 0")
+    return value
+
+
+def header_int(headers: Mapping[str, str], name: str, default: int, low: int = 0,
+               high: int | None = None) -> int:
+    raw = headers.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"header {name} must be an integer", name) from None
+    if value < low or (high is not None and value > high):
+        raise BadRequest(f"header {name} must be in [{low}, {high or 'any'}]", name)
+    return value
+
+
+def header_choice(headers: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str | None:
+    raw = headers.get(name)
+    if raw is not None and raw not in allowed:
+        raise BadRequest(f"header {name} must be one of {', '.join(allowed)}", name)
+    return raw
+
+
+def body_int(body: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise BadRequest(f"Invalid '{name}': expected an integer in [{low}, {high}].", name,
+                         "invalid_value")
+    return value
+
+
+def token_limit(body: dict[str, Any], *names: str) -> int | None:
+    for name in names:
+        value = body.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise BadRequest(f"Invalid '{name}': expected an integer >= 1.", name,
+                             "invalid_value")
+        return value
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """The parts one request asks for."""
+
+    output: Output = "text"
+    calls: tuple[tuple[str, Any], ...] = ()  # (name, parameters) of each call, in order
+    reasoning: int = 0  # reasoning tokens before the answer
+    summary: bool = False  # Responses: the reasoning as a summary
+    field: str = "reasoning_content"  # chat: the reasoning delta's field
+    n: int = 1
+    top_logprobs: int | None = None  # None: no logprobs
+
+
+def _function_tools(body: dict[str, Any], chat: bool) -> list[tuple[str, Any]]:
+    """(name, parameters) of the request's function tools, in order."""
+    tools = body.get("tools")
+    found = []
+    for tool in tools if isinstance(tools, list) else []:
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            continue
+        spec = tool.get("function") if chat else tool
+        if isinstance(spec, dict) and isinstance(spec.get("name"), str):
+            found.append((spec["name"], spec.get("parameters")))
+    return found
+
+
+def _tool_calls(body: dict[str, Any], headers: Mapping[str, str], chat: bool,
+                forced: str | None) -> tuple[tuple[str, Any], ...]:
+    """The calls the answer makes: none, or `x-mock-tool-calls` of them (one when
+    `parallel_tool_calls` is false), to the named function or to the listed ones in turn."""
+    choice = body.get("tool_choice")
+    named = None
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        spec = choice.get("function") if chat else choice
+        named = spec.get("name") if isinstance(spec, dict) else None
+    wanted = forced == "tool_calls" or (
+        forced is None and (choice == "required" or named is not None))
+    if not wanted:
+        return ()
+    tools = _function_tools(body, chat)
+    if not tools:
+        raise BadRequest("A tool call needs at least one function tool in 'tools'.", "tools")
+    if named is not None:
+        tools = [tool for tool in tools if tool[0] == named]
+        if not tools:
+            raise BadRequest(f"Invalid value for 'tool_choice': no function named {named!r} "
+                             "in 'tools'.", "tool_choice", "invalid_value")
+    count = header_int(headers, "x-mock-tool-calls", 1, 1, MAX_TOOL_CALLS)
+    if body.get("parallel_tool_calls") is False:
+        count = 1
+    return tuple(tools[i % len(tools)] for i in range(count))
+
+
+def _reasoning(config: MockConfig, body: dict[str, Any], headers: Mapping[str, str],
+               dialect: Dialect) -> tuple[int, bool]:
+    """(reasoning tokens, as a summary): header, else config, else a Responses `reasoning`
+    (whose `effort: "none"` asks for none). The legacy endpoint never reasons."""
+    if dialect == "completions":
+        return 0, False
+    asked = body.get("reasoning") if dialect == "responses" else None
+    asked = asked if isinstance(asked, dict) and asked.get("effort") != "none" else None
+    tokens = config.reasoning_tokens
+    if asked is not None and tokens == 0:
+        tokens = DEFAULT_REASONING_TOKENS
+    tokens = header_int(headers, "x-mock-reasoning-tokens", tokens)
+    summary = config.reasoning_summary or (asked is not None and asked.get("summary") is not None)
+    flag = header_choice(headers, "x-mock-reasoning-summary", ("0", "1"))
+    return tokens, summary if flag is None else flag == "1"
+
+
+def _top_logprobs(body: dict[str, Any], dialect: Dialect) -> int | None:
+    top = body_int(body, "top_logprobs", 0, 0, MAX_TOP_LOGPROBS)
+    if dialect == "chat":
+        if body.get("logprobs") is True:
+            return top
+        if body.get("top_logprobs") is not None:
+            raise BadRequest("'top_logprobs' needs 'logprobs' set to true.", "top_logprobs",
+                             "invalid_value")
+    if dialect == "responses":
+        include = body.get("include")
+        wanted = isinstance(include, list) and LOGPROBS_INCLUDE in include
+        if wanted or body.get("top_logprobs") is not None:
+            return top
+    return None
+
+
+def asked_parts(config: MockConfig, body: dict[str, Any], headers: Mapping[str, str],
+                dialect: Dialect) -> Asked:
+    """Read (and validate) what the request asks for beyond plain text."""
+    forced = header_choice(headers, "x-mock-output", OUTPUTS)
+    output: Output = "text"
+    calls: tuple[tuple[str, Any], ...] = ()
+    if dialect != "completions":  # the legacy endpoint only ever writes text
+        calls = _tool_calls(body, headers, dialect == "chat", forced)
+        output = "tool_calls" if calls else "refusal" if forced == "refusal" else "text"
+    reasoning, summary = _reasoning(config, body, headers, dialect)
+    field = header_choice(headers, "x-mock-reasoning-field", REASONING_FIELDS)
+    return Asked(output=output, calls=calls, reasoning=reasoning, summary=summary,
+                 field=field or config.reasoning_field,
+                 n=body_int(body, "n", 1, 1, MAX_CHOICES) if dialect != "responses" else 1,
+                 top_logprobs=_top_logprobs(body, dialect))
+
+
+def _cut(segments: list[Segment], keep: int) -> list[Segment]:
+    """The first `keep` tokens of the answer, without the segments that got none."""
+    kept = []
+    for segment in segments:
+        if keep <= 0:
+            break
+        if segment.pieces:
+            kept.append(segment.first(keep))
+            keep -= len(segment.pieces)
+    if not kept:  # nothing said at all: an empty answer (never a call without its name)
+        answer = segments[-1]
+        kept = [answer.first(0) if answer.kind != "tool_call" else Segment("text", [], [])]
+    return kept
+
+
+def _choice(config: MockConfig, asked: Asked, seed: int, limit: int | None,
+            ending: str | None) -> Choice:
+    segments = [reasoning_segment(seed, asked.reasoning)] if asked.reasoning else []
+    if asked.output == "tool_calls":
+        segments += [call_segment(name, parameters, seed, index)
+                     for index, (name, parameters) in enumerate(asked.calls)]
+    elif asked.output == "refusal":
+        segments.append(refusal_segment())
+    else:
+        visible = (max(0, limit - asked.reasoning) if limit is not None
+                   else config.output_length(seed))
+        segments.append(Segment.of_tokens("text", generate_tokens(seed, visible)))
+    total = sum(len(segment.pieces) for segment in segments)
+    keep = total if limit is None else min(total, limit)
+    if ending is not None:
+        keep //= 2  # the error / failure / cut-off arrives mid-answer
+    stopped = limit is not None and (asked.output == "text" or total > limit)
+    return Choice(_cut(segments, keep), stopped)
+
+
+def _prompts(body: dict[str, Any], dialect: Dialect) -> tuple[list[str], int, int | None]:
+    """(the texts seeds derive from, one per prompt; input tokens; the token limit)."""
+    if dialect == "chat":
+        texts = message_texts(body["messages"])
+        return [prompt_of(texts)], count_input_tokens(texts), token_limit(
+            body, "max_completion_tokens", "max_tokens")
+    if dialect == "responses":
+        texts = message_texts(body["input"])
+        if isinstance(body.get("instructions"), str):
+            texts.insert(0, [body["instructions"]])
+        return [prompt_of(texts)], count_input_tokens(texts), token_limit(
+            body, "max_output_tokens")
+    prompts = _completion_prompts(body["prompt"])
+    # Input tokens of the legacy endpoint: the words of each prompt, or its token ids.
+    words = sum(len(p.split()) if isinstance(p, str) else len(p) for p in prompts)
+    return ([p if isinstance(p, str) else " ".join(map(str, p)) for p in prompts], words,
+            token_limit(body, "max_tokens"))
+
+
+def _is_token_array(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in value)
+
+
+def _completion_prompts(prompt: Any) -> list[str | list[int]]:
+    """A legacy `prompt`: a string, token ids, or a list of either (one choice each)."""
+    if isinstance(prompt, str) or _is_token_array(prompt):
+        return [prompt]
+    if isinstance(prompt, list) and prompt and all(
+            isinstance(p, str) or _is_token_array(p) for p in prompt):
+        return prompt
+    raise BadRequest("Invalid 'prompt': a string, a list of strings, or token arrays.",
+                     "prompt", "invalid_value")
+
+
+def plan(config: MockConfig, body: dict[str, Any], headers: Mapping[str, str],
+         dialect: Dialect, ending: str | None) -> Generation:
+    """The whole answer to `body` in `dialect`, with its accounting."""
+    prompts, input_tokens, limit = _prompts(body, dialect)
+    asked = asked_parts(config, body, headers, dialect)
+    request_seed = headers.get("x-mock-seed", body.get("seed"))
+    seeds = [text_seed(config.seed, request_seed, prompt) + i * CHOICE_STRIDE
+             for prompt in prompts for i in range(asked.n)]
+    options = body.get("stream_options")
+    return Generation(
+        model=body["model"], input_tokens=input_tokens, created=int(time.time()),
+        choices=[_choice(config, asked, seed, limit, ending) for seed in seeds],
+        ending=ending, max_output_tokens=limit,
+        include_usage=isinstance(options, dict) and options.get("include_usage") is True,
+        cached_tokens=min(input_tokens, header_int(headers, "x-mock-cached-tokens", 0)),
+        top_logprobs=asked.top_logprobs, reasoning_field=asked.field,
+        reasoning_summary=asked.summary, echo=_echo(body) if dialect == "responses" else {},
+    )
+
+
+def _echo(body: dict[str, Any]) -> dict[str, Any]:
+    """Request fields the Responses object repeats, as the real API does."""
+    echo: dict[str, Any] = {}
+    reasoning = body.get("reasoning")
+    if isinstance(reasoning, dict):
+        echo["reasoning"] = {"effort": reasoning.get("effort"),
+                             "summary": reasoning.get("summary")}
+    for name, kind in (("parallel_tool_calls", bool), ("tool_choice", (str, dict)),
+                       ("tools", list), ("top_logprobs", int)):
+        if isinstance(body.get(name), kind):
+            echo[name] = body[name]
+    return echo
