@@ -283,7 +283,9 @@ class ResponseAssembler:
         for choice in self.choices:
             message: dict[str, Any] = {
                 "role": "assistant",
-                "content": choice.text if choice.text or not choice.tool_calls else None,
+                # null beside a refusal or tool calls, as a non-streaming answer has it
+                "content": choice.text if choice.text or not (
+                    choice.tool_calls or choice.refusal) else None,
                 "refusal": choice.refusal,
             }
             if choice.reasoning is not None:
