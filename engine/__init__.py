@@ -3,10 +3,38 @@
 Importing the library never changes the event loop policy; the CLI chooses uvloop itself.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from engine import errors
+from engine.assembly import Choice, ToolCall
 from engine.client import Engine, RetryPolicy, StreamResult, Timeouts
-from engine.errors import EngineError
-from engine.events import Dialect, EventDecoder, StreamEvent, Usage
+from engine.errors import (
+    APIStatusError,
+    AuthenticationError,
+    BadRequestError,
+    ConfigError,
+    ConflictError,
+    ConnectTimeout,
+    EngineClosed,
+    EngineError,
+    EngineTimeout,
+    ErrorEvent,
+    FirstByteTimeout,
+    FirstTokenTimeout,
+    IdleTimeout,
+    InternalServerError,
+    NotFoundError,
+    PermissionDeniedError,
+    ProtocolError,
+    RateLimitError,
+    ResponseFailed,
+    StreamError,
+    StreamTruncated,
+    TotalTimeout,
+    TransportError,
+    UnprocessableEntityError,
+)
+from engine.events import Delta, Dialect, EventDecoder, StreamEvent, Usage
 from engine.handlers import (
     Callback,
     Handler,
@@ -17,23 +45,55 @@ from engine.handlers import (
 )
 from engine.sse import SSEMessage, SSEParser
 
+try:
+    __version__ = version("stream-engine")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree not installed
+    __version__ = "0.0.0"
+
 __all__ = [
+    "APIStatusError",
+    "AuthenticationError",
+    "BadRequestError",
     "Callback",
+    "Choice",
+    "ConfigError",
+    "ConflictError",
+    "ConnectTimeout",
+    "Delta",
     "Dialect",
     "Engine",
+    "EngineClosed",
     "EngineError",
+    "EngineTimeout",
+    "ErrorEvent",
     "EventDecoder",
+    "FirstByteTimeout",
+    "FirstTokenTimeout",
     "Handler",
+    "IdleTimeout",
+    "InternalServerError",
     "JSONLWriter",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "ProtocolError",
+    "RateLimitError",
     "ResponseAssembler",
+    "ResponseFailed",
     "RetryPolicy",
     "SSEMessage",
     "SSEParser",
+    "StreamError",
     "StreamEvent",
     "StreamResult",
+    "StreamTruncated",
     "TextCollector",
     "Timeouts",
     "TimingRecorder",
+    "ToolCall",
+    "TotalTimeout",
+    "TransportError",
+    "UnprocessableEntityError",
     "Usage",
+    "__version__",
     "errors",
 ]
