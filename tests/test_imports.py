@@ -21,8 +21,12 @@ ALLOWED: dict[str, set[str]] = {
     "limits": {"asyncio"},  # async acquire helpers; still no network I/O
     "redaction": set(),
     "assembly": {"events", "errors"},
-    "client": {"sse", "events", "errors", "handlers", "assembly", "limits", "redaction", "aiohttp",
-               "orjson", "asyncio"},
+    "chunks": {"events", "asyncio"},
+    "retry": {"errors", "limits"},
+    "attempt": {"chunks", "errors", "events", "limits", "redaction", "aiohttp", "orjson",
+                "asyncio", "client"},  # client: type annotations only (TYPE_CHECKING)
+    "client": {"sse", "events", "errors", "handlers", "assembly", "attempt", "chunks", "retry",
+               "redaction", "aiohttp", "orjson", "asyncio"},
 }
 # packages: every module of the package may import only these (plus stdlib, itself)
 PACKAGE_ALLOWED: dict[str, set[str]] = {
@@ -35,7 +39,7 @@ PACKAGE_ALLOWED: dict[str, set[str]] = {
 }
 # CLI glue may also start the embedded mock endpoint, and hand a job to Ray (lazily)
 GLUE_EXTRA = {"command.py": {"mock", "distributed"}}
-MUST_NOT_IO = {"sse", "events", "limits", "handlers", "assembly"}
+MUST_NOT_IO = {"sse", "events", "limits", "handlers", "assembly", "retry"}
 
 
 def imported_names(path: Path) -> set[str]:

@@ -1,0 +1,54 @@
+"""The retry rule: which failures are sent again, and after how long.
+
+One rule for the engine's own retries and for callers that send their own (the batch runner,
+through its rate limits): connect errors, 408, 409, 429, 5xx and streams that broke before
+their first event, with exponential backoff and full jitter; the server's `Retry-After` wins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from engine.errors import (
+    APIStatusError,
+    ConnectTimeout,
+    EngineError,
+    FirstByteTimeout,
+    FirstTokenTimeout,
+    IdleTimeout,
+    StreamTruncated,
+    TransportError,
+)
+from engine.limits import backoff_delay
+
+__all__ = ["RETRY_STATUSES", "RetryPolicy", "retry_delay"]
+
+RETRY_STATUSES: Final = frozenset({408, 409, 429})
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter; `Retry-After` wins when the server sends it."""
+
+    max_retries: int = 2
+    base_s: float = 0.5
+    cap_s: float = 20.0
+    max_retry_after_s: float = 60.0
+
+
+def retry_delay(exc: EngineError, attempt: int, policy: RetryPolicy) -> float | None:
+    """Seconds to wait before retry number `attempt + 1`, or None when `exc` must not be
+    retried (its kind, or `policy.max_retries`). One rule for the engine and for callers that
+    send their own retries (the batch runner, through its rate limits)."""
+    if attempt >= policy.max_retries:
+        return None
+    if isinstance(exc, APIStatusError):
+        if not (exc.status in RETRY_STATUSES or exc.status >= 500):
+            return None
+        if exc.retry_after_s is not None:
+            return min(exc.retry_after_s, policy.max_retry_after_s)
+    elif not isinstance(exc, TransportError | ConnectTimeout | FirstByteTimeout
+                        | IdleTimeout | FirstTokenTimeout | StreamTruncated):
+        return None
+    return backoff_delay(attempt, policy.base_s, policy.cap_s)
