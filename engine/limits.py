@@ -15,8 +15,6 @@ at once. The windows already holding that grant exceed tpm by at most (actual - 
 those tokens were spent before anyone knew. If the grant has left the log, a positive
 difference is booked as a new grant at settle time. A request larger than the limit is
 granted alone, once its window is empty, rather than never.
-
-`TokenBucket` remains for smooth pacing with bursts (e.g. the load tester's arrivals).
 """
 
 from __future__ import annotations
@@ -72,61 +70,6 @@ class _FifoGate(Generic[T]):
             self._turns.remove(turn)
             if self._turns and not self._turns[0].done():
                 self._turns[0].set_result(None)
-
-
-class TokenBucket(_FifoGate[None]):
-    """Refills at `rate_per_s` up to `capacity`; tokens may go negative (debt)."""
-
-    def __init__(
-        self,
-        rate_per_s: float,
-        capacity: float,
-        clock: Clock = time.monotonic,
-        sleep: Sleep = asyncio.sleep,
-    ) -> None:
-        if not (rate_per_s > 0 and capacity > 0):
-            raise ValueError(f"rate_per_s and capacity must be > 0, got {rate_per_s}, {capacity}")
-        super().__init__(clock, sleep)
-        self.rate_per_s = rate_per_s
-        self.capacity = capacity
-        self._tokens = capacity
-        self._t = clock()
-
-    @property
-    def tokens(self) -> float:
-        self._refill()
-        return self._tokens
-
-    def _refill(self) -> None:
-        now = self._clock()
-        self._tokens = min(self.capacity, self._tokens + (now - self._t) * self.rate_per_s)
-        self._t = now
-
-    def _wait_s(self, n: float) -> float:
-        self._refill()
-        need = min(n, self.capacity)  # oversize: take it from a full bucket, go into debt
-        return 0.0 if self._tokens >= need else (need - self._tokens) / self.rate_per_s
-
-    def _take(self, n: float) -> None:
-        self._tokens -= n
-
-    def try_acquire(self, n: float) -> float:
-        """Take `n` now and return 0.0, or take nothing and return the seconds to wait."""
-        wait_s = self._wait_s(n)
-        if wait_s <= 0:
-            self._take(n)
-        return wait_s
-
-    async def acquire(self, n: float) -> None:
-        await self._admit(n)
-
-    def adjust(self, delta: float) -> None:
-        """Charge `delta` more tokens (negative gives back) once the true cost is known."""
-        self._refill()
-        self._tokens = min(self.capacity, self._tokens - delta)
-
-    def refund(self, n: float) -> None:
-        self.adjust(-n)
 
 
 @dataclass(slots=True)

@@ -17,7 +17,6 @@ from engine.limits import (
     WINDOW_S,
     AdaptiveConcurrency,
     RateLimiter,
-    TokenBucket,
     backoff_delay,
     parse_retry_after,
 )
@@ -112,16 +111,6 @@ def test_tpm_window_holds_for_estimates(tpm: int, requests: list[tuple[float, in
     check_windows(simulate(limiter, clock, plan), tpm)
 
 
-async def test_full_bucket_would_break_the_window_rule() -> None:
-    """Why RateLimiter is not a bucket: capacity=rpm, rate=rpm/60 grants ~2*rpm in 60 s."""
-    clock = FakeClock()
-    bucket = TokenBucket(rate_per_s=10 / 60, capacity=10, clock=clock)
-    granted = sum(bucket.try_acquire(1) == 0.0 for _ in range(10))
-    clock.now = 59.0
-    granted += sum(bucket.try_acquire(1) == 0.0 for _ in range(10))
-    assert granted > 10
-
-
 async def test_under_estimate_is_debt_that_delays_later_grants() -> None:
     clock = FakeClock()
     limiter = RateLimiter(rpm=None, tpm=1000, clock=clock, sleep=clock.sleep)
@@ -193,55 +182,25 @@ async def test_negative_tokens_rejected() -> None:
         (await limiter.acquire(1)).settle(-1)
 
 
-# ---- TokenBucket -------------------------------------------------------------------------
-
-
-def test_try_acquire_returns_the_wait_without_taking() -> None:
-    clock = FakeClock()
-    bucket = TokenBucket(rate_per_s=2.0, capacity=4.0, clock=clock)
-    assert bucket.try_acquire(3) == 0.0
-    assert bucket.try_acquire(3) == pytest.approx(1.0)  # 1 left, 2 more at 2/s
-    assert bucket.tokens == pytest.approx(1.0)
-    clock.now = 1.0
-    assert bucket.try_acquire(3) == 0.0
-
-
-def test_adjust_creates_debt_and_refund_repays_it() -> None:
-    clock = FakeClock()
-    bucket = TokenBucket(rate_per_s=1.0, capacity=10.0, clock=clock)
-    bucket.try_acquire(5)
-    bucket.adjust(10)  # actual cost was 15
-    assert bucket.tokens == -5.0
-    assert bucket.try_acquire(1) == pytest.approx(6.0)
-    bucket.refund(100)
-    assert bucket.tokens == 10.0  # never above capacity
-
-
-async def test_oversize_acquire_takes_a_full_bucket_into_debt() -> None:
-    clock = FakeClock()
-    bucket = TokenBucket(rate_per_s=1.0, capacity=10.0, clock=clock, sleep=clock.sleep)
-    bucket.try_acquire(4)
-    await bucket.acquire(25)
-    assert clock.now == pytest.approx(4.0)
-    assert bucket.tokens == pytest.approx(-15.0)
+# ---- the FIFO gate (RateLimiter's turn-taking) ----------------------------------------
 
 
 async def test_big_request_is_not_starved_by_small_ones() -> None:
     clock = FakeClock()
-    bucket = TokenBucket(rate_per_s=1.0, capacity=10.0, clock=clock, sleep=clock.sleep)
-    bucket.try_acquire(10)
-    order: list[float] = []
+    limiter = RateLimiter(rpm=None, tpm=10, clock=clock, sleep=clock.sleep)
+    await limiter.acquire(10)
+    order: list[int] = []
 
-    async def take(n: float) -> None:
-        await bucket.acquire(n)
+    async def take(n: int) -> None:
+        await limiter.acquire(n)
         order.append(n)
 
     async with asyncio.TaskGroup() as tg:
         tg.create_task(take(8))
         for _ in range(5):
             tg.create_task(take(1))
-    assert order == [8, 1, 1, 1, 1, 1]
-    assert clock.now == pytest.approx(13.0)
+    assert order == [8, 1, 1, 1, 1, 1]  # first come, first served, whatever the size
+    assert clock.now == pytest.approx(120.0)
 
 
 async def test_cancelled_head_hands_the_turn_to_the_next_waiter() -> None:
@@ -251,16 +210,15 @@ async def test_cancelled_head_hands_the_turn_to_the_next_waiter() -> None:
     async def never(seconds: float) -> None:
         await blocked.wait()
 
-    bucket = TokenBucket(rate_per_s=1.0, capacity=10.0, clock=clock, sleep=never)
-    bucket.try_acquire(10)
-    head = asyncio.create_task(bucket.acquire(5))
-    second = asyncio.create_task(bucket.acquire(1))
+    limiter = RateLimiter(rpm=None, tpm=10, clock=clock, sleep=never)
+    first = await limiter.acquire(10)
+    head = asyncio.create_task(limiter.acquire(5))
+    second = asyncio.create_task(limiter.acquire(1))
     await asyncio.sleep(0)
     head.cancel()
-    bucket.refund(1)
+    first.settle(9)  # one token freed: enough for the second waiter, not for the head
     await second
     assert head.cancelled()
-    assert bucket.tokens == pytest.approx(0.0)
 
 
 # ---- AdaptiveConcurrency -----------------------------------------------------------------

@@ -68,7 +68,6 @@ class RateLimitActor:
                                     sleep=sleep)
         self._ids = itertools.count(1)
         self._booked: dict[int, _Booked] = {}
-        self.grants: list[tuple[float, int]] = []  # (monotonic, count) per lease, for tests
 
     async def lease(self, want: int, tokens_each: int,
                     settle: dict[int, int]) -> tuple[int, int]:
@@ -84,7 +83,6 @@ class RateLimitActor:
             reservations.append(more)
         lease_id = next(self._ids)
         self._booked[lease_id] = _Booked(reservations, now)
-        self.grants.append((now, len(reservations)))
         return lease_id, len(reservations)
 
     def settle(self, totals: dict[int, int]) -> None:
@@ -103,9 +101,6 @@ class RateLimitActor:
             if self._booked[oldest].t >= cutoff:
                 break
             del self._booked[oldest]
-
-    def grant_log(self) -> list[tuple[float, int]]:
-        return self.grants
 
 
 @dataclass(slots=True)
