@@ -19,7 +19,8 @@ import pytest
 
 from engine.batch import BatchConfig, DuplicateCustomIdError, Endpoint, Shard, run_batch
 from engine.batch.command import main as batch_main
-from engine.client import Engine, RetryPolicy, Timeouts, retry_delay
+from engine.client import Engine, RetryPolicy, Timeouts
+from engine.retry import retry_delay
 from engine.errors import EngineError, InternalServerError, RateLimitError, TransportError
 from engine.limits import RateLimiter
 from engine.mock import MockConfig, MockServerThread
@@ -177,13 +178,29 @@ async def test_plain_bodies_and_bad_lines(tmp_path: Path, base_url: str) -> None
     assert (summary.succeeded, summary.invalid_written) == (5, 4)
     assert not summary.ok
     out = {r["custom_id"]: r for r in records(tmp_path / "out.jsonl")}
-    assert set(out) == {"1", "2", "3", "4", "9"}  # plain bodies are named by line number
-    assert out["2"]["response"]["body"]["object"] == "chat.completion"
-    assert out["1"]["response"]["body"]["object"] == "response"
+    # plain bodies are named by line number
+    assert set(out) == {"line-1", "line-2", "line-3", "line-4", "line-9"}
+    assert out["line-2"]["response"]["body"]["object"] == "chat.completion"
+    assert out["line-1"]["response"]["body"]["object"] == "response"
     errors = {r["custom_id"]: r["error"] for r in records(tmp_path / "out.errors.jsonl")}
-    assert {cid: e["line"] for cid, e in errors.items()} == {"5": 5, "x": 6, "y": 7, "z": 8}
+    assert {cid: e["line"] for cid, e in errors.items()} == {"line-5": 5, "x": 6, "y": 7, "z": 8}
     assert errors["x"]["message"].startswith("line 6: method must be POST")
     assert {e["code"] for e in errors.values()} == {"invalid_request"}
+
+
+async def test_a_real_id_named_like_a_stand_in_is_no_duplicate(tmp_path: Path,
+                                                               base_url: str) -> None:
+    path = make_input(tmp_path / "in.jsonl", 3, plain=True)  # line-1, line-2, line-3
+    with path.open("ab") as f:  # a real custom_id that is a plain body's stand-in name
+        f.write(orjson.dumps({"custom_id": "line-2", "method": "POST", "url": "/v1/responses",
+                              "body": {"model": "m", "input": "real"}}) + b"\n")
+    cfg = config(tmp_path, base_url)
+    summary = await run_batch(cfg)
+    assert (summary.succeeded, summary.failed) == (4, 0)
+    expected = {"line-1", "line-2_", "line-3", "line-2"}
+    assert_exactly_once(expected, cfg.output_path, tmp_path / "out.errors.jsonl")
+    again = await run_batch(cfg)  # the same names again: all done, nothing sent
+    assert (again.already_done, again.finished) == (4, 0)
 
 
 def test_duplicate_ids_are_refused_before_sending(tmp_path: Path, mock_factory: MockFactory,
@@ -570,7 +587,7 @@ def test_cli_errors_path_is_used(tmp_path: Path, base_url: str) -> None:
     errors.parent.mkdir()
     argv = [str(path), "-o", str(out), "--errors", str(errors), "--base-url", base_url]
     assert batch_main(argv) == 1
-    assert {r["custom_id"] for r in records(errors)} == {"bad-0", "6"}
+    assert {r["custom_id"] for r in records(errors)} == {"bad-0", "line-6"}
     assert len(records(out)) == 4
     assert not (tmp_path / "out.errors.jsonl").exists()
     assert batch_main(argv) == 1  # resumed from the same files: nothing left to do

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -68,7 +70,7 @@ def test_batch_and_plain_lines() -> None:
         plain = parse_line(body, number, 0)
         assert isinstance(plain, Request)
         # a plain body's endpoint is the engine's rule, read from its shape
-        assert (plain.custom_id, plain.endpoint) == (str(number), None)
+        assert (plain.custom_id, plain.endpoint) == (f"line-{number}", None)
         assert engine.url_for(plain.body, plain.endpoint)[1] is shape
 
 
@@ -89,7 +91,7 @@ def test_duplicate_ids_name_both_lines(tmp_path: Path) -> None:
         scan_input(path, Shard(), 10)
     message = str(info.value)
     assert "'a' on line 1 and line 4" in message
-    assert "'5' on line 5 and line 6" in message  # a plain body's id is its line number
+    assert message.count(" on line ") == 1  # the plain body on line 5 is 'line-5', not '5'
 
 
 def test_scan_counts_and_blank_lines(tmp_path: Path) -> None:
@@ -99,10 +101,35 @@ def test_scan_counts_and_blank_lines(tmp_path: Path) -> None:
     scan = scan_input(path, Shard(), 10)
     assert (scan.lines, scan.requests, scan.bad) == (3, 2, 1)
     assert [p.line for p in scan.problems] == [3]
-    assert scan.ids == {"a", "3", "b"}
+    assert scan.ids == {"a", "line-3", "b"}
     items = list(iter_lines(path, Shard(), 10, skip={"a"}))
-    assert [(type(i).__name__, i.custom_id) for i in items] == [("BadLine", "3"),
+    assert [(type(i).__name__, i.custom_id) for i in items] == [("BadLine", "line-3"),
                                                                ("Request", "b")]
+
+
+def test_stand_in_ids_never_collide_with_real_ids(tmp_path: Path) -> None:
+    """Unnamed lines are `line-N`, made longer while a real custom_id has that name, even one
+    further down the file; the same file always gives the same ids (resume relies on them)."""
+    path = write_jsonl(tmp_path / "in.jsonl", [
+        batch_line("line-2"),  # line 1: the name line 2 would get
+        b"{broken\n",  # line 2: line-2 and line-2_ are taken -> line-2__
+        batch_line("line-2_"),  # line 3
+        {"model": "m", "input": "plain"},  # line 4: line-4 is taken further down -> line-4_
+        batch_line("line-4"),  # line 5
+        batch_line("line-6"),  # line 6: a real id equal to its own line's name is no clash
+        {"model": "m", "input": "plain"},  # line 7
+    ])
+    expected = ["line-2", "line-2__", "line-2_", "line-4_", "line-4", "line-6", "line-7"]
+    scan = scan_input(path, Shard(), 10)  # no DuplicateCustomIdError
+    assert (scan.requests, scan.bad) == (6, 1)
+    assert scan.ids == set(expected)
+    assert scan.problems[0].custom_id == "line-2__"
+    for _ in range(2):
+        assert [i.custom_id for i in iter_lines(path, Shard(), 10, reserved=scan.reserved)
+                ] == expected
+    by_shard = [scan_input(path, Shard(i, 2), 10).ids for i in (1, 2)]
+    assert by_shard[0] | by_shard[1] == set(expected)
+    assert not by_shard[0] & by_shard[1]
 
 
 def test_shards_partition_exactly_and_stably() -> None:
@@ -178,8 +205,38 @@ def test_fsync_mode_writes_whole_lines(tmp_path: Path) -> None:
     assert out.stat().st_size == 0
 
 
+def test_fsync_mode_syncs_the_directory_of_new_files(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new file's directory entry survives a crash only once its directory is synced."""
+    results = tmp_path / "results"
+    results.mkdir()
+    out, err = results / "out.jsonl", tmp_path / "err.jsonl"
+    synced: list[tuple[int, int]] = []  # (st_dev, st_ino) of each directory synced
+    fsync = os.fsync
+
+    def recording(fd: int) -> None:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            assert out.exists()  # after the files were created
+            assert err.exists()
+            synced.append((info.st_dev, info.st_ino))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    with ResultStore(out, err) as store:  # no fsync: no directory sync either
+        store.open()
+    assert synced == []
+    out.unlink()
+    err.unlink()
+    with ResultStore(out, err, fsync=True) as store:
+        store.open()
+    assert sorted(synced) == sorted((d.st_dev, d.st_ino) for d in (results.stat(),
+                                                                    tmp_path.stat()))
+
+
 def test_batch_imports_only_what_it_may() -> None:
-    """DESIGN.md's rule for batch: client, handlers, limits, events, errors (never mock, cli)."""
+    """DESIGN.md's rule for batch: client (and its retry rule), handlers, limits, events,
+    errors (never mock, cli)."""
     from tests.test_imports import (  # noqa: PLC0415
         ENGINE,
         GLUE_EXTRA,
@@ -188,8 +245,8 @@ def test_batch_imports_only_what_it_may() -> None:
         imported_names,
     )
 
-    allowed = {"client", "handlers", "limits", "events", "errors", "batch", "orjson", "rich",
-               "asyncio", "uvloop"}
+    allowed = {"client", "retry", "handlers", "limits", "events", "errors", "batch", "orjson",
+               "rich", "asyncio", "uvloop"}
     for path in (ENGINE / "batch").glob("*.py"):
         # the CLI verb may also hand the job to Ray (lazily), like engine/cli.py
         extra = imported_names(path) - (STDLIB - NO_IO) - allowed - GLUE_EXTRA.get(path.name, set())

@@ -30,9 +30,10 @@ ALLOWED: dict[str, set[str]] = {
 }
 # packages: every module of the package may import only these (plus stdlib, itself)
 PACKAGE_ALLOWED: dict[str, set[str]] = {
-    "batch": {"client", "handlers", "limits", "events", "errors", "orjson", "rich", "asyncio",
-              "uvloop"},
-    "loadtest": {"client", "handlers", "limits", "events", "errors", "redaction", "orjson", "rich",
+    "batch": {"client", "handlers", "limits", "events", "errors", "retry", "options", "orjson",
+              "rich", "asyncio", "uvloop"},
+    "loadtest": {"client", "handlers", "limits", "events", "errors", "redaction", "options",
+                 "retry", "orjson", "rich",
                  "numpy",
                  "matplotlib", "asyncio", "uvloop", "aiohttp"},
     "distributed": {"batch", "loadtest", "limits", "errors", "orjson", "ray", "asyncio"},

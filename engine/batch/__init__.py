@@ -16,7 +16,7 @@ from engine.batch.runner import (
     errors_path_for,
     run_batch,
 )
-from engine.batch.store import ResultStore, ResumeState, read_state
+from engine.batch.store import ResultStore, ResumeState, StoreWriteError, read_state
 
 __all__ = [
     "BadLine",
@@ -29,6 +29,7 @@ __all__ = [
     "ResultStore",
     "ResumeState",
     "Shard",
+    "StoreWriteError",
     "errors_path_for",
     "read_state",
     "run_batch",

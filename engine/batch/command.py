@@ -2,7 +2,9 @@
 
 Exit status: 0 when every record of the job succeeded, 1 when the job finished with records
 in the errors file (failed requests or invalid lines), 2 when it could not start (bad
-arguments, duplicate custom_ids, a locked output): nothing was sent then; 130 on Ctrl-C.
+arguments, duplicate custom_ids, a locked output): nothing was sent then; 3 when it stopped
+because a record could not be written (disk full, file too large, I/O error): the files hold
+whole records only and the same command resumes; 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import orjson
 
 from engine.batch.inputs import Shard
 from engine.batch.runner import BatchConfig, BatchSummary, Endpoint, run_batch
+from engine.batch.store import StoreWriteError
 from engine.client import DEFAULT_BASE_URL, RetryPolicy
 from engine.errors import ConfigError
 
@@ -25,7 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import Coroutine, Sequence
     from typing import Any
 
-EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_WRITE_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -135,6 +138,9 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:  # includes duplicate ids and bad input files
         sys.stderr.write(f"stream-engine batch: {exc}\n")
         return EXIT_USAGE
+    except StoreWriteError as exc:  # one line naming the file, the reason and what to do
+        sys.stderr.write(f"stream-engine batch: {exc}\n")
+        return EXIT_WRITE_FAILED
     except OSError as exc:
         sys.stderr.write(f"stream-engine batch: {exc}\n")
         return EXIT_USAGE

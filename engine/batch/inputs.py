@@ -4,12 +4,15 @@ Two passes, so a file of millions of requests never sits in memory: `scan_input`
 line once to validate it and collect the set of custom_ids (duplicates are refused before
 anything is sent), then `iter_lines` streams the file again for dispatch, one parsed line at
 a time. Every line gets an id: its `custom_id`, or for a plain request body (and a line too
-broken to name one) its 1-based line number, so even a bad line is reported exactly once.
+broken to name one) a stand-in, `line-N` from its 1-based line number, so even a bad line is
+reported exactly once. A stand-in gets `_` appended while a real custom_id of the file has
+its name, so it never collides with one; the same file always gives the same stand-ins.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -35,6 +38,7 @@ BATCH_KEYS: Final = frozenset({"custom_id", "method", "url", "body"})
 CHARS_PER_TOKEN: Final = 4  # the usual rule of thumb for English text; corrected by settle()
 MAX_OUTPUT_KEYS: Final = ("max_output_tokens", "max_completion_tokens", "max_tokens")
 REPORTED_PROBLEMS: Final = 20  # bad lines kept for the report; the errors file has them all
+STAND_IN: Final = re.compile(r"line-[0-9]+_*")  # the shape of every stand-in id
 
 
 class DuplicateCustomIdError(ConfigError):
@@ -77,6 +81,7 @@ class Request:
     endpoint: str | None  # "responses", "chat", "completions"; None: the engine's rule
     body: dict[str, Any]
     estimated_tokens: int
+    stand_in: bool = False  # custom_id is made up from the line number (a plain body)
 
 
 @dataclass(slots=True)
@@ -86,6 +91,7 @@ class BadLine:
     line: int
     custom_id: str
     message: str
+    stand_in: bool = False  # custom_id is made up from the line number (no usable custom_id)
 
 
 @dataclass(slots=True)
@@ -98,6 +104,9 @@ class InputScan:
     estimated_tokens: int = 0  # of the shard's valid requests
     ids: set[str] = field(default_factory=set)  # the shard's custom_ids, valid or not
     problems: list[BadLine] = field(default_factory=list)  # the first few bad lines
+    # Real custom_ids (whole file) shaped like a stand-in: the stand-ins must avoid them.
+    reserved: frozenset[str] = frozenset()
+    duplicates: list[tuple[str, int]] = field(default_factory=list)  # (id, line) seen again
 
 
 def text_chars(value: Any) -> int:
@@ -118,25 +127,43 @@ def estimate_tokens(body: dict[str, Any], default_output_tokens: int) -> int:
     return math.ceil(text_chars(body) / CHARS_PER_TOKEN) + max(int(output), 0)
 
 
+def stand_in_id(line: int, reserved: frozenset[str]) -> str:
+    """`line-12` for line 12, `line-12_` if a real custom_id is `line-12`, and so on.
+
+    Stand-ins cannot collide with each other (the digits differ, `_` is not a digit) nor,
+    `reserved` holding every real id of that shape, with a real one.
+    """
+    cid = f"line-{line}"
+    while cid in reserved:
+        cid += "_"
+    return cid
+
+
+def _bad(line: int, reserved: frozenset[str], why: str) -> BadLine:
+    return BadLine(line, stand_in_id(line, reserved), f"line {line}: {why}", stand_in=True)
+
+
 def parse_line(  # noqa: PLR0911 - one early return per way a line can be wrong
-    raw: bytes, line: int, default_output_tokens: int,
+    raw: bytes, line: int, default_output_tokens: int, reserved: frozenset[str] = frozenset(),
 ) -> Request | BadLine:
-    """One input line, in the Batch API format or a plain request body."""
+    """One input line, in the Batch API format or a plain request body.
+
+    `reserved`: the file's real custom_ids shaped like a stand-in (`InputScan.reserved`).
+    """
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        return BadLine(line, str(line), f"line {line}: not valid JSON ({exc})")
+        return _bad(line, reserved, f"not valid JSON ({exc})")
     if not isinstance(obj, dict):
-        return BadLine(line, str(line), f"line {line}: expected a JSON object, "
-                       f"got {type(obj).__name__}")
+        return _bad(line, reserved, f"expected a JSON object, got {type(obj).__name__}")
     if not BATCH_KEYS & obj.keys():  # a plain body: the endpoint follows from its shape
         if "model" not in obj:
-            return BadLine(line, str(line), f"line {line}: body has no model")
-        return Request(line, str(line), None, obj,  # the engine tells it from the body
-                       estimate_tokens(obj, default_output_tokens))
+            return _bad(line, reserved, "body has no model")
+        return Request(line, stand_in_id(line, reserved), None, obj,  # the engine's rule
+                       estimate_tokens(obj, default_output_tokens), stand_in=True)
     custom_id = obj.get("custom_id")
     if not isinstance(custom_id, str) or not custom_id:
-        return BadLine(line, str(line), f"line {line}: custom_id must be a non-empty string")
+        return _bad(line, reserved, "custom_id must be a non-empty string")
     problem = _check_batch_line(obj)
     if problem:
         return BadLine(line, custom_id, f"line {line}: {problem}")
@@ -171,16 +198,32 @@ def _numbered_lines(path: Path) -> Iterator[tuple[int, bytes]]:
 
 
 def scan_input(path: Path, shard: Shard, default_output_tokens: int) -> InputScan:
-    """Validate every line; raise DuplicateCustomIdError naming both line numbers."""
+    """Validate every line; raise DuplicateCustomIdError naming both line numbers.
+
+    Stand-ins are named before every real id is known; if a real id turns out to have a
+    stand-in's shape, the file is scanned again with it reserved (rare, and only then).
+    """
+    scan = _scan(path, shard, default_output_tokens, frozenset())
+    if scan.reserved:
+        scan = _scan(path, shard, default_output_tokens, scan.reserved)
+    if scan.duplicates:
+        raise DuplicateCustomIdError(_duplicate_message(path, scan.duplicates, scan.reserved))
+    return scan
+
+
+def _scan(path: Path, shard: Shard, default_output_tokens: int,
+          reserved: frozenset[str]) -> InputScan:
     scan = InputScan()
     seen: set[str] = scan.ids if shard.count == 1 else set()  # one set when not sharded
-    duplicates: list[tuple[str, int]] = []
+    found: set[str] = set()  # real ids shaped like a stand-in
     for number, raw in _numbered_lines(path):
         scan.lines += 1
-        parsed = parse_line(raw, number, default_output_tokens)
+        parsed = parse_line(raw, number, default_output_tokens, reserved)
         cid = parsed.custom_id
+        if not parsed.stand_in and cid.startswith("line-") and STAND_IN.fullmatch(cid):
+            found.add(cid)
         if cid in seen:
-            duplicates.append((cid, number))
+            scan.duplicates.append((cid, number))
             continue
         seen.add(cid)
         if cid not in shard:
@@ -194,18 +237,18 @@ def scan_input(path: Path, shard: Shard, default_output_tokens: int) -> InputSca
         else:
             scan.requests += 1
             scan.estimated_tokens += parsed.estimated_tokens
-    if duplicates:
-        raise DuplicateCustomIdError(_duplicate_message(path, duplicates))
+    scan.reserved = frozenset(found)
     return scan
 
 
-def _duplicate_message(path: Path, duplicates: list[tuple[str, int]]) -> str:
+def _duplicate_message(path: Path, duplicates: list[tuple[str, int]],
+                       reserved: frozenset[str]) -> str:
     """Find each duplicate's first line (a second read, only on this error path)."""
     shown = duplicates[:REPORTED_PROBLEMS]
     wanted = {cid for cid, _ in shown}
     first: dict[str, int] = {}
     for number, raw in _numbered_lines(path):
-        cid = parse_line(raw, number, 0).custom_id
+        cid = parse_line(raw, number, 0, reserved).custom_id
         if cid in wanted and cid not in first:
             first[cid] = number
     parts = [f"custom_id {cid!r} on line {first[cid]} and line {number}" for cid, number in shown]
@@ -215,9 +258,13 @@ def _duplicate_message(path: Path, duplicates: list[tuple[str, int]]) -> str:
 
 
 def iter_lines(path: Path, shard: Shard, default_output_tokens: int,
-               skip: set[str] | frozenset[str] = frozenset()) -> Iterator[Request | BadLine]:
-    """Second pass: the shard's lines not in `skip`, parsed one at a time."""
+               skip: set[str] | frozenset[str] = frozenset(),
+               reserved: frozenset[str] = frozenset()) -> Iterator[Request | BadLine]:
+    """Second pass: the shard's lines not in `skip`, parsed one at a time.
+
+    `reserved` must be the scan's (`InputScan.reserved`): it decides the stand-in ids.
+    """
     for number, raw in _numbered_lines(path):
-        parsed = parse_line(raw, number, default_output_tokens)
+        parsed = parse_line(raw, number, default_output_tokens, reserved)
         if parsed.custom_id in shard and parsed.custom_id not in skip:
             yield parsed

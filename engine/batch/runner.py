@@ -17,6 +17,11 @@ server going idle or sending no token in time): nothing of it has reached the ou
 record is written only once the whole answer is in, so sending it again duplicates nothing; a
 flaky gateway should not turn a transient break into a failed record. An answer the server
 meant (an error event, `response.failed`, a 4xx) stays final.
+
+The requests in flight run in one TaskGroup with the dispatcher, so the first exception a
+record raises (a failed write: `StoreWriteError`; or a bug) cancels the dispatcher where it
+waits and every request in flight: nothing more is sent (a flag covers the tasks already due
+to start), and `run` raises that exception.
 """
 
 from __future__ import annotations
@@ -33,14 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.batch.inputs import BadLine, Request, Shard, iter_lines, scan_input
 from engine.batch.store import INVALID_REQUEST, ResultStore, read_state
-from engine.client import (
-    DEFAULT_BASE_URL,
-    Engine,
-    RetryPolicy,
-    StreamResult,
-    Timeouts,
-    retry_delay,
-)
+from engine.client import DEFAULT_BASE_URL, Engine, RetryPolicy, StreamResult, Timeouts
 from engine.errors import (
     ConfigError,
     EngineError,
@@ -52,6 +50,7 @@ from engine.errors import (
     TransportError,
 )
 from engine.limits import AdaptiveConcurrency, RateLimiter, Reservation, backoff_delay
+from engine.retry import retry_delay
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -207,7 +206,7 @@ class BatchRunner:
         self.gate = gate or AdaptiveConcurrency(n, minimum=1 if config.adaptive else n, maximum=n)
         self._slots: list[_Slot] = []
         self._turn = itertools.count()
-        self._fatal: BaseException | None = None
+        self._stopping = False  # an exception ended a record: the job is stopping
 
     async def run(self) -> BatchSummary:
         cfg = self.config
@@ -225,6 +224,7 @@ class BatchRunner:
             state = store.open()
             self._count_done(state, scan.ids)
             summary.repaired_bytes = state.repaired_bytes
+            reserved = scan.reserved  # names the stand-in ids again in the second pass
             del scan  # the id set is not needed any more: free it before the long part
             # One engine-side retry at most, and the hook turns it into the runner's (see the
             # module docstring); with max_retries 0 the engine never calls the hook at all.
@@ -239,10 +239,8 @@ class BatchRunner:
                 if cfg.progress:
                     from engine.batch.progress import ProgressDisplay  # noqa: PLC0415 - rich is slow to import
                     await stack.enter_async_context(ProgressDisplay(summary))
-                await self._dispatch(store, state.done)
+                await self._dispatch(store, state.done, reserved)
         summary.wall_s = time.monotonic() - summary.started_s
-        if self._fatal is not None:
-            raise self._fatal
         return summary
 
     def _count_done(self, state: ResumeState, shard_ids: set[str]) -> None:
@@ -251,35 +249,29 @@ class BatchRunner:
         summary.resumed_failed = state.failed
         summary.to_do = summary.requests + summary.invalid - summary.already_done
 
-    async def _dispatch(self, store: ResultStore, done: set[str]) -> None:
+    async def _dispatch(self, store: ResultStore, done: set[str],
+                        reserved: frozenset[str]) -> None:
+        """Start one task per request; the first exception anywhere stops them all."""
         cfg = self.config
-        tasks: set[asyncio.Task[None]] = set()
-        loop = asyncio.get_running_loop()
         try:
-            for item in iter_lines(cfg.input_path, cfg.shard, cfg.default_output_tokens, done):
-                if self._fatal is not None:
-                    break
-                if isinstance(item, BadLine):
-                    store.write_bad_line(item)
-                    self.summary.invalid_written += 1
-                    self.summary.errors_by_kind[INVALID_REQUEST] += 1
-                    continue
-                await self.gate.acquire()
-                try:
-                    reservation = await self._grant(item)
-                except BaseException:
-                    self.gate.release()
-                    raise
-                task = loop.create_task(self._one(store, self._pick(), item, reservation))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            if tasks:
-                await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
+            async with asyncio.TaskGroup() as group:
+                for item in iter_lines(cfg.input_path, cfg.shard, cfg.default_output_tokens,
+                                       done, reserved):
+                    if isinstance(item, BadLine):
+                        store.write_bad_line(item)
+                        self.summary.invalid_written += 1
+                        self.summary.errors_by_kind[INVALID_REQUEST] += 1
+                        continue
+                    await self.gate.acquire()
+                    try:
+                        reservation = await self._grant(item)
+                    except BaseException:
+                        self.gate.release()
+                        raise
+                    group.create_task(self._one(store, self._pick(), item, reservation))
+        except BaseExceptionGroup as group_error:
+            # The first error stopped the job; the others (if any) raced it in the same tick.
+            raise group_error.exceptions[0] from None
 
     def _pick(self) -> _Slot:
         """The least-loaded engine; ties go round-robin so equal engines share evenly."""
@@ -309,6 +301,8 @@ class BatchRunner:
         summary = self.summary
         attempt = 1
         while True:
+            if self._stopping:  # another record failed to be written: send nothing more
+                raise asyncio.CancelledError
             try:
                 result = await slot.engine.run(req.body, endpoint=req.endpoint,
                                                custom_id=req.custom_id)
@@ -338,12 +332,26 @@ class BatchRunner:
 
     async def _one(self, store: ResultStore, slot: _Slot, req: Request,
                    reservation: Reservation | None) -> None:
-        summary = self.summary
         slot.active += 1
-        summary.requests_by_endpoint[slot.label] += 1
+        self.summary.requests_by_endpoint[slot.label] += 1
+        try:
+            await self._record(store, slot, req, reservation)
+        except BaseException:
+            # The job stops. The TaskGroup cancels the other tasks at its next step, but a task
+            # whose first step is due before that would still send: `_send` checks this flag.
+            self._stopping = True
+            raise
+        finally:
+            slot.active -= 1
+            self.gate.release()
+
+    async def _record(self, store: ResultStore, slot: _Slot, req: Request,
+                      reservation: Reservation | None) -> None:
+        """Send one request and append its record to the output or the errors file."""
+        summary = self.summary
         try:
             result, reservation = await self._send(slot, req, reservation)
-        except EngineError as exc:
+        except EngineError as exc:  # a final answer; any other exception stops the job
             store.write_failure(req.custom_id, exc)
             summary.failed += 1
             summary.errors_by_kind[exc.kind] += 1
@@ -351,10 +359,6 @@ class BatchRunner:
                 self._rate_limited()
             else:
                 self.gate.on_error()
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # a bug: stop the job; the record stays undone
-            self._fatal = self._fatal or exc
         else:
             store.write_success(req.custom_id, result)
             summary.succeeded += 1
@@ -367,9 +371,6 @@ class BatchRunner:
                 if reservation is not None:
                     reservation.settle(usage.total_tokens)
             self.gate.on_success()
-        finally:
-            slot.active -= 1
-            self.gate.release()
 
 
 async def run_batch(config: BatchConfig, *, limiter: RateLimiter | None = None,

@@ -12,11 +12,18 @@ appending to the same job at the same time (the lock dies with its process, even
 Durability: a written line survives the process dying as soon as `write` returns (it is in
 the page cache). Surviving a power loss needs `fsync`; with `fsync=True` the files are
 synced at most once per `fsync_interval_s` and at close, so a crash of the machine loses at
-most that last interval of records, which are then simply run again on resume.
+most that last interval of records, which are then simply run again on resume. New files
+are also made durable by an fsync of their directory (else the file itself may vanish).
+
+A failed write (disk full, file-size limit, I/O error) cuts the file back to its length before
+that write, so no torn fragment is left to be glued onto a later record, and raises
+`StoreWriteError`: the runner stops the job, and the same command resumes it later.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -36,6 +43,32 @@ if TYPE_CHECKING:
 
 TAIL_CHUNK: Final = 64 * 1024
 INVALID_REQUEST: Final = "invalid_request"  # error code of a bad input line
+# What to do about a failed write, by errno; then "run the same command to resume".
+WRITE_ADVICE: Final = {
+    errno.ENOSPC: "free disk space",
+    errno.EDQUOT: "free space within your disk quota",
+    errno.EFBIG: "raise the file-size limit (ulimit -f)",
+}
+
+
+class StoreWriteError(Exception):
+    """A record could not be written: the job must stop (every record before it is whole).
+
+    `args` are (path, OSError) so the error pickles (a Ray actor sends it back to the driver).
+    """
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        super().__init__(path, error)
+        self.path = path
+        self.error = error
+
+    def __str__(self) -> str:
+        err = self.error
+        name = errno.errorcode.get(err.errno or 0, "")
+        reason = f"{err.strerror} ({name})" if err.strerror and name else str(err)
+        advice = WRITE_ADVICE.get(err.errno or 0, "fix the disk or file system")
+        return (f"cannot write {self.path}: {reason}; the job stopped (finished records are "
+                f"saved); {advice}, then run the same command to resume")
 
 
 def record_id(custom_id: str) -> str:
@@ -93,10 +126,22 @@ class ResumeState:
     duplicates: list[str] = field(default_factory=list)  # ids found twice (should never be)
 
 
+def sync_directory(path: Path) -> None:
+    """fsync a directory: a file created in it survives a crash only once its entry is synced."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # EINVAL: this file system cannot sync a directory
+            raise
+    finally:
+        os.close(fd)
+
+
 class _AppendFile:
     """One locked O_APPEND file: whole-line writes, optional periodic fsync."""
 
-    __slots__ = ("fd", "fsync_interval_s", "last_sync", "path", "unsynced")
+    __slots__ = ("fd", "fsync_interval_s", "last_sync", "path", "size", "unsynced")
 
     def __init__(self, path: Path, fsync_interval_s: float | None) -> None:
         self.path = path
@@ -109,6 +154,8 @@ class _AppendFile:
         except BlockingIOError:
             os.close(self.fd)
             raise ConfigError(f"{path} is locked: another batch process is writing it") from None
+        # The length up to the last whole record: the lock keeps every other writer out.
+        self.size = os.fstat(self.fd).st_size
 
     def repair_tail(self) -> int:
         """Truncate bytes after the last newline (a line torn by a kill); return how many."""
@@ -124,17 +171,27 @@ class _AppendFile:
             end = start
         if end < size:
             os.ftruncate(self.fd, end)
+        self.size = end
         return size - end
 
     def write(self, line: bytes) -> None:
-        view = memoryview(line)
-        while view:  # one write for a regular file; the loop only guards a short write
-            view = view[os.write(self.fd, view):]
-        if self.fsync_interval_s is not None:
-            self.unsynced = True
-            now = time.monotonic()
-            if now - self.last_sync >= self.fsync_interval_s:
-                self.sync(now)
+        """Append one whole record, or raise StoreWriteError with the file cut back."""
+        try:
+            view = memoryview(line)
+            while view:  # one write for a regular file; a short write (disk full) loops
+                view = view[os.write(self.fd, view):]
+            if self.fsync_interval_s is not None:
+                self.unsynced = True
+                now = time.monotonic()
+                if now - self.last_sync >= self.fsync_interval_s:
+                    self.sync(now)
+        except OSError as exc:
+            # Cut back to the last whole record. Should even this fail, the torn tail is
+            # cut on resume (repair_tail) before anything else is appended.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, self.size)
+            raise StoreWriteError(self.path, exc) from exc
+        self.size += len(line)
 
     def sync(self, now: float) -> None:
         if self.unsynced:
@@ -143,9 +200,14 @@ class _AppendFile:
         self.last_sync = now
 
     def close(self) -> None:
-        if self.fd >= 0:
+        if self.fd < 0:
+            return
+        try:
             if self.fsync_interval_s is not None:
                 self.sync(time.monotonic())
+        except OSError as exc:
+            raise StoreWriteError(self.path, exc) from exc
+        finally:
             os.close(self.fd)  # also releases the lock
             self.fd = -1
 
@@ -202,6 +264,10 @@ class ResultStore:
         self._output = _AppendFile(self.output_path, self._interval)
         try:
             self._errors = _AppendFile(self.errors_path, self._interval)
+            if self._interval is not None:  # the files may be new: make their entries durable
+                for directory in {p.absolute().parent for p in (self.output_path,
+                                                                 self.errors_path)}:
+                    sync_directory(directory)
         except BaseException:
             self.close()
             raise
@@ -222,13 +288,25 @@ class ResultStore:
         self._errors.write(bad_line_line(bad))
 
     def close(self) -> None:
-        for handle in (self._output, self._errors):
-            if handle is not None:
-                handle.close()
+        """Close (and with fsync, sync) both files; raises the first StoreWriteError."""
+        handles = (self._output, self._errors)
         self._output = self._errors = None
+        error: StoreWriteError | None = None
+        for handle in handles:
+            if handle is not None:
+                try:
+                    handle.close()
+                except StoreWriteError as exc:
+                    error = error or exc
+        if error is not None:
+            raise error
 
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        with contextlib.suppress(StoreWriteError):  # the error already raised says more
+            self.close()
