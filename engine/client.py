@@ -28,7 +28,7 @@ from engine.errors import ConfigError, EngineClosed, EngineError, StreamTruncate
 from engine.events import Dialect, StreamEvent, Usage, events_of
 from engine.handlers import Handler, split_handlers
 from engine.redaction import secret_values
-from engine.retry import RetryPolicy, retry_delay
+from engine.retry import RetryPolicy, gave_up, retry_delay
 from engine.sse import MAX_EVENT_BYTES
 
 if TYPE_CHECKING:
@@ -292,12 +292,7 @@ class Engine:
                 exc.attempts = handle.attempts
                 delay = self.retry_delay(exc, handle.attempts - 1)
                 if delay is None:
-                    if handle.attempts > 1:  # say what the whole call took, not the last try
-                        spent_s = (time.perf_counter_ns() - handle.started_ns) / 1e9
-                        exc.message += (f" (gave up after {handle.attempts} attempts, "
-                                        f"{spent_s:.1f} s)")
-                        exc.args = (exc.message,)
-                    raise exc from None
+                    raise gave_up(exc, handle.attempts, handle.started_ns) from None
                 if self.on_retry is not None:
                     self.on_retry(exc, handle.attempts)
                 await self._sleep(delay)

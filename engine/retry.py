@@ -7,6 +7,7 @@ their first event, with exponential backoff and full jitter; the server's `Retry
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Final
 
@@ -22,7 +23,7 @@ from engine.errors import (
 )
 from engine.limits import backoff_delay
 
-__all__ = ["RETRY_STATUSES", "RetryPolicy", "retry_delay"]
+__all__ = ["RETRY_STATUSES", "RetryPolicy", "gave_up", "retry_delay"]
 
 RETRY_STATUSES: Final = frozenset({408, 409, 429})
 
@@ -52,3 +53,14 @@ def retry_delay(exc: EngineError, attempt: int, policy: RetryPolicy) -> float | 
                         | IdleTimeout | FirstTokenTimeout | StreamTruncated):
         return None
     return backoff_delay(attempt, policy.base_s, policy.cap_s)
+
+
+def gave_up(exc: EngineError, attempts: int, started_ns: int) -> EngineError:
+    """`exc`, its message saying what the whole call took when it was retried: the last
+    attempt's "no event for 60 s" alone hides that three attempts took three minutes."""
+    exc.attempts = attempts
+    if attempts > 1:
+        spent_s = (time.perf_counter_ns() - started_ns) / 1e9
+        exc.message += f" (gave up after {attempts} attempts, {spent_s:.1f} s)"
+        exc.args = (exc.message,)
+    return exc

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import orjson
 import pytest
 
 from tests.hostile import HostileServer
@@ -88,3 +89,42 @@ def test_run_memory_is_bounded_by_the_caps(hostile: HostileServer, behaviour: st
     assert proc.returncode == 1
     assert message in proc.stderr
     assert rss_mb <= MAX_RSS_MB, f"peak RSS {rss_mb:.0f} MB"
+
+
+def _batch_input(tmp_path: Path, count: int = 4) -> Path:
+    lines = [b'{"custom_id": "c%d", "method": "POST", "url": "/v1/%s", "body": %s}' % (
+        i, b"chat/completions" if i % 2 else b"responses",
+        b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}' if i % 2
+        else b'{"model": "m", "input": "hi"}') for i in range(count)]
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+@pytest.mark.parametrize(("behaviour", "limits", "kind"), [
+    ("drip", ("--idle-timeout", "0.5"), "IdleTimeout"),
+    ("stall", ("--idle-timeout", "5", "--first-token-timeout", "1"), "FirstTokenTimeout"),
+])
+def test_batch_ends_a_server_that_never_answers(hostile: HostileServer, tmp_path: Path,
+                                                behaviour: str, limits: tuple[str, ...],
+                                                kind: str) -> None:
+    proc, wall_s, _ = cli("batch", str(_batch_input(tmp_path)), "-o", str(tmp_path / "out.jsonl"),
+                          "--base-url", hostile.url(behaviour), *limits, "--max-retries", "1")
+    assert proc.returncode == 1, proc.stderr
+    assert wall_s < 60
+    errors = [orjson.loads(line) for line in (tmp_path / "out.errors.jsonl").read_bytes(
+        ).splitlines()]
+    assert len(errors) == 4
+    assert {e["error"]["code"] for e in errors} == {kind}
+    assert all("(gave up after 2 attempts, " in e["error"]["message"] for e in errors)
+
+
+def test_batch_never_writes_a_key_the_server_echoes(hostile: HostileServer,
+                                                    tmp_path: Path) -> None:
+    proc, _, _ = cli("batch", str(_batch_input(tmp_path)), "-o", str(tmp_path / "out.jsonl"),
+                     "--base-url", hostile.url("echo-key"), "--max-retries", "0")
+    assert proc.returncode == 1
+    written = (tmp_path / "out.errors.jsonl").read_text()
+    assert len(written.splitlines()) == 4
+    assert KEY not in written + proc.stdout + proc.stderr
+    assert "[redacted]" in written

@@ -23,6 +23,7 @@ from engine.batch.runner import BatchConfig, BatchSummary, Endpoint, run_batch
 from engine.batch.store import StoreWriteError
 from engine.client import DEFAULT_BASE_URL, RetryPolicy
 from engine.errors import ConfigError
+from engine.options import add_timeout_arguments, timeouts_from
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Sequence
@@ -54,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="retries per request before it goes to the errors file")
     parser.add_argument("--estimate-output-tokens", type=int, default=1024, metavar="N",
                         help="output tokens assumed for a body without an output cap (TPM)")
+    add_timeout_arguments(parser, retries=False)
     parser.add_argument("--shard", type=_shard, default=Shard(), metavar="I/N",
                         help="process shard I of N (1-based; by crc32 of custom_id)")
     parser.add_argument("--dry-run", action="store_true",
@@ -100,6 +102,7 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
         input_path=args.input, output_path=args.output, errors_path=args.errors,
         endpoints=_endpoints(args), concurrency=args.concurrency, rpm=args.rpm, tpm=args.tpm,
         adaptive=args.adaptive, retry=RetryPolicy(max_retries=args.max_retries),
+        timeouts=timeouts_from(args),
         shard=args.shard, default_output_tokens=args.estimate_output_tokens,
         dry_run=args.dry_run, fsync=args.fsync,
         progress=args.progress and sys.stderr.isatty() and not args.dry_run,

@@ -50,7 +50,7 @@ from engine.errors import (
     TransportError,
 )
 from engine.limits import AdaptiveConcurrency, RateLimiter, Reservation, backoff_delay
-from engine.retry import retry_delay
+from engine.retry import gave_up, retry_delay
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -300,6 +300,7 @@ class BatchRunner:
         """
         summary = self.summary
         attempt = 1
+        started_ns = time.perf_counter_ns()
         while True:
             if self._stopping:  # another record failed to be written: send nothing more
                 raise asyncio.CancelledError
@@ -313,12 +314,12 @@ class BatchRunner:
                     self._rate_limited()  # every 429 is a signal, not only final ones
                 delay = retry_delay(error, attempt - 1, self.config.retry)  # the engine's rule
                 if delay is None:
-                    raise error from None
+                    raise gave_up(error, attempt, started_ns) from None
             except EngineError as exc:
                 exc.attempts = attempt
                 policy = self.config.retry
                 if not isinstance(exc, BROKEN_MID_STREAM) or attempt > policy.max_retries:
-                    raise
+                    raise gave_up(exc, attempt, started_ns) from None
                 delay = backoff_delay(attempt - 1, policy.base_s, policy.cap_s)
                 error = exc
             else:
