@@ -28,7 +28,7 @@ from engine.errors import ConfigError, EngineClosed, EngineError, StreamTruncate
 from engine.events import Dialect, StreamEvent, Usage, events_of
 from engine.handlers import Handler, split_handlers
 from engine.redaction import secret_values
-from engine.retry import RetryPolicy, gave_up, retry_delay
+from engine.retry import RetryPolicy, gave_up, mid_stream_delay, retry_delay
 from engine.sse import MAX_EVENT_BYTES
 
 if TYPE_CHECKING:
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_BASE_URL", "Engine", "RetryPolicy", "StreamResult", "Timeouts"]
 
 DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
+# Awaited before each retry with (the error, the attempts so far): see `Engine.before_retry`.
+RetryHook = Callable[[EngineError, int], Awaitable[None]]
 ENDPOINT_PATHS: Final = {Dialect.RESPONSES: "/responses", Dialect.CHAT: "/chat/completions",
                          Dialect.COMPLETIONS: "/completions"}
 
@@ -147,7 +149,7 @@ class Engine:
         max_response_chars: int = MAX_RESPONSE_CHARS,
         headers: Mapping[str, str] | None = None,
         keepalive_s: float = 30.0,
-        on_retry: Callable[[EngineError, int], None] | None = None,
+        before_retry: RetryHook | None = None,
     ) -> None:
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
                          ).rstrip("/")
@@ -162,10 +164,10 @@ class Engine:
         self.max_event_bytes = max_event_bytes
         self.max_response_chars = max_response_chars  # what `run` keeps of one answer
         self.keepalive_s = keepalive_s
-        # Called with (error, attempt number) before each retry: rate limiters, counters.
-        # An exception it raises cancels that retry and propagates to the caller (the batch
-        # runner takes the retry over, to send it through its rate limits).
-        self.on_retry = on_retry
+        # Awaited with (error, attempts so far) after the backoff, just before each retry is
+        # sent: where a caller takes a rate-limit grant or counts retries. An exception it
+        # raises ends the call. A call's own `before_retry` replaces it.
+        self.before_retry = before_retry
         self._extra_headers = dict(headers or {})
         self._secrets = secret_values(self.__api_key, self._extra_headers)
         # The wait before a retry; tests replace it to see the delays without waiting them.
@@ -272,8 +274,15 @@ class Engine:
         retried (see `retry_delay`)."""
         return retry_delay(exc, attempt, self.retry)
 
+    async def _before_retry(self, handle: _Handle, exc: EngineError, delay: float) -> None:
+        await self._sleep(delay)
+        hook = handle.before_retry or self.before_retry
+        if hook is not None:
+            await hook(exc, handle.attempts)
+
     async def _chunks(self, handle: _Handle) -> AsyncGenerator[Chunk, None]:
         """One request's chunks of events, with retries before the first event."""
+        handle.finished_ns = 0
         while True:
             attempt = Attempt(self, handle.url, handle.payload, handle.headers,
                                handle.custom_id, handle.timeouts)
@@ -292,10 +301,8 @@ class Engine:
                 exc.attempts = handle.attempts
                 delay = self.retry_delay(exc, handle.attempts - 1)
                 if delay is None:
-                    raise gave_up(exc, handle.attempts, handle.started_ns) from None
-                if self.on_retry is not None:
-                    self.on_retry(exc, handle.attempts)
-                await self._sleep(delay)
+                    raise exc from None
+                await self._before_retry(handle, exc, delay)
                 continue
             except BaseException:
                 attempt.abort()
@@ -315,10 +322,10 @@ class Engine:
 
     def _handle(self, body: Mapping[str, Any], endpoint: str | Dialect | None,
                 custom_id: str | None, headers: Mapping[str, str] | None,
-                timeouts: Timeouts | None) -> _Handle:
+                timeouts: Timeouts | None, before_retry: RetryHook | None) -> _Handle:
         url, shape = self.url_for(body, endpoint)
         return _Handle(url, shape, self._payload(body, shape), dict(headers or {}), custom_id,
-                       timeouts or self.timeouts)
+                       timeouts or self.timeouts, before_retry)
 
     async def stream(
         self,
@@ -328,11 +335,12 @@ class Engine:
         custom_id: str | None = None,
         headers: Mapping[str, str] | None = None,
         timeouts: Timeouts | None = None,
+        before_retry: RetryHook | None = None,
     ) -> AsyncIterator[StreamEvent]:
         """Yield the events of one streamed request. A failure (error event, failed
         response, truncated stream) is raised after its event was yielded; an incomplete
         response is not a failure."""
-        handle = self._handle(body, endpoint, custom_id, headers, timeouts)
+        handle = self._handle(body, endpoint, custom_id, headers, timeouts, before_retry)
         self._active += 1
         try:
             async with contextlib.aclosing(self._chunks(handle)) as chunks:
@@ -340,6 +348,8 @@ class Engine:
                     for event in events_of(items, received_ns):
                         yield event
             handle.raise_for_outcome()
+        except EngineError as exc:
+            raise gave_up(exc, handle.attempts, handle.started_ns) from None
         finally:
             self._active -= 1
 
@@ -352,35 +362,33 @@ class Engine:
         custom_id: str | None = None,
         headers: Mapping[str, str] | None = None,
         timeouts: Timeouts | None = None,
+        before_retry: RetryHook | None = None,
     ) -> StreamResult:
-        """Stream one request through `handlers` and return the assembled result."""
-        handle = self._handle(body, endpoint, custom_id, headers, timeouts)
-        assembler = ResponseAssembler(handle.shape, self.max_response_chars)
-        bare = not handlers  # no handler of the caller's: no event per text delta
-        sync, run_async = ([assembler], []) if bare else split_handlers([assembler, *handlers])
-        count = 0
+        """Stream one request through `handlers` and return the assembled result.
+
+        With no handlers of the caller's, nothing of the stream reaches the caller before
+        it is whole, so under `RetryPolicy(mid_stream=True)` a stream broken after its first
+        event is sent again too (see `engine.retry`)."""
+        handle = self._handle(body, endpoint, custom_id, headers, timeouts, before_retry)
+        bare = not handlers
         self._active += 1
         try:
-            async with contextlib.aclosing(self._chunks(handle)) as chunks:
-                async for received_ns, items in chunks:
-                    count += len(items) // 3
-                    if bare:
-                        assembler.add_batch(items, received_ns)
-                        continue
-                    for event in events_of(items, received_ns):
-                        for fn in sync:
-                            fn(event)
-                        for afn in run_async:
-                            pending = afn(event)
-                            if pending is not None:
-                                await pending
-            handle.raise_for_outcome()
-        except EngineError as exc:  # e.g. a malformed event found by a handler's lazy decode
-            exc.custom_id = exc.custom_id or custom_id
-            exc.attempts = handle.attempts
-            if handle.attempt is not None:
-                handle.attempt._tag(exc)  # noqa: SLF001 - same module
-            raise
+            while True:
+                assembler = ResponseAssembler(handle.shape, self.max_response_chars)
+                try:
+                    count = await self._consume(handle, assembler, handlers)
+                    handle.raise_for_outcome()
+                except EngineError as exc:  # e.g. a malformed event found by a lazy decode
+                    exc.custom_id = exc.custom_id or custom_id
+                    exc.attempts = handle.attempts
+                    if handle.attempt is not None:
+                        handle.attempt._tag(exc)  # noqa: SLF001 - the request's own tags
+                    delay = mid_stream_delay(exc, handle.attempts - 1, self.retry) if bare else None
+                    if delay is None:
+                        raise gave_up(exc, handle.attempts, handle.started_ns) from None
+                    await self._before_retry(handle, exc, delay)
+                    continue
+                break
         finally:
             self._active -= 1
         attempt = handle.attempt
@@ -398,6 +406,27 @@ class Engine:
             choices=assembler.choices,
         )
 
+    async def _consume(self, handle: _Handle, assembler: ResponseAssembler,
+                       handlers: Iterable[Handler]) -> int:
+        """One attempt's events through the handlers; returns how many there were."""
+        bare = not handlers  # no handler of the caller's: no event per text delta
+        sync, run_async = ([assembler], []) if bare else split_handlers([assembler, *handlers])
+        count = 0
+        async with contextlib.aclosing(self._chunks(handle)) as chunks:
+            async for received_ns, items in chunks:
+                count += len(items) // 3
+                if bare:
+                    assembler.add_batch(items, received_ns)
+                    continue
+                for event in events_of(items, received_ns):
+                    for fn in sync:
+                        fn(event)
+                    for afn in run_async:
+                        pending = afn(event)
+                        if pending is not None:
+                            await pending
+        return count
+
 
 @dataclass(slots=True)
 class _Handle:
@@ -409,6 +438,7 @@ class _Handle:
     headers: dict[str, str] = field(repr=False)  # may hold a credential (`api-key`)
     custom_id: str | None
     timeouts: Timeouts
+    before_retry: RetryHook | None = None
     attempt: Attempt | None = None
     attempts: int = 0
     reconnects: int = 0

@@ -1,8 +1,10 @@
 """The retry rule: which failures are sent again, and after how long.
 
-One rule for the engine's own retries and for callers that send their own (the batch runner,
-through its rate limits): connect errors, 408, 409, 429, 5xx and streams that broke before
-their first event, with exponential backoff and full jitter; the server's `Retry-After` wins.
+Connect errors, 408, 409, 429, 5xx and streams that broke before their first event are sent
+again, with exponential backoff and full jitter; the server's `Retry-After` wins. A stream
+that broke *after* its first event is sent again only under `RetryPolicy(mid_stream=True)`,
+and only where nothing of it reached the caller (`Engine.run` with no handlers of the caller's,
+which keeps the answer until it is whole: the batch runner's case).
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from engine.errors import (
     FirstByteTimeout,
     FirstTokenTimeout,
     IdleTimeout,
+    ProtocolError,
     StreamTruncated,
     TransportError,
 )
 from engine.limits import backoff_delay
 
-__all__ = ["RETRY_STATUSES", "RetryPolicy", "gave_up", "retry_delay"]
+__all__ = ["MID_STREAM_ERRORS", "RETRY_STATUSES", "RetryPolicy", "gave_up", "mid_stream_delay",
+           "retry_delay"]
 
 RETRY_STATUSES: Final = frozenset({408, 409, 429})
 
@@ -36,6 +40,12 @@ class RetryPolicy:
     base_s: float = 0.5
     cap_s: float = 20.0
     max_retry_after_s: float = 60.0
+    mid_stream: bool = False  # also a stream broken after its first event (see the module)
+
+
+# What a stream that broke after its first event raises: cut, gone quiet, malformed.
+MID_STREAM_ERRORS: Final = (StreamTruncated, IdleTimeout, FirstTokenTimeout, TransportError,
+                            ProtocolError)
 
 
 def retry_delay(exc: EngineError, attempt: int, policy: RetryPolicy) -> float | None:
@@ -51,6 +61,16 @@ def retry_delay(exc: EngineError, attempt: int, policy: RetryPolicy) -> float | 
             return min(exc.retry_after_s, policy.max_retry_after_s)
     elif not isinstance(exc, TransportError | ConnectTimeout | FirstByteTimeout
                         | IdleTimeout | FirstTokenTimeout | StreamTruncated):
+        return None
+    return backoff_delay(attempt, policy.base_s, policy.cap_s)
+
+
+def mid_stream_delay(exc: EngineError, attempt: int, policy: RetryPolicy) -> float | None:
+    """Seconds to wait before sending again a stream that broke after its first event, or
+    None (not allowed by `policy`, not such a break, or `max_retries` reached)."""
+    if not policy.mid_stream or attempt >= policy.max_retries:
+        return None
+    if not isinstance(exc, MID_STREAM_ERRORS):
         return None
     return backoff_delay(attempt, policy.base_s, policy.cap_s)
 

@@ -232,22 +232,3 @@ def test_fsync_mode_syncs_the_directory_of_new_files(tmp_path: Path,
         store.open()
     assert sorted(synced) == sorted((d.st_dev, d.st_ino) for d in (results.stat(),
                                                                     tmp_path.stat()))
-
-
-def test_batch_imports_only_what_it_may() -> None:
-    """DESIGN.md's rule for batch: client (and its retry rule), handlers, limits, events,
-    errors (never mock, cli)."""
-    from tests.test_imports import (  # noqa: PLC0415
-        ENGINE,
-        GLUE_EXTRA,
-        NO_IO,
-        STDLIB,
-        imported_names,
-    )
-
-    allowed = {"client", "retry", "handlers", "limits", "events", "errors", "batch", "orjson",
-               "rich", "asyncio", "uvloop"}
-    for path in (ENGINE / "batch").glob("*.py"):
-        # the CLI verb may also hand the job to Ray (lazily), like engine/cli.py
-        extra = imported_names(path) - (STDLIB - NO_IO) - allowed - GLUE_EXTRA.get(path.name, set())
-        assert not extra, f"{path.name} imports {sorted(extra)}"

@@ -190,22 +190,58 @@ async def test_status_errors_are_typed_and_retried(mock_server: Any, base_url: s
         assert sum(mock_server.stats.requests.values()) - before == 1
 
 
-async def test_an_exception_from_on_retry_cancels_the_retry(mock_server: Any,
-                                                           base_url: str) -> None:
-    """The batch runner relies on this to send retries itself, through its rate limits."""
+async def test_before_retry_is_awaited_before_each_retry_and_can_end_the_call(
+        mock_server: Any, base_url: str) -> None:
+    """Where the batch runner takes each retry's rate-limit grant; an exception ends the call."""
+    seen: list[tuple[str, int]] = []
 
-    class TakeOver(Exception):
+    class Stop(Exception):
         pass
 
-    def hook(error: Any, attempt: int) -> None:
-        raise TakeOver(f"{error.kind} after attempt {attempt}")
+    async def hook(error: Any, attempt: int) -> None:
+        seen.append((error.kind, attempt))
+        if attempt == 2:
+            raise Stop
 
-    async with Engine(base_url=base_url, retry=FAST_RETRY, on_retry=hook) as eng:
+    async with Engine(base_url=base_url, retry=FAST_RETRY, before_retry=hook) as eng:
         before = sum(mock_server.stats.requests.values())
-        with pytest.raises(TakeOver, match="after attempt 1"):
+        with pytest.raises(Stop):
             await eng.run(RESPONSES_BODY, headers=fault("429"))
-        assert sum(mock_server.stats.requests.values()) - before == 1
+        assert seen == [("http_429", 1), ("http_429", 2)]
+        assert sum(mock_server.stats.requests.values()) - before == 2
         assert eng.connections_in_use == 0
+
+
+async def test_a_calls_own_before_retry_replaces_the_engines(base_url: str) -> None:
+    calls: list[str] = []
+
+    async def engine_hook(error: Any, attempt: int) -> None:
+        calls.append("engine")
+
+    async def call_hook(error: Any, attempt: int) -> None:
+        calls.append("call")
+
+    async with Engine(base_url=base_url, retry=FAST_RETRY, before_retry=engine_hook) as eng:
+        with pytest.raises(RateLimitError):
+            await eng.run(RESPONSES_BODY, headers=fault("429"), before_retry=call_hook)
+    assert calls == ["call", "call"]
+
+
+@pytest.mark.parametrize("mid_stream", [False, True])
+async def test_mid_stream_breaks_are_sent_again_only_when_asked_and_nothing_was_shown(
+        mock_factory: Any, mid_stream: bool) -> None:
+    server = mock_factory(faults={"disconnect:3": 1.0})
+    policy = RetryPolicy(max_retries=2, base_s=0.001, cap_s=0.01, mid_stream=mid_stream)
+    async with Engine(base_url=server.base_url, retry=policy) as eng:
+        with pytest.raises(StreamTruncated) as info:
+            await eng.run(RESPONSES_BODY)
+        assert info.value.attempts == (3 if mid_stream else 1)
+        before = sum(server.stats.requests.values())
+        with pytest.raises(StreamTruncated):  # a handler saw events: never sent again
+            await eng.run(RESPONSES_BODY, handlers=[TextCollector()])
+        assert sum(server.stats.requests.values()) - before == 1
+    if mid_stream:
+        assert "(gave up after 3 attempts, " in str(info.value)
 
 
 async def test_reset_before_headers_is_a_retried_transport_error(mock_server: Any,
@@ -317,7 +353,10 @@ async def test_retry_after_is_honoured(mock_factory: Any) -> None:
     async def fake_sleep(delay: float) -> None:
         delays.append(delay)
 
-    async with Engine(base_url=server.base_url, on_retry=lambda _, n: retried.append(n),
+    async def count(_: Any, attempt: int) -> None:
+        retried.append(attempt)
+
+    async with Engine(base_url=server.base_url, before_retry=count,
                       retry=RetryPolicy(max_retries=2, base_s=0.0, cap_s=0.0)) as eng:
         eng._sleep = fake_sleep
         with pytest.raises(RateLimitError) as info:

@@ -5,18 +5,15 @@ Per request, in this order: a concurrency slot (AIMD, halved on 429), then a rat
 engine, then one task that streams it and appends its record. The slot is taken before the
 grant so a grant's time is the time the request goes out, which is what the server counts.
 
-Retries are sent by the runner, not inside the engine, because every HTTP request the server
-receives must hold its own grant and the engine's retry loop cannot wait for one. The engine
-still decides *whether* an error may be retried (its rules: status, error kind, no event
-delivered yet): it calls `on_retry` at that point, the runner's hook raises `_RetryHere`
-out of `Engine.run`, and the runner backs off, takes a new grant and sends again.
-
-Unlike a streaming consumer, the runner also retries, within `max_retries`, a stream that
-broke *after* its first event (dropped connection, body cut short, a malformed event, the
-server going idle or sending no token in time): nothing of it has reached the output yet, the
-record is written only once the whole answer is in, so sending it again duplicates nothing; a
-flaky gateway should not turn a transient break into a failed record. An answer the server
-meant (an error event, `response.failed`, a 4xx) stays final.
+Retries go through the engine's one retry mechanism: the runner hands `Engine.run` a
+`before_retry` hook, awaited after the backoff and just before each retry is sent, where it
+takes that HTTP request's own rate-limit grant (every request the server receives is granted),
+counts the retry and halves concurrency on a 429. The engines run with
+`RetryPolicy(mid_stream=True)`: a stream that broke *after* its first event (dropped
+connection, body cut short, a malformed event, the server going idle or sending no token in
+time) is sent again too, within `max_retries`. Nothing of it has reached the output yet (the
+record is written only once the whole answer is in), so sending it again duplicates nothing.
+An answer the server meant (an error event, `response.failed`, a 4xx) stays final.
 
 The requests in flight run in one TaskGroup with the dispatcher, so the first exception a
 record raises (a failed write: `StoreWriteError`; or a bug) cancels the dispatcher where it
@@ -39,18 +36,8 @@ from typing import TYPE_CHECKING, Any
 from engine.batch.inputs import BadLine, Request, Shard, iter_lines, scan_input
 from engine.batch.store import INVALID_REQUEST, ResultStore, read_state
 from engine.client import DEFAULT_BASE_URL, Engine, RetryPolicy, StreamResult, Timeouts
-from engine.errors import (
-    ConfigError,
-    EngineError,
-    FirstTokenTimeout,
-    IdleTimeout,
-    ProtocolError,
-    RateLimitError,
-    StreamTruncated,
-    TransportError,
-)
-from engine.limits import AdaptiveConcurrency, RateLimiter, Reservation, backoff_delay
-from engine.retry import gave_up, retry_delay
+from engine.errors import ConfigError, EngineError, RateLimitError
+from engine.limits import AdaptiveConcurrency, RateLimiter, Reservation
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -160,24 +147,6 @@ class BatchSummary:
         return {k: dict(v) if isinstance(v, Counter) else v for k, v in out.items()}
 
 
-# What a stream that broke after its first event raises; the runner sends it again (see top).
-BROKEN_MID_STREAM = (StreamTruncated, IdleTimeout, FirstTokenTimeout, TransportError,
-                     ProtocolError)
-
-
-class _RetryHere(Exception):
-    """Raised by the engines' `on_retry` hook: the engine found `error` retryable; the runner
-    sends the retry itself, after taking a rate-limit grant for it."""
-
-    def __init__(self, error: EngineError) -> None:
-        super().__init__(error.message)
-        self.error = error
-
-
-def _retry_here(error: EngineError, attempt: int) -> None:  # noqa: ARG001 - hook signature
-    raise _RetryHere(error)
-
-
 class _Slot:
     """One (base URL, key) engine and its requests in flight."""
 
@@ -226,14 +195,12 @@ class BatchRunner:
             summary.repaired_bytes = state.repaired_bytes
             reserved = scan.reserved  # names the stand-in ids again in the second pass
             del scan  # the id set is not needed any more: free it before the long part
-            # One engine-side retry at most, and the hook turns it into the runner's (see the
-            # module docstring); with max_retries 0 the engine never calls the hook at all.
-            engine_retry = replace(cfg.retry, max_retries=min(cfg.retry.max_retries, 1))
+            retry = replace(cfg.retry, mid_stream=True)  # see the module docstring
             async with contextlib.AsyncExitStack() as stack:
                 for endpoint in cfg.endpoints:
                     engine = Engine(
                         endpoint.base_url, endpoint.api_key or "", max_connections=cfg.concurrency,
-                        timeouts=cfg.timeouts, retry=engine_retry, on_retry=_retry_here)
+                        timeouts=cfg.timeouts, retry=retry)
                     self._slots.append(_Slot(await stack.enter_async_context(engine),
                                              endpoint.name))
                 if cfg.progress:
@@ -299,37 +266,22 @@ class BatchRunner:
         A failed attempt's grant stays booked at its estimate: the provider may have counted it.
         """
         summary = self.summary
-        attempt = 1
-        started_ns = time.perf_counter_ns()
-        while True:
+        grant = [reservation]
+
+        async def before_retry(error: EngineError, attempt: int) -> None:  # noqa: ARG001
             if self._stopping:  # another record failed to be written: send nothing more
                 raise asyncio.CancelledError
-            try:
-                result = await slot.engine.run(req.body, endpoint=req.endpoint,
-                                               custom_id=req.custom_id)
-            except _RetryHere as signal:
-                error = signal.error
-                error.attempts = attempt
-                if isinstance(error, RateLimitError):
-                    self._rate_limited()  # every 429 is a signal, not only final ones
-                delay = retry_delay(error, attempt - 1, self.config.retry)  # the engine's rule
-                if delay is None:
-                    raise gave_up(error, attempt, started_ns) from None
-            except EngineError as exc:
-                exc.attempts = attempt
-                policy = self.config.retry
-                if not isinstance(exc, BROKEN_MID_STREAM) or attempt > policy.max_retries:
-                    raise gave_up(exc, attempt, started_ns) from None
-                delay = backoff_delay(attempt - 1, policy.base_s, policy.cap_s)
-                error = exc
-            else:
-                result.attempts = attempt
-                return result, reservation
+            if isinstance(error, RateLimitError):
+                self._rate_limited()  # every 429 is a signal, not only final ones
             summary.retries += 1
             summary.retries_by_kind[error.kind] += 1
-            await asyncio.sleep(delay)
-            reservation = await self._grant(req)  # after the backoff: granted when sent
-            attempt += 1
+            grant[0] = await self._grant(req)  # after the backoff: granted when sent
+
+        if self._stopping:
+            raise asyncio.CancelledError
+        result = await slot.engine.run(req.body, endpoint=req.endpoint, custom_id=req.custom_id,
+                                       before_retry=before_retry)
+        return result, grant[0]
 
     async def _one(self, store: ResultStore, slot: _Slot, req: Request,
                    reservation: Reservation | None) -> None:
