@@ -15,20 +15,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine._flat import Flat, triples
 from engine.errors import ProtocolError
 from engine.events import (
     CHOICE_CHUNKS,
     COMPLETION_CHUNK,
     DELTA_KINDS,
+    NOT_JSON,
     TEXT_DELTA,
     Delta,
     Dialect,
     Ending,
-    Flat,
     StreamEvent,
     Usage,
     delta_text,
-    triples,
 )
 
 __all__ = ["MAX_RESPONSE_CHARS", "Choice", "ResponseAssembler", "ToolCall"]
@@ -133,15 +133,15 @@ class ResponseAssembler:
                 self.terminal = event.response
                 self.usage = event.usage
 
-    def add_batch(self, items: Flat, received_ns: int) -> None:
-        """A queued batch (see `engine.events.Flat`) as `__call__` would see its events, with
-        no event built for a text delta: what `Engine.run` does when no other handler needs
-        the events."""
+    def add_chunk(self, items: Flat, received_ns: int) -> None:
+        """One chunk's events in the engine's flat layout (`engine._flat`), as `__call__`
+        would see them, with no event built for a text delta: what `Engine.run` does when no
+        other handler needs the events."""
         for raw, name, id_ in triples(items):
             if name == TEXT_DELTA:
                 delta = delta_text(raw)
-                if delta is not False:  # False: not JSON; the event's path raises for it
-                    self._text(delta, received_ns)  # type: ignore[arg-type]
+                if delta is not NOT_JSON:  # NOT_JSON: the event's own path raises for it
+                    self._text(delta, received_ns)
                     continue
             self(raw if name is None else StreamEvent(raw, name, id_, received_ns))
 

@@ -44,13 +44,14 @@ from engine.errors import (
     TransportError,
     status_error_class,
 )
-from engine.events import Dialect, EventDecoder, Flat, events_of
+from engine.events import Dialect, EventDecoder, events_of
 from engine.limits import parse_retry_after
 from engine.redaction import redact, redact_bytes, secret_values
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from engine._flat import Flat
     from engine.client import Engine, Timeouts
 
 __all__ = ["Attempt", "Pool", "describe"]

@@ -11,14 +11,14 @@ import asyncio
 import collections
 from typing import Final
 
-from engine.events import Flat
+from engine._flat import Flat
 
 __all__ = ["END", "Chunk", "ChunkQueue"]
 
 END: Final = None  # the stream ended cleanly
 
 
-# A chunk's arrival time and its events, flat (see `engine.events.Flat`).
+# A chunk's arrival time and its events, flat (see `engine._flat`).
 Chunk = tuple[int, Flat]
 Item = Chunk | BaseException | None
 

@@ -416,7 +416,7 @@ class Engine:
             async for received_ns, items in chunks:
                 count += len(items) // 3
                 if bare:
-                    assembler.add_batch(items, received_ns)
+                    assembler.add_chunk(items, received_ns)
                     continue
                 for event in events_of(items, received_ns):
                     for fn in sync:

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from enum import Enum, StrEnum
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import orjson
 
+from engine._flat import Flat, triples
 from engine.errors import (
     ErrorEvent,
     ProtocolError,
@@ -42,13 +43,9 @@ __all__ = [
     "Dialect",
     "Ending",
     "EventDecoder",
-    "Flat",
     "StreamEvent",
     "Usage",
     "decode_json",
-    "delta_text",
-    "events_of",
-    "triples",
 ]
 
 CHAT_CHUNK = "chat.completion.chunk"
@@ -107,18 +104,27 @@ class Delta:
     logprobs: list[Any] | None = None
 
 
-def delta_text(raw: bytes) -> str | bool | None:
+class _Sentinel(Enum):
+    NOT_JSON = "not a JSON object"
+    UNSET = "not computed yet"
+
+
+NOT_JSON: Final = _Sentinel.NOT_JSON  # `delta_text`: take the general path, which raises
+_UNSET: Final = _Sentinel.UNSET
+
+
+def delta_text(raw: bytes) -> str | Literal[_Sentinel.NOT_JSON] | None:
     """The text of a Responses text-delta event from its raw data, with one bare orjson call
-    (no wrappers, no isinstance chains): None when the object has no string `delta`, False
-    when the data is not a JSON object at all (invalid JSON or UTF-8), so the caller takes
-    the general path, which raises the ProtocolError. The decoded object is not kept: freed
-    at once, it costs the garbage collector nothing."""
+    (no wrappers, no isinstance chains): None when the object has no string `delta`,
+    NOT_JSON when the data is not a JSON object at all (invalid JSON or UTF-8), so the caller
+    takes the general path, which raises the ProtocolError. The decoded object is not kept:
+    freed at once, it costs the garbage collector nothing."""
     try:
         data = _loads(raw)
     except _JSONDecodeError:
-        return False
+        return NOT_JSON
     if type(data) is not dict:
-        return False
+        return NOT_JSON
     value = data.get("delta")
     return value if type(value) is str else None
 
@@ -193,8 +199,8 @@ class StreamEvent:
         self.type = event  # the SSE event name until the decoder reads an untyped event's JSON
         self.received_ns = received_ns
         self.decoded: Any = None
-        # text_delta, computed once: several handlers ask for it. False means "not yet".
-        self.cached_delta: str | bool | None = False
+        # text_delta, computed once: several handlers ask for it.
+        self.cached_delta: str | Literal[_Sentinel.UNSET] | None = _UNSET
         self.cached_deltas: tuple[Delta, ...] | None = None
 
     def __repr__(self) -> str:
@@ -214,14 +220,14 @@ class StreamEvent:
     @property
     def text_delta(self) -> str | None:
         """The text this event adds to the output (Responses delta or chat content), or None."""
-        delta = self.cached_delta
-        if delta is not False:
-            return delta  # type: ignore[return-value]
+        cached = self.cached_delta
+        if cached is not _UNSET:
+            return cached
         if self.type == TEXT_DELTA and self.decoded is None:
-            delta = delta_text(self.raw)  # the fast path, once per token
-            if delta is not False:
-                self.cached_delta = delta
-                return delta  # type: ignore[return-value]
+            fast = delta_text(self.raw)  # the fast path, once per token
+            if fast is not NOT_JSON:
+                self.cached_delta = fast
+                return fast
         delta = self.cached_delta = self._text_delta()
         return delta
 
@@ -433,23 +439,13 @@ def _count(value: Any) -> int:
     return value if type(value) is int and value >= 0 else 0
 
 
-# A chunk's events as the engine's reader queues them: a flat list, three items per event,
-# `raw, name, id` as the parser produced them (`SSEParser(factory=None)`), or `event, None,
-# None` for an event the reader had to build (untyped JSON, a terminal event, the first
-# token). The consumer builds the rest one at a time (`events_of`).
-Flat = list[Any]
 # Event names the reader must look into; any other typed event passes through untouched.
 _SPECIAL = TERMINAL_TYPES | CHOICE_CHUNKS | {"message"}
 
 
-def triples(items: Flat) -> Iterator[tuple[Any, str | None, str | None]]:
-    """A flat batch's events as `(raw, name, id)`, or `(event, None, None)` when built."""
-    it = iter(items)
-    return zip(it, it, it, strict=True)
-
-
 def events_of(items: Flat, received_ns: int) -> Iterator[StreamEvent]:
-    """The StreamEvents of a flat batch, each built when it is taken."""
+    """The StreamEvents of one chunk (the engine's flat layout: `engine._flat`), each built
+    when it is taken."""
     for raw, name, id_ in triples(items):
         yield raw if name is None else StreamEvent(raw, name, id_, received_ns)
 

@@ -58,7 +58,7 @@ def test_assembler_takes_the_terminal_response() -> None:
     assert asm.dialect is Dialect.RESPONSES
 
 
-def test_assembler_add_batch_equals_calling_it_per_event() -> None:
+def test_assembler_add_chunk_equals_calling_it_per_event() -> None:
     """The flat-batch path of `Engine.run` without handlers: same text, times, response."""
     empty = {"type": "response.output_text.delta", "delta": ""}
     payloads = [CREATED, DELTAS[0], empty, DELTAS[1], COMPLETED]
@@ -68,7 +68,7 @@ def test_assembler_add_batch_equals_calling_it_per_event() -> None:
     for ev in EventDecoder().decode(EventDecoder().parser().feed(raw), 7):
         per_event(ev)
     decoder = EventDecoder()
-    batched.add_batch(decoder.scan(decoder.parser().feed(raw), 7), 7)
+    batched.add_chunk(decoder.scan(decoder.parser().feed(raw), 7), 7)
     for asm in (per_event, batched):
         assert asm.text == "Hello"
         assert asm.token_times_ns == [7, 7]

@@ -15,15 +15,16 @@ NO_IO = {"asyncio", "aiohttp", "socket", "selectors", "uvloop"}
 # module -> third-party / engine modules it may import (stdlib is always allowed, except NO_IO)
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
+    "_flat": set(),
     "sse": {"errors"},
-    "events": {"sse", "errors", "orjson"},
+    "events": {"sse", "errors", "_flat", "orjson"},
     "handlers": {"events", "errors", "assembly", "orjson"},
     "limits": {"asyncio"},  # async acquire helpers; still no network I/O
     "redaction": set(),
-    "assembly": {"events", "errors"},
-    "chunks": {"events", "asyncio"},
+    "assembly": {"events", "errors", "_flat"},
+    "chunks": {"_flat", "asyncio"},
     "retry": {"errors", "limits"},
-    "attempt": {"chunks", "errors", "events", "limits", "redaction", "aiohttp", "orjson",
+    "attempt": {"chunks", "errors", "events", "_flat", "limits", "redaction", "aiohttp", "orjson",
                 "asyncio", "client"},  # client: type annotations only (TYPE_CHECKING)
     "client": {"sse", "events", "errors", "handlers", "assembly", "attempt", "chunks", "retry",
                "redaction", "aiohttp", "orjson", "asyncio"},
@@ -40,7 +41,7 @@ PACKAGE_ALLOWED: dict[str, set[str]] = {
 }
 # CLI glue may also start the embedded mock endpoint, and hand a job to Ray (lazily)
 GLUE_EXTRA = {"command.py": {"mock", "distributed"}}
-MUST_NOT_IO = {"sse", "events", "limits", "handlers", "assembly", "retry"}
+MUST_NOT_IO = {"sse", "events", "limits", "handlers", "assembly", "retry", "_flat"}
 
 
 def imported_names(path: Path) -> set[str]:
