@@ -137,13 +137,24 @@ class ResponseAssembler:
         """One chunk's events in the engine's flat layout (`engine._flat`), as `__call__`
         would see them, with no event built for a text delta: what `Engine.run` does when no
         other handler needs the events."""
-        for raw, name, id_ in triples(items):
+        parts, times = self.parts, self.token_times_ns
+        had_text = bool(parts)
+        size = 0
+        for raw, name, id_ in triples(items):  # the hot loop: one Responses delta per token
             if name == TEXT_DELTA:
                 delta = delta_text(raw)
                 if delta is not NOT_JSON:  # NOT_JSON: the event's own path raises for it
-                    self._text(delta, received_ns)
+                    if delta:
+                        parts.append(delta)
+                        times.append(received_ns)
+                        size += len(delta)
                     continue
             self(raw if name is None else StreamEvent(raw, name, id_, received_ns))
+        if not had_text and parts and self.first_text_ns is None:
+            self.first_text_ns = received_ns  # this chunk brought the first text
+        self._left -= size
+        if self._left < 0:
+            self._too_big()
 
     def _text(self, delta: str | None, received_ns: int) -> None:
         """The hot path: one Responses text delta."""
