@@ -299,14 +299,20 @@ def test_tpot_and_throughputs_are_computed_from_the_records() -> None:
                              lag_ms=0.0, ok=ok, **kw)
 
     records = [
-        rec(0, 0.0, ttft_ms=100.0, e2e_ms=500.0, output_tokens=5, input_tokens=10),
-        rec(1, 0.5, ttft_ms=50.0, e2e_ms=1500.0, output_tokens=30, input_tokens=20),
-        rec(2, 0.2, ttft_ms=30.0, e2e_ms=30.0, output_tokens=1, input_tokens=5),
+        rec(0, 0.0, ttft_ms=100.0, e2e_ms=510.0, output_tokens=5, input_tokens=10,
+            deltas=5, itl_ms=[100.0] * 4),
+        # Usage counts 30 tokens, 21 came as timed events (the last at 1500 ms): TPOT is
+        # timed from those, (1500 - 50) / (21 - 1), not spread over 29 untimed gaps.
+        rec(1, 0.5, ttft_ms=50.0, e2e_ms=1500.0, output_tokens=30, input_tokens=20,
+            deltas=21, itl_ms=[50.0] * 19 + [500.0]),
+        rec(2, 0.2, ttft_ms=30.0, e2e_ms=30.0, output_tokens=1, input_tokens=5, deltas=1),
         rec(3, 1.0, ok=False, error="http_500", e2e_ms=200.0),
         rec(4, -0.5, warmup=True, ttft_ms=1.0, e2e_ms=9000.0, output_tokens=999),
     ]
+    # (last token - first token) / (timed tokens - 1): the time after the last token (the
+    # terminal event at 510 ms) is not decode time.
     assert records[0].tpot_ms == pytest.approx((500 - 100) / (5 - 1))
-    assert records[1].tpot_ms == pytest.approx((1500 - 50) / (30 - 1))
+    assert records[1].tpot_ms == pytest.approx((1500 - 50) / (21 - 1))
     assert records[2].tpot_ms is None  # one token: no time per *output* token after the first
     assert records[3].tpot_ms is None
     doc = summarize(records, {})
@@ -317,7 +323,7 @@ def test_tpot_and_throughputs_are_computed_from_the_records() -> None:
     assert doc["total_token_throughput"] == pytest.approx((5 + 30 + 1 + 10 + 20 + 5) / 2.0)
     assert (doc["input_tokens"], doc["output_tokens"]) == (35, 36)
     assert doc["tpot_ms"]["count"] == 2
-    assert doc["tpot_ms"]["mean"] == pytest.approx((100 + 1450 / 29) / 2, abs=1e-3)
+    assert doc["tpot_ms"]["mean"] == pytest.approx((100 + 1450 / 20) / 2, abs=1e-3)
     assert doc["errors"] == {"http_500": 1}
 
 

@@ -33,6 +33,8 @@ from engine.loadtest.workers import (
     run_load,
     run_sweep,
 )
+from engine.options import _seconds as seconds
+from engine.options import add_timeout_arguments, timeouts_from
 
 if TYPE_CHECKING:
     from engine.loadtest.result import BenchResult
@@ -60,6 +62,14 @@ def _workers(value: str) -> int:
     return count
 
 
+def _grace(value: str) -> float | None:
+    """Seconds, where 0 means cut off at once (unlike a time limit's 0); 'none': no cut-off."""
+    grace = seconds(value)
+    if grace is None and value.lower() not in ("none", "off"):
+        return 0.0
+    return grace
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the bench flags on `parser` (shared by the main CLI and `python -m`)."""
     target = parser.add_argument_group("target")
@@ -67,7 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="endpoint base URL, e.g. http://host:8000/v1 (default: "
                              "$OPENAI_BASE_URL; unset = the built-in mock in its own process)")
     target.add_argument("--api-key", default=None,
-                        help="bearer token (default: $OPENAI_API_KEY)")
+                        help="bearer token (default: $OPENAI_API_KEY; prefer the variable: a "
+                             "flag's value shows in the process list)")
     target.add_argument("--endpoint", choices=["responses", "chat"], default="responses")
     target.add_argument("--model", default=None,
                         help=f"model (default {DEFAULT_MODEL}; {MOCK_MODEL} on the mock)")
@@ -104,7 +115,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     req.add_argument("--prompts", default=None, help="JSONL of request bodies (or Batch lines)")
     req.add_argument("--ignore-eos", action="store_true", help="vLLM: always generate max")
     req.add_argument("--max-connections", type=int, default=None)
-    req.add_argument("--timeout", type=float, default=None, help="per-request limit (s)")
+    req.add_argument("--timeout", type=seconds, default=None, metavar="S",
+                     help="the whole request: the same as --total-timeout (wins over it)")
+    req.add_argument("--grace", type=_grace, default=30.0, metavar="S",
+                     help="after the last send, how long requests still in flight may take; "
+                     "then they are cut off and counted as failed 'Unfinished' (default 30; "
+                     "'none': wait for each within its time limits)")
     req.add_argument("--retries", type=int, default=0, help="retries per request (default 0)")
     req.add_argument("--seed", type=int, default=0)
     out = parser.add_argument_group("results")
@@ -128,6 +144,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mock.add_argument("--mock-ttft-ms", type=float, default=100.0)
     mock.add_argument("--mock-itl-ms", type=float, default=10.0)
     mock.add_argument("--mock-faults", default="", help="e.g. 429=0.02,500=0.01")
+    mock.add_argument("--mock-reasoning-tokens", type=int, default=0, metavar="N",
+                      help="N reasoning tokens before every answer, paced like text (default 0)")
+    add_timeout_arguments(parser, retries=False)
 
 
 def config_from_args(args: argparse.Namespace, base_url: str,
@@ -136,6 +155,7 @@ def config_from_args(args: argparse.Namespace, base_url: str,
     if duration is None and args.requests is None:
         duration = 10.0
     model = args.model or (MOCK_MODEL if facts else DEFAULT_MODEL)
+    limits = timeouts_from(args)
     return LoadConfig(
         base_url=base_url, api_key=args.api_key or os.environ.get("OPENAI_API_KEY"),
         endpoint=args.endpoint, model=model, concurrency=args.concurrency, rate=args.rate,
@@ -143,7 +163,10 @@ def config_from_args(args: argparse.Namespace, base_url: str,
         duration_s=duration, warmup_s=args.warmup, input_tokens=args.input_tokens,
         output_tokens=args.output_tokens, prompts_file=args.prompts, ignore_eos=args.ignore_eos,
         slo=args.slo, workers=args.workers, max_connections=args.max_connections,
-        timeout_s=args.timeout, retries=args.retries, seed=args.seed,
+        timeout_s=args.timeout if args.timeout is not None else limits.total_s,
+        idle_timeout_s=limits.idle_s, connect_timeout_s=limits.connect_s,
+        first_byte_timeout_s=limits.first_byte_s, first_token_timeout_s=limits.first_token_s,
+        grace_s=args.grace, retries=args.retries, seed=args.seed,
         headers=dict(args.header), spin_ms=args.spin_ms,
         lag_threshold_ms=args.lag_threshold_ms, sweep_steps=args.sweep, facts=facts or {},
         canary=not args.no_canary, read_delay_threshold_ms=args.read_delay_threshold_ms,
@@ -184,13 +207,18 @@ def run(args: argparse.Namespace) -> int:
             from engine.mock.config import parse_fault_rates  # noqa: PLC0415
 
             mock_config = MockConfig(ttft_ms=args.mock_ttft_ms, itl_ms=args.mock_itl_ms,
-                                     faults=parse_fault_rates(args.mock_faults))
+                                     faults=parse_fault_rates(args.mock_faults),
+                                     reasoning_tokens=args.mock_reasoning_tokens)
             base_url = stack.enter_context(MockProcess(mock_config)).base_url
             facts = {"embedded_mock": {"ttft_ms": args.mock_ttft_ms,
                                        "itl_ms": args.mock_itl_ms,
-                                       "faults": args.mock_faults}}
+                                       "faults": args.mock_faults,
+                                       "reasoning_tokens": args.mock_reasoning_tokens}}
+            reasoning = (f", {args.mock_reasoning_tokens} reasoning tokens first"
+                         if args.mock_reasoning_tokens else "")
             console.print(f"(no --base-url: mock endpoint in its own process at {base_url}, "
-                          f"TTFT {args.mock_ttft_ms:g} ms, ITL {args.mock_itl_ms:g} ms)")
+                          f"TTFT {args.mock_ttft_ms:g} ms, ITL {args.mock_itl_ms:g} ms"
+                          f"{reasoning})")
         try:
             config = config_from_args(args, base_url, facts)
             if args.ray is not None:

@@ -11,7 +11,9 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
+from engine.client import Timeouts
 from engine.errors import ConfigError
+from engine.options import DEFAULTS as TIMEOUT_DEFAULTS
 
 Endpoint = Literal["responses", "chat"]
 Arrival = Literal["constant", "poisson"]
@@ -42,8 +44,16 @@ class LoadConfig:
     slo: dict[str, float] = field(default_factory=dict)
     workers: int = 1  # AUTO_WORKERS (0): chosen from the load and the usable cores at run time
     max_connections: int | None = None  # None: concurrency (closed) or 4096 (open)
-    timeout_s: float | None = None  # whole-request limit
-    idle_timeout_s: float = 60.0
+    # The phase limits (None: no limit), engine.options' defaults: a dead stream ends within
+    # minutes whatever it does, so every request the run sends ends with a result.
+    timeout_s: float | None = TIMEOUT_DEFAULTS.total_s  # the whole request
+    idle_timeout_s: float | None = TIMEOUT_DEFAULTS.idle_s  # between two events
+    connect_timeout_s: float | None = TIMEOUT_DEFAULTS.connect_s
+    first_byte_timeout_s: float | None = TIMEOUT_DEFAULTS.first_byte_s  # to response headers
+    first_token_timeout_s: float | None = TIMEOUT_DEFAULTS.first_token_s  # any kind of token
+    # After the last send, how long requests still in flight may take before they are cut off
+    # and counted as failed "Unfinished" (None: wait for each within its own limits).
+    grace_s: float | None = 30.0
     retries: int = 0  # a load test counts 429s and 5xx; it does not hide them by retrying
     seed: int = 0
     headers: dict[str, str] = field(default_factory=dict)
@@ -71,6 +81,8 @@ class LoadConfig:
             raise ConfigError("duration must be > 0")
         if self.warmup_s < 0 or self.spin_ms < 0:
             raise ConfigError("warm-up and spin must be >= 0")
+        if self.grace_s is not None and self.grace_s < 0:
+            raise ConfigError("grace must be >= 0 (None: no limit)")
         if self.input_tokens < 1 or self.output_tokens < 1:
             raise ConfigError("input and output tokens must be >= 1")
         if self.workers < 0:
@@ -92,6 +104,12 @@ class LoadConfig:
         if self.max_connections is not None:
             return self.max_connections
         return 4096 if self.open_loop else self.concurrency
+
+    def timeouts(self) -> Timeouts:
+        """The engine's per-request limits for this load."""
+        return Timeouts(connect_s=self.connect_timeout_s, first_byte_s=self.first_byte_timeout_s,
+                        first_token_s=self.first_token_timeout_s, idle_s=self.idle_timeout_s,
+                        total_s=self.timeout_s)
 
     def with_(self, **changes: Any) -> LoadConfig:
         """A modified copy (sweep segments, worker shares)."""

@@ -24,8 +24,10 @@ from engine.loadtest.report import (
     counts_text,
     reconnects_text,
     requests_text,
+    retry_after_text,
     shown,
     statuses_text,
+    tokens_text,
 )
 
 if TYPE_CHECKING:
@@ -54,6 +56,12 @@ def _img(fig: Figure, name: str) -> str:
             f'src="data:image/png;base64,{_png(fig)}">')
 
 
+# The CDF panels; a panel's second metric is drawn beside the first when it differs (TTFT to
+# text: after reasoning or tool calls it is later than the first token).
+CDF_PANELS = (("TTFT", "ttft_ms", "ttft_text_ms"), ("ITL", "itl_ms", None),
+              ("TPOT", "tpot_ms", None), ("E2E", "e2e_ms", None))
+
+
 def ttft_histogram(result: BenchResult) -> Figure:
     fig = Figure(figsize=(10, 3.2))
     ax = fig.add_subplot()
@@ -64,18 +72,28 @@ def ttft_histogram(result: BenchResult) -> Figure:
             ax.axvline(float(np.percentile(ttft, q)), color="#cc3311", linestyle=style,
                        label=f"p{q}")
         ax.legend()
-    ax.set(title="Time to first token", xlabel="ms", ylabel="requests")
+    ax.set(title="Time to first token (any kind)", xlabel="ms", ylabel="requests")
     return fig
 
 
 def latency_cdfs(result: BenchResult) -> Figure:
     fig = Figure(figsize=(10, 6))
     axes = fig.subplots(2, 2).ravel()
-    for ax, (label, metric) in zip(axes, LATENCIES[:4], strict=True):
-        data = np.sort(values(result.measured, metric))
-        if data.size:
-            ax.plot(data, np.arange(1, data.size + 1) / data.size, color="#228833")
-        ax.set(title=f"{label} CDF", xlabel="ms", ylabel="fraction", ylim=(0, 1.02))
+    labels = {key: label for label, key in LATENCIES}
+    for ax, (title, metric, beside) in zip(axes, CDF_PANELS, strict=True):
+        first = np.sort(values(result.measured, metric))
+        curves = [(metric, first, "#228833")]
+        if beside is not None:
+            other = np.sort(values(result.measured, beside))
+            if other.size and not np.array_equal(other, first):
+                curves.append((beside, other, "#aa3377"))
+        for key, data, color in curves:
+            if data.size:
+                ax.plot(data, np.arange(1, data.size + 1) / data.size, color=color,
+                        label=labels[key])
+        if len(curves) > 1:
+            ax.legend(loc="lower right")
+        ax.set(title=f"{title} CDF", xlabel="ms", ylabel="fraction", ylim=(0, 1.02))
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
@@ -118,7 +136,7 @@ def _stats_table(doc: dict[str, Any]) -> str:
     head = "".join(f"<th>{c.replace('p999', 'p99.9')}</th>" for c in COLUMNS)
     rows = []
     for label, key in LATENCIES:
-        row = doc[key]
+        row = doc.get(key)
         if shown(row, key):
             cells = "".join(f"<td>{'-' if row[c] is None else f'{row[c]:.2f}'}</td>"
                             for c in COLUMNS)
@@ -133,6 +151,7 @@ def _facts(doc: dict[str, Any]) -> str:
         "requests": requests_text(doc),
         "request throughput": f"{doc['request_throughput']:.2f} req/s",
         "output token throughput": f"{doc['output_token_throughput']:.1f} tok/s",
+        "tokens": tokens_text(doc),
         "goodput": "-" if good is None else f"{good['request_rate']:.2f} req/s "
                                             f"({good['fraction']:.1%}, SLO {good['slo']})",
         "end reasons": counts_text(doc["end_reasons"]) or "-",
@@ -141,6 +160,8 @@ def _facts(doc: dict[str, Any]) -> str:
     }
     if doc["reconnects"]:
         facts["reconnects"] = reconnects_text(doc)
+    if (waits := retry_after_text(doc)) is not None:
+        facts["Retry-After"] = waits
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
                    for k, v in facts.items())
     return f"<table>{rows}</table>"

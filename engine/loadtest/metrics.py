@@ -10,6 +10,7 @@ is CLOCK_MONOTONIC and shared by every process on the machine).
 from __future__ import annotations
 
 import itertools
+import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
@@ -39,24 +40,32 @@ class RequestRecord:
     finish_reason: str | None = None  # how a completed stream ended: "stop", "length", ...
     incomplete: bool = False  # completed, but cut short (output cap, content filter)
     first_byte_ms: float | None = None
-    ttft_ms: float | None = None
+    ttft_ms: float | None = None  # to the first token of any kind (reasoning, tool call, text)
     e2e_ms: float | None = None  # to the last event, or to the failure
-    output_tokens: int = 0  # usage, else counted text deltas
+    output_tokens: int = 0  # usage (reasoning included, as the API counts), else timed tokens
     input_tokens: int | None = None
-    deltas: int = 0
+    deltas: int = 0  # timed tokens: token-bearing events of any kind
     attempts: int = 1
     reconnects: int = 0  # re-sent on a fresh connection because a pooled one was dead
     request_id: str | None = None
     pool_wait_ms: float = 0.0  # part of lag_ms spent waiting for a free pool connection
     message: str | None = None  # why it failed (credentials redacted); None on success
-    itl_ms: list[float] = field(default_factory=list)
+    itl_ms: list[float] = field(default_factory=list)  # gaps between timed tokens (any kind)
+    ttft_text_ms: float | None = None  # to the first visible text (None: the answer had none)
+    reasoning_tokens: int | None = None  # usage's share of output_tokens (None: no usage)
+    cached_tokens: int | None = None  # usage's input tokens served from the prompt cache
+    tool_calls: int = 0  # tool calls in the answer, every choice
+    retry_after_s: float | None = None  # a failure's Retry-After: the server asked to wait
+    waited_s: float = 0.0  # closed loop: how long the user then waited before its next send
 
     @property
     def tpot_ms(self) -> float | None:
-        """(e2e - ttft) / (output tokens - 1): the decode speed a user sees."""
-        if self.ttft_ms is None or self.e2e_ms is None or self.output_tokens < 2:
+        """(last token - first token) / (timed tokens - 1), i.e. the mean gap: the decode
+        speed a user sees, from the tokens actually timed (usage may count tokens that never
+        came as events of their own), reasoning and tool calls included."""
+        if not self.itl_ms:
             return None
-        return (self.e2e_ms - self.ttft_ms) / (self.output_tokens - 1)
+        return math.fsum(self.itl_ms) / len(self.itl_ms)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -164,6 +173,7 @@ def summarize(records: Sequence[RequestRecord], slo: Mapping[str, float]) -> dic
     duration = window_s(done)
     out_tokens = sum(r.output_tokens for r in ok)
     in_tokens = sum(r.input_tokens or 0 for r in ok)
+    reasoning = values(done, "reasoning_tokens")
     good = sum(meets_slo(r, slo) for r in done) if slo else None
     details = error_details(r for r in done if not r.ok)
     return {
@@ -180,19 +190,34 @@ def summarize(records: Sequence[RequestRecord], slo: Mapping[str, float]) -> dic
         "total_token_throughput": (out_tokens + in_tokens) / duration,
         "input_tokens": in_tokens,
         "output_tokens": out_tokens,
+        "reasoning_tokens": int(reasoning.sum()),
+        "cached_tokens": sum(r.cached_tokens or 0 for r in ok),
+        "tool_calls": sum(r.tool_calls for r in ok),
         "ttft_ms": stats(values(done, "ttft_ms")),
+        "ttft_text_ms": stats(values(done, "ttft_text_ms")),
         "itl_ms": stats(values(done, "itl_ms")),
         "tpot_ms": stats(values(done, "tpot_ms")),
         "e2e_ms": stats(values(done, "e2e_ms")),
         "first_byte_ms": stats(values(done, "first_byte_ms")),
         "output_tokens_per_request": stats(values(done, "output_tokens")),
+        "reasoning_tokens_per_request": stats(reasoning),
         "schedule_lag_ms": stats([r.lag_ms for r in done]),
         "pool_wait_ms": stats([r.pool_wait_ms for r in done]),
         "goodput": None if good is None else {
             "slo": dict(slo), "requests": good, "request_rate": good / duration,
             "fraction": good / len(done) if done else 0.0},
         "concurrency": concurrency_stats(done),
+        "retry_after": retry_after_stats(done),
     }
+
+
+def retry_after_stats(records: Sequence[RequestRecord]) -> dict[str, Any]:
+    """How often the server asked to slow down (Retry-After) and how long users then waited
+    (closed loop; an open loop keeps its schedule, so it never waits)."""
+    asked = [r.retry_after_s for r in records if r.retry_after_s is not None]
+    waits = [r.waited_s for r in records if r.waited_s > 0]
+    return {"requests": len(asked), "max_s": max(asked) if asked else None,
+            "waits": len(waits), "waited_s": round(math.fsum(waits), 6)}
 
 
 def concurrency_stats(records: Sequence[RequestRecord]) -> dict[str, float]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeGuard
 
 import orjson
 from rich.console import Console, Group
@@ -23,9 +23,9 @@ from engine.loadtest.result import SCHEMA_VERSION, BenchResult
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-LATENCIES = (("TTFT", "ttft_ms"), ("ITL", "itl_ms"), ("TPOT", "tpot_ms"), ("E2E", "e2e_ms"),
-             ("schedule lag", "schedule_lag_ms"), ("pool wait", "pool_wait_ms"),
-             ("connect", "connect_ms"))
+LATENCIES = (("TTFT", "ttft_ms"), ("TTFT to text", "ttft_text_ms"), ("ITL", "itl_ms"),
+             ("TPOT", "tpot_ms"), ("E2E", "e2e_ms"), ("schedule lag", "schedule_lag_ms"),
+             ("pool wait", "pool_wait_ms"), ("connect", "connect_ms"))
 COLUMNS = ("p50", "p90", "p95", "p99", "p999", "mean", "max")
 EXAMPLE_CHARS = 120  # one error message per kind on the console: a line, not a body
 
@@ -34,9 +34,12 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def shown(row: dict[str, Any], key: str) -> bool:
-    """Rows with values; pool wait only when some request waited (it is 0 when all is well)."""
-    return bool(row["count"]) and (key != "pool_wait_ms" or bool(row["max"]))
+def shown(row: dict[str, Any] | None, key: str) -> TypeGuard[dict[str, Any]]:
+    """Rows with values; pool wait only when some request waited (it is 0 when all is well).
+    A row the document lacks (written by an older version) is not shown."""
+    if not row or not row["count"]:
+        return False
+    return key != "pool_wait_ms" or bool(row["max"])
 
 
 def counts_text(counts: Mapping[str, int]) -> str:
@@ -54,7 +57,42 @@ def statuses_text(statuses: Mapping[str, int]) -> str:
 
 def requests_text(doc: dict[str, Any]) -> str:
     incomplete = f" ({doc['incomplete']} incomplete)" if doc["incomplete"] else ""
-    return f"{doc['completed']} completed{incomplete}, {doc['failed']} failed"
+    text = f"{doc['completed']} completed{incomplete}, {doc['failed']} failed"
+    if not doc["completed"] and not doc["failed"]:
+        text += " (no request was sent in the measured window: see warm-up)"
+    return text
+
+
+def tokens_text(doc: dict[str, Any]) -> str:
+    """Input and output totals, with the cached and reasoning shares the server reported."""
+    cached = doc.get("cached_tokens") or 0
+    reasoning = doc.get("reasoning_tokens") or 0
+    inputs = f"{doc['input_tokens']} in" + (f" ({cached} cached)" if cached else "")
+    outputs = f"{doc['output_tokens']} out" + (f" ({reasoning} reasoning)" if reasoning else "")
+    calls = doc.get("tool_calls") or 0
+    return f"{inputs}, {outputs}" + (f", {calls} tool calls" if calls else "")
+
+
+def retry_after_text(doc: dict[str, Any]) -> str | None:
+    """How often the server asked to slow down, and what the load did about it."""
+    asked = doc.get("retry_after")
+    if not asked or not asked["requests"]:
+        return None
+    text = f"{asked['requests']} answers asked to wait (up to {asked['max_s']:g} s)"
+    if doc["mode"] == "open":
+        return text + "; the open loop kept its schedule"
+    return text + f"; users waited {asked['waits']} times, {asked['waited_s']:.1f} s in total"
+
+
+def warmup_text(doc: dict[str, Any]) -> str:
+    warm = doc["warmup"]
+    failed = ""
+    if warm.get("failed"):
+        kinds = counts_text(warm["errors"]) if warm.get("errors") else ""
+        failed = f" ({warm['failed']} failed" + (f": {kinds})" if kinds else ")")
+    return (f"{warm['requests']} requests{failed} over {warm['seconds']:g} s, "
+            f"{warm['connections_primed']} connections primed, "
+            f"{warm['connections_opened_during_measurement']} opened later")
 
 
 def reconnects_text(doc: dict[str, Any]) -> str:
@@ -77,7 +115,7 @@ def latency_table(doc: dict[str, Any], title: str) -> Table:
     for name in COLUMNS:
         table.add_column(name.replace("p999", "p99.9"), justify="right")
     for label, key in LATENCIES:
-        row = doc[key]
+        row = doc.get(key)
         if shown(row, key):
             table.add_row(label, *(_ms(row[c]) for c in COLUMNS))
     return table
@@ -94,7 +132,7 @@ def totals_table(doc: dict[str, Any]) -> Table:
         ("throughput", (f"{doc['request_throughput']:.2f} req/s, "
                        f"{doc['output_token_throughput']:.1f} output tok/s, "
                        f"{doc['total_token_throughput']:.1f} total tok/s")),
-        ("tokens", f"{doc['input_tokens']} in, {doc['output_tokens']} out"),
+        ("tokens", tokens_text(doc)),
         ("concurrency", f"mean {doc['concurrency']['mean']}, max {doc['concurrency']['max']:g}"),
     ]
     if good is not None:
@@ -104,14 +142,13 @@ def totals_table(doc: dict[str, Any]) -> Table:
         rows.append(("end reasons", counts_text(doc["end_reasons"])))
     if doc["reconnects"]:
         rows.append(("reconnects", reconnects_text(doc)))
+    if (waits := retry_after_text(doc)) is not None:
+        rows.append(("Retry-After", waits))
     if doc["errors"]:
         rows.append(("errors", counts_text(doc["errors"])))
         rows.extend((f"  {kind}", error_example(detail))
                     for kind, detail in doc["error_details"].items())
-    warm = doc["warmup"]
-    rows.append(("warm-up", (f"{warm['requests']} requests over {warm['seconds']:g} s, "
-                            f"{warm['connections_primed']} connections primed, "
-                            f"{warm['connections_opened_during_measurement']} opened later")))
+    rows.append(("warm-up", warmup_text(doc)))
     for name, value in rows:  # Text: a server's message is shown as is, never as markup
         table.add_row(Text(name), Text(value))
     return table

@@ -57,6 +57,8 @@ class BenchResult:
             "warmup": {
                 "seconds": config.warmup_s, "requests": len(warm),
                 "failed": sum(not r.ok for r in warm),
+                "errors": dict(Counter(r.error or "unknown" for r in warm if not r.ok)
+                               .most_common()),
                 "connections_primed": self.primed, "primer_errors": self.prime_errors,
                 "connections_opened_during_measurement": self.connections_opened_measured,
             },

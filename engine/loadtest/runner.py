@@ -2,20 +2,29 @@
 
 Order of a run: prime the pool (one concurrent short request per connection the load will
 need, so connect time never lands in a measured TTFT), wait for the common start instant,
-run warm-up plus the measured window, then wait for the requests still in flight. Every
-latency runs from the request's *intended* start: in an open loop that is its slot in the
-schedule, so a send delayed by a busy client or a full pool still counts its whole wait
-(no coordinated omission), and the delay itself is reported as schedule lag.
+run warm-up plus the measured window, then give the requests still in flight `grace_s` to
+end (each is also bound by its own time limits) and record those that did not as failed
+"Unfinished": every request sent is reported, never silently dropped. Every latency runs
+from the request's *intended* start: in an open loop that is its slot in the schedule, so a
+send delayed by a busy client or a full pool still counts its whole wait (no coordinated
+omission), and the delay itself is reported as schedule lag.
+
+A closed-loop user whose request was refused with Retry-After (or retry-after-ms) waits as
+asked, at most RETRY_AFTER_CAP_S and never past the window's end, before its next request:
+without the wait a 429 answered in microseconds turns the loop into a flood. An open loop
+keeps its schedule; the report says how often the server asked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import itertools
 import math
 import os
 import time
+import traceback
 from collections import Counter, deque
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -24,7 +33,7 @@ from typing import Any, Self
 
 import aiohttp  # only for TraceConfig: see ConnectTracer
 
-from engine.client import Engine, RetryPolicy, StreamResult, Timeouts
+from engine.client import Engine, RetryPolicy, StreamResult
 from engine.errors import APIStatusError, EngineError, ProtocolError, StreamError
 from engine.loadtest.config import LoadConfig, split_evenly
 from engine.loadtest.metrics import RequestRecord
@@ -35,17 +44,30 @@ from engine.redaction import redact, secret_values
 
 PROGRESS_EVERY_S = 0.5
 # With the cyclic collector off during a run (see Runner.run), cyclic garbage still has to go:
-# a failed request leaves exception -> traceback -> frame cycles (~40-100 objects, 10-26 KiB
-# measured). When the objects tracked since the last collection pass this budget, the run
-# collects the young ones once: a pause of roughly 50-100 ms on a slow 2-core VM, every ~1,000
-# failed requests or tens of thousands of healthy ones, instead of unbounded memory.
+# a failed request leaves exception -> traceback -> frame cycles (~40-100 objects; the frames'
+# locals, read chunks among them, `_drop_frames` frees at once). When the objects tracked
+# since the last collection pass this budget, the run collects the young ones once: a pause of
+# roughly 50-100 ms on a slow 2-core VM, every ~1,000 failed requests or tens of thousands of
+# healthy ones, instead of unbounded memory.
 GC_YOUNG_BUDGET = 100_000
 GC_CHECK_S = 0.5
 PRIME_HEADROOM = 1.5  # open loop: connections for 1.5x the expected requests in flight
 SPIN_CAP_NS = 10_000_000  # the adaptive spin never exceeds 10 ms per send
 LATE_DECAY = 0.99  # per sleep: one slow wake-up is forgotten after a few hundred sends
 MESSAGE_CHARS = 500  # a failure's message as recorded: an error body can be kilobytes
+# The longest wait a Retry-After can impose on a closed-loop user (the engine's own cap).
+RETRY_AFTER_CAP_S = RetryPolicy().max_retry_after_s
+DRAIN_POLL_S = 0.25  # while the last send's time is not yet known, how often to look again
+# Priming only opens connections: a primer (or the open loop's probe) that has not ended by
+# then is cut off and counted as a primer error, so a server that never answers cannot hold
+# the run back for its full time limits before the load even starts.
+PRIME_LIMIT_S = 10.0
 Progress = Callable[[dict[str, Any]], None]
+
+
+class Unfinished(EngineError):
+    """A request still in flight when the run (or the priming) had to end: counted as failed
+    with this kind, never dropped."""
 
 
 @dataclass(slots=True)
@@ -141,8 +163,7 @@ class Runner:
         self.secrets = secret_values(api_key, config.headers)
         self.engine = Engine(
             config.base_url, api_key=api_key, max_connections=config.pool_size,
-            timeouts=Timeouts(connect_s=10.0, first_byte_s=config.timeout_s or 300.0,
-                              idle_s=config.idle_timeout_s, total_s=config.timeout_s),
+            timeouts=config.timeouts(),
             retry=RetryPolicy(max_retries=config.retries), headers=config.headers)
         self.records: list[RequestRecord] = []
         self.inflight = 0
@@ -153,6 +174,9 @@ class Runner:
         self.check = ClientCheck(worker)
         self.primed = 0
         self.prime_errors: Counter[str] = Counter()
+        self.stop_ns = 0  # when the load sent its last request (0: not yet)
+        self.no_more = asyncio.Event()  # set at stop_ns: wakes users waiting on Retry-After
+        self.cut_off = False  # past the grace: requests still in flight are being ended
 
     async def __aenter__(self) -> Self:
         await self.engine.__aenter__()
@@ -183,8 +207,14 @@ class Runner:
         self.primed = wanted
 
     async def _call(self, body: dict[str, Any]) -> StreamResult | BaseException:
+        """A priming request, at most PRIME_LIMIT_S long; a failure is returned, not raised."""
         try:
-            return await self.engine.run(body, endpoint=self.config.endpoint)
+            async with asyncio.timeout(PRIME_LIMIT_S):
+                return await self.engine.run(body, endpoint=self.config.endpoint)
+        except EngineError as exc:  # first: the engine's own timeouts are TimeoutErrors too
+            return exc
+        except TimeoutError:
+            return Unfinished(f"a primer still in flight after {PRIME_LIMIT_S:g} s: cut off")
         except Exception as exc:
             return exc
 
@@ -247,12 +277,15 @@ class Runner:
         # in lockstep and every wave would queue hundreds of sends behind each other.
         ramp_ns = int(config.warmup_s * 1e9) // config.concurrency
 
+        if end_ns is not None:
+            self.stop_ns = end_ns  # sending stops at the window's end (or at the quota)
+
         async def user(slot: int) -> None:
             nonlocal issued
             delay = start_ns + slot * ramp_ns - time.perf_counter_ns()
             if delay > 0:
                 await asyncio.sleep(delay / 1e9)
-            while True:
+            while not self.cut_off:
                 now = time.perf_counter_ns()
                 if end_ns is not None and now >= end_ns:
                     return
@@ -261,9 +294,59 @@ class Runner:
                     if quota is not None and issued >= quota:
                         return
                     issued += 1
-                await self._one(next(counter), now, warmup)
+                    if issued == quota:
+                        self._stop_sending(now)
+                record = await self._one(next(counter), now, warmup)
+                if record.retry_after_s is not None and not self.no_more.is_set() \
+                        and not await self._wait_as_asked(record, record.retry_after_s, end_ns):
+                    return
 
-        await asyncio.gather(*(user(k * self.workers + self.worker) for k in range(users)))
+        loop = asyncio.get_running_loop()
+        await self._drain([loop.create_task(user(k * self.workers + self.worker))
+                           for k in range(users)])
+
+    async def _wait_as_asked(self, record: RequestRecord, asked_s: float,
+                             end_ns: int | None) -> bool:
+        """Wait the Retry-After `record` got (capped; the window's end or the last send end
+        it early) and note the wait in it. False: the wait reached the end, send no more."""
+        started = time.perf_counter_ns()
+        until = started + int(min(asked_s, RETRY_AFTER_CAP_S) * 1e9)
+        more = end_ns is None or until < end_ns
+        if end_ns is not None:
+            until = min(until, end_ns)
+        if until > started:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.no_more.wait(), (until - started) / 1e9)
+        record.waited_s = (time.perf_counter_ns() - started) / 1e9
+        return more and not self.no_more.is_set()
+
+    def _stop_sending(self, now_ns: int) -> None:
+        """The load has sent its last request: the grace for those in flight starts now."""
+        if not self.stop_ns:
+            self.stop_ns = now_ns
+        self.no_more.set()
+
+    async def _drain(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Wait for the load's tasks; once the last request has left, those still running get
+        `grace_s`, then are cancelled and their requests recorded as `Unfinished` (by `_one`)."""
+        pending: set[asyncio.Task[None]] = set(tasks)
+        grace_s = self.config.grace_s
+        try:
+            while pending:
+                timeout = None
+                if grace_s is not None:
+                    timeout = DRAIN_POLL_S
+                    if self.stop_ns:
+                        timeout = (self.stop_ns - time.perf_counter_ns()) / 1e9 + grace_s
+                        if timeout <= 0:
+                            break
+                _, pending = await asyncio.wait(pending, timeout=timeout)
+        finally:
+            if pending:
+                self.cut_off = True
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
 
     async def _open_loop(self, start_ns: int) -> None:
         loop = asyncio.get_running_loop()
@@ -271,11 +354,14 @@ class Runner:
         for arrival in open_schedule(self.config, self.worker, self.workers):
             target = start_ns + int(arrival.offset_s * 1e9)
             await self._wait_until(target)
-            task = loop.create_task(self._one(arrival.index, target, arrival.warmup))
+            task = loop.create_task(self._request(arrival.index, target, arrival.warmup))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
-        if tasks:
-            await asyncio.gather(*tasks)
+        self._stop_sending(time.perf_counter_ns())
+        await self._drain(list(tasks))
+
+    async def _request(self, index: int, intended_ns: int, warmup: bool) -> None:
+        await self._one(index, intended_ns, warmup)
 
     async def _wait_until(self, target_ns: int) -> None:
         """Sleep, then yield-spin the last stretch: timers are only good to about 1 ms.
@@ -299,7 +385,9 @@ class Runner:
                 await asyncio.sleep(0)
             self.check.spin_s += (clock() - t) / 1e9
 
-    async def _one(self, index: int, intended_ns: int, warmup: bool) -> None:
+    async def _one(self, index: int, intended_ns: int, warmup: bool) -> RequestRecord:
+        """Send one request and record how it went, whatever happens (never raises, except
+        for a cancellation that is not the run's own cut-off)."""
         started_ns = time.perf_counter_ns()
         record = RequestRecord(index=index, worker=self.worker, warmup=warmup,
                                intended_s=(intended_ns - self.window_ns) / 1e9,
@@ -313,6 +401,20 @@ class Runner:
         except Exception as exc:  # every failure is a counted error, never a crash
             _fail(record, exc, self.secrets)
             record.e2e_ms = (time.perf_counter_ns() - intended_ns) / 1e6
+            _drop_frames(exc)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not self.cut_off or task is None:
+                raise
+            task.uncancel()  # our own cut-off, handled here: the task goes on to record it
+            grace = self.config.grace_s
+            within = "" if grace is None else f" within {grace:g} s after the load's last send"
+            _fail(record, Unfinished(f"no end{within}: cut off when the run ended (--grace)"),
+                  self.secrets)
+            # Whenever it was sent, it spanned the measured window: it counts there, so a run
+            # against a server that never answers cannot report "0 completed, 0 failed".
+            record.warmup = False
+            record.e2e_ms = (time.perf_counter_ns() - intended_ns) / 1e6
         else:
             _fill(record, result, intended_ns)
             if record.ttft_ms is not None:
@@ -325,6 +427,7 @@ class Runner:
         record.lag_ms = ((stamp.sent_ns or started_ns) - intended_ns) / 1e6
         record.pool_wait_ms = stamp.pool_wait_ns / 1e6
         self.records.append(record)
+        return record
 
     @staticmethod
     async def _bound_garbage() -> None:
@@ -368,13 +471,36 @@ def _fail(record: RequestRecord, exc: BaseException, secrets: tuple[str, ...]) -
     record.message = text if len(text) <= MESSAGE_CHARS else text[:MESSAGE_CHARS] + "…"
     if isinstance(exc, APIStatusError | StreamError | ProtocolError):
         record.status = exc.status
+    if isinstance(exc, APIStatusError):
+        record.retry_after_s = exc.retry_after_s
     if isinstance(exc, EngineError):
         record.request_id = exc.request_id
         record.attempts = exc.attempts
 
 
+def _drop_frames(exc: BaseException) -> None:
+    """Free what a failure's tracebacks hold, once the record has its strings.
+
+    With the cyclic collector off during a run, an exception's traceback keeps every frame it
+    passed through alive until the next collection, and their locals with them: read chunks
+    and a parser's pieces, ~350 KB a failure against a server that sends one endless line
+    (measured on uvloop), i.e. tens of MB per second of failures. Clearing the frames frees
+    those at once; the small cyclic rest waits for GC_YOUNG_BUDGET."""
+    stack: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while stack:
+        error = stack.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)  # skips the frames still running (ours)
+        error.__traceback__ = None
+        stack.extend(e for e in (error.__cause__, error.__context__) if e is not None)
+
+
 def _fill(record: RequestRecord, result: StreamResult, intended_ns: int) -> None:
-    """Latencies from the intended start; tokens from usage, else counted deltas."""
+    """Latencies from the intended start (TTFT: the first token of any kind; TTFT to text:
+    the first visible text); tokens from usage, else the timed token events."""
     times = result.token_times_ns
     record.ok = True
     record.status = result.http_status
@@ -387,9 +513,15 @@ def _fill(record: RequestRecord, result: StreamResult, intended_ns: int) -> None
         record.first_byte_ms = (result.first_byte_ns - intended_ns) / 1e6
     if result.first_token_ns is not None:
         record.ttft_ms = (result.first_token_ns - intended_ns) / 1e6
+    if result.first_text_ns is not None:
+        record.ttft_text_ms = (result.first_text_ns - intended_ns) / 1e6
     record.e2e_ms = (result.finished_ns - intended_ns) / 1e6
     record.deltas = len(times)
     record.itl_ms = [(b - a) / 1e6 for a, b in itertools.pairwise(times)]
+    record.tool_calls = sum(len(choice.tool_calls) for choice in result.choices)
     usage = result.usage
     record.output_tokens = usage.output_tokens if usage is not None else len(times)
-    record.input_tokens = usage.input_tokens if usage is not None else None
+    if usage is not None:
+        record.input_tokens = usage.input_tokens
+        record.reasoning_tokens = usage.reasoning_tokens
+        record.cached_tokens = usage.cached_tokens

@@ -25,13 +25,13 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
-from engine.client import Engine, RetryPolicy, Timeouts
+from engine.client import Engine, RetryPolicy
 from engine.errors import EngineError
 from engine.loadtest.canary import CanaryProcess
 from engine.loadtest.config import AUTO_WORKERS
 from engine.loadtest.prompts import PromptSource
 from engine.loadtest.result import BenchResult, combine
-from engine.loadtest.runner import Progress, Runner, WorkerResult
+from engine.loadtest.runner import PRIME_LIMIT_S, Progress, Runner, WorkerResult
 from engine.loadtest.shapes import sweep_rates
 
 if TYPE_CHECKING:
@@ -69,11 +69,13 @@ async def probe_e2e_s(config: LoadConfig) -> float:
     """The e2e of one request of the load (open loop: in flight = rate x e2e)."""
     engine = Engine(config.base_url, api_key=config.api_key, max_connections=1,
                     retry=RetryPolicy(0), headers=config.headers,
-                    timeouts=Timeouts(total_s=config.timeout_s))
+                    timeouts=config.timeouts())
     async with engine:
         try:
-            result = await engine.run(PromptSource(config).body(-1), endpoint=config.endpoint)
-        except EngineError:
+            async with asyncio.timeout(PRIME_LIMIT_S):
+                result = await engine.run(PromptSource(config).body(-1),
+                                          endpoint=config.endpoint)
+        except (EngineError, TimeoutError):
             return PROBE_FALLBACK_S
     return result.e2e_s
 
