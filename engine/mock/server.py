@@ -1,4 +1,4 @@
-"""The aiohttp.web application: routes, validation, admission, paced streaming, MockServer.
+"""The aiohttp.web application: routes, validation, admission, paced streaming.
 
 Per request: auth -> JSON validation -> fault choice -> the answer's plan (`planning.py`) ->
 queue for a generation slot -> paced stream. Tokens are due at absolute deadlines from the
