@@ -21,6 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "handlers": {"events", "errors", "assembly", "orjson"},
     "limits": {"asyncio"},  # async acquire helpers; still no network I/O
     "redaction": set(),
+    "runtime": {"errors", "asyncio", "uvloop"},  # the commands' process, not the library
     "assembly": {"events", "errors", "_flat"},
     "chunks": {"_flat", "asyncio"},
     "retry": {"errors", "limits"},
@@ -31,8 +32,8 @@ ALLOWED: dict[str, set[str]] = {
 }
 # packages: every module of the package may import only these (plus stdlib, itself)
 PACKAGE_ALLOWED: dict[str, set[str]] = {
-    "batch": {"client", "handlers", "limits", "events", "errors", "retry", "options", "orjson",
-              "rich", "asyncio", "uvloop"},
+    "batch": {"client", "handlers", "limits", "events", "errors", "retry", "options", "runtime",
+              "orjson", "rich", "asyncio", "uvloop"},
     "loadtest": {"client", "handlers", "limits", "events", "errors", "redaction", "options",
                  "retry", "orjson", "rich",
                  "numpy",

@@ -10,7 +10,6 @@ whole records only and the same command resumes; 130 on Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from pathlib import Path
@@ -24,10 +23,10 @@ from engine.batch.store import StoreWriteError
 from engine.client import DEFAULT_BASE_URL, RetryPolicy
 from engine.errors import ConfigError
 from engine.options import add_timeout_arguments, timeouts_from
+from engine.runtime import run_async
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine, Sequence
-    from typing import Any
+    from collections.abc import Sequence
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_WRITE_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -109,15 +108,6 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
     )
 
 
-def _run_loop(coro: Coroutine[Any, Any, BatchSummary]) -> BatchSummary:
-    try:
-        import uvloop  # noqa: PLC0415 - optional off Linux/macOS
-    except ImportError:  # pragma: no cover
-        return asyncio.run(coro)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
-
-
 def _run_on_ray(config: BatchConfig, address: str, workers: int | None) -> BatchSummary:
     try:
         from engine.distributed import run_batch_on_ray  # noqa: PLC0415 - the optional extra
@@ -137,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         if args.ray is not None:
             summary = _run_on_ray(config, args.ray, args.workers)
         else:
-            summary = _run_loop(run_batch(config))
+            summary = run_async(run_batch(config))
     except ConfigError as exc:  # includes duplicate ids and bad input files
         sys.stderr.write(f"stream-engine batch: {exc}\n")
         return EXIT_USAGE

@@ -14,7 +14,6 @@ import os
 import resource
 import signal
 import sys
-from typing import TYPE_CHECKING
 
 from engine.errors import ConfigError
 from engine.mock.config import (
@@ -27,9 +26,7 @@ from engine.mock.config import (
     parse_token_range,
 )
 from engine.mock.runners import MockServer
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
+from engine.runtime import run_async
 
 API_KEY_ENV = "MOCK_API_KEY"
 READY_LINE = "stream-engine mock listening on {url}"
@@ -113,14 +110,6 @@ async def serve(config: MockConfig, host: str, port: int) -> None:
         await server.stop()
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
-    try:
-        import uvloop  # noqa: PLC0415  (optional: not on Windows)
-    except ImportError:
-        return asyncio.new_event_loop
-    return uvloop.new_event_loop
-
-
 def run(args: argparse.Namespace) -> int:
     """Serve the mock with the parsed flags; returns the process exit status."""
     try:
@@ -129,8 +118,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"stream-engine mock: {exc}\n")
         return 2
     _raise_fd_limit()
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(serve(config, args.host, args.port))
+    run_async(serve(config, args.host, args.port))
     return 0
 
 

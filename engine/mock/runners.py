@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import select
 import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
@@ -24,6 +22,7 @@ from aiohttp import web
 from engine.mock.config import MockConfig
 from engine.mock.server import LISTEN_BACKLOG, SHUTDOWN_TIMEOUT_S, STATE, create_app
 from engine.mock.stats import MockStats
+from engine.runtime import start_ready_process
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -164,25 +163,13 @@ class MockProcess:
             env["MOCK_API_KEY"] = self.config.api_key  # not argv: argv is visible to `ps`
         argv = [sys.executable, "-m", "engine.mock", "--host", self.host, "--port",
                 str(self.port), *self.config.to_argv()]
-        self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env)  # noqa: S603
-        self.base_url = self._read_ready_line(self._proc)
+        try:
+            self._proc, self.base_url = start_ready_process(argv, READY_PREFIX, self._timeout_s,
+                                                            env)
+        except RuntimeError as exc:
+            raise RuntimeError(f"mock process did not start: {exc}") from None
         self.port = int(self.base_url.rsplit(":", 1)[1].split("/")[0])
         return self
-
-    def _read_ready_line(self, proc: subprocess.Popen[bytes]) -> str:
-        assert proc.stdout is not None  # noqa: S101  (Popen was given stdout=PIPE)
-        deadline = time.monotonic() + self._timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            readable, _, _ = select.select([proc.stdout], [], [], left)
-            if not readable:
-                break
-            line = proc.stdout.readline().decode()
-            if line.startswith(READY_PREFIX):
-                return line[len(READY_PREFIX):].strip()
-            if not line:  # EOF: the child died before it was ready
-                break
-        self.stop()
-        raise RuntimeError(f"mock process did not start (exit status {proc.returncode})")
 
     @property
     def stats(self) -> MockStats:
