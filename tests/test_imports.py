@@ -35,7 +35,7 @@ PACKAGE_ALLOWED: dict[str, set[str]] = {
     "batch": {"client", "handlers", "limits", "events", "errors", "retry", "options", "runtime",
               "orjson", "rich", "asyncio", "uvloop"},
     "loadtest": {"client", "handlers", "limits", "events", "errors", "redaction", "options",
-                 "retry", "orjson", "rich",
+                 "retry", "runtime", "plotly", "prometheus_client", "orjson", "rich",
                  "numpy",
                  "matplotlib", "asyncio", "uvloop", "aiohttp"},
     "distributed": {"batch", "loadtest", "limits", "errors", "orjson", "ray", "asyncio"},
