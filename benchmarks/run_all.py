@@ -2,7 +2,9 @@
 
 Writes `results.json` (figures, ratios, budget verdicts and the machine's facts, including the
 load average before and after) and three PNG plots into `--out` (default
-`benchmarks/results/`). `--quick` runs tiny sizes in well under a minute: CI's smoke test.
+`benchmarks/results/`). `--quick` runs tiny sizes in well under a minute: CI's smoke test. Its
+figures are not results, so without `--out` it writes to a new temporary folder (printed):
+the committed results change only on a full run.
 
     python benchmarks/run_all.py [--quick] [--out DIR] [--wait-load 1.2]
 """
@@ -13,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ import matplotlib.pyplot as plt
 
 from benchmarks import parser as parser_bench
 from benchmarks import pipeline, ttft_accuracy
-from benchmarks.common import RESULTS, load_average, machine_facts, raise_nofile
+from benchmarks.common import RESULTS, ROOT, load_average, machine_facts, raise_nofile
 from engine.mock import MockConfig, MockProcess
 
 PLOTS = ("cpu_per_event.png", "ttft_error.png", "parser.png")
@@ -144,17 +147,30 @@ def headline(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def output_dir(out: Path | None, *, quick: bool) -> Path:
+    """`--out`, else the committed results folder for a full run and a fresh temporary folder
+    for `--quick` (its tiny sizes must never overwrite the committed figures)."""
+    if out is None and quick:
+        out = Path(tempfile.mkdtemp(prefix="stream-engine-bench-quick-"))
+        print(f"--quick without --out: writing to {out}", file=sys.stderr)
+    out = RESULTS if out is None else out
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def main() -> int:
     args = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     args.add_argument("--quick", action="store_true", help="tiny sizes, < 60 s (CI smoke test)")
-    args.add_argument("--out", type=Path, default=RESULTS, help="directory for JSON and PNGs")
+    args.add_argument("--out", type=Path, default=None,
+                      help=f"directory for JSON and PNGs (default {RESULTS.relative_to(ROOT)}; "
+                      "with --quick a new temporary folder)")
     args.add_argument("--wait-load", type=float, default=None, metavar="LOAD",
                       help="first wait (up to 20 min) for a 1-minute load average below LOAD")
     opts = args.parse_args()
     raise_nofile()
     if opts.wait_load is not None:
         wait_for_quiet(opts.wait_load, 20 * 60)
-    opts.out.mkdir(parents=True, exist_ok=True)
+    opts.out = output_dir(opts.out, quick=opts.quick)
     facts = machine_facts()
     t0 = time.perf_counter()
     results: dict[str, Any] = {"quick": opts.quick, "machine": facts,

@@ -1,4 +1,7 @@
-"""Command line: `stream-engine run | mock | bench | batch`. Imports everything; none imports it."""
+"""Command line: `stream-engine run | mock | bench | compare | batch`.
+
+Imports everything; none imports it.
+"""
 
 from __future__ import annotations
 
@@ -149,6 +152,18 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=command.run)
 
 
+def _add_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from engine.loadtest import compare  # noqa: PLC0415 - keeps `run` start-up light
+
+    p = sub.add_parser("compare", help="compare bench results (the first is the baseline)",
+                       description="Compare `bench -o` JSON documents side by side: each "
+                       "change against the first (the baseline), flagged when it is outside "
+                       "the runs' own noise (bootstrap intervals). Exit code 0: no regression; "
+                       "1: a regression beyond --threshold; 2: bad input.")
+    compare.add_arguments(p)
+    p.set_defaults(func=compare.run)
+
+
 def _add_batch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from engine.batch import command  # noqa: PLC0415 - keeps `run` start-up light
 
@@ -168,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_mock(sub)
     _add_bench(sub)
+    _add_compare(sub)
     _add_batch(sub)
     return parser
 

@@ -12,7 +12,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from engine.loadtest.metrics import RequestRecord, measured, merge, stats, summarize
+import numpy as np
+
+from engine.loadtest.metrics import RequestRecord, measured, merge, stats, summarize, values
 from engine.loadtest.selfcheck import ClientCheck, platform_facts, verdict
 
 if TYPE_CHECKING:
@@ -22,6 +24,18 @@ if TYPE_CHECKING:
     from engine.loadtest.runner import WorkerResult
 
 SCHEMA_VERSION = 1
+# Per-request values kept in the document so that `stream-engine compare` can estimate each
+# percentile's noise. `tpot_ms` is also the per-request mean ITL (TPOT is defined as the mean
+# gap), so it is stored once; individual gaps are not kept (they would not be compact).
+SAMPLE_METRICS = ("ttft_ms", "ttft_text_ms", "tpot_ms", "e2e_ms")
+SAMPLE_DIGITS = 3  # 0.001 ms: finer than any latency is measured, and short in JSON
+
+
+def samples(records: Sequence[RequestRecord]) -> dict[str, list[float]]:
+    """Completed measured requests' values per metric, in intended-start order."""
+    done = measured(records)
+    return {metric: np.round(values(done, metric), SAMPLE_DIGITS).tolist()
+            for metric in SAMPLE_METRICS}
 
 
 @dataclass(slots=True)
@@ -69,6 +83,7 @@ class BenchResult:
                               [r.pool_wait_ms for r in self.measured]),
             "config": config.public(),
             "platform": platform_facts(),
+            "samples": samples(self.records),  # last: the figures stay on top when read
         }
         return doc
 
