@@ -9,18 +9,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import os
 import sys
 from contextlib import ExitStack
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.text import Text
 
 from engine.errors import ConfigError
 from engine.loadtest.config import AUTO_WORKERS, LoadConfig, parse_slo
 from engine.loadtest.report import (
+    RUN_FILES,
+    RUNS_DIR,
     LiveProgress,
     print_summary,
+    run_folder,
+    saturation_text,
     sweep_document,
     sweep_table,
     write_csv,
@@ -126,9 +133,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("results")
     out.add_argument("--slo", type=parse_slo, default={},
                      help="goodput objectives, e.g. ttft_ms=500,tpot_ms=50 (also itl_ms, e2e_ms)")
-    out.add_argument("--output", "-o", default=None, help="write the JSON result here")
-    out.add_argument("--csv", default=None, help="write one CSV row per request here")
-    out.add_argument("--html", default=None, help="write a self-contained HTML report here")
+    out.add_argument("--label", default="",
+                     help="name the run: the JSON's label and the run folder's suffix")
+    saved = out.add_mutually_exclusive_group()
+    saved.add_argument("--output-dir", default=None, metavar="DIR",
+                       help="the run folder: result.json, requests.csv and report.html go "
+                       f"here (default: ./{RUNS_DIR}/<YYYYmmdd-HHMMSS>-<label or mode>/)")
+    saved.add_argument("--no-save", action="store_true",
+                       help="no run folder (only what -o/--csv/--html ask for)")
+    out.add_argument("--output", "-o", default=None,
+                     help="also write the JSON result here")
+    out.add_argument("--csv", default=None, help="also write one CSV row per request here")
+    out.add_argument("--html", default=None,
+                     help="also write the self-contained HTML report here")
     out.add_argument("--quiet", "-q", action="store_true", help="no live progress")
     client = parser.add_argument_group("client self-check")
     client.add_argument("--spin-ms", type=float, default=1.0,
@@ -170,6 +187,7 @@ def config_from_args(args: argparse.Namespace, base_url: str,
         headers=dict(args.header), spin_ms=args.spin_ms,
         lag_threshold_ms=args.lag_threshold_ms, sweep_steps=args.sweep, facts=facts or {},
         canary=not args.no_canary, read_delay_threshold_ms=args.read_delay_threshold_ms,
+        label=args.label,
     )
 
 
@@ -200,6 +218,7 @@ def _run_on_ray(config: LoadConfig, address: str) -> list[BenchResult]:
 def run(args: argparse.Namespace) -> int:
     """Run the bench described by `args`; 0 when at least one request succeeded."""
     console = Console(stderr=True)
+    started = dt.datetime.now().astimezone()  # the run folder's name: local time, as ls shows
     with ExitStack() as stack:
         base_url, facts = args.base_url, None
         if not base_url:
@@ -236,26 +255,54 @@ def run(args: argparse.Namespace) -> int:
         print_summary(docs[0], console)
     else:
         console.print(sweep_table(docs))
+        console.print(Text(saturation_text(docs)))
         console.print(docs[0]["client"]["verdict"] if not any(
             d["client"]["bottleneck"] for d in docs) else
             "CLIENT-BOUND in at least one run: see the client column")
-    write_outputs(args, results, docs, console)
+    try:
+        write_outputs(args, results, docs, console, started)
+    except OSError as exc:
+        console.print(Text(f"error: results not written: {exc}", style="red"))
+        return 2
     return 0 if any(doc["completed"] for doc in docs) else 1
 
 
 def write_outputs(args: argparse.Namespace, results: list[BenchResult],
-                  docs: list[dict[str, Any]], console: Console) -> None:
-    if args.output:
-        write_json(docs[0] if len(docs) == 1 else sweep_document(docs), args.output)
-        console.print(f"JSON result: {args.output}")
-    if args.csv:
-        rows = write_csv(results, args.csv)
-        console.print(f"CSV: {args.csv} ({rows} requests)")
-    if args.html:
-        from engine.loadtest.html import write_html  # noqa: PLC0415 - matplotlib is slow
+                  docs: list[dict[str, Any]], console: Console,
+                  started: dt.datetime | None = None) -> Path | None:
+    """The run folder (unless --no-save) and any explicit -o/--csv/--html paths; returns the
+    folder. Each output is rendered once, whatever the number of places it goes to."""
+    folder = None
+    if not args.no_save:
+        if args.output_dir:
+            folder = Path(args.output_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+        else:
+            name = args.label or ("sweep" if len(docs) > 1 else docs[0]["mode"])
+            folder = run_folder(RUNS_DIR, started or dt.datetime.now().astimezone(), name)
+    explicit = {"json": args.output, "csv": args.csv, "html": args.html}
+    paths = {kind: ([] if folder is None else [folder / name])
+             + ([Path(explicit[kind])] if explicit[kind] else [])
+             for kind, name in RUN_FILES.items()}
+    for path in paths["json"]:
+        write_json(docs[0] if len(docs) == 1 else sweep_document(docs), path)
+    rows = sum(len(r.measured) for r in results)
+    for path in paths["csv"]:
+        write_csv(results, path)
+    if paths["html"]:
+        from engine.loadtest.html import render_html  # noqa: PLC0415 - plotly: only here
 
-        write_html(results, docs, args.html)
-        console.print(f"HTML report: {args.html}")
+        page = render_html(results, docs)
+        for path in paths["html"]:
+            path.write_text(page, encoding="utf-8")
+    for kind, what in (("json", "JSON result"), ("csv", f"CSV ({rows} requests)"),
+                       ("html", "HTML report")):
+        if explicit[kind]:
+            console.print(Text(f"{what}: {explicit[kind]}"))
+    if folder is not None:
+        console.print(Text(f"results: {folder} ({', '.join(RUN_FILES.values())}; open "
+                           f"{RUN_FILES['html']} in a browser)"))
+    return folder
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,138 +1,195 @@
-"""`--html report.html`: one self-contained file, plots embedded as base64 PNG.
+"""`report.html`: one self-contained, interactive page per run or sweep.
 
-Figures are drawn with `matplotlib.figure.Figure` and the Agg canvas directly, never pyplot,
-so no GUI backend or global state is touched. No external URL appears in the page: it
-opens offline, and a small inline script marks each plot once the browser has decoded it.
+Why Plotly (over static images such as matplotlib PNGs): a latency report is read by
+zooming into the tail and hovering over a spike, and a PNG can do neither; Plotly is
+maintained, and its JS bundle embeds into the page, so the file opens offline and makes no
+network request at all (checked in a real browser by tests/test_loadtest_html.py). The bundle
+is included once, in the head; each chart is a div plus its JSON, drawn by one script at the
+end. The page is a function of the result objects and documents; `write_html` only writes it.
 """
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+import plotly.io as pio  # type: ignore[import-untyped]
+from plotly.offline import get_plotlyjs  # type: ignore[import-untyped]
 
-from engine.loadtest.metrics import concurrency_curve, ended_s, token_times, values
+from engine.loadtest import charts
+from engine.loadtest.metrics import meets_slo, values
 from engine.loadtest.report import (
     COLUMNS,
     LATENCIES,
+    SATURATION_RULE,
     counts_text,
     reconnects_text,
     requests_text,
     retry_after_text,
+    saturation_index,
     shown,
     statuses_text,
     tokens_text,
+    warmup_text,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from engine.loadtest.result import BenchResult
 
-STYLE = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1100px;color:#222}
-table{border-collapse:collapse;margin:8px 0 16px}td,th{border:1px solid #ccc;padding:3px 8px;
-text-align:right}th:first-child,td:first-child{text-align:left}.bad{color:#b00;font-weight:bold}
-.ok{color:#070}img.plot{max-width:100%;display:block;margin:8px 0}th.msg,td.msg{text-align:left}"""
-SCRIPT = """window.addEventListener('load',()=>{let n=0;for(const i of
-document.querySelectorAll('img.plot')){if(i.complete&&i.naturalWidth>0){i.dataset.rendered='1';
-n++}}document.body.dataset.plotsRendered=String(n)});"""
+STYLE = """
+:root{--fg:#222;--muted:#667;--line:#dde;--soft:#f5f6f8;--ok:#1b7a2e;--bad:#b3261e}
+body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;color:var(--fg)}
+main{max-width:1280px;margin:0 auto;padding:20px 32px 64px}
+h1{font-size:24px;margin:0 0 2px}h2{font-size:20px;border-bottom:2px solid var(--line);
+padding-bottom:4px;margin:36px 0 10px}h3{font-size:16px;margin:24px 0 6px}
+.sub,.note{color:var(--muted)}nav{margin:10px 0 4px}nav a{margin-right:14px;color:#2a5db0}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(160px,1fr));gap:10px;
+margin:14px 0}.card{background:var(--soft);border-radius:8px;padding:8px 12px}
+.card .k{color:var(--muted);font-size:11px;text-transform:uppercase;letter-spacing:.05em}
+.card .v{font-size:17px;font-weight:600;font-variant-numeric:tabular-nums}
+.card.bad .v,.bad{color:var(--bad)}.card.ok .v{color:var(--ok)}
+.verdict{padding:9px 14px;border-radius:6px;border-left:5px solid;margin:10px 0}
+.verdict.ok{background:#eef7ef;border-color:var(--ok)}
+.verdict.bad{background:#fdeeee;border-color:var(--bad);font-weight:600}
+table{border-collapse:collapse;margin:6px 0 16px;font-variant-numeric:tabular-nums}
+th,td{border-bottom:1px solid var(--line);padding:4px 10px;text-align:right;vertical-align:top}
+th{background:var(--soft);font-weight:600}th:first-child,td:first-child{text-align:left}
+tr.mark td{background:#fff6d5;font-weight:600}
+table.kv td{text-align:left}table.kv td:first-child{color:var(--muted);white-space:nowrap}
+td.msg,th.msg{text-align:left;max-width:640px;overflow-wrap:anywhere}
+code,table.kv td:first-child{font-family:ui-monospace,'SFMono-Regular',Menlo,monospace;
+font-size:12.5px}.chart{width:100%;min-height:120px;margin:2px 0 18px}
+.cols{display:flex;flex-wrap:wrap;gap:0 40px}.grid2{display:grid;gap:0 24px;
+grid-template-columns:repeat(auto-fit,minmax(480px,1fr))}
+details>summary{cursor:pointer}details>summary h2{display:inline-block;border:0}
+"""
+PLOT_CONFIG = {"responsive": True, "displaylogo": False,
+               "toImageButtonOptions": {"format": "png", "scale": 2}}
+# Draws every chart, then counts the rendered ones on <body> (what a test or a reader of the
+# DOM can wait for). A chart that fails is logged as an error, never silently blank.
+RENDER = """const CHARTS=JSON.parse(document.getElementById('charts').textContent);
+Promise.all(Object.entries(CHARTS).map(([id,f])=>Plotly.newPlot(id,f.data,f.layout,CONFIG)))
+.then(()=>{const all=[...document.querySelectorAll('.chart')];document.body.dataset
+.chartsRendered=String(all.filter(d=>d.querySelector('.main-svg')).length)})
+.catch(err=>console.error('chart failed',err));"""
+DISTRIBUTIONS = (("TTFT", "ttft_ms", "requests", "server_ttft_s"),
+                 ("TTFT to text", "ttft_text_ms", "requests", None),
+                 ("ITL", "itl_ms", "gaps", "server_itl_s"),
+                 ("TPOT", "tpot_ms", "requests", None),
+                 ("E2E", "e2e_ms", "requests", "server_e2e_s"))
+
+e = html.escape
 
 
-def _png(fig: Figure) -> str:
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    return base64.b64encode(buf.getvalue()).decode()
+class Charts:
+    """The page's figures in order: each `add` gives the div, `script` the data to draw."""
+
+    def __init__(self) -> None:
+        self.figures: dict[str, Any] = {}
+
+    def add(self, figure: Any, name: str) -> str:
+        chart_id = f"chart-{len(self.figures)}"
+        self.figures[chart_id] = figure.to_plotly_json()
+        return f'<div class="chart" id="{chart_id}" data-chart="{e(name)}"></div>'
+
+    def script(self) -> str:
+        # JSON inside <script>: no "<" may close the tag early, whatever a label holds.
+        data = pio.json.to_json_plotly(self.figures).replace("<", "\\u003c")
+        return (f'<script type="application/json" id="charts">{data}</script>'
+                f"<script>const CONFIG={pio.json.to_json_plotly(PLOT_CONFIG)};{RENDER}</script>")
 
 
-def _img(fig: Figure, name: str) -> str:
-    return (f'<img class="plot" id="{name}" alt="{html.escape(name)}" '
-            f'src="data:image/png;base64,{_png(fig)}">')
+def _value(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(_value, value)) or "-"
+    if isinstance(value, dict) and not value:
+        return "-"
+    return str(value) or "-"
 
 
-# The CDF panels; a panel's second metric is drawn beside the first when it differs (TTFT to
-# text: after reasoning or tool calls it is later than the first token).
-CDF_PANELS = (("TTFT", "ttft_ms", "ttft_text_ms"), ("ITL", "itl_ms", None),
-              ("TPOT", "tpot_ms", None), ("E2E", "e2e_ms", None))
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested settings as `a.b.c -> text` rows: readable, and nothing is hidden."""
+    rows: dict[str, str] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            rows.update(flatten(value, f"{prefix}{key}."))
+        else:
+            rows[f"{prefix}{key}"] = _value(value)
+    return rows
 
 
-def ttft_histogram(result: BenchResult) -> Figure:
-    fig = Figure(figsize=(10, 3.2))
-    ax = fig.add_subplot()
-    ttft = values(result.measured, "ttft_ms")
-    if ttft.size:
-        ax.hist(ttft, bins=min(80, max(10, ttft.size // 5)), color="#4477aa")
-        for q, style in ((50, "-"), (99, "--")):
-            ax.axvline(float(np.percentile(ttft, q)), color="#cc3311", linestyle=style,
-                       label=f"p{q}")
-        ax.legend()
-    ax.set(title="Time to first token (any kind)", xlabel="ms", ylabel="requests")
-    return fig
+def _kv(rows: Mapping[str, str], cls: str = "kv") -> str:
+    body = "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in rows.items())
+    return f'<table class="{cls}">{body}</table>'
 
 
-def latency_cdfs(result: BenchResult) -> Figure:
-    fig = Figure(figsize=(10, 6))
-    axes = fig.subplots(2, 2).ravel()
-    labels = {key: label for label, key in LATENCIES}
-    for ax, (title, metric, beside) in zip(axes, CDF_PANELS, strict=True):
-        first = np.sort(values(result.measured, metric))
-        curves = [(metric, first, "#228833")]
-        if beside is not None:
-            other = np.sort(values(result.measured, beside))
-            if other.size and not np.array_equal(other, first):
-                curves.append((beside, other, "#aa3377"))
-        for key, data, color in curves:
-            if data.size:
-                ax.plot(data, np.arange(1, data.size + 1) / data.size, color=color,
-                        label=labels[key])
-        if len(curves) > 1:
-            ax.legend(loc="lower right")
-        ax.set(title=f"{title} CDF", xlabel="ms", ylabel="fraction", ylim=(0, 1.02))
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+def _halves(rows: Mapping[str, str]) -> str:
+    """A long two-column table as two tables side by side: half the scrolling."""
+    items = list(rows.items())
+    cut = (len(items) + 1) // 2
+    return f'<div class="cols">{_kv(dict(items[:cut]))}{_kv(dict(items[cut:]))}</div>'
 
 
-def over_time(result: BenchResult) -> Figure:
-    records = result.measured
-    fig = Figure(figsize=(10, 5.5))
-    top, bottom = fig.subplots(2, 1, sharex=True)
-    tokens = token_times(r for r in records if r.ok)
-    ends = np.array([ended_s(r) for r in records if r.ok])
-    span = max(float(tokens.max()) if tokens.size else 0.0,
-               float(ends.max()) if ends.size else 0.0, 1e-3)
-    width = max(span / 60, 0.1)
-    bins = np.arange(0.0, span + width, width)
-    if tokens.size:
-        counts, _ = np.histogram(tokens, bins)
-        top.step(bins[:-1], counts / width, where="post", label="output tokens/s")
-        top.legend(loc="upper left")
-    if ends.size:
-        twin = top.twinx()
-        done, _ = np.histogram(ends, bins)
-        twin.step(bins[:-1], done / width, where="post", color="#ee7733",
-                  label="completed req/s")
-        twin.set_ylabel("requests/s")
-        twin.legend(loc="upper right")
-    top.set(title="Throughput over time", ylabel="tokens/s")
-    times, level = concurrency_curve(records)
-    if times.size:  # sampled on a grid: a closed loop's instant dips would fill the plot
-        grid = np.linspace(float(times[0]), float(times[-1]), 400)
-        at = np.clip(np.searchsorted(times, grid, side="right") - 1, 0, level.size - 1)
-        bottom.plot(grid, level[at], color="#aa3377")
-    bottom.set(title="Requests in flight (from intended start)", xlabel="s into the window",
-               ylabel="in flight")
-    fig.tight_layout()
-    return fig
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
 
 
-def _stats_table(doc: dict[str, Any]) -> str:
+def _pair(row: Mapping[str, Any]) -> str:
+    """p50 / p99 in one card."""
+    if row["p50"] is None:
+        return "-"
+    return f"{row['p50']:.1f} / {row['p99']:.1f} ms"
+
+
+def _shape(doc: dict[str, Any]) -> str:
+    config = doc["config"]
+    if doc["mode"] == "open":
+        burst = f", burstiness {config['burstiness']:g}" if config["burstiness"] != 1 else ""
+        load = f"open loop, {config['rate']:g} req/s {config['arrival']}{burst}"
+    else:
+        load = f"closed loop, {config['concurrency']} users"
+    return (f"{load}, {doc['duration_s']:.1f} s measured, {config['workers']} worker(s); "
+            f"{config['endpoint']} at {config['base_url']}, model {config['model']}")
+
+
+def _cards(doc: dict[str, Any]) -> str:
+    good = doc.get("goodput")
+    client = doc["client"]
+    cards = [("requests", f"{doc['completed']} ok / {doc['failed']} failed",
+              "bad" if doc["failed"] else ""),
+             ("throughput", f"{doc['request_throughput']:.2f} req/s", ""),
+             ("output tokens", f"{doc['output_token_throughput']:.0f} tok/s", ""),
+             ("TTFT p50 / p99", _pair(doc["ttft_ms"]), ""),
+             ("ITL p50", _ms(doc["itl_ms"]["p50"]), ""),
+             ("TPOT p50", _ms(doc["tpot_ms"]["p50"]), ""),
+             ("E2E p99", _ms(doc["e2e_ms"]["p99"]), "")]
+    if good is not None:
+        cards.append(("goodput", f"{good['request_rate']:.2f} req/s ({good['fraction']:.0%})",
+                      ""))
+    cards.append(("client", "CLIENT-BOUND" if client["bottleneck"] else "OK",
+                  "bad" if client["bottleneck"] else "ok"))
+    return '<div class="cards">' + "".join(
+        f'<div class="card {c}"><div class="k">{e(k)}</div><div class="v">{e(v)}</div></div>'
+        for k, v, c in cards) + "</div>"
+
+
+def _verdict(doc: dict[str, Any]) -> str:
+    client = doc["client"]
+    return (f'<p class="verdict {"bad" if client["bottleneck"] else "ok"}">'
+            f'{e(client["verdict"])}</p>')
+
+
+def _percentiles(doc: dict[str, Any]) -> str:
     head = "".join(f"<th>{c.replace('p999', 'p99.9')}</th>" for c in COLUMNS)
     rows = []
     for label, key in LATENCIES:
@@ -140,68 +197,214 @@ def _stats_table(doc: dict[str, Any]) -> str:
         if shown(row, key):
             cells = "".join(f"<td>{'-' if row[c] is None else f'{row[c]:.2f}'}</td>"
                             for c in COLUMNS)
-            rows.append(f"<tr><td>{label}</td>{cells}</tr>")
-    return f"<table><tr><th>ms</th>{head}</tr>{''.join(rows)}</table>"
+            rows.append(f"<tr><td>{label}</td>{cells}<td>{row['count']}</td></tr>")
+    if not rows:
+        return ""
+    return f"<table><tr><th>ms</th>{head}<th>n</th></tr>{''.join(rows)}</table>"
 
 
-def _facts(doc: dict[str, Any]) -> str:
-    good = doc["goodput"]
-    facts = {
-        "mode": doc["mode"], "measured": f"{doc['duration_s']:.2f} s",
-        "requests": requests_text(doc),
-        "request throughput": f"{doc['request_throughput']:.2f} req/s",
-        "output token throughput": f"{doc['output_token_throughput']:.1f} tok/s",
-        "tokens": tokens_text(doc),
-        "goodput": "-" if good is None else f"{good['request_rate']:.2f} req/s "
-                                            f"({good['fraction']:.1%}, SLO {good['slo']})",
-        "end reasons": counts_text(doc["end_reasons"]) or "-",
-        "errors": counts_text(doc["errors"]) or "none",
-        "endpoint": f"{doc['config']['base_url']} ({doc['config']['endpoint']})",
-    }
-    if doc["reconnects"]:
-        facts["reconnects"] = reconnects_text(doc)
-    if (waits := retry_after_text(doc)) is not None:
-        facts["Retry-After"] = waits
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
-                   for k, v in facts.items())
-    return f"<table>{rows}</table>"
+def _distributions(result: BenchResult, doc: dict[str, Any], charts_: Charts) -> str:
+    slo = doc["config"].get("slo") or {}
+    server = (doc.get("server_metrics") or {}).get("histograms") or {}
+    parts = []
+    ttft = np.sort(values(result.measured, "ttft_ms"))
+    if not ttft.size and not values(result.measured, "e2e_ms").size:
+        return '<p class="note">No completed request: no latency to show.</p>'
+    for title, metric, unit, twin in DISTRIBUTIONS:
+        data = values(result.measured, metric)
+        if metric == "ttft_text_ms" and data.size and np.array_equal(np.sort(data), ttft):
+            parts.append('<p class="note">TTFT to text equals TTFT for every request: no '
+                         "reasoning or tool call came before the text.</p>")
+            continue
+        if not data.size:
+            parts.append(f'<p class="note">{title}: no values in this run.</p>')
+            continue
+        note = " (each request's worst gap)" if metric == "itl_ms" else ""
+        figure = charts.distribution(title, unit, data, slo.get(metric), note,
+                                     server.get(twin) if twin else None)
+        parts.append(charts_.add(figure, f"{metric}-distribution"))
+    return "".join(parts)
+
+
+def _goodput(result: BenchResult, doc: dict[str, Any]) -> str:
+    good = doc.get("goodput")
+    if good is None:
+        return ""
+    measured = result.measured
+    total = len(measured) or 1
+    rows = []
+    for metric, limit in good["slo"].items():
+        met = sum(meets_slo(r, {metric: limit}) for r in measured)
+        what = "worst gap" if metric == "itl_ms" else metric.removesuffix("_ms").upper()
+        rows.append(f"<tr><td>{e(what)} &le; {limit:g} ms</td><td>{met}</td>"
+                    f"<td>{met / total:.1%}</td><td></td></tr>")
+    rows.append(f'<tr class="mark"><td>all objectives (goodput)</td><td>{good["requests"]}</td>'
+                f'<td>{good["fraction"]:.1%}</td><td>{good["request_rate"]:.2f} req/s</td></tr>')
+    return ("<h3>Goodput against the SLOs</h3><table><tr><th>objective</th><th>requests "
+            "met</th><th>share of measured</th><th>rate</th></tr>" + "".join(rows) + "</table>"
+            '<p class="note">A failed request meets no objective; the CDFs above count '
+            "completed requests only.</p>")
 
 
 def _errors_table(doc: dict[str, Any]) -> str:
     """Why requests failed, per kind; every server-supplied string is escaped."""
-    if not doc["error_details"]:
+    if not doc.get("error_details"):
         return ""
     rows = []
     for kind, detail in doc["error_details"].items():
-        messages = "<br>".join(html.escape(m) for m in detail["messages"]) or "-"
-        rows.append(f"<tr><td>{html.escape(kind)}</td><td>{detail['count']}</td>"
-                    f"<td>{html.escape(statuses_text(detail['statuses']))}</td>"
-                    f'<td>{detail["first_at_s"]:.2f}</td><td class="msg">{messages}</td></tr>')
+        messages = "<br>".join(e(m) for m in detail["messages"]) or "-"
+        ids = ", ".join(e(i) for i in detail.get("request_ids", [])) or "-"
+        rows.append(f"<tr><td>{e(kind)}</td><td>{detail['count']}</td>"
+                    f"<td>{e(statuses_text(detail['statuses']))}</td>"
+                    f'<td>{detail["first_at_s"]:.2f}</td><td class="msg">{messages}</td>'
+                    f'<td class="msg"><code>{ids}</code></td></tr>')
     head = ("<tr><th>error</th><th>count</th><th>HTTP status</th><th>first at (s)</th>"
-            '<th class="msg">example messages</th></tr>')
+            '<th class="msg">example messages</th><th class="msg">request ids</th></tr>')
     return f'<table class="errors">{head}{"".join(rows)}</table>'
 
 
-def section(result: BenchResult, doc: dict[str, Any], n: int) -> str:
+def _ended(doc: dict[str, Any], charts_: Charts) -> str:
+    facts = {"requests": requests_text(doc), "tokens": tokens_text(doc),
+             "end reasons": counts_text(doc.get("end_reasons", {})) or "-",
+             "errors": counts_text(doc["errors"]) or "none"}
+    if doc.get("reconnects"):
+        facts["reconnects"] = reconnects_text(doc)
+    if (waits := retry_after_text(doc)) is not None:
+        facts["Retry-After"] = waits
+    chart = ""
+    if doc.get("end_reasons") or doc["errors"]:
+        chart = charts_.add(charts.outcomes(doc.get("end_reasons", {}), doc["errors"]),
+                            "outcomes")
+    return chart + _kv(facts) + _errors_table(doc)
+
+
+def _client(doc: dict[str, Any]) -> str:
     client = doc["client"]
-    cls = "bad" if client["bottleneck"] else "ok"
-    title = html.escape(doc.get("label") or f"run {n + 1}")
-    return "\n".join([
-        f"<h2>{title}</h2>", _facts(doc), _errors_table(doc), _stats_table(doc),
-        f'<p class="{cls}">{html.escape(client["verdict"])}</p>',
-        _img(ttft_histogram(result), f"ttft-histogram-{n}"),
-        _img(latency_cdfs(result), f"latency-cdf-{n}"),
-        _img(over_time(result), f"throughput-concurrency-{n}"),
-    ])
+    rows = [f"<tr><td>{w['worker']}</td><td>{e(str(w['loop']))}</td>"
+            f"<td>{w['busy_cpu_percent']:.0f}%</td><td>{w['cpu_percent']:.0f}%</td>"
+            f"<td>{_ms(w['loop_lag_ms']['p99'])}</td><td>{_ms(w['read_delay_ms']['p99'])}</td>"
+            f"<td>{e(w['canary_error'] or '-')}</td></tr>" for w in client["workers"]]
+    table = ("<table><tr><th>worker</th><th>loop</th><th>busy CPU</th><th>CPU</th><th>loop "
+             "lag p99</th><th>read delay p99 (canary)</th><th>canary error</th></tr>"
+             + "".join(rows) + "</table>") if rows else ""
+    lag, delay = client["loop_lag_ms"], client["read_delay_ms"]
+    facts = {"read delay (canary) p50 / p99 / max": (
+                 f"{_ms(delay['p50'])} / {_ms(delay['p99'])} / {_ms(delay['max'])}"
+                 if delay["count"] else "not measured"),
+             "loop lag p50 / p99 / max": f"{_ms(lag['p50'])} / {_ms(lag['p99'])} / "
+                                         f"{_ms(lag['max'])}",
+             "schedule lag p50 / p99 / max": " / ".join(
+                 _ms(doc["schedule_lag_ms"][k]) for k in ("p50", "p99", "max"))}
+    if "warmup" in doc:
+        facts["warm-up"] = warmup_text(doc)
+    return _verdict(doc) + _kv(facts) + table
+
+
+def _server_extra(doc: dict[str, Any], charts_: Charts) -> str:
+    """Scraped histograms with no client twin, and the scrape's own scalar facts."""
+    metrics = doc.get("server_metrics") or {}
+    twins = set(charts.SERVER_TWINS)
+    plots = [charts_.add(charts.server_histogram(name, hist), "server-histogram")
+             for name, hist in (metrics.get("histograms") or {}).items() if name not in twins]
+    facts = {k: v for k, v in metrics.items() if k not in ("series", "histograms")}
+    if isinstance(facts.get("raw_names"), list):  # a hundred names: counted, not listed
+        facts["raw_names"] = f"{len(facts['raw_names'])} metric families (in result.json)"
+    return ((_kv(flatten(facts)) if facts else "")
+            + (f'<div class="grid2">{"".join(plots)}</div>' if plots else ""))
+
+
+def run_body(result: BenchResult, doc: dict[str, Any], charts_: Charts, h: str,
+             anchor: str) -> str:
+    """One run's sections under heading level `h` (h2 alone, h3 inside a sweep)."""
+    metrics = doc.get("server_metrics") or {}
+    series = metrics.get("series") or {}
+    server = _server_extra(doc, charts_)
+    where = " and the server's scraped series" if series else ""
+    timeline = ('<p class="note">No request in the measured window.</p>'
+                if not result.measured else charts_.add(
+                    charts.timeline(result.measured, doc.get("error_details") or {}, series),
+                    "timeline"))
+    return "".join([
+        _cards(doc), _verdict(doc),
+        f'<{h} id="{anchor}latency">Latency</{h}>', _percentiles(doc),
+        _distributions(result, doc, charts_), _goodput(result, doc),
+        (f'<{h} id="{anchor}time">Over time</{h}><p class="note">Throughput, requests in '
+         f"flight, failures, schedule lag{where} on one time axis: zoom one, zoom all.</p>"),
+        timeline,
+        f'<{h} id="{anchor}server">Server metrics</{h}>{server}' if server else "",
+        f'<{h} id="{anchor}ended">How requests ended</{h}>', _ended(doc, charts_),
+        f'<{h} id="{anchor}client">Client self-check</{h}>', _client(doc)])
+
+
+def _sweep(docs: Sequence[dict[str, Any]], charts_: Charts) -> str:
+    point = saturation_index(docs)
+    head = ("<tr><th>run</th><th>req/s</th><th>out tok/s</th><th>TTFT p50</th><th>TTFT p99"
+            "</th><th>ITL p50</th><th>TPOT p50</th><th>E2E p99</th><th>failed</th>"
+            "<th>goodput/s</th><th>client</th></tr>")
+    rows = []
+    for i, doc in enumerate(docs):
+        good = doc.get("goodput")
+        cells = [f'<a href="#run{i}-">{e(str(doc["label"]))}</a>',
+                 f"{doc['request_throughput']:.2f}", f"{doc['output_token_throughput']:.0f}",
+                 *(_ms(doc[m][s]) for m, s in (("ttft_ms", "p50"), ("ttft_ms", "p99"),
+                                                ("itl_ms", "p50"), ("tpot_ms", "p50"),
+                                                ("e2e_ms", "p99"))),
+                 str(doc["failed"]), "-" if good is None else f"{good['request_rate']:.2f}",
+                 "BOUND" if doc["client"]["bottleneck"] else "ok"]
+        mark = ' class="mark"' if i == point else ""
+        rows.append(f"<tr{mark}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    if point is None:
+        said = "No saturation point: no step completed a request."
+    else:
+        said = (f"Saturation point (starred, highlighted): <b>{e(str(docs[point]['label']))}"
+                f"</b> at {docs[point]['request_throughput']:.2f} req/s. Rule: "
+                f"{e(SATURATION_RULE)}.")
+    return (f'<h2 id="sweep">Sweep</h2><table>{head}{"".join(rows)}</table>'
+            f'<p>{said}</p>' + charts_.add(charts.sweep_curves(docs, point), "sweep-curves"))
+
+
+def _config(docs: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """One row per setting; a setting that differs between a sweep's runs lists each run's."""
+    flats = [flatten(doc["config"]) for doc in docs]
+    rows: dict[str, str] = {}
+    for key in dict.fromkeys(k for flat in flats for k in flat):
+        seen = [flat.get(key, "-") for flat in flats]
+        rows[key] = seen[0] if len(set(seen)) == 1 else "; ".join(
+            f"{doc['label']}: {v}" for doc, v in zip(docs, seen, strict=True))
+    return rows
+
+
+def render_html(results: Sequence[BenchResult], docs: Sequence[dict[str, Any]]) -> str:
+    """The whole page as text (pure: the tests render it without touching a disk)."""
+    charts_ = Charts()
+    if len(docs) == 1:
+        title = str(docs[0].get("label") or f"{docs[0]['mode']} loop")
+        nav = [("latency", "Latency"), ("time", "Over time"), ("ended", "How requests ended"),
+               ("client", "Client self-check")]
+        body = run_body(results[0], docs[0], charts_, "h2", "")
+        sub = _shape(docs[0])
+    else:
+        title = "sweep"
+        nav = [("sweep", "Sweep"), *((f"run{i}-", str(d["label"])) for i, d in enumerate(docs))]
+        runs = "".join(
+            f'<details open><summary><h2 id="run{i}-">{e(str(d["label"]))}</h2></summary>'
+            f'<p class="sub">{e(_shape(d))}</p>{run_body(r, d, charts_, "h3", f"run{i}-")}'
+            "</details>" for i, (r, d) in enumerate(zip(results, docs, strict=True)))
+        body = _sweep(docs, charts_) + runs
+        sub = f"{len(docs)} steps; {_shape(docs[0]).split('; ', 1)[1]}"
+    nav += [("config", "Configuration"), ("platform", "Platform")]
+    links = "".join(f'<a href="#{a}">{e(t)}</a>' for a, t in nav)
+    created = e(str(docs[0].get("created", ""))) if docs else ""
+    tail = (f'<h2 id="config">Configuration</h2>{_halves(_config(docs))}'
+            f'<h2 id="platform">Platform</h2>{_kv(flatten(docs[0]["platform"]))}') if docs else ""
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><meta name='viewport'"
+            f" content='width=device-width,initial-scale=1'><title>stream-engine bench: "
+            f"{e(title)}</title><style>{STYLE}</style><script>{get_plotlyjs()}</script></head>"
+            f"<body><main><h1>stream-engine bench: {e(title)}</h1><p class='sub'>{e(sub)}"
+            f"<br>{created}</p><nav>{links}</nav>{body}{tail}</main>{charts_.script()}"
+            "</body></html>\n")
 
 
 def write_html(results: Sequence[BenchResult], docs: Sequence[dict[str, Any]],
                path: str | Path) -> None:
-    body = "\n".join(section(r, d, i) for i, (r, d) in enumerate(zip(results, docs,
-                                                                      strict=True)))
-    platform = html.escape(str(docs[0]["platform"])) if docs else ""
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>stream-engine bench"
-            f"</title><style>{STYLE}</style><script>{SCRIPT}</script></head><body>"
-            f"<h1>stream-engine bench</h1>{body}<h2>platform</h2><p><code>{platform}</code>"
-            f"</p></body></html>\n")
-    Path(path).write_text(page, encoding="utf-8")
+    Path(path).write_text(render_html(results, docs), encoding="utf-8")

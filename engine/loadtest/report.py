@@ -7,6 +7,8 @@ measured by a saturated client is a number about the client.
 from __future__ import annotations
 
 import csv
+import itertools
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, TypeGuard
@@ -21,6 +23,7 @@ from engine.loadtest.metrics import CSV_COLUMNS, csv_row
 from engine.loadtest.result import SCHEMA_VERSION, BenchResult
 
 if TYPE_CHECKING:
+    import datetime as dt
     from collections.abc import Mapping, Sequence
 
 LATENCIES = (("TTFT", "ttft_ms"), ("TTFT to text", "ttft_text_ms"), ("ITL", "itl_ms"),
@@ -28,6 +31,16 @@ LATENCIES = (("TTFT", "ttft_ms"), ("TTFT to text", "ttft_text_ms"), ("ITL", "itl
              ("pool wait", "pool_wait_ms"), ("connect", "connect_ms"))
 COLUMNS = ("p50", "p90", "p95", "p99", "p999", "mean", "max")
 EXAMPLE_CHARS = 120  # one error message per kind on the console: a line, not a body
+RUNS_DIR = "stream-engine-runs"  # under the current directory: every run leaves its results
+RUN_FILES = {"json": "result.json", "csv": "requests.csv", "html": "report.html"}
+# The sweep's saturation point (docs/loadtest.md): the last step, in order of achieved
+# throughput, whose throughput still grew by more than this over the step before ...
+SATURATION_GROWTH = 0.05
+# ... while its TTFT p99 stayed within this factor of the lightest step's.
+SATURATION_TTFT_FACTOR = 2.0
+SATURATION_RULE = (f"the last step, in order of achieved request throughput, whose throughput "
+                   f"grew by more than {SATURATION_GROWTH:.0%} over the step before while its "
+                   f"TTFT p99 stayed within {SATURATION_TTFT_FACTOR:g}x of the lightest step's")
 
 
 def _ms(value: float | None) -> str:
@@ -192,10 +205,60 @@ def sweep_table(docs: Sequence[dict[str, Any]]) -> Table:
     return table
 
 
+def saturation_index(docs: Sequence[Mapping[str, Any]]) -> int | None:
+    """The sweep step past which more load buys little throughput and costs latency (see
+    SATURATION_RULE); None when no step completed a request. Walks the steps in order of
+    achieved throughput and stops at the first that fails the rule: a later step that
+    happens to pass again is noise on a saturated server, not a second knee."""
+    steps = sorted((i for i, d in enumerate(docs)
+                    if d["completed"] and d["ttft_ms"]["p99"] is not None),
+                   key=lambda i: docs[i]["request_throughput"])
+    if not steps:
+        return None
+    limit = docs[steps[0]]["ttft_ms"]["p99"] * SATURATION_TTFT_FACTOR
+    found = steps[0]
+    for before, step in itertools.pairwise(steps):
+        grew = (docs[step]["request_throughput"]
+                > docs[before]["request_throughput"] * (1 + SATURATION_GROWTH))
+        if not grew or docs[step]["ttft_ms"]["p99"] > limit:
+            break
+        found = step
+    return found
+
+
+def saturation_text(docs: Sequence[Mapping[str, Any]]) -> str:
+    index = saturation_index(docs)
+    if index is None:
+        return "saturation point: none (no step completed a request)"
+    doc = docs[index]
+    return (f"saturation point: {doc['label']} ({doc['request_throughput']:.2f} req/s, TTFT "
+            f"p99 {doc['ttft_ms']['p99']:.1f} ms): {SATURATION_RULE}")
+
+
 def sweep_document(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """A sweep's JSON: the runs in order (each a full single-run document)."""
+    """A sweep's JSON: the runs in order (each a full single-run document) and the
+    saturation point, so a reader need not re-derive it."""
+    index = saturation_index(docs)
+    point = None if index is None else {
+        "run": index, "label": docs[index]["label"],
+        "request_throughput": docs[index]["request_throughput"], "rule": SATURATION_RULE}
     return {"schema_version": SCHEMA_VERSION, "tool": "stream-engine bench", "kind": "sweep",
-            "runs": list(docs)}
+            "runs": list(docs), "saturation": point}
+
+
+def run_folder(base: str | Path, started: dt.datetime, name: str) -> Path:
+    """A new `<base>/<YYYYmmdd-HHMMSS>-<name>/`, created (never an existing one: two runs in
+    the same second get `-2`, `-3`...). `name` is reduced to a safe file-name part."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:60] or "run"
+    stem = f"{started:%Y%m%d-%H%M%S}-{slug}"
+    for n in itertools.count(1):
+        folder = Path(base) / (stem if n == 1 else f"{stem}-{n}")
+        try:
+            folder.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        return folder
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def write_json(doc: dict[str, Any], path: str | Path) -> None:
