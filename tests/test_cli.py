@@ -103,7 +103,7 @@ def test_batch_and_bench_verbs_through_the_main_parser(tmp_path: Path, base_url:
     assert len(records(out)) == 20
     result = tmp_path / "bench.json"
     assert main(["bench", "--base-url", base_url, "--requests", "30", "--warmup", "0.2",
-                 "--concurrency", "4", "-q", "-o", str(result)]) == 0
+                 "--concurrency", "4", "-q", "--no-save", "-o", str(result)]) == 0
     doc = orjson.loads(result.read_bytes())
     assert (doc["completed"], doc["failed"]) == (30, 0)
     assert "TTFT" in capsys.readouterr().err

@@ -156,5 +156,6 @@ def test_cli_batch_and_bench_on_ray(tmp_path: Path, mock_factory: MockFactory,
     assert "--workers goes with --ray" in capsys.readouterr().err
     result = tmp_path / "bench.json"
     assert bench_main(["--base-url", mock.base_url, "--ray", "local", "--workers", "2",
-                       "--requests", "40", "--warmup", "0.2", "-o", str(result), "-q"]) == 0
+                       "--requests", "40", "--warmup", "0.2", "-o", str(result), "-q",
+                       "--no-save"]) == 0
     assert '"completed":40' in result.read_text().replace(" ", "")

@@ -37,7 +37,7 @@ PACKAGE_ALLOWED: dict[str, set[str]] = {
     "loadtest": {"client", "handlers", "limits", "events", "errors", "redaction", "options",
                  "retry", "runtime", "plotly", "prometheus_client", "orjson", "rich",
                  "numpy",
-                 "matplotlib", "asyncio", "uvloop", "aiohttp"},
+                 "asyncio", "uvloop", "aiohttp"},
     "distributed": {"batch", "loadtest", "limits", "errors", "orjson", "ray", "asyncio"},
 }
 # CLI glue may also start the embedded mock endpoint, and hand a job to Ray (lazily)

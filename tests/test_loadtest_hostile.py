@@ -46,7 +46,7 @@ def bench(*args: str, out: Path) -> tuple[subprocess.CompletedProcess[str], dict
     env.pop("OPENAI_BASE_URL", None)
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", CHILD, "bench", *args, "--no-canary", "-q",
-                           "-o", str(out)], capture_output=True, text=True, env=env,
+                           "--no-save", "-o", str(out)], capture_output=True, text=True, env=env,
                           timeout=180, check=False)
     wall_s = time.monotonic() - started
     found = re.search(r"maxrss_kib=(\d+)", proc.stderr)

@@ -95,8 +95,8 @@ def test_a_reasoning_stream_reports_first_token_first_text_and_the_token_pace(
          "--mock-itl-ms", str(ITL_MS), "--mock-reasoning-tokens", str(REASONING),
          "--concurrency", "2", "--duration", "2", "--warmup", "0.5",
          "--output-tokens", str(TOKENS), "--input-tokens", "16", "--no-canary", "-q",
-         "-o", str(out), "--html", str(page)], capture_output=True, env=env, timeout=120,
-        check=False)
+         "--no-save", "-o", str(out), "--html", str(page)], capture_output=True, env=env,
+        timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr.decode()
     assert f"{REASONING} reasoning tokens first" in proc.stderr.decode()
     doc = orjson.loads(out.read_bytes())

@@ -130,8 +130,8 @@ def test_a_reflected_credential_is_redacted_in_json_csv_console_and_html(
     assert main(["--base-url", server.base_url, "--api-key", key, "--requests", "6",
                  "--concurrency", "2", "--warmup", "0", "--output-tokens", "4",
                  "--header", "x-mock-fault: error-event", "--header", f"x-api-key: {header_secret}",
-                 "--no-canary", "-q", "-o", str(out), "--csv", str(table), "--html",
-                 str(page)]) == 1  # every request failed
+                 "--no-canary", "-q", "--no-save", "-o", str(out), "--csv", str(table),
+                 "--html", str(page)]) == 1  # every request failed
     doc = orjson.loads(out.read_bytes())
     detail = doc["error_details"]["ErrorEvent"]
     assert (detail["count"], detail["statuses"]) == (6, {"200": 6})

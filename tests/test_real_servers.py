@@ -67,7 +67,7 @@ def test_run_exits_0_and_says_how_it_ended(url: str, endpoint: str) -> None:
 @pytest.mark.parametrize(("url", "endpoint"), CASES)
 def test_bench_8_streams_has_no_failure(url: str, endpoint: str, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    proc = cli("bench", "--base-url", url, "--endpoint", endpoint, "--model", MODEL,
+    proc = cli("bench", "--no-save", "--base-url", url, "--endpoint", endpoint, "--model", MODEL,
                "--output-tokens", "64", "--concurrency", "8", "--duration", "5",
                "--workers", "1", "--quiet", "-o", str(out))
     assert proc.returncode == 0, proc.stderr

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import plotly.io as pio  # type: ignore[import-untyped]
-from plotly.offline import get_plotlyjs  # type: ignore[import-untyped]
+import plotly.io as pio
+from plotly.offline import get_plotlyjs
 
 from engine.loadtest import charts
 from engine.loadtest.metrics import meets_slo, values
