@@ -11,13 +11,13 @@ import argparse
 
 from engine.client import RetryPolicy, Timeouts
 
-__all__ = ["add_timeout_arguments", "retry_from", "timeouts_from"]
+__all__ = ["add_timeout_arguments", "retry_from", "seconds", "timeouts_from"]
 
 DEFAULTS = Timeouts(connect_s=10.0, first_byte_s=60.0, first_token_s=300.0, idle_s=60.0,
                     total_s=None)
 
 
-def _seconds(text: str) -> float | None:
+def seconds(text: str) -> float | None:
     """A limit in seconds; 0 or 'none' for no limit."""
     if text.lower() in ("none", "off"):
         return None
@@ -43,7 +43,7 @@ def add_timeout_arguments(parser: argparse.ArgumentParser, *, retries: bool = Tr
              "longest wait between two events (comments and keep-alives do not count)"),
             ("--total-timeout", "total_s", "the whole attempt")):
         default = getattr(DEFAULTS, name)
-        group.add_argument(flag, dest=name, type=_seconds, default=default, metavar="S",
+        group.add_argument(flag, dest=name, type=seconds, default=default, metavar="S",
                            help=f"{help_text} (default: {default or 'none'})")
     if retries:
         group.add_argument("--max-retries", type=int, default=RetryPolicy().max_retries,

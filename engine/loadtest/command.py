@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import sys
@@ -33,6 +34,7 @@ from engine.loadtest.report import (
     write_csv,
     write_json,
 )
+from engine.loadtest.servermetrics import ServerMetricsScraper, metrics_url
 from engine.loadtest.workers import (
     STREAMS_PER_WORKER,
     loop_factory,
@@ -40,8 +42,7 @@ from engine.loadtest.workers import (
     run_load,
     run_sweep,
 )
-from engine.options import _seconds as seconds
-from engine.options import add_timeout_arguments, timeouts_from
+from engine.options import add_timeout_arguments, seconds, timeouts_from
 
 if TYPE_CHECKING:
     from engine.loadtest.result import BenchResult
@@ -164,6 +165,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mock.add_argument("--mock-reasoning-tokens", type=int, default=0, metavar="N",
                       help="N reasoning tokens before every answer, paced like text (default 0)")
     add_timeout_arguments(parser, retries=False)
+    server = parser.add_argument_group("server metrics (docs/server-metrics.md)")
+    server.add_argument("--server-metrics", nargs="?", const="auto", default=None, metavar="URL",
+                        help="scrape the server's Prometheus endpoint during the run (vLLM, "
+                        "SGLang, llama-server --metrics); no URL: the base URL's /metrics")
+    server.add_argument("--server-metrics-interval", type=float, default=1.0, metavar="S",
+                        help="seconds between scrapes (default 1)")
 
 
 def config_from_args(args: argparse.Namespace, base_url: str,
@@ -191,15 +198,35 @@ def config_from_args(args: argparse.Namespace, base_url: str,
     )
 
 
-async def _execute(config: LoadConfig, progress: LiveProgress | None) -> list[BenchResult]:
-    if config.sweep_steps > 0:
-        return await run_sweep(config, progress)
-    return [await run_load(config, progress)]
+async def _execute(config: LoadConfig, progress: LiveProgress | None,
+                   scraper: ServerMetricsScraper | None) -> list[BenchResult]:
+    async with scraper if scraper is not None else contextlib.nullcontext():
+        if config.sweep_steps > 0:
+            results = await run_sweep(config, progress)
+        else:
+            results = [await run_load(config, progress)]
+    if scraper is not None:  # on each run's own clock origin
+        for result in results:
+            result.server_metrics = scraper.document(result.origin_ns)
+    return results
 
 
-def _run_loop(config: LoadConfig, progress: LiveProgress | None) -> list[BenchResult]:
+def _scraper(args: argparse.Namespace, config: LoadConfig) -> ServerMetricsScraper | None:
+    """`--server-metrics [URL]`: the server's Prometheus endpoint, scraped beside the load."""
+    if args.server_metrics is None:
+        return None
+    if args.ray is not None:
+        raise ConfigError("--server-metrics runs with the load on one machine; drop --ray")
+    url = (metrics_url(config.base_url) if args.server_metrics == "auto"
+           else args.server_metrics)
+    auth = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else None
+    return ServerMetricsScraper(url, args.server_metrics_interval, headers=auth)
+
+
+def _run_loop(config: LoadConfig, progress: LiveProgress | None,
+              scraper: ServerMetricsScraper | None) -> list[BenchResult]:
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        return runner.run(_execute(config, progress))
+        return runner.run(_execute(config, progress, scraper))
 
 
 def _run_on_ray(config: LoadConfig, address: str) -> list[BenchResult]:
@@ -240,13 +267,14 @@ def run(args: argparse.Namespace) -> int:
                           f"{reasoning})")
         try:
             config = config_from_args(args, base_url, facts)
+            scraper = _scraper(args, config)
             if args.ray is not None:
                 results = _run_on_ray(config, args.ray)
             else:
                 progress = None
                 if not args.quiet and console.is_terminal:
                     progress = stack.enter_context(LiveProgress(console))
-                results = _run_loop(config, progress)
+                results = _run_loop(config, progress, scraper)
         except ConfigError as exc:
             console.print(f"[red]error:[/] {exc}")
             return 2

@@ -51,6 +51,7 @@ class BenchResult:
     prime_errors: dict[str, int] = field(default_factory=dict)
     label: str = ""
     origin_ns: int = 0  # perf_counter_ns of the window start: correlates records with server logs
+    server_metrics: dict[str, Any] | None = None  # --server-metrics: the scraper's section
 
     @property
     def measured(self) -> list[RequestRecord]:
@@ -83,8 +84,10 @@ class BenchResult:
                               [r.pool_wait_ms for r in self.measured]),
             "config": config.public(),
             "platform": platform_facts(),
-            "samples": samples(self.records),  # last: the figures stay on top when read
         }
+        if self.server_metrics is not None:
+            doc["server_metrics"] = self.server_metrics
+        doc["samples"] = samples(self.records)  # last: the figures stay on top when read
         return doc
 
 

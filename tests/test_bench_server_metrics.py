@@ -1,0 +1,60 @@
+"""`bench --server-metrics`: the server's Prometheus series land in the result beside the
+client's own figures, on the same clock."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import orjson
+
+from engine.loadtest.command import main
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+FIXTURE = (Path(__file__).resolve().parent / "real_servers" / "metrics"
+           / "llama-server-busy.txt").read_bytes()
+
+
+class _Metrics(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(FIXTURE)))
+        self.end_headers()
+        self.wfile.write(FIXTURE)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def metrics_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Metrics)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/metrics"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_bench_keeps_the_servers_series_beside_its_own(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    for url in metrics_server():
+        assert main(["--mock-ttft-ms", "5", "--mock-itl-ms", "2", "--duration", "1.5",
+                     "--warmup", "0.3", "--concurrency", "2", "--output-tokens", "8",
+                     "--no-canary", "-q", "--no-save", "-o", str(out),
+                     "--server-metrics", url, "--server-metrics-interval", "0.2"]) == 0
+    doc = orjson.loads(out.read_bytes())
+    section = doc["server_metrics"]
+    assert section["server"] == "llama.cpp"
+    assert section["failed"] == 0
+    assert section["scrapes"] >= 3
+    times = [t for t, _ in section["series"]["requests_running"]]
+    assert times == sorted(times)
+    assert times[0] <= 0.3  # the scrapes span the measured window
+    assert times[-1] >= 1.0
