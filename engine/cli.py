@@ -6,8 +6,6 @@ Imports everything; none imports it.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -18,21 +16,12 @@ from engine.errors import EngineError
 from engine.events import Dialect, StreamEvent
 from engine.options import add_timeout_arguments, retry_from, timeouts_from
 from engine.redaction import redact, secret_values
+from engine.runtime import env_api_key, env_base_url, require_ray, run_async
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine, Sequence
+    from collections.abc import Sequence
 
 DEFAULT_MODEL = "gpt-4.1-mini"
-
-
-def run_async(coro: Coroutine[Any, Any, int]) -> int:
-    """Run on uvloop where available (the CLI's choice; importing the library never is)."""
-    try:
-        import uvloop  # noqa: PLC0415 - optional on Windows
-    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
-        return asyncio.run(coro)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
 
 
 def _header(value: str) -> tuple[str, str]:
@@ -48,7 +37,7 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        " it runs against the built-in mock endpoint.")
     p.add_argument("prompt", nargs="?", default="Say hello to stream-engine.")
     p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL"))
+    p.add_argument("--base-url", default=env_base_url())
     p.add_argument("--endpoint", choices=["responses", "chat", "completions"],
                    default="responses")
     p.add_argument("--max-output-tokens", type=int, default=None)
@@ -80,7 +69,7 @@ async def _stream_one(args: argparse.Namespace, base_url: str) -> int:
     out = sys.stdout
     headers = dict(args.header)
     # A server may echo the key into what it streams: nothing printed may show it.
-    secrets = secret_values(os.environ.get("OPENAI_API_KEY"), headers)
+    secrets = secret_values(env_api_key(), headers)
 
     def show(event: StreamEvent) -> None:
         if args.raw:
@@ -149,7 +138,18 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                        description="Load-test an OpenAI-compatible endpoint: TTFT, ITL, "
                        "throughput, goodput. Without --base-url it starts the built-in mock.")
     command.add_arguments(p)
-    p.set_defaults(func=command.run)
+
+    def bench(args: argparse.Namespace) -> int:
+        on_ray = None
+        if args.ray is not None:  # the optional extra, loaded only when asked for
+            require_ray()
+            from engine.distributed.loadtest import run_load_on_ray  # noqa: PLC0415
+
+            def on_ray(config: Any, address: str | None, workers: int | None) -> Any:
+                return run_load_on_ray(config, address=address, workers=workers or 1)
+        return command.run(args, on_ray)
+
+    p.set_defaults(func=bench)
 
 
 def _add_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -171,7 +171,18 @@ def _add_batch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                        description="Run an OpenAI Batch JSONL file through streaming requests: "
                        "exactly once, resumable after a kill, rate-limited.")
     command.add_arguments(p)
-    p.set_defaults(func=command.run)
+
+    def batch(args: argparse.Namespace) -> int:
+        on_ray = None
+        if args.ray is not None:  # the optional extra, loaded only when asked for
+            require_ray()
+            from engine.distributed.batch import run_batch_on_ray  # noqa: PLC0415
+
+            def on_ray(config: Any, address: str | None, workers: int | None) -> Any:
+                return run_batch_on_ray(config, address=address, workers=workers)
+        return command.run(args, on_ray)
+
+    p.set_defaults(func=batch)
 
 
 def build_parser() -> argparse.ArgumentParser:

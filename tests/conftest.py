@@ -57,3 +57,17 @@ def auth_mock_server() -> Iterator[MockServerThread]:
     """A fast mock that requires `Authorization: Bearer sk-test-key`."""
     with MockServerThread(MockConfig(output_tokens=16, api_key=TEST_API_KEY)) as server:
         yield server
+
+
+def bench_main(argv: list[str]) -> int:
+    """`stream-engine bench ARGV`, in process (the CLI hands `--ray` to engine.distributed)."""
+    from engine.cli import main  # noqa: PLC0415 - the CLI only where a test runs a verb
+
+    return main(["bench", *argv])
+
+
+def batch_main(argv: list[str]) -> int:
+    """`stream-engine batch ARGV`, in process."""
+    from engine.cli import main  # noqa: PLC0415
+
+    return main(["batch", *argv])

@@ -18,13 +18,12 @@ import orjson
 import pytest
 
 from engine.batch import BatchConfig, DuplicateCustomIdError, Endpoint, Shard, run_batch
-from engine.batch.command import main as batch_main
 from engine.client import Engine, RetryPolicy, Timeouts
 from engine.errors import EngineError, InternalServerError, RateLimitError, TransportError
 from engine.limits import RateLimiter
 from engine.mock import MockConfig, MockServerThread
 from engine.retry import retry_delay
-from tests.conftest import TEST_API_KEY
+from tests.conftest import TEST_API_KEY, batch_main
 
 if TYPE_CHECKING:
     from tests.conftest import MockFactory

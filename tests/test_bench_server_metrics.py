@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from engine.loadtest.command import main
+from tests.conftest import bench_main as main
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -15,7 +15,6 @@ import pytest
 import ray
 
 from engine.batch import BatchConfig, Endpoint, Shard, run_batch
-from engine.batch.command import main as batch_main
 from engine.distributed import (
     LeasedLimiter,
     limiter_actor,
@@ -23,8 +22,8 @@ from engine.distributed import (
     run_load_on_ray,
 )
 from engine.distributed.batch import part_paths
-from engine.loadtest.command import main as bench_main
 from engine.loadtest.config import LoadConfig
+from tests.conftest import batch_main, bench_main
 from tests.test_batch import FAST_RETRY, assert_exactly_once, make_input, records
 
 if TYPE_CHECKING:
@@ -59,7 +58,7 @@ def test_batch_on_three_actors_with_faults_ends_exactly_once(
         f.write(b'not json\n{"custom_id": "bad", "method": "POST"}\n')
     summary = run_batch_on_ray(job(tmp_path, mock.base_url), address=None, workers=3)
     out, err = tmp_path / "out.jsonl", tmp_path / "out.errors.jsonl"
-    assert_exactly_once({f"req-{i}" for i in range(2000)} | {"2001", "bad"}, out, err)
+    assert_exactly_once({f"req-{i}" for i in range(2000)} | {"line-2001", "bad"}, out, err)
     assert summary.succeeded + summary.failed == 2000
     assert (summary.invalid, summary.invalid_written) == (2, 2)
     assert [p.split(":")[0] for p in summary.problems] == ["line 2001", "line 2002"]

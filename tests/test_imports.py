@@ -38,10 +38,12 @@ PACKAGE_ALLOWED: dict[str, set[str]] = {
                  "retry", "runtime", "plotly", "prometheus_client", "orjson", "rich",
                  "numpy",
                  "asyncio", "uvloop", "aiohttp"},
-    "distributed": {"batch", "loadtest", "limits", "errors", "orjson", "ray", "asyncio"},
+    "distributed": {"batch", "loadtest", "limits", "errors", "runtime", "orjson", "ray",
+                    "asyncio"},
 }
-# CLI glue may also start the embedded mock endpoint, and hand a job to Ray (lazily)
-GLUE_EXTRA = {"command.py": {"mock", "distributed"}}
+# The bench command may start the embedded mock; `python -m engine.<package>` is the CLI's
+# verb (the CLI hands `--ray` to engine.distributed: no package imports it back).
+GLUE_EXTRA = {"command.py": {"mock"}, "__main__.py": {"cli"}}
 MUST_NOT_IO = {"sse", "events", "limits", "handlers", "assembly", "retry", "_flat"}
 
 
@@ -98,3 +100,60 @@ def test_only_the_distributed_package_imports_ray() -> None:
     for path in ENGINE.rglob("*.py"):
         if path.parent.name != "distributed":
             assert "ray" not in imported_names(path), path
+
+
+def _runtime_imports(path: Path) -> set[str]:
+    """The engine modules a module imports when it runs (anywhere in it, functions included),
+    leaving out `if TYPE_CHECKING:` blocks, which annotations need and Python never runs."""
+    tree = ast.parse(path.read_text())
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.If) and isinstance(node.test, ast.Name)
+                and node.test.id == "TYPE_CHECKING"):
+            skipped.update(id(child) for child in ast.walk(node))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {name for name in found if name.startswith("engine.")}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ENGINE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _unit(module: str) -> str:
+    """A module's package (`engine.batch.runner` -> `engine.batch`), or the module itself."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+@pytest.mark.parametrize("level", ["module", "package"])
+def test_no_import_cycles(level: str) -> None:
+    """No module, and no package, reaches itself through what it imports: no exceptions."""
+    modules = {_module_name(p): p for p in ENGINE.rglob("*.py") if p.name != "__main__.py"}
+    unit = _unit if level == "package" else str
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets = {unit(m) for m in _runtime_imports(path) if m in modules}
+        graph.setdefault(unit(name), set()).update(targets - {unit(name)})
+    done: set[str] = set()
+
+    def visit(name: str, trail: list[str]) -> None:
+        if name in trail:
+            cycle = [*trail[trail.index(name):], name]
+            raise AssertionError("import cycle: " + " -> ".join(cycle))
+        if name in done:
+            return
+        for target in sorted(graph[name]):
+            visit(target, [*trail, name])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])

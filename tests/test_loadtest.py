@@ -485,8 +485,8 @@ def test_workers_flag_takes_auto_or_a_count() -> None:
 
 
 def test_ray_with_auto_workers_counts_by_the_load_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    import engine.distributed  # noqa: PLC0415 - the optional extra, installed for tests
-    from engine.loadtest.command import main  # noqa: PLC0415
+    import engine.distributed.loadtest  # noqa: PLC0415 - the optional extra, installed for tests
+    from tests.conftest import bench_main as main  # noqa: PLC0415
 
     calls: list[tuple[LoadConfig, int]] = []
 
@@ -494,7 +494,7 @@ def test_ray_with_auto_workers_counts_by_the_load_alone(monkeypatch: pytest.Monk
         calls.append((config, workers))
         return combine(config, [WorkerResult(0, [], ClientCheck(0))])
 
-    monkeypatch.setattr(engine.distributed, "run_load_on_ray", fake)
+    monkeypatch.setattr(engine.distributed.loadtest, "run_load_on_ray", fake)
     argv = ["--base-url", "http://127.0.0.1:9/v1", "--ray", "local", "--requests", "1", "-q",
             "--no-save"]
     assert main([*argv, "--concurrency", "450"]) == 1  # nothing completed (a fake run)
@@ -546,7 +546,7 @@ async def test_without_usage_output_tokens_are_the_counted_deltas(base_url: str,
 
 
 def test_cli_chat_endpoint_end_to_end(paced_mock: MockProcess, tmp_path: Path) -> None:
-    from engine.loadtest.command import main  # noqa: PLC0415
+    from tests.conftest import bench_main as main  # noqa: PLC0415
 
     before = paced_mock.stats.requests.get("/v1/chat/completions", 0)
     out = tmp_path / "chat.json"
@@ -569,7 +569,7 @@ def test_cli_chat_endpoint_end_to_end(paced_mock: MockProcess, tmp_path: Path) -
 def test_base_url_with_an_api_key_that_never_reaches_a_report(
         auth_mock_server: MockServerThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    from engine.loadtest.command import main  # noqa: PLC0415
+    from tests.conftest import bench_main as main  # noqa: PLC0415
 
     outputs = [tmp_path / name for name in ("r.json", "r.csv", "r.html")]
     flags = ["-o", str(outputs[0]), "--csv", str(outputs[1]), "--html", str(outputs[2])]
@@ -594,7 +594,7 @@ def test_base_url_with_an_api_key_that_never_reaches_a_report(
 
 
 def test_cli_sweep_writes_json_csv_and_html(paced: str, tmp_path: Path) -> None:
-    from engine.loadtest.command import main  # noqa: PLC0415
+    from tests.conftest import bench_main as main  # noqa: PLC0415
 
     folder = tmp_path / "sweep"
     out, table, page = folder / "result.json", folder / "requests.csv", folder / "report.html"

@@ -307,7 +307,7 @@ def test_run_folder_names_are_safe_and_never_reused(tmp_path: Path) -> None:
 
 @pytest.fixture
 def bench_main() -> Callable[[list[str]], int]:
-    from engine.loadtest.command import main  # noqa: PLC0415
+    from tests.conftest import bench_main as main  # noqa: PLC0415
 
     return main
 

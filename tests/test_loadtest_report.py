@@ -119,7 +119,7 @@ def test_a_reflected_credential_is_redacted_in_json_csv_console_and_html(
     """A server that echoes the key into an error event's text. The engine redacts error
     bodies but takes an event's text as sent, so this is the bench's own redaction at work.
     The text also carries HTML and rich markup, which must be shown, never interpreted."""
-    from engine.loadtest.command import main  # noqa: PLC0415
+    from tests.conftest import bench_main as main  # noqa: PLC0415
 
     key, header_secret = "sk-reflected-" + "k" * 24, "hdr-secret-" + "h" * 16
     monkeypatch.setattr(mock_responses, "_ERROR_MESSAGE",

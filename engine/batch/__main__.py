@@ -1,5 +1,7 @@
-"""`python -m engine.batch INPUT.jsonl -o OUTPUT.jsonl` (same flags as `stream-engine batch`)."""
+"""`python -m engine.batch INPUT.jsonl -o OUTPUT.jsonl`: `stream-engine batch`, flags and all."""
 
-from engine.batch.command import main
+import sys
 
-raise SystemExit(main())
+from engine.cli import main
+
+raise SystemExit(main(["batch", *sys.argv[1:]]))

@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import orjson
 
@@ -24,9 +24,6 @@ from engine.client import DEFAULT_BASE_URL, RetryPolicy
 from engine.errors import ConfigError
 from engine.options import add_timeout_arguments, timeouts_from
 from engine.runtime import run_async
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_WRITE_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -108,24 +105,26 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
     )
 
 
-def _run_on_ray(config: BatchConfig, address: str, workers: int | None) -> BatchSummary:
-    try:
-        from engine.distributed import run_batch_on_ray  # noqa: PLC0415 - the optional extra
-    except ImportError as exc:
-        raise ConfigError(f"--ray needs the ray extra: pip install 'stream-engine[ray]' ({exc})"
-                          ) from exc
-    return run_batch_on_ray(config, address=None if address == "local" else address,
-                            workers=workers)
+# `--ray`: runs a job on Ray actors; handed in by the CLI (engine.distributed imports this
+# package, so this package never imports it back).
+BatchOnRay = Callable[[BatchConfig, str | None, int | None], BatchSummary]
 
 
-def run(args: argparse.Namespace) -> int:
+def _on_ray(on_ray: BatchOnRay | None) -> BatchOnRay:
+    if on_ray is None:
+        raise ConfigError("--ray runs from the stream-engine command")
+    return on_ray
+
+
+def run(args: argparse.Namespace, on_ray: BatchOnRay | None = None) -> int:
     """Run the job described by parsed arguments; returns the exit status."""
     from engine.batch.progress import format_summary  # noqa: PLC0415 - rich only when used
 
     try:
         config = config_from_args(args)
         if args.ray is not None:
-            summary = _run_on_ray(config, args.ray, args.workers)
+            summary = _on_ray(on_ray)(config, None if args.ray == "local" else args.ray,
+                                      args.workers)
         else:
             summary = run_async(run_batch(config))
     except ConfigError as exc:  # includes duplicate ids and bad input files
@@ -144,11 +143,3 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(orjson.dumps(summary.as_dict()).decode() + "\n")
     return EXIT_OK if summary.ok else EXIT_FAILURES
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m engine.batch", description="Run an OpenAI Batch file through streaming "
-        "requests: exactly once, resumable, rate-limited.")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))

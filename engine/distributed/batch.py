@@ -37,7 +37,7 @@ from engine.distributed.cluster import ACTOR_CPUS, LIMITER_CPUS, Cluster, LoopTh
 from engine.distributed.limiter import LEASE_SIZE, LEASE_TTL_S, LeasedLimiter, RateLimitActor
 from engine.errors import ConfigError
 from engine.limits import WINDOW_S
-from engine.loadtest.workers import loop_factory
+from engine.runtime import loop_factory
 
 if TYPE_CHECKING:
     from pathlib import Path

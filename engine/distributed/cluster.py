@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 import ray
 
 from engine.errors import ConfigError, EngineError
-from engine.loadtest.workers import loop_factory
+from engine.runtime import loop_factory
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine

@@ -1,5 +1,7 @@
-"""`python -m engine.loadtest ...`: the `bench` verb without the main CLI."""
+"""`python -m engine.loadtest ...`: `stream-engine bench`, flags and all."""
 
-from engine.loadtest.command import main
+import sys
 
-raise SystemExit(main())
+from engine.cli import main
+
+raise SystemExit(main(["bench", *sys.argv[1:]]))

@@ -12,10 +12,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
-import sys
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.console import Console
 from rich.text import Text
@@ -34,6 +34,7 @@ from engine.loadtest.report import (
     write_csv,
     write_json,
 )
+from engine.loadtest.result import BenchResult
 from engine.loadtest.servermetrics import ServerMetricsScraper, metrics_url
 from engine.loadtest.workers import (
     STREAMS_PER_WORKER,
@@ -43,9 +44,6 @@ from engine.loadtest.workers import (
     run_sweep,
 )
 from engine.options import add_timeout_arguments, seconds, timeouts_from
-
-if TYPE_CHECKING:
-    from engine.loadtest.result import BenchResult
 
 DEFAULT_MODEL = "gpt-4.1-mini"
 MOCK_MODEL = "mock-model"
@@ -229,20 +227,21 @@ def _run_loop(config: LoadConfig, progress: LiveProgress | None,
         return runner.run(_execute(config, progress, scraper))
 
 
-def _run_on_ray(config: LoadConfig, address: str) -> list[BenchResult]:
+# `--ray`: generates the load from Ray actors; handed in by the CLI (engine.distributed
+# imports this package, so this package never imports it back).
+LoadOnRay = Callable[[LoadConfig, str | None, int | None], BenchResult]
+
+
+def _run_on_ray(config: LoadConfig, address: str, on_ray: LoadOnRay | None) -> list[BenchResult]:
     if config.sweep_steps > 0:
         raise ConfigError("--sweep runs on one machine; drop --ray or --sweep")
-    try:
-        from engine.distributed import run_load_on_ray  # noqa: PLC0415 - the optional extra
-    except ImportError as exc:
-        raise ConfigError(f"--ray needs the ray extra: pip install 'stream-engine[ray]' ({exc})"
-                          ) from exc
+    if on_ray is None:
+        raise ConfigError("--ray runs from the stream-engine command")
     config = asyncio.run(resolve_workers(config, capped=False))
-    return [run_load_on_ray(config, address=None if address == "local" else address,
-                            workers=config.workers)]
+    return [on_ray(config, None if address == "local" else address, config.workers)]
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, on_ray: LoadOnRay | None = None) -> int:
     """Run the bench described by `args`; 0 when at least one request succeeded."""
     console = Console(stderr=True)
     started = dt.datetime.now().astimezone()  # the run folder's name: local time, as ls shows
@@ -269,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
             config = config_from_args(args, base_url, facts)
             scraper = _scraper(args, config)
             if args.ray is not None:
-                results = _run_on_ray(config, args.ray)
+                results = _run_on_ray(config, args.ray, on_ray)
             else:
                 progress = None
                 if not args.quiet and console.is_terminal:
@@ -331,17 +330,3 @@ def write_outputs(args: argparse.Namespace, results: list[BenchResult],
         console.print(Text(f"results: {folder} ({', '.join(RUN_FILES.values())}; open "
                            f"{RUN_FILES['html']} in a browser)"))
     return folder
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stream-engine bench",
-                                     description="Load-test an OpenAI-compatible endpoint.")
-    add_arguments(parser)
-    try:
-        return run(parser.parse_args(argv))
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
