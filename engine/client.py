@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from engine.events import Dialect, StreamEvent, Usage, events_of
 from engine.handlers import Handler, split_handlers
 from engine.redaction import secret_values
 from engine.retry import RetryPolicy, gave_up, mid_stream_delay, retry_delay
+from engine.runtime import env_api_key, env_base_url
 from engine.sse import MAX_EVENT_BYTES
 
 if TYPE_CHECKING:
@@ -151,9 +151,8 @@ class Engine:
         keepalive_s: float = 30.0,
         before_retry: RetryHook | None = None,
     ) -> None:
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-                         ).rstrip("/")
-        self.__api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        self.base_url = (base_url or env_base_url() or DEFAULT_BASE_URL).rstrip("/")
+        self.__api_key = api_key if api_key is not None else env_api_key()
         if max_connections < 1:
             raise ConfigError("max_connections must be at least 1")
         self.max_connections = max_connections

@@ -1,6 +1,7 @@
 """What the commands share about the process they run in: the event loop they pick, the
 optional Ray extra, child processes that announce they are ready, and the environment's
-OpenAI defaults. The library itself never calls these (importing it changes nothing)."""
+OpenAI defaults (which `Engine` reads too). Importing it changes nothing: the loop is chosen
+only by the commands that call `run_async`."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "attempt": {"chunks", "errors", "events", "_flat", "limits", "redaction", "aiohttp", "orjson",
                 "asyncio", "client"},  # client: type annotations only (TYPE_CHECKING)
     "client": {"sse", "events", "errors", "handlers", "assembly", "attempt", "chunks", "retry",
-               "redaction", "aiohttp", "orjson", "asyncio"},
+               "redaction", "runtime", "aiohttp", "orjson", "asyncio"},
 }
 # packages: every module of the package may import only these (plus stdlib, itself)
 PACKAGE_ALLOWED: dict[str, set[str]] = {

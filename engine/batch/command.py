@@ -23,7 +23,7 @@ from engine.batch.store import StoreWriteError
 from engine.client import DEFAULT_BASE_URL, RetryPolicy
 from engine.errors import ConfigError
 from engine.options import add_timeout_arguments, timeouts_from
-from engine.runtime import run_async
+from engine.runtime import env_base_url, run_async
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_WRITE_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -79,7 +79,7 @@ def _shard(text: str) -> Shard:
 
 def _endpoints(args: argparse.Namespace) -> list[Endpoint]:
     """One endpoint per (URL, key); with several keys the summary names each by its variable."""
-    urls = args.base_url or [os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL]
+    urls = args.base_url or [env_base_url() or DEFAULT_BASE_URL]
     names = args.api_key_env or ["OPENAI_API_KEY"]
     keys: list[str | None] = []
     for name in names:

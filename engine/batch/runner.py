@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field, fields, replace
@@ -38,6 +37,7 @@ from engine.batch.store import INVALID_REQUEST, ResultStore, read_state
 from engine.client import DEFAULT_BASE_URL, Engine, RetryPolicy, StreamResult, Timeouts
 from engine.errors import ConfigError, EngineError, RateLimitError
 from engine.limits import AdaptiveConcurrency, RateLimiter, Reservation
+from engine.runtime import env_api_key, env_base_url
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -60,8 +60,7 @@ class Endpoint:
 
 def default_endpoints() -> list[Endpoint]:
     """`OPENAI_BASE_URL` (or the OpenAI API) with `OPENAI_API_KEY`."""
-    return [Endpoint(os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL,
-                     os.environ.get("OPENAI_API_KEY"))]
+    return [Endpoint(env_base_url() or DEFAULT_BASE_URL, env_api_key())]
 
 
 def errors_path_for(output: Path) -> Path:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,8 @@ import orjson
 
 from engine.loadtest.config import AUTO_WORKERS, LoadConfig
 from engine.loadtest.metrics import RequestRecord, stats
-from engine.loadtest.workers import loop_factory, run_load
+from engine.loadtest.workers import run_load
+from engine.runtime import run_async, start_ready_process
 
 READY = "calibration server on port "
 _DELTA = (b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
@@ -124,23 +124,21 @@ def main(argv: list[str] | None = None) -> int:
     add("--serve", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve is not None:
-        with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            stamps = runner.run(serve(args.ttft_ms, args.itl_ms))
+        stamps = run_async(serve(args.ttft_ms, args.itl_ms))
         args.serve.write_bytes(orjson.dumps(stamps))
         return 0
     stamps_path = Path(f"/tmp/stream-engine-calibrate-{time.time_ns()}.json")  # noqa: S108
     argv_server = [sys.executable, "-m", "engine.loadtest.calibrate", "--serve",
                    str(stamps_path), "--ttft-ms", str(args.ttft_ms), "--itl-ms", str(args.itl_ms)]
-    with subprocess.Popen(argv_server, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as proc:  # noqa: S603
-        assert proc.stdin is not None  # noqa: S101 - PIPE
-        assert proc.stdout is not None  # noqa: S101
-        port = int(proc.stdout.readline().decode().removeprefix(READY))
+    proc, port_text = start_ready_process(argv_server, READY, 60.0, stdin_pipe=True)
+    with proc:
+        assert proc.stdin is not None  # noqa: S101 - stdin_pipe
+        port = int(port_text)
         config = LoadConfig(f"http://127.0.0.1:{port}/v1", model="calibration",
                             concurrency=args.streams, output_tokens=args.tokens,
                             input_tokens=8, duration_s=args.duration, warmup_s=args.warmup,
                             workers=args.workers)
-        with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            result = runner.run(run_load(config))
+        result = run_async(run_load(config))
         proc.stdin.close()
         proc.wait(30)
     stamps = orjson.loads(stamps_path.read_bytes())

@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import os
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -38,12 +37,12 @@ from engine.loadtest.result import BenchResult
 from engine.loadtest.servermetrics import ServerMetricsScraper, metrics_url
 from engine.loadtest.workers import (
     STREAMS_PER_WORKER,
-    loop_factory,
     resolve_workers,
     run_load,
     run_sweep,
 )
 from engine.options import add_timeout_arguments, seconds, timeouts_from
+from engine.runtime import env_api_key, env_base_url, run_async
 
 DEFAULT_MODEL = "gpt-4.1-mini"
 MOCK_MODEL = "mock-model"
@@ -79,7 +78,7 @@ def _grace(value: str) -> float | None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the bench flags on `parser` (shared by the main CLI and `python -m`)."""
     target = parser.add_argument_group("target")
-    target.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL"),
+    target.add_argument("--base-url", default=env_base_url(),
                         help="endpoint base URL, e.g. http://host:8000/v1 (default: "
                              "$OPENAI_BASE_URL; unset = the built-in mock in its own process)")
     target.add_argument("--api-key", default=None,
@@ -179,7 +178,7 @@ def config_from_args(args: argparse.Namespace, base_url: str,
     model = args.model or (MOCK_MODEL if facts else DEFAULT_MODEL)
     limits = timeouts_from(args)
     return LoadConfig(
-        base_url=base_url, api_key=args.api_key or os.environ.get("OPENAI_API_KEY"),
+        base_url=base_url, api_key=args.api_key or env_api_key(),
         endpoint=args.endpoint, model=model, concurrency=args.concurrency, rate=args.rate,
         arrival=args.arrival, burstiness=args.burstiness, requests=args.requests,
         duration_s=duration, warmup_s=args.warmup, input_tokens=args.input_tokens,
@@ -223,8 +222,7 @@ def _scraper(args: argparse.Namespace, config: LoadConfig) -> ServerMetricsScrap
 
 def _run_loop(config: LoadConfig, progress: LiveProgress | None,
               scraper: ServerMetricsScraper | None) -> list[BenchResult]:
-    with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        return runner.run(_execute(config, progress, scraper))
+    return run_async(_execute(config, progress, scraper))
 
 
 # `--ray`: generates the load from Ray actors; handed in by the CLI (engine.distributed

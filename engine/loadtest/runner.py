@@ -22,7 +22,6 @@ import contextlib
 import gc
 import itertools
 import math
-import os
 import time
 import traceback
 from collections import Counter, deque
@@ -41,6 +40,7 @@ from engine.loadtest.prompts import PromptSource
 from engine.loadtest.selfcheck import ClientCheck, SelfCheckMonitor
 from engine.loadtest.shapes import open_schedule
 from engine.redaction import redact, secret_values
+from engine.runtime import env_api_key
 
 PROGRESS_EVERY_S = 0.5
 # With the cyclic collector off during a run (see Runner.run), cyclic garbage still has to go:
@@ -158,8 +158,7 @@ class Runner:
         self.progress = progress
         self.tracer = ConnectTracer()
         # Resolved here (as Engine would) so the key sent is the key redacted from messages.
-        api_key = config.api_key if config.api_key is not None else os.environ.get(
-            "OPENAI_API_KEY")
+        api_key = config.api_key if config.api_key is not None else env_api_key()
         self.secrets = secret_values(api_key, config.headers)
         self.engine = Engine(
             config.base_url, api_key=api_key, max_connections=config.pool_size,

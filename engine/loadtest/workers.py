@@ -21,7 +21,6 @@ import multiprocessing as mp
 import os
 import time
 import traceback
-from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
@@ -33,9 +32,9 @@ from engine.loadtest.prompts import PromptSource
 from engine.loadtest.result import BenchResult, combine
 from engine.loadtest.runner import PRIME_LIMIT_S, Progress, Runner, WorkerResult
 from engine.loadtest.shapes import sweep_rates
+from engine.runtime import loop_factory
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
 
     from engine.loadtest.config import LoadConfig
 
@@ -146,15 +145,6 @@ async def run_sweep(config: LoadConfig, progress: Progress | None = None) -> lis
             segment = config.with_(rate=rate, label=f"rate {rate:.2f}/s")
             results.append(await run_load(segment, progress, url))
     return results
-
-
-def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
-    """uvloop where available: the CLI's and the workers' choice, never the library's."""
-    try:
-        import uvloop  # noqa: PLC0415 - not on Windows
-    except ImportError:  # pragma: no cover
-        return asyncio.new_event_loop
-    return uvloop.new_event_loop
 
 
 def run_processes(config: LoadConfig, progress: Progress | None,
