@@ -51,9 +51,14 @@ async def bare(base_url: str, items: list[dict[str, Any]], concurrency: int) -> 
 async def batch(base_url: str, path: Path, out: Path, concurrency: int) -> int:
     for stale in (out, out.with_name(out.stem + ".errors.jsonl")):
         stale.unlink(missing_ok=True)
-    summary = await run_batch(BatchConfig(
-        input_path=path, output_path=out, endpoints=[Endpoint(base_url, "")],
-        concurrency=concurrency))
+    summary = await run_batch(
+        BatchConfig(
+            input_path=path,
+            output_path=out,
+            endpoints=[Endpoint(base_url, "")],
+            concurrency=concurrency,
+        )
+    )
     return summary.succeeded
 
 
@@ -73,8 +78,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     items = bodies(args.requests)
-    with tempfile.TemporaryDirectory() as tmp, \
-            MockProcess(MockConfig(output_tokens=args.tokens)) as mock:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        MockProcess(MockConfig(output_tokens=args.tokens)) as mock,
+    ):
         path = Path(tmp) / "in.jsonl"
         path.write_bytes(b"".join(orjson.dumps(b) + b"\n" for b in items))
         out = Path(tmp) / "out.jsonl"
@@ -84,8 +91,10 @@ def main() -> None:
         for _ in range(args.repeats):
             runs["bare"].append(measure(lambda: bare(url, items, c)))
             runs["batch"].append(measure(lambda: batch(url, path, out, c)))
-    print(f"{n} requests x {args.tokens} tokens, {c} concurrent streams, mock in its own "
-          f"process; min / median of {args.repeats}")
+    print(
+        f"{n} requests x {args.tokens} tokens, {c} concurrent streams, mock in its own "
+        f"process; min / median of {args.repeats}"
+    )
     cpu_per_req: dict[str, float] = {}
     for name, samples in runs.items():
         if any(done != n for _, _, done in samples):
@@ -94,10 +103,12 @@ def main() -> None:
         cpus = [cpu / n * 1e6 for _, cpu, _ in samples]
         busy = [cpu / wall for wall, cpu, _ in samples]
         cpu_per_req[name] = min(cpus)
-        print(f"  {name:5}: {max(rates):8,.0f} / {statistics.median(rates):8,.0f} req/s   "
-              f"{min(cpus):6,.0f} / {statistics.median(cpus):6,.0f} us CPU per request "
-              f"({min(cpus) / args.tokens:.2f} us per token event), client process "
-              f"{statistics.median(busy):.0%} busy")
+        print(
+            f"  {name:5}: {max(rates):8,.0f} / {statistics.median(rates):8,.0f} req/s   "
+            f"{min(cpus):6,.0f} / {statistics.median(cpus):6,.0f} us CPU per request "
+            f"({min(cpus) / args.tokens:.2f} us per token event), client process "
+            f"{statistics.median(busy):.0%} busy"
+        )
     ratio = cpu_per_req["batch"] / cpu_per_req["bare"]
     print(f"  batch / bare CPU per request: {ratio:.3f} ({(ratio - 1) * 100:+.1f} %)")
 

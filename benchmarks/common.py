@@ -32,8 +32,13 @@ CHUNK_BYTES = 64 * 1024
 def stream_events(dialect: str, deltas: int, seed: int = 7) -> tuple[list[bytes], str]:
     """One whole stream (`responses` or `chat`) of `deltas` text deltas, as the mock renders
     it, and the text those deltas carry."""
-    gen = Generation(model="mock-model", tokens=generate_tokens(seed, deltas), input_tokens=8,
-                     created=1_700_000_000, include_usage=True)
+    gen = Generation(
+        model="mock-model",
+        tokens=generate_tokens(seed, deltas),
+        input_tokens=8,
+        created=1_700_000_000,
+        include_usage=True,
+    )
     stream = ResponsesStream(gen) if dialect == "responses" else ChatStream(gen)
     return [*stream.head(), *stream.deltas(0, deltas), *stream.tail()], gen.text
 
@@ -45,13 +50,17 @@ def chunked(events: list[bytes], *, crlf: bool, coalesced: bool) -> list[bytes]:
     if not coalesced:
         return events
     body = b"".join(events)
-    return [body[i:i + CHUNK_BYTES] for i in range(0, len(body), CHUNK_BYTES)]
+    return [body[i : i + CHUNK_BYTES] for i in range(0, len(body), CHUNK_BYTES)]
 
 
 def summary(values: list[float], digits: int = 3) -> dict[str, float]:
     """Min and median (the figures we report), plus max for the spread."""
-    return {"min": round(min(values), digits), "median": round(statistics.median(values), digits),
-            "max": round(max(values), digits), "n": len(values)}
+    return {
+        "min": round(min(values), digits),
+        "median": round(statistics.median(values), digits),
+        "max": round(max(values), digits),
+        "n": len(values),
+    }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -92,8 +101,10 @@ def machine_facts() -> dict[str, Any]:
             versions[name] = None
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "cpu": cpu_model(), "cores": os.cpu_count(),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "platform": platform.platform(), "packages": versions,
+        "platform": platform.platform(),
+        "packages": versions,
         "load_average_1_5_15": load_average(),
     }

@@ -106,8 +106,13 @@ async def one_stream(session: aiohttp.ClientSession, url: str, body: bytes, load
             load.errors.append(repr(exc))
 
 
-async def figure_1(streams: int, tokens: int, seconds: float, server_cpus: set[int] | None,
-                   client_cpus: set[int] | None) -> dict[str, Any]:
+async def figure_1(
+    streams: int,
+    tokens: int,
+    seconds: float,
+    server_cpus: set[int] | None,
+    client_cpus: set[int] | None,
+) -> dict[str, Any]:
     """Closed loop: `streams` workers, each re-requesting as soon as its stream ended."""
     config = MockConfig(ttft_ms=0, itl_ms=0, output_tokens=tokens)
     body = orjson.dumps({"model": "m", "input": "bench", "stream": True})
@@ -135,13 +140,17 @@ async def figure_1(streams: int, tokens: int, seconds: float, server_cpus: set[i
             (user1, sys1), own = process_cpu_s(proc.pid), time.process_time() - own0
     cpu = (user1 - user0) + (sys1 - sys0)
     return {
-        "streams": streams, "tokens_per_stream": tokens, "wall_s": round(wall, 2),
-        "events": load.events, "events_per_s": round(load.events / wall),
+        "streams": streams,
+        "tokens_per_stream": tokens,
+        "wall_s": round(wall, 2),
+        "events": load.events,
+        "events_per_s": round(load.events / wall),
         "server_cpu_s": {"user": round(user1 - user0, 2), "system": round(sys1 - sys0, 2)},
         "server_cores": round(cpu / wall, 2),
         "server_cpu_us_per_event": round(cpu / load.events * 1e6, 3),
         "server_events_per_cpu_s": round(load.events / cpu),
-        "client_cores": round(own / wall, 2), "failed": load.streams_failed,
+        "client_cores": round(own / wall, 2),
+        "failed": load.streams_failed,
         "errors": load.errors,
     }
 
@@ -177,8 +186,15 @@ class RawStream(asyncio.Protocol):
             self._done.set_result(None)
 
 
-async def client_streams(host: str, port: int, request: bytes, streams: int,
-                         connects: int, shared: SynchronizedArray[int], base: int) -> None:
+async def client_streams(
+    host: str,
+    port: int,
+    request: bytes,
+    streams: int,
+    connects: int,
+    shared: SynchronizedArray[int],
+    base: int,
+) -> None:
     """`streams` raw streams; publishes its counters into `shared[base:base+SLOTS]`."""
     loop = asyncio.get_running_loop()
     counts = [0] * SLOTS
@@ -195,7 +211,7 @@ async def client_streams(host: str, port: int, request: bytes, streams: int,
 
     def publish() -> None:
         counts[CPU_US] = int(time.process_time() * 1e6)
-        shared[base:base + SLOTS] = counts
+        shared[base : base + SLOTS] = counts
 
     async def publisher() -> None:
         while True:
@@ -208,8 +224,16 @@ async def client_streams(host: str, port: int, request: bytes, streams: int,
     publish()
 
 
-def client_process(index: int, host: str, port: int, request: bytes, streams: int,
-                   connects: int, shared: SynchronizedArray[int], cpus: set[int] | None) -> None:
+def client_process(
+    index: int,
+    host: str,
+    port: int,
+    request: bytes,
+    streams: int,
+    connects: int,
+    shared: SynchronizedArray[int],
+    cpus: set[int] | None,
+) -> None:
     pin(0, cpus)
     # SCHED_BATCH: a woken client does not preempt the server on a shared core. Without it
     # every token written can switch the server out for a client that reads one chunk.
@@ -258,8 +282,14 @@ def rate(a: Sample, b: Sample, name: str) -> float:
     return (getattr(b, name) - getattr(a, name)) / (b.t - a.t)
 
 
-def figure_2(streams: int, per_s: float, seconds: float, clients: int,
-             server_cpus: set[int] | None, client_cpus: set[int] | None) -> dict[str, Any]:
+def figure_2(
+    streams: int,
+    per_s: float,
+    seconds: float,
+    clients: int,
+    server_cpus: set[int] | None,
+    client_cpus: set[int] | None,
+) -> dict[str, Any]:
     """Open loop: `streams` streams of `seconds` at `per_s` tokens/s each, sampled twice a
     second on both sides."""
     tokens = int(per_s * seconds)
@@ -272,13 +302,29 @@ def figure_2(streams: int, per_s: float, seconds: float, clients: int,
         pin(proc.pid, server_cpus)
         reader = StatsReader(proc.host, proc.port)
         reader.read()  # connects now, before the load
-        request = (b"POST /v1/responses HTTP/1.1\r\nHost: %b:%d\r\nContent-Type: "
-                   b"application/json\r\nContent-Length: %d\r\n\r\n%b"
-                   % (proc.host.encode(), proc.port, len(body), body))
+        request = (
+            b"POST /v1/responses HTTP/1.1\r\nHost: %b:%d\r\nContent-Type: "
+            b"application/json\r\nContent-Length: %d\r\n\r\n%b"
+            % (proc.host.encode(), proc.port, len(body), body)
+        )
         shares = [streams // clients + (i < streams % clients) for i in range(clients)]
-        workers = [ctx.Process(target=client_process, args=(
-            i, proc.host, proc.port, request, share, max(1, CONNECTS_IN_FLIGHT // clients),
-            shared, client_cpus), daemon=True) for i, share in enumerate(shares)]
+        workers = [
+            ctx.Process(
+                target=client_process,
+                args=(
+                    i,
+                    proc.host,
+                    proc.port,
+                    request,
+                    share,
+                    max(1, CONNECTS_IN_FLIGHT // clients),
+                    shared,
+                    client_cpus,
+                ),
+                daemon=True,
+            )
+            for i, share in enumerate(shares)
+        ]
         t0 = time.perf_counter()
         for worker in workers:
             worker.start()
@@ -290,10 +336,22 @@ def figure_2(streams: int, per_s: float, seconds: float, clients: int,
             stats = reader.read()  # ~1 ms after the client counters, once all are connected
             user, system = process_cpu_s(proc.pid)
             if stats is not None:
-                samples.append(Sample(
-                    t, total[EVENTS], total[OPEN], total[DONE], total[FAILED],
-                    total[CPU_US] / 1e6, stats.events_sent, stats.streams_active, user, system,
-                    stats.ticker_lag_s_total, stats.ticker_fires))
+                samples.append(
+                    Sample(
+                        t,
+                        total[EVENTS],
+                        total[OPEN],
+                        total[DONE],
+                        total[FAILED],
+                        total[CPU_US] / 1e6,
+                        stats.events_sent,
+                        stats.streams_active,
+                        user,
+                        system,
+                        stats.ticker_lag_s_total,
+                        stats.ticker_fires,
+                    )
+                )
             if not any(w.is_alive() for w in workers) or time.perf_counter() > deadline:
                 break
         timed_out = any(w.is_alive() for w in workers)
@@ -305,20 +363,35 @@ def figure_2(streams: int, per_s: float, seconds: float, clients: int,
         reader.close()
     peak = max(s.server_active for s in samples)
     result: dict[str, Any] = {
-        "streams": streams, "tokens_per_s_each": per_s, "tokens_per_stream": tokens,
-        "expected_tokens_per_s": round(streams * per_s), "client_processes": clients,
-        "wall_s": round(samples[-1].t, 2), "timed_out": timed_out,
-        "max_connected": max(s.open for s in samples), "max_generating": peak,
+        "streams": streams,
+        "tokens_per_s_each": per_s,
+        "tokens_per_stream": tokens,
+        "expected_tokens_per_s": round(streams * per_s),
+        "client_processes": clients,
+        "wall_s": round(samples[-1].t, 2),
+        "timed_out": timed_out,
+        "max_connected": max(s.open for s in samples),
+        "max_generating": peak,
         "all_generating_at_once": peak == streams,
-        "completed": samples[-1].done, "failed": samples[-1].failed,
+        "completed": samples[-1].done,
+        "failed": samples[-1].failed,
         "token_events_received": samples[-1].events - HEAD_TAIL_EVENTS * samples[-1].done,
-        "server_events_sent": final.events_sent, "server_backpressured": final.backpressured,
+        "server_events_sent": final.events_sent,
+        "server_backpressured": final.backpressured,
         "server_ticker_lag_ms_max": round(final.ticker_lag_s_max * 1000, 2),
         "server_ticker_early_wakeups": final.ticker_early,
         "window": window_stats(plateau(samples, streams), per_s),
         "samples_t_received_sent_connected_generating_servercpu": [
-            [round(s.t, 1), s.events, s.server_sent, s.open, s.server_active,
-             round(s.server_user_s + s.server_sys_s, 2)] for s in samples],
+            [
+                round(s.t, 1),
+                s.events,
+                s.server_sent,
+                s.open,
+                s.server_active,
+                round(s.server_user_s + s.server_sys_s, 2),
+            ]
+            for s in samples
+        ],
     }
     return result
 
@@ -345,19 +418,22 @@ def window_stats(window: list[Sample], per_s: float) -> dict[str, Any] | None:
     fires = b.fires - a.fires
     server_cores = rate(a, b, "server_user_s") + rate(a, b, "server_sys_s")
     return {
-        "from_s": round(a.t, 1), "to_s": round(b.t, 1),
+        "from_s": round(a.t, 1),
+        "to_s": round(b.t, 1),
         "generating_min": min(s.server_active for s in window),
         "generating_max": max(s.server_active for s in window),
         "schedule_tokens_per_s": round(generating * per_s),
         "server_tokens_per_s": round(rate(a, b, "server_sent")),
         "client_tokens_per_s": round(rate(a, b, "events")),
-        "client_tokens_per_s_median_of_half_seconds": round(statistics.median(
-            rate(x, y, "events") for x, y in itertools.pairwise(window))),
+        "client_tokens_per_s_median_of_half_seconds": round(
+            statistics.median(rate(x, y, "events") for x, y in itertools.pairwise(window))
+        ),
         "server_cores_user": round(rate(a, b, "server_user_s"), 3),
         "server_cores_system": round(rate(a, b, "server_sys_s"), 3),
         "server_cpu_us_per_token": round(server_cores / rate(a, b, "server_sent") * 1e6, 2),
         "server_ticker_lag_ms_mean": round((b.lag_total_s - a.lag_total_s) / fires * 1000, 3)
-        if fires else None,
+        if fires
+        else None,
         "client_cores": round(rate(a, b, "client_cpu_s"), 3),
     }
 
@@ -366,33 +442,39 @@ def window_stats(window: list[Sample], per_s: float) -> dict[str, Any] | None:
 
 
 def report_1(r: dict[str, Any]) -> str:
-    return (f"figure 1: {r['events_per_s']:,} events/s to {r['streams']} streams "
-            f"({r['tokens_per_stream']} tokens, ITL 0, {r['wall_s']} s); server "
-            f"{r['server_cpu_us_per_event']} µs CPU/event = {r['server_events_per_cpu_s']:,} "
-            f"events per CPU-second, {r['server_cores']} cores used; client "
-            f"{r['client_cores']} cores; failed {r['failed']}")
+    return (
+        f"figure 1: {r['events_per_s']:,} events/s to {r['streams']} streams "
+        f"({r['tokens_per_stream']} tokens, ITL 0, {r['wall_s']} s); server "
+        f"{r['server_cpu_us_per_event']} µs CPU/event = {r['server_events_per_cpu_s']:,} "
+        f"events per CPU-second, {r['server_cores']} cores used; client "
+        f"{r['client_cores']} cores; failed {r['failed']}"
+    )
 
 
 def report_2(r: dict[str, Any]) -> str:
-    head = (f"figure 2: {r['max_connected']:,}/{r['streams']:,} streams connected, at most "
-            f"{r['max_generating']:,} generating at once; {r['completed']:,} completed, "
-            f"{r['failed']} failed, {r['token_events_received']:,} token events received "
-            f"(expected {r['streams'] * r['tokens_per_stream']:,})")
+    head = (
+        f"figure 2: {r['max_connected']:,}/{r['streams']:,} streams connected, at most "
+        f"{r['max_generating']:,} generating at once; {r['completed']:,} completed, "
+        f"{r['failed']} failed, {r['token_events_received']:,} token events received "
+        f"(expected {r['streams'] * r['tokens_per_stream']:,})"
+    )
     w = r["window"]
     if w is None:
         return head
-    return (f"{head}\n  {w['from_s']}-{w['to_s']} s, {w['generating_min']:,}-"
-            f"{w['generating_max']:,} streams generating: schedule "
-            f"{w['schedule_tokens_per_s']:,} tokens/s (all {r['streams']:,}: "
-            f"{r['expected_tokens_per_s']:,}), server sent {w['server_tokens_per_s']:,}, clients "
-            f"received {w['client_tokens_per_s']:,} (median of half-seconds "
-            f"{w['client_tokens_per_s_median_of_half_seconds']:,})\n  server CPU "
-            f"{w['server_cores_user']} user + {w['server_cores_system']} system cores = "
-            f"{w['server_cpu_us_per_token']} µs/token, ticker lag mean "
-            f"{w['server_ticker_lag_ms_mean']} ms (max over the run "
-            f"{r['server_ticker_lag_ms_max']} ms), deferred writes (client behind) "
-            f"{r['server_backpressured']}; clients {w['client_cores']} cores "
-            f"in {r['client_processes']} process(es)")
+    return (
+        f"{head}\n  {w['from_s']}-{w['to_s']} s, {w['generating_min']:,}-"
+        f"{w['generating_max']:,} streams generating: schedule "
+        f"{w['schedule_tokens_per_s']:,} tokens/s (all {r['streams']:,}: "
+        f"{r['expected_tokens_per_s']:,}), server sent {w['server_tokens_per_s']:,}, clients "
+        f"received {w['client_tokens_per_s']:,} (median of half-seconds "
+        f"{w['client_tokens_per_s_median_of_half_seconds']:,})\n  server CPU "
+        f"{w['server_cores_user']} user + {w['server_cores_system']} system cores = "
+        f"{w['server_cpu_us_per_token']} µs/token, ticker lag mean "
+        f"{w['server_ticker_lag_ms_mean']} ms (max over the run "
+        f"{r['server_ticker_lag_ms_max']} ms), deferred writes (client behind) "
+        f"{r['server_backpressured']}; clients {w['client_cores']} cores "
+        f"in {r['client_processes']} process(es)"
+    )
 
 
 def main() -> int:
@@ -401,15 +483,24 @@ def main() -> int:
     parser.add_argument("--streams", type=int, help="default 500 (figure 1), 10000 (figure 2)")
     parser.add_argument("--tokens", type=int, default=500, help="figure 1: tokens per stream")
     parser.add_argument("--rate", type=float, default=10.0, help="figure 2: tokens/s per stream")
-    parser.add_argument("--seconds", type=float, default=10.0,
-                        help="figure 1: length of the run (default 10)")
-    parser.add_argument("--stream-seconds", type=float, default=20.0,
-                        help="figure 2: length of each stream (default 20: admitting 10,000 "
-                        "requests takes this server several seconds of its core)")
-    parser.add_argument("--clients", type=int, default=2,
-                        help="figure 2: client processes (default 2)")
-    parser.add_argument("--pin", action="store_true",
-                        help="pin the server to CPU 0 and the clients to the other CPUs")
+    parser.add_argument(
+        "--seconds", type=float, default=10.0, help="figure 1: length of the run (default 10)"
+    )
+    parser.add_argument(
+        "--stream-seconds",
+        type=float,
+        default=20.0,
+        help="figure 2: length of each stream (default 20: admitting 10,000 "
+        "requests takes this server several seconds of its core)",
+    )
+    parser.add_argument(
+        "--clients", type=int, default=2, help="figure 2: client processes (default 2)"
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="pin the server to CPU 0 and the clients to the other CPUs",
+    )
     parser.add_argument("--out", type=Path, default=OUT, help=f"results file (default {OUT})")
     args = parser.parse_args()
     hard = raise_nofile()
@@ -417,10 +508,14 @@ def main() -> int:
     command = "python " + shlex.join(["benchmarks/mock_server.py", *sys.argv[1:]])
     stored = json.loads(args.out.read_text()) if args.out.exists() else {}
     if args.figure in ("1", "all"):
-        facts = {**machine_facts(), "server_cpus": sorted(server_cpus or []),
-                 "client_cpus": sorted(client_cpus or [])}
-        r1 = uvloop.run(figure_1(args.streams or 500, args.tokens, args.seconds,
-                                 server_cpus, client_cpus))
+        facts = {
+            **machine_facts(),
+            "server_cpus": sorted(server_cpus or []),
+            "client_cpus": sorted(client_cpus or []),
+        }
+        r1 = uvloop.run(
+            figure_1(args.streams or 500, args.tokens, args.seconds, server_cpus, client_cpus)
+        )
         stored["figure_1"] = {"command": command, "machine": facts, "result": r1}
         print(report_1(r1))
     if args.figure in ("2", "all"):
@@ -428,10 +523,14 @@ def main() -> int:
         if hard < streams // args.clients + 100:
             print(f"ulimit -n is {hard}: too low for {streams} streams", file=sys.stderr)
             return 1
-        facts = {**machine_facts(), "server_cpus": sorted(server_cpus or []),
-                 "client_cpus": sorted(client_cpus or [])}
-        r2 = figure_2(streams, args.rate, args.stream_seconds, args.clients, server_cpus,
-                      client_cpus)
+        facts = {
+            **machine_facts(),
+            "server_cpus": sorted(server_cpus or []),
+            "client_cpus": sorted(client_cpus or []),
+        }
+        r2 = figure_2(
+            streams, args.rate, args.stream_seconds, args.clients, server_cpus, client_cpus
+        )
         r2["load_average_after"] = load_average()
         stored["figure_2"] = {"command": command, "machine": facts, "result": r2}
         print(report_2(r2))

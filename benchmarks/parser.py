@@ -134,12 +134,23 @@ def make_aiohttp_lines() -> Contestant:
 
 
 def contestants() -> dict[str, Contestant]:
-    return {"engine": run_engine, "httpx-sse": run_httpx_sse, "openai": run_openai,
-            "aiohttp-lines": make_aiohttp_lines(), EVENTS_LINE: run_engine_events}
+    return {
+        "engine": run_engine,
+        "httpx-sse": run_httpx_sse,
+        "openai": run_openai,
+        "aiohttp-lines": make_aiohttp_lines(),
+        EVENTS_LINE: run_engine_events,
+    }
 
 
-def bench_case(name: str, chunks: list[bytes], runners: dict[str, Contestant], text: str,
-               repeats: int, passes: int) -> dict[str, Any]:
+def bench_case(
+    name: str,
+    chunks: list[bytes],
+    runners: dict[str, Contestant],
+    text: str,
+    repeats: int,
+    passes: int,
+) -> dict[str, Any]:
     """Warm up, then `repeats` round-robin repetitions of `passes` passes per contestant."""
     nbytes = sum(map(len, chunks))
     events, _ = run_engine(chunks, 1)
@@ -157,12 +168,19 @@ def bench_case(name: str, chunks: list[bytes], runners: dict[str, Contestant], t
             run(chunks, passes)
             times[who].append((time.perf_counter() - t0) / passes)
     return {
-        "case": name, "bytes": nbytes, "chunks": len(chunks), "events": events,
+        "case": name,
+        "bytes": nbytes,
+        "chunks": len(chunks),
+        "events": events,
         "passes_per_repeat": passes,
-        "results": {who: {"us_per_event": summary([t / events * 1e6 for t in ts]),
-                          "mb_per_s_at_min": round(nbytes / min(ts) / 1e6, 1),
-                          "mb_per_s_at_median": round(nbytes / statistics.median(ts) / 1e6, 1)}
-                    for who, ts in times.items()},
+        "results": {
+            who: {
+                "us_per_event": summary([t / events * 1e6 for t in ts]),
+                "mb_per_s_at_min": round(nbytes / min(ts) / 1e6, 1),
+                "mb_per_s_at_median": round(nbytes / statistics.median(ts) / 1e6, 1),
+            }
+            for who, ts in times.items()
+        },
     }
 
 
@@ -174,8 +192,10 @@ def run(deltas: int = 500, repeats: int = 15) -> dict[str, Any]:
         events, text = stream_events(dialect, deltas)
         for crlf in (False, True):
             for coalesced in (False, True):
-                name = (f"{dialect}-{'crlf' if crlf else 'lf'}-"
-                        f"{'64KiB-chunks' if coalesced else 'event-per-chunk'}")
+                name = (
+                    f"{dialect}-{'crlf' if crlf else 'lf'}-"
+                    f"{'64KiB-chunks' if coalesced else 'event-per-chunk'}"
+                )
                 chunks = chunked(events, crlf=crlf, coalesced=coalesced)
                 passes = max(1, TARGET_PASS_EVENTS // len(events)) if repeats > 2 else 1
                 cases.append(bench_case(name, chunks, runners, text, repeats, passes))
@@ -183,19 +203,32 @@ def run(deltas: int = 500, repeats: int = 15) -> dict[str, Any]:
         res = case["results"]
         mine = res["engine"]["us_per_event"]
         case["ratios_vs_engine"] = {
-            who: {stat: round(res[who]["us_per_event"][stat] / mine[stat], 2)
-                  for stat in ("min", "median")} for who in PARSERS[1:]}
+            who: {
+                stat: round(res[who]["us_per_event"][stat] / mine[stat], 2)
+                for stat in ("min", "median")
+            }
+            for who in PARSERS[1:]
+        }
     by_name = {c["case"]: c["results"]["engine"]["us_per_event"] for c in cases}
     lf, crlf = by_name["responses-lf-64KiB-chunks"], by_name["responses-crlf-64KiB-chunks"]
     return {
-        "deltas_per_stream": deltas, "repeats": repeats, "contestants": list(CONTESTANTS),
+        "deltas_per_stream": deltas,
+        "repeats": repeats,
+        "contestants": list(CONTESTANTS),
         "cases": cases,
         "budget": {
-            "lf_coalesced_us_per_event": {"limit": 0.6, "min": lf["min"],
-                                          "median": lf["median"], "holds": lf["min"] <= 0.6},
-            "crlf_coalesced_us_per_event": {"limit": 1.0, "min": crlf["min"],
-                                            "median": crlf["median"],
-                                            "holds": crlf["min"] <= 1.0},
+            "lf_coalesced_us_per_event": {
+                "limit": 0.6,
+                "min": lf["min"],
+                "median": lf["median"],
+                "holds": lf["min"] <= 0.6,
+            },
+            "crlf_coalesced_us_per_event": {
+                "limit": 1.0,
+                "min": crlf["min"],
+                "median": crlf["median"],
+                "holds": crlf["min"] <= 1.0,
+            },
         },
     }
 

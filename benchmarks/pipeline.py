@@ -94,7 +94,8 @@ async def openai_client(url: str, limit: int) -> AsyncIterator[StreamFn]:
     # The SDK's own default client class, with a pool as large as the run's concurrency.
     http = openai.DefaultAsyncHttpxClient(
         limits=httpx2.Limits(max_connections=limit, max_keepalive_connections=limit),
-        timeout=httpx2.Timeout(120.0))
+        timeout=httpx2.Timeout(120.0),
+    )
     client = openai.AsyncOpenAI(base_url=url, api_key="x", max_retries=0, http_client=http)
 
     async def stream() -> Outcome:
@@ -102,7 +103,8 @@ async def openai_client(url: str, limit: int) -> AsyncIterator[StreamFn]:
         first = None
         events = 0
         async for event in await client.responses.create(
-                model=BODY["model"], input=BODY["input"], stream=True):
+            model=BODY["model"], input=BODY["input"], stream=True
+        ):
             events += 1
             if isinstance(event, ResponseTextDeltaEvent):
                 parts.append(event.delta)
@@ -125,15 +127,17 @@ async def httpx_sse_client(url: str, limit: int) -> AsyncIterator[StreamFn]:
     content = orjson.dumps({**BODY, "stream": True})
     headers = {"content-type": "application/json", "authorization": "Bearer x"}
     async with httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
-            timeout=httpx.Timeout(120.0)) as client:
+        limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
+        timeout=httpx.Timeout(120.0),
+    ) as client:
 
         async def stream() -> Outcome:
             parts: list[str] = []
             first = None
             events = 0
-            async with aconnect_sse(client, "POST", url + "/responses", content=content,
-                                    headers=headers) as source:
+            async with aconnect_sse(
+                client, "POST", url + "/responses", content=content, headers=headers
+            ) as source:
                 async for sse in source.aiter_sse():
                     data = orjson.loads(sse.data)
                     events += 1
@@ -259,11 +263,21 @@ async def child_main(args: argparse.Namespace) -> dict[str, Any]:
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         ru1 = resource.getrusage(resource.RUSAGE_SELF)
     out: dict[str, Any] = {
-        "client": args.child, "streams": args.streams, "events": tally.events,
-        "tokens": tally.tokens, "ok": tally.ok, "failed": tally.failed, "errors": tally.errors,
-        "cpu_s": cpu, "user_s": ru1.ru_utime - ru0.ru_utime, "sys_s": ru1.ru_stime - ru0.ru_stime,
-        "wall_s": wall, "warmup_s": warm_s, "warmup_failed": warm.failed,
-        "warmup_errors": warm.errors, "ttft_ms": tally.ttft_ms,
+        "client": args.child,
+        "streams": args.streams,
+        "events": tally.events,
+        "tokens": tally.tokens,
+        "ok": tally.ok,
+        "failed": tally.failed,
+        "errors": tally.errors,
+        "cpu_s": cpu,
+        "user_s": ru1.ru_utime - ru0.ru_utime,
+        "sys_s": ru1.ru_stime - ru0.ru_stime,
+        "wall_s": wall,
+        "warmup_s": warm_s,
+        "warmup_failed": warm.failed,
+        "warmup_errors": warm.errors,
+        "ttft_ms": tally.ttft_ms,
     }
     if profile is not None:
         text = io.StringIO()
@@ -284,13 +298,34 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def run_child(client: str, url: str, *, streams: int, seconds: float = 0.0, rounds: int = 0,
-              stagger: float = 0.0, timeout_s: float = 120.0,
-              profile: bool = False) -> dict[str, Any]:
+def run_child(
+    client: str,
+    url: str,
+    *,
+    streams: int,
+    seconds: float = 0.0,
+    rounds: int = 0,
+    stagger: float = 0.0,
+    timeout_s: float = 120.0,
+    profile: bool = False,
+) -> dict[str, Any]:
     """One client run in a fresh interpreter; its JSON result, or `{"timed_out": True}`."""
-    argv = [sys.executable, str(Path(__file__).resolve()), "--child", client, "--url", url,
-            "--streams", str(streams), "--seconds", repr(seconds), "--rounds", str(rounds),
-            "--stagger", repr(stagger)]
+    argv = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        client,
+        "--url",
+        url,
+        "--streams",
+        str(streams),
+        "--seconds",
+        repr(seconds),
+        "--rounds",
+        str(rounds),
+        "--stagger",
+        repr(stagger),
+    ]
     if profile:
         argv.append("--profile")
     try:
@@ -298,13 +333,22 @@ def run_child(client: str, url: str, *, streams: int, seconds: float = 0.0, roun
     except subprocess.TimeoutExpired:
         return {"client": client, "timed_out": True, "timeout_s": timeout_s}
     if proc.returncode != 0:
-        return {"client": client, "crashed": proc.returncode,
-                "stderr": proc.stderr.decode(errors="replace")[-2000:]}
+        return {
+            "client": client,
+            "crashed": proc.returncode,
+            "stderr": proc.stderr.decode(errors="replace")[-2000:],
+        }
     return dict(json.loads(proc.stdout.decode().strip().splitlines()[-1]))
 
 
-def cpu_figure(clients: tuple[str, ...] = CLIENTS, *, streams: int = 50, tokens: int = 500,
-               seconds: float = 3.0, repeats: int = 3) -> dict[str, Any]:
+def cpu_figure(
+    clients: tuple[str, ...] = CLIENTS,
+    *,
+    streams: int = 50,
+    tokens: int = 500,
+    seconds: float = 3.0,
+    repeats: int = 3,
+) -> dict[str, Any]:
     """Client CPU µs per event and events/s, each client `repeats` times, round-robin."""
     runs: dict[str, list[dict[str, Any]]] = {c: [] for c in clients}
     config = MockConfig(ttft_ms=0, itl_ms=0, output_tokens=tokens)
@@ -312,31 +356,45 @@ def cpu_figure(clients: tuple[str, ...] = CLIENTS, *, streams: int = 50, tokens:
         for _ in range(repeats):
             for client in clients:
                 server0 = process_cpu_s(mock.pid)
-                res = run_child(client, mock.base_url, streams=streams, seconds=seconds,
-                                timeout_s=60 + 30 * seconds)
+                res = run_child(
+                    client,
+                    mock.base_url,
+                    streams=streams,
+                    seconds=seconds,
+                    timeout_s=60 + 30 * seconds,
+                )
                 res["server_cpu_s"] = process_cpu_s(mock.pid) - server0
                 runs[client].append(res)
     per_client: dict[str, Any] = {}
     for client, results in runs.items():
         good = [r for r in results if r.get("events")]
         per_client[client] = {
-            "us_per_event": summary([r["cpu_s"] / r["events"] * 1e6 for r in good]) if good
+            "us_per_event": summary([r["cpu_s"] / r["events"] * 1e6 for r in good])
+            if good
             else None,
-            "events_per_s": summary([r["events"] / r["wall_s"] for r in good], 0) if good
+            "events_per_s": summary([r["events"] / r["wall_s"] for r in good], 0) if good else None,
+            "server_us_per_event": summary([r["server_cpu_s"] / r["events"] * 1e6 for r in good])
+            if good
             else None,
-            "server_us_per_event": summary([r["server_cpu_s"] / r["events"] * 1e6
-                                            for r in good]) if good else None,
             "events": sum(r["events"] for r in good),
             "streams_ok": sum(r["ok"] for r in good),
             "streams_failed": sum(r.get("failed", 0) for r in good),
             "tokens_exact": all(r["tokens"] in (0, r["ok"] * tokens) for r in good),
             "errors": [e for r in results for e in r.get("errors", [])][:5]
-            + [f"{k}: {r[k]}" for r in results for k in ("timed_out", "crashed", "stderr")
-               if k in r][:5],
+            + [
+                f"{k}: {r[k]}"
+                for r in results
+                for k in ("timed_out", "crashed", "stderr")
+                if k in r
+            ][:5],
         }
-    out: dict[str, Any] = {"streams": streams, "tokens_per_stream": tokens,
-                           "seconds_per_run": seconds, "repeats": repeats,
-                           "clients": per_client}
+    out: dict[str, Any] = {
+        "streams": streams,
+        "tokens_per_stream": tokens,
+        "seconds_per_run": seconds,
+        "repeats": repeats,
+        "clients": per_client,
+    }
     out["ratios"] = cpu_ratios(per_client)
     return out
 
@@ -349,17 +407,25 @@ def cpu_ratios(per_client: dict[str, Any]) -> dict[str, Any]:
     ratios: dict[str, Any] = {}
     for client, res in per_client.items():
         if client != ENGINE and res["us_per_event"]:
-            ratios[client] = {s: round(res["us_per_event"][s] / mine[s], 2)
-                              for s in ("min", "median")}
+            ratios[client] = {
+                s: round(res["us_per_event"][s] / mine[s], 2) for s in ("min", "median")
+            }
     naive = per_client.get(NAIVE, {}).get("us_per_event")
     ratios["budget"] = {
-        "engine_us_per_event": {"limit": 1.5, "min": mine["min"], "median": mine["median"],
-                                "holds": mine["min"] <= 1.5},
+        "engine_us_per_event": {
+            "limit": 1.5,
+            "min": mine["min"],
+            "median": mine["median"],
+            "holds": mine["min"] <= 1.5,
+        },
     }
     if naive:
         share = {s: round(mine[s] / naive[s], 3) for s in ("min", "median")}
-        ratios["budget"]["engine_over_naive"] = {"limit": 0.4, **share,
-                                                 "holds": share["min"] <= 0.4}
+        ratios["budget"]["engine_over_naive"] = {
+            "limit": 0.4,
+            **share,
+            "holds": share["min"] <= 0.4,
+        }
     return ratios
 
 
@@ -367,8 +433,10 @@ def ttft_stats(res: dict[str, Any], true_ms: float) -> dict[str, Any]:
     """Reported TTFT minus the server's configured TTFT, in ms."""
     errors = [t - true_ms for t in res.get("ttft_ms", [])]
     out: dict[str, Any] = {
-        "ok": res.get("ok", 0), "failed": res.get("failed", 0),
-        "wall_s": round(res.get("wall_s", 0.0), 2), "cpu_s": round(res.get("cpu_s", 0.0), 2),
+        "ok": res.get("ok", 0),
+        "failed": res.get("failed", 0),
+        "wall_s": round(res.get("wall_s", 0.0), 2),
+        "cpu_s": round(res.get("cpu_s", 0.0), 2),
         "warmup_s": round(res.get("warmup_s", 0.0), 2),
     }
     if errors:
@@ -393,10 +461,15 @@ def saturated(stats: dict[str, Any], streams: int) -> str | None:
     return None
 
 
-def ttft_figure(clients: tuple[str, ...] = CLIENTS, *,
-                levels: tuple[int, ...] = (50, 200, 1000, 3000, 10000), ttft_ms: float = 200.0,
-                itl_ms: float = 20.0, tokens: int = 5,
-                max_point_s: float = 150.0) -> dict[str, Any]:
+def ttft_figure(
+    clients: tuple[str, ...] = CLIENTS,
+    *,
+    levels: tuple[int, ...] = (50, 200, 1000, 3000, 10000),
+    ttft_ms: float = 200.0,
+    itl_ms: float = 20.0,
+    tokens: int = 5,
+    max_point_s: float = 150.0,
+) -> dict[str, Any]:
     """Reported TTFT error against concurrency; a saturated client is skipped above."""
     config = MockConfig(ttft_ms=ttft_ms, itl_ms=itl_ms, output_tokens=tokens)
     points: dict[str, dict[str, Any]] = {c: {} for c in clients}
@@ -407,19 +480,33 @@ def ttft_figure(clients: tuple[str, ...] = CLIENTS, *,
                 if client in skipped:
                     points[client][str(streams)] = {"skipped": skipped[client]}
                     continue
-                res = run_child(client, mock.base_url, streams=streams, rounds=1,
-                                timeout_s=min(max_point_s, 30 + streams * 0.02))
+                res = run_child(
+                    client,
+                    mock.base_url,
+                    streams=streams,
+                    rounds=1,
+                    timeout_s=min(max_point_s, 30 + streams * 0.02),
+                )
                 stats = ttft_stats(res, ttft_ms)
                 points[client][str(streams)] = stats
                 why = saturated(stats, streams)
                 if why is not None:
                     skipped[client] = f"saturated at {streams} streams ({why})"
-                print(f"ttft {client} @ {streams}: {stats.get('error_ms_p50')} ms p50 "
-                      f"{stats.get('error_ms_p99')} p99 {why or ''}", file=sys.stderr)
-    return {"ttft_ms": ttft_ms, "itl_ms": itl_ms, "tokens_per_stream": tokens,
-            "levels": list(levels), "clients": points, "saturated": skipped,
-            "saturation_rule": f"timed out, >1% failed, or median error > "
-                               f"{SATURATED_ERROR_MS:.0f} ms: not run at higher levels"}
+                print(
+                    f"ttft {client} @ {streams}: {stats.get('error_ms_p50')} ms p50 "
+                    f"{stats.get('error_ms_p99')} p99 {why or ''}",
+                    file=sys.stderr,
+                )
+    return {
+        "ttft_ms": ttft_ms,
+        "itl_ms": itl_ms,
+        "tokens_per_stream": tokens,
+        "levels": list(levels),
+        "clients": points,
+        "saturated": skipped,
+        "saturation_rule": f"timed out, >1% failed, or median error > "
+        f"{SATURATED_ERROR_MS:.0f} ms: not run at higher levels",
+    }
 
 
 def main() -> int:
@@ -442,11 +529,15 @@ def main() -> int:
         return 0
     out: dict[str, Any] = {}
     if args.figure in ("cpu", "all"):
-        out["cpu"] = (cpu_figure(streams=5, tokens=50, seconds=0.2, repeats=1) if args.quick
-                      else cpu_figure())
+        out["cpu"] = (
+            cpu_figure(streams=5, tokens=50, seconds=0.2, repeats=1) if args.quick else cpu_figure()
+        )
     if args.figure in ("ttft", "all"):
-        out["ttft"] = (ttft_figure(levels=(5, 20), ttft_ms=20, itl_ms=5, tokens=2)
-                       if args.quick else ttft_figure())
+        out["ttft"] = (
+            ttft_figure(levels=(5, 20), ttft_ms=20, itl_ms=5, tokens=2)
+            if args.quick
+            else ttft_figure()
+        )
     print(json.dumps(out, indent=1))
     return 0
 

@@ -35,8 +35,13 @@ from engine.mock import MockConfig, MockProcess
 def job(path: Path, out: Path, base_url: str, concurrency: int) -> BatchConfig:
     for stale in out.parent.glob(f"{out.stem}*"):
         stale.unlink()
-    return BatchConfig(input_path=path, output_path=out, endpoints=[Endpoint(base_url, "")],
-                       concurrency=concurrency, progress=False)
+    return BatchConfig(
+        input_path=path,
+        output_path=out,
+        endpoints=[Endpoint(base_url, "")],
+        concurrency=concurrency,
+        progress=False,
+    )
 
 
 def timed(fn: Any) -> tuple[float, int]:
@@ -54,25 +59,37 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-    with tempfile.TemporaryDirectory() as tmp, \
-            MockProcess(MockConfig(output_tokens=args.tokens)) as mock:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        MockProcess(MockConfig(output_tokens=args.tokens)) as mock,
+    ):
         path, out = Path(tmp) / "in.jsonl", Path(tmp) / "out" / "out.jsonl"
         out.parent.mkdir()
-        path.write_bytes(b"".join(orjson.dumps({"custom_id": f"r{i}", "method": "POST",
-                                                "url": "/v1/responses",
-                                                "body": {"model": "m", "input": f"n {i}"}})
-                                  + b"\n" for i in range(args.requests)))
+        path.write_bytes(
+            b"".join(
+                orjson.dumps(
+                    {
+                        "custom_id": f"r{i}",
+                        "method": "POST",
+                        "url": "/v1/responses",
+                        "body": {"model": "m", "input": f"n {i}"},
+                    }
+                )
+                + b"\n"
+                for i in range(args.requests)
+            )
+        )
         url, c = mock.base_url, args.concurrency
 
         def local() -> Any:
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                 return runner.run(run_batch(job(path, out, url, c)))
 
-        modes = {"local": local,
-                 "ray x1": lambda: run_batch_on_ray(job(path, out, url, c), address="auto",
-                                                    workers=1),
-                 "ray x2": lambda: run_batch_on_ray(job(path, out, url, c), address="auto",
-                                                    workers=2)}
+        modes = {
+            "local": local,
+            "ray x1": lambda: run_batch_on_ray(job(path, out, url, c), address="auto", workers=1),
+            "ray x2": lambda: run_batch_on_ray(job(path, out, url, c), address="auto", workers=2),
+        }
         timed(modes["ray x1"])  # warm-up: Ray's worker processes, imports, the mock
         rates: dict[str, list[float]] = {name: [] for name in modes}
         for _ in range(args.repeats):
@@ -82,14 +99,19 @@ def main() -> None:
                     raise SystemExit(f"{name}: {done} of {args.requests} succeeded")
                 rates[name].append(rate)
     ray.shutdown()
-    print(f"{args.requests} requests x {args.tokens} tokens, {c} concurrent streams, mock in "
-          f"its own process; max / median of {args.repeats} (whole job, actor start included)")
+    print(
+        f"{args.requests} requests x {args.tokens} tokens, {c} concurrent streams, mock in "
+        f"its own process; max / median of {args.repeats} (whole job, actor start included)"
+    )
     base = statistics.median(rates["local"])
     doc: dict[str, Any] = {"config": vars(args), "machine": machine_facts(), "modes": {}}
     for name, values in rates.items():
         med = statistics.median(values)
-        doc["modes"][name] = {"max_rps": round(max(values)), "median_rps": round(med),
-                              "ratio_to_local": round(med / base, 3)}
+        doc["modes"][name] = {
+            "max_rps": round(max(values)),
+            "median_rps": round(med),
+            "ratio_to_local": round(med / base, 3),
+        }
         print(f"  {name:7}: {max(values):7,.0f} / {med:7,.0f} req/s   {med / base:.2f}x local")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "ray.json").write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))

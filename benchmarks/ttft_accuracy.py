@@ -24,28 +24,54 @@ from benchmarks.pipeline import CLIENTS, ENGINE, run_child, ttft_stats
 from engine.mock import MockConfig, MockProcess
 
 
-def run(clients: tuple[str, ...] = CLIENTS, *, streams: int = 500, ttft_ms: float = 200.0,
-        itl_ms: float = 20.0, tokens: int = 50, seconds: float = 4.0) -> dict[str, Any]:
+def run(
+    clients: tuple[str, ...] = CLIENTS,
+    *,
+    streams: int = 500,
+    ttft_ms: float = 200.0,
+    itl_ms: float = 20.0,
+    tokens: int = 50,
+    seconds: float = 4.0,
+) -> dict[str, Any]:
     """Every client against the same mock process, one after the other."""
     stream_s = (ttft_ms + itl_ms * (tokens - 1)) / 1000
     config = MockConfig(ttft_ms=ttft_ms, itl_ms=itl_ms, output_tokens=tokens)
     per_client: dict[str, Any] = {}
     with MockProcess(config) as mock:
         for client in clients:
-            res = run_child(client, mock.base_url, streams=streams, seconds=seconds,
-                            stagger=stream_s, timeout_s=90 + 4 * seconds)
+            res = run_child(
+                client,
+                mock.base_url,
+                streams=streams,
+                seconds=seconds,
+                stagger=stream_s,
+                timeout_s=90 + 4 * seconds,
+            )
             per_client[client] = ttft_stats(res, ttft_ms) | {"samples": len(res.get("ttft_ms", ()))}
-            print(f"accuracy {client}: {per_client[client].get('error_ms_p50')} ms p50 "
-                  f"{per_client[client].get('error_ms_p99')} p99", file=sys.stderr)
+            print(
+                f"accuracy {client}: {per_client[client].get('error_ms_p50')} ms p50 "
+                f"{per_client[client].get('error_ms_p99')} p99",
+                file=sys.stderr,
+            )
     mine = per_client.get(ENGINE, {})
     ratios = {
-        client: {q: round(res[q] / mine[q], 2) for q in ("error_ms_p50", "error_ms_p99")
-                 if res.get(q) and mine.get(q)}
-        for client, res in per_client.items() if client != ENGINE
+        client: {
+            q: round(res[q] / mine[q], 2)
+            for q in ("error_ms_p50", "error_ms_p99")
+            if res.get(q) and mine.get(q)
+        }
+        for client, res in per_client.items()
+        if client != ENGINE
     }
-    return {"streams": streams, "ttft_ms": ttft_ms, "itl_ms": itl_ms,
-            "tokens_per_stream": tokens, "seconds": seconds, "clients": per_client,
-            "error_ratios_vs_engine": ratios}
+    return {
+        "streams": streams,
+        "ttft_ms": ttft_ms,
+        "itl_ms": itl_ms,
+        "tokens_per_stream": tokens,
+        "seconds": seconds,
+        "clients": per_client,
+        "error_ratios_vs_engine": ratios,
+    }
 
 
 def quick() -> dict[str, Any]:

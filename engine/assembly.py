@@ -47,8 +47,11 @@ class ToolCall:
     arguments: str = ""
 
     def as_chat(self) -> dict[str, Any]:
-        return {"id": self.id, "type": "function",
-                "function": {"name": self.name, "arguments": self.arguments}}
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
 
 
 @dataclass(slots=True)
@@ -68,8 +71,16 @@ class Choice:
 class _Parts:
     """What one choice has received so far (fragments, joined once at the end)."""
 
-    __slots__ = ("calls", "finish_reason", "logprobs", "reasoning", "reasoning_field",
-                 "refusal", "summary", "text")
+    __slots__ = (
+        "calls",
+        "finish_reason",
+        "logprobs",
+        "reasoning",
+        "reasoning_field",
+        "refusal",
+        "summary",
+        "text",
+    )
 
     def __init__(self) -> None:
         self.text: list[str] = []
@@ -82,9 +93,16 @@ class _Parts:
         self.reasoning_field = "reasoning_content"
 
     def choice(self, index: int, text: str) -> Choice:
-        return Choice(index, text, _joined(self.refusal), _joined(self.reasoning),
-                      _joined(self.summary), list(self.calls.values()), self.finish_reason,
-                      self.logprobs or None)
+        return Choice(
+            index,
+            text,
+            _joined(self.refusal),
+            _joined(self.reasoning),
+            _joined(self.summary),
+            list(self.calls.values()),
+            self.finish_reason,
+            self.logprobs or None,
+        )
 
 
 def _joined(parts: list[str]) -> str | None:
@@ -95,11 +113,24 @@ class ResponseAssembler:
     """Builds the final response object of a stream, in the shape of the endpoint called
     (see the module docstring); `choices` holds every part, for every wire format."""
 
-    __slots__ = ("_left", "_parts", "created", "dialect", "first_text_ns", "max_chars", "meta",
-                 "parts", "shape", "terminal", "token_times_ns", "usage")
+    __slots__ = (
+        "_left",
+        "_parts",
+        "created",
+        "dialect",
+        "first_text_ns",
+        "max_chars",
+        "meta",
+        "parts",
+        "shape",
+        "terminal",
+        "token_times_ns",
+        "usage",
+    )
 
-    def __init__(self, shape: Dialect = Dialect.RESPONSES,
-                 max_chars: int = MAX_RESPONSE_CHARS) -> None:
+    def __init__(
+        self, shape: Dialect = Dialect.RESPONSES, max_chars: int = MAX_RESPONSE_CHARS
+    ) -> None:
         self.shape = shape
         self.max_chars = max_chars
         self._left = max_chars  # counted down as fragments arrive
@@ -179,7 +210,8 @@ class ResponseAssembler:
             if isinstance(choice, dict) and choice.get("finish_reason"):
                 index = choice.get("index")
                 self._choice(index if type(index) is int else 0).finish_reason = str(
-                    choice["finish_reason"])
+                    choice["finish_reason"]
+                )
         deltas = event.deltas
         self._add(deltas, event.received_ns, responses=False)
         if deltas and deltas[0].kind == "reasoning":  # the server's name for the field
@@ -219,8 +251,9 @@ class ResponseAssembler:
                 call.name = call.name or d.name
                 call.arguments += d.text
             else:
-                getattr(self._choice(index), "summary" if kind == "reasoning_summary"
-                        else kind).append(d.text)
+                getattr(
+                    self._choice(index), "summary" if kind == "reasoning_summary" else kind
+                ).append(d.text)
             token = token or bool(d.text or d.name)
             self._left -= len(d.text)
         if token:
@@ -229,15 +262,18 @@ class ResponseAssembler:
             self._too_big()
 
     def _too_big(self) -> None:
-        raise ProtocolError(f"the answer exceeds {self.max_chars} characters (max_response_chars)"
-                            "; an endless stream is cut here rather than exhaust memory")
+        raise ProtocolError(
+            f"the answer exceeds {self.max_chars} characters (max_response_chars)"
+            "; an endless stream is cut here rather than exhaust memory"
+        )
 
     def _item(self, item: Any) -> None:
         """A Responses function call announced: its call id and name, before the arguments."""
         if isinstance(item, dict) and item.get("type") == "function_call":
             key = item.get("id")
             self._choice(0).calls[str(key) if key is not None else None] = ToolCall(
-                _str(item.get("call_id")), _str(item.get("name")))
+                _str(item.get("call_id")), _str(item.get("name"))
+            )
 
     # --- the results ---------------------------------------------------------------------
 
@@ -251,15 +287,18 @@ class ResponseAssembler:
         response when it sent one)."""
         if self.terminal is not None and self.dialect is Dialect.RESPONSES:
             return [_choice_of_output(self.terminal.get("output"), self.text)]
-        return [parts.choice(i, self.text if i == 0 else "".join(parts.text))
-                for i, parts in sorted(self._parts.items())]
+        return [
+            parts.choice(i, self.text if i == 0 else "".join(parts.text))
+            for i, parts in sorted(self._parts.items())
+        ]
 
     @property
     def ending(self) -> Ending:
         """How the stream ended (choice 0's finish reason, or the terminal response)."""
         finish = self._parts[0].finish_reason
-        if self.terminal is None and (self.dialect in (Dialect.CHAT, Dialect.COMPLETIONS)
-                                      or finish):
+        if self.terminal is None and (
+            self.dialect in (Dialect.CHAT, Dialect.COMPLETIONS) or finish
+        ):
             return Ending.from_finish(finish)
         ending = Ending.from_response(self.terminal)
         if ending.status == "completed" and self.choices[0].tool_calls:
@@ -280,8 +319,11 @@ class ResponseAssembler:
         if self.meta:
             return self.meta
         source = self.terminal or self.created or {}
-        return {"id": source.get("id"), "model": source.get("model"),
-                "created": source.get("created_at")}
+        return {
+            "id": source.get("id"),
+            "model": source.get("model"),
+            "created": source.get("created_at"),
+        }
 
     def _finish(self, choice: Choice) -> str:
         if choice.index == 0:
@@ -295,8 +337,9 @@ class ResponseAssembler:
             message: dict[str, Any] = {
                 "role": "assistant",
                 # null beside a refusal or tool calls, as a non-streaming answer has it
-                "content": choice.text if choice.text or not (
-                    choice.tool_calls or choice.refusal) else None,
+                "content": choice.text
+                if choice.text or not (choice.tool_calls or choice.refusal)
+                else None,
                 "refusal": choice.refusal,
             }
             if choice.reasoning is not None:
@@ -304,21 +347,41 @@ class ResponseAssembler:
                 message[field_name] = choice.reasoning
             if choice.tool_calls:
                 message["tool_calls"] = [call.as_chat() for call in choice.tool_calls]
-            out.append({"index": choice.index, "message": message,
-                        "finish_reason": self._finish(choice),
-                        "logprobs": None if choice.logprobs is None
-                        else {"content": choice.logprobs}})
-        return {"id": meta.get("id"), "object": "chat.completion", "created": meta.get("created"),
-                "model": meta.get("model"), "choices": out,
-                "usage": None if self.usage is None else self.usage.as_chat()}
+            out.append(
+                {
+                    "index": choice.index,
+                    "message": message,
+                    "finish_reason": self._finish(choice),
+                    "logprobs": None if choice.logprobs is None else {"content": choice.logprobs},
+                }
+            )
+        return {
+            "id": meta.get("id"),
+            "object": "chat.completion",
+            "created": meta.get("created"),
+            "model": meta.get("model"),
+            "choices": out,
+            "usage": None if self.usage is None else self.usage.as_chat(),
+        }
 
     def _text_completion(self) -> dict[str, Any]:
         meta = self._meta()
-        return {"id": meta.get("id"), "object": "text_completion", "created": meta.get("created"),
-                "model": meta.get("model"),
-                "choices": [{"index": c.index, "text": c.text, "logprobs": None,
-                             "finish_reason": self._finish(c)} for c in self.choices],
-                "usage": None if self.usage is None else self.usage.as_chat()}
+        return {
+            "id": meta.get("id"),
+            "object": "text_completion",
+            "created": meta.get("created"),
+            "model": meta.get("model"),
+            "choices": [
+                {
+                    "index": c.index,
+                    "text": c.text,
+                    "logprobs": None,
+                    "finish_reason": self._finish(c),
+                }
+                for c in self.choices
+            ],
+            "usage": None if self.usage is None else self.usage.as_chat(),
+        }
 
     def _responses_object(self) -> dict[str, Any]:
         ending = self.ending
@@ -330,8 +393,9 @@ class ResponseAssembler:
         base.setdefault("created_at", meta.get("created") or int(time.time()))
         base.setdefault("model", meta.get("model") or "")
         base["status"] = status
-        base["incomplete_details"] = (None if ending.incomplete_reason is None
-                                      else {"reason": ending.incomplete_reason})
+        base["incomplete_details"] = (
+            None if ending.incomplete_reason is None else {"reason": ending.incomplete_reason}
+        )
         base["output"] = _output_of(self.choices[0], status)
         base["usage"] = self.usage.as_dict() if self.usage else None
         return base
@@ -345,25 +409,45 @@ def _output_of(choice: Choice, status: str) -> list[dict[str, Any]]:
     """Responses output items for an assembled choice: reasoning, message, function calls."""
     items: list[dict[str, Any]] = []
     if choice.reasoning is not None or choice.reasoning_summary is not None:
-        items.append({
-            "type": "reasoning", "id": "",
-            "summary": [] if choice.reasoning_summary is None else [
-                {"type": "summary_text", "text": choice.reasoning_summary}],
-            "content": [] if choice.reasoning is None else [
-                {"type": "reasoning_text", "text": choice.reasoning}],
-        })
+        items.append(
+            {
+                "type": "reasoning",
+                "id": "",
+                "summary": []
+                if choice.reasoning_summary is None
+                else [{"type": "summary_text", "text": choice.reasoning_summary}],
+                "content": []
+                if choice.reasoning is None
+                else [{"type": "reasoning_text", "text": choice.reasoning}],
+            }
+        )
     content: list[dict[str, Any]] = []
     if choice.text or not (choice.refusal or choice.tool_calls):
-        content.append({"type": "output_text", "text": choice.text, "annotations": [],
-                        "logprobs": choice.logprobs or []})
+        content.append(
+            {
+                "type": "output_text",
+                "text": choice.text,
+                "annotations": [],
+                "logprobs": choice.logprobs or [],
+            }
+        )
     if choice.refusal is not None:
         content.append({"type": "refusal", "refusal": choice.refusal})
     if content:
-        items.append({"type": "message", "id": "", "status": status, "role": "assistant",
-                      "content": content})
-    items.extend({"type": "function_call", "id": "", "call_id": call.id, "name": call.name,
-                  "arguments": call.arguments, "status": "completed"}
-                 for call in choice.tool_calls)
+        items.append(
+            {"type": "message", "id": "", "status": status, "role": "assistant", "content": content}
+        )
+    items.extend(
+        {
+            "type": "function_call",
+            "id": "",
+            "call_id": call.id,
+            "name": call.name,
+            "arguments": call.arguments,
+            "status": "completed",
+        }
+        for call in choice.tool_calls
+    )
     return items
 
 
@@ -379,8 +463,13 @@ def _choice_of_output(output: Any, text: str) -> Choice:
             continue
         kind = item.get("type")
         if kind == "function_call":
-            choice.tool_calls.append(ToolCall(_str(item.get("call_id")), _str(item.get("name")),
-                                              str(item.get("arguments") or "")))
+            choice.tool_calls.append(
+                ToolCall(
+                    _str(item.get("call_id")),
+                    _str(item.get("name")),
+                    str(item.get("arguments") or ""),
+                )
+            )
             continue
         for part in _list(item.get("content")) + _list(item.get("summary")):
             if not isinstance(part, dict):

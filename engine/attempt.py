@@ -85,13 +85,37 @@ class Attempt:
     (hundreds of streams) that iteration is milliseconds of TTFT that the server did not add."""
 
     __slots__ = (
-        "blocked", "custom_id", "decoder", "engine", "first_byte_ns", "first_token_ns", "headers",
-        "last_ns", "payload", "queue", "reader", "reconnects", "request_id", "resp", "reused",
-        "started_ns", "status", "timeouts", "timer", "url",
+        "blocked",
+        "custom_id",
+        "decoder",
+        "engine",
+        "first_byte_ns",
+        "first_token_ns",
+        "headers",
+        "last_ns",
+        "payload",
+        "queue",
+        "reader",
+        "reconnects",
+        "request_id",
+        "resp",
+        "reused",
+        "started_ns",
+        "status",
+        "timeouts",
+        "timer",
+        "url",
     )
 
-    def __init__(self, engine: Engine, url: str, payload: bytes, headers: Mapping[str, str],
-                 custom_id: str | None, timeouts: Timeouts) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        url: str,
+        payload: bytes,
+        headers: Mapping[str, str],
+        custom_id: str | None,
+        timeouts: Timeouts,
+    ) -> None:
         self.engine = engine
         self.url = url
         self.payload = payload
@@ -120,7 +144,7 @@ class Attempt:
         except EngineError as exc:
             if self.resp is not None:
                 self.resp.release()  # an error status whose body was read: reuse the connection
-            raise self._tag(exc) from None
+            raise self.tag(exc) from None
         readers = self.engine._readers  # noqa: SLF001 - the engine owns its readers
         self.reader = reader = asyncio.get_running_loop().create_task(self._read(resp))
         readers[reader] = self.queue
@@ -150,11 +174,12 @@ class Attempt:
         except asyncio.CancelledError:
             raise
         except EngineError as exc:
-            self._tag(exc)
+            self.tag(exc)
             await self.queue.put(exc)
         except aiohttp.ClientError as exc:  # a safety net: _open and _pump map their own
-            await self.queue.put(self._tag(TransportError(
-                f"connection broke: {self._describe(exc)}")))
+            await self.queue.put(
+                self.tag(TransportError(f"connection broke: {self._describe(exc)}"))
+            )
         except Exception as exc:  # a bug, surfaced to the consumer rather than lost in a task
             await self.queue.put(exc)
         finally:
@@ -174,7 +199,8 @@ class Attempt:
                 error = ConnectTimeout(f"connect to {self.url} timed out after {t.connect_s} s")
             else:
                 first_byte = t.first_byte_s is not None and (
-                    t.total_s is None or t.first_byte_s <= t.total_s)
+                    t.total_s is None or t.first_byte_s <= t.total_s
+                )
                 cls = FirstByteTimeout if first_byte else TotalTimeout
                 error = cls(f"no response headers within {min(limits)} s")
         except aiohttp.ClientConnectorError as exc:
@@ -203,8 +229,9 @@ class Attempt:
             while True:
                 self.reused = False
                 try:
-                    return await session.post(self.url, data=self.payload,
-                                              headers=self.headers, timeout=timeout)
+                    return await session.post(
+                        self.url, data=self.payload, headers=self.headers, timeout=timeout
+                    )
                 except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                     if not self.reused or isinstance(exc, aiohttp.ClientConnectorError):
                         raise
@@ -260,16 +287,23 @@ class Attempt:
         except aiohttp.ClientError as exc:  # the connection dropped mid-body (payload cut, reset)
             broke = self._describe(exc)
         parser.close()
-        if (broke is None and decoder.dialect in (Dialect.CHAT, Dialect.COMPLETIONS)
-                and decoder.finish_reason is not None):
+        if (
+            broke is None
+            and decoder.dialect in (Dialect.CHAT, Dialect.COMPLETIONS)
+            and decoder.finish_reason is not None
+        ):
             return  # a chat server that omits [DONE] after the last chunk
         if decoder.dialect is None and nbytes and not _looks_like_sse(head):
-            raise ProtocolError(f"body is not an event stream (HTTP {self.status})",
-                                raw=self._redact_bytes(head), status=self.status)
+            raise ProtocolError(
+                f"body is not an event stream (HTTP {self.status})",
+                raw=self._redact_bytes(head),
+                status=self.status,
+            )
         how = "the body ended" if broke is None else f"the connection dropped ({broke})"
         raise StreamTruncated(
             f"{how} without a terminal event after {nbytes} bytes"
-            + (" (an unfinished event was discarded)" if parser.partial_discarded else ""))
+            + (" (an unfinished event was discarded)" if parser.partial_discarded else "")
+        )
 
     async def _drain(self, resp: aiohttp.ClientResponse) -> None:
         """Read to EOF after the last event so the connection can be reused."""
@@ -287,7 +321,7 @@ class Attempt:
         """Look for the first token of any kind (text, reasoning, a tool call); the events
         it built stay in the batch."""
         for i, ev in enumerate(events_of(events, received_ns)):
-            events[3 * i: 3 * i + 3] = (ev, None, None)
+            events[3 * i : 3 * i + 3] = (ev, None, None)
             if ev.has_token:
                 self.first_token_ns = received_ns
                 return
@@ -311,25 +345,37 @@ class Attempt:
         t = self.timeouts
         deadlines: list[tuple[int, type[EngineTimeout], str]] = []
         if t.total_s is not None:
-            deadlines.append((self.started_ns + int(t.total_s * 1e9), TotalTimeout,
-                              f"stream exceeded its total limit of {t.total_s} s"))
+            deadlines.append(
+                (
+                    self.started_ns + int(t.total_s * 1e9),
+                    TotalTimeout,
+                    f"stream exceeded its total limit of {t.total_s} s",
+                )
+            )
         if t.first_token_s is not None and self.first_token_ns is None:
-            deadlines.append((self.started_ns + int(t.first_token_s * 1e9), FirstTokenTimeout,
-                              f"no token within {t.first_token_s} s"))
+            deadlines.append(
+                (
+                    self.started_ns + int(t.first_token_s * 1e9),
+                    FirstTokenTimeout,
+                    f"no token within {t.first_token_s} s",
+                )
+            )
         if t.idle_s is not None:
             start = now if self.blocked else self.last_ns
-            deadlines.append((start + int(t.idle_s * 1e9), IdleTimeout,
-                              f"no event for {t.idle_s} s"))
+            deadlines.append(
+                (start + int(t.idle_s * 1e9), IdleTimeout, f"no event for {t.idle_s} s")
+            )
         when, cls, message = min(deadlines, key=lambda d: d[0])
         if when <= now and self.resp is not None:
             self.timer = None
-            self.resp.content.set_exception(self._tag(cls(message)))
+            self.resp.content.set_exception(self.tag(cls(message)))
             return
         self.timer = asyncio.get_running_loop().call_later((when - now) / 1e9, self._check)
 
     # --- errors ----------------------------------------------------------------------------
 
-    def _tag(self, exc: EngineError) -> EngineError:
+    def tag(self, exc: EngineError) -> EngineError:
+        """`exc`, naming this request (ids, HTTP status) and with its credentials redacted."""
         exc.request_id = exc.request_id or self.request_id
         exc.custom_id = exc.custom_id or self.custom_id
         if isinstance(exc, StreamError | ProtocolError) and exc.status is None and self.status:
@@ -383,8 +429,11 @@ class Attempt:
         cls = status_error_class(resp.status)
         return cls(
             f"HTTP {resp.status}: {shown or resp.reason}",
-            status=resp.status, body=body, request_id=self.request_id,
-            custom_id=self.custom_id, retry_after_s=parse_retry_after(resp.headers),
+            status=resp.status,
+            body=body,
+            request_id=self.request_id,
+            custom_id=self.custom_id,
+            retry_after_s=parse_retry_after(resp.headers),
             server_message=message,
         )
 
@@ -399,10 +448,16 @@ class Attempt:
                     code = err.get("code") if isinstance(err, dict) else None
                     return ErrorEvent(
                         f"server answered HTTP {resp.status} with an error object: {message}",
-                        data=body, status=resp.status, server_message=message,
-                        code=None if code is None else str(code))
-        return ProtocolError(f"expected text/event-stream, got {ctype!r} (HTTP {resp.status})",
-                             raw=raw, status=resp.status)
+                        data=body,
+                        status=resp.status,
+                        server_message=message,
+                        code=None if code is None else str(code),
+                    )
+        return ProtocolError(
+            f"expected text/event-stream, got {ctype!r} (HTTP {resp.status})",
+            raw=raw,
+            status=resp.status,
+        )
 
 
 def _error_message(body: Any) -> str | None:
@@ -428,9 +483,12 @@ class Pool(aiohttp.TCPConnector):
         super().__init__(**kwargs)
         self._served: weakref.WeakSet[object] = weakref.WeakSet()  # protocols seen before
 
-    async def connect(self, req: aiohttp.ClientRequest, traces: list[Any],
-                      timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature
-                      ) -> aiohttp.connector.Connection:
+    async def connect(
+        self,
+        req: aiohttp.ClientRequest,
+        traces: list[Any],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's signature
+    ) -> aiohttp.connector.Connection:
         conn = await super().connect(req, traces, timeout)
         protocol = conn.protocol
         if protocol is not None:

@@ -32,17 +32,24 @@ def _header(value: str) -> tuple[str, str]:
 
 
 def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("run", help="stream one request and print the text as it arrives",
-                       description="Stream one request. Without --base-url (or OPENAI_BASE_URL)"
-                       " it runs against the built-in mock endpoint.")
+    p = sub.add_parser(
+        "run",
+        help="stream one request and print the text as it arrives",
+        description="Stream one request. Without --base-url (or OPENAI_BASE_URL)"
+        " it runs against the built-in mock endpoint.",
+    )
     p.add_argument("prompt", nargs="?", default="Say hello to stream-engine.")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--base-url", default=env_base_url())
-    p.add_argument("--endpoint", choices=["responses", "chat", "completions"],
-                   default="responses")
+    p.add_argument("--endpoint", choices=["responses", "chat", "completions"], default="responses")
     p.add_argument("--max-output-tokens", type=int, default=None)
-    p.add_argument("--header", type=_header, action="append", default=[],
-                   help="extra request header, 'Name: value' (repeatable)")
+    p.add_argument(
+        "--header",
+        type=_header,
+        action="append",
+        default=[],
+        help="extra request header, 'Name: value' (repeatable)",
+    )
     p.add_argument("--raw", action="store_true", help="print every event as a JSON line")
     add_timeout_arguments(p)
     p.set_defaults(func=_cmd_run)
@@ -81,24 +88,33 @@ async def _stream_one(args: argparse.Namespace, base_url: str) -> int:
                 out.write(redact(delta, secrets))
                 out.flush()
 
-    async with Engine(base_url=base_url, timeouts=timeouts_from(args),
-                      retry=retry_from(args)) as engine:
+    async with Engine(
+        base_url=base_url, timeouts=timeouts_from(args), retry=retry_from(args)
+    ) as engine:
         try:
-            result = await engine.run(_body(args), handlers=[show], endpoint=Dialect(args.endpoint),
-                                      headers=headers)
+            result = await engine.run(
+                _body(args), handlers=[show], endpoint=Dialect(args.endpoint), headers=headers
+            )
         except EngineError as exc:
             print(f"\nerror: {exc.kind}: {exc}", file=sys.stderr)
             return 1
     u = result.usage
-    usage = (f"{u.input_tokens} in ({u.cached_tokens} cached), {u.output_tokens} out "
-             f"({u.reasoning_tokens} reasoning), {u.total_tokens} total" if u else "not reported")
+    usage = (
+        f"{u.input_tokens} in ({u.cached_tokens} cached), {u.output_tokens} out "
+        f"({u.reasoning_tokens} reasoning), {u.total_tokens} total"
+        if u
+        else "not reported"
+    )
     ttft = f"{result.ttft_s * 1000:.1f} ms" if result.ttft_s is not None else "n/a"
     for call in result.tool_calls:
         print(redact(f"\ntool call {call.id}: {call.name}({call.arguments})", secrets))
     reason = result.incomplete_reason or result.finish_reason or "no reason given"
-    print(f"\n\nended: {result.status} ({reason})\nusage: {usage}\n"
-          f"time to first token: {ttft}   total: {result.e2e_s * 1000:.1f} ms"
-          f"   events: {result.events}   request id: {result.request_id}", file=sys.stderr)
+    print(
+        f"\n\nended: {result.status} ({reason})\nusage: {usage}\n"
+        f"time to first token: {ttft}   total: {result.e2e_s * 1000:.1f} ms"
+        f"   events: {result.events}   request id: {result.request_id}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -108,11 +124,13 @@ async def _cmd_run_async(args: argparse.Namespace) -> int:
     from engine.mock import MockConfig, MockServer  # noqa: PLC0415 - only when embedded
 
     # Realistic pacing so the text is seen streaming, not printed at once.
-    server = MockServer(MockConfig(ttft_ms=150.0, itl_ms=15.0, output_tokens=60),
-                        host="127.0.0.1", port=0)
+    server = MockServer(
+        MockConfig(ttft_ms=150.0, itl_ms=15.0, output_tokens=60), host="127.0.0.1", port=0
+    )
     await server.start()
-    print(f"(no --base-url: using the built-in mock endpoint at {server.base_url})",
-          file=sys.stderr)
+    print(
+        f"(no --base-url: using the built-in mock endpoint at {server.base_url})", file=sys.stderr
+    )
     try:
         return await _stream_one(args, server.base_url)
     finally:
@@ -134,9 +152,12 @@ def _add_mock(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from engine.loadtest import command  # noqa: PLC0415 - keeps `run` start-up light
 
-    p = sub.add_parser("bench", help="load-test an endpoint (the built-in mock by default)",
-                       description="Load-test an OpenAI-compatible endpoint: TTFT, ITL, "
-                       "throughput, goodput. Without --base-url it starts the built-in mock.")
+    p = sub.add_parser(
+        "bench",
+        help="load-test an endpoint (the built-in mock by default)",
+        description="Load-test an OpenAI-compatible endpoint: TTFT, ITL, "
+        "throughput, goodput. Without --base-url it starts the built-in mock.",
+    )
     command.add_arguments(p)
 
     def bench(args: argparse.Namespace) -> int:
@@ -147,6 +168,7 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
             def on_ray(config: Any, address: str | None, workers: int | None) -> Any:
                 return run_load_on_ray(config, address=address, workers=workers or 1)
+
         return command.run(args, on_ray)
 
     p.set_defaults(func=bench)
@@ -155,11 +177,14 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def _add_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from engine.loadtest import compare  # noqa: PLC0415 - keeps `run` start-up light
 
-    p = sub.add_parser("compare", help="compare bench results (the first is the baseline)",
-                       description="Compare `bench -o` JSON documents side by side: each "
-                       "change against the first (the baseline), flagged when it is outside "
-                       "the runs' own noise (bootstrap intervals). Exit code 0: no regression; "
-                       "1: a regression beyond --threshold; 2: bad input.")
+    p = sub.add_parser(
+        "compare",
+        help="compare bench results (the first is the baseline)",
+        description="Compare `bench -o` JSON documents side by side: each "
+        "change against the first (the baseline), flagged when it is outside "
+        "the runs' own noise (bootstrap intervals). Exit code 0: no regression; "
+        "1: a regression beyond --threshold; 2: bad input.",
+    )
     compare.add_arguments(p)
     p.set_defaults(func=compare.run)
 
@@ -167,9 +192,12 @@ def _add_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 def _add_batch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from engine.batch import command  # noqa: PLC0415 - keeps `run` start-up light
 
-    p = sub.add_parser("batch", help="run an OpenAI Batch file (exactly once, resumable)",
-                       description="Run an OpenAI Batch JSONL file through streaming requests: "
-                       "exactly once, resumable after a kill, rate-limited.")
+    p = sub.add_parser(
+        "batch",
+        help="run an OpenAI Batch file (exactly once, resumable)",
+        description="Run an OpenAI Batch JSONL file through streaming requests: "
+        "exactly once, resumable after a kill, rate-limited.",
+    )
     command.add_arguments(p)
 
     def batch(args: argparse.Namespace) -> int:
@@ -180,6 +208,7 @@ def _add_batch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
             def on_ray(config: Any, address: str | None, workers: int | None) -> Any:
                 return run_batch_on_ray(config, address=address, workers=workers)
+
         return command.run(args, on_ray)
 
     p.set_defaults(func=batch)

@@ -39,8 +39,11 @@ __all__ = ["DEFAULT_BASE_URL", "Engine", "RetryPolicy", "StreamResult", "Timeout
 DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
 # Awaited before each retry with (the error, the attempts so far): see `Engine.before_retry`.
 RetryHook = Callable[[EngineError, int], Awaitable[None]]
-ENDPOINT_PATHS: Final = {Dialect.RESPONSES: "/responses", Dialect.CHAT: "/chat/completions",
-                         Dialect.COMPLETIONS: "/completions"}
+ENDPOINT_PATHS: Final = {
+    Dialect.RESPONSES: "/responses",
+    Dialect.CHAT: "/chat/completions",
+    Dialect.COMPLETIONS: "/completions",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +186,10 @@ class Engine:
             connector = self._session.connector
             used = len(getattr(connector, "_acquired", ()))
         queued = max(self._active - used, 0)
-        return (f"<Engine {self.base_url} [streams: {self._active} active, {queued} queued | "
-                f"pool: {used}/{self.max_connections}]>")
+        return (
+            f"<Engine {self.base_url} [streams: {self._active} active, {queued} queued | "
+            f"pool: {used}/{self.max_connections}]>"
+        )
 
     async def __aenter__(self) -> Self:
         self._closed = False
@@ -206,8 +211,11 @@ class Engine:
                 keepalive_timeout=self.keepalive_s,
                 ttl_dns_cache=300,
             )
-            headers = {"Accept": "text/event-stream", "Content-Type": "application/json",
-                       **self._extra_headers}
+            headers = {
+                "Accept": "text/event-stream",
+                "Content-Type": "application/json",
+                **self._extra_headers,
+            }
             if self.__api_key:
                 headers["Authorization"] = f"Bearer {self.__api_key}"
             self._session = aiohttp.ClientSession(
@@ -241,22 +249,34 @@ class Engine:
             await self._session.close()
             self._session = None
 
-    def url_for(self, body: Mapping[str, Any],
-                endpoint: str | Dialect | None) -> tuple[str, Dialect]:
+    def url_for(
+        self, body: Mapping[str, Any], endpoint: str | Dialect | None
+    ) -> tuple[str, Dialect]:
         """The URL and the response shape for a body (`messages` means chat)."""
         if endpoint is None:
-            shape = (Dialect.CHAT if "messages" in body else Dialect.COMPLETIONS
-                     if "prompt" in body and "input" not in body else Dialect.RESPONSES)
+            shape = (
+                Dialect.CHAT
+                if "messages" in body
+                else Dialect.COMPLETIONS
+                if "prompt" in body and "input" not in body
+                else Dialect.RESPONSES
+            )
             return self.base_url + ENDPOINT_PATHS[shape], shape
         if endpoint in ENDPOINT_PATHS:
             shape = Dialect(endpoint)
             return self.base_url + ENDPOINT_PATHS[shape], shape
         path = str(endpoint)
         if not path.startswith("/"):
-            raise ConfigError("endpoint must be 'responses', 'chat', 'completions' or a path, "
-                              f"not {path!r}")
-        shape = (Dialect.CHAT if path.endswith("/chat/completions") else Dialect.COMPLETIONS
-                 if path.endswith("/completions") else Dialect.RESPONSES)
+            raise ConfigError(
+                f"endpoint must be 'responses', 'chat', 'completions' or a path, not {path!r}"
+            )
+        shape = (
+            Dialect.CHAT
+            if path.endswith("/chat/completions")
+            else Dialect.COMPLETIONS
+            if path.endswith("/completions")
+            else Dialect.RESPONSES
+        )
         return self.base_url + path, shape
 
     def _payload(self, body: Mapping[str, Any], shape: Dialect) -> bytes:
@@ -283,8 +303,9 @@ class Engine:
         """One request's chunks of events, with retries before the first event."""
         handle.finished_ns = 0
         while True:
-            attempt = Attempt(self, handle.url, handle.payload, handle.headers,
-                               handle.custom_id, handle.timeouts)
+            attempt = Attempt(
+                self, handle.url, handle.payload, handle.headers, handle.custom_id, handle.timeouts
+            )
             handle.attempt = attempt
             handle.attempts += 1
             try:
@@ -295,8 +316,11 @@ class Engine:
                 handle.reconnects += attempt.reconnects
                 exc = caught
                 if self._closed and not isinstance(exc, EngineClosed):
-                    exc = attempt._tag(EngineClosed(  # noqa: SLF001 - same module
-                        f"the engine was closed while the request was in flight ({exc.kind})"))
+                    exc = attempt.tag(
+                        EngineClosed(
+                            f"the engine was closed while the request was in flight ({exc.kind})"
+                        )
+                    )
                 exc.attempts = handle.attempts
                 delay = self.retry_delay(exc, handle.attempts - 1)
                 if delay is None:
@@ -319,12 +343,25 @@ class Engine:
                 handle.finished_ns = attempt.last_ns
             return
 
-    def _handle(self, body: Mapping[str, Any], endpoint: str | Dialect | None,
-                custom_id: str | None, headers: Mapping[str, str] | None,
-                timeouts: Timeouts | None, before_retry: RetryHook | None) -> _Handle:
+    def _handle(
+        self,
+        body: Mapping[str, Any],
+        endpoint: str | Dialect | None,
+        custom_id: str | None,
+        headers: Mapping[str, str] | None,
+        timeouts: Timeouts | None,
+        before_retry: RetryHook | None,
+    ) -> _Handle:
         url, shape = self.url_for(body, endpoint)
-        return _Handle(url, shape, self._payload(body, shape), dict(headers or {}), custom_id,
-                       timeouts or self.timeouts, before_retry)
+        return _Handle(
+            url,
+            shape,
+            self._payload(body, shape),
+            dict(headers or {}),
+            custom_id,
+            timeouts or self.timeouts,
+            before_retry,
+        )
 
     async def stream(
         self,
@@ -381,7 +418,7 @@ class Engine:
                     exc.custom_id = exc.custom_id or custom_id
                     exc.attempts = handle.attempts
                     if handle.attempt is not None:
-                        handle.attempt._tag(exc)  # noqa: SLF001 - the request's own tags
+                        handle.attempt.tag(exc)
                     delay = mid_stream_delay(exc, handle.attempts - 1, self.retry) if bare else None
                     if delay is None:
                         raise gave_up(exc, handle.attempts, handle.started_ns) from None
@@ -394,19 +431,31 @@ class Engine:
         assert attempt is not None  # noqa: S101 - _chunks ran at least once
         ending = assembler.ending
         return StreamResult(
-            text=assembler.text, usage=assembler.usage, response=assembler.response(),
-            events=count, http_status=attempt.status, request_id=attempt.request_id,
-            custom_id=custom_id, dialect=attempt.decoder.dialect, attempts=handle.attempts,
-            started_ns=attempt.started_ns, first_byte_ns=attempt.first_byte_ns,
-            first_token_ns=attempt.first_token_ns, finished_ns=handle.finished_ns,
-            token_times_ns=assembler.token_times_ns, status=ending.status,
-            incomplete_reason=ending.incomplete_reason, finish_reason=ending.finish_reason,
-            reconnects=handle.reconnects, first_text_ns=assembler.first_text_ns,
+            text=assembler.text,
+            usage=assembler.usage,
+            response=assembler.response(),
+            events=count,
+            http_status=attempt.status,
+            request_id=attempt.request_id,
+            custom_id=custom_id,
+            dialect=attempt.decoder.dialect,
+            attempts=handle.attempts,
+            started_ns=attempt.started_ns,
+            first_byte_ns=attempt.first_byte_ns,
+            first_token_ns=attempt.first_token_ns,
+            finished_ns=handle.finished_ns,
+            token_times_ns=assembler.token_times_ns,
+            status=ending.status,
+            incomplete_reason=ending.incomplete_reason,
+            finish_reason=ending.finish_reason,
+            reconnects=handle.reconnects,
+            first_text_ns=assembler.first_text_ns,
             choices=assembler.choices,
         )
 
-    async def _consume(self, handle: _Handle, assembler: ResponseAssembler,
-                       handlers: Iterable[Handler]) -> int:
+    async def _consume(
+        self, handle: _Handle, assembler: ResponseAssembler, handlers: Iterable[Handler]
+    ) -> int:
         """One attempt's events through the handlers; returns how many there were."""
         bare = not handlers  # no handler of the caller's: no event per text delta
         sync, run_async = ([assembler], []) if bare else split_handlers([assembler, *handlers])
@@ -453,8 +502,9 @@ class _Handle:
         terminal = decoder.terminal
         error = terminal.error() if terminal is not None else None
         if error is not None:
-            raise attempt._tag(error)  # noqa: SLF001 - same module
+            raise attempt.tag(error)
         if terminal is None and decoder.finish_reason is None and attempt.first_token_ns is None:
             # `[DONE]` alone is no answer: nothing said, nothing finished (never a success)
-            raise attempt._tag(StreamTruncated(  # noqa: SLF001 - same module
-                "the stream ended ([DONE]) with no content and no terminal event"))
+            raise attempt.tag(
+                StreamTruncated("the stream ended ([DONE]) with no content and no terminal event")
+            )

@@ -61,8 +61,11 @@ class EngineError(Exception):
         return type(self).__name__
 
     def __str__(self) -> str:
-        where = [f"{k}={v}" for k, v in (("custom_id", self.custom_id),
-                                          ("request_id", self.request_id)) if v]
+        where = [
+            f"{k}={v}"
+            for k, v in (("custom_id", self.custom_id), ("request_id", self.request_id))
+            if v
+        ]
         return f"{self.message} [{', '.join(where)}]" if where else self.message
 
 

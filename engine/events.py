@@ -158,8 +158,9 @@ class Usage:
         inp = _count(usage.get("input_tokens", usage.get("prompt_tokens")))
         out = _count(usage.get("output_tokens", usage.get("completion_tokens")))
         cached = _detail(usage, "input_tokens_details", "prompt_tokens_details", "cached_tokens")
-        reasoning = _detail(usage, "output_tokens_details", "completion_tokens_details",
-                            "reasoning_tokens")
+        reasoning = _detail(
+            usage, "output_tokens_details", "completion_tokens_details", "reasoning_tokens"
+        )
         return cls(inp, out, _count(usage.get("total_tokens")) or inp + out, cached, reasoning)
 
     def as_dict(self) -> dict[str, Any]:
@@ -192,8 +193,13 @@ class StreamEvent:
 
     __slots__ = ("cached_delta", "cached_deltas", "decoded", "id", "raw", "received_ns", "type")
 
-    def __init__(self, raw: bytes, event: str = "message", id: str | None = None,  # noqa: A002
-                 received_ns: int = 0) -> None:
+    def __init__(
+        self,
+        raw: bytes,
+        event: str = "message",
+        id: str | None = None,  # noqa: A002
+        received_ns: int = 0,
+    ) -> None:
         self.raw = raw
         self.id = id
         self.type = event  # the SSE event name until the decoder reads an untyped event's JSON
@@ -273,9 +279,13 @@ class StreamEvent:
             text = data.get("delta")
             if isinstance(text, str):
                 logprobs = data.get("logprobs")
-                yield Delta(kind, text, _int(data.get("output_index")),
-                            item_id=_str_or_none(data.get("item_id")),
-                            logprobs=logprobs if isinstance(logprobs, list) and logprobs else None)
+                yield Delta(
+                    kind,
+                    text,
+                    _int(data.get("output_index")),
+                    item_id=_str_or_none(data.get("item_id")),
+                    logprobs=logprobs if isinstance(logprobs, list) and logprobs else None,
+                )
             return
         if typ not in CHOICE_CHUNKS:
             return
@@ -296,8 +306,12 @@ class StreamEvent:
                 text = delta.get(field)
                 if isinstance(text, str) and text:
                     entries = logprobs.get(field) if isinstance(logprobs, dict) else None
-                    yield Delta(kind, text, index, logprobs=entries if isinstance(
-                        entries, list) and entries else None)
+                    yield Delta(
+                        kind,
+                        text,
+                        index,
+                        logprobs=entries if isinstance(entries, list) and entries else None,
+                    )
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if isinstance(reasoning, str) and reasoning:
                 yield Delta("reasoning", reasoning, index)
@@ -308,10 +322,14 @@ class StreamEvent:
                 fn = call.get("function")
                 fn = fn if isinstance(fn, dict) else {}
                 arguments = fn.get("arguments")
-                yield Delta("tool_call", arguments if isinstance(arguments, str) else "", index,
-                            call_index=_int(call.get("index")),
-                            call_id=_str_or_none(call.get("id")),
-                            name=_str_or_none(fn.get("name")))
+                yield Delta(
+                    "tool_call",
+                    arguments if isinstance(arguments, str) else "",
+                    index,
+                    call_index=_int(call.get("index")),
+                    call_id=_str_or_none(call.get("id")),
+                    name=_str_or_none(fn.get("name")),
+                )
 
     @property
     def sequence_number(self) -> int | None:
@@ -345,7 +363,9 @@ class StreamEvent:
             message = _str_or_none(err.get("message"))
             return ErrorEvent(
                 f"server sent an error event: {message or err}",
-                data=self.data, code=_str_or_none(err.get("code")), server_message=message,
+                data=self.data,
+                code=_str_or_none(err.get("code")),
+                server_message=message,
             )
         if typ not in TERMINAL_TYPES:
             return None
@@ -356,7 +376,9 @@ class StreamEvent:
             message = _str_or_none(err.get("message"))
             return ResponseFailed(
                 f"response failed: {message or err or 'no reason given'}",
-                data=self.data, code=_str_or_none(err.get("code")), server_message=message,
+                data=self.data,
+                code=_str_or_none(err.get("code")),
+                server_message=message,
             )
         return None
 
@@ -478,14 +500,18 @@ class EventDecoder:
         """An SSE parser whose messages come as one flat list, ready for `scan`."""
         return SSEParser(max_event_bytes, factory=None)
 
-    def decode(self, messages: Sequence[SSEMessage | StreamEvent] | Flat,
-               received_ns: int) -> list[StreamEvent]:
+    def decode(
+        self, messages: Sequence[SSEMessage | StreamEvent] | Flat, received_ns: int
+    ) -> list[StreamEvent]:
         """Stamp, type and check the messages of one chunk (messages of either parser, or
         events); drops `[DONE]`."""
         flat: Flat = list(messages)
         if flat and isinstance(flat[0], SSEMessage | StreamEvent):
-            flat = [x for m in flat for x in (
-                m.raw, m.event if isinstance(m, SSEMessage) else m.type, m.id)]
+            flat = [
+                x
+                for m in flat
+                for x in (m.raw, m.event if isinstance(m, SSEMessage) else m.type, m.id)
+            ]
         return list(events_of(self.scan(flat, received_ns), received_ns))
 
     def scan(self, messages: Flat, received_ns: int) -> Flat:

@@ -45,8 +45,11 @@ def split_handlers(handlers: Iterable[Handler]) -> tuple[list[SyncHandler], list
     run_async: list[AsyncHandler] = []
     for handler in handlers:
         call = getattr(handler, "__call__", None)  # noqa: B004 - we want the bound method
-        if (getattr(handler, "is_async", False) or inspect.iscoroutinefunction(handler)
-                or inspect.iscoroutinefunction(call)):
+        if (
+            getattr(handler, "is_async", False)
+            or inspect.iscoroutinefunction(handler)
+            or inspect.iscoroutinefunction(call)
+        ):
             run_async.append(handler)  # type: ignore[arg-type]
         else:
             sync.append(handler)  # type: ignore[arg-type]
@@ -113,8 +116,12 @@ class Callback:
 
     __slots__ = ("fn", "is_async", "kinds", "types")
 
-    def __init__(self, fn: Callable[[StreamEvent], Any], types: Iterable[str] | None = None,
-                 kinds: Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        fn: Callable[[StreamEvent], Any],
+        types: Iterable[str] | None = None,
+        kinds: Iterable[str] | None = None,
+    ) -> None:
         self.fn = fn
         self.types = frozenset(types) if types is not None else None
         self.kinds = frozenset(kinds) if kinds is not None else None

@@ -13,8 +13,9 @@ from engine.client import RetryPolicy, Timeouts
 
 __all__ = ["add_timeout_arguments", "retry_from", "seconds", "timeouts_from"]
 
-DEFAULTS = Timeouts(connect_s=10.0, first_byte_s=60.0, first_token_s=300.0, idle_s=60.0,
-                    total_s=None)
+DEFAULTS = Timeouts(
+    connect_s=10.0, first_byte_s=60.0, first_token_s=300.0, idle_s=60.0, total_s=None
+)
 
 
 def seconds(text: str) -> float | None:
@@ -32,28 +33,48 @@ def seconds(text: str) -> float | None:
 
 def add_timeout_arguments(parser: argparse.ArgumentParser, *, retries: bool = True) -> None:
     """The five phase limits (seconds; 'none' for no limit) and, optionally, --max-retries."""
-    group = parser.add_argument_group(
-        "time limits (seconds per attempt; 'none' for no limit)")
+    group = parser.add_argument_group("time limits (seconds per attempt; 'none' for no limit)")
     for flag, name, help_text in (
-            ("--connect-timeout", "connect_s", "one TCP connect"),
-            ("--first-byte-timeout", "first_byte_s", "request sent to response headers"),
-            ("--first-token-timeout", "first_token_s",
-             "request sent to the first token of any kind (reasoning, tool call, text)"),
-            ("--idle-timeout", "idle_s",
-             "longest wait between two events (comments and keep-alives do not count)"),
-            ("--total-timeout", "total_s", "the whole attempt")):
+        ("--connect-timeout", "connect_s", "one TCP connect"),
+        ("--first-byte-timeout", "first_byte_s", "request sent to response headers"),
+        (
+            "--first-token-timeout",
+            "first_token_s",
+            "request sent to the first token of any kind (reasoning, tool call, text)",
+        ),
+        (
+            "--idle-timeout",
+            "idle_s",
+            "longest wait between two events (comments and keep-alives do not count)",
+        ),
+        ("--total-timeout", "total_s", "the whole attempt"),
+    ):
         default = getattr(DEFAULTS, name)
-        group.add_argument(flag, dest=name, type=seconds, default=default, metavar="S",
-                           help=f"{help_text} (default: {default or 'none'})")
+        group.add_argument(
+            flag,
+            dest=name,
+            type=seconds,
+            default=default,
+            metavar="S",
+            help=f"{help_text} (default: {default or 'none'})",
+        )
     if retries:
-        group.add_argument("--max-retries", type=int, default=RetryPolicy().max_retries,
-                           help="retries of a request that failed before its first event "
-                                "(default: %(default)s)")
+        group.add_argument(
+            "--max-retries",
+            type=int,
+            default=RetryPolicy().max_retries,
+            help="retries of a request that failed before its first event (default: %(default)s)",
+        )
 
 
 def timeouts_from(args: argparse.Namespace) -> Timeouts:
-    return Timeouts(connect_s=args.connect_s, first_byte_s=args.first_byte_s,
-                    first_token_s=args.first_token_s, idle_s=args.idle_s, total_s=args.total_s)
+    return Timeouts(
+        connect_s=args.connect_s,
+        first_byte_s=args.first_byte_s,
+        first_token_s=args.first_token_s,
+        idle_s=args.idle_s,
+        total_s=args.total_s,
+    )
 
 
 def retry_from(args: argparse.Namespace) -> RetryPolicy:

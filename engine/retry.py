@@ -26,8 +26,14 @@ from engine.errors import (
 )
 from engine.limits import backoff_delay
 
-__all__ = ["MID_STREAM_ERRORS", "RETRY_STATUSES", "RetryPolicy", "gave_up", "mid_stream_delay",
-           "retry_delay"]
+__all__ = [
+    "MID_STREAM_ERRORS",
+    "RETRY_STATUSES",
+    "RetryPolicy",
+    "gave_up",
+    "mid_stream_delay",
+    "retry_delay",
+]
 
 RETRY_STATUSES: Final = frozenset({408, 409, 429})
 
@@ -44,8 +50,13 @@ class RetryPolicy:
 
 
 # What a stream that broke after its first event raises: cut, gone quiet, malformed.
-MID_STREAM_ERRORS: Final = (StreamTruncated, IdleTimeout, FirstTokenTimeout, TransportError,
-                            ProtocolError)
+MID_STREAM_ERRORS: Final = (
+    StreamTruncated,
+    IdleTimeout,
+    FirstTokenTimeout,
+    TransportError,
+    ProtocolError,
+)
 
 
 def retry_delay(exc: EngineError, attempt: int, policy: RetryPolicy) -> float | None:
@@ -59,8 +70,15 @@ def retry_delay(exc: EngineError, attempt: int, policy: RetryPolicy) -> float | 
             return None
         if exc.retry_after_s is not None:
             return min(exc.retry_after_s, policy.max_retry_after_s)
-    elif not isinstance(exc, TransportError | ConnectTimeout | FirstByteTimeout
-                        | IdleTimeout | FirstTokenTimeout | StreamTruncated):
+    elif not isinstance(
+        exc,
+        TransportError
+        | ConnectTimeout
+        | FirstByteTimeout
+        | IdleTimeout
+        | FirstTokenTimeout
+        | StreamTruncated,
+    ):
         return None
     return backoff_delay(attempt, policy.base_s, policy.cap_s)
 

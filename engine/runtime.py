@@ -18,8 +18,14 @@ from engine.errors import ConfigError
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Mapping, Sequence
 
-__all__ = ["env_api_key", "env_base_url", "loop_factory", "require_ray", "run_async",
-           "start_ready_process"]
+__all__ = [
+    "env_api_key",
+    "env_base_url",
+    "loop_factory",
+    "require_ray",
+    "run_async",
+    "start_ready_process",
+]
 
 T = TypeVar("T")
 
@@ -55,15 +61,23 @@ def env_api_key() -> str | None:
     return os.environ.get("OPENAI_API_KEY") or None
 
 
-def start_ready_process(argv: Sequence[str], ready_prefix: str, timeout_s: float,
-                        env: Mapping[str, str] | None = None, *, stdin_pipe: bool = False,
-                        ) -> tuple[subprocess.Popen[bytes], str]:
+def start_ready_process(
+    argv: Sequence[str],
+    ready_prefix: str,
+    timeout_s: float,
+    env: Mapping[str, str] | None = None,
+    *,
+    stdin_pipe: bool = False,
+) -> tuple[subprocess.Popen[bytes], str]:
     """Start a child that prints `ready_prefix…` on stdout once it serves; return it and the
     rest of that line. A child that dies or stays silent for `timeout_s` is killed and the
     error says so: a server that never comes up must not hang its caller."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE,  # noqa: S603
-                            stdin=subprocess.PIPE if stdin_pipe else None,
-                            env=None if env is None else dict(env))
+    proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        argv,
+        stdout=subprocess.PIPE,
+        stdin=subprocess.PIPE if stdin_pipe else None,
+        env=None if env is None else dict(env),
+    )
     assert proc.stdout is not None  # noqa: S101 - stdout=PIPE
     deadline = time.monotonic() + timeout_s
     while (left := deadline - time.monotonic()) > 0:
@@ -72,10 +86,11 @@ def start_ready_process(argv: Sequence[str], ready_prefix: str, timeout_s: float
             break
         line = proc.stdout.readline().decode()
         if line.startswith(ready_prefix):
-            return proc, line[len(ready_prefix):].strip()
+            return proc, line[len(ready_prefix) :].strip()
         if not line:  # EOF: the child died before it was ready
             break
     proc.kill()
     proc.wait(timeout=10)
-    raise RuntimeError(f"{argv[0]} … did not become ready within {timeout_s} s "
-                       f"(exit status {proc.returncode})")
+    raise RuntimeError(
+        f"{argv[0]} … did not become ready within {timeout_s} s (exit status {proc.returncode})"
+    )

@@ -103,13 +103,22 @@ class SSEParser(Generic[M]):
     @overload
     def __init__(self: SSEParser[SSEMessage], max_event_bytes: int = ...) -> None: ...
     @overload
-    def __init__(self: SSEParser[bytes | str | None], max_event_bytes: int = ...,
-                 *, factory: None) -> None: ...
+    def __init__(
+        self: SSEParser[bytes | str | None], max_event_bytes: int = ..., *, factory: None
+    ) -> None: ...
     @overload
-    def __init__(self: SSEParser[M], max_event_bytes: int = ..., *,
-                 factory: Callable[[bytes, str, str | None], M]) -> None: ...
-    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES, *,
-                 factory: Callable[[bytes, str, str | None], Any] | None = SSEMessage) -> None:
+    def __init__(
+        self: SSEParser[M],
+        max_event_bytes: int = ...,
+        *,
+        factory: Callable[[bytes, str, str | None], M],
+    ) -> None: ...
+    def __init__(
+        self,
+        max_event_bytes: int = MAX_EVENT_BYTES,
+        *,
+        factory: Callable[[bytes, str, str | None], Any] | None = SSEMessage,
+    ) -> None:
         self.max_event_bytes = max_event_bytes
         self._factory = factory
         self.last_event_id: str | None = None

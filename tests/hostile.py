@@ -38,13 +38,26 @@ async def _echo_key(request: web.Request, resp: web.StreamResponse) -> None:
     """The request's credentials, echoed in an error event (chat) or response.failed."""
     auth = request.headers.get("Authorization", "")
     if request.path.endswith("/chat/completions"):
-        await resp.write(b"data: " + orjson.dumps(
-            {"error": {"message": f"invalid credentials: {auth}", "code": "auth"}}) + b"\n\n")
+        await resp.write(
+            b"data: "
+            + orjson.dumps({"error": {"message": f"invalid credentials: {auth}", "code": "auth"}})
+            + b"\n\n"
+        )
         await resp.write(b"data: [DONE]\n\n")
         return
-    await resp.write(b"event: response.failed\ndata: " + orjson.dumps(
-        {"type": "response.failed", "response": {"status": "failed", "error": {
-            "message": f"upstream refused {auth}", "code": "auth"}}}) + b"\n\n")
+    await resp.write(
+        b"event: response.failed\ndata: "
+        + orjson.dumps(
+            {
+                "type": "response.failed",
+                "response": {
+                    "status": "failed",
+                    "error": {"message": f"upstream refused {auth}", "code": "auth"},
+                },
+            }
+        )
+        + b"\n\n"
+    )
 
 
 async def _endless_line(request: web.Request, resp: web.StreamResponse) -> None:
@@ -64,18 +77,26 @@ async def _empty_flood(request: web.Request, resp: web.StreamResponse) -> None:
 
 async def _huge(request: web.Request, resp: web.StreamResponse) -> None:
     """A well-formed chat stream of 2 GiB of text, then its end."""
-    event = (b'data: {"object":"chat.completion.chunk","choices":[{"index":0,"delta":'
-             b'{"content":"' + b"y" * 4000 + b'"}}]}\n\n')
+    event = (
+        b'data: {"object":"chat.completion.chunk","choices":[{"index":0,"delta":'
+        b'{"content":"' + b"y" * 4000 + b'"}}]}\n\n'
+    )
     piece = event * (CHUNK // len(event) + 1)
     for _ in range(2 * 1024 * 1024 * 1024 // len(piece)):
         await resp.write(piece)
-    await resp.write(b'data: {"object":"chat.completion.chunk","choices":[{"index":0,'
-                     b'"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n')
+    await resp.write(
+        b'data: {"object":"chat.completion.chunk","choices":[{"index":0,'
+        b'"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+    )
 
 
 BEHAVIOURS: dict[str, Behaviour] = {
-    "drip": _drip, "stall": _stall, "echo-key": _echo_key, "endless-line": _endless_line,
-    "empty-flood": _empty_flood, "huge": _huge,
+    "drip": _drip,
+    "stall": _stall,
+    "echo-key": _echo_key,
+    "endless-line": _endless_line,
+    "empty-flood": _empty_flood,
+    "huge": _huge,
 }
 
 
@@ -83,8 +104,11 @@ async def _handle(request: web.Request, counts: dict[str, int]) -> web.StreamRes
     name = request.match_info["behaviour"]
     counts[name] = counts.get(name, 0) + 1
     if name == "429":  # every answer asks the client to wait 2 s
-        return web.json_response({"error": {"message": "slow down", "code": "rate_limit"}},
-                                 status=429, headers={"Retry-After": "2"})
+        return web.json_response(
+            {"error": {"message": "slow down", "code": "rate_limit"}},
+            status=429,
+            headers={"Retry-After": "2"},
+        )
     await request.read()
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)

@@ -34,9 +34,14 @@ class Recording:
     @classmethod
     def load(cls, path: Path) -> Recording:
         doc = orjson.loads(path.read_bytes())
-        return cls(doc["server"], doc["endpoint"], doc["path"], doc["request"],
-                   [(t, base64.b64decode(b)) for t, b in doc["reads"]],
-                   doc["closed_after_response"])
+        return cls(
+            doc["server"],
+            doc["endpoint"],
+            doc["path"],
+            doc["request"],
+            [(t, base64.b64decode(b)) for t, b in doc["reads"]],
+            doc["closed_after_response"],
+        )
 
     @property
     def wire(self) -> bytes:
@@ -53,7 +58,7 @@ class Recording:
             if size == 0:
                 break
             out += rest[:size]
-            rest = rest[size + 2:]
+            rest = rest[size + 2 :]
         return out
 
 
@@ -91,8 +96,14 @@ class ReplayServer:
             while True:  # keep-alive: one request after another on this connection
                 head = await reader.readuntil(b"\r\n\r\n")
                 path = head.split(b" ", 2)[1].decode()
-                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)
+                length = next(
+                    (
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
+                )
                 await reader.readexactly(length)
                 rec = self.by_path[path]
                 self.requests += 1

@@ -37,14 +37,19 @@ def make_input(path: Path, n: int, *, start: int = 0, plain: bool = False) -> Pa
     with path.open("wb") as f:
         for i in range(start, start + n):
             if i % 2:
-                body: dict[str, Any] = {"model": "m", "messages": [
-                    {"role": "user", "content": f"tell me about {i}"}]}
+                body: dict[str, Any] = {
+                    "model": "m",
+                    "messages": [{"role": "user", "content": f"tell me about {i}"}],
+                }
                 url = "/v1/chat/completions"
             else:
                 body = {"model": "m", "input": f"tell me about {i}", "max_output_tokens": 16}
                 url = "/v1/responses"
-            row = body if plain else {"custom_id": f"req-{i}", "method": "POST", "url": url,
-                                      "body": body}
+            row = (
+                body
+                if plain
+                else {"custom_id": f"req-{i}", "method": "POST", "url": url, "body": body}
+            )
             f.write(orjson.dumps(row) + b"\n")
     return path
 
@@ -80,23 +85,29 @@ def assert_exactly_once(expected: set[str], out: Path, err: Path) -> None:
 def config(tmp_path: Path, base_url: str, **kw: Any) -> BatchConfig:
     kw.setdefault("retry", FAST_RETRY)
     kw.setdefault("input_path", tmp_path / "in.jsonl")
-    return BatchConfig(output_path=tmp_path / "out.jsonl",
-                       endpoints=[Endpoint(base_url)], **kw)
+    return BatchConfig(output_path=tmp_path / "out.jsonl", endpoints=[Endpoint(base_url)], **kw)
 
 
-async def test_faults_end_in_exactly_one_record_each(tmp_path: Path,
-                                                     mock_factory: MockFactory) -> None:
+async def test_faults_end_in_exactly_one_record_each(
+    tmp_path: Path, mock_factory: MockFactory
+) -> None:
     faults = {"429": 0.03, "500": 0.03, "disconnect": 0.02, "malformed": 0.02}
     mock = mock_factory(output_tokens=16, faults=faults, seed=5, retry_after_s=0.01)
     make_input(tmp_path / "in.jsonl", 2000)
     summary = await run_batch(config(tmp_path, mock.base_url, concurrency=64))
-    assert_exactly_once({f"req-{i}" for i in range(2000)}, tmp_path / "out.jsonl",
-                        tmp_path / "out.errors.jsonl")
+    assert_exactly_once(
+        {f"req-{i}" for i in range(2000)}, tmp_path / "out.jsonl", tmp_path / "out.errors.jsonl"
+    )
     assert summary.succeeded + summary.failed == 2000
     assert summary.retries_by_kind["StreamTruncated"] > 0  # broken streams are sent again
     assert summary.retries_by_kind["ProtocolError"] > 0  # so are malformed ones
-    assert set(summary.errors_by_kind) <= {"TransportError", "ProtocolError", "StreamTruncated",
-                                           "http_429", "http_500"}
+    assert set(summary.errors_by_kind) <= {
+        "TransportError",
+        "ProtocolError",
+        "StreamTruncated",
+        "http_429",
+        "http_500",
+    }
     request_ids = [r["response"]["request_id"] for r in records(tmp_path / "out.jsonl")]
     assert all(rid.startswith("req_") for rid in request_ids)  # the server's x-request-id
     assert len(set(request_ids)) == len(request_ids)
@@ -117,7 +128,8 @@ async def test_faults_end_in_exactly_one_record_each(tmp_path: Path,
 
 
 async def test_a_stream_broken_after_its_first_event_is_sent_again(
-        tmp_path: Path, mock_factory: MockFactory) -> None:
+    tmp_path: Path, mock_factory: MockFactory
+) -> None:
     """Nothing of it reached the output, so a batch retries it (a streaming consumer would not)."""
     mock = mock_factory(output_tokens=8, faults={"disconnect": 0.2}, seed=11)
     make_input(tmp_path / "in.jsonl", 60)
@@ -125,20 +137,25 @@ async def test_a_stream_broken_after_its_first_event_is_sent_again(
     # job a request retried at once can be the only one drawing, several times in a row.
     policy = RetryPolicy(max_retries=20, base_s=0.001, cap_s=0.005)
     summary = await run_batch(config(tmp_path, mock.base_url, concurrency=8, retry=policy))
-    assert_exactly_once({f"req-{i}" for i in range(60)}, tmp_path / "out.jsonl",
-                        tmp_path / "out.errors.jsonl")
+    assert_exactly_once(
+        {f"req-{i}" for i in range(60)}, tmp_path / "out.jsonl", tmp_path / "out.errors.jsonl"
+    )
     assert (summary.succeeded, summary.failed) == (60, 0)
     assert summary.retries_by_kind["StreamTruncated"] == summary.retries > 3
     assert sum(mock.stats.requests.values()) == 60 + summary.retries
     for rec in records(tmp_path / "out.jsonl"):  # whole answers, not the broken attempt's part
         body = rec["response"]["body"]
-        done = (body["status"] in ("completed", "incomplete") if body["object"] == "response"
-                else body["choices"][0]["finish_reason"] in ("stop", "length"))
+        done = (
+            body["status"] in ("completed", "incomplete")
+            if body["object"] == "response"
+            else body["choices"][0]["finish_reason"] in ("stop", "length")
+        )
         assert done, body
 
 
 async def test_a_malformed_event_is_sent_again_within_max_retries(
-        tmp_path: Path, mock_factory: MockFactory) -> None:
+    tmp_path: Path, mock_factory: MockFactory
+) -> None:
     mock = mock_factory(output_tokens=8, faults={"malformed": 1.0})
     make_input(tmp_path / "in.jsonl", 2)
     summary = await run_batch(config(tmp_path, mock.base_url))  # max_retries 2
@@ -151,17 +168,20 @@ async def test_a_malformed_event_is_sent_again_within_max_retries(
 
 @pytest.mark.parametrize("fault", ["malformed", "stall:1"])
 async def test_a_stream_broken_mid_way_ends_whole_in_the_output(
-        tmp_path: Path, mock_factory: MockFactory, fault: str) -> None:
+    tmp_path: Path, mock_factory: MockFactory, fault: str
+) -> None:
     mock = mock_factory(output_tokens=8, faults={fault: 0.3}, seed=3)
     make_input(tmp_path / "in.jsonl", 40)
     policy = RetryPolicy(max_retries=20, base_s=0.001, cap_s=0.005)
     timeouts = Timeouts(first_token_s=0.5)
-    summary = await run_batch(config(tmp_path, mock.base_url, concurrency=8, retry=policy,
-                                     timeouts=timeouts))
+    summary = await run_batch(
+        config(tmp_path, mock.base_url, concurrency=8, retry=policy, timeouts=timeouts)
+    )
     assert (summary.succeeded, summary.failed) == (40, 0)
     assert summary.retries > 0
-    assert_exactly_once({f"req-{i}" for i in range(40)}, tmp_path / "out.jsonl",
-                        tmp_path / "out.errors.jsonl")
+    assert_exactly_once(
+        {f"req-{i}" for i in range(40)}, tmp_path / "out.jsonl", tmp_path / "out.errors.jsonl"
+    )
 
 
 async def test_plain_bodies_and_bad_lines(tmp_path: Path, base_url: str) -> None:
@@ -169,8 +189,10 @@ async def test_plain_bodies_and_bad_lines(tmp_path: Path, base_url: str) -> None
     with path.open("ab") as f:
         f.write(b"this is not json\n")
         f.write(b'{"custom_id": "x", "method": "GET", "url": "/v1/responses", "body": {}}\n')
-        f.write(b'{"custom_id": "y", "method": "POST", "url": "/v1/embeddings",'
-                b' "body": {"model": "m"}}\n')
+        f.write(
+            b'{"custom_id": "y", "method": "POST", "url": "/v1/embeddings",'
+            b' "body": {"model": "m"}}\n'
+        )
         f.write(b'{"custom_id": "z", "method": "POST", "url": "/v1/responses"}\n')
         f.write(b'{"model": "m", "input": "last"}\n')
     summary = await run_batch(config(tmp_path, base_url))
@@ -187,12 +209,22 @@ async def test_plain_bodies_and_bad_lines(tmp_path: Path, base_url: str) -> None
     assert {e["code"] for e in errors.values()} == {"invalid_request"}
 
 
-async def test_a_real_id_named_like_a_stand_in_is_no_duplicate(tmp_path: Path,
-                                                               base_url: str) -> None:
+async def test_a_real_id_named_like_a_stand_in_is_no_duplicate(
+    tmp_path: Path, base_url: str
+) -> None:
     path = make_input(tmp_path / "in.jsonl", 3, plain=True)  # line-1, line-2, line-3
     with path.open("ab") as f:  # a real custom_id that is a plain body's stand-in name
-        f.write(orjson.dumps({"custom_id": "line-2", "method": "POST", "url": "/v1/responses",
-                              "body": {"model": "m", "input": "real"}}) + b"\n")
+        f.write(
+            orjson.dumps(
+                {
+                    "custom_id": "line-2",
+                    "method": "POST",
+                    "url": "/v1/responses",
+                    "body": {"model": "m", "input": "real"},
+                }
+            )
+            + b"\n"
+        )
     cfg = config(tmp_path, base_url)
     summary = await run_batch(cfg)
     assert (summary.succeeded, summary.failed) == (4, 0)
@@ -202,8 +234,9 @@ async def test_a_real_id_named_like_a_stand_in_is_no_duplicate(tmp_path: Path,
     assert (again.already_done, again.finished) == (4, 0)
 
 
-def test_duplicate_ids_are_refused_before_sending(tmp_path: Path, mock_factory: MockFactory,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_duplicate_ids_are_refused_before_sending(
+    tmp_path: Path, mock_factory: MockFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
     mock = mock_factory()
     path = make_input(tmp_path / "in.jsonl", 5)
     with path.open("ab") as f:
@@ -240,8 +273,7 @@ async def test_shards_partition_the_job(tmp_path: Path, base_url: str) -> None:
     assert sorted(seen) == sorted(f"req-{i}" for i in range(90))
 
 
-async def test_requests_spread_across_base_urls(tmp_path: Path,
-                                                mock_factory: MockFactory) -> None:
+async def test_requests_spread_across_base_urls(tmp_path: Path, mock_factory: MockFactory) -> None:
     first, second = mock_factory(), mock_factory()
     make_input(tmp_path / "in.jsonl", 200)
     cfg = config(tmp_path, first.base_url, concurrency=16)
@@ -284,8 +316,10 @@ def recording(limiter: RateLimiter, clock: FakeClock) -> list[tuple[float, int]]
 
 def max_in_window(times: list[float], amounts: list[int], window_s: float = 60.0) -> int:
     """The largest sum of amounts granted within any half-open window of window_s."""
-    return max(sum(a for t, a in zip(times, amounts, strict=True) if start <= t < start + window_s)
-               for start in times)
+    return max(
+        sum(a for t, a in zip(times, amounts, strict=True) if start <= t < start + window_s)
+        for start in times
+    )
 
 
 async def test_requests_per_minute_hold_in_every_window(tmp_path: Path, base_url: str) -> None:
@@ -347,12 +381,12 @@ class ServerPacedClock(FakeClock):
         await super().sleep(seconds)
 
 
-async def test_retries_are_charged_to_the_limits(tmp_path: Path,
-                                                 mock_factory: MockFactory) -> None:
+async def test_retries_are_charged_to_the_limits(tmp_path: Path, mock_factory: MockFactory) -> None:
     """Every HTTP request the server receives, retries included, went through the limiter,
     so no window at the server holds more than rpm requests."""
-    mock = mock_factory(output_tokens=16, faults={"429": 0.25, "500": 0.1}, seed=3,
-                        retry_after_s=0.01)
+    mock = mock_factory(
+        output_tokens=16, faults={"429": 0.25, "500": 0.1}, seed=3, retry_after_s=0.01
+    )
     clock = ServerPacedClock()
     mock.stats.requests = clock.arrivals
     limiter = RateLimiter(rpm=10, tpm=None, clock=clock, sleep=clock.sleep)
@@ -360,16 +394,18 @@ async def test_retries_are_charged_to_the_limits(tmp_path: Path,
     make_input(tmp_path / "in.jsonl", 40)
     summary = await run_batch(config(tmp_path, mock.base_url, concurrency=8), limiter=limiter)
     assert summary.retries >= 5  # the faults did make the runner retry
-    assert_exactly_once({f"req-{i}" for i in range(40)}, tmp_path / "out.jsonl",
-                        tmp_path / "out.errors.jsonl")
+    assert_exactly_once(
+        {f"req-{i}" for i in range(40)}, tmp_path / "out.jsonl", tmp_path / "out.errors.jsonl"
+    )
     arrivals = clock.arrivals.times
     assert len(arrivals) == len(clock.grants) == 40 + summary.retries
     assert max_in_window(arrivals, [1] * len(arrivals)) <= 10
 
 
 @pytest.mark.parametrize("max_retries", [0, 2])
-async def test_retry_budget_counts_every_attempt(tmp_path: Path, mock_factory: MockFactory,
-                                                 max_retries: int) -> None:
+async def test_retry_budget_counts_every_attempt(
+    tmp_path: Path, mock_factory: MockFactory, max_retries: int
+) -> None:
     mock = mock_factory(faults={"500": 1.0})
     make_input(tmp_path / "in.jsonl", 5)
     retry = RetryPolicy(max_retries=max_retries, base_s=0.001, cap_s=0.002)
@@ -379,12 +415,15 @@ async def test_retry_budget_counts_every_attempt(tmp_path: Path, mock_factory: M
     assert {r["error"]["code"] for r in records(tmp_path / "out.errors.jsonl")} == {"http_500"}
 
 
-@pytest.mark.parametrize("error", [
-    pytest.param(RateLimitError("slow", status=429, retry_after_s=0.25), id="retry-after"),
-    pytest.param(RateLimitError("slow", status=429, retry_after_s=600.0), id="retry-after-cap"),
-    pytest.param(InternalServerError("oops", status=500), id="http-500"),
-    pytest.param(TransportError("reset"), id="transport"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(RateLimitError("slow", status=429, retry_after_s=0.25), id="retry-after"),
+        pytest.param(RateLimitError("slow", status=429, retry_after_s=600.0), id="retry-after-cap"),
+        pytest.param(InternalServerError("oops", status=500), id="http-500"),
+        pytest.param(TransportError("reset"), id="transport"),
+    ],
+)
 def test_runner_and_engine_share_one_retry_rule(error: EngineError) -> None:
     """The runner sends retries itself, with the engine's rule: the same function."""
     policy = RetryPolicy(max_retries=3, base_s=0.5, cap_s=20.0, max_retry_after_s=60.0)
@@ -401,14 +440,24 @@ def test_runner_and_engine_share_one_retry_rule(error: EngineError) -> None:
         random.setstate(saved)
 
 
-
-def test_api_key_is_never_printed(tmp_path: Path, auth_mock_server: MockServerThread,
-                                  capsys: pytest.CaptureFixture[str],
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_api_key_is_never_printed(
+    tmp_path: Path,
+    auth_mock_server: MockServerThread,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("BATCH_TEST_KEY", TEST_API_KEY)
     make_input(tmp_path / "in.jsonl", 6)
-    argv = [str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"), "--json",
-            "--base-url", auth_mock_server.base_url, "--api-key-env", "BATCH_TEST_KEY"]
+    argv = [
+        str(tmp_path / "in.jsonl"),
+        "-o",
+        str(tmp_path / "out.jsonl"),
+        "--json",
+        "--base-url",
+        auth_mock_server.base_url,
+        "--api-key-env",
+        "BATCH_TEST_KEY",
+    ]
     assert batch_main(argv) == 0
     shown = capsys.readouterr()
     assert orjson.loads(shown.out)["succeeded"] == 6
@@ -429,20 +478,26 @@ async def test_torn_last_line_is_repaired_on_resume(tmp_path: Path, base_url: st
     summary = await run_batch(cfg)
     assert summary.repaired_bytes == len(torn)
     assert (summary.already_done, summary.succeeded) == (20, 10)
-    assert_exactly_once({f"req-{i}" for i in range(30)}, cfg.output_path,
-                        tmp_path / "out.errors.jsonl")
+    assert_exactly_once(
+        {f"req-{i}" for i in range(30)}, cfg.output_path, tmp_path / "out.errors.jsonl"
+    )
     assert content(cfg.output_path) == reference
 
 
 def run_cli(args: list[str]) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
-    return subprocess.Popen([sys.executable, "-m", "engine.batch", "--no-progress", *args],
-                            cwd=PROJECT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "engine.batch", "--no-progress", *args],
+        cwd=PROJECT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
-def wait_for_lines(path: Path, count: int, proc: subprocess.Popen[bytes],
-                   deadline_s: float = 60.0) -> None:
+def wait_for_lines(
+    path: Path, count: int, proc: subprocess.Popen[bytes], deadline_s: float = 60.0
+) -> None:
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         if path.exists() and path.read_bytes().count(b"\n") >= count:
@@ -452,8 +507,9 @@ def wait_for_lines(path: Path, count: int, proc: subprocess.Popen[bytes],
     pytest.fail(f"{path} never reached {count} lines")
 
 
-def test_kill_9_and_rerun_equals_an_uninterrupted_run(tmp_path: Path,
-                                                      mock_factory: MockFactory) -> None:
+def test_kill_9_and_rerun_equals_an_uninterrupted_run(
+    tmp_path: Path, mock_factory: MockFactory
+) -> None:
     # itl 2 ms x 16 tokens at concurrency 4: about 4 s of work, killed at about 15 %.
     mock = mock_factory(MockConfig(itl_ms=2.0, output_tokens=16))
     n = 300
@@ -468,9 +524,10 @@ def test_kill_9_and_rerun_equals_an_uninterrupted_run(tmp_path: Path,
     proc.stderr.close()
     killed_at = out.read_bytes().count(b"\n")
     assert killed_at < n
-    for args in ([str(path), "-o", str(out), *common],
-                 [str(path), "-o", str(ref_out), "--base-url", mock.base_url,
-                  "--concurrency", "32"]):
+    for args in (
+        [str(path), "-o", str(out), *common],
+        [str(path), "-o", str(ref_out), "--base-url", mock.base_url, "--concurrency", "32"],
+    ):
         done = run_cli(args)
         _, err = done.communicate(timeout=60)
         assert done.returncode == 0, err.decode()
@@ -492,8 +549,9 @@ def test_id_records_are_stable_across_runs(tmp_path: Path, base_url: str) -> Non
     assert len(set(itertools.chain(*ids))) == 3
 
 
-async def test_progress_display_and_summary(tmp_path: Path, base_url: str,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+async def test_progress_display_and_summary(
+    tmp_path: Path, base_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     from engine.batch.progress import format_summary  # noqa: PLC0415
 
     make_input(tmp_path / "in.jsonl", 20)
@@ -530,14 +588,18 @@ def write_bad_lines(path: Path, count: int) -> list[int]:
     first = len(path.read_bytes().splitlines()) + 1
     with path.open("ab") as f:
         for i in range(count):
-            f.write(b"{broken\n" if i % 2 else
-                    b'{"custom_id": "bad-%d", "method": "POST", "url": "/v1/embeddings",'
-                    b' "body": {"model": "m"}}\n' % i)
+            f.write(
+                b"{broken\n"
+                if i % 2
+                else b'{"custom_id": "bad-%d", "method": "POST", "url": "/v1/embeddings",'
+                b' "body": {"model": "m"}}\n' % i
+            )
     return list(range(first, first + count))
 
 
-def test_bad_lines_are_listed_on_stderr(tmp_path: Path, base_url: str,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_lines_are_listed_on_stderr(
+    tmp_path: Path, base_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = make_input(tmp_path / "in.jsonl", 5)
     numbers = write_bad_lines(path, 23)
     out = tmp_path / "out.jsonl"
@@ -555,8 +617,9 @@ def test_bad_lines_are_listed_on_stderr(tmp_path: Path, base_url: str,
     assert len(records(tmp_path / "out.errors.jsonl")) == 23  # the file holds every one
 
 
-def test_cli_dry_run_lists_problems_and_sends_nothing(tmp_path: Path, mock_factory: MockFactory,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_dry_run_lists_problems_and_sends_nothing(
+    tmp_path: Path, mock_factory: MockFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
     mock = mock_factory()
     path = make_input(tmp_path / "in.jsonl", 12)
     out = tmp_path / "out.jsonl"
@@ -593,14 +656,17 @@ def test_cli_errors_path_is_used(tmp_path: Path, base_url: str) -> None:
     assert (len(records(out)), len(records(errors))) == (4, 2)
 
 
-def test_cli_shards_cover_the_input_once(tmp_path: Path, base_url: str,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_shards_cover_the_input_once(
+    tmp_path: Path, base_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = make_input(tmp_path / "in.jsonl", 40)
     seen: list[str] = []
     for i in (1, 2):
         out = tmp_path / f"part{i}.jsonl"
-        assert batch_main([str(path), "-o", str(out), "--base-url", base_url,
-                           "--shard", f"{i}/2"]) == 0
+        assert (
+            batch_main([str(path), "-o", str(out), "--base-url", base_url, "--shard", f"{i}/2"])
+            == 0
+        )
         ids = [r["custom_id"] for r in records(out)]
         assert f"{len(ids)} requests in shard {i}/2," in capsys.readouterr().err
         assert ids
@@ -619,9 +685,12 @@ async def test_each_endpoint_gets_its_own_key(tmp_path: Path, mock_factory: Mock
     assert min(sum(m.stats.requests.values()) for m in (first, second)) >= 10
 
 
-def test_cli_spreads_over_every_api_key(tmp_path: Path, mock_factory: MockFactory,
-                                        capsys: pytest.CaptureFixture[str],
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_spreads_over_every_api_key(
+    tmp_path: Path,
+    mock_factory: MockFactory,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Two `--api-key-env`: both keys carry requests. The mock knows only the first, so what
     went with the second ends as a 401 in the errors file: proof that it was sent."""
     mock = mock_factory(api_key="sk-known")
@@ -629,8 +698,20 @@ def test_cli_spreads_over_every_api_key(tmp_path: Path, mock_factory: MockFactor
     monkeypatch.setenv("KEY_B", "sk-other")
     path = make_input(tmp_path / "in.jsonl", 40)
     out = tmp_path / "out.jsonl"
-    argv = [str(path), "-o", str(out), "--base-url", mock.base_url, "--concurrency", "4",
-            "--api-key-env", "KEY_A", "--api-key-env", "KEY_B", "--json"]
+    argv = [
+        str(path),
+        "-o",
+        str(out),
+        "--base-url",
+        mock.base_url,
+        "--concurrency",
+        "4",
+        "--api-key-env",
+        "KEY_A",
+        "--api-key-env",
+        "KEY_B",
+        "--json",
+    ]
     assert batch_main(argv) == 1
     shown = capsys.readouterr()
     by_endpoint = orjson.loads(shown.out)["requests_by_endpoint"]
@@ -640,14 +721,19 @@ def test_cli_spreads_over_every_api_key(tmp_path: Path, mock_factory: MockFactor
     assert len(ok) == by_endpoint[f"{mock.base_url} $KEY_A"]
     assert len(failed) == by_endpoint[f"{mock.base_url} $KEY_B"]
     assert {r["error"]["code"] for r in failed} == {"http_401"}
-    for text in (shown.out, shown.err, out.read_text(),
-                 (tmp_path / "out.errors.jsonl").read_text()):
+    for text in (
+        shown.out,
+        shown.err,
+        out.read_text(),
+        (tmp_path / "out.errors.jsonl").read_text(),
+    ):
         assert "sk-known" not in text
         assert "sk-other" not in text
 
 
-async def test_adaptive_concurrency_backs_off_on_429(tmp_path: Path,
-                                                     mock_factory: MockFactory) -> None:
+async def test_adaptive_concurrency_backs_off_on_429(
+    tmp_path: Path, mock_factory: MockFactory
+) -> None:
     from engine.batch.progress import format_summary  # noqa: PLC0415
 
     mock = mock_factory(output_tokens=16, faults={"429": 0.1}, seed=11, retry_after_s=0.01)

@@ -50,7 +50,7 @@ class FullDisk:
             self.torn = False
             self.failed = True
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        if bytes(data[:len(RECORD_START)]) == RECORD_START and self._is_target(fd):
+        if bytes(data[: len(RECORD_START)]) == RECORD_START and self._is_target(fd):
             self.records += 1
             if self.records == self.fail_at:
                 self.torn = True
@@ -68,7 +68,8 @@ def whole_json_lines(path: Path) -> list[dict[str, Any]]:
 
 
 def test_a_failed_write_is_cut_back_to_the_last_whole_record(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out, err = tmp_path / "out.jsonl", tmp_path / "err.jsonl"
     with ResultStore(out, err) as store:
         store.open()
@@ -91,16 +92,28 @@ def test_a_failed_write_is_cut_back_to_the_last_whole_record(
 
 @pytest.mark.parametrize("target", ["output", "errors"])
 async def test_a_failed_write_stops_the_job_and_the_rerun_completes_it(
-        tmp_path: Path, mock_factory: MockFactory, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture, target: str) -> None:
+    tmp_path: Path,
+    mock_factory: MockFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    target: str,
+) -> None:
     mock = mock_factory(MockConfig(itl_ms=2.0, output_tokens=16))
     path = make_input(tmp_path / "in.jsonl", 120)
     with path.open("ab") as f:  # bad lines between the requests: records of the errors file
         for i in range(120):
             f.write(b"{broken %d\n" % i)
-            f.write(orjson.dumps({"custom_id": f"more-{i}", "method": "POST",
-                                  "url": "/v1/responses", "body": {"model": "m", "input": "x"}})
-                    + b"\n")
+            f.write(
+                orjson.dumps(
+                    {
+                        "custom_id": f"more-{i}",
+                        "method": "POST",
+                        "url": "/v1/responses",
+                        "body": {"model": "m", "input": "x"},
+                    }
+                )
+                + b"\n"
+            )
     cfg = config(tmp_path, mock.base_url, concurrency=8)
     out, err = cfg.output_path, tmp_path / "out.errors.jsonl"
     disk = FullDisk(out if target == "output" else err, 12, monkeypatch)
@@ -151,34 +164,45 @@ os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
 """
 
 
-def run_batch_cli(args: list[str], file_size_limit: int | None = None,
-                  ) -> subprocess.CompletedProcess[bytes]:
+def run_batch_cli(
+    args: list[str],
+    file_size_limit: int | None = None,
+) -> subprocess.CompletedProcess[bytes]:
     """`python -m engine batch ARGS` in a child process, optionally with RLIMIT_FSIZE."""
     env = {**os.environ, "PYTHONPATH": str(PROJECT), "PYTHONDONTWRITEBYTECODE": "1"}
     command = [sys.executable, "-m", "engine", "batch", "--no-progress", *args]
     if file_size_limit is not None:
-        command = [sys.executable, "-c", WITH_FILE_SIZE_LIMIT, str(file_size_limit),
-                   *command[1:]]
-    return subprocess.run(command, cwd=PROJECT, env=env, capture_output=True, timeout=120,
-                          check=False)
+        command = [sys.executable, "-c", WITH_FILE_SIZE_LIMIT, str(file_size_limit), *command[1:]]
+    return subprocess.run(
+        command, cwd=PROJECT, env=env, capture_output=True, timeout=120, check=False
+    )
 
 
-def test_file_too_large_stops_with_one_line_and_resumes(tmp_path: Path,
-                                                        mock_factory: MockFactory) -> None:
+def test_file_too_large_stops_with_one_line_and_resumes(
+    tmp_path: Path, mock_factory: MockFactory
+) -> None:
     mock = mock_factory(MockConfig(itl_ms=1.0, output_tokens=16))
     n, concurrency, limit = 200, 4, 30_000
     path = make_input(tmp_path / "in.jsonl", n)
     out, err = tmp_path / "out.jsonl", tmp_path / "out.errors.jsonl"
-    args = [str(path), "-o", str(out), "--base-url", mock.base_url,
-            "--concurrency", str(concurrency)]
+    args = [
+        str(path),
+        "-o",
+        str(out),
+        "--base-url",
+        mock.base_url,
+        "--concurrency",
+        str(concurrency),
+    ]
 
     full = run_batch_cli(args, file_size_limit=limit)
     stderr = full.stderr.decode()
     assert full.returncode == EXIT_WRITE_FAILED == 3, stderr
     assert len(stderr.splitlines()) == 1, stderr  # one line: no traceback, no task warnings
     assert stderr.startswith(f"stream-engine batch: cannot write {out}: File too large (EFBIG);")
-    assert stderr.rstrip().endswith("raise the file-size limit (ulimit -f), then run the same "
-                                    "command to resume")
+    assert stderr.rstrip().endswith(
+        "raise the file-size limit (ulimit -f), then run the same command to resume"
+    )
     saved = whole_json_lines(out)
     assert whole_json_lines(err) == []
     assert 0 < len(saved) < n

@@ -15,8 +15,9 @@ from tests.conftest import bench_main as main
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-FIXTURE = (Path(__file__).resolve().parent / "real_servers" / "metrics"
-           / "llama-server-busy.txt").read_bytes()
+FIXTURE = (
+    Path(__file__).resolve().parent / "real_servers" / "metrics" / "llama-server-busy.txt"
+).read_bytes()
 
 
 class _Metrics(BaseHTTPRequestHandler):
@@ -45,10 +46,34 @@ def metrics_server() -> Iterator[str]:
 def test_bench_keeps_the_servers_series_beside_its_own(tmp_path: Path) -> None:
     out = tmp_path / "r.json"
     for url in metrics_server():
-        assert main(["--mock-ttft-ms", "5", "--mock-itl-ms", "2", "--duration", "1.5",
-                     "--warmup", "0.3", "--concurrency", "2", "--output-tokens", "8",
-                     "--no-canary", "-q", "--no-save", "-o", str(out),
-                     "--server-metrics", url, "--server-metrics-interval", "0.2"]) == 0
+        assert (
+            main(
+                [
+                    "--mock-ttft-ms",
+                    "5",
+                    "--mock-itl-ms",
+                    "2",
+                    "--duration",
+                    "1.5",
+                    "--warmup",
+                    "0.3",
+                    "--concurrency",
+                    "2",
+                    "--output-tokens",
+                    "8",
+                    "--no-canary",
+                    "-q",
+                    "--no-save",
+                    "-o",
+                    str(out),
+                    "--server-metrics",
+                    url,
+                    "--server-metrics-interval",
+                    "0.2",
+                ]
+            )
+            == 0
+        )
     doc = orjson.loads(out.read_bytes())
     section = doc["server_metrics"]
     assert section["server"] == "llama.cpp"

@@ -24,7 +24,10 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("bench")
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--out", str(out)],
-        capture_output=True, timeout=300, check=False, cwd=ROOT,
+        capture_output=True,
+        timeout=300,
+        check=False,
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
     return json.loads((out / "results.json").read_text()), out
@@ -34,8 +37,15 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
 @pytest.mark.timeout(320)
 def test_machine_facts(quick_run: tuple[dict, Path]) -> None:
     machine = quick_run[0]["machine"]
-    for key in ("cpu", "cores", "python", "packages", "load_average_1_5_15", "date",
-                "load_average_after"):
+    for key in (
+        "cpu",
+        "cores",
+        "python",
+        "packages",
+        "load_average_1_5_15",
+        "date",
+        "load_average_after",
+    ):
         assert machine[key] is not None, key
     assert machine["packages"]["orjson"]
 

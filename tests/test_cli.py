@@ -23,8 +23,9 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def engine_cli(*args: str, env: dict[str, str] | None = None,
-               module: bool = True) -> subprocess.CompletedProcess[str]:
+def engine_cli(
+    *args: str, env: dict[str, str] | None = None, module: bool = True
+) -> subprocess.CompletedProcess[str]:
     """`python -m engine ARGS` (or the `stream-engine` console script), bounded in time."""
     run_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY"):
@@ -32,8 +33,9 @@ def engine_cli(*args: str, env: dict[str, str] | None = None,
             run_env.pop(name, None)
     script = shutil.which("stream-engine")
     cmd = [sys.executable, "-m", "engine"] if module or script is None else [script]
-    return subprocess.run([*cmd, *args], capture_output=True, text=True, env=run_env,
-                          timeout=60, check=False)
+    return subprocess.run(
+        [*cmd, *args], capture_output=True, text=True, env=run_env, timeout=60, check=False
+    )
 
 
 def test_run_prints_the_text_then_usage_and_ttft(base_url: str) -> None:
@@ -41,7 +43,8 @@ def test_run_prints_the_text_then_usage_and_ttft(base_url: str) -> None:
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.split()) >= 8  # the mock's 16 tokens of text, streamed to stdout
     assert "ended: completed (stop)\nusage: 10 in (0 cached), 16 out (0 reasoning), 26 total" in (
-        proc.stderr)
+        proc.stderr
+    )
     assert "time to first token:" in proc.stderr
     assert "request id: req_" in proc.stderr
 
@@ -94,16 +97,47 @@ def test_help_lists_the_four_verbs() -> None:
     assert engine_cli().returncode == 2  # a verb is required
 
 
-def test_batch_and_bench_verbs_through_the_main_parser(tmp_path: Path, base_url: str,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_batch_and_bench_verbs_through_the_main_parser(
+    tmp_path: Path, base_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     make_input(tmp_path / "in.jsonl", 20)
     out = tmp_path / "out.jsonl"
-    assert main(["batch", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", base_url,
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "batch",
+                str(tmp_path / "in.jsonl"),
+                "-o",
+                str(out),
+                "--base-url",
+                base_url,
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert len(records(out)) == 20
     result = tmp_path / "bench.json"
-    assert main(["bench", "--base-url", base_url, "--requests", "30", "--warmup", "0.2",
-                 "--concurrency", "4", "-q", "--no-save", "-o", str(result)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--base-url",
+                base_url,
+                "--requests",
+                "30",
+                "--warmup",
+                "0.2",
+                "--concurrency",
+                "4",
+                "-q",
+                "--no-save",
+                "-o",
+                str(result),
+            ]
+        )
+        == 0
+    )
     doc = orjson.loads(result.read_bytes())
     assert (doc["completed"], doc["failed"]) == (30, 0)
     assert "TTFT" in capsys.readouterr().err

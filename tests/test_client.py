@@ -30,8 +30,11 @@ from engine.handlers import Callback, JSONLWriter, TextCollector
 
 FAST_RETRY = RetryPolicy(max_retries=2, base_s=0.001, cap_s=0.01)
 RESPONSES_BODY = {"model": "m", "input": "Hello there", "max_output_tokens": 12}
-CHAT_BODY = {"model": "m", "messages": [{"role": "user", "content": "Hello there"}],
-             "max_tokens": 12}
+CHAT_BODY = {
+    "model": "m",
+    "messages": [{"role": "user", "content": "Hello there"}],
+    "max_tokens": 12,
+}
 
 
 def fault(kind: str) -> dict[str, str]:
@@ -44,7 +47,10 @@ async def test_run_responses(base_url: str) -> None:
     assert result.http_status == 200
     # the request's cap set the length: OpenAI ends such a stream incomplete (a result)
     assert (result.status, result.incomplete_reason, result.finish_reason) == (
-        "incomplete", "max_output_tokens", "length")
+        "incomplete",
+        "max_output_tokens",
+        "length",
+    )
     assert result.dialect is Dialect.RESPONSES
     assert result.usage is not None
     assert result.usage.output_tokens == 12
@@ -74,12 +80,17 @@ async def test_run_chat_normalises_usage_and_shape(base_url: str, mock_server: A
     assert sent["stream_options"] == {"include_usage": True}
 
 
-@pytest.mark.parametrize(("body", "last"), [
-    (RESPONSES_BODY, "response.incomplete"),
-    ({"model": "m", "input": "Hello there"}, "response.completed"),
-], ids=["capped", "uncapped"])
-async def test_stream_yields_events_in_order(base_url: str, body: dict[str, Any],
-                                             last: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "last"),
+    [
+        (RESPONSES_BODY, "response.incomplete"),
+        ({"model": "m", "input": "Hello there"}, "response.completed"),
+    ],
+    ids=["capped", "uncapped"],
+)
+async def test_stream_yields_events_in_order(
+    base_url: str, body: dict[str, Any], last: str
+) -> None:
     async with Engine(base_url=base_url) as eng:
         events = [ev async for ev in eng.stream(body)]
         result = await eng.run(body)
@@ -97,10 +108,13 @@ async def test_endpoint_override_and_env(base_url: str, monkeypatch: pytest.Monk
     monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
     async with Engine() as eng:
         assert eng.base_url == base_url
-        result = await eng.run({"model": "m", "input": "x", "max_output_tokens": 3},
-                               endpoint="/responses")
-        chat = await eng.run({"model": "m", "messages": [{"role": "user", "content": "x"}],
-                              "max_tokens": 3}, endpoint="chat")
+        result = await eng.run(
+            {"model": "m", "input": "x", "max_output_tokens": 3}, endpoint="/responses"
+        )
+        chat = await eng.run(
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 3},
+            endpoint="chat",
+        )
     assert result.response["object"] == "response"
     assert chat.response["object"] == "chat.completion"
 
@@ -129,7 +143,10 @@ async def test_an_incomplete_response_is_a_result_not_an_error(base_url: str) ->
         result = await eng.run(RESPONSES_BODY, headers=fault("incomplete"))
         streamed = [ev.type async for ev in eng.stream(RESPONSES_BODY, headers=fault("incomplete"))]
     assert (result.status, result.incomplete_reason, result.finish_reason) == (
-        "incomplete", "max_output_tokens", "length")
+        "incomplete",
+        "max_output_tokens",
+        "length",
+    )
     assert result.text
     assert result.response["status"] == "incomplete"
     assert result.usage is not None
@@ -140,18 +157,24 @@ async def test_a_chat_stream_cut_by_its_limit_is_incomplete_too(base_url: str) -
     async with Engine(base_url=base_url) as eng:
         result = await eng.run({**CHAT_BODY, "max_tokens": 3})
     assert (result.status, result.incomplete_reason, result.finish_reason) == (
-        "incomplete", "max_output_tokens", "length")
+        "incomplete",
+        "max_output_tokens",
+        "length",
+    )
     assert result.response["choices"][0]["finish_reason"] == "length"
     assert result.usage is not None
     assert result.usage.output_tokens == 3
 
 
-@pytest.mark.parametrize(("kind", "cls"), [
-    ("error-event", ErrorEvent),
-    ("failed", ResponseFailed),
-    ("malformed", ProtocolError),
-    ("html", ProtocolError),
-])
+@pytest.mark.parametrize(
+    ("kind", "cls"),
+    [
+        ("error-event", ErrorEvent),
+        ("failed", ResponseFailed),
+        ("malformed", ProtocolError),
+        ("html", ProtocolError),
+    ],
+)
 async def test_stream_failures_are_typed(base_url: str, kind: str, cls: type[Exception]) -> None:
     async with Engine(base_url=base_url, retry=FAST_RETRY) as eng:
         with pytest.raises(cls) as info:
@@ -162,7 +185,6 @@ async def test_stream_failures_are_typed(base_url: str, kind: str, cls: type[Exc
     assert getattr(err, "request_id", None)
     assert getattr(err, "status", None) == 200  # the HTTP status the stream came with
     assert "job-7" in str(err)
-
 
 
 async def test_html_page_names_status_and_content(base_url: str) -> None:
@@ -191,7 +213,8 @@ async def test_status_errors_are_typed_and_retried(mock_server: Any, base_url: s
 
 
 async def test_before_retry_is_awaited_before_each_retry_and_can_end_the_call(
-        mock_server: Any, base_url: str) -> None:
+    mock_server: Any, base_url: str
+) -> None:
     """Where the batch runner takes each retry's rate-limit grant; an exception ends the call."""
     seen: list[tuple[str, int]] = []
 
@@ -229,7 +252,8 @@ async def test_a_calls_own_before_retry_replaces_the_engines(base_url: str) -> N
 
 @pytest.mark.parametrize("mid_stream", [False, True])
 async def test_mid_stream_breaks_are_sent_again_only_when_asked_and_nothing_was_shown(
-        mock_factory: Any, mid_stream: bool) -> None:
+    mock_factory: Any, mid_stream: bool
+) -> None:
     server = mock_factory(faults={"disconnect:3": 1.0})
     policy = RetryPolicy(max_retries=2, base_s=0.001, cap_s=0.01, mid_stream=mid_stream)
     async with Engine(base_url=server.base_url, retry=policy) as eng:
@@ -244,8 +268,9 @@ async def test_mid_stream_breaks_are_sent_again_only_when_asked_and_nothing_was_
         assert "(gave up after 3 attempts, " in str(info.value)
 
 
-async def test_reset_before_headers_is_a_retried_transport_error(mock_server: Any,
-                                                                base_url: str) -> None:
+async def test_reset_before_headers_is_a_retried_transport_error(
+    mock_server: Any, base_url: str
+) -> None:
     async with Engine(base_url=base_url, retry=FAST_RETRY) as eng:
         before = sum(mock_server.stats.requests.values())
         with pytest.raises(TransportError):
@@ -273,8 +298,9 @@ async def test_idle_timeout_on_stall(base_url: str) -> None:
 
 async def test_first_token_timeout(base_url: str) -> None:
     timeouts = Timeouts(idle_s=None, first_token_s=0.2)
-    async with Engine(base_url=base_url, timeouts=timeouts,
-                      retry=RetryPolicy(max_retries=0)) as eng:
+    async with Engine(
+        base_url=base_url, timeouts=timeouts, retry=RetryPolicy(max_retries=0)
+    ) as eng:
         with pytest.raises(FirstTokenTimeout):
             await eng.run(RESPONSES_BODY, headers=fault("stall:2"))
 
@@ -335,8 +361,7 @@ async def test_api_key_sent_and_never_shown(mock_factory: Any) -> None:
     async with Engine(base_url=server.base_url, api_key="sk-test-secret") as eng:
         assert "sk-test-secret" not in repr(eng)
         assert (await eng.run(RESPONSES_BODY)).http_status == 200
-    async with Engine(base_url=server.base_url, api_key="sk-wrong-secret",
-                      retry=FAST_RETRY) as eng:
+    async with Engine(base_url=server.base_url, api_key="sk-wrong-secret", retry=FAST_RETRY) as eng:
         with pytest.raises(AuthenticationError) as info:
             await eng.run(RESPONSES_BODY)
     assert info.value.status == 401
@@ -356,15 +381,17 @@ async def test_retry_after_is_honoured(mock_factory: Any) -> None:
     async def count(_: Any, attempt: int) -> None:
         retried.append(attempt)
 
-    async with Engine(base_url=server.base_url, before_retry=count,
-                      retry=RetryPolicy(max_retries=2, base_s=0.0, cap_s=0.0)) as eng:
+    async with Engine(
+        base_url=server.base_url,
+        before_retry=count,
+        retry=RetryPolicy(max_retries=2, base_s=0.0, cap_s=0.0),
+    ) as eng:
         eng._sleep = fake_sleep
         with pytest.raises(RateLimitError) as info:
             await eng.run(RESPONSES_BODY)
     assert delays == [7.5, 7.5]  # the server's Retry-After, not the (zero) backoff
     assert retried == [1, 2]
     assert info.value.attempts == 3
-
 
 
 async def test_connect_refused_is_a_transport_error() -> None:
@@ -389,8 +416,12 @@ async def test_handlers_sync_async_and_builtins(base_url: str) -> None:
         await asyncio.sleep(0)
         seen_async.append(event.type)
 
-    handlers = [collector, JSONLWriter(buf), async_handler,
-                Callback(deltas.append, types={"response.output_text.delta"})]
+    handlers = [
+        collector,
+        JSONLWriter(buf),
+        async_handler,
+        Callback(deltas.append, types={"response.output_text.delta"}),
+    ]
     async with Engine(base_url=base_url) as eng:
         result = await eng.run(RESPONSES_BODY, handlers=handlers)
     assert collector.text == result.text
@@ -422,16 +453,18 @@ async def test_the_request_leaves_from_the_calling_task(base_url: str) -> None:
 def without_ids(value: Any) -> Any:
     """A response with what differs between two requests to the mock (ids, times) taken out."""
     if isinstance(value, dict):
-        return {k: without_ids(v) for k, v in value.items()
-                if k not in ("id", "created", "created_at", "completed_at")}
+        return {
+            k: without_ids(v)
+            for k, v in value.items()
+            if k not in ("id", "created", "created_at", "completed_at")
+        }
     if isinstance(value, list):
         return [without_ids(v) for v in value]
     return value
 
 
 @pytest.mark.parametrize("kind", ["plain", "crlf", "done-after", "chat-on-responses"])
-async def test_run_without_handlers_gives_what_run_with_one_gives(base_url: str,
-                                                                 kind: str) -> None:
+async def test_run_without_handlers_gives_what_run_with_one_gives(base_url: str, kind: str) -> None:
     """`run()` with no handler reads deltas straight off the batch; the result must not
     differ from the event-by-event path in anything."""
     headers = {} if kind == "plain" else fault(kind)

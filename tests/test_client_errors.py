@@ -80,8 +80,14 @@ async def raw_server(answer: Answer) -> AsyncIterator[str]:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
             head = await reader.readuntil(b"\r\n\r\n")
-            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                           if line.lower().startswith(b"content-length:")), 0)
+            length = next(
+                (
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
+                0,
+            )
             request = head + await reader.readexactly(length)
             writer.write(answer(request))
             await writer.drain()
@@ -96,8 +102,10 @@ async def raw_server(answer: Answer) -> AsyncIterator[str]:
 
 
 def http(status: str, body: bytes, ctype: str = "text/event-stream") -> bytes:
-    return (f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-            f"x-request-id: req_raw\r\nConnection: close\r\n\r\n").encode() + body
+    return (
+        f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+        f"x-request-id: req_raw\r\nConnection: close\r\n\r\n"
+    ).encode() + body
 
 
 def reflect(request: bytes) -> bytes:
@@ -158,26 +166,43 @@ LEAKS = [
     pytest.param(lambda _: b"garbage\r\n\r\n", TransportError, id="garbage"),
     pytest.param(lambda _: b"HTTP/1.1 abc OK\r\n\r\n", TransportError, id="bad-status-code"),
     pytest.param(lambda _: b"", TransportError, id="closed-without-answer"),
-    pytest.param(lambda _: b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n", TransportError,
-                 id="bad-header-line"),
+    pytest.param(
+        lambda _: b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n", TransportError, id="bad-header-line"
+    ),
     pytest.param(reflect, TransportError, id="request-reflected-into-status-line"),
-    pytest.param(lambda req: http("400 Bad Request", orjson.dumps(
-        {"error": {"message": req.decode()}}), "application/json"), BadRequestError,
-                 id="request-reflected-into-json-error"),
-    pytest.param(lambda req: http("200 OK", req, "text/plain"), ProtocolError,
-                 id="request-reflected-into-a-non-sse-body"),
-    pytest.param(lambda req: http("200 OK", req, "text/html"), ProtocolError,
-                 id="request-reflected-into-an-html-page"),
-    pytest.param(lambda _: (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                            b"Transfer-Encoding: chunked\r\n\r\n5\r\n: x\n\n\r\n"),
-                 StreamTruncated, id="body-cut-mid-chunk"),
+    pytest.param(
+        lambda req: http(
+            "400 Bad Request",
+            orjson.dumps({"error": {"message": req.decode()}}),
+            "application/json",
+        ),
+        BadRequestError,
+        id="request-reflected-into-json-error",
+    ),
+    pytest.param(
+        lambda req: http("200 OK", req, "text/plain"),
+        ProtocolError,
+        id="request-reflected-into-a-non-sse-body",
+    ),
+    pytest.param(
+        lambda req: http("200 OK", req, "text/html"),
+        ProtocolError,
+        id="request-reflected-into-an-html-page",
+    ),
+    pytest.param(
+        lambda _: (
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n5\r\n: x\n\n\r\n"
+        ),
+        StreamTruncated,
+        id="body-cut-mid-chunk",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("answer", "cls"), LEAKS)
 async def test_credentials_never_appear_in_an_error(answer: Answer, cls: type[Exception]) -> None:
-    async with raw_server(answer) as url, Engine(base_url=url, api_key=KEY,
-                                                 retry=NO_RETRY) as eng:
+    async with raw_server(answer) as url, Engine(base_url=url, api_key=KEY, retry=NO_RETRY) as eng:
         with pytest.raises(EngineError) as info:
             await eng.run(BODY, headers={"api-key": HEADER_SECRET}, custom_id="c1")
     assert type(info.value) is cls
@@ -186,8 +211,7 @@ async def test_credentials_never_appear_in_an_error(answer: Answer, cls: type[Ex
 
 
 async def test_a_reflected_key_is_redacted_not_dropped() -> None:
-    async with raw_server(reflect) as url, Engine(base_url=url, api_key=KEY,
-                                                  retry=NO_RETRY) as eng:
+    async with raw_server(reflect) as url, Engine(base_url=url, api_key=KEY, retry=NO_RETRY) as eng:
         with pytest.raises(TransportError) as info:
             await eng.run(BODY)
     assert "Bearer [redacted]" in str(info.value)  # the rest of the evidence stays readable
@@ -198,29 +222,40 @@ async def test_a_reflected_key_is_redacted_not_dropped() -> None:
 
 
 async def test_a_delta_with_broken_json_fails_the_stream() -> None:
-    stream = (b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
-              b'"delta":"x",}\n\nevent: response.completed\ndata: {"type":"response.completed",'
-              b'"response":{"status":"completed"}}\n\n')
-    async with raw_server(lambda _: http("200 OK", stream)) as url, Engine(
-            base_url=url, retry=NO_RETRY) as eng:
+    stream = (
+        b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+        b'"delta":"x",}\n\nevent: response.completed\ndata: {"type":"response.completed",'
+        b'"response":{"status":"completed"}}\n\n'
+    )
+    async with (
+        raw_server(lambda _: http("200 OK", stream)) as url,
+        Engine(base_url=url, retry=NO_RETRY) as eng,
+    ):
         with pytest.raises(ProtocolError, match="not valid JSON"):
             await eng.run(BODY)
 
 
-COMPLETED_EVENT = (b'event: response.completed\ndata: {"type":"response.completed",'
-                   b'"response":{"status":"completed"}}\n\n')
+COMPLETED_EVENT = (
+    b'event: response.completed\ndata: {"type":"response.completed",'
+    b'"response":{"status":"completed"}}\n\n'
+)
 
 
 @pytest.mark.parametrize("end", [COMPLETED_EVENT, b"data: [DONE]\n\n"])
 @pytest.mark.parametrize("handlers", [(), (TextCollector(),)])
-async def test_a_malformed_response_created_fails_the_stream(end: bytes,
-                                                             handlers: tuple[Any, ...]) -> None:
+async def test_a_malformed_response_created_fails_the_stream(
+    end: bytes, handlers: tuple[Any, ...]
+) -> None:
     """With or without handlers, and whether or not a terminal event follows."""
-    stream = (b"event: response.created\ndata: not json\n\n"
-              b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
-              b'"delta":"Hi"}\n\n' + end)
-    async with raw_server(lambda _: http("200 OK", stream)) as url, Engine(
-            base_url=url, retry=NO_RETRY) as eng:
+    stream = (
+        b"event: response.created\ndata: not json\n\n"
+        b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+        b'"delta":"Hi"}\n\n' + end
+    )
+    async with (
+        raw_server(lambda _: http("200 OK", stream)) as url,
+        Engine(base_url=url, retry=NO_RETRY) as eng,
+    ):
         with pytest.raises(ProtocolError, match="not valid JSON") as info:
             await eng.run(BODY, handlers=list(handlers), custom_id="c7")
     assert info.value.custom_id == "c7"
@@ -228,8 +263,9 @@ async def test_a_malformed_response_created_fails_the_stream(end: bytes,
     assert info.value.status == 200
 
 
-CHAT_CHUNK = (b'data: {"object":"chat.completion.chunk","choices":[{"index":0,'
-              b'"delta":{"content":"Hi"}}]}\n\n')
+CHAT_CHUNK = (
+    b'data: {"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n'
+)
 LLAMA_ERROR = b'error: {"code":500,"message":"slot unavailable","type":"server_error"}\n\n'
 
 
@@ -243,10 +279,15 @@ async def _drain_stream(events: AsyncIterator[Any]) -> None:
 async def test_llama_cpp_error_line_then_done_is_an_error(before: bytes, stream_api: bool) -> None:
     """llama.cpp's streaming error: an `error:` SSE line, then `data: [DONE]`."""
     body = before + LLAMA_ERROR + b"data: [DONE]\n\n"
-    async with raw_server(lambda _: http("200 OK", body)) as url, Engine(
-            base_url=url, retry=NO_RETRY) as eng:
-        consume = (lambda: _drain_stream(eng.stream(CHAT_BODY))) if stream_api else (
-            lambda: eng.run(CHAT_BODY))
+    async with (
+        raw_server(lambda _: http("200 OK", body)) as url,
+        Engine(base_url=url, retry=NO_RETRY) as eng,
+    ):
+        consume = (
+            (lambda: _drain_stream(eng.stream(CHAT_BODY)))
+            if stream_api
+            else (lambda: eng.run(CHAT_BODY))
+        )
         with pytest.raises(ErrorEvent, match="slot unavailable") as info:
             await consume()
     assert info.value.server_message == "slot unavailable"
@@ -256,34 +297,49 @@ async def test_llama_cpp_error_line_then_done_is_an_error(before: bytes, stream_
 
 async def test_a_key_quoted_in_an_error_event_is_redacted_from_the_message() -> None:
     event = b'data: {"error": {"message": "bad key sk-live-123 for Bearer sk-live-123"}}\n\n'
-    async with raw_server(lambda _: http("200 OK", event)) as url, Engine(
-            base_url=url, api_key="sk-live-123", retry=NO_RETRY) as eng:
+    async with (
+        raw_server(lambda _: http("200 OK", event)) as url,
+        Engine(base_url=url, api_key="sk-live-123", retry=NO_RETRY) as eng,
+    ):
         with pytest.raises(ErrorEvent) as info:
             await eng.run(CHAT_BODY)
     assert "sk-live-123" not in str(info.value)
     assert "sk-live-123" not in repr(info.value.args)
-    assert info.value.message == ("server sent an error event: bad key [redacted] for "
-                                  "Bearer [redacted]")
+    assert info.value.message == (
+        "server sent an error event: bad key [redacted] for Bearer [redacted]"
+    )
 
 
-@pytest.mark.parametrize("body", [
-    b"data: [DONE]\n\n",
-    b": keep-alive\n\ndata: [DONE]\n\n",
-    (b'data: {"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":'
-     b'"assistant"}}]}\n\ndata: [DONE]\n\n'),
-], ids=["done-alone", "comment-then-done", "role-chunk-then-done"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"data: [DONE]\n\n",
+        b": keep-alive\n\ndata: [DONE]\n\n",
+        (
+            b'data: {"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":'
+            b'"assistant"}}]}\n\ndata: [DONE]\n\n'
+        ),
+    ],
+    ids=["done-alone", "comment-then-done", "role-chunk-then-done"],
+)
 async def test_done_without_content_or_an_ending_is_never_a_success(body: bytes) -> None:
-    async with raw_server(lambda _: http("200 OK", body)) as url, Engine(
-            base_url=url, retry=NO_RETRY) as eng:
+    async with (
+        raw_server(lambda _: http("200 OK", body)) as url,
+        Engine(base_url=url, retry=NO_RETRY) as eng,
+    ):
         with pytest.raises(StreamTruncated, match="no content and no terminal event"):
             await eng.run(CHAT_BODY)
 
 
 async def test_an_empty_answer_that_says_it_finished_is_a_success() -> None:
-    body = (b'data: {"object":"chat.completion.chunk","choices":[{"index":0,"delta":{},'
-            b'"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n')
-    async with raw_server(lambda _: http("200 OK", body)) as url, Engine(
-            base_url=url, retry=NO_RETRY) as eng:
+    body = (
+        b'data: {"object":"chat.completion.chunk","choices":[{"index":0,"delta":{},'
+        b'"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+    )
+    async with (
+        raw_server(lambda _: http("200 OK", body)) as url,
+        Engine(base_url=url, retry=NO_RETRY) as eng,
+    ):
         result = await eng.run(CHAT_BODY)
     assert (result.text, result.finish_reason, result.status) == ("", "stop", "completed")
     assert result.e2e_s >= 0
@@ -294,8 +350,10 @@ async def test_an_empty_answer_that_says_it_finished_is_a_success() -> None:
 
 async def test_a_plain_text_body_is_a_protocol_error_with_its_bytes() -> None:
     text = b"upstream connect error or disconnect/reset before headers. " * 10
-    async with raw_server(lambda _: http("200 OK", text, "text/plain")) as url, Engine(
-            base_url=url, retry=NO_RETRY) as eng:
+    async with (
+        raw_server(lambda _: http("200 OK", text, "text/plain")) as url,
+        Engine(base_url=url, retry=NO_RETRY) as eng,
+    ):
         with pytest.raises(ProtocolError, match="not an event stream") as info:
             await eng.run(BODY)
     err = info.value
@@ -307,8 +365,10 @@ async def test_a_plain_text_body_is_a_protocol_error_with_its_bytes() -> None:
 
 async def test_keep_alives_then_eof_is_truncated_not_a_protocol_error() -> None:
     # Comments are SSE: a server that sent only keep-alives and died truncated its stream.
-    async with raw_server(lambda _: http("200 OK", b": ping\n\n: ping\n\n")) as url, Engine(
-            base_url=url, retry=NO_RETRY) as eng:
+    async with (
+        raw_server(lambda _: http("200 OK", b": ping\n\n: ping\n\n")) as url,
+        Engine(base_url=url, retry=NO_RETRY) as eng,
+    ):
         with pytest.raises(StreamTruncated):
             await eng.run(BODY)
 
@@ -318,8 +378,9 @@ async def test_keep_alives_then_eof_is_truncated_not_a_protocol_error() -> None:
 
 async def test_connect_timeout_per_call_overrides_the_engine(unaccepting_url: str) -> None:
     # The engine's connect limit is far longer than the test may take; the call's wins.
-    async with Engine(base_url=unaccepting_url, retry=NO_RETRY,
-                      timeouts=Timeouts(connect_s=60)) as eng:
+    async with Engine(
+        base_url=unaccepting_url, retry=NO_RETRY, timeouts=Timeouts(connect_s=60)
+    ) as eng:
         async with asyncio.timeout(DEADLINE_S):
             with pytest.raises(ConnectTimeout) as info:
                 await eng.run(BODY, timeouts=Timeouts(connect_s=0.2))
@@ -327,8 +388,9 @@ async def test_connect_timeout_per_call_overrides_the_engine(unaccepting_url: st
 
 
 async def test_connect_timeout_from_the_engine(unaccepting_url: str) -> None:
-    async with Engine(base_url=unaccepting_url, retry=NO_RETRY,
-                      timeouts=Timeouts(connect_s=0.2)) as eng:
+    async with Engine(
+        base_url=unaccepting_url, retry=NO_RETRY, timeouts=Timeouts(connect_s=0.2)
+    ) as eng:
         with pytest.raises(ConnectTimeout):
             await eng.run(BODY)
 
@@ -367,10 +429,12 @@ def requests_to(server: Any) -> int:
     return sum(server.stats.requests.values())
 
 
-@pytest.mark.parametrize(("kind", "cls"), [("500", InternalServerError),
-                                           ("503", InternalServerError)])
-async def test_5xx_from_the_mock_is_retried(mock_factory: MockFactory, kind: str,
-                                            cls: type[Exception]) -> None:
+@pytest.mark.parametrize(
+    ("kind", "cls"), [("500", InternalServerError), ("503", InternalServerError)]
+)
+async def test_5xx_from_the_mock_is_retried(
+    mock_factory: MockFactory, kind: str, cls: type[Exception]
+) -> None:
     server = mock_factory()
     async with Engine(base_url=server.base_url, retry=FAST_RETRY) as eng:
         with pytest.raises(cls) as info:
@@ -417,9 +481,9 @@ async def test_400_401_404_from_the_mock_are_never_retried(mock_factory: MockFac
     assert bad.value.server_message
 
 
-
 async def test_a_stream_cut_after_headers_before_any_event_is_retried(
-        mock_factory: MockFactory) -> None:
+    mock_factory: MockFactory,
+) -> None:
     server = mock_factory()
     async with Engine(base_url=server.base_url, retry=FAST_RETRY) as eng:
         with pytest.raises(StreamTruncated, match="after 0 bytes") as info:
@@ -431,7 +495,8 @@ async def test_a_stream_cut_after_headers_before_any_event_is_retried(
 
 @pytest.mark.parametrize("cut", [1, 5, 9])
 async def test_a_body_that_ends_without_a_terminal_event_is_truncated(
-        mock_factory: MockFactory, cut: int) -> None:
+    mock_factory: MockFactory, cut: int
+) -> None:
     server = mock_factory()
     async with Engine(base_url=server.base_url, retry=FAST_RETRY) as eng:
         with pytest.raises(StreamTruncated) as info:  # exactly this type, on both loops
@@ -446,12 +511,16 @@ async def test_a_body_that_ends_without_a_terminal_event_is_truncated(
 # --- 6. stream errors carry the status, the server's message and the request id -------------
 
 
-@pytest.mark.parametrize(("kind", "cls", "has_message"), [
-    ("error-event", ErrorEvent, True),
-    ("failed", ResponseFailed, True),
-])
+@pytest.mark.parametrize(
+    ("kind", "cls", "has_message"),
+    [
+        ("error-event", ErrorEvent, True),
+        ("failed", ResponseFailed, True),
+    ],
+)
 async def test_stream_errors_carry_status_message_and_request_id(
-        base_url: str, kind: str, cls: type[StreamError], has_message: bool) -> None:
+    base_url: str, kind: str, cls: type[StreamError], has_message: bool
+) -> None:
     async with Engine(base_url=base_url, retry=NO_RETRY) as eng:
         with pytest.raises(cls) as info:
             await eng.run(BODY, headers=fault(kind))
@@ -466,15 +535,21 @@ async def test_a_200_with_a_json_error_body_is_an_error_event() -> None:
 
     async def handler(request: web.Request) -> web.Response:
         calls.append(1)
-        return web.json_response({"error": {"message": "model overloaded", "code": "busy"}},
-                                 headers={"x-request-id": "req_json"})
+        return web.json_response(
+            {"error": {"message": "model overloaded", "code": "busy"}},
+            headers={"x-request-id": "req_json"},
+        )
 
     async with web_app(handler) as url, Engine(base_url=url, retry=FAST_RETRY) as eng:
         with pytest.raises(ErrorEvent, match="model overloaded") as info:
             await eng.run(BODY)
     err = info.value
     assert (err.status, err.server_message, err.code, err.request_id) == (
-        200, "model overloaded", "busy", "req_json")
+        200,
+        "model overloaded",
+        "busy",
+        "req_json",
+    )
     assert len(calls) == 1  # the server answered: not a transport failure to retry
 
 
@@ -513,8 +588,11 @@ async def test_a_full_queue_stops_reading_the_socket(mock_factory: MockFactory) 
             await anext(events)  # then the consumer takes nothing more
 
             def reading() -> list[bool]:
-                return [p.transport.is_reading() for p in eng.session.connector._acquired
-                        if p.transport is not None]
+                return [
+                    p.transport.is_reading()
+                    for p in eng.session.connector._acquired
+                    if p.transport is not None
+                ]
 
             await until(lambda: reading() == [False], "the client to stop reading")
             await until(lambda: server.stats.backpressured > 0, "the server to feel it")
@@ -536,8 +614,9 @@ async def test_retry_after_is_capped_by_the_policy(mock_factory: MockFactory) ->
     async def fake_sleep(delay: float) -> None:
         delays.append(delay)
 
-    async with Engine(base_url=server.base_url,
-                      retry=RetryPolicy(max_retries=1, max_retry_after_s=2.0)) as eng:
+    async with Engine(
+        base_url=server.base_url, retry=RetryPolicy(max_retries=1, max_retry_after_s=2.0)
+    ) as eng:
         eng._sleep = fake_sleep
         with pytest.raises(RateLimitError):
             await eng.run(BODY)
@@ -579,8 +658,9 @@ async def test_closing_the_engine_mid_stream_wakes_the_consumer(base_url: str) -
     seen: list[str] = []
 
     async def consume(eng: Engine) -> None:
-        async for event in eng.stream(BODY, headers={"x-mock-ttft-ms": "0",
-                                                     "x-mock-itl-ms": "500"}):
+        async for event in eng.stream(
+            BODY, headers={"x-mock-ttft-ms": "0", "x-mock-itl-ms": "500"}
+        ):
             seen.append(event.type)  # noqa: PERF401 - polled while the stream runs
 
     async with Engine(base_url=base_url) as eng:
@@ -595,8 +675,7 @@ async def test_closing_the_engine_mid_stream_wakes_the_consumer(base_url: str) -
 # --- hostile servers: drips, echoes, endless answers ------------------------------------------
 
 
-def drip(every_s: float, before: bytes = b"", count: int = 400) -> Callable[
-        [web.Request], Any]:
+def drip(every_s: float, before: bytes = b"", count: int = 400) -> Callable[[web.Request], Any]:
     """A handler that sends `before`, then a comment every `every_s` (bounded: `count`)."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -613,33 +692,48 @@ def drip(every_s: float, before: bytes = b"", count: int = 400) -> Callable[
     return handler
 
 
-@pytest.mark.parametrize(("before", "message"), [
-    (b"", r"no event for 0.3 s \(gave up after 2 attempts, \d+\.\d s\)"),
-    (CHAT_CHUNK, r"no event for 0.3 s$"),  # after an event: never retried
-], ids=["before-any-event", "after-an-event"])
+@pytest.mark.parametrize(
+    ("before", "message"),
+    [
+        (b"", r"no event for 0.3 s \(gave up after 2 attempts, \d+\.\d s\)"),
+        (CHAT_CHUNK, r"no event for 0.3 s$"),  # after an event: never retried
+    ],
+    ids=["before-any-event", "after-an-event"],
+)
 async def test_comments_alone_do_not_keep_a_stream_alive(before: bytes, message: str) -> None:
     """Idle time counts events, not bytes: a server that only pings is idle."""
     started = time.monotonic()
-    async with web_app(drip(0.02, before)) as url, Engine(
-            base_url=url, retry=RetryPolicy(max_retries=1, base_s=0.01, cap_s=0.01),
-            timeouts=Timeouts(idle_s=0.3)) as eng:
+    async with (
+        web_app(drip(0.02, before)) as url,
+        Engine(
+            base_url=url,
+            retry=RetryPolicy(max_retries=1, base_s=0.01, cap_s=0.01),
+            timeouts=Timeouts(idle_s=0.3),
+        ) as eng,
+    ):
         with pytest.raises(IdleTimeout, match=message):
             await eng.run(CHAT_BODY)
     assert time.monotonic() - started < 5  # at most 2 x 0.3 s idle, not the drip's 8 s
 
 
 async def test_a_key_echoed_in_event_data_is_redacted_everywhere() -> None:
-    failed = (b'event: response.failed\ndata: {"type":"response.failed","response":{"status":'
-              b'"failed","error":{"message":"bad","echo":"Bearer sk-echo-9"}}}\n\n')
-    async with raw_server(lambda _: http("200 OK", failed)) as url, Engine(
-            base_url=url, api_key="sk-echo-9", retry=NO_RETRY) as eng:
+    failed = (
+        b'event: response.failed\ndata: {"type":"response.failed","response":{"status":'
+        b'"failed","error":{"message":"bad","echo":"Bearer sk-echo-9"}}}\n\n'
+    )
+    async with (
+        raw_server(lambda _: http("200 OK", failed)) as url,
+        Engine(base_url=url, api_key="sk-echo-9", retry=NO_RETRY) as eng,
+    ):
         with pytest.raises(ResponseFailed) as info:
             await eng.run(BODY)
     assert "sk-echo-9" not in orjson.dumps(info.value.data).decode()
     assert info.value.data["response"]["error"]["echo"] == "Bearer [redacted]"
     broken = b"data: {not json sk-echo-9\n\n"
-    async with raw_server(lambda _: http("200 OK", broken)) as url, Engine(
-            base_url=url, api_key="sk-echo-9", retry=NO_RETRY) as eng:
+    async with (
+        raw_server(lambda _: http("200 OK", broken)) as url,
+        Engine(base_url=url, api_key="sk-echo-9", retry=NO_RETRY) as eng,
+    ):
         with pytest.raises(ProtocolError) as perr:
             await eng.run(CHAT_BODY)
     assert perr.value.raw is not None
@@ -649,10 +743,14 @@ async def test_a_key_echoed_in_event_data_is_redacted_everywhere() -> None:
 
 async def test_an_endless_answer_is_cut_at_the_response_cap() -> None:
     """The text `run` keeps is bounded (`max_response_chars`), whatever the server sends."""
-    piece = (b'data: {"object":"chat.completion.chunk","choices":[{"index":0,"delta":'
-             b'{"content":"' + b"x" * 1000 + b'"}}]}\n\n')
-    async with raw_server(lambda _: http("200 OK", piece * 200)) as url, Engine(
-            base_url=url, retry=NO_RETRY, max_response_chars=50_000) as eng:
+    piece = (
+        b'data: {"object":"chat.completion.chunk","choices":[{"index":0,"delta":'
+        b'{"content":"' + b"x" * 1000 + b'"}}]}\n\n'
+    )
+    async with (
+        raw_server(lambda _: http("200 OK", piece * 200)) as url,
+        Engine(base_url=url, retry=NO_RETRY, max_response_chars=50_000) as eng,
+    ):
         with pytest.raises(ProtocolError, match="exceeds 50000 characters"):
             await eng.run(CHAT_BODY)
         assert eng.connections_in_use == 0

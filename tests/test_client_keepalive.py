@@ -51,7 +51,8 @@ async def run_load(eng: Engine, pause_s: float = 0.0, seed: int = 0) -> list[Str
 
 
 async def test_silent_close_after_every_response_loses_no_request(
-        mock_factory: MockFactory) -> None:
+    mock_factory: MockFactory,
+) -> None:
     """llama-server's behaviour: `Keep-Alive` in the headers, then the socket closes."""
     mock = mock_factory(output_tokens=4, close_after_response="silent")
     async with Engine(base_url=mock.base_url, retry=NO_RETRY, max_connections=USERS) as eng:
@@ -80,7 +81,8 @@ async def test_announced_close_is_honoured_without_a_resend(mock_factory: MockFa
 
 
 async def test_idle_connections_closed_by_the_server_lose_no_request(
-        mock_factory: MockFactory) -> None:
+    mock_factory: MockFactory,
+) -> None:
     """uvicorn's behaviour, compressed: idle connections close after 20 ms, and the users
     pause up to 40 ms between requests, so closes cross new requests."""
     mock = mock_factory(output_tokens=4, keepalive_timeout_s=0.02)

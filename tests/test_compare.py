@@ -27,28 +27,69 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # -- hand-made documents -----------------------------------------------------------------------
 
-def record(i: int, ttft: float, *, ok: bool = True, warmup: bool = False, gap: float = 10.0,
-           tokens: int = 16, slow_gap: float | None = None) -> RequestRecord:
+
+def record(
+    i: int,
+    ttft: float,
+    *,
+    ok: bool = True,
+    warmup: bool = False,
+    gap: float = 10.0,
+    tokens: int = 16,
+    slow_gap: float | None = None,
+) -> RequestRecord:
     """A request sent every 10 ms whose TTFT is `ttft` and whose gaps are `gap` ms."""
     gaps = [gap] * (tokens - 1)
     if slow_gap is not None:
         gaps[0] = slow_gap
     if not ok:
-        return RequestRecord(index=i, worker=0, warmup=warmup, intended_s=i / 100, lag_ms=0.1,
-                             ok=False, error="http_500", status=500, e2e_ms=5.0)
-    return RequestRecord(index=i, worker=0, warmup=warmup, intended_s=i / 100, lag_ms=0.1,
-                         ok=True, finish_reason="stop", ttft_ms=ttft, ttft_text_ms=ttft,
-                         e2e_ms=ttft + sum(gaps), output_tokens=tokens, deltas=tokens,
-                         itl_ms=gaps)
+        return RequestRecord(
+            index=i,
+            worker=0,
+            warmup=warmup,
+            intended_s=i / 100,
+            lag_ms=0.1,
+            ok=False,
+            error="http_500",
+            status=500,
+            e2e_ms=5.0,
+        )
+    return RequestRecord(
+        index=i,
+        worker=0,
+        warmup=warmup,
+        intended_s=i / 100,
+        lag_ms=0.1,
+        ok=True,
+        finish_reason="stop",
+        ttft_ms=ttft,
+        ttft_text_ms=ttft,
+        e2e_ms=ttft + sum(gaps),
+        output_tokens=tokens,
+        deltas=tokens,
+        itl_ms=gaps,
+    )
 
 
-def document(ttfts: Any, *, failed: int = 0, with_samples: bool = True, label: str = "",
-             slo: dict[str, float] | None = None, **kw: Any) -> dict[str, Any]:
+def document(
+    ttfts: Any,
+    *,
+    failed: int = 0,
+    with_samples: bool = True,
+    label: str = "",
+    slo: dict[str, float] | None = None,
+    **kw: Any,
+) -> dict[str, Any]:
     """A result document built by the bench's own code from records with these TTFTs."""
     records = [record(i, float(t), **kw) for i, t in enumerate(ttfts)]
     records += [record(len(records) + i, 0.0, ok=False) for i in range(failed)]
-    doc: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "tool": "stream-engine bench",
-                           "label": label, "mode": "closed", **summarize(records, slo or {})}
+    doc: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "tool": "stream-engine bench",
+        "label": label,
+        "mode": "closed",
+        **summarize(records, slo or {}),
+    }
     if with_samples:
         doc["samples"] = samples(records)
     return doc
@@ -79,6 +120,7 @@ def row(result: dict[str, Any], metric: str, position: int = 0) -> dict[str, Any
 
 # -- the bootstrap -----------------------------------------------------------------------------
 
+
 def test_bootstrap_is_reproducible_and_brackets_the_sample_percentile() -> None:
     values = np.random.default_rng(3).exponential(100.0, 400)
     draws = compare.bootstrap_percentiles(values, ["p50", "p90"])
@@ -105,8 +147,9 @@ def test_bootstrap_interval_covers_the_true_median_about_95_percent_of_the_time(
     true_median = 100.0 * np.log(2)
     hits = 0
     for _ in range(100):
-        low, high = compare.interval(compare.bootstrap_percentiles(
-            rng.exponential(100.0, 300), ["p50"], resamples=400)[0])
+        low, high = compare.interval(
+            compare.bootstrap_percentiles(rng.exponential(100.0, 300), ["p50"], resamples=400)[0]
+        )
         hits += low <= true_median <= high
     assert 88 <= hits <= 100
 
@@ -115,8 +158,9 @@ def test_interval_narrows_with_more_requests() -> None:
     rng = np.random.default_rng(6)
     widths = []
     for n in (100, 1600):
-        low, high = compare.interval(compare.bootstrap_percentiles(
-            rng.normal(100.0, 10.0, n), ["p50"])[0])
+        low, high = compare.interval(
+            compare.bootstrap_percentiles(rng.normal(100.0, 10.0, n), ["p50"])[0]
+        )
         widths.append(high - low)
     assert 2.5 < widths[0] / widths[1] < 6  # ~sqrt(16) = 4
 
@@ -124,15 +168,20 @@ def test_interval_narrows_with_more_requests() -> None:
 def test_tail_percentiles_need_enough_requests() -> None:
     assert [compare.needed(s) for s in ("p50", "p90", "p99")] == [10, 50, 500]
     figures = compare.RunFigures(document(around(100.0, n=80)))
-    p50, p99 = (next(m for m in compare.METRICS if m.ident == f"ttft_ms.{s}")
-                for s in ("p50", "p99"))
+    p50, p99 = (
+        next(m for m in compare.METRICS if m.ident == f"ttft_ms.{s}") for s in ("p50", "p99")
+    )
     assert figures.interval(p50) is not None
     assert figures.interval(p99) is None  # 80 requests: p99 is the top value or two
 
 
 def test_samples_are_completed_measured_requests_rounded() -> None:
-    records = [record(0, 50.12345), record(1, 60.0, warmup=True), record(2, 0.0, ok=False),
-               record(3, 70.0, gap=10.00049)]
+    records = [
+        record(0, 50.12345),
+        record(1, 60.0, warmup=True),
+        record(2, 0.0, ok=False),
+        record(3, 70.0, gap=10.00049),
+    ]
     got = samples(records)
     assert set(got) == {"ttft_ms", "ttft_text_ms", "tpot_ms", "e2e_ms"}
     assert got["ttft_ms"] == [50.123, 70.0]
@@ -142,8 +191,10 @@ def test_samples_are_completed_measured_requests_rounded() -> None:
 
 # -- the noise rule and the exit codes ---------------------------------------------------------
 
-def test_the_same_run_twice_is_no_change(tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+
+def test_the_same_run_twice_is_no_change(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     a = write(tmp_path, "a.json", document(around(100.0)))
     b = write(tmp_path, "b.json", document(around(100.0, seed=2)))
     code, result = run_compare(a, b, capsys=capsys)
@@ -152,8 +203,7 @@ def test_the_same_run_twice_is_no_change(tmp_path: Path,
     assert row(result, "ttft_ms.p50")["significant"] == [None, False]
 
 
-def test_twice_the_ttft_is_a_regression(tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_twice_the_ttft_is_a_regression(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     a = write(tmp_path, "a.json", document(around(100.0)))
     b = write(tmp_path, "b.json", document(around(200.0, seed=2)))
     code, result = run_compare(a, b, capsys=capsys)
@@ -167,7 +217,8 @@ def test_twice_the_ttft_is_a_regression(tmp_path: Path,
 
 
 def test_an_improvement_is_significant_but_not_a_regression(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     a = write(tmp_path, "a.json", document(around(200.0)))
     b = write(tmp_path, "b.json", document(around(100.0, seed=2)))
     code, result = run_compare(a, b, capsys=capsys)
@@ -176,7 +227,8 @@ def test_an_improvement_is_significant_but_not_a_regression(
 
 
 def test_a_significant_change_below_the_threshold_passes_until_the_threshold_drops(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     a = write(tmp_path, "a.json", document(around(100.0, spread=0.01)))
     b = write(tmp_path, "b.json", document(around(105.0, spread=0.01, seed=2)))
     code, result = run_compare(a, b, capsys=capsys)
@@ -188,7 +240,8 @@ def test_a_significant_change_below_the_threshold_passes_until_the_threshold_dro
 
 
 def test_a_large_change_inside_the_noise_is_not_flagged(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """12 requests spread over 10x: p50 moves 30 % from one such run to the next by chance."""
     a = write(tmp_path, "a.json", document(np.geomspace(20, 200, 12)))
     b = write(tmp_path, "b.json", document(np.geomspace(20, 200, 12) * 1.3))
@@ -199,8 +252,9 @@ def test_a_large_change_inside_the_noise_is_not_flagged(
     assert code == 0
 
 
-def test_a_throughput_drop_is_a_regression(tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_throughput_drop_is_a_regression(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The same latencies, half the completed requests in the same window."""
     a = write(tmp_path, "a.json", document(around(100.0, n=400)))
     doc = document(around(100.0, n=200))
@@ -211,11 +265,14 @@ def test_a_throughput_drop_is_a_regression(tmp_path: Path,
     code, result = run_compare(a, b, capsys=capsys)
     assert code == 1
     assert {r["metric"] for r in result["regressions"]} == {
-        "request_throughput", "output_token_throughput"}
+        "request_throughput",
+        "output_token_throughput",
+    }
 
 
-def test_failures_are_marked_but_not_gated(tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_failures_are_marked_but_not_gated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     a = write(tmp_path, "a.json", document(around(100.0)))
     b = write(tmp_path, "b.json", document(around(100.0, seed=2), failed=60))
     code, result = run_compare(a, b, capsys=capsys)
@@ -227,7 +284,8 @@ def test_failures_are_marked_but_not_gated(tmp_path: Path,
 
 
 def test_goodput_is_compared_only_under_the_same_slo(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     a = write(tmp_path, "a.json", document(around(100.0), slo={"ttft_ms": 150}))
     b = write(tmp_path, "b.json", document(around(200.0, seed=2), slo={"ttft_ms": 150}))
     c = write(tmp_path, "c.json", document(around(200.0, seed=2), slo={"ttft_ms": 500}))
@@ -240,7 +298,8 @@ def test_goodput_is_compared_only_under_the_same_slo(
 
 
 def test_a_document_without_samples_is_compared_without_a_noise_flag(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     old = document(around(100.0), with_samples=False)
     del old["ttft_text_ms"]  # older still: keys added within version 1 are optional
     a = write(tmp_path, "a.json", old)
@@ -257,14 +316,19 @@ def test_a_document_without_samples_is_compared_without_a_noise_flag(
     assert re.search(r"TTFT p50 \(ms\).*\+\d+\.\d % \?", out)
 
 
-def test_sweeps_are_compared_step_by_step(tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_sweeps_are_compared_step_by_step(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     steps = ["sync", "throughput", "rate 5.00/s"]
-    base = sweep_document([document(around(100.0, seed=s), label=name)
-                           for s, name in enumerate(steps)])
-    worse = sweep_document([document(around(t, seed=s + 5), label=name)
-                            for s, (name, t) in enumerate(zip(steps, (100, 100, 200),
-                                                              strict=True))])
+    base = sweep_document(
+        [document(around(100.0, seed=s), label=name) for s, name in enumerate(steps)]
+    )
+    worse = sweep_document(
+        [
+            document(around(t, seed=s + 5), label=name)
+            for s, (name, t) in enumerate(zip(steps, (100, 100, 200), strict=True))
+        ]
+    )
     a, b = write(tmp_path, "a.json", base), write(tmp_path, "b.json", worse)
     code, result = run_compare(a, b, capsys=capsys)
     assert code == 1
@@ -273,10 +337,23 @@ def test_sweeps_are_compared_step_by_step(tmp_path: Path,
     assert result["comparisons"][2]["labels"] == ["rate 5.00/s", "rate 5.00/s"]
 
 
-@pytest.mark.parametrize("case", ["missing", "not json", "not bench", "schema", "list",
-                                  "malformed", "one file", "sweep vs run", "sweep lengths"])
-def test_bad_input_is_exit_code_2(case: str, tmp_path: Path,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing",
+        "not json",
+        "not bench",
+        "schema",
+        "list",
+        "malformed",
+        "one file",
+        "sweep vs run",
+        "sweep lengths",
+    ],
+)
+def test_bad_input_is_exit_code_2(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     good = write(tmp_path, "good.json", document(around(100.0)))
     sweep2 = write(tmp_path, "s2.json", sweep_document([document(around(100.0))] * 2))
     sweep3 = write(tmp_path, "s3.json", sweep_document([document(around(100.0))] * 3))
@@ -285,11 +362,12 @@ def test_bad_input_is_exit_code_2(case: str, tmp_path: Path,
         "missing": [good, str(tmp_path / "nope.json")],
         "not json": [good, str(bad_path)],
         "not bench": [good, write(tmp_path, "x.json", {"tool": "something else"})],
-        "schema": [good, write(tmp_path, "v2.json", {**document(around(1.0)),
-                                                     "schema_version": 2})],
+        "schema": [
+            good,
+            write(tmp_path, "v2.json", {**document(around(1.0)), "schema_version": 2}),
+        ],
         "list": [good, write(tmp_path, "l.json", [1, 2])],
-        "malformed": [good, write(tmp_path, "m.json", {**document(around(1.0)),
-                                                       "ttft_ms": 12.5})],
+        "malformed": [good, write(tmp_path, "m.json", {**document(around(1.0)), "ttft_ms": 12.5})],
         "one file": [good],
         "sweep vs run": [sweep2, good],
         "sweep lengths": [sweep2, sweep3],
@@ -300,8 +378,9 @@ def test_bad_input_is_exit_code_2(case: str, tmp_path: Path,
     assert "error:" in err
 
 
-def test_html_is_one_self_contained_page(tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_html_is_one_self_contained_page(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     a = write(tmp_path, "a.json", document(around(100.0)))
     b = write(tmp_path, "b.json", document(around(200.0, seed=2)))
     out = tmp_path / "cmp.html"
@@ -309,7 +388,7 @@ def test_html_is_one_self_contained_page(tmp_path: Path,
     page = out.read_text()
     assert page.count("<script>") == 1 + 1  # plotly.js once, then the chart's own call
     assert "<script src" not in page
-    body = page[page.index("</head>"):]
+    body = page[page.index("</head>") :]
     assert "TTFT p50 (ms)" in body
     assert "REGRESSION" in body
     assert "https://" not in body
@@ -319,6 +398,7 @@ def test_html_is_one_self_contained_page(tmp_path: Path,
 
 # -- real runs against the mock ----------------------------------------------------------------
 
+
 def bench_flags() -> set[str]:
     parser = argparse.ArgumentParser()
     bench_arguments(parser)
@@ -327,13 +407,35 @@ def bench_flags() -> set[str]:
 
 def run_bench(path: Path, ttft_ms: float) -> dict[str, Any]:
     """A small closed-loop run against the embedded mock, through the CLI."""
-    args = ["--mock-ttft-ms", str(ttft_ms), "--mock-itl-ms", "10", "--output-tokens", "16",
-            "--concurrency", "8", "--duration", "2", "--warmup", "0.5", "-q", "-o", str(path)]
+    args = [
+        "--mock-ttft-ms",
+        str(ttft_ms),
+        "--mock-itl-ms",
+        "10",
+        "--output-tokens",
+        "16",
+        "--concurrency",
+        "8",
+        "--duration",
+        "2",
+        "--warmup",
+        "0.5",
+        "-q",
+        "-o",
+        str(path),
+    ]
     if "--no-save" in bench_flags():
         args.append("--no-save")
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_BASE_URL", "OPENAI_API_KEY")}
-    proc = subprocess.run([sys.executable, "-m", "engine", "bench", *args], capture_output=True,
-                          text=True, timeout=90, check=False, cwd=ROOT, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+        cwd=ROOT,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return orjson.loads(path.read_bytes())
 
@@ -350,15 +452,18 @@ def mock_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_compare_flags_a_2x_ttft_regression_between_mock_runs(
-        mock_runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    mock_runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     fast, slow = mock_runs["fast"], mock_runs["slow"]
     doc = orjson.loads(fast.read_bytes())
     assert len(doc["samples"]["ttft_ms"]) == doc["ttft_ms"]["count"] >= 40
     code, result = run_compare(str(fast), str(slow), capsys=capsys)
     ttft = row(result, "ttft_ms.p50")
     with capsys.disabled():  # the measured figures, shown with -s
-        print(f"\n2x: TTFT p50 {ttft['values']} ms, intervals {ttft['intervals']}, "
-              f"change {ttft['change_pct'][1]:+.1f} %, flagged {ttft['regression'][1]}")
+        print(
+            f"\n2x: TTFT p50 {ttft['values']} ms, intervals {ttft['intervals']}, "
+            f"change {ttft['change_pct'][1]:+.1f} %, flagged {ttft['regression'][1]}"
+        )
     assert code == 1
     assert 50 <= ttft["values"][0] < 60
     assert 100 <= ttft["values"][1] < 110
@@ -372,14 +477,16 @@ def test_compare_flags_a_2x_ttft_regression_between_mock_runs(
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_compare_does_not_flag_two_runs_of_the_same_configuration(
-        mock_runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    code, result = run_compare(str(mock_runs["fast"]), str(mock_runs["fast_again"]),
-                               capsys=capsys)
+    mock_runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, result = run_compare(str(mock_runs["fast"]), str(mock_runs["fast_again"]), capsys=capsys)
     ttft = row(result, "ttft_ms.p50")
     with capsys.disabled():
-        print(f"\nsame: TTFT p50 {ttft['values']} ms, intervals {ttft['intervals']}, "
-              f"change {ttft['change_pct'][1]:+.1f} %, significant {ttft['significant'][1]}, "
-              f"exit {code}")
+        print(
+            f"\nsame: TTFT p50 {ttft['values']} ms, intervals {ttft['intervals']}, "
+            f"change {ttft['change_pct'][1]:+.1f} %, significant {ttft['significant'][1]}, "
+            f"exit {code}"
+        )
     assert code == 0
     assert result["regressions"] == []
     assert abs(ttft["change_pct"][1]) < 5

@@ -37,8 +37,7 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray() -> Iterator[None]:
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING",
-             log_to_driver=False)
+    ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -46,12 +45,14 @@ def local_ray() -> Iterator[None]:
 def job(tmp_path: Path, base_url: str, **kw: Any) -> BatchConfig:
     kw.setdefault("concurrency", 64)
     kw.setdefault("output_path", tmp_path / "out.jsonl")
-    return BatchConfig(input_path=tmp_path / "in.jsonl", endpoints=[Endpoint(base_url)],
-                       retry=FAST_RETRY, **kw)
+    return BatchConfig(
+        input_path=tmp_path / "in.jsonl", endpoints=[Endpoint(base_url)], retry=FAST_RETRY, **kw
+    )
 
 
 def test_batch_on_three_actors_with_faults_ends_exactly_once(
-        tmp_path: Path, mock_factory: MockFactory) -> None:
+    tmp_path: Path, mock_factory: MockFactory
+) -> None:
     faults = {"429": 0.03, "500": 0.03, "disconnect": 0.02, "malformed": 0.02}
     mock = mock_factory(output_tokens=16, faults=faults, seed=7, retry_after_s=0.01)
     with make_input(tmp_path / "in.jsonl", 2000).open("ab") as f:
@@ -64,8 +65,11 @@ def test_batch_on_three_actors_with_faults_ends_exactly_once(
     assert [p.split(":")[0] for p in summary.problems] == ["line 2001", "line 2002"]
     assert summary.failed > 0  # mid-stream faults are never retried
     assert summary.retries > 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.errors.jsonl",
-                                                          "out.jsonl"]  # parts merged, gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "in.jsonl",
+        "out.errors.jsonl",
+        "out.jsonl",
+    ]  # parts merged, gone
     # Each record sent once, plus the retries the engines counted: nothing else reached it.
     assert sum(mock.stats.requests.values()) == 2000 + summary.retries
     # Again: the job is complete, nothing is sent and no actor is needed.
@@ -76,7 +80,8 @@ def test_batch_on_three_actors_with_faults_ends_exactly_once(
 
 
 def test_resume_merges_parts_of_a_crashed_run_and_sends_only_the_rest(
-        tmp_path: Path, mock_factory: MockFactory) -> None:
+    tmp_path: Path, mock_factory: MockFactory
+) -> None:
     mock = mock_factory(output_tokens=8)
     make_input(tmp_path / "in.jsonl", 300)
     # A crashed 3-actor run: shard 1 finished its part, the driver died before the merge,
@@ -84,13 +89,15 @@ def test_resume_merges_parts_of_a_crashed_run_and_sends_only_the_rest(
     part1, _ = part_paths(tmp_path / "out.jsonl", 1, 3)
     asyncio.run(run_batch(job(tmp_path, mock.base_url, shard=Shard(1, 3), output_path=part1)))
     asyncio.run(run_batch(job(tmp_path, mock.base_url, shard=Shard(2, 3))))
-    done_before = {r["custom_id"] for path in (part1, tmp_path / "out.jsonl")
-                   for r in records(path)}
+    done_before = {
+        r["custom_id"] for path in (part1, tmp_path / "out.jsonl") for r in records(path)
+    }
     part1.write_bytes(part1.read_bytes() + b'{"id": "batch_req_torn", "custom_')
     sent_before = sum(mock.stats.requests.values())
     summary = run_batch_on_ray(job(tmp_path, mock.base_url), address=None, workers=2)
-    assert_exactly_once({f"req-{i}" for i in range(300)}, tmp_path / "out.jsonl",
-                        tmp_path / "out.errors.jsonl")
+    assert_exactly_once(
+        {f"req-{i}" for i in range(300)}, tmp_path / "out.jsonl", tmp_path / "out.errors.jsonl"
+    )
     assert summary.finished == 300 - len(done_before)
     assert sum(mock.stats.requests.values()) - sent_before == 300 - len(done_before)
     assert not part1.exists()
@@ -115,8 +122,11 @@ def _acquire_times(actor: Any, count: int, lease_ttl_s: float) -> list[float]:
 def test_global_rpm_holds_across_actors_in_every_window() -> None:
     window_s, ttl_s, rpm = 1.0, 0.25, 20
     actor = limiter_actor(rpm, None, window_s=window_s, lease_ttl_s=ttl_s)
-    grants = sorted(t for part in ray.get([_acquire_times.remote(actor, 20, ttl_s)
-                                           for _ in range(3)]) for t in part)
+    grants = sorted(
+        t
+        for part in ray.get([_acquire_times.remote(actor, 20, ttl_s) for _ in range(3)])
+        for t in part
+    )
     assert len(grants) == 60
     # Each grant is a send: no window of window_s may hold more than rpm of them.
     for i, start in enumerate(grants):
@@ -124,11 +134,11 @@ def test_global_rpm_holds_across_actors_in_every_window() -> None:
         assert in_window <= rpm, f"{in_window} grants in the window from {start}"
 
 
-def test_distributed_bench_merges_exactly_the_sum_of_its_parts(
-        mock_factory: MockFactory) -> None:
+def test_distributed_bench_merges_exactly_the_sum_of_its_parts(mock_factory: MockFactory) -> None:
     mock = mock_factory(ttft_ms=5.0, itl_ms=1.0, output_tokens=8)
-    config = LoadConfig(base_url=mock.base_url, concurrency=8, requests=240, warmup_s=0.3,
-                        output_tokens=8)
+    config = LoadConfig(
+        base_url=mock.base_url, concurrency=8, requests=240, warmup_s=0.3, output_tokens=8
+    )
     result = run_load_on_ray(config, address=None, workers=3)
     doc = result.summary()
     per_worker = Counter(r.worker for r in result.measured)
@@ -142,19 +152,48 @@ def test_distributed_bench_merges_exactly_the_sum_of_its_parts(
     assert [c.worker for c in result.checks] == [0, 1, 2]
 
 
-def test_cli_batch_and_bench_on_ray(tmp_path: Path, mock_factory: MockFactory,
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_batch_and_bench_on_ray(
+    tmp_path: Path, mock_factory: MockFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
     mock = mock_factory(output_tokens=8)
     make_input(tmp_path / "in.jsonl", 50)
-    argv = [str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"), "--base-url",
-            mock.base_url, "--ray", "local", "--workers", "2", "--json"]
+    argv = [
+        str(tmp_path / "in.jsonl"),
+        "-o",
+        str(tmp_path / "out.jsonl"),
+        "--base-url",
+        mock.base_url,
+        "--ray",
+        "local",
+        "--workers",
+        "2",
+        "--json",
+    ]
     assert batch_main(argv) == 0
     assert len(records(tmp_path / "out.jsonl")) == 50
     assert '"succeeded":50' in capsys.readouterr().out
     assert batch_main([*argv[:5], "--workers", "2"]) == 2  # --workers needs --ray
     assert "--workers goes with --ray" in capsys.readouterr().err
     result = tmp_path / "bench.json"
-    assert bench_main(["--base-url", mock.base_url, "--ray", "local", "--workers", "2",
-                       "--requests", "40", "--warmup", "0.2", "-o", str(result), "-q",
-                       "--no-save"]) == 0
+    assert (
+        bench_main(
+            [
+                "--base-url",
+                mock.base_url,
+                "--ray",
+                "local",
+                "--workers",
+                "2",
+                "--requests",
+                "40",
+                "--warmup",
+                "0.2",
+                "-o",
+                str(result),
+                "-q",
+                "--no-save",
+            ]
+        )
+        == 0
+    )
     assert '"completed":40' in result.read_text().replace(" ", "")

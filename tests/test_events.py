@@ -33,12 +33,21 @@ def untyped(data: object) -> bytes:
     return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
-COMPLETED = {"type": "response.completed", "sequence_number": 3,
-             "response": {"id": "resp_1", "status": "completed",
-                          "usage": {"input_tokens": 5, "output_tokens": 2, "total_tokens": 7}}}
+COMPLETED = {
+    "type": "response.completed",
+    "sequence_number": 3,
+    "response": {
+        "id": "resp_1",
+        "status": "completed",
+        "usage": {"input_tokens": 5, "output_tokens": 2, "total_tokens": 7},
+    },
+}
 DELTA = {"type": "response.output_text.delta", "sequence_number": 1, "delta": "Hi"}
-CHAT = {"object": "chat.completion.chunk", "id": "c1",
-        "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}]}
+CHAT = {
+    "object": "chat.completion.chunk",
+    "id": "c1",
+    "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}],
+}
 
 
 def test_responses_stream_is_lazy_until_data_is_read() -> None:
@@ -72,11 +81,15 @@ def test_done_ends_without_being_an_event() -> None:
 
 
 def test_chat_chunks_and_usage() -> None:
-    usage_chunk = {"object": "chat.completion.chunk", "choices": [],
-                   "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}
+    usage_chunk = {
+        "object": "chat.completion.chunk",
+        "choices": [],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+    }
     last = {**CHAT, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}
-    decoder, events = decode(untyped(CHAT) + untyped(last) + untyped(usage_chunk)
-                             + b"data: [DONE]\n\n")
+    decoder, events = decode(
+        untyped(CHAT) + untyped(last) + untyped(usage_chunk) + b"data: [DONE]\n\n"
+    )
     assert decoder.dialect is Dialect.CHAT
     assert decoder.finish_reason == "length"
     assert [e.text_delta for e in events] == ["Hi", None, None]
@@ -92,14 +105,27 @@ def test_chat_choice_other_than_first_is_not_text() -> None:
     assert events[0].text_delta is None
 
 
-@pytest.mark.parametrize(("raw", "cls", "match"), [
-    (typed({"type": "error", "code": "server_error", "message": "boom"}), ErrorEvent, "boom"),
-    (untyped({"error": {"message": "overloaded", "code": 503}}), ErrorEvent, "overloaded"),
-    (typed({"type": "response.failed", "response": {"status": "failed",
-            "error": {"code": "server_error", "message": "model crashed"}}}),
-     ResponseFailed, "model crashed"),
-    (typed({"type": "response.failed", "response": {}}), ResponseFailed, "no reason given"),
-])
+@pytest.mark.parametrize(
+    ("raw", "cls", "match"),
+    [
+        (typed({"type": "error", "code": "server_error", "message": "boom"}), ErrorEvent, "boom"),
+        (untyped({"error": {"message": "overloaded", "code": 503}}), ErrorEvent, "overloaded"),
+        (
+            typed(
+                {
+                    "type": "response.failed",
+                    "response": {
+                        "status": "failed",
+                        "error": {"code": "server_error", "message": "model crashed"},
+                    },
+                }
+            ),
+            ResponseFailed,
+            "model crashed",
+        ),
+        (typed({"type": "response.failed", "response": {}}), ResponseFailed, "no reason given"),
+    ],
+)
 def test_terminal_failures_are_typed(raw: bytes, cls: type[Exception], match: str) -> None:
     decoder, events = decode(raw)
     assert decoder.finished
@@ -108,51 +134,88 @@ def test_terminal_failures_are_typed(raw: bytes, cls: type[Exception], match: st
     assert match in str(error)
 
 
-@pytest.mark.parametrize("raw", [
-    typed({"type": "response.incomplete", "response": {
-        "status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}}}),
-    # vLLM reports an incomplete response inside response.completed
-    typed({"type": "response.completed", "response": {
-        "status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}}}),
-], ids=["response.incomplete", "completed-with-status-incomplete"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        typed(
+            {
+                "type": "response.incomplete",
+                "response": {
+                    "status": "incomplete",
+                    "incomplete_details": {"reason": "max_output_tokens"},
+                },
+            }
+        ),
+        # vLLM reports an incomplete response inside response.completed
+        typed(
+            {
+                "type": "response.completed",
+                "response": {
+                    "status": "incomplete",
+                    "incomplete_details": {"reason": "max_output_tokens"},
+                },
+            }
+        ),
+    ],
+    ids=["response.incomplete", "completed-with-status-incomplete"],
+)
 def test_an_incomplete_response_ends_the_stream_without_an_error(raw: bytes) -> None:
     decoder, events = decode(raw)
     assert decoder.finished
     assert events[-1].error() is None
     assert Ending.from_response(events[-1].response) == Ending(
-        "incomplete", "max_output_tokens", "length")
+        "incomplete", "max_output_tokens", "length"
+    )
 
 
-@pytest.mark.parametrize(("response", "ending"), [
-    ({"status": "completed"}, Ending("completed", None, "stop")),
-    ({"status": "incomplete", "incomplete_details": {"reason": "content_filter"}},
-     Ending("incomplete", "content_filter", "content_filter")),
-    ({"status": "incomplete", "incomplete_details": "max_output_tokens"},
-     Ending("incomplete", "max_output_tokens", "length")),
-    ({"status": "incomplete", "incomplete_details": {"reason": "other"}},
-     Ending("incomplete", "other", "other")),
-    ({"status": "incomplete", "incomplete_details": None}, Ending("incomplete", None, None)),
-    (None, Ending("completed", None, "stop")),
-])
+@pytest.mark.parametrize(
+    ("response", "ending"),
+    [
+        ({"status": "completed"}, Ending("completed", None, "stop")),
+        (
+            {"status": "incomplete", "incomplete_details": {"reason": "content_filter"}},
+            Ending("incomplete", "content_filter", "content_filter"),
+        ),
+        (
+            {"status": "incomplete", "incomplete_details": "max_output_tokens"},
+            Ending("incomplete", "max_output_tokens", "length"),
+        ),
+        (
+            {"status": "incomplete", "incomplete_details": {"reason": "other"}},
+            Ending("incomplete", "other", "other"),
+        ),
+        ({"status": "incomplete", "incomplete_details": None}, Ending("incomplete", None, None)),
+        (None, Ending("completed", None, "stop")),
+    ],
+)
 def test_ending_from_a_response(response: dict[str, object] | None, ending: Ending) -> None:
     assert Ending.from_response(response) == ending
 
 
-@pytest.mark.parametrize(("finish", "ending"), [
-    ("stop", Ending("completed", None, "stop")),
-    ("length", Ending("incomplete", "max_output_tokens", "length")),
-    ("content_filter", Ending("incomplete", "content_filter", "content_filter")),
-    ("tool_calls", Ending("completed", None, "tool_calls")),
-    (None, Ending("completed", None, None)),
-])
+@pytest.mark.parametrize(
+    ("finish", "ending"),
+    [
+        ("stop", Ending("completed", None, "stop")),
+        ("length", Ending("incomplete", "max_output_tokens", "length")),
+        ("content_filter", Ending("incomplete", "content_filter", "content_filter")),
+        ("tool_calls", Ending("completed", None, "tool_calls")),
+        (None, Ending("completed", None, None)),
+    ],
+)
 def test_ending_from_a_chat_finish_reason(finish: str | None, ending: Ending) -> None:
     assert Ending.from_finish(finish) == ending
 
 
 def test_stream_errors_carry_the_server_message() -> None:
-    _, events = decode(untyped({"error": {"message": "overloaded", "code": 503}})
-                       + typed({"type": "response.failed", "response": {
-                           "status": "failed", "error": {"code": "x", "message": "crashed"}}}))
+    _, events = decode(
+        untyped({"error": {"message": "overloaded", "code": 503}})
+        + typed(
+            {
+                "type": "response.failed",
+                "response": {"status": "failed", "error": {"code": "x", "message": "crashed"}},
+            }
+        )
+    )
     errors = [e.error() for e in events]
     assert [err.server_message if err else None for err in errors] == ["overloaded", "crashed"]
     assert errors[0] is not None
@@ -162,42 +225,55 @@ def test_stream_errors_carry_the_server_message() -> None:
 
 ODD = [
     # (chat payload, its text_delta, the decoder's finish_reason afterwards)
-
     pytest.param({**CHAT, "choices": 5}, None, None, id="chat-choices-not-a-list"),
-    pytest.param({**CHAT, "choices": [{"index": 0, "delta": "x"}]}, None, None,
-                 id="chat-delta-not-an-object"),
-    pytest.param({**CHAT, "choices": [{"index": 0, "delta": None, "finish_reason": "stop"}]},
-                 None, "stop", id="chat-delta-null"),
+    pytest.param(
+        {**CHAT, "choices": [{"index": 0, "delta": "x"}]}, None, None, id="chat-delta-not-an-object"
+    ),
+    pytest.param(
+        {**CHAT, "choices": [{"index": 0, "delta": None, "finish_reason": "stop"}]},
+        None,
+        "stop",
+        id="chat-delta-null",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("payload", "delta", "finish"), ODD)
-def test_odd_chat_shapes_count_as_absent(payload: dict[str, object], delta: str | None,
-                                         finish: str | None) -> None:
+def test_odd_chat_shapes_count_as_absent(
+    payload: dict[str, object], delta: str | None, finish: str | None
+) -> None:
     decoder, events = decode(untyped(payload))
     assert events[0].text_delta == delta
     assert decoder.finish_reason == finish
 
 
-@pytest.mark.parametrize(("response", "cls", "text"), [
-    ({"status": "failed", "error": "boom"}, ResponseFailed, "response failed: boom"),
-    ({"status": "failed", "error": None}, ResponseFailed, "no reason given"),
-])
+@pytest.mark.parametrize(
+    ("response", "cls", "text"),
+    [
+        ({"status": "failed", "error": "boom"}, ResponseFailed, "response failed: boom"),
+        ({"status": "failed", "error": None}, ResponseFailed, "no reason given"),
+    ],
+)
 def test_odd_failure_shapes_still_give_the_typed_error(
-        response: dict[str, object], cls: type[Exception], text: str) -> None:
+    response: dict[str, object], cls: type[Exception], text: str
+) -> None:
     _, events = decode(typed({"type": "response.completed", "response": response}))
     error = events[0].error()
     assert isinstance(error, cls)
     assert text in str(error)
 
 
-@pytest.mark.parametrize(("usage", "expected"), [
-    ({"input_tokens": "5", "output_tokens": True}, Usage(0, 0, 0)),
-    ({"input_tokens": 2.0, "output_tokens": float("inf"), "total_tokens": -1}, Usage(2, 0, 2)),
-    ({"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 9}, Usage(3, 4, 9)),
-])
-def test_usage_counts_that_are_not_whole_numbers_count_zero(usage: dict[str, object],
-                                                            expected: Usage) -> None:
+@pytest.mark.parametrize(
+    ("usage", "expected"),
+    [
+        ({"input_tokens": "5", "output_tokens": True}, Usage(0, 0, 0)),
+        ({"input_tokens": 2.0, "output_tokens": float("inf"), "total_tokens": -1}, Usage(2, 0, 2)),
+        ({"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 9}, Usage(3, 4, 9)),
+    ],
+)
+def test_usage_counts_that_are_not_whole_numbers_count_zero(
+    usage: dict[str, object], expected: Usage
+) -> None:
     assert Usage.from_payload(usage) == expected
 
 
@@ -238,29 +314,51 @@ def test_usage_from_payload() -> None:
     assert Usage.from_payload(None) is None
     assert Usage.from_payload({"input_tokens": 2, "output_tokens": 3}) == Usage(2, 3, 5)
     assert Usage(1, 2, 3, 1, 2).as_dict() == {
-        "input_tokens": 1, "input_tokens_details": {"cached_tokens": 1},
-        "output_tokens": 2, "output_tokens_details": {"reasoning_tokens": 2},
-        "total_tokens": 3}
+        "input_tokens": 1,
+        "input_tokens_details": {"cached_tokens": 1},
+        "output_tokens": 2,
+        "output_tokens_details": {"reasoning_tokens": 2},
+        "total_tokens": 3,
+    }
     assert Usage(1, 2, 3, 1, 2).as_chat() == {
-        "prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3,
+        "prompt_tokens": 1,
+        "completion_tokens": 2,
+        "total_tokens": 3,
         "prompt_tokens_details": {"cached_tokens": 1},
-        "completion_tokens_details": {"reasoning_tokens": 2}}
+        "completion_tokens_details": {"reasoning_tokens": 2},
+    }
 
 
-@pytest.mark.parametrize("payload", [
-    {"input_tokens": 10, "output_tokens": 20, "input_tokens_details": {"cached_tokens": 4},
-     "output_tokens_details": {"reasoning_tokens": 12}},
-    {"prompt_tokens": 10, "completion_tokens": 20, "prompt_tokens_details": {"cached_tokens": 4},
-     "completion_tokens_details": {"reasoning_tokens": 12, "audio_tokens": 0}},
-], ids=["responses", "chat"])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {
+            "input_tokens": 10,
+            "output_tokens": 20,
+            "input_tokens_details": {"cached_tokens": 4},
+            "output_tokens_details": {"reasoning_tokens": 12},
+        },
+        {
+            "prompt_tokens": 10,
+            "completion_tokens": 20,
+            "prompt_tokens_details": {"cached_tokens": 4},
+            "completion_tokens_details": {"reasoning_tokens": 12, "audio_tokens": 0},
+        },
+    ],
+    ids=["responses", "chat"],
+)
 def test_usage_details_of_both_apis(payload: dict[str, object]) -> None:
     assert Usage.from_payload(payload) == Usage(10, 20, 30, 4, 12)
 
 
 def test_usage_details_of_odd_shapes_count_zero() -> None:
-    assert Usage.from_payload({"prompt_tokens": 1, "prompt_tokens_details": None,
-                               "completion_tokens_details": {"reasoning_tokens": "x"}}) == Usage(
-        1, 0, 1)
+    assert Usage.from_payload(
+        {
+            "prompt_tokens": 1,
+            "prompt_tokens_details": None,
+            "completion_tokens_details": {"reasoning_tokens": "x"},
+        }
+    ) == Usage(1, 0, 1)
 
 
 def test_as_dict_for_writers() -> None:
@@ -268,16 +366,19 @@ def test_as_dict_for_writers() -> None:
     assert events[0].as_dict() == {"type": DELTA["type"], "received_ns": 123, "data": DELTA}
 
 
-@pytest.mark.parametrize(("raw", "expected"), [
-    (b'{"type":"response.output_text.delta","delta":"plain"}', "plain"),
-    (b'{"type":"response.output_text.delta","delta":"say \\"hi\\"\\n"}', 'say "hi"\n'),
-    (b'{"type":"response.output_text.delta","delta":"caf\xc3\xa9"}', "caf\u00e9"),
-    (b'{"type":"response.output_text.delta","delta":"bad \xff"}', "bad \ufffd"),
-    (b'{"type":"response.output_text.delta", "delta": "spaced"}', "spaced"),
-    (b'{"type":"response.output_text.delta","delta":""}', ""),
-    (b'{"type":"response.output_text.delta","item_id":"delta","delta":"x"}', "x"),
-    (b'{"type":"response.output_text.delta","delta":5}', None),
-])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b'{"type":"response.output_text.delta","delta":"plain"}', "plain"),
+        (b'{"type":"response.output_text.delta","delta":"say \\"hi\\"\\n"}', 'say "hi"\n'),
+        (b'{"type":"response.output_text.delta","delta":"caf\xc3\xa9"}', "caf\u00e9"),
+        (b'{"type":"response.output_text.delta","delta":"bad \xff"}', "bad \ufffd"),
+        (b'{"type":"response.output_text.delta", "delta": "spaced"}', "spaced"),
+        (b'{"type":"response.output_text.delta","delta":""}', ""),
+        (b'{"type":"response.output_text.delta","item_id":"delta","delta":"x"}', "x"),
+        (b'{"type":"response.output_text.delta","delta":5}', None),
+    ],
+)
 def test_text_delta_fast_path_is_exact(raw: bytes, expected: str | None) -> None:
     _, events = decode(b"event: response.output_text.delta\ndata: " + raw + b"\n\n")
     assert events[0].text_delta == expected
@@ -286,20 +387,29 @@ def test_text_delta_fast_path_is_exact(raw: bytes, expected: str | None) -> None
 
 
 def test_truncated_delta_json_is_not_accepted_by_the_fast_path() -> None:
-    _, events = decode(b'event: response.output_text.delta\n'
-                       b'data: {"type":"response.output_text.delta","delta":"a"\n\n')
+    _, events = decode(
+        b"event: response.output_text.delta\n"
+        b'data: {"type":"response.output_text.delta","delta":"a"\n\n'
+    )
     with pytest.raises(ProtocolError, match="not valid JSON"):
         _ = events[0].text_delta
 
 
-@pytest.mark.parametrize("raw", [
-    pytest.param(b'{"type":"response.output_text.delta","delta":"x",}', id="trailing-comma"),
-    pytest.param(b'{"type":"response.output_text.delta","delta":"x" "y"}', id="garbage-member"),
-    pytest.param(b'{"type":"response.output_text.delta","delta":"a\tb"}', id="raw-control-char"),
-    pytest.param(b'{"type":"response.output_text.delta","delta":"x","n":01}', id="leading-zero"),
-    pytest.param(b'{"type":"response.output_text.delta",,"delta":"x"}', id="double-comma"),
-    pytest.param(b'{"type":"response.output_text.delta","delta":"x"}}', id="extra-brace"),
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(b'{"type":"response.output_text.delta","delta":"x",}', id="trailing-comma"),
+        pytest.param(b'{"type":"response.output_text.delta","delta":"x" "y"}', id="garbage-member"),
+        pytest.param(
+            b'{"type":"response.output_text.delta","delta":"a\tb"}', id="raw-control-char"
+        ),
+        pytest.param(
+            b'{"type":"response.output_text.delta","delta":"x","n":01}', id="leading-zero"
+        ),
+        pytest.param(b'{"type":"response.output_text.delta",,"delta":"x"}', id="double-comma"),
+        pytest.param(b'{"type":"response.output_text.delta","delta":"x"}}', id="extra-brace"),
+    ],
+)
 def test_broken_delta_json_is_always_a_protocol_error(raw: bytes) -> None:
     # The text of a delta must never come from bytes a JSON decoder rejects: a corrupt
     # stream would otherwise end in silent success with made-up text.
@@ -381,8 +491,7 @@ def test_decode_takes_events_and_a_scanned_batch_takes_another_scan() -> None:
     decoder = EventDecoder()
     events = decoder.decode(decoder.parser().feed(typed(DELTA) + typed(COMPLETED)), 5)
     again = EventDecoder().decode(events, 6)
-    assert [(e.type, e.raw, e.received_ns) for e in again] == [
-        (e.type, e.raw, 6) for e in events]
+    assert [(e.type, e.raw, e.received_ns) for e in again] == [(e.type, e.raw, 6) for e in events]
     chat = EventDecoder()
     items = chat.scan(chat.parser().feed(untyped(CHAT) + untyped(CHAT)), 7)
     assert isinstance(items[0], StreamEvent)  # untyped: built by the reader
@@ -396,8 +505,11 @@ def test_decode_takes_events_and_a_scanned_batch_takes_another_scan() -> None:
     assert plain.dialect is Dialect.RESPONSES
 
 
-COMPLETION = {"object": "text_completion", "id": "cmpl-1", "choices": [
-    {"index": 0, "text": "Once", "finish_reason": None}]}
+COMPLETION = {
+    "object": "text_completion",
+    "id": "cmpl-1",
+    "choices": [{"index": 0, "text": "Once", "finish_reason": None}],
+}
 
 
 def test_a_legacy_completion_chunk_is_text() -> None:
@@ -410,16 +522,22 @@ def test_a_legacy_completion_chunk_is_text() -> None:
 
 
 def test_a_responses_text_delta_has_a_token_only_when_not_empty() -> None:
-    _, events = decode(typed({"type": "response.output_text.delta", "delta": ""})
-                       + typed({"type": "response.output_text.delta", "delta": "a"}))
+    _, events = decode(
+        typed({"type": "response.output_text.delta", "delta": ""})
+        + typed({"type": "response.output_text.delta", "delta": "a"})
+    )
     assert [e.has_token for e in events] == [False, True]
 
 
-@pytest.mark.parametrize("choices", [
-    [5, {"index": 0, "delta": "x"}],
-    [{"index": 0, "delta": {"tool_calls": [7, {"index": 0, "function": "f"}]}}],
-    [{"index": "0", "text": ""}],
-], ids=["not-dicts", "odd-tool-calls", "empty-completion-text"])
+@pytest.mark.parametrize(
+    "choices",
+    [
+        [5, {"index": 0, "delta": "x"}],
+        [{"index": 0, "delta": {"tool_calls": [7, {"index": 0, "function": "f"}]}}],
+        [{"index": "0", "text": ""}],
+    ],
+    ids=["not-dicts", "odd-tool-calls", "empty-completion-text"],
+)
 def test_odd_choice_shapes_give_no_deltas(choices: list[object]) -> None:
     for kind in ("chat.completion.chunk", "text_completion"):
         _, events = decode(untyped({"object": kind, "choices": choices}))

@@ -28,21 +28,51 @@ def events_of(*payloads: dict[str, object], typed: bool = True) -> list[StreamEv
     return out
 
 
-CREATED = {"type": "response.created", "response": {"id": "resp_9", "object": "response",
-                                                    "model": "m", "status": "in_progress"}}
+CREATED = {
+    "type": "response.created",
+    "response": {"id": "resp_9", "object": "response", "model": "m", "status": "in_progress"},
+}
 DELTAS = [{"type": "response.output_text.delta", "delta": d} for d in ("He", "llo")]
-COMPLETED = {"type": "response.completed", "response": {
-    "id": "resp_9", "object": "response", "status": "completed", "output": [],
-    "usage": {"input_tokens": 3, "output_tokens": 2, "total_tokens": 5}}}
+COMPLETED = {
+    "type": "response.completed",
+    "response": {
+        "id": "resp_9",
+        "object": "response",
+        "status": "completed",
+        "output": [],
+        "usage": {"input_tokens": 3, "output_tokens": 2, "total_tokens": 5},
+    },
+}
 CHAT = [
-    {"object": "chat.completion.chunk", "id": "c1", "model": "m", "created": 7,
-     "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
-    {"object": "chat.completion.chunk", "id": "c1", "model": "m", "created": 7,
-     "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}]},
-    {"object": "chat.completion.chunk", "id": "c1", "model": "m", "created": 7,
-     "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]},
-    {"object": "chat.completion.chunk", "id": "c1", "model": "m", "created": 7, "choices": [],
-     "usage": {"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5}},
+    {
+        "object": "chat.completion.chunk",
+        "id": "c1",
+        "model": "m",
+        "created": 7,
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}],
+    },
+    {
+        "object": "chat.completion.chunk",
+        "id": "c1",
+        "model": "m",
+        "created": 7,
+        "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}],
+    },
+    {
+        "object": "chat.completion.chunk",
+        "id": "c1",
+        "model": "m",
+        "created": 7,
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}],
+    },
+    {
+        "object": "chat.completion.chunk",
+        "id": "c1",
+        "model": "m",
+        "created": 7,
+        "choices": [],
+        "usage": {"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5},
+    },
 ]
 
 
@@ -62,8 +92,9 @@ def test_assembler_add_chunk_equals_calling_it_per_event() -> None:
     """The flat-batch path of `Engine.run` without handlers: same text, times, response."""
     empty = {"type": "response.output_text.delta", "delta": ""}
     payloads = [CREATED, DELTAS[0], empty, DELTAS[1], COMPLETED]
-    raw = b"".join(f"event: {p['type']}\n".encode() + b"data: " + orjson.dumps(p) + b"\n\n"
-                   for p in payloads)
+    raw = b"".join(
+        f"event: {p['type']}\n".encode() + b"data: " + orjson.dumps(p) + b"\n\n" for p in payloads
+    )
     per_event, batched = ResponseAssembler(), ResponseAssembler()
     for ev in EventDecoder().decode(EventDecoder().parser().feed(raw), 7):
         per_event(ev)
@@ -105,13 +136,19 @@ def test_assembler_chat_completion_shape() -> None:
         asm(ev)
     completion = asm.response()
     assert completion["object"] == "chat.completion"
-    assert completion["choices"][0]["message"] == {"role": "assistant", "content": "Hi",
-                                                   "refusal": None}
+    assert completion["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": "Hi",
+        "refusal": None,
+    }
     assert completion["choices"][0]["finish_reason"] == "length"
-    assert completion["usage"] == {"prompt_tokens": 4, "completion_tokens": 1,
-                                   "total_tokens": 5, "prompt_tokens_details": {
-                                       "cached_tokens": 0},
-                                   "completion_tokens_details": {"reasoning_tokens": 0}}
+    assert completion["usage"] == {
+        "prompt_tokens": 4,
+        "completion_tokens": 1,
+        "total_tokens": 5,
+        "prompt_tokens_details": {"cached_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0},
+    }
 
 
 def test_assembler_tolerates_odd_chat_shapes() -> None:
@@ -182,8 +219,13 @@ def test_split_handlers_decides_once() -> None:
 @pytest.mark.parametrize("shape", [Dialect.CHAT, Dialect.RESPONSES])
 def test_a_finish_reason_beside_the_last_token_is_kept(shape: Dialect) -> None:
     """vLLM ends a capped chat stream with finish_reason on the chunk of its last token."""
-    last = {"object": "chat.completion.chunk", "id": "c1", "model": "m", "created": 7,
-            "choices": [{"index": 0, "delta": {"content": " there"}, "finish_reason": "length"}]}
+    last = {
+        "object": "chat.completion.chunk",
+        "id": "c1",
+        "model": "m",
+        "created": 7,
+        "choices": [{"index": 0, "delta": {"content": " there"}, "finish_reason": "length"}],
+    }
     asm = ResponseAssembler(shape)
     for ev in events_of(CHAT[0], CHAT[1], last, CHAT[3], typed=False):
         asm(ev)

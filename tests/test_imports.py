@@ -25,21 +25,70 @@ ALLOWED: dict[str, set[str]] = {
     "assembly": {"events", "errors", "_flat"},
     "chunks": {"_flat", "asyncio"},
     "retry": {"errors", "limits"},
-    "attempt": {"chunks", "errors", "events", "_flat", "limits", "redaction", "aiohttp", "orjson",
-                "asyncio", "client"},  # client: type annotations only (TYPE_CHECKING)
-    "client": {"sse", "events", "errors", "handlers", "assembly", "attempt", "chunks", "retry",
-               "redaction", "runtime", "aiohttp", "orjson", "asyncio"},
+    "attempt": {
+        "chunks",
+        "errors",
+        "events",
+        "_flat",
+        "limits",
+        "redaction",
+        "aiohttp",
+        "orjson",
+        "asyncio",
+        "client",
+    },  # client: type annotations only (TYPE_CHECKING)
+    "client": {
+        "sse",
+        "events",
+        "errors",
+        "handlers",
+        "assembly",
+        "attempt",
+        "chunks",
+        "retry",
+        "redaction",
+        "runtime",
+        "aiohttp",
+        "orjson",
+        "asyncio",
+    },
 }
 # packages: every module of the package may import only these (plus stdlib, itself)
 PACKAGE_ALLOWED: dict[str, set[str]] = {
-    "batch": {"client", "handlers", "limits", "events", "errors", "retry", "options", "runtime",
-              "orjson", "rich", "asyncio", "uvloop"},
-    "loadtest": {"client", "handlers", "limits", "events", "errors", "redaction", "options",
-                 "retry", "runtime", "plotly", "prometheus_client", "orjson", "rich",
-                 "numpy",
-                 "asyncio", "uvloop", "aiohttp"},
-    "distributed": {"batch", "loadtest", "limits", "errors", "runtime", "orjson", "ray",
-                    "asyncio"},
+    "batch": {
+        "client",
+        "handlers",
+        "limits",
+        "events",
+        "errors",
+        "retry",
+        "options",
+        "runtime",
+        "orjson",
+        "rich",
+        "asyncio",
+        "uvloop",
+    },
+    "loadtest": {
+        "client",
+        "handlers",
+        "limits",
+        "events",
+        "errors",
+        "redaction",
+        "options",
+        "retry",
+        "runtime",
+        "plotly",
+        "prometheus_client",
+        "orjson",
+        "rich",
+        "numpy",
+        "asyncio",
+        "uvloop",
+        "aiohttp",
+    },
+    "distributed": {"batch", "loadtest", "limits", "errors", "runtime", "orjson", "ray", "asyncio"},
 }
 # The bench command may start the embedded mock; `python -m engine.<package>` is the CLI's
 # verb (the CLI hands `--ray` to engine.distributed: no package imports it back).
@@ -108,8 +157,11 @@ def _runtime_imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
     skipped: set[int] = set()
     for node in ast.walk(tree):
-        if (isinstance(node, ast.If) and isinstance(node.test, ast.Name)
-                and node.test.id == "TYPE_CHECKING"):
+        if (
+            isinstance(node, ast.If)
+            and isinstance(node.test, ast.Name)
+            and node.test.id == "TYPE_CHECKING"
+        ):
             skipped.update(id(child) for child in ast.walk(node))
     found: set[str] = set()
     for node in ast.walk(tree):
@@ -147,7 +199,7 @@ def test_no_import_cycles(level: str) -> None:
 
     def visit(name: str, trail: list[str]) -> None:
         if name in trail:
-            cycle = [*trail[trail.index(name):], name]
+            cycle = [*trail[trail.index(name) :], name]
             raise AssertionError("import cycle: " + " -> ".join(cycle))
         if name in done:
             return

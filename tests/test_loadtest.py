@@ -51,10 +51,29 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = {"x-mock-ttft-ms": "0", "x-mock-itl-ms": "0"}
-SCHEMA_KEYS = {"schema_version", "ttft_ms", "itl_ms", "tpot_ms", "e2e_ms", "completed", "failed",
-               "errors", "request_throughput", "output_token_throughput", "goodput",
-               "duration_s", "config", "platform", "client", "schedule_lag_ms", "connect_ms",
-               "error_details", "end_reasons", "incomplete", "reconnects"}
+SCHEMA_KEYS = {
+    "schema_version",
+    "ttft_ms",
+    "itl_ms",
+    "tpot_ms",
+    "e2e_ms",
+    "completed",
+    "failed",
+    "errors",
+    "request_throughput",
+    "output_token_throughput",
+    "goodput",
+    "duration_s",
+    "config",
+    "platform",
+    "client",
+    "schedule_lag_ms",
+    "connect_ms",
+    "error_details",
+    "end_reasons",
+    "incomplete",
+    "reconnects",
+}
 STAT_KEYS = {"p50", "p90", "p95", "p99", "p999", "mean", "max"}
 
 
@@ -77,8 +96,9 @@ def bench(config: LoadConfig):  # type: ignore[no-untyped-def]
 
 
 def test_ttft_and_itl_match_the_server_pacing_and_tokens_match_usage(paced: str) -> None:
-    config = LoadConfig(paced, concurrency=4, duration_s=1.5, warmup_s=0.3, output_tokens=20,
-                        input_tokens=40)
+    config = LoadConfig(
+        paced, concurrency=4, duration_s=1.5, warmup_s=0.3, output_tokens=20, input_tokens=40
+    )
     result = bench(config)
     doc = result.summary()
     assert doc["failed"] == 0
@@ -105,10 +125,36 @@ def test_open_loop_sends_on_schedule_at_500_per_second(paced: str, tmp_path: Pat
     the best of 5 runs, what the scheduler can do when the machine lets it.
     """
     out = tmp_path / "lag.json"
-    argv = [sys.executable, "-m", "engine.loadtest", "--base-url", paced, "--rate", "500",
-            "--arrival", "constant", "--duration", "1.5", "--warmup", "0.3", "--workers", "1",
-            "--output-tokens", "2", "--input-tokens", "8", "--header", "x-mock-ttft-ms: 5",
-            "--header", "x-mock-itl-ms: 1", "--no-canary", "-q", "--no-save", "-o", str(out)]
+    argv = [
+        sys.executable,
+        "-m",
+        "engine.loadtest",
+        "--base-url",
+        paced,
+        "--rate",
+        "500",
+        "--arrival",
+        "constant",
+        "--duration",
+        "1.5",
+        "--warmup",
+        "0.3",
+        "--workers",
+        "1",
+        "--output-tokens",
+        "2",
+        "--input-tokens",
+        "8",
+        "--header",
+        "x-mock-ttft-ms: 5",
+        "--header",
+        "x-mock-itl-ms: 1",
+        "--no-canary",
+        "-q",
+        "--no-save",
+        "-o",
+        str(out),
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     lags = []
     for _ in range(5):
@@ -125,8 +171,10 @@ def test_open_loop_sends_on_schedule_at_500_per_second(paced: str, tmp_path: Pat
     if min(lags) >= 1.0:
         stall_ms = machine_stall_ms()
         if stall_ms >= 1.0:  # the machine, not the client: see machine_stall_ms
-            pytest.skip(f"this machine stalls a spinning process for {stall_ms:.1f} ms "
-                        f"(longest gap in 1.5 s): no client can send within 1 ms; lags {lags}")
+            pytest.skip(
+                f"this machine stalls a spinning process for {stall_ms:.1f} ms "
+                f"(longest gap in 1.5 s): no client can send within 1 ms; lags {lags}"
+            )
     assert min(lags) < 1.0
 
 
@@ -147,8 +195,9 @@ def machine_stall_ms() -> float:
     On a quiet machine this is microseconds; on a VM whose host is busy it is milliseconds,
     and then a send schedule cannot be held to 1 ms by any client.
     """
-    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
-                          timeout=30, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=30, check=True
+    )
     return float(proc.stdout)
 
 
@@ -179,9 +228,17 @@ def _check_waits_are_counted(records: list[RequestRecord]) -> None:
 
 def test_open_loop_counts_the_wait_for_a_pool_connection(paced: str) -> None:
     # 40 req/s with one connection and ~35 ms streams: each send waits longer than the last.
-    config = LoadConfig(paced, rate=40, arrival="constant", requests=10, duration_s=None,
-                        warmup_s=0, output_tokens=4, max_connections=1,
-                        headers={"x-mock-ttft-ms": str(SERVER_TTFT_MS), "x-mock-itl-ms": "1"})
+    config = LoadConfig(
+        paced,
+        rate=40,
+        arrival="constant",
+        requests=10,
+        duration_s=None,
+        warmup_s=0,
+        output_tokens=4,
+        max_connections=1,
+        headers={"x-mock-ttft-ms": str(SERVER_TTFT_MS), "x-mock-itl-ms": "1"},
+    )
     result = bench(config)
     records = result.measured
     assert len(records) == 10
@@ -192,17 +249,23 @@ def test_open_loop_counts_the_wait_for_a_pool_connection(paced: str) -> None:
     late = _send_order(records)
     assert late[-1].lag_ms > late[0].lag_ms  # the queue grows: the schedule is not stretched
     doc = result.summary()
-    assert doc["schedule_lag_ms"]["max"] == pytest.approx(max(r.lag_ms for r in records),
-                                                          abs=1e-3)
+    assert doc["schedule_lag_ms"]["max"] == pytest.approx(max(r.lag_ms for r in records), abs=1e-3)
     assert doc["pool_wait_ms"]["max"] > 0
     assert doc["client"]["bottleneck"]
     assert "pool connection" in doc["client"]["verdict"]
 
 
 def test_closed_loop_counts_the_wait_for_a_pool_connection(paced: str) -> None:
-    config = LoadConfig(paced, concurrency=4, requests=8, duration_s=None, warmup_s=0,
-                        output_tokens=4, max_connections=1,
-                        headers={"x-mock-ttft-ms": str(SERVER_TTFT_MS), "x-mock-itl-ms": "1"})
+    config = LoadConfig(
+        paced,
+        concurrency=4,
+        requests=8,
+        duration_s=None,
+        warmup_s=0,
+        output_tokens=4,
+        max_connections=1,
+        headers={"x-mock-ttft-ms": str(SERVER_TTFT_MS), "x-mock-itl-ms": "1"},
+    )
     result = bench(config)
     records = result.measured
     _check_waits_are_counted(records)
@@ -211,10 +274,14 @@ def test_closed_loop_counts_the_wait_for_a_pool_connection(paced: str) -> None:
 
 
 async def test_faults_are_counted_by_kind_never_raised(mock_factory: MockFactory) -> None:
-    server = mock_factory(MockConfig(output_tokens=8, faults={
-        "429": 0.2, "500": 0.1, "disconnect": 0.1, "error-event": 0.1}))
-    config = LoadConfig(server.base_url, concurrency=4, requests=80, duration_s=None,
-                        warmup_s=0, output_tokens=8)
+    server = mock_factory(
+        MockConfig(
+            output_tokens=8, faults={"429": 0.2, "500": 0.1, "disconnect": 0.1, "error-event": 0.1}
+        )
+    )
+    config = LoadConfig(
+        server.base_url, concurrency=4, requests=80, duration_s=None, warmup_s=0, output_tokens=8
+    )
     doc = (await run_load(config)).summary()
     assert doc["completed"] + doc["failed"] == 80
     assert {"http_429", "http_500", "ErrorEvent"} <= set(doc["errors"])
@@ -223,12 +290,19 @@ async def test_faults_are_counted_by_kind_never_raised(mock_factory: MockFactory
 
 
 @pytest.mark.parametrize("endpoint", ["responses", "chat"])
-async def test_malformed_and_disconnect_are_counted_by_kind(mock_factory: MockFactory,
-                                                            endpoint: Endpoint) -> None:
-    server = mock_factory(MockConfig(output_tokens=8, faults={"malformed": 0.3,
-                                                               "disconnect": 0.3}))
-    config = LoadConfig(server.base_url, endpoint=endpoint, concurrency=4, requests=60,
-                        duration_s=None, warmup_s=0, output_tokens=8)
+async def test_malformed_and_disconnect_are_counted_by_kind(
+    mock_factory: MockFactory, endpoint: Endpoint
+) -> None:
+    server = mock_factory(MockConfig(output_tokens=8, faults={"malformed": 0.3, "disconnect": 0.3}))
+    config = LoadConfig(
+        server.base_url,
+        endpoint=endpoint,
+        concurrency=4,
+        requests=60,
+        duration_s=None,
+        warmup_s=0,
+        output_tokens=8,
+    )
     doc = (await run_load(config)).summary()
     assert doc["completed"] + doc["failed"] == 60
     # A cut body is a broken connection or a clean end without the terminal event,
@@ -247,8 +321,14 @@ async def test_malformed_and_disconnect_are_counted_by_kind(mock_factory: MockFa
 
 
 async def test_a_forced_fault_fails_every_request_cleanly(base_url: str) -> None:
-    config = LoadConfig(base_url, concurrency=2, requests=6, duration_s=None, warmup_s=0,
-                        headers={"x-mock-fault": "503"})
+    config = LoadConfig(
+        base_url,
+        concurrency=2,
+        requests=6,
+        duration_s=None,
+        warmup_s=0,
+        headers={"x-mock-fault": "503"},
+    )
     doc = (await run_load(config)).summary()
     assert doc["errors"] == {"http_503": 6}
     assert doc["completed"] == 0
@@ -256,8 +336,16 @@ async def test_a_forced_fault_fails_every_request_cleanly(base_url: str) -> None
 
 
 def test_two_workers_split_the_load_and_merge_exactly(paced: str) -> None:
-    config = LoadConfig(paced, concurrency=4, requests=40, duration_s=None, warmup_s=0.2,
-                        output_tokens=4, workers=2, headers=FAST)
+    config = LoadConfig(
+        paced,
+        concurrency=4,
+        requests=40,
+        duration_s=None,
+        warmup_s=0.2,
+        output_tokens=4,
+        workers=2,
+        headers=FAST,
+    )
     result = bench(config)
     doc = result.summary()
     measured = result.measured
@@ -269,15 +357,32 @@ def test_two_workers_split_the_load_and_merge_exactly(paced: str) -> None:
 
 
 def _record(i: int, worker: int, ttft: float) -> RequestRecord:
-    return RequestRecord(index=i, worker=worker, warmup=False, intended_s=i / 10, lag_ms=0.0,
-                         ok=True, ttft_ms=ttft, e2e_ms=ttft + 30, output_tokens=4, deltas=4,
-                         itl_ms=[10.0, 10.0, 10.0])
+    return RequestRecord(
+        index=i,
+        worker=worker,
+        warmup=False,
+        intended_s=i / 10,
+        lag_ms=0.0,
+        ok=True,
+        ttft_ms=ttft,
+        e2e_ms=ttft + 30,
+        output_tokens=4,
+        deltas=4,
+        itl_ms=[10.0, 10.0, 10.0],
+    )
 
 
 def test_combine_is_exact_over_the_union() -> None:
     config = LoadConfig("http://x/v1")
-    parts = [WorkerResult(w, [_record(i, w, 10.0 * (w + 1) + i) for i in range(50)],
-                          ClientCheck(w), connect_ms=[1.0]) for w in range(3)]
+    parts = [
+        WorkerResult(
+            w,
+            [_record(i, w, 10.0 * (w + 1) + i) for i in range(50)],
+            ClientCheck(w),
+            connect_ms=[1.0],
+        )
+        for w in range(3)
+    ]
     result = combine(config, parts)
     doc = summarize(result.records, {})
     union = [r.ttft_ms for p in parts for r in p.records if r.ttft_ms is not None]
@@ -285,24 +390,43 @@ def test_combine_is_exact_over_the_union() -> None:
     for key, q in (("p50", 50), ("p99", 99), ("p999", 99.9)):
         assert doc["ttft_ms"][key] == pytest.approx(float(np.percentile(union, q)), abs=1e-3)
     assert len(result.connect_ms) == 3
-    assert merge([parts[1].records, parts[0].records]) == merge([parts[0].records,
-                                                                 parts[1].records])
+    assert merge([parts[1].records, parts[0].records]) == merge(
+        [parts[0].records, parts[1].records]
+    )
     assert RequestRecord.from_dict(parts[0].records[0].as_dict()) == parts[0].records[0]
 
 
 def test_tpot_and_throughputs_are_computed_from_the_records() -> None:
-    def rec(i: int, intended_s: float, *, warmup: bool = False, ok: bool = True,
-            **kw: Any) -> RequestRecord:
-        return RequestRecord(index=i, worker=0, warmup=warmup, intended_s=intended_s,
-                             lag_ms=0.0, ok=ok, **kw)
+    def rec(
+        i: int, intended_s: float, *, warmup: bool = False, ok: bool = True, **kw: Any
+    ) -> RequestRecord:
+        return RequestRecord(
+            index=i, worker=0, warmup=warmup, intended_s=intended_s, lag_ms=0.0, ok=ok, **kw
+        )
 
     records = [
-        rec(0, 0.0, ttft_ms=100.0, e2e_ms=510.0, output_tokens=5, input_tokens=10,
-            deltas=5, itl_ms=[100.0] * 4),
+        rec(
+            0,
+            0.0,
+            ttft_ms=100.0,
+            e2e_ms=510.0,
+            output_tokens=5,
+            input_tokens=10,
+            deltas=5,
+            itl_ms=[100.0] * 4,
+        ),
         # Usage counts 30 tokens, 21 came as timed events (the last at 1500 ms): TPOT is
         # timed from those, (1500 - 50) / (21 - 1), not spread over 29 untimed gaps.
-        rec(1, 0.5, ttft_ms=50.0, e2e_ms=1500.0, output_tokens=30, input_tokens=20,
-            deltas=21, itl_ms=[50.0] * 19 + [500.0]),
+        rec(
+            1,
+            0.5,
+            ttft_ms=50.0,
+            e2e_ms=1500.0,
+            output_tokens=30,
+            input_tokens=20,
+            deltas=21,
+            itl_ms=[50.0] * 19 + [500.0],
+        ),
         rec(2, 0.2, ttft_ms=30.0, e2e_ms=30.0, output_tokens=1, input_tokens=5, deltas=1),
         rec(3, 1.0, ok=False, error="http_500", e2e_ms=200.0),
         rec(4, -0.5, warmup=True, ttft_ms=1.0, e2e_ms=9000.0, output_tokens=999),
@@ -341,8 +465,12 @@ def test_stats_goodput_and_slo_parsing() -> None:
 
 
 def test_schedules() -> None:
-    constant = [a.offset_s for a in open_schedule(
-        LoadConfig("u", rate=100, arrival="constant", duration_s=1, warmup_s=0))]
+    constant = [
+        a.offset_s
+        for a in open_schedule(
+            LoadConfig("u", rate=100, arrival="constant", duration_s=1, warmup_s=0)
+        )
+    ]
     assert len(constant) == 100
     assert constant[:3] == pytest.approx([0.0, 0.01, 0.02])
     gen = arrival_offsets(1000, "poisson", 1.0, seed=1)
@@ -369,8 +497,13 @@ def test_client_verdict_says_when_the_client_was_the_bottleneck() -> None:
 
 def test_client_verdict_flags_a_late_read_even_when_loop_lag_looks_fine() -> None:
     # The one-worker 500 x 50 tokens/s calibration: loop lag p99 under 2 ms, reads 3-5 ms late.
-    late = ClientCheck(0, wall_s=10, cpu_s=4, loop_lag_ms=[0.1] * 98 + [1.9] * 2,
-                       read_delay_ms=[0.2] * 95 + [4.0] * 5)
+    late = ClientCheck(
+        0,
+        wall_s=10,
+        cpu_s=4,
+        loop_lag_ms=[0.1] * 98 + [1.9] * 2,
+        read_delay_ms=[0.2] * 95 + [4.0] * 5,
+    )
     doc = verdict([late], 5, 0.9, read_delay_threshold_ms=2.0)
     assert doc["bottleneck"]
     assert "client read delay p99 4.0 ms > 2 ms" in doc["verdict"]
@@ -389,8 +522,14 @@ async def test_the_canary_reads_stamped_events_and_flags_a_blocked_loop(base_url
             time.sleep(0.004)  # noqa: ASYNC251 - blocking the loop is the point
             await asyncio.sleep(0.006)
 
-    config = LoadConfig(base_url, concurrency=2, duration_s=1.0, warmup_s=0.1,
-                        output_tokens=4, read_delay_threshold_ms=2.0)
+    config = LoadConfig(
+        base_url,
+        concurrency=2,
+        duration_s=1.0,
+        warmup_s=0.1,
+        output_tokens=4,
+        read_delay_threshold_ms=2.0,
+    )
     blocker = asyncio.get_running_loop().create_task(hog())
     try:
         doc = (await run_load(config)).summary()
@@ -406,15 +545,17 @@ async def test_the_canary_reads_stamped_events_and_flags_a_blocked_loop(base_url
 
 
 async def test_without_the_canary_there_is_no_read_delay_figure(base_url: str) -> None:
-    config = LoadConfig(base_url, concurrency=2, requests=4, duration_s=None, warmup_s=0,
-                        canary=False)
+    config = LoadConfig(
+        base_url, concurrency=2, requests=4, duration_s=None, warmup_s=0, canary=False
+    )
     doc = (await run_load(config)).summary()
     assert doc["completed"] == 4
     assert doc["client"]["read_delay_ms"]["count"] == 0
 
 
 async def test_the_cyclic_collector_is_off_while_a_run_measures_and_back_after(
-        base_url: str) -> None:
+    base_url: str,
+) -> None:
     """A collection's pause would be a late send and a late stamp (see Runner.run)."""
     during: list[bool] = []
     config = LoadConfig(base_url, concurrency=2, duration_s=1.2, warmup_s=0, canary=False)
@@ -428,7 +569,8 @@ async def test_the_cyclic_collector_is_off_while_a_run_measures_and_back_after(
 
 
 async def test_garbage_of_failing_requests_is_collected_within_a_budget(
-        base_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    base_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With the collector off, failed requests' cyclic garbage (exception -> traceback ->
     frame) must still be bounded: the run collects the young objects past a budget."""
     monkeypatch.setattr(runner_module, "GC_YOUNG_BUDGET", 3_000)
@@ -441,8 +583,14 @@ async def test_garbage_of_failing_requests_is_collected_within_a_budget(
 
     gc.callbacks.append(on_gc)
     try:
-        config = LoadConfig(base_url, concurrency=4, duration_s=1.5, warmup_s=0, canary=False,
-                            headers={"x-mock-fault": "disconnect:2"})
+        config = LoadConfig(
+            base_url,
+            concurrency=4,
+            duration_s=1.5,
+            warmup_s=0,
+            canary=False,
+            headers={"x-mock-fault": "disconnect:2"},
+        )
         doc = (await run_load(config)).summary()
     finally:
         gc.callbacks.remove(on_gc)
@@ -458,8 +606,12 @@ async def test_auto_workers_follow_the_load_and_the_cores(base_url: str) -> None
     assert auto_workers(0, cores=4) == 1
     big = await resolve_workers(LoadConfig("http://x/v1", concurrency=500, workers=0), cores=2)
     assert big.workers == 2
-    assert big.facts["workers_auto"] == {"streams_in_flight": 500.0, "usable_cores": 2,
-                                         "workers": 2, "streams_per_worker": 200}
+    assert big.facts["workers_auto"] == {
+        "streams_in_flight": 500.0,
+        "usable_cores": 2,
+        "workers": 2,
+        "streams_per_worker": 200,
+    }
     small = await resolve_workers(LoadConfig("http://x/v1", concurrency=16, workers=0), cores=4)
     assert small.workers == 1
     fixed = LoadConfig("http://x/v1", concurrency=500, workers=1)
@@ -495,8 +647,16 @@ def test_ray_with_auto_workers_counts_by_the_load_alone(monkeypatch: pytest.Monk
         return combine(config, [WorkerResult(0, [], ClientCheck(0))])
 
     monkeypatch.setattr(engine.distributed.loadtest, "run_load_on_ray", fake)
-    argv = ["--base-url", "http://127.0.0.1:9/v1", "--ray", "local", "--requests", "1", "-q",
-            "--no-save"]
+    argv = [
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--ray",
+        "local",
+        "--requests",
+        "1",
+        "-q",
+        "--no-save",
+    ]
     assert main([*argv, "--concurrency", "450"]) == 1  # nothing completed (a fake run)
     assert main([*argv, "--concurrency", "450", "--workers", "2"]) == 1
     assert [workers for _, workers in calls] == [3, 2]  # the cluster's cores are not counted
@@ -511,13 +671,19 @@ def test_prompts_synthetic_and_jsonl(tmp_path: Path) -> None:
     assert source.body(4) != body
     path = tmp_path / "p.jsonl"
     path.write_bytes(b'{"input": "hi"}\n\n{"custom_id": "a", "body": {"input": "yo"}}\n')
-    assert load_bodies(path, "m") == [{"input": "hi", "model": "m"},
-                                      {"input": "yo", "model": "m"}]
+    assert load_bodies(path, "m") == [{"input": "hi", "model": "m"}, {"input": "yo", "model": "m"}]
 
 
 def test_sweep_runs_single_saturated_and_rates_between(paced: str) -> None:
-    config = LoadConfig(paced, concurrency=8, duration_s=0.5, warmup_s=0.1, output_tokens=4,
-                        sweep_steps=1, headers={"x-mock-ttft-ms": "20", "x-mock-itl-ms": "2"})
+    config = LoadConfig(
+        paced,
+        concurrency=8,
+        duration_s=0.5,
+        warmup_s=0.1,
+        output_tokens=4,
+        sweep_steps=1,
+        headers={"x-mock-ttft-ms": "20", "x-mock-itl-ms": "2"},
+    )
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         results = runner.run(run_sweep(config))
     docs = [r.summary() for r in results]
@@ -527,14 +693,25 @@ def test_sweep_runs_single_saturated_and_rates_between(paced: str) -> None:
     assert docs[1]["request_throughput"] > docs[0]["request_throughput"]
 
 
-async def test_without_usage_output_tokens_are_the_counted_deltas(base_url: str,
-                                                                 tmp_path: Path) -> None:
+async def test_without_usage_output_tokens_are_the_counted_deltas(
+    base_url: str, tmp_path: Path
+) -> None:
     prompts = tmp_path / "chat.jsonl"
-    body = {"messages": [{"role": "user", "content": "count with me"}],
-            "max_completion_tokens": 7, "stream_options": {"include_usage": False}}
+    body = {
+        "messages": [{"role": "user", "content": "count with me"}],
+        "max_completion_tokens": 7,
+        "stream_options": {"include_usage": False},
+    }
     prompts.write_bytes(orjson.dumps(body) + b"\n")
-    config = LoadConfig(base_url, endpoint="chat", prompts_file=str(prompts), concurrency=2,
-                        requests=6, duration_s=None, warmup_s=0)
+    config = LoadConfig(
+        base_url,
+        endpoint="chat",
+        prompts_file=str(prompts),
+        concurrency=2,
+        requests=6,
+        duration_s=None,
+        warmup_s=0,
+    )
     result = await run_load(config)
     doc = result.summary()
     assert doc["completed"] == 6
@@ -550,11 +727,36 @@ def test_cli_chat_endpoint_end_to_end(paced_mock: MockProcess, tmp_path: Path) -
 
     before = paced_mock.stats.requests.get("/v1/chat/completions", 0)
     out = tmp_path / "chat.json"
-    assert main(["--base-url", paced_mock.base_url, "--endpoint", "chat", "--requests", "12",
-                 "--concurrency", "3", "--warmup", "0.2", "--output-tokens", "6",
-                 "--input-tokens", "20", "--header", "x-mock-ttft-ms: 5",
-                 "--header", "x-mock-itl-ms: 1", "--no-canary", "-q", "--no-save", "-o",
-                 str(out)]) == 0
+    assert (
+        main(
+            [
+                "--base-url",
+                paced_mock.base_url,
+                "--endpoint",
+                "chat",
+                "--requests",
+                "12",
+                "--concurrency",
+                "3",
+                "--warmup",
+                "0.2",
+                "--output-tokens",
+                "6",
+                "--input-tokens",
+                "20",
+                "--header",
+                "x-mock-ttft-ms: 5",
+                "--header",
+                "x-mock-itl-ms: 1",
+                "--no-canary",
+                "-q",
+                "--no-save",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     doc = orjson.loads(out.read_bytes())
     assert doc["config"]["endpoint"] == "chat"
     assert (doc["completed"], doc["failed"]) == (12, 0)
@@ -567,14 +769,30 @@ def test_cli_chat_endpoint_end_to_end(paced_mock: MockProcess, tmp_path: Path) -
 
 
 def test_base_url_with_an_api_key_that_never_reaches_a_report(
-        auth_mock_server: MockServerThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    auth_mock_server: MockServerThread,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     from tests.conftest import bench_main as main  # noqa: PLC0415
 
     outputs = [tmp_path / name for name in ("r.json", "r.csv", "r.html")]
     flags = ["-o", str(outputs[0]), "--csv", str(outputs[1]), "--html", str(outputs[2])]
-    base = ["--base-url", auth_mock_server.base_url, "--requests", "8", "--concurrency", "2",
-            "--warmup", "0", "--output-tokens", "4", "-q", "--no-save", *flags]
+    base = [
+        "--base-url",
+        auth_mock_server.base_url,
+        "--requests",
+        "8",
+        "--concurrency",
+        "2",
+        "--warmup",
+        "0",
+        "--output-tokens",
+        "4",
+        "-q",
+        "--no-save",
+        *flags,
+    ]
     monkeypatch.setenv("OPENAI_API_KEY", TEST_API_KEY)
     assert main(base) == 0
     doc = orjson.loads(outputs[0].read_bytes())
@@ -598,9 +816,32 @@ def test_cli_sweep_writes_json_csv_and_html(paced: str, tmp_path: Path) -> None:
 
     folder = tmp_path / "sweep"
     out, table, page = folder / "result.json", folder / "requests.csv", folder / "report.html"
-    assert main(["--base-url", paced, "--sweep", "1", "--concurrency", "4", "--duration", "0.5",
-                 "--warmup", "0.1", "--output-tokens", "4", "--header", "x-mock-ttft-ms: 20",
-                 "--header", "x-mock-itl-ms: 2", "-q", "--output-dir", str(folder)]) == 0
+    assert (
+        main(
+            [
+                "--base-url",
+                paced,
+                "--sweep",
+                "1",
+                "--concurrency",
+                "4",
+                "--duration",
+                "0.5",
+                "--warmup",
+                "0.1",
+                "--output-tokens",
+                "4",
+                "--header",
+                "x-mock-ttft-ms: 20",
+                "--header",
+                "x-mock-itl-ms: 2",
+                "-q",
+                "--output-dir",
+                str(folder),
+            ]
+        )
+        == 0
+    )
     doc = orjson.loads(out.read_bytes())
     assert (doc["kind"], doc["tool"], doc["schema_version"]) == ("sweep", "stream-engine bench", 1)
     runs = doc["runs"]
@@ -624,8 +865,15 @@ def test_cli_sweep_writes_json_csv_and_html(paced: str, tmp_path: Path) -> None:
 
 def test_live_progress_gets_snapshots_from_every_worker(paced: str) -> None:
     snapshots: list[dict[str, Any]] = []
-    config = LoadConfig(paced, concurrency=4, duration_s=1.2, warmup_s=0.2, output_tokens=4,
-                        workers=2, headers={"x-mock-ttft-ms": "5", "x-mock-itl-ms": "1"})
+    config = LoadConfig(
+        paced,
+        concurrency=4,
+        duration_s=1.2,
+        warmup_s=0.2,
+        output_tokens=4,
+        workers=2,
+        headers={"x-mock-ttft-ms": "5", "x-mock-itl-ms": "1"},
+    )
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         result = runner.run(run_load(config, progress=snapshots.append))
     assert {s["worker"] for s in snapshots} == {0, 1}
@@ -651,10 +899,28 @@ def test_cli_end_to_end_with_the_embedded_mock(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("OPENAI_BASE_URL", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "engine.loadtest", "--duration", "1.5", "--warmup", "0.3",
-         "--concurrency", "4", "--output-tokens", "16", "--slo", "ttft_ms=500,tpot_ms=50",
-         "--output-dir", str(folder)],
-        capture_output=True, env=env, timeout=60, check=False)
+        [
+            sys.executable,
+            "-m",
+            "engine.loadtest",
+            "--duration",
+            "1.5",
+            "--warmup",
+            "0.3",
+            "--concurrency",
+            "4",
+            "--output-tokens",
+            "16",
+            "--slo",
+            "ttft_ms=500,tpot_ms=50",
+            "--output-dir",
+            str(folder),
+        ],
+        capture_output=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     doc = orjson.loads(out.read_bytes())
     assert doc.keys() >= SCHEMA_KEYS
@@ -683,11 +949,29 @@ def check_html_in_chromium(page: Path, tmp_path: Path, plots: int | None = None)
 
 
 def test_calibration_matches_every_request_to_its_server_write_stamp(
-        capsys: pytest.CaptureFixture[str]) -> None:
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     from engine.loadtest.calibrate import main  # noqa: PLC0415
 
-    assert main(["--streams", "8", "--duration", "1.5", "--warmup", "0.3", "--tokens", "5",
-                 "--ttft-ms", "20", "--itl-ms", "5"]) == 0
+    assert (
+        main(
+            [
+                "--streams",
+                "8",
+                "--duration",
+                "1.5",
+                "--warmup",
+                "0.3",
+                "--tokens",
+                "5",
+                "--ttft-ms",
+                "20",
+                "--itl-ms",
+                "5",
+            ]
+        )
+        == 0
+    )
     report = orjson.loads(capsys.readouterr().out)
     assert report["completed"] > 0
     assert report["client_read_delay_ms"]["count"] == report["completed"]

@@ -39,15 +39,32 @@ def hostile() -> Iterator[HostileServer]:
         yield server
 
 
-def bench(*args: str, out: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any],
-                                          float, float]:
+def bench(
+    *args: str, out: Path
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any], float, float]:
     """`stream-engine bench` in a child: the result, its JSON, wall time (s), peak RSS (MB)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "250"}
     env.pop("OPENAI_BASE_URL", None)
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", CHILD, "bench", *args, "--no-canary", "-q",
-                           "--no-save", "-o", str(out)], capture_output=True, text=True, env=env,
-                          timeout=180, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            "bench",
+            *args,
+            "--no-canary",
+            "-q",
+            "--no-save",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+        check=False,
+    )
     wall_s = time.monotonic() - started
     found = re.search(r"maxrss_kib=(\d+)", proc.stderr)
     rss_mb = int(found.group(1)) / 1024 if found else float("nan")
@@ -65,9 +82,19 @@ def test_closed_loop_users_wait_as_a_429_asks(hostile: HostileServer, tmp_path: 
     answers 429 + Retry-After: 2. Now each user waits as asked (capped at the window's end)."""
     users, warmup_s, duration_s = 4, 1.0, 3.0
     before = hostile.requests.get("429", 0)
-    proc, doc, wall_s, _ = bench("--base-url", hostile.url("429"), "--retries", "0",
-                                 "--concurrency", str(users), "--warmup", str(warmup_s),
-                                 "--duration", str(duration_s), out=tmp_path / "r.json")
+    proc, doc, wall_s, _ = bench(
+        "--base-url",
+        hostile.url("429"),
+        "--retries",
+        "0",
+        "--concurrency",
+        str(users),
+        "--warmup",
+        str(warmup_s),
+        "--duration",
+        str(duration_s),
+        out=tmp_path / "r.json",
+    )
     sent = hostile.requests["429"] - before
     assert proc.returncode == 1  # nothing completed
     # Each user: one request, then one every 2 s of the run; plus one primer per user.
@@ -84,25 +111,39 @@ def test_closed_loop_users_wait_as_a_429_asks(hostile: HostileServer, tmp_path: 
 
 
 async def test_open_loop_keeps_its_schedule_and_says_the_server_asked(
-        hostile: HostileServer) -> None:
-    config = LoadConfig(hostile.url("429"), rate=20, arrival="constant", duration_s=1.0,
-                        warmup_s=0, canary=False)
+    hostile: HostileServer,
+) -> None:
+    config = LoadConfig(
+        hostile.url("429"), rate=20, arrival="constant", duration_s=1.0, warmup_s=0, canary=False
+    )
     doc = (await run_load(config)).summary()
     assert doc["failed"] == 20  # the whole schedule: an open loop does not slow down
     asked = doc["retry_after"]
     assert (asked["requests"], asked["waits"], asked["waited_s"]) == (20, 0, 0.0)
     assert "20 answers asked to wait (up to 2 s); the open loop kept its schedule" in (
-        _console_text(doc))
+        _console_text(doc)
+    )
 
 
 @pytest.mark.parametrize("behaviour", ["drip", "stall"])
 def test_a_stream_that_never_sends_an_event_ends_within_the_limits(
-        hostile: HostileServer, tmp_path: Path, behaviour: str) -> None:
+    hostile: HostileServer, tmp_path: Path, behaviour: str
+) -> None:
     """Comments only (drip) or silence after the headers (stall): each request ends by its
     phase limits, and the report counts the failures by kind."""
-    proc, doc, wall_s, _ = bench("--base-url", hostile.url(behaviour), "--idle-timeout", "0.5",
-                                 "--first-token-timeout", "1", "--duration", "2",
-                                 "--concurrency", "4", out=tmp_path / "r.json")
+    proc, doc, wall_s, _ = bench(
+        "--base-url",
+        hostile.url(behaviour),
+        "--idle-timeout",
+        "0.5",
+        "--first-token-timeout",
+        "1",
+        "--duration",
+        "2",
+        "--concurrency",
+        "4",
+        out=tmp_path / "r.json",
+    )
     assert proc.returncode == 1
     assert wall_s < 30  # 1 s warm-up + 2 s + start-up; the server would go on for 60 s
     assert doc["completed"] == 0
@@ -113,18 +154,27 @@ def test_a_stream_that_never_sends_an_event_ends_within_the_limits(
     assert f"{kind}: {doc['errors'][kind]}" in proc.stderr
 
 
-@pytest.mark.parametrize("shape", [{"concurrency": 3}, {"rate": 6.0, "arrival": "constant"}],
-                         ids=["closed", "open"])
+@pytest.mark.parametrize(
+    "shape", [{"concurrency": 3}, {"rate": 6.0, "arrival": "constant"}], ids=["closed", "open"]
+)
 @pytest.mark.parametrize("behaviour", ["drip", "stall"])
 async def test_requests_still_in_flight_when_the_run_ends_are_failed_unfinished(
-        hostile: HostileServer, monkeypatch: pytest.MonkeyPatch, behaviour: str,
-        shape: dict[str, Any]) -> None:
+    hostile: HostileServer, monkeypatch: pytest.MonkeyPatch, behaviour: str, shape: dict[str, Any]
+) -> None:
     """Limits far beyond the run (60 s): without a cut-off every request of the window would
     still be waiting, and the closed loop's, sent during the warm-up, would not count at all:
     "0 completed, 0 failed". They are cut off after the grace and counted as Unfinished."""
     monkeypatch.setattr(runner_module, "PRIME_LIMIT_S", 0.5)
-    config = LoadConfig(hostile.url(behaviour), duration_s=1.0, warmup_s=0.5, grace_s=0.5,
-                        idle_timeout_s=60, first_token_timeout_s=60, canary=False, **shape)
+    config = LoadConfig(
+        hostile.url(behaviour),
+        duration_s=1.0,
+        warmup_s=0.5,
+        grace_s=0.5,
+        idle_timeout_s=60,
+        first_token_timeout_s=60,
+        canary=False,
+        **shape,
+    )
     started = time.monotonic()
     result = await run_load(config)
     wall_s = time.monotonic() - started
@@ -136,33 +186,44 @@ async def test_requests_still_in_flight_when_the_run_ends_are_failed_unfinished(
     assert doc["warmup"]["primer_errors"] == {"Unfinished": doc["warmup"]["connections_primed"]}
     detail = doc["error_details"]["Unfinished"]
     assert detail["messages"] == [
-        "no end within 0.5 s after the load's last send: cut off when the run ended (--grace)"]
+        "no end within 0.5 s after the load's last send: cut off when the run ended (--grace)"
+    ]
     # Each ran until the cut-off: the last one sent had the grace, the others longer.
     assert all(r.e2e_ms is not None and r.e2e_ms >= 450 for r in result.measured)
     assert "0 completed, 0 failed" not in _console_text(doc)
 
 
-@pytest.mark.parametrize(("behaviour", "users", "seconds"),
-                         [("endless-line", 4, 7), ("empty-flood", 2, 2)])
+@pytest.mark.parametrize(
+    ("behaviour", "users", "seconds"), [("endless-line", 4, 7), ("empty-flood", 2, 2)]
+)
 def test_memory_stays_bounded_while_requests_fail_on_the_event_cap(
-        hostile: HostileServer, tmp_path: Path, behaviour: str, users: int,
-        seconds: int) -> None:
+    hostile: HostileServer, tmp_path: Path, behaviour: str, users: int, seconds: int
+) -> None:
     """The cyclic collector is off while a run measures; each failure's traceback used to keep
     the frames it passed through, with their read chunks, until the next collection: endless
     line, 4 streams, 7 s, 309 MB peak with 254 failures, and rising; with the frames cleared
     125 MB with 366. What stays is the engine's per-event cap (16 MiB, or a list entry per
     empty line) times the streams in flight, plus the process itself. No warm-up: an empty-line
     flood takes seconds per request, and the window must hold requests of its own."""
-    proc, doc, _, rss_mb = bench("--base-url", hostile.url(behaviour), "--duration",
-                                 str(seconds), "--warmup", "0", "--concurrency", str(users),
-                                 out=tmp_path / "r.json")
+    proc, doc, _, rss_mb = bench(
+        "--base-url",
+        hostile.url(behaviour),
+        "--duration",
+        str(seconds),
+        "--warmup",
+        "0",
+        "--concurrency",
+        str(users),
+        out=tmp_path / "r.json",
+    )
     assert proc.returncode == 1
     assert rss_mb <= MAX_RSS_MB, f"peak RSS {rss_mb:.0f} MB"
     assert doc["completed"] == 0
     assert doc["errors"] == {"ProtocolError": doc["failed"]}
     assert doc["failed"] >= users
     assert doc["error_details"]["ProtocolError"]["messages"][0].startswith(
-        "SSE event exceeds 16777216 bytes")
+        "SSE event exceeds 16777216 bytes"
+    )
 
 
 def test_a_failures_frames_are_freed_at_once_with_the_collector_off() -> None:
@@ -203,13 +264,27 @@ def test_a_failures_frames_are_freed_at_once_with_the_collector_off() -> None:
             gc.enable()
 
 
-def test_an_unfinished_run_never_prints_nothing_happened(hostile: HostileServer,
-                                                         tmp_path: Path) -> None:
+def test_an_unfinished_run_never_prints_nothing_happened(
+    hostile: HostileServer, tmp_path: Path
+) -> None:
     """The CLI end to end: a stalled server, long limits, a short grace."""
-    proc, doc, wall_s, _ = bench("--base-url", hostile.url("stall"), "--first-token-timeout",
-                                 "60", "--idle-timeout", "60", "--grace", "0.5", "--duration",
-                                 "1", "--warmup", "0", "--concurrency", "2",
-                                 out=tmp_path / "r.json")
+    proc, doc, wall_s, _ = bench(
+        "--base-url",
+        hostile.url("stall"),
+        "--first-token-timeout",
+        "60",
+        "--idle-timeout",
+        "60",
+        "--grace",
+        "0.5",
+        "--duration",
+        "1",
+        "--warmup",
+        "0",
+        "--concurrency",
+        "2",
+        out=tmp_path / "r.json",
+    )
     assert proc.returncode == 1
     assert wall_s < 40  # priming (cut off after PRIME_LIMIT_S) + 1 s + 0.5 s + start-up
     assert doc["errors"] == {"Unfinished": 2}

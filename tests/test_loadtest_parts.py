@@ -35,8 +35,14 @@ ROOT = Path(__file__).resolve().parent.parent
 TTFT_MS, ITL_MS, REASONING = 20.0, 10.0, 21
 TOKENS = 31  # the request's cap: 21 reasoning tokens, then 10 of text
 FIRST_TEXT_MS = TTFT_MS + REASONING * ITL_MS  # 230: the text follows the last reasoning token
-PARTS_KEYS = {"ttft_text_ms", "reasoning_tokens", "cached_tokens", "tool_calls",
-              "reasoning_tokens_per_request", "retry_after"}
+PARTS_KEYS = {
+    "ttft_text_ms",
+    "reasoning_tokens",
+    "cached_tokens",
+    "tool_calls",
+    "reasoning_tokens_per_request",
+    "retry_after",
+}
 
 
 def _console_text(doc: dict[str, Any]) -> str:
@@ -54,10 +60,18 @@ def raw_reference_ms(base_url: str, requests: int = 20) -> tuple[float, float]:
     with socket.create_connection((host, int(port))) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for i in range(requests):
-            body = orjson.dumps({"model": "m", "input": f"#{i} reference",
-                                 "max_output_tokens": TOKENS, "stream": True})
-            sock.sendall(b"POST /v1/responses HTTP/1.1\r\nHost: mock\r\nContent-Type: "
-                         b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            body = orjson.dumps(
+                {
+                    "model": "m",
+                    "input": f"#{i} reference",
+                    "max_output_tokens": TOKENS,
+                    "stream": True,
+                }
+            )
+            sock.sendall(
+                b"POST /v1/responses HTTP/1.1\r\nHost: mock\r\nContent-Type: "
+                b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
             sent = time.perf_counter_ns()
             buf, first, text = b"", 0, 0
             while not buf.endswith(b"\r\n0\r\n\r\n"):  # the chunked body's end (keep-alive)
@@ -75,7 +89,8 @@ def raw_reference_ms(base_url: str, requests: int = 20) -> tuple[float, float]:
 
 
 def test_a_reasoning_stream_reports_first_token_first_text_and_the_token_pace(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """Mock (its own process, as bench starts it): TTFT 20 ms, ITL 10 ms, 21 reasoning
     tokens, then text at ~230 ms.
 
@@ -91,12 +106,39 @@ def test_a_reasoning_stream_reports_first_token_first_text_and_the_token_pace(
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("OPENAI_BASE_URL", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "engine.loadtest", "--mock-ttft-ms", str(TTFT_MS),
-         "--mock-itl-ms", str(ITL_MS), "--mock-reasoning-tokens", str(REASONING),
-         "--concurrency", "2", "--duration", "2", "--warmup", "0.5",
-         "--output-tokens", str(TOKENS), "--input-tokens", "16", "--no-canary", "-q",
-         "--no-save", "-o", str(out), "--html", str(page)], capture_output=True, env=env,
-        timeout=120, check=False)
+        [
+            sys.executable,
+            "-m",
+            "engine.loadtest",
+            "--mock-ttft-ms",
+            str(TTFT_MS),
+            "--mock-itl-ms",
+            str(ITL_MS),
+            "--mock-reasoning-tokens",
+            str(REASONING),
+            "--concurrency",
+            "2",
+            "--duration",
+            "2",
+            "--warmup",
+            "0.5",
+            "--output-tokens",
+            str(TOKENS),
+            "--input-tokens",
+            "16",
+            "--no-canary",
+            "-q",
+            "--no-save",
+            "-o",
+            str(out),
+            "--html",
+            str(page),
+        ],
+        capture_output=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     assert f"{REASONING} reasoning tokens first" in proc.stderr.decode()
     doc = orjson.loads(out.read_bytes())
@@ -105,8 +147,10 @@ def test_a_reasoning_stream_reports_first_token_first_text_and_the_token_pace(
         ref_first, ref_text = raw_reference_ms(reference.base_url)
     ttft, text = doc["ttft_ms"]["p50"], doc["ttft_text_ms"]["p50"]
     itl, tpot = doc["itl_ms"]["p50"], doc["tpot_ms"]["p50"]
-    print(f"bench p50: TTFT {ttft:.2f}, to text {text:.2f}, ITL {itl:.2f}, TPOT {tpot:.2f} ms; "
-          f"raw reference: TTFT {ref_first:.2f}, to text {ref_text:.2f} ms")
+    print(
+        f"bench p50: TTFT {ttft:.2f}, to text {text:.2f}, ITL {itl:.2f}, TPOT {tpot:.2f} ms; "
+        f"raw reference: TTFT {ref_first:.2f}, to text {ref_text:.2f} ms"
+    )
     completed = doc["completed"]
     assert doc["failed"] == 0
     assert completed >= 6
@@ -119,8 +163,10 @@ def test_a_reasoning_stream_reports_first_token_first_text_and_the_token_pace(
     assert abs(tpot - ITL_MS) <= 0.5
     # One token of any kind is one timed event: 31 per request, 30 gaps each.
     assert doc["itl_ms"]["count"] == completed * (TOKENS - 1)
-    assert (doc["output_tokens"], doc["reasoning_tokens"]) == (completed * TOKENS,
-                                                               completed * REASONING)
+    assert (doc["output_tokens"], doc["reasoning_tokens"]) == (
+        completed * TOKENS,
+        completed * REASONING,
+    )
     assert doc["reasoning_tokens_per_request"]["p50"] == REASONING
     assert doc["ttft_text_ms"]["count"] == completed
     html = page.read_text()
@@ -129,29 +175,43 @@ def test_a_reasoning_stream_reports_first_token_first_text_and_the_token_pace(
 
 
 def _tool_prompts(path: Path, endpoint: Endpoint) -> Path:
-    params = {"type": "object", "properties": {"city": {"type": "string"}},
-              "required": ["city"]}
+    params = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
     if endpoint == "chat":
-        body = {"messages": [{"role": "user", "content": "weather in Paris?"}],
-                "tools": [{"type": "function", "function": {"name": "get_weather",
-                                                            "parameters": params}}],
-                "tool_choice": "required"}
+        body = {
+            "messages": [{"role": "user", "content": "weather in Paris?"}],
+            "tools": [
+                {"type": "function", "function": {"name": "get_weather", "parameters": params}}
+            ],
+            "tool_choice": "required",
+        }
     else:
-        body = {"input": "weather in Paris?", "tool_choice": "required",
-                "tools": [{"type": "function", "name": "get_weather", "parameters": params}]}
+        body = {
+            "input": "weather in Paris?",
+            "tool_choice": "required",
+            "tools": [{"type": "function", "name": "get_weather", "parameters": params}],
+        }
     path.write_bytes(orjson.dumps(body) + b"\n")
     return path
 
 
 @pytest.mark.parametrize("endpoint", ["responses", "chat"])
 async def test_requests_that_only_call_tools_are_ok_and_timed(
-        mock_factory: MockFactory, tmp_path: Path, endpoint: Endpoint) -> None:
+    mock_factory: MockFactory, tmp_path: Path, endpoint: Endpoint
+) -> None:
     """No text at all: TTFT, ITL and TPOT come from the call's fragments, no TTFT to text,
     and a TTFT objective is met (it is not missed for want of text)."""
     server = mock_factory(MockConfig(ttft_ms=5, itl_ms=2))
-    config = LoadConfig(server.base_url, endpoint=endpoint, concurrency=2, requests=6,
-                        duration_s=None, warmup_s=0, canary=False, slo={"ttft_ms": 1000.0},
-                        prompts_file=str(_tool_prompts(tmp_path / "tools.jsonl", endpoint)))
+    config = LoadConfig(
+        server.base_url,
+        endpoint=endpoint,
+        concurrency=2,
+        requests=6,
+        duration_s=None,
+        warmup_s=0,
+        canary=False,
+        slo={"ttft_ms": 1000.0},
+        prompts_file=str(_tool_prompts(tmp_path / "tools.jsonl", endpoint)),
+    )
     result = await run_load(config)
     doc = result.summary()
     assert (doc["completed"], doc["failed"]) == (6, 0)
@@ -174,9 +234,17 @@ async def test_requests_that_only_call_tools_are_ok_and_timed(
 
 
 async def test_cached_and_reasoning_tokens_are_reported_apart(base_url: str) -> None:
-    config = LoadConfig(base_url, concurrency=2, requests=4, duration_s=None, warmup_s=0,
-                        output_tokens=16, input_tokens=20, canary=False,
-                        headers={"x-mock-reasoning-tokens": "5", "x-mock-cached-tokens": "8"})
+    config = LoadConfig(
+        base_url,
+        concurrency=2,
+        requests=4,
+        duration_s=None,
+        warmup_s=0,
+        output_tokens=16,
+        input_tokens=20,
+        canary=False,
+        headers={"x-mock-reasoning-tokens": "5", "x-mock-cached-tokens": "8"},
+    )
     result = await run_load(config)
     doc = result.summary()
     assert doc.keys() >= PARTS_KEYS
@@ -193,14 +261,38 @@ async def test_cached_and_reasoning_tokens_are_reported_apart(base_url: str) -> 
 
 def test_summary_csv_and_old_records_with_the_parts_fields() -> None:
     def rec(i: int, **kw: Any) -> RequestRecord:
-        return RequestRecord(index=i, worker=0, warmup=False, intended_s=i / 10, lag_ms=0.0,
-                             ok=True, e2e_ms=100.0, **kw)
+        return RequestRecord(
+            index=i,
+            worker=0,
+            warmup=False,
+            intended_s=i / 10,
+            lag_ms=0.0,
+            ok=True,
+            e2e_ms=100.0,
+            **kw,
+        )
 
     records = [
-        rec(0, ttft_ms=10.0, ttft_text_ms=50.0, output_tokens=6, reasoning_tokens=4,
-            cached_tokens=3, input_tokens=9, deltas=6, itl_ms=[8.0] * 5),
-        rec(1, ttft_ms=12.0, output_tokens=3, reasoning_tokens=0, deltas=3, tool_calls=2,
-            itl_ms=[6.0, 6.0]),
+        rec(
+            0,
+            ttft_ms=10.0,
+            ttft_text_ms=50.0,
+            output_tokens=6,
+            reasoning_tokens=4,
+            cached_tokens=3,
+            input_tokens=9,
+            deltas=6,
+            itl_ms=[8.0] * 5,
+        ),
+        rec(
+            1,
+            ttft_ms=12.0,
+            output_tokens=3,
+            reasoning_tokens=0,
+            deltas=3,
+            tool_calls=2,
+            itl_ms=[6.0, 6.0],
+        ),
         rec(2, ttft_ms=11.0, ttft_text_ms=11.0, output_tokens=2, deltas=2, itl_ms=[4.0]),
     ]
     doc = summarize(records, {"ttft_ms": 11.5})
@@ -211,8 +303,14 @@ def test_summary_csv_and_old_records_with_the_parts_fields() -> None:
     assert doc["tpot_ms"]["mean"] == pytest.approx((8 + 6 + 4) / 3)
     assert doc["goodput"]["requests"] == 2  # by the first token of any kind: 10 and 11 ms
     assert doc["retry_after"] == {"requests": 0, "max_s": None, "waits": 0, "waited_s": 0.0}
-    assert {"ttft_text_ms", "reasoning_tokens", "cached_tokens", "tool_calls",
-            "retry_after_s", "waited_s"} <= set(CSV_COLUMNS)
+    assert {
+        "ttft_text_ms",
+        "reasoning_tokens",
+        "cached_tokens",
+        "tool_calls",
+        "retry_after_s",
+        "waited_s",
+    } <= set(CSV_COLUMNS)
     row = dict(zip(CSV_COLUMNS, csv_row(records[0]), strict=True))
     assert (row["ttft_text_ms"], row["reasoning_tokens"], row["tpot_ms"]) == (50.0, 4, 8.0)
     older = {k: v for k, v in records[0].as_dict().items() if k not in PARTS_KEYS}
@@ -220,11 +318,24 @@ def test_summary_csv_and_old_records_with_the_parts_fields() -> None:
     # A document written before these keys existed still prints.
     old_doc = {k: v for k, v in doc.items() if k not in PARTS_KEYS}
     empty = {"p50": None, "p99": None, "max": None, "count": 0}
-    old_doc |= {"mode": "closed", "label": "", "connect_ms": empty,
-                "warmup": {"seconds": 0, "requests": 0, "connections_primed": 0,
-                           "connections_opened_during_measurement": 0},
-                "client": {"loop_lag_ms": empty, "read_delay_ms": empty, "workers": [],
-                           "bottleneck": False, "verdict": "client OK"}}
+    old_doc |= {
+        "mode": "closed",
+        "label": "",
+        "connect_ms": empty,
+        "warmup": {
+            "seconds": 0,
+            "requests": 0,
+            "connections_primed": 0,
+            "connections_opened_during_measurement": 0,
+        },
+        "client": {
+            "loop_lag_ms": empty,
+            "read_delay_ms": empty,
+            "workers": [],
+            "bottleneck": False,
+            "verdict": "client OK",
+        },
+    }
     assert "3 completed, 0 failed" in _console_text(old_doc)
 
 
@@ -238,16 +349,32 @@ def test_bench_flags_for_limits_grace_reasoning_and_the_key() -> None:
     default = config_from_args(_parse(), "http://x/v1")
     assert default.timeouts() == DEFAULTS  # engine.options' limits: a dead stream ends
     assert default.grace_s == 30.0
-    args = _parse("--idle-timeout", "0.5", "--first-token-timeout", "1", "--connect-timeout",
-                  "2", "--first-byte-timeout", "none", "--total-timeout", "9", "--grace", "0",
-                  "--mock-reasoning-tokens", "7")
+    args = _parse(
+        "--idle-timeout",
+        "0.5",
+        "--first-token-timeout",
+        "1",
+        "--connect-timeout",
+        "2",
+        "--first-byte-timeout",
+        "none",
+        "--total-timeout",
+        "9",
+        "--grace",
+        "0",
+        "--mock-reasoning-tokens",
+        "7",
+    )
     config = config_from_args(args, "http://x/v1")
-    assert config.timeouts() == Timeouts(connect_s=2.0, first_byte_s=None, first_token_s=1.0,
-                                         idle_s=0.5, total_s=9.0)
+    assert config.timeouts() == Timeouts(
+        connect_s=2.0, first_byte_s=None, first_token_s=1.0, idle_s=0.5, total_s=9.0
+    )
     assert config.grace_s == 0.0  # 0: cut off at once (not "no limit")
     assert args.mock_reasoning_tokens == 7
-    assert config_from_args(_parse("--timeout", "4", "--total-timeout", "9"),
-                            "http://x/v1").timeout_s == 4.0  # the older flag still works
+    assert (
+        config_from_args(_parse("--timeout", "4", "--total-timeout", "9"), "http://x/v1").timeout_s
+        == 4.0
+    )  # the older flag still works
     assert config_from_args(_parse("--grace", "none"), "http://x/v1").grace_s is None
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -39,11 +39,20 @@ def _console_text(doc: dict[str, object]) -> str:
 
 
 async def test_error_details_give_statuses_messages_first_time_and_ids(
-        mock_factory: MockFactory) -> None:
-    server = mock_factory(MockConfig(output_tokens=8, faults={
-        "429": 0.2, "500": 0.15, "error-event": 0.15}))
-    config = LoadConfig(server.base_url, concurrency=4, requests=80, duration_s=None,
-                        warmup_s=0, output_tokens=8, canary=False)
+    mock_factory: MockFactory,
+) -> None:
+    server = mock_factory(
+        MockConfig(output_tokens=8, faults={"429": 0.2, "500": 0.15, "error-event": 0.15})
+    )
+    config = LoadConfig(
+        server.base_url,
+        concurrency=4,
+        requests=80,
+        duration_s=None,
+        warmup_s=0,
+        output_tokens=8,
+        canary=False,
+    )
     doc = (await run_load(config)).summary()
     details = doc["error_details"]
     assert doc.keys() >= NEW_KEYS
@@ -54,7 +63,10 @@ async def test_error_details_give_statuses_messages_first_time_and_ids(
     both = Counter(doc["errors"]) + Counter(doc["warmup"]["primer_errors"])
     injected = server.stats.faults
     assert (both["http_429"], both["http_500"], both["ErrorEvent"]) == (
-        injected["429"], injected["500"], injected["error-event"])
+        injected["429"],
+        injected["500"],
+        injected["error-event"],
+    )
     statuses = {"http_429": "429", "http_500": "500", "ErrorEvent": "200"}  # a stream's own
     for kind, detail in details.items():
         assert detail["statuses"] == {statuses[kind]: detail["count"]}
@@ -70,14 +82,22 @@ async def test_error_details_give_statuses_messages_first_time_and_ids(
     assert doc["incomplete"] <= doc["completed"]
     text = _console_text(doc)
     first = details["http_429"]
-    assert (f"{first['count']} x HTTP 429, first at {first['first_at_s']:.2f} s: "
-            f"{first['messages'][0]}") in text
+    assert (
+        f"{first['count']} x HTTP 429, first at {first['first_at_s']:.2f} s: {first['messages'][0]}"
+    ) in text
 
 
 async def test_a_transport_error_says_why_and_that_no_status_came(base_url: str) -> None:
     """The report that started this: `TransportError: 31` and nothing else."""
-    config = LoadConfig(base_url, concurrency=2, requests=6, duration_s=None, warmup_s=0,
-                        canary=False, headers={"x-mock-fault": "reset"})
+    config = LoadConfig(
+        base_url,
+        concurrency=2,
+        requests=6,
+        duration_s=None,
+        warmup_s=0,
+        canary=False,
+        headers={"x-mock-fault": "reset"},
+    )
     result = await run_load(config)
     doc = result.summary()
     assert doc["errors"] == {"TransportError": 6}
@@ -95,10 +115,19 @@ async def test_a_transport_error_says_why_and_that_no_status_came(base_url: str)
 
 @pytest.mark.parametrize("endpoint", ["responses", "chat"])
 async def test_incomplete_results_are_completed_requests_with_their_end_reason(
-        base_url: str, endpoint: Endpoint) -> None:
-    config = LoadConfig(base_url, endpoint=endpoint, concurrency=2, requests=6,
-                        duration_s=None, warmup_s=0, output_tokens=8, canary=False,
-                        headers={"x-mock-fault": "incomplete"})
+    base_url: str, endpoint: Endpoint
+) -> None:
+    config = LoadConfig(
+        base_url,
+        endpoint=endpoint,
+        concurrency=2,
+        requests=6,
+        duration_s=None,
+        warmup_s=0,
+        output_tokens=8,
+        canary=False,
+        headers={"x-mock-fault": "incomplete"},
+    )
     result = await run_load(config)
     doc = result.summary()
     assert (doc["completed"], doc["failed"], doc["incomplete"]) == (6, 0, 6)
@@ -114,35 +143,68 @@ async def test_incomplete_results_are_completed_requests_with_their_end_reason(
 
 
 def test_a_reflected_credential_is_redacted_in_json_csv_console_and_html(
-        mock_factory: MockFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    mock_factory: MockFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """A server that echoes the key into an error event's text. The engine redacts error
     bodies but takes an event's text as sent, so this is the bench's own redaction at work.
     The text also carries HTML and rich markup, which must be shown, never interpreted."""
     from tests.conftest import bench_main as main  # noqa: PLC0415
 
     key, header_secret = "sk-reflected-" + "k" * 24, "hdr-secret-" + "h" * 16
-    monkeypatch.setattr(mock_responses, "_ERROR_MESSAGE",
-                        f"<b>bad</b> key {key}, header {header_secret} [bold]x[/bold]")
+    monkeypatch.setattr(
+        mock_responses,
+        "_ERROR_MESSAGE",
+        f"<b>bad</b> key {key}, header {header_secret} [bold]x[/bold]",
+    )
     monkeypatch.setenv("COLUMNS", "250")
     server = mock_factory(MockConfig(output_tokens=8))
     out, table, page = tmp_path / "r.json", tmp_path / "r.csv", tmp_path / "r.html"
-    assert main(["--base-url", server.base_url, "--api-key", key, "--requests", "6",
-                 "--concurrency", "2", "--warmup", "0", "--output-tokens", "4",
-                 "--header", "x-mock-fault: error-event", "--header", f"x-api-key: {header_secret}",
-                 "--no-canary", "-q", "--no-save", "-o", str(out), "--csv", str(table),
-                 "--html", str(page)]) == 1  # every request failed
+    assert (
+        main(
+            [
+                "--base-url",
+                server.base_url,
+                "--api-key",
+                key,
+                "--requests",
+                "6",
+                "--concurrency",
+                "2",
+                "--warmup",
+                "0",
+                "--output-tokens",
+                "4",
+                "--header",
+                "x-mock-fault: error-event",
+                "--header",
+                f"x-api-key: {header_secret}",
+                "--no-canary",
+                "-q",
+                "--no-save",
+                "-o",
+                str(out),
+                "--csv",
+                str(table),
+                "--html",
+                str(page),
+            ]
+        )
+        == 1
+    )  # every request failed
     doc = orjson.loads(out.read_bytes())
     detail = doc["error_details"]["ErrorEvent"]
     assert (detail["count"], detail["statuses"]) == (6, {"200": 6})
-    shown = (f"server sent an error event: <b>bad</b> key {REDACTED}, header {REDACTED} "
-             "[bold]x[/bold]")
+    shown = (
+        f"server sent an error event: <b>bad</b> key {REDACTED}, header {REDACTED} [bold]x[/bold]"
+    )
     assert detail["messages"] == [shown]
     with table.open() as file:
         rows = list(csv.DictReader(file))
     assert len(rows) == 6
-    assert {(r["error"], r["status"], r["message"]) for r in rows} == {("ErrorEvent", "200",
-                                                                        shown)}
+    assert {(r["error"], r["status"], r["message"]) for r in rows} == {("ErrorEvent", "200", shown)}
     console = capsys.readouterr().err
     assert f"6 x HTTP 200, first at {detail['first_at_s']:.2f} s: {shown}" in console
     html = page.read_text()
@@ -156,19 +218,30 @@ def test_a_reflected_credential_is_redacted_in_json_csv_console_and_html(
 
 
 def _rec(i: int, end_s: float, **kw: object) -> RequestRecord:
-    return RequestRecord(index=i, worker=0, warmup=False, intended_s=end_s - 0.1, lag_ms=0.0,
-                         e2e_ms=100.0, **kw)  # type: ignore[arg-type]
+    return RequestRecord(
+        index=i, worker=0, warmup=False, intended_s=end_s - 0.1, lag_ms=0.0, e2e_ms=100.0, **kw
+    )  # type: ignore[arg-type]
 
 
 def test_error_details_follow_failure_time_and_keep_a_few_distinct_examples() -> None:
-    failed = [_rec(i, end_s=2.0 - i / 10, ok=False, error="TransportError",
-                   message=f"reset {i % 4}", request_id=f"req_{i}" if i % 2 else None)
-              for i in range(8)]
+    failed = [
+        _rec(
+            i,
+            end_s=2.0 - i / 10,
+            ok=False,
+            error="TransportError",
+            message=f"reset {i % 4}",
+            request_id=f"req_{i}" if i % 2 else None,
+        )
+        for i in range(8)
+    ]
     failed.append(_rec(8, end_s=0.5, ok=False, error="http_503", status=503, message="busy"))
     failed.append(_rec(9, end_s=0.6, ok=False, error="http_503", status=None, message="busy"))
-    ok = [_rec(10, 0.3, ok=True, finish_reason="stop", status=200, reconnects=2),
-          _rec(11, 0.4, ok=True, finish_reason="length", incomplete=True, status=200),
-          _rec(12, 0.4, ok=True, status=200)]
+    ok = [
+        _rec(10, 0.3, ok=True, finish_reason="stop", status=200, reconnects=2),
+        _rec(11, 0.4, ok=True, finish_reason="length", incomplete=True, status=200),
+        _rec(12, 0.4, ok=True, status=200),
+    ]
     doc = summarize([*failed, *ok], {})
     transport = doc["error_details"]["TransportError"]
     # Earliest failure first (the records' own order is by intended start, then index).
@@ -189,19 +262,35 @@ def test_error_details_follow_failure_time_and_keep_a_few_distinct_examples() ->
 def _doc_rest() -> dict[str, object]:
     """The parts of a run's document that `summarize` does not make (for print_summary)."""
     empty = {"p50": None, "p99": None, "max": None, "count": 0}
-    return {"mode": "closed", "label": "", "connect_ms": empty,
-            "warmup": {"seconds": 0, "requests": 0, "connections_primed": 0,
-                       "connections_opened_during_measurement": 0},
-            "client": {"loop_lag_ms": empty, "read_delay_ms": empty, "workers": [],
-                       "bottleneck": False, "verdict": "client OK"}}
+    return {
+        "mode": "closed",
+        "label": "",
+        "connect_ms": empty,
+        "warmup": {
+            "seconds": 0,
+            "requests": 0,
+            "connections_primed": 0,
+            "connections_opened_during_measurement": 0,
+        },
+        "client": {
+            "loop_lag_ms": empty,
+            "read_delay_ms": empty,
+            "workers": [],
+            "bottleneck": False,
+            "verdict": "client OK",
+        },
+    }
 
 
 def test_records_stay_picklable_and_read_older_dicts_and_csv_keeps_its_shape() -> None:
     record = _rec(1, 1.0, ok=False, error="http_500", status=500, message="boom")
     assert pickle.loads(pickle.dumps(record)) == record  # noqa: S301 - our own bytes
     assert RequestRecord.from_dict(record.as_dict()) == record
-    older = {k: v for k, v in record.as_dict().items()
-             if k not in {"message", "finish_reason", "incomplete", "reconnects"}}
+    older = {
+        k: v
+        for k, v in record.as_dict().items()
+        if k not in {"message", "finish_reason", "incomplete", "reconnects"}
+    }
     assert RequestRecord.from_dict(older).message is None
     assert CSV_COLUMNS[-1] == "message"  # free text last
     assert {"finish_reason", "incomplete", "reconnects", "status", "error"} <= set(CSV_COLUMNS)

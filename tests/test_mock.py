@@ -29,9 +29,14 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 RESPONSES_SEQUENCE = [
-    "response.created", "response.in_progress", "response.output_item.added",
-    "response.content_part.added", *["response.output_text.delta"] * 16,
-    "response.output_text.done", "response.content_part.done", "response.output_item.done",
+    "response.created",
+    "response.in_progress",
+    "response.output_item.added",
+    "response.content_part.added",
+    *["response.output_text.delta"] * 16,
+    "response.output_text.done",
+    "response.content_part.done",
+    "response.output_item.done",
     "response.completed",
 ]
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi there"}], "stream": True}
@@ -60,16 +65,27 @@ def payloads(events: list[Event]) -> list[Any]:
     return [orjson.loads(data) for _, data in events if data != b"[DONE]"]
 
 
-async def post(url: str, body: Any, headers: dict[str, str] | None = None,
-               ) -> tuple[int, Any, bytes]:
-    async with aiohttp.ClientSession() as session, session.post(
-            url, data=orjson.dumps(body) if not isinstance(body, bytes) else body,
-            headers=headers) as resp:
+async def post(
+    url: str,
+    body: Any,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any, bytes]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            url, data=orjson.dumps(body) if not isinstance(body, bytes) else body, headers=headers
+        ) as resp,
+    ):
         return resp.status, resp.headers, await resp.read()
 
 
-async def stream(base_url: str, body: Any = RESP, fault: str | None = None,
-                 path: str = "/responses", **headers: str) -> list[Event]:
+async def stream(
+    base_url: str,
+    body: Any = RESP,
+    fault: str | None = None,
+    path: str = "/responses",
+    **headers: str,
+) -> list[Event]:
     if fault:
         headers["x-mock-fault"] = fault
     status, _, raw = await post(base_url + path, body, headers)
@@ -93,15 +109,26 @@ async def test_responses_stream_has_the_full_event_sequence(base_url: str) -> No
     assert [d["type"] for d in data] == RESPONSES_SEQUENCE
     assert [d["sequence_number"] for d in data] == list(range(len(data)))
     delta = data[4]
-    assert set(delta) == {"type", "sequence_number", "item_id", "output_index", "content_index",
-                          "delta", "logprobs"}
+    assert set(delta) == {
+        "type",
+        "sequence_number",
+        "item_id",
+        "output_index",
+        "content_index",
+        "delta",
+        "logprobs",
+    }
     final = data[-1]["response"]
     assert final["id"].startswith("resp_")
     assert final["object"] == "response"
     assert final["status"] == "completed"
     text = "".join(deltas(events))
-    assert final["output"][0]["content"][0] == {"type": "output_text", "annotations": [],
-                                               "logprobs": [], "text": text}
+    assert final["output"][0]["content"][0] == {
+        "type": "output_text",
+        "annotations": [],
+        "logprobs": [],
+        "text": text,
+    }
     usage = final["usage"]
     assert usage["output_tokens"] == 16
     assert usage["input_tokens_details"]["cached_tokens"] == 0
@@ -116,8 +143,7 @@ async def test_chat_stream_chunks_usage_and_done(base_url: str, include_usage: b
     assert events[-1] == (None, b"[DONE]")
     chunks = payloads(events)
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
-    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "",
-                                                "refusal": None}
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "", "refusal": None}
     usage_chunks = [c for c in chunks if c.get("usage")]
     if include_usage:
         assert chunks[-1]["choices"] == []
@@ -153,15 +179,20 @@ async def test_models(base_url: str) -> None:
     assert body["data"][0]["object"] == "model"
 
 
-@pytest.mark.parametrize(("path", "limit_field", "body"), [
-    ("/responses", "max_output_tokens", RESP),
-    ("/chat/completions", "max_tokens", CHAT),
-    ("/chat/completions", "max_completion_tokens", CHAT),
-])
-async def test_output_length_follows_the_request_limit(base_url: str, path: str, limit_field: str,
-                                                       body: dict[str, Any]) -> None:
-    events = await stream(base_url, {**body, limit_field: 5,
-                                     "stream_options": {"include_usage": True}}, path=path)
+@pytest.mark.parametrize(
+    ("path", "limit_field", "body"),
+    [
+        ("/responses", "max_output_tokens", RESP),
+        ("/chat/completions", "max_tokens", CHAT),
+        ("/chat/completions", "max_completion_tokens", CHAT),
+    ],
+)
+async def test_output_length_follows_the_request_limit(
+    base_url: str, path: str, limit_field: str, body: dict[str, Any]
+) -> None:
+    events = await stream(
+        base_url, {**body, limit_field: 5, "stream_options": {"include_usage": True}}, path=path
+    )
     data = payloads(events)
     if path == "/responses":
         assert len(deltas(events)) == 5
@@ -173,16 +204,26 @@ async def test_output_length_follows_the_request_limit(base_url: str, path: str,
         assert data[-1]["usage"]["completion_tokens"] == 5
 
 
-LIMITED_HEAD = ["response.created", "response.in_progress", "response.output_item.added",
-                "response.content_part.added", *["response.output_text.delta"] * 3,
-                "response.output_text.done", "response.content_part.done",
-                "response.output_item.done"]
+LIMITED_HEAD = [
+    "response.created",
+    "response.in_progress",
+    "response.output_item.added",
+    "response.content_part.added",
+    *["response.output_text.delta"] * 3,
+    "response.output_text.done",
+    "response.content_part.done",
+    "response.output_item.done",
+]
 
 
 # limit_ending -> (last event, response status, message item status, incomplete_details)
 LIMIT_ENDINGS = {
-    "incomplete": ("response.incomplete", "incomplete", "incomplete",
-                   {"reason": "max_output_tokens"}),
+    "incomplete": (
+        "response.incomplete",
+        "incomplete",
+        "incomplete",
+        {"reason": "max_output_tokens"},
+    ),
     "vllm": ("response.completed", "incomplete", "completed", {"reason": "max_output_tokens"}),
     "completed": ("response.completed", "completed", "completed", None),
 }
@@ -202,8 +243,9 @@ async def test_limit_endings(mock_factory: Any, ending: str) -> None:
     assert final["output"][0]["status"] == item_status
     assert (final["completed_at"] is None) == (status != "completed")
     assert final["usage"]["output_tokens"] == 3
-    _, _, raw = await post(server.base_url + "/responses",
-                           {**RESP, "stream": False, "max_output_tokens": 3})
+    _, _, raw = await post(
+        server.base_url + "/responses", {**RESP, "stream": False, "max_output_tokens": 3}
+    )
     whole = orjson.loads(raw)
     assert (whole["status"], whole["incomplete_details"]) == (status, details)
     assert whole["output"][0]["status"] == item_status
@@ -213,7 +255,9 @@ async def test_limit_endings(mock_factory: Any, ending: str) -> None:
     assert [name for name, _ in events] == RESPONSES_SEQUENCE
     assert data[-2]["item"]["status"] == "completed"
     assert (data[-1]["response"]["status"], data[-1]["response"]["incomplete_details"]) == (
-        "completed", None)
+        "completed",
+        None,
+    )
 
 
 async def test_output_tokens_equal_text_deltas_for_ranges(mock_factory: Any) -> None:
@@ -236,21 +280,30 @@ async def test_text_is_deterministic_for_a_seed(base_url: str) -> None:
 
 
 async def test_input_tokens_rule(base_url: str) -> None:
-    body = {**RESP, "stream": False, "instructions": "be brief",
-            "input": [{"role": "user", "content": "one two three"},
-                      {"role": "user", "content": [{"type": "input_text", "text": "four five"}]}]}
+    body = {
+        **RESP,
+        "stream": False,
+        "instructions": "be brief",
+        "input": [
+            {"role": "user", "content": "one two three"},
+            {"role": "user", "content": [{"type": "input_text", "text": "four five"}]},
+        ],
+    }
     _, _, raw = await post(base_url + "/responses", body)
     expected = (2 + 3 + 2) + 3 * MESSAGE_OVERHEAD + REPLY_OVERHEAD
     assert orjson.loads(raw)["usage"]["input_tokens"] == expected
 
 
-@pytest.mark.parametrize(("path", "body", "param"), [
-    ("/responses", b"{not json", None),
-    ("/responses", {"input": "x"}, "model"),
-    ("/responses", {"model": "m"}, "input"),
-    ("/chat/completions", {"model": "m"}, "messages"),
-    ("/responses", {"model": "m", "input": "x", "max_output_tokens": "5"}, "max_output_tokens"),
-])
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/responses", b"{not json", None),
+        ("/responses", {"input": "x"}, "model"),
+        ("/responses", {"model": "m"}, "input"),
+        ("/chat/completions", {"model": "m"}, "messages"),
+        ("/responses", {"model": "m", "input": "x", "max_output_tokens": "5"}, "max_output_tokens"),
+    ],
+)
 async def test_bad_requests(base_url: str, path: str, body: Any, param: str | None) -> None:
     status, _, raw = await post(base_url + path, body)
     assert status == 400
@@ -268,31 +321,49 @@ async def test_unknown_path_is_404(base_url: str) -> None:
 
 
 AUTH_ROUTES = [
-    ("POST", "/v1/responses", RESP), ("POST", "/v1/responses", {**RESP, "stream": False}),
-    ("POST", "/v1/chat/completions", CHAT), ("GET", "/v1/models", None),
-    ("GET", "/v1/models/gpt-x", None), ("POST", "/v1/nope", RESP), ("GET", "/mock/stats", None),
+    ("POST", "/v1/responses", RESP),
+    ("POST", "/v1/responses", {**RESP, "stream": False}),
+    ("POST", "/v1/chat/completions", CHAT),
+    ("GET", "/v1/models", None),
+    ("GET", "/v1/models/gpt-x", None),
+    ("POST", "/v1/nope", RESP),
+    ("GET", "/mock/stats", None),
 ]
 
 
-async def call(base_url: str, method: str, path: str, body: Any, headers: dict[str, str],
-               ) -> tuple[int, Any, bytes]:
+async def call(
+    base_url: str,
+    method: str,
+    path: str,
+    body: Any,
+    headers: dict[str, str],
+) -> tuple[int, Any, bytes]:
     url = base_url.removesuffix("/v1") + path
-    async with aiohttp.ClientSession() as session, session.request(
-            method, url, data=None if body is None else orjson.dumps(body),
-            headers=headers) as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(
+            method, url, data=None if body is None else orjson.dumps(body), headers=headers
+        ) as resp,
+    ):
         return resp.status, resp.headers, await resp.read()
 
 
-@pytest.mark.parametrize(("method", "path", "body"), AUTH_ROUTES,
-                         ids=[f"{m} {p}" for m, p, _ in AUTH_ROUTES])
-async def test_api_key_guards_every_route(auth_mock_server: MockServerThread, method: str,
-                                          path: str, body: Any) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "body"), AUTH_ROUTES, ids=[f"{m} {p}" for m, p, _ in AUTH_ROUTES]
+)
+async def test_api_key_guards_every_route(
+    auth_mock_server: MockServerThread, method: str, path: str, body: Any
+) -> None:
     before = auth_mock_server.stats.unauthorized
-    for headers, code in (({}, None), ({"Authorization": "Bearer wrong"}, "invalid_api_key"),
-                          ({"Authorization": "Bearer sk-test-ke"}, "invalid_api_key"),
-                          ({"Authorization": "sk-test-key"}, "invalid_api_key")):
-        status, got_headers, raw = await call(auth_mock_server.base_url, method, path, body,
-                                              headers)
+    for headers, code in (
+        ({}, None),
+        ({"Authorization": "Bearer wrong"}, "invalid_api_key"),
+        ({"Authorization": "Bearer sk-test-ke"}, "invalid_api_key"),
+        ({"Authorization": "sk-test-key"}, "invalid_api_key"),
+    ):
+        status, got_headers, raw = await call(
+            auth_mock_server.base_url, method, path, body, headers
+        )
         assert status == 401
         assert got_headers["Content-Type"] == "application/json"
         assert got_headers["x-request-id"].startswith("req_")
@@ -301,14 +372,20 @@ async def test_api_key_guards_every_route(auth_mock_server: MockServerThread, me
         assert (error["type"], error["code"]) == ("invalid_request_error", code)
         assert b"sk-test" not in raw
     assert auth_mock_server.stats.unauthorized - before == 4
-    status, _, _ = await call(auth_mock_server.base_url, method, path, body,
-                              {"Authorization": "Bearer sk-test-key"})
+    status, _, _ = await call(
+        auth_mock_server.base_url, method, path, body, {"Authorization": "Bearer sk-test-key"}
+    )
     assert status == (404 if path == "/v1/nope" else 200)
 
 
-@pytest.mark.parametrize(("fault", "status", "code"), [
-    ("429", 429, "rate_limit_exceeded"), ("500", 500, None), ("503", 503, None),
-])
+@pytest.mark.parametrize(
+    ("fault", "status", "code"),
+    [
+        ("429", 429, "rate_limit_exceeded"),
+        ("500", 500, None),
+        ("503", 503, None),
+    ],
+)
 async def test_status_faults(base_url: str, fault: str, status: int, code: str | None) -> None:
     got, headers, raw = await post(base_url + "/responses", RESP, {"x-mock-fault": fault})
     assert got == status
@@ -325,11 +402,16 @@ async def test_reset_is_a_connection_error(base_url: str, path: str) -> None:
         await post(base_url + path, body, {"x-mock-fault": "reset"})
 
 
-async def read_until_error(url: str, fault: str, limits: aiohttp.ClientTimeout | None = None,
-                           ) -> tuple[bytes, BaseException | None]:
+async def read_until_error(
+    url: str,
+    fault: str,
+    limits: aiohttp.ClientTimeout | None = None,
+) -> tuple[bytes, BaseException | None]:
     got = bytearray()
-    async with aiohttp.ClientSession(timeout=limits) as session, session.post(
-            url, data=orjson.dumps(RESP), headers={"x-mock-fault": fault}) as resp:
+    async with (
+        aiohttp.ClientSession(timeout=limits) as session,
+        session.post(url, data=orjson.dumps(RESP), headers={"x-mock-fault": fault}) as resp,
+    ):
         try:
             async for chunk in resp.content.iter_any():
                 got += chunk
@@ -338,8 +420,9 @@ async def read_until_error(url: str, fault: str, limits: aiohttp.ClientTimeout |
     return bytes(got), None
 
 
-@pytest.mark.parametrize(("fault", "count"), [("disconnect:3", 3), ("disconnect", 4 + 8),
-                                              ("disconnect:0", 0)])
+@pytest.mark.parametrize(
+    ("fault", "count"), [("disconnect:3", 3), ("disconnect", 4 + 8), ("disconnect:0", 0)]
+)
 async def test_disconnect_after_n_events(base_url: str, fault: str, count: int) -> None:
     raw, error = await read_until_error(base_url + "/responses", fault)
     assert isinstance(error, aiohttp.ClientPayloadError)
@@ -348,8 +431,9 @@ async def test_disconnect_after_n_events(base_url: str, fault: str, count: int) 
 
 async def test_stall_after_n_events(base_url: str) -> None:
     started = time.perf_counter()
-    raw, error = await read_until_error(base_url + "/responses", "stall:5",
-                                        aiohttp.ClientTimeout(total=None, sock_read=0.3))
+    raw, error = await read_until_error(
+        base_url + "/responses", "stall:5", aiohttp.ClientTimeout(total=None, sock_read=0.3)
+    )
     assert isinstance(error, TimeoutError)
     assert len(split_events(raw)) == 5
     assert time.perf_counter() - started >= 0.3
@@ -367,9 +451,14 @@ async def test_malformed_event(base_url: str) -> None:
     assert len(events) == len(RESPONSES_SEQUENCE) + 1
 
 
-@pytest.mark.parametrize(("fault", "last"), [
-    ("error-event", "error"), ("failed", "response.failed"), ("incomplete", "response.incomplete"),
-])
+@pytest.mark.parametrize(
+    ("fault", "last"),
+    [
+        ("error-event", "error"),
+        ("failed", "response.failed"),
+        ("incomplete", "response.incomplete"),
+    ],
+)
 async def test_endings(base_url: str, fault: str, last: str) -> None:
     events = await stream(base_url, fault=fault)
     data = payloads(events)
@@ -387,8 +476,9 @@ async def test_endings(base_url: str, fault: str, last: str) -> None:
         assert data[-1]["response"]["usage"]["output_tokens"] == 8
 
 
-@pytest.mark.parametrize(("fault", "finish"), [("error-event", None), ("failed", None),
-                                               ("incomplete", "length")])
+@pytest.mark.parametrize(
+    ("fault", "finish"), [("error-event", None), ("failed", None), ("incomplete", "length")]
+)
 async def test_chat_endings(base_url: str, fault: str, finish: str | None) -> None:
     events = await stream(base_url, CHAT, fault=fault, path="/chat/completions")
     data = payloads(events)
@@ -441,8 +531,9 @@ async def test_fault_rates_from_config(mock_factory: Any) -> None:
     statuses: list[int] = []
     async with aiohttp.ClientSession() as session:
         for _ in range(200):
-            async with session.post(server.base_url + "/responses",
-                                    data=orjson.dumps({**RESP, "stream": False})) as resp:
+            async with session.post(
+                server.base_url + "/responses", data=orjson.dumps({**RESP, "stream": False})
+            ) as resp:
                 await resp.read()
                 statuses.append(resp.status)
     assert 20 <= statuses.count(429) <= 60
@@ -454,8 +545,10 @@ async def test_fault_rates_from_config(mock_factory: Any) -> None:
 async def arrival_times(url: str, headers: dict[str, str], body: Any = RESP) -> list[float]:
     """perf_counter at the arrival of each text delta (one read may carry several)."""
     times: list[float] = []
-    async with aiohttp.ClientSession() as session, session.post(
-            url, data=orjson.dumps(body), headers=headers) as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=orjson.dumps(body), headers=headers) as resp,
+    ):
         async for chunk in resp.content.iter_any():
             times += [time.perf_counter()] * chunk.count(b"output_text.delta\n")
     return times
@@ -465,8 +558,9 @@ async def test_no_token_arrives_before_its_deadline(base_url: str) -> None:
     """A lower bound only: token k is due TTFT + k * ITL after the server admitted the request,
     which is after `started`. An upper bound would flake on a busy machine."""
     started = time.perf_counter()
-    times = await arrival_times(base_url + "/responses",
-                                {"x-mock-ttft-ms": "100", "x-mock-itl-ms": "10"})
+    times = await arrival_times(
+        base_url + "/responses", {"x-mock-ttft-ms": "100", "x-mock-itl-ms": "10"}
+    )
     assert len(times) == 16
     for k, arrived in enumerate(times):
         assert arrived - started >= 0.1 + k * 0.01, k
@@ -475,8 +569,9 @@ async def test_no_token_arrives_before_its_deadline(base_url: str) -> None:
 async def test_drawn_delays_reach_the_wire(mock_factory: Any) -> None:
     """Jitter and the per-token distribution are applied on the wire: the server's draws are
     replayed from its seeded RNG, and no token arrives before its drawn deadline."""
-    config = MockConfig(ttft_ms=30.0, itl_ms=8.0, jitter=0.3, itl_distribution="exponential",
-                        seed=5)
+    config = MockConfig(
+        ttft_ms=30.0, itl_ms=8.0, jitter=0.3, itl_distribution="exponential", seed=5
+    )
     server = mock_factory(config)  # a fresh server: this request makes its only draws
     replay = DelaySampler(config, config.itl_ms, config.delay_rng())
     deadlines = [replay.jittered(config.ttft_ms / 1000)]
@@ -509,11 +604,15 @@ async def test_max_concurrency_queues_requests_beyond_the_cap(mock_factory: Any)
 
     async with aiohttp.ClientSession() as session:
         # Two streams whose first token is a minute away hold both generation slots.
-        holders = [await session.post(url, data=orjson.dumps(RESP),
-                                      headers={"x-mock-ttft-ms": "60000"}) for _ in range(2)]
+        holders = [
+            await session.post(url, data=orjson.dumps(RESP), headers={"x-mock-ttft-ms": "60000"})
+            for _ in range(2)
+        ]
         await until(lambda: stats.streams_active == 2)
-        queued = [asyncio.create_task(read(session, body))
-                  for body in (RESP, RESP, {**RESP, "stream": False})]
+        queued = [
+            asyncio.create_task(read(session, body))
+            for body in (RESP, RESP, {**RESP, "stream": False})
+        ]
         await until(lambda: stats.waiting == 3)
         assert stats.streams_active == 2
         assert not any(task.done() for task in queued)
@@ -527,13 +626,16 @@ async def test_max_concurrency_queues_requests_beyond_the_cap(mock_factory: Any)
     assert (stats.queued, stats.waiting) == (3, 0)
 
 
-async def test_stopping_the_server_ends_open_streams(mock_factory: Any,
-                                                    caplog: pytest.LogCaptureFixture) -> None:
+async def test_stopping_the_server_ends_open_streams(
+    mock_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     """Shutdown ends paced streams at once (truncated bodies) instead of leaving their handlers
     to aiohttp's shutdown timeout, whose race logs InvalidStateError."""
     server = mock_factory(ttft_ms=60_000.0)
-    async with aiohttp.ClientSession() as session, session.post(
-            server.base_url + "/responses", data=orjson.dumps(RESP)) as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(server.base_url + "/responses", data=orjson.dumps(RESP)) as resp,
+    ):
         await until(lambda: server.stats.streams_active == 1)
         await asyncio.to_thread(server.stop)
         with pytest.raises(aiohttp.ClientPayloadError):
@@ -552,8 +654,9 @@ def test_stats_record_the_last_body(mock_factory: Any) -> None:
 def test_mock_process_serves_and_reports_stats() -> None:
     with MockProcess(MockConfig(output_tokens=4, api_key="sk-proc")) as proc:
         assert proc.base_url.startswith("http://127.0.0.1:")
-        status, _, raw = asyncio.run(post(proc.base_url + "/responses", RESP,
-                                          {"Authorization": "Bearer sk-proc"}))
+        status, _, raw = asyncio.run(
+            post(proc.base_url + "/responses", RESP, {"Authorization": "Bearer sk-proc"})
+        )
         assert status == 200
         assert len(deltas(split_events(raw))) == 4
         assert proc.stats.requests["/v1/responses"] == 1
@@ -574,20 +677,29 @@ async def raw_connect(base_url: str) -> tuple[asyncio.StreamReader, asyncio.Stre
     return await asyncio.open_connection(host, int(port))
 
 
-async def raw_exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str,
-                       body: bytes, headers: dict[str, str] | None = None,
-                       ) -> tuple[int, Headers, bytes]:
+async def raw_exchange(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    path: str,
+    body: bytes,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Headers, bytes]:
     """One keep-alive HTTP/1.1 POST; reads the body to its end (a chunked body to its
     terminating chunk), so a server that cut it short raises IncompleteReadError here."""
     extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
-    writer.write(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n"
-                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                 f"{extra}\r\n".encode() + body)
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        f"{extra}\r\n".encode()
+        + body
+    )
     async with asyncio.timeout(RAW_DEADLINE_S):
         head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
         status_line, *lines = head.split("\r\n")[:-2]
-        got = [(name.strip().lower(), value.strip())
-               for name, _, value in (line.partition(":") for line in lines)]
+        got = [
+            (name.strip().lower(), value.strip())
+            for name, _, value in (line.partition(":") for line in lines)
+        ]
         if header_values(got, "transfer-encoding") == ["chunked"]:
             data = bytearray()
             while size := int((await reader.readuntil(b"\r\n"))[:-2], 16):
@@ -661,13 +773,16 @@ async def test_keepalive_timeout_closes_idle_connections_only(mock_factory: Any)
         assert await seconds_to_eof(reader) >= 0.1
     finally:
         writer.close()
-    for body, headers in ((RESP, {"x-mock-itl-ms": "50"}),
-                          ({**RESP, "stream": False}, {"x-mock-ttft-ms": "700"})):
+    for body, headers in (
+        (RESP, {"x-mock-itl-ms": "50"}),
+        ({**RESP, "stream": False}, {"x-mock-ttft-ms": "700"}),
+    ):
         reader, writer = await raw_connect(server.base_url)
         try:
             started = time.monotonic()
-            got, _, data = await raw_exchange(reader, writer, "/v1/responses",
-                                              orjson.dumps(body), headers)
+            got, _, data = await raw_exchange(
+                reader, writer, "/v1/responses", orjson.dumps(body), headers
+            )
             assert time.monotonic() - started >= 0.6  # busy for three timeouts and more
             assert got == 200
             if body["stream"]:
@@ -682,8 +797,12 @@ async def test_keepalive_timeout_closes_idle_connections_only(mock_factory: Any)
 
 def test_mock_process_honours_the_connection_options() -> None:
     """MockProcess rebuilds the config from to_argv: keep-alive timeout, close, limit ending."""
-    config = MockConfig(output_tokens=4, keepalive_timeout_s=0.2, close_after_response="announced",
-                        limit_ending="vllm")
+    config = MockConfig(
+        output_tokens=4,
+        keepalive_timeout_s=0.2,
+        close_after_response="announced",
+        limit_ending="vllm",
+    )
 
     async def exercise(base_url: str) -> None:
         reader, writer = await raw_connect(base_url)
@@ -694,12 +813,15 @@ def test_mock_process_honours_the_connection_options() -> None:
         reader, writer = await raw_connect(base_url)
         try:
             status, headers, data = await raw_exchange(
-                reader, writer, "/v1/responses", orjson.dumps({**RESP, "max_output_tokens": 2}))
+                reader, writer, "/v1/responses", orjson.dumps({**RESP, "max_output_tokens": 2})
+            )
             assert status == 200
             assert header_values(headers, "connection") == ["close"]
             final = payloads(split_events(data))[-1]
-            assert (final["type"], final["response"]["status"]) == ("response.completed",
-                                                                  "incomplete")
+            assert (final["type"], final["response"]["status"]) == (
+                "response.completed",
+                "incomplete",
+            )
             await seconds_to_eof(reader)
         finally:
             writer.close()
@@ -742,7 +864,8 @@ def test_jitter_is_uniform_within_its_band() -> None:
     for tenth in range(10):  # each tenth of the band holds a tenth of the draws
         low = 8.0 + 0.4 * tenth
         assert fraction(values, lambda v, low=low: low <= v < low + 0.4) == pytest.approx(
-            0.1, abs=0.01)
+            0.1, abs=0.01
+        )
 
 
 def test_jitter_applies_to_ttft() -> None:
@@ -769,7 +892,8 @@ def test_lognormal_itl_has_the_mean_and_shape() -> None:
     assert statistics.fmean(values) == pytest.approx(10.0, rel=0.02)  # mu keeps the mean
     assert statistics.pstdev(logs) == pytest.approx(LOGNORMAL_SIGMA, rel=0.03)
     assert statistics.median(values) == pytest.approx(
-        10.0 * math.exp(-(LOGNORMAL_SIGMA**2) / 2), rel=0.02)
+        10.0 * math.exp(-(LOGNORMAL_SIGMA**2) / 2), rel=0.02
+    )
 
 
 @pytest.mark.parametrize("kind", ["exponential", "lognormal"])
@@ -781,7 +905,8 @@ def test_jitter_on_a_distribution_keeps_the_mean(kind: str) -> None:
 
 def test_same_seed_same_delays() -> None:
     assert draws(itl_distribution="lognormal", jitter=0.1) == draws(
-        itl_distribution="lognormal", jitter=0.1)
+        itl_distribution="lognormal", jitter=0.1
+    )
     assert draws(itl_distribution="lognormal", seed=12) != draws(itl_distribution="lognormal")
 
 
@@ -801,10 +926,13 @@ LATENCY_MODELS = [
     pytest.param(MockConfig(ttft_ms=250.0, itl_ms=125.0), id="constant"),
     pytest.param(MockConfig(ttft_ms=100.0, itl_ms=30.0), id="constant-inexact-floats"),
     pytest.param(MockConfig(ttft_ms=50.0, itl_ms=20.0, jitter=0.3), id="jitter"),
-    pytest.param(MockConfig(ttft_ms=50.0, itl_ms=20.0, itl_distribution="exponential"),
-                 id="exponential"),
-    pytest.param(MockConfig(ttft_ms=50.0, itl_ms=20.0, itl_distribution="lognormal",
-                            jitter=0.2), id="lognormal-jitter"),
+    pytest.param(
+        MockConfig(ttft_ms=50.0, itl_ms=20.0, itl_distribution="exponential"), id="exponential"
+    ),
+    pytest.param(
+        MockConfig(ttft_ms=50.0, itl_ms=20.0, itl_distribution="lognormal", jitter=0.2),
+        id="lognormal-jitter",
+    ),
 ]
 
 
@@ -812,8 +940,9 @@ LATENCY_MODELS = [
 def test_schedule_releases_exactly_the_due_tokens(config: MockConfig) -> None:
     n, start = 40, 7.0
     due = expected_deadlines(config, start, n, seed=21)
-    schedule = Schedule(n, start, config.ttft_ms / 1000,
-                        DelaySampler(config, config.itl_ms, random.Random(21)))
+    schedule = Schedule(
+        n, start, config.ttft_ms / 1000, DelaySampler(config, config.itl_ms, random.Random(21))
+    )
     clock = random.Random(0)
     now, sent = start, 0
     while not schedule.finished:
@@ -919,8 +1048,14 @@ def token_times(transport: FakeTransport) -> list[tuple[float, float]]:
     return [(clock, true) for clock, true, _ in events[:-1]]
 
 
-def run_staggered(loop: FakeLoop, ticker: Ticker, config: MockConfig, late_s: float,
-                  streams: int = 12, tokens: int = 10) -> list[tuple[FakeTransport, list[float]]]:
+def run_staggered(
+    loop: FakeLoop,
+    ticker: Ticker,
+    config: MockConfig,
+    late_s: float,
+    streams: int = 12,
+    tokens: int = 10,
+) -> list[tuple[FakeTransport, list[float]]]:
     """`streams` arrivals 3 ms apart, run to the end; each transport with its deadlines."""
     runs = []
     for i in range(streams):
@@ -930,28 +1065,36 @@ def run_staggered(loop: FakeLoop, ticker: Ticker, config: MockConfig, late_s: fl
         sampler = DelaySampler(config, config.itl_ms, random.Random(i))
         transport = FakeTransport(loop)
         runs.append((transport, expected_deadlines(config, start, tokens, seed=i)))
-        ticker.run(FakeRender(tokens), Schedule(tokens, start, config.ttft_ms / 1000, sampler),
-                   transport)  # type: ignore[arg-type]
+        ticker.run(
+            FakeRender(tokens), Schedule(tokens, start, config.ttft_ms / 1000, sampler), transport
+        )  # type: ignore[arg-type]
     loop.run(late_s=late_s)
     return runs
 
 
-CLOCKS = [pytest.param(False, 0.0, id="exact-clock"),
-          pytest.param(True, 0.001, id="uvloop-ms-clock")]
+CLOCKS = [
+    pytest.param(False, 0.0, id="exact-clock"),
+    pytest.param(True, 0.001, id="uvloop-ms-clock"),
+]
 
 
 @pytest.mark.parametrize("config", LATENCY_MODELS)
 @pytest.mark.parametrize("late_s", [0.0, 0.0333])
 @pytest.mark.parametrize(("ms_clock", "resolution_s"), CLOCKS)
-def test_ticker_sends_each_token_at_its_deadline(config: MockConfig, late_s: float,
-                                                 ms_clock: bool, resolution_s: float) -> None:
+def test_ticker_sends_each_token_at_its_deadline(
+    config: MockConfig, late_s: float, ms_clock: bool, resolution_s: float
+) -> None:
     """Punctual timers: every token goes out at its deadline (exactly, or on the next tick
     of a millisecond clock). Late timers: never before it, and each write carries every
     token due by then (late tokens coalesce). The loop never wakes for nothing."""
     loop, stats = FakeLoop(ms_clock), MockStats()
     try:
-        runs = run_staggered(loop, Ticker(loop, stats, resolution_s),  # type: ignore[arg-type]
-                             config, late_s)
+        runs = run_staggered(
+            loop,
+            Ticker(loop, stats, resolution_s),  # type: ignore[arg-type]
+            config,
+            late_s,
+        )
     finally:
         loop.futures.close()
     for transport, due in runs:
@@ -966,7 +1109,8 @@ def test_ticker_sends_each_token_at_its_deadline(config: MockConfig, late_s: flo
             assert true - deadline <= late_s + resolution_s + 1e-9, k
         for clock, _, _ in transport.writes:  # everything due by then, in that write
             assert sum(c == clock for c, _ in sent) == (
-                sum(clock >= d for d in due) - sum(c < clock for c, _ in sent))
+                sum(clock >= d for d in due) - sum(c < clock for c, _ in sent)
+            )
     assert stats.events_sent == 12 * 11
     assert stats.ticker_early == 0
     assert late_s - 1e-9 <= stats.ticker_lag_s_max <= late_s + resolution_s + 1e-9
@@ -981,8 +1125,13 @@ def test_ticker_on_a_millisecond_clock_wakes_once_per_deadline() -> None:
     for resolution_s in (0.0, 0.001):
         loop, stats = FakeLoop(ms_clock=True), MockStats()
         try:
-            run_staggered(loop, Ticker(loop, stats, resolution_s),  # type: ignore[arg-type]
-                          config, 0.0, streams=40)
+            run_staggered(
+                loop,
+                Ticker(loop, stats, resolution_s),  # type: ignore[arg-type]
+                config,
+                0.0,
+                streams=40,
+            )
         finally:
             loop.futures.close()
         early[resolution_s] = stats.ticker_early

@@ -53,7 +53,7 @@ def wait_ready(proc: subprocess.Popen[bytes]) -> str:
             break
         line = proc.stdout.readline().decode()
         if line.startswith(READY_PREFIX):
-            return line[len(READY_PREFIX):].strip()
+            return line[len(READY_PREFIX) :].strip()
         if not line:
             break
     raise AssertionError(f"no ready line (exit status {proc.poll()})")
@@ -62,9 +62,13 @@ def wait_ready(proc: subprocess.Popen[bytes]) -> str:
 @contextlib.contextmanager
 def mock_command(*flags: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """`python -m engine mock --port 0 FLAGS…`; always stopped (SIGTERM, then SIGKILL)."""
-    proc = subprocess.Popen([sys.executable, "-m", "engine", "mock", "--port", "0", *flags],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(),
-                            cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "mock", "--port", "0", *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=child_env(),
+        cwd=ROOT,
+    )
     try:
         yield proc, wait_ready(proc)
     finally:
@@ -87,8 +91,11 @@ async def exercise(base_url: str) -> dict[str, object]:
     root = base_url.removesuffix("/v1")
     seen: dict[str, object] = {}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        for method, url in (("GET", base_url + "/models"), ("POST", base_url + "/responses"),
-                            ("GET", root + "/mock/stats")):
+        for method, url in (
+            ("GET", base_url + "/models"),
+            ("POST", base_url + "/responses"),
+            ("GET", root + "/mock/stats"),
+        ):
             async with session.request(method, url, data=body) as resp:
                 assert resp.status == 401, url
         statuses, event_counts = [], []
@@ -112,9 +119,22 @@ async def exercise(base_url: str) -> dict[str, object]:
 
 
 def test_mock_command_serves_with_faults_and_api_key() -> None:
-    with mock_command("--ttft-ms", "0", "--itl-ms", "0", "--output-tokens", "5",
-                      "--faults", "429=0.4", "--seed", "3", "--retry-after", "0.25",
-                      "--api-key", KEY) as (proc, base_url):
+    with mock_command(
+        "--ttft-ms",
+        "0",
+        "--itl-ms",
+        "0",
+        "--output-tokens",
+        "5",
+        "--faults",
+        "429=0.4",
+        "--seed",
+        "3",
+        "--retry-after",
+        "0.25",
+        "--api-key",
+        KEY,
+    ) as (proc, base_url):
         assert base_url.startswith("http://127.0.0.1:")
         assert not base_url.endswith(":0/v1")
         seen = asyncio.run(exercise(base_url))
@@ -135,16 +155,20 @@ def test_mock_command_serves_with_faults_and_api_key() -> None:
     assert stats["unauthorized"] == 3
 
 
-@pytest.mark.parametrize(("faults", "message"), [
-    ("429=abc", "fault rate '429=abc' is not a number"),
-    ("429", "fault rate '429' is not KIND=RATE"),
-    ("teapot=0.1", "unknown fault kind 'teapot'"),
-    ("429=1.5", "fault rate for '429' must be in [0, 1]"),
-    ("429=0.6,500=0.6", "fault rates add up to more than 1"),
-    ("stall:x=0.1", "only disconnect/stall take ':N'"),
-])
-def test_invalid_faults_exit_2_with_a_clear_message(faults: str, message: str,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("faults", "message"),
+    [
+        ("429=abc", "fault rate '429=abc' is not a number"),
+        ("429", "fault rate '429' is not KIND=RATE"),
+        ("teapot=0.1", "unknown fault kind 'teapot'"),
+        ("429=1.5", "fault rate for '429' must be in [0, 1]"),
+        ("429=0.6,500=0.6", "fault rates add up to more than 1"),
+        ("stall:x=0.1", "only disconnect/stall take ':N'"),
+    ],
+)
+def test_invalid_faults_exit_2_with_a_clear_message(
+    faults: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert mock_main(["--port", "0", "--faults", faults]) == 2  # before anything is bound
     err = capsys.readouterr().err
     assert err.startswith("stream-engine mock: ")
@@ -152,9 +176,14 @@ def test_invalid_faults_exit_2_with_a_clear_message(faults: str, message: str,
 
 
 def test_invalid_faults_exit_status_through_the_command() -> None:
-    proc = subprocess.run([sys.executable, "-m", "engine", "mock", "--port", "0", "--faults",
-                           "disconnect=lots"], capture_output=True, env=child_env(), cwd=ROOT,
-                          timeout=START_TIMEOUT_S, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "mock", "--port", "0", "--faults", "disconnect=lots"],
+        capture_output=True,
+        env=child_env(),
+        cwd=ROOT,
+        timeout=START_TIMEOUT_S,
+        check=False,
+    )
     assert proc.returncode == 2
     assert proc.stdout == b""  # never got as far as listening
     assert b"fault rate 'disconnect=lots' is not a number" in proc.stderr
@@ -163,20 +192,40 @@ def test_invalid_faults_exit_status_through_the_command() -> None:
 def test_parse_fault_rates() -> None:
     assert parse_fault_rates("") == {}
     assert parse_fault_rates(" 429=0.05, 500=0.02 ,disconnect:3=0.01,") == {
-        "429": 0.05, "500": 0.02, "disconnect:3": 0.01}
+        "429": 0.05,
+        "500": 0.02,
+        "disconnect:3": 0.01,
+    }
 
 
-@pytest.mark.parametrize("config", [
-    MockConfig(),
-    MockConfig(ttft_ms=12.5, itl_ms=3.0, jitter=0.2, itl_distribution="lognormal",
-               output_tokens=4, output_tokens_max=9, max_concurrency=3,
-               faults={"429": 0.1, "disconnect:3": 0.05}, seed=7, retry_after_s=0.5,
-               limit_ending="vllm", model="m2", close_after_response="silent",
-               keepalive_timeout_s=0.2, reasoning_tokens=12, reasoning_field="reasoning",
-               reasoning_summary=True),
-    MockConfig(limit_ending="completed", close_after_response="announced"),
-    MockConfig(reasoning_tokens=3),
-], ids=["defaults", "every-field", "completed-announced", "reasoning-raw-text"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        MockConfig(),
+        MockConfig(
+            ttft_ms=12.5,
+            itl_ms=3.0,
+            jitter=0.2,
+            itl_distribution="lognormal",
+            output_tokens=4,
+            output_tokens_max=9,
+            max_concurrency=3,
+            faults={"429": 0.1, "disconnect:3": 0.05},
+            seed=7,
+            retry_after_s=0.5,
+            limit_ending="vllm",
+            model="m2",
+            close_after_response="silent",
+            keepalive_timeout_s=0.2,
+            reasoning_tokens=12,
+            reasoning_field="reasoning",
+            reasoning_summary=True,
+        ),
+        MockConfig(limit_ending="completed", close_after_response="announced"),
+        MockConfig(reasoning_tokens=3),
+    ],
+    ids=["defaults", "every-field", "completed-announced", "reasoning-raw-text"],
+)
 def test_to_argv_round_trips(config: MockConfig, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MOCK_API_KEY", raising=False)  # the key never travels in argv
     parser = argparse.ArgumentParser()
@@ -190,9 +239,15 @@ def test_cli_defaults_of_the_new_options(monkeypatch: pytest.MonkeyPatch) -> Non
     add_arguments(parser)
     config = config_from_args(parser.parse_args([]))
     assert (config.limit_ending, config.close_after_response, config.keepalive_timeout_s) == (
-        "incomplete", "no", None)
+        "incomplete",
+        "no",
+        None,
+    )
     assert (config.reasoning_tokens, config.reasoning_field, config.reasoning_summary) == (
-        0, "reasoning_content", False)
+        0,
+        "reasoning_content",
+        False,
+    )
 
 
 def test_bad_keepalive_timeout_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -218,9 +273,10 @@ async def ending_and_connection(base_url: str) -> dict[str, object]:
             writer.close()
         reader, writer = await asyncio.open_connection(host, int(port))
         body = orjson.dumps({"model": "m", "input": "hi", "stream": True, "max_output_tokens": 2})
-        writer.write(b"POST /v1/responses HTTP/1.1\r\nHost: x\r\n"
-                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
-                     % (len(body), body))
+        writer.write(
+            b"POST /v1/responses HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+        )
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             raw = bytearray()
@@ -230,8 +286,11 @@ async def ending_and_connection(base_url: str) -> dict[str, object]:
             seen["eof_after_response"] = await reader.read() == b""
         finally:
             writer.close()
-    seen["connection"] = [line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"connection:")]
+    seen["connection"] = [
+        line.split(b":", 1)[1].strip()
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"connection:")
+    ]
     events = [block.split(b"\n") for block in bytes(raw).split(b"\n\n") if block]
     seen["names"] = [lines[0].removeprefix(b"event: ").decode() for lines in events]
     seen["status"] = orjson.loads(events[-1][1].removeprefix(b"data: "))["response"]["status"]
@@ -239,9 +298,18 @@ async def ending_and_connection(base_url: str) -> dict[str, object]:
 
 
 def test_mock_command_limit_ending_and_connection_flags() -> None:
-    with mock_command("--ttft-ms", "0", "--itl-ms", "0", "--limit-ending", "vllm",
-                      "--close-after-response", "announced", "--keepalive-timeout", "0.2",
-                      ) as (_, base_url):
+    with mock_command(
+        "--ttft-ms",
+        "0",
+        "--itl-ms",
+        "0",
+        "--limit-ending",
+        "vllm",
+        "--close-after-response",
+        "announced",
+        "--keepalive-timeout",
+        "0.2",
+    ) as (_, base_url):
         seen = asyncio.run(ending_and_connection(base_url))
     assert seen["idle_eof"] is True
     names = seen["names"]

@@ -46,15 +46,16 @@ async def test_responses_create_stream(client: AsyncOpenAI) -> None:
     assert event.response.usage.output_tokens == len(text) == 16
 
 
-@pytest.mark.parametrize(("ending", "status"), [("vllm", "incomplete"),
-                                                ("completed", "completed")])
-async def test_responses_stream_helper_final_response(mock_factory: MockFactory, ending: str,
-                                                      status: str) -> None:
+@pytest.mark.parametrize(("ending", "status"), [("vllm", "incomplete"), ("completed", "completed")])
+async def test_responses_stream_helper_final_response(
+    mock_factory: MockFactory, ending: str, status: str
+) -> None:
     """get_final_response() needs a response.completed event: the endings that send one."""
     server = mock_factory(limit_ending=ending)
-    async with AsyncOpenAI(base_url=server.base_url, api_key="x", max_retries=0) as sdk, \
-            sdk.responses.stream(model="mock-model", input="hello",
-                                 max_output_tokens=7) as stream:
+    async with (
+        AsyncOpenAI(base_url=server.base_url, api_key="x", max_retries=0) as sdk,
+        sdk.responses.stream(model="mock-model", input="hello", max_output_tokens=7) as stream,
+    ):
         deltas = [e.delta async for e in stream if e.type == "response.output_text.delta"]
         final = await stream.get_final_response()
     assert final.status == status
@@ -66,8 +67,9 @@ async def test_responses_stream_helper_final_response(mock_factory: MockFactory,
 
 async def test_responses_stream_helper_reads_the_incomplete_ending(client: AsyncOpenAI) -> None:
     """The default limit ending, OpenAI's response.incomplete, parses as the SDK's event."""
-    async with client.responses.stream(model="mock-model", input="hello",
-                                       max_output_tokens=7) as stream:
+    async with client.responses.stream(
+        model="mock-model", input="hello", max_output_tokens=7
+    ) as stream:
         events = [event async for event in stream]
     last = events[-1]
     assert last.type == "response.incomplete"
@@ -89,8 +91,11 @@ async def test_responses_non_streaming(client: AsyncOpenAI) -> None:
 
 async def test_chat_create_stream_with_usage(client: AsyncOpenAI) -> None:
     stream = await client.chat.completions.create(
-        model="mock-model", messages=MESSAGES, stream=True,  # type: ignore[arg-type]
-        stream_options={"include_usage": True})
+        model="mock-model",
+        messages=MESSAGES,
+        stream=True,  # type: ignore[arg-type]
+        stream_options={"include_usage": True},
+    )
     text, finish, usage = [], None, None
     async with stream:
         async for chunk in stream:
@@ -107,8 +112,10 @@ async def test_chat_create_stream_with_usage(client: AsyncOpenAI) -> None:
 
 async def test_chat_stream_helper(client: AsyncOpenAI) -> None:
     async with client.chat.completions.stream(
-            model="mock-model", messages=MESSAGES,  # type: ignore[arg-type]
-            stream_options={"include_usage": True}) as stream:
+        model="mock-model",
+        messages=MESSAGES,  # type: ignore[arg-type]
+        stream_options={"include_usage": True},
+    ) as stream:
         async for _ in stream:
             pass
         final = await stream.get_final_completion()
@@ -120,8 +127,11 @@ async def test_chat_stream_helper(client: AsyncOpenAI) -> None:
 
 async def test_chat_stream_helper_reports_the_length_cut(client: AsyncOpenAI) -> None:
     async with client.chat.completions.stream(
-            model="mock-model", messages=MESSAGES, max_tokens=5,  # type: ignore[arg-type]
-            stream_options={"include_usage": True}) as stream:
+        model="mock-model",
+        messages=MESSAGES,
+        max_tokens=5,  # type: ignore[arg-type]
+        stream_options={"include_usage": True},
+    ) as stream:
         async for _ in stream:
             pass
         with pytest.raises(openai.LengthFinishReasonError) as info:
@@ -136,29 +146,34 @@ async def drain(stream: AsyncStream[Any]) -> None:
             pass
 
 
-async def test_sdk_sees_rate_limits_and_auth(client: AsyncOpenAI,
-                                             auth_mock_server: MockServerThread) -> None:
+async def test_sdk_sees_rate_limits_and_auth(
+    client: AsyncOpenAI, auth_mock_server: MockServerThread
+) -> None:
     with pytest.raises(openai.RateLimitError):
-        await client.responses.create(model="m", input="x",
-                                      extra_headers={"x-mock-fault": "429"})
-    async with AsyncOpenAI(base_url=auth_mock_server.base_url, api_key="wrong",
-                           max_retries=0) as bad:
+        await client.responses.create(model="m", input="x", extra_headers={"x-mock-fault": "429"})
+    async with AsyncOpenAI(
+        base_url=auth_mock_server.base_url, api_key="wrong", max_retries=0
+    ) as bad:
         with pytest.raises(openai.AuthenticationError):
             await bad.responses.create(model="m", input="x")
 
 
 async def test_sdk_raises_on_stream_errors(client: AsyncOpenAI) -> None:
     stream = await client.chat.completions.create(
-        model="m", messages=MESSAGES, stream=True,  # type: ignore[arg-type]
-        extra_headers={"x-mock-fault": "error-event"})
+        model="m",
+        messages=MESSAGES,
+        stream=True,  # type: ignore[arg-type]
+        extra_headers={"x-mock-fault": "error-event"},
+    )
     with pytest.raises(openai.APIError):
         await drain(stream)
 
 
 @pytest.mark.parametrize("fault", ["crlf", "comments", "done-after", "crlf,comments", "bom"])
 async def test_sdk_reads_framing_variants(client: AsyncOpenAI, fault: str) -> None:
-    stream = await client.responses.create(model="m", input="x", stream=True,
-                                           extra_headers={"x-mock-fault": fault})
+    stream = await client.responses.create(
+        model="m", input="x", stream=True, extra_headers={"x-mock-fault": fault}
+    )
     async with stream:
         types = [event.type async for event in stream]
     assert types[-1] == "response.completed"
@@ -167,24 +182,37 @@ async def test_sdk_reads_framing_variants(client: AsyncOpenAI, fault: str) -> No
 
 # --- Every part of a stream, read by the SDK's own stream helpers -----------------------------
 
-WEATHER = {"type": "object", "properties": {"city": {"type": "string"}},
-           "required": ["city"], "additionalProperties": False}
+WEATHER = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
 TIME = {"type": "object", "properties": {"tz": {"type": "string"}}}
 CHAT_TOOLS: Any = [
-    {"type": "function", "function": {"name": "get_weather", "strict": True,
-                                      "parameters": WEATHER}},
-    {"type": "function", "function": {"name": "get_time", "parameters": TIME}}]
-RESPONSE_TOOLS: Any = [{"type": "function", "strict": False, **tool["function"]}
-                       for tool in CHAT_TOOLS]
+    {
+        "type": "function",
+        "function": {"name": "get_weather", "strict": True, "parameters": WEATHER},
+    },
+    {"type": "function", "function": {"name": "get_time", "parameters": TIME}},
+]
+RESPONSE_TOOLS: Any = [
+    {"type": "function", "strict": False, **tool["function"]} for tool in CHAT_TOOLS
+]
 
 
 async def test_chat_stream_helper_assembles_parallel_tool_calls(client: AsyncOpenAI) -> None:
     async with client.chat.completions.stream(
-            model="m", messages=MESSAGES, tools=CHAT_TOOLS,  # type: ignore[arg-type]
-            tool_choice="required", stream_options={"include_usage": True},
-            extra_headers={"x-mock-tool-calls": "3"}) as stream:
-        done_events = [event async for event in stream
-                       if event.type == "tool_calls.function.arguments.done"]
+        model="m",
+        messages=MESSAGES,
+        tools=CHAT_TOOLS,  # type: ignore[arg-type]
+        tool_choice="required",
+        stream_options={"include_usage": True},
+        extra_headers={"x-mock-tool-calls": "3"},
+    ) as stream:
+        done_events = [
+            event async for event in stream if event.type == "tool_calls.function.arguments.done"
+        ]
         final = await stream.get_final_completion()
     choice = final.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -204,15 +232,21 @@ async def test_chat_stream_helper_assembles_parallel_tool_calls(client: AsyncOpe
 
 async def test_chat_stream_helper_refusal_reasoning_and_logprobs(client: AsyncOpenAI) -> None:
     async with client.chat.completions.stream(
-            model="m", messages=MESSAGES,  # type: ignore[arg-type]
-            extra_headers={"x-mock-output": "refusal"}) as stream:
+        model="m",
+        messages=MESSAGES,  # type: ignore[arg-type]
+        extra_headers={"x-mock-output": "refusal"},
+    ) as stream:
         refused = await stream.get_final_completion()
     assert refused.choices[0].message.refusal == "".join(REFUSAL)
     assert refused.choices[0].message.content is None
     async with client.chat.completions.stream(
-            model="m", messages=MESSAGES, logprobs=True, top_logprobs=2,  # type: ignore[arg-type]
-            stream_options={"include_usage": True},
-            extra_headers={"x-mock-reasoning-tokens": "4"}) as stream:
+        model="m",
+        messages=MESSAGES,
+        logprobs=True,
+        top_logprobs=2,  # type: ignore[arg-type]
+        stream_options={"include_usage": True},
+        extra_headers={"x-mock-reasoning-tokens": "4"},
+    ) as stream:
         final = await stream.get_final_completion()
     choice = final.choices[0]
     assert choice.message.content
@@ -230,8 +264,11 @@ async def test_chat_stream_helper_refusal_reasoning_and_logprobs(client: AsyncOp
 
 async def test_chat_stream_helper_keeps_every_choice(client: AsyncOpenAI) -> None:
     async with client.chat.completions.stream(
-            model="m", messages=MESSAGES, n=3,  # type: ignore[arg-type]
-            stream_options={"include_usage": True}) as stream:
+        model="m",
+        messages=MESSAGES,
+        n=3,  # type: ignore[arg-type]
+        stream_options={"include_usage": True},
+    ) as stream:
         final = await stream.get_final_completion()
     assert [c.index for c in final.choices] == [0, 1, 2]
     assert all(c.finish_reason == "stop" and c.message.content for c in final.choices)
@@ -242,8 +279,13 @@ async def test_chat_stream_helper_keeps_every_choice(client: AsyncOpenAI) -> Non
 
 async def test_responses_stream_helper_function_calls_and_reasoning(client: AsyncOpenAI) -> None:
     async with client.responses.stream(
-            model="m", input="hello", tools=RESPONSE_TOOLS, tool_choice="required",
-            reasoning={"effort": "low"}, extra_headers={"x-mock-tool-calls": "2"}) as stream:
+        model="m",
+        input="hello",
+        tools=RESPONSE_TOOLS,
+        tool_choice="required",
+        reasoning={"effort": "low"},
+        extra_headers={"x-mock-tool-calls": "2"},
+    ) as stream:
         deltas = [e async for e in stream if e.type == "response.function_call_arguments.delta"]
         final = await stream.get_final_response()
     assert [item.type for item in final.output] == ["reasoning", "function_call", "function_call"]
@@ -266,12 +308,17 @@ async def test_responses_stream_helper_function_calls_and_reasoning(client: Asyn
 
 
 @pytest.mark.parametrize("headers", [{"x-mock-output": "refusal"}, {}], ids=["refusal", "text"])
-async def test_responses_stream_helper_summary_refusal_logprobs(client: AsyncOpenAI,
-                                                                headers: dict[str, str]) -> None:
+async def test_responses_stream_helper_summary_refusal_logprobs(
+    client: AsyncOpenAI, headers: dict[str, str]
+) -> None:
     async with client.responses.stream(
-            model="m", input="hello", reasoning={"effort": "low", "summary": "auto"},
-            include=["message.output_text.logprobs"], top_logprobs=1,
-            extra_headers={"x-mock-reasoning-tokens": "3", **headers}) as stream:
+        model="m",
+        input="hello",
+        reasoning={"effort": "low", "summary": "auto"},
+        include=["message.output_text.logprobs"],
+        top_logprobs=1,
+        extra_headers={"x-mock-reasoning-tokens": "3", **headers},
+    ) as stream:
         types = [event.type async for event in stream]
         final = await stream.get_final_response()
     reasoning, message = final.output
@@ -290,8 +337,9 @@ async def test_responses_stream_helper_summary_refusal_logprobs(client: AsyncOpe
 
 
 async def test_legacy_completions(client: AsyncOpenAI) -> None:
-    stream = await client.completions.create(model="m", prompt="hello", max_tokens=5,
-                                             stream=True, stream_options={"include_usage": True})
+    stream = await client.completions.create(
+        model="m", prompt="hello", max_tokens=5, stream=True, stream_options={"include_usage": True}
+    )
     texts, finish, usage = [], None, None
     async with stream:
         async for chunk in stream:

@@ -28,16 +28,26 @@ from tests.test_mock import split_events as split
 if TYPE_CHECKING:
     from tests.conftest import MockFactory
 
-WEATHER = {"type": "object", "properties": {
-    "city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-    "days": {"type": "integer"}, "hourly": {"type": "boolean"},
-    "where": {"type": "object", "properties": {"lat": {"type": "number"}}},
-    "tags": {"type": "array", "items": {"type": "string"}}}}
+WEATHER = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string"},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        "days": {"type": "integer"},
+        "hourly": {"type": "boolean"},
+        "where": {"type": "object", "properties": {"lat": {"type": "number"}}},
+        "tags": {"type": "array", "items": {"type": "string"}},
+    },
+}
 TIME = {"type": "object", "properties": {"tz": {"type": ["string", "null"]}}}
-CHAT_TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}},
-              {"type": "function", "function": {"name": "get_time", "parameters": TIME}}]
-RESP_TOOLS = [{"type": "function", "name": "get_weather", "parameters": WEATHER},
-              {"type": "function", "name": "get_time", "parameters": TIME}]
+CHAT_TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}},
+    {"type": "function", "function": {"name": "get_time", "parameters": TIME}},
+]
+RESP_TOOLS = [
+    {"type": "function", "name": "get_weather", "parameters": WEATHER},
+    {"type": "function", "name": "get_time", "parameters": TIME},
+]
 REFUSAL_TEXT = "".join(REFUSAL)
 
 
@@ -69,9 +79,14 @@ async def responses(base_url: str, body: Any = RESP, **headers: str) -> list[Any
 
 def deltas_of(chunks: list[Any], field: str, index: int = 0) -> list[Any]:
     """The values of `delta.<field>` of choice `index`, in order, where present."""
-    return [c["choices"][0]["delta"][field] for c in chunks
-            if isinstance(c, dict) and c.get("choices") and c["choices"][0]["index"] == index
-            and field in c["choices"][0]["delta"]]
+    return [
+        c["choices"][0]["delta"][field]
+        for c in chunks
+        if isinstance(c, dict)
+        and c.get("choices")
+        and c["choices"][0]["index"] == index
+        and field in c["choices"][0]["delta"]
+    ]
 
 
 def usage_of(chunks: list[Any]) -> dict[str, Any]:
@@ -105,19 +120,27 @@ def assert_chat_calls(chunks: list[Any], names: list[str]) -> list[dict[str, Any
             calls[-1]["arguments"] += delta["function"]["arguments"]
     assert [call["name"] for call in calls] == names
     assert len({call["id"] for call in calls}) == len(calls)
-    finish = [c["choices"][0]["finish_reason"] for c in chunks
-              if isinstance(c, dict) and c.get("choices") and c["choices"][0]["finish_reason"]]
+    finish = [
+        c["choices"][0]["finish_reason"]
+        for c in chunks
+        if isinstance(c, dict) and c.get("choices") and c["choices"][0]["finish_reason"]
+    ]
     assert finish == ["tool_calls"]
     return calls
 
 
-@pytest.mark.parametrize(("tool_choice", "header", "names"), [
-    ("required", None, ["get_weather"]),
-    ({"type": "function", "function": {"name": "get_time"}}, None, ["get_time"]),
-    ("auto", "tool_calls", ["get_weather"]),
-], ids=["required", "named", "header"])
-async def test_chat_tool_call(base_url: str, tool_choice: Any, header: str | None,
-                              names: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("tool_choice", "header", "names"),
+    [
+        ("required", None, ["get_weather"]),
+        ({"type": "function", "function": {"name": "get_time"}}, None, ["get_time"]),
+        ("auto", "tool_calls", ["get_weather"]),
+    ],
+    ids=["required", "named", "header"],
+)
+async def test_chat_tool_call(
+    base_url: str, tool_choice: Any, header: str | None, names: list[str]
+) -> None:
     body = {**CHAT, "tools": CHAT_TOOLS, "tool_choice": tool_choice, **WITH_USAGE}
     headers = {"x-mock-output": header} if header else {}
     chunks = await chat(base_url, body, **headers)
@@ -139,8 +162,9 @@ async def test_chat_parallel_tool_calls_cycle_through_the_tools(base_url: str) -
         assert isinstance(orjson.loads(call["arguments"]), dict)
     assert calls[0]["arguments"] != calls[2]["arguments"]  # each call its own values
     # parallel_tool_calls: false allows one call only, as the real API.
-    single = await chat(base_url, {**body, "parallel_tool_calls": False},
-                        **{"x-mock-tool-calls": "3"})
+    single = await chat(
+        base_url, {**body, "parallel_tool_calls": False}, **{"x-mock-tool-calls": "3"}
+    )
     assert_chat_calls(single, ["get_weather"])
 
 
@@ -148,8 +172,7 @@ async def test_tool_arguments_are_deterministic(base_url: str) -> None:
     body = {**CHAT, "tools": CHAT_TOOLS, "tool_choice": "required"}
     first = assert_chat_calls(await chat(base_url, body), ["get_weather"])
     again = assert_chat_calls(await chat(base_url, body), ["get_weather"])
-    other = assert_chat_calls(await chat(base_url, body, **{"x-mock-seed": "9"}),
-                              ["get_weather"])
+    other = assert_chat_calls(await chat(base_url, body, **{"x-mock-seed": "9"}), ["get_weather"])
     assert first[0]["arguments"] == again[0]["arguments"] != other[0]["arguments"]
     assert first[0]["id"] != again[0]["id"]  # ids are fresh, as the real API's
 
@@ -167,28 +190,41 @@ async def test_responses_function_calls(base_url: str) -> None:
         assert added["output_index"] == index
         assert set(item) == {"id", "type", "status", "arguments", "call_id", "name"}
         assert (item["type"], item["status"], item["arguments"]) == (
-            "function_call", "in_progress", "")
+            "function_call",
+            "in_progress",
+            "",
+        )
         assert item["id"].startswith("fc_")
         assert item["call_id"].startswith("call_")
         assert item["name"] == ["get_weather", "get_time"][index]
         mine = [e for e in events if e.get("item_id") == item["id"]]
         arg_deltas = [e for e in mine if e["type"] == "response.function_call_arguments.delta"]
-        assert all(set(e) == {"type", "sequence_number", "item_id", "output_index", "delta"}
-                   and e["output_index"] == index for e in arg_deltas)
+        assert all(
+            set(e) == {"type", "sequence_number", "item_id", "output_index", "delta"}
+            and e["output_index"] == index
+            for e in arg_deltas
+        )
         done = next(e for e in mine if e["type"] == "response.function_call_arguments.done")
         arguments = "".join(e["delta"] for e in arg_deltas)
         assert done["arguments"] == arguments
         assert isinstance(orjson.loads(arguments), dict)
-        item_done = next(e for e in events if e["type"] == "response.output_item.done"
-                         and e["output_index"] == index)
+        item_done = next(
+            e
+            for e in events
+            if e["type"] == "response.output_item.done" and e["output_index"] == index
+        )
         assert item_done["item"] == {**item, "status": "completed", "arguments": arguments}
-        expected += ["response.output_item.added",
-                     *["response.function_call_arguments.delta"] * len(arg_deltas),
-                     "response.function_call_arguments.done", "response.output_item.done"]
+        expected += [
+            "response.output_item.added",
+            *["response.function_call_arguments.delta"] * len(arg_deltas),
+            "response.function_call_arguments.done",
+            "response.output_item.done",
+        ]
     assert types == [*expected, "response.completed"]
     final = events[-1]["response"]
-    assert final["output"] == [events[i + 1]["item"] for i, t in enumerate(types[1:])
-                               if t == "response.output_item.done"]
+    assert final["output"] == [
+        events[i + 1]["item"] for i, t in enumerate(types[1:]) if t == "response.output_item.done"
+    ]
     assert final["tool_choice"] == "required"
     assert final["tools"] == RESP_TOOLS
     usage = final["usage"]
@@ -198,27 +234,47 @@ async def test_responses_function_calls(base_url: str) -> None:
     assert usage["output_tokens_details"] == {"reasoning_tokens": 0}
 
 
-@pytest.mark.parametrize(("path", "body", "headers", "param"), [
-    ("/chat/completions", CHAT, {"x-mock-output": "tool_calls"}, "tools"),
-    ("/responses", {**RESP, "tool_choice": "required"}, {}, "tools"),
-    ("/chat/completions", {**CHAT, "tools": CHAT_TOOLS, "tool_choice": {
-        "type": "function", "function": {"name": "nope"}}}, {}, "tool_choice"),
-    ("/chat/completions", {**CHAT, "tools": CHAT_TOOLS, "tool_choice": "required"},
-     {"x-mock-tool-calls": "0"}, "x-mock-tool-calls"),
-    ("/chat/completions", CHAT, {"x-mock-output": "poem"}, "x-mock-output"),
-    ("/chat/completions", CHAT, {"x-mock-reasoning-tokens": "-1"}, "x-mock-reasoning-tokens"),
-    ("/chat/completions", CHAT, {"x-mock-reasoning-field": "thoughts"},
-     "x-mock-reasoning-field"),
-    ("/responses", RESP, {"x-mock-reasoning-summary": "yes"}, "x-mock-reasoning-summary"),
-    ("/responses", RESP, {"x-mock-cached-tokens": "x"}, "x-mock-cached-tokens"),
-    ("/chat/completions", {**CHAT, "n": 0}, {}, "n"),
-    ("/chat/completions", {**CHAT, "top_logprobs": 2}, {}, "top_logprobs"),
-    ("/chat/completions", {**CHAT, "logprobs": True, "top_logprobs": 21}, {}, "top_logprobs"),
-    ("/completions", {"model": "m", "prompt": [1, "a"]}, {}, "prompt"),
-    ("/completions", {"model": "m"}, {}, "prompt"),
-])
-async def test_bad_part_requests_are_400s(base_url: str, path: str, body: Any,
-                                          headers: dict[str, str], param: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "body", "headers", "param"),
+    [
+        ("/chat/completions", CHAT, {"x-mock-output": "tool_calls"}, "tools"),
+        ("/responses", {**RESP, "tool_choice": "required"}, {}, "tools"),
+        (
+            "/chat/completions",
+            {
+                **CHAT,
+                "tools": CHAT_TOOLS,
+                "tool_choice": {"type": "function", "function": {"name": "nope"}},
+            },
+            {},
+            "tool_choice",
+        ),
+        (
+            "/chat/completions",
+            {**CHAT, "tools": CHAT_TOOLS, "tool_choice": "required"},
+            {"x-mock-tool-calls": "0"},
+            "x-mock-tool-calls",
+        ),
+        ("/chat/completions", CHAT, {"x-mock-output": "poem"}, "x-mock-output"),
+        ("/chat/completions", CHAT, {"x-mock-reasoning-tokens": "-1"}, "x-mock-reasoning-tokens"),
+        (
+            "/chat/completions",
+            CHAT,
+            {"x-mock-reasoning-field": "thoughts"},
+            "x-mock-reasoning-field",
+        ),
+        ("/responses", RESP, {"x-mock-reasoning-summary": "yes"}, "x-mock-reasoning-summary"),
+        ("/responses", RESP, {"x-mock-cached-tokens": "x"}, "x-mock-cached-tokens"),
+        ("/chat/completions", {**CHAT, "n": 0}, {}, "n"),
+        ("/chat/completions", {**CHAT, "top_logprobs": 2}, {}, "top_logprobs"),
+        ("/chat/completions", {**CHAT, "logprobs": True, "top_logprobs": 21}, {}, "top_logprobs"),
+        ("/completions", {"model": "m", "prompt": [1, "a"]}, {}, "prompt"),
+        ("/completions", {"model": "m"}, {}, "prompt"),
+    ],
+)
+async def test_bad_part_requests_are_400s(
+    base_url: str, path: str, body: Any, headers: dict[str, str], param: str
+) -> None:
     status, _, raw = await post(base_url + path, body, headers)
     assert status == 400
     error = orjson.loads(raw)["error"]
@@ -233,41 +289,56 @@ async def test_tools_without_a_forced_call_answer_text(base_url: str) -> None:
     assert len(deltas_of(chunks, "content")) == 17  # the role chunk's "" and 16 tokens
     assert not deltas_of(chunks, "tool_calls")
 
+
 # --- Reasoning ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("config", "headers", "field"), [
-    ({"reasoning_tokens": 3}, {}, "reasoning_content"),
-    ({"reasoning_tokens": 3, "reasoning_field": "reasoning"}, {}, "reasoning"),
-    ({}, {"x-mock-reasoning-tokens": "3", "x-mock-reasoning-field": "reasoning"}, "reasoning"),
-], ids=["config", "config-vllm-field", "headers"])
-async def test_chat_reasoning_then_content(mock_factory: MockFactory, config: dict[str, Any],
-                                           headers: dict[str, str], field: str) -> None:
+@pytest.mark.parametrize(
+    ("config", "headers", "field"),
+    [
+        ({"reasoning_tokens": 3}, {}, "reasoning_content"),
+        ({"reasoning_tokens": 3, "reasoning_field": "reasoning"}, {}, "reasoning"),
+        ({}, {"x-mock-reasoning-tokens": "3", "x-mock-reasoning-field": "reasoning"}, "reasoning"),
+    ],
+    ids=["config", "config-vllm-field", "headers"],
+)
+async def test_chat_reasoning_then_content(
+    mock_factory: MockFactory, config: dict[str, Any], headers: dict[str, str], field: str
+) -> None:
     server = mock_factory(output_tokens=5, **config)
     chunks = await chat(server.base_url, {**CHAT, **WITH_USAGE}, **headers)
     kinds = [next(iter(c["choices"][0]["delta"])) for c in chunks[1:-3]]
     assert kinds == [field] * 3 + ["content"] * 5  # reasoning first, then the answer
-    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "",
-                                                "refusal": None}
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "", "refusal": None}
     usage = usage_of(chunks)
     assert usage["completion_tokens"] == 8  # reasoning tokens count as output, as OpenAI's
     assert usage["completion_tokens_details"]["reasoning_tokens"] == 3
     assert chunks[-3]["choices"][0]["finish_reason"] == "stop"
     # Non-streaming: the same field on the message.
-    _, _, raw = await post(server.base_url + "/chat/completions", {**CHAT, "stream": False},
-                           headers)
+    _, _, raw = await post(
+        server.base_url + "/chat/completions", {**CHAT, "stream": False}, headers
+    )
     message = orjson.loads(raw)["choices"][0]["message"]
     assert message[field] == "".join(deltas_of(chunks, field))
     assert message["content"] == "".join(deltas_of(chunks, "content"))
 
 
-REASONING_RAW = ["response.output_item.added", "response.content_part.added",
-                 *["response.reasoning_text.delta"] * 3, "response.reasoning_text.done",
-                 "response.content_part.done", "response.output_item.done"]
-REASONING_SUMMARY = ["response.output_item.added", "response.reasoning_summary_part.added",
-                     *["response.reasoning_summary_text.delta"] * 3,
-                     "response.reasoning_summary_text.done",
-                     "response.reasoning_summary_part.done", "response.output_item.done"]
+REASONING_RAW = [
+    "response.output_item.added",
+    "response.content_part.added",
+    *["response.reasoning_text.delta"] * 3,
+    "response.reasoning_text.done",
+    "response.content_part.done",
+    "response.output_item.done",
+]
+REASONING_SUMMARY = [
+    "response.output_item.added",
+    "response.reasoning_summary_part.added",
+    *["response.reasoning_summary_text.delta"] * 3,
+    "response.reasoning_summary_text.done",
+    "response.reasoning_summary_part.done",
+    "response.output_item.done",
+]
 
 
 def assert_reasoning_item(events: list[Any], summary: bool, count: int) -> str:
@@ -280,37 +351,49 @@ def assert_reasoning_item(events: list[Any], summary: bool, count: int) -> str:
     index = "summary_index" if summary else "content_index"
     delta_events = [e for e in events if e["type"] == f"response.{kind}.delta"]
     assert len(delta_events) == count
-    assert all(set(e) == {"type", "sequence_number", "item_id", "output_index", index, "delta"}
-               and (e["item_id"], e["output_index"], e[index]) == (item_id, 0, 0)
-               for e in delta_events)
+    assert all(
+        set(e) == {"type", "sequence_number", "item_id", "output_index", index, "delta"}
+        and (e["item_id"], e["output_index"], e[index]) == (item_id, 0, 0)
+        for e in delta_events
+    )
     text = "".join(e["delta"] for e in delta_events)
     done = next(e for e in events if e["type"] == f"response.{kind}.done")
     assert (done["item_id"], done["text"]) == (item_id, text)
     part_type = "summary_text" if summary else "reasoning_text"
     item_done = next(e for e in events if e["type"] == "response.output_item.done")
     parts = [{"type": part_type, "text": text}]
-    assert item_done["item"] == {"id": item_id, "type": "reasoning",
-                                 "summary": parts if summary else [],
-                                 "content": [] if summary else parts}
+    assert item_done["item"] == {
+        "id": item_id,
+        "type": "reasoning",
+        "summary": parts if summary else [],
+        "content": [] if summary else parts,
+    }
     return text
 
 
-@pytest.mark.parametrize(("body", "headers", "summary"), [
-    ({}, {"x-mock-reasoning-tokens": "3"}, False),
-    ({}, {"x-mock-reasoning-tokens": "3", "x-mock-reasoning-summary": "1"}, True),
-    ({"reasoning": {"effort": "low", "summary": "auto"}}, {"x-mock-reasoning-tokens": "3"},
-     True),
-], ids=["raw-text", "summary-header", "summary-body"])
-async def test_responses_reasoning_item_then_message(base_url: str, body: dict[str, Any],
-                                                     headers: dict[str, str],
-                                                     summary: bool) -> None:
+@pytest.mark.parametrize(
+    ("body", "headers", "summary"),
+    [
+        ({}, {"x-mock-reasoning-tokens": "3"}, False),
+        ({}, {"x-mock-reasoning-tokens": "3", "x-mock-reasoning-summary": "1"}, True),
+        (
+            {"reasoning": {"effort": "low", "summary": "auto"}},
+            {"x-mock-reasoning-tokens": "3"},
+            True,
+        ),
+    ],
+    ids=["raw-text", "summary-header", "summary-body"],
+)
+async def test_responses_reasoning_item_then_message(
+    base_url: str, body: dict[str, Any], headers: dict[str, str], summary: bool
+) -> None:
     events = await responses(base_url, {**RESP, **body}, **headers)
     types = [e["type"] for e in events]
     reasoning = REASONING_SUMMARY if summary else REASONING_RAW
     message = RESPONSES_SEQUENCE[2:-1]
     assert types == [*RESPONSES_SEQUENCE[:2], *reasoning, *message, "response.completed"]
     text = assert_reasoning_item(events, summary, 3)
-    assert all(e["output_index"] == 1 for e in events[2 + len(reasoning):-1])
+    assert all(e["output_index"] == 1 for e in events[2 + len(reasoning) : -1])
     final = events[-1]["response"]
     assert [item["type"] for item in final["output"]] == ["reasoning", "message"]
     stored = final["output"][0]["summary" if summary else "content"][0]["text"]
@@ -336,16 +419,23 @@ async def test_responses_reasoning_request_and_config(mock_factory: MockFactory)
     assert assert_reasoning_item(events, True, 5)
 
 
-@pytest.mark.parametrize(("limit", "reasoning", "text", "last"), [
-    (5, 3, 2, "response.incomplete"),
-    (2, 3, 0, "response.incomplete"),
-])
-async def test_the_limit_counts_reasoning(base_url: str, limit: int, reasoning: int, text: int,
-                                          last: str) -> None:
+@pytest.mark.parametrize(
+    ("limit", "reasoning", "text", "last"),
+    [
+        (5, 3, 2, "response.incomplete"),
+        (2, 3, 0, "response.incomplete"),
+    ],
+)
+async def test_the_limit_counts_reasoning(
+    base_url: str, limit: int, reasoning: int, text: int, last: str
+) -> None:
     """max_output_tokens caps reasoning + answer, as OpenAI counts them; a limit inside the
     reasoning leaves no message at all."""
-    events = await responses(base_url, {**RESP, "max_output_tokens": limit},
-                             **{"x-mock-reasoning-tokens": str(reasoning)})
+    events = await responses(
+        base_url,
+        {**RESP, "max_output_tokens": limit},
+        **{"x-mock-reasoning-tokens": str(reasoning)},
+    )
     types = [e["type"] for e in events]
     assert types[-1] == last
     said = min(reasoning, limit)
@@ -360,8 +450,10 @@ async def test_the_limit_counts_reasoning(base_url: str, limit: int, reasoning: 
 async def arrival_times(url: str, body: Any, headers: dict[str, str]) -> list[float]:
     """perf_counter at the arrival of each reasoning or text delta."""
     times: list[float] = []
-    async with aiohttp.ClientSession() as session, session.post(
-            url, data=orjson.dumps(body), headers=headers) as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=orjson.dumps(body), headers=headers) as resp,
+    ):
         async for chunk in resp.content.iter_any():
             times += [time.perf_counter()] * chunk.count(b"_text.delta\n")
     return times
@@ -371,25 +463,29 @@ async def test_reasoning_tokens_are_paced_like_text(base_url: str) -> None:
     """First reasoning token at TTFT, then one ITL per token through reasoning and text (lower
     bounds only: the server admitted the request after `started`)."""
     started = time.perf_counter()
-    times = await arrival_times(base_url + "/responses", {**RESP, "max_output_tokens": 8}, {
-        "x-mock-ttft-ms": "60", "x-mock-itl-ms": "10", "x-mock-reasoning-tokens": "4"})
+    times = await arrival_times(
+        base_url + "/responses",
+        {**RESP, "max_output_tokens": 8},
+        {"x-mock-ttft-ms": "60", "x-mock-itl-ms": "10", "x-mock-reasoning-tokens": "4"},
+    )
     assert len(times) == 8
     for k, arrived in enumerate(times):
         assert arrived - started >= 0.06 + k * 0.01, k
+
 
 # --- Refusal ------------------------------------------------------------------------------------
 
 
 async def test_chat_refusal(base_url: str) -> None:
     chunks = await chat(base_url, {**CHAT, **WITH_USAGE}, **{"x-mock-output": "refusal"})
-    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": None,
-                                                "refusal": ""}
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": None, "refusal": ""}
     assert "".join(deltas_of(chunks, "refusal")) == REFUSAL_TEXT
     assert deltas_of(chunks, "content") == [None]  # only the role chunk's null
     assert chunks[-3]["choices"][0]["finish_reason"] == "stop"
     assert usage_of(chunks)["completion_tokens"] == len(REFUSAL)
-    _, _, raw = await post(base_url + "/chat/completions", {**CHAT, "stream": False},
-                           {"x-mock-output": "refusal"})
+    _, _, raw = await post(
+        base_url + "/chat/completions", {**CHAT, "stream": False}, {"x-mock-output": "refusal"}
+    )
     message = orjson.loads(raw)["choices"][0]["message"]
     assert (message["content"], message["refusal"]) == (None, REFUSAL_TEXT)
 
@@ -397,20 +493,32 @@ async def test_chat_refusal(base_url: str) -> None:
 async def test_responses_refusal(base_url: str) -> None:
     events = await responses(base_url, **{"x-mock-output": "refusal"})
     types = [e["type"] for e in events]
-    assert types == ["response.created", "response.in_progress", "response.output_item.added",
-                     "response.content_part.added", *["response.refusal.delta"] * len(REFUSAL),
-                     "response.refusal.done", "response.content_part.done",
-                     "response.output_item.done", "response.completed"]
+    assert types == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        *["response.refusal.delta"] * len(REFUSAL),
+        "response.refusal.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
     item_id = events[2]["item"]["id"]
     assert events[3]["part"] == {"type": "refusal", "refusal": ""}
-    refusal_deltas = events[4:4 + len(REFUSAL)]
-    assert all(set(e) == {"type", "sequence_number", "item_id", "output_index", "content_index",
-                          "delta"} and e["item_id"] == item_id for e in refusal_deltas)
+    refusal_deltas = events[4 : 4 + len(REFUSAL)]
+    assert all(
+        set(e) == {"type", "sequence_number", "item_id", "output_index", "content_index", "delta"}
+        and e["item_id"] == item_id
+        for e in refusal_deltas
+    )
     assert "".join(e["delta"] for e in refusal_deltas) == REFUSAL_TEXT
     assert events[-4]["refusal"] == REFUSAL_TEXT
     assert events[-3]["part"] == {"type": "refusal", "refusal": REFUSAL_TEXT}
     assert events[-1]["response"]["output"][0]["content"] == [
-        {"type": "refusal", "refusal": REFUSAL_TEXT}]
+        {"type": "refusal", "refusal": REFUSAL_TEXT}
+    ]
+
 
 # --- Several choices ----------------------------------------------------------------------------
 
@@ -434,8 +542,14 @@ async def test_chat_choices_of_different_lengths_finish_apart(mock_factory: Mock
     chunks = await chat(server.base_url, {**CHAT, "n": 4, **WITH_USAGE})
     lengths = [len(deltas_of(chunks, "content", i)) - 1 for i in range(4)]
     assert len(set(lengths)) > 1
-    positions = [[k for k, c in enumerate(chunks) if isinstance(c, dict) and c["choices"]
-                  and c["choices"][0]["index"] == index] for index in range(4)]
+    positions = [
+        [
+            k
+            for k, c in enumerate(chunks)
+            if isinstance(c, dict) and c["choices"] and c["choices"][0]["index"] == index
+        ]
+        for index in range(4)
+    ]
     longest = positions[lengths.index(max(lengths))]
     for length, mine in zip(lengths, positions, strict=True):
         assert len(mine) == 1 + length + 1  # role, tokens, finish
@@ -443,10 +557,12 @@ async def test_chat_choices_of_different_lengths_finish_apart(mock_factory: Mock
         assert (last["finish_reason"], last["delta"]) == ("stop", {})
         assert chunks[mine[-2]]["choices"][0]["delta"].get("content") is not None
         assert mine[-1] == mine[-2] + 1 + sum(  # right after its last token's step
-            1 for p in positions for k in p if mine[-2] < k < mine[-1])
+            1 for p in positions for k in p if mine[-2] < k < mine[-1]
+        )
         if length < max(lengths):  # before the longest choice ends
             assert mine[-1] < longest[-2]
     assert usage_of(chunks)["completion_tokens"] == sum(lengths)
+
 
 # --- Logprobs -----------------------------------------------------------------------------------
 
@@ -464,14 +580,16 @@ async def test_chat_logprobs(base_url: str) -> None:
         assert len(entry["top_logprobs"]) == 3
         assert entry["logprob"] <= 0
         assert sorted(t["logprob"] for t in entry["top_logprobs"])[::-1] == [
-            t["logprob"] for t in entry["top_logprobs"]]
+            t["logprob"] for t in entry["top_logprobs"]
+        ]
     assert chunks[0]["choices"][0]["logprobs"] is None
     plain = await chat(base_url, {**CHAT, "logprobs": False})
     assert all(c["choices"][0]["logprobs"] is None for c in plain[:-1])
 
 
-@pytest.mark.parametrize(("body", "top"), [
-    ({"include": ["message.output_text.logprobs"]}, 0), ({"top_logprobs": 2}, 2)])
+@pytest.mark.parametrize(
+    ("body", "top"), [({"include": ["message.output_text.logprobs"]}, 0), ({"top_logprobs": 2}, 2)]
+)
 async def test_responses_logprobs(base_url: str, body: dict[str, Any], top: int) -> None:
     events = await responses(base_url, {**RESP, **body})
     text_deltas = [e for e in events if e["type"] == "response.output_text.delta"]
@@ -481,6 +599,7 @@ async def test_responses_logprobs(base_url: str, body: dict[str, Any], top: int)
     assert events[-1]["response"]["output"][0]["content"][0]["logprobs"] == done["logprobs"]
     plain = await responses(base_url)
     assert all(e["logprobs"] == [] for e in plain if e["type"] == "response.output_text.delta")
+
 
 # --- Usage details ------------------------------------------------------------------------------
 
@@ -494,14 +613,16 @@ async def test_cached_tokens(base_url: str) -> None:
     usage = events[-1]["response"]["usage"]
     assert usage["input_tokens_details"]["cached_tokens"] == usage["input_tokens"]  # at most
 
+
 # --- Legacy Completions -------------------------------------------------------------------------
 
 COMPLETION = {"model": "m", "prompt": "Once upon a time", "stream": True}
 
 
 @pytest.mark.parametrize(("limit", "finish"), [(5, "length"), (None, "stop")])
-async def test_legacy_completions_stream(mock_factory: MockFactory, limit: int | None,
-                                         finish: str) -> None:
+async def test_legacy_completions_stream(
+    mock_factory: MockFactory, limit: int | None, finish: str
+) -> None:
     server = mock_factory()
     body = {**COMPLETION, "max_tokens": limit, **WITH_USAGE}
     chunks = await events_of(server.base_url + "/completions", body)
@@ -513,13 +634,19 @@ async def test_legacy_completions_stream(mock_factory: MockFactory, limit: int |
         assert list(chunk) == ["id", "object", "created", "model", "choices", "usage"]
         assert chunk["id"].startswith("cmpl-")
         assert chunk["object"] == "text_completion"
-    assert all(c["choices"] == [{"text": c["choices"][0]["text"], "index": 0, "logprobs": None,
-                                 "finish_reason": None}] and c["usage"] is None for c in tokens)
-    assert last["choices"] == [{"text": "", "index": 0, "logprobs": None,
-                                "finish_reason": finish}]
+    assert all(
+        c["choices"]
+        == [{"text": c["choices"][0]["text"], "index": 0, "logprobs": None, "finish_reason": None}]
+        and c["usage"] is None
+        for c in tokens
+    )
+    assert last["choices"] == [{"text": "", "index": 0, "logprobs": None, "finish_reason": finish}]
     assert usage["choices"] == []
-    assert usage["usage"] == {"prompt_tokens": 4, "completion_tokens": count,
-                              "total_tokens": 4 + count}
+    assert usage["usage"] == {
+        "prompt_tokens": 4,
+        "completion_tokens": count,
+        "total_tokens": 4 + count,
+    }
     status, _, raw = await post(server.base_url + "/completions", {**body, "stream": False})
     whole = orjson.loads(raw)
     assert status == 200
@@ -540,6 +667,7 @@ async def test_legacy_completions_prompt_list_and_faults(base_url: str) -> None:
     status, _, _ = await post(base_url + "/completions", COMPLETION, {"x-mock-fault": "429"})
     assert status == 429
 
+
 # --- Faults, pacing and stats with parts --------------------------------------------------------
 
 
@@ -550,8 +678,14 @@ async def test_fault_endings_cut_parts_mid_answer(base_url: str, fault: str) -> 
     types = [e["type"] for e in events]
     assert types.count("response.reasoning_text.delta") == 4
     assert types.count("response.output_text.delta") == 6
-    assert types[-1] == {"error-event": "error", "incomplete": "response.incomplete",
-                         "failed": "response.failed"}[fault]
+    assert (
+        types[-1]
+        == {
+            "error-event": "error",
+            "incomplete": "response.incomplete",
+            "failed": "response.failed",
+        }[fault]
+    )
 
 
 @pytest.mark.parametrize("fault", ["crlf,comments", "bom", "done-after"])
@@ -569,17 +703,22 @@ async def test_framing_faults_keep_every_part(base_url: str, fault: str) -> None
 
 async def test_chat_on_responses_speaks_every_part_as_chat(base_url: str) -> None:
     body = {**RESP, "tools": RESP_TOOLS, "tool_choice": "required"}
-    chunks = await events_of(base_url + "/responses", body,
-                             **{"x-mock-fault": "chat-on-responses", "x-mock-tool-calls": "2"})
+    chunks = await events_of(
+        base_url + "/responses",
+        body,
+        **{"x-mock-fault": "chat-on-responses", "x-mock-tool-calls": "2"},
+    )
     assert_chat_calls(chunks, ["get_weather", "get_time"])
 
 
 async def test_events_sent_counts_every_event_of_a_multi_item_stream(
-        mock_factory: MockFactory) -> None:
+    mock_factory: MockFactory,
+) -> None:
     server = mock_factory()
     body = {**RESP, "tools": RESP_TOOLS, "tool_choice": "required"}
-    events = await responses(server.base_url, body, **{
-        "x-mock-tool-calls": "2", "x-mock-reasoning-tokens": "3"})
+    events = await responses(
+        server.base_url, body, **{"x-mock-tool-calls": "2", "x-mock-reasoning-tokens": "3"}
+    )
     assert server.stats.events_sent == len(events)
 
 
@@ -594,8 +733,11 @@ def test_ticker_counts_the_events_of_steps_that_carry_several() -> None:
             return None if index % 2 else b"%d\n\n" % index
 
         def deltas(self, start: int, stop: int) -> list[bytes]:
-            return [b"%d%s\n\n" % (k, x) for k in range(start, stop)
-                    for x in ((b"", b"+") if k % 2 else (b"",))]
+            return [
+                b"%d%s\n\n" % (k, x)
+                for k in range(start, stop)
+                for x in ((b"", b"+") if k % 2 else (b"",))
+            ]
 
         def tail(self) -> list[bytes]:
             return [b"end\n\n"]
@@ -616,8 +758,9 @@ def test_ticker_counts_the_events_of_steps_that_carry_several() -> None:
 
 def test_mock_process_carries_the_reasoning_options() -> None:
     """MockProcess rebuilds the config from to_argv: reasoning count, field and summary."""
-    config = MockConfig(output_tokens=2, reasoning_tokens=2, reasoning_field="reasoning",
-                        reasoning_summary=True)
+    config = MockConfig(
+        output_tokens=2, reasoning_tokens=2, reasoning_field="reasoning", reasoning_summary=True
+    )
 
     async def exercise(base_url: str) -> tuple[list[Any], list[Any]]:
         return await chat(base_url), await responses(base_url)

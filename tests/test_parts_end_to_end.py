@@ -15,13 +15,19 @@ if TYPE_CHECKING:
     from tests.conftest import MockFactory
 
 NO_RETRY = RetryPolicy(max_retries=0)
-TOOLS: Any = [{"type": "function", "function": {"name": "lookup", "parameters": {
-    "type": "object", "properties": {"q": {"type": "string"}}}}}]
+TOOLS: Any = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+        },
+    }
+]
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
-async def test_a_reasoning_stream_times_its_first_token_and_its_first_text(
-        base_url: str) -> None:
+async def test_a_reasoning_stream_times_its_first_token_and_its_first_text(base_url: str) -> None:
     async with Engine(base_url=base_url, retry=NO_RETRY) as eng:
         result = await eng.run(CHAT, headers={"x-mock-reasoning-tokens": "5"})
     assert result.reasoning
@@ -33,12 +39,14 @@ async def test_a_reasoning_stream_times_its_first_token_and_its_first_text(
 
 
 async def test_a_first_token_limit_counts_reasoning_and_tool_calls(
-        mock_factory: MockFactory) -> None:
+    mock_factory: MockFactory,
+) -> None:
     """First reasoning token / tool call at 50 ms, first text (if any) at 550 ms: a 0.3 s
     first-token limit must not kill either stream."""
     mock = mock_factory(ttft_ms=50.0, itl_ms=50.0, output_tokens=2)
-    async with Engine(base_url=mock.base_url, retry=NO_RETRY,
-                      timeouts=Timeouts(first_token_s=0.3)) as eng:
+    async with Engine(
+        base_url=mock.base_url, retry=NO_RETRY, timeouts=Timeouts(first_token_s=0.3)
+    ) as eng:
         reasoning = await eng.run(CHAT, headers={"x-mock-reasoning-tokens": "10"})
         tools = await eng.run({**CHAT, "tools": TOOLS, "tool_choice": "required"})
     assert reasoning.text
@@ -48,24 +56,51 @@ async def test_a_first_token_limit_counts_reasoning_and_tool_calls(
 
 async def test_a_batch_writes_every_part(tmp_path: Path, base_url: str) -> None:
     lines = [
-        {"custom_id": "chat-tools", "method": "POST", "url": "/v1/chat/completions",
-         "body": {**CHAT, "tools": TOOLS, "tool_choice": "required"}},
-        {"custom_id": "responses-tools", "method": "POST", "url": "/v1/responses",
-         "body": {"model": "m", "input": "hi", "tools": [
-             {"type": "function", **TOOLS[0]["function"]}], "tool_choice": "required",
-             "reasoning": {"effort": "low"}}},
-        {"custom_id": "chat-n", "method": "POST", "url": "/v1/chat/completions",
-         "body": {**CHAT, "n": 2, "logprobs": True}},
-        {"custom_id": "legacy", "method": "POST", "url": "/v1/completions",
-         "body": {"model": "m", "prompt": "Once", "max_tokens": 4}},
+        {
+            "custom_id": "chat-tools",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {**CHAT, "tools": TOOLS, "tool_choice": "required"},
+        },
+        {
+            "custom_id": "responses-tools",
+            "method": "POST",
+            "url": "/v1/responses",
+            "body": {
+                "model": "m",
+                "input": "hi",
+                "tools": [{"type": "function", **TOOLS[0]["function"]}],
+                "tool_choice": "required",
+                "reasoning": {"effort": "low"},
+            },
+        },
+        {
+            "custom_id": "chat-n",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {**CHAT, "n": 2, "logprobs": True},
+        },
+        {
+            "custom_id": "legacy",
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"model": "m", "prompt": "Once", "max_tokens": 4},
+        },
     ]
     (tmp_path / "in.jsonl").write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
-    summary = await run_batch(BatchConfig(input_path=tmp_path / "in.jsonl",
-                                          output_path=tmp_path / "out.jsonl",
-                                          endpoints=[Endpoint(base_url)], retry=NO_RETRY))
+    summary = await run_batch(
+        BatchConfig(
+            input_path=tmp_path / "in.jsonl",
+            output_path=tmp_path / "out.jsonl",
+            endpoints=[Endpoint(base_url)],
+            retry=NO_RETRY,
+        )
+    )
     assert (summary.succeeded, summary.failed) == (4, 0)
-    out = {r["custom_id"]: r["response"]["body"] for r in map(
-        orjson.loads, (tmp_path / "out.jsonl").read_bytes().splitlines())}
+    out = {
+        r["custom_id"]: r["response"]["body"]
+        for r in map(orjson.loads, (tmp_path / "out.jsonl").read_bytes().splitlines())
+    }
     message = out["chat-tools"]["choices"][0]["message"]
     assert message["content"] is None
     assert [c["function"]["name"] for c in message["tool_calls"]] == ["lookup"]

@@ -27,38 +27,64 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 MODEL = os.environ.get("STREAM_ENGINE_REAL_MODEL", "tiny-random-llama")
-SERVERS = dict(item.split("=", 1) for item in os.environ.get(
-    "STREAM_ENGINE_REAL_SERVERS", "").split(",") if "=" in item)
+SERVERS = dict(
+    item.split("=", 1)
+    for item in os.environ.get("STREAM_ENGINE_REAL_SERVERS", "").split(",")
+    if "=" in item
+)
 ENDPOINTS = ("responses", "chat")
 PROMPT = "Write a short story about a lighthouse."
 
 pytestmark = [
     pytest.mark.real_server,
-    pytest.mark.skipif(not SERVERS, reason="no live server: set STREAM_ENGINE_REAL_SERVERS "
-                       "(bash tests/real_servers/setup.sh all starts them)"),
+    pytest.mark.skipif(
+        not SERVERS,
+        reason="no live server: set STREAM_ENGINE_REAL_SERVERS "
+        "(bash tests/real_servers/setup.sh all starts them)",
+    ),
 ]
-CASES = [pytest.param(url, ep, id=f"{name}-{ep}")
-         for name, url in SERVERS.items() for ep in ENDPOINTS] or [
-    pytest.param("", ep, id=f"none-{ep}") for ep in ENDPOINTS]
+CASES = [
+    pytest.param(url, ep, id=f"{name}-{ep}") for name, url in SERVERS.items() for ep in ENDPOINTS
+] or [pytest.param("", ep, id=f"none-{ep}") for ep in ENDPOINTS]
 
 
 def body(endpoint: str, tokens: int, prompt: str = PROMPT) -> dict[str, Any]:
     if endpoint == "chat":
-        return {"model": MODEL, "messages": [{"role": "user", "content": prompt}],
-                "max_tokens": tokens, "temperature": 0}
+        return {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": tokens,
+            "temperature": 0,
+        }
     return {"model": MODEL, "input": prompt, "max_output_tokens": tokens, "temperature": 0}
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
 
 
 @pytest.mark.parametrize(("url", "endpoint"), CASES)
 def test_run_exits_0_and_says_how_it_ended(url: str, endpoint: str) -> None:
-    proc = cli("run", "--base-url", url, "--endpoint", endpoint, "--model", MODEL,
-               "--max-output-tokens", "16", PROMPT)
+    proc = cli(
+        "run",
+        "--base-url",
+        url,
+        "--endpoint",
+        endpoint,
+        "--model",
+        MODEL,
+        "--max-output-tokens",
+        "16",
+        PROMPT,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip()
     assert "ended: " in proc.stderr
@@ -67,9 +93,27 @@ def test_run_exits_0_and_says_how_it_ended(url: str, endpoint: str) -> None:
 @pytest.mark.parametrize(("url", "endpoint"), CASES)
 def test_bench_8_streams_has_no_failure(url: str, endpoint: str, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    proc = cli("bench", "--no-save", "--base-url", url, "--endpoint", endpoint, "--model", MODEL,
-               "--output-tokens", "64", "--concurrency", "8", "--duration", "5",
-               "--workers", "1", "--quiet", "-o", str(out))
+    proc = cli(
+        "bench",
+        "--no-save",
+        "--base-url",
+        url,
+        "--endpoint",
+        endpoint,
+        "--model",
+        MODEL,
+        "--output-tokens",
+        "64",
+        "--concurrency",
+        "8",
+        "--duration",
+        "5",
+        "--workers",
+        "1",
+        "--quiet",
+        "-o",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     doc = orjson.loads(out.read_bytes())
     assert doc["failed"] == 0, doc["errors"]
@@ -78,10 +122,17 @@ def test_bench_8_streams_has_no_failure(url: str, endpoint: str, tmp_path: Path)
 
 def test_a_mixed_batch_lands_whole(tmp_path: Path) -> None:
     for name, url in SERVERS.items():
-        lines = [orjson.dumps({"custom_id": f"{name}-{i}", "method": "POST",
-                               "url": "/v1/" + ("chat/completions" if i % 2 else "responses"),
-                               "body": body(ENDPOINTS[i % 2], 8 + i % 3, f"{PROMPT} {i}")})
-                 for i in range(40)]
+        lines = [
+            orjson.dumps(
+                {
+                    "custom_id": f"{name}-{i}",
+                    "method": "POST",
+                    "url": "/v1/" + ("chat/completions" if i % 2 else "responses"),
+                    "body": body(ENDPOINTS[i % 2], 8 + i % 3, f"{PROMPT} {i}"),
+                }
+            )
+            for i in range(40)
+        ]
         (tmp_path / "in.jsonl").write_bytes(b"\n".join(lines) + b"\n")
         out = tmp_path / f"{name}.jsonl"
         proc = cli("batch", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", url)
@@ -92,18 +143,25 @@ def test_a_mixed_batch_lands_whole(tmp_path: Path) -> None:
         for rec in records:
             assert rec["response"]["status_code"] == 200
             usage = rec["response"]["body"]["usage"]
-            assert usage["completion_tokens" if "choices" in rec["response"]["body"]
-                         else "output_tokens"] > 0
+            assert (
+                usage[
+                    "completion_tokens" if "choices" in rec["response"]["body"] else "output_tokens"
+                ]
+                > 0
+            )
 
 
 @pytest.mark.parametrize(("url", "endpoint"), CASES)
-async def test_streamed_usage_and_text_equal_the_servers_whole_answer(url: str,
-                                                                     endpoint: str) -> None:
+async def test_streamed_usage_and_text_equal_the_servers_whole_answer(
+    url: str, endpoint: str
+) -> None:
     """Greedy decoding: the streamed answer and the non-streamed one are the same answer."""
     request = body(endpoint, 16)
     path = "/chat/completions" if endpoint == "chat" else "/responses"
-    async with aiohttp.ClientSession() as session, session.post(
-            url + path, json={**request, "stream": False}) as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url + path, json={**request, "stream": False}) as resp,
+    ):
         whole = await resp.json()
     async with Engine(base_url=url, retry=RetryPolicy(max_retries=0)) as eng:
         result = await eng.run(request, endpoint=endpoint)
@@ -111,12 +169,21 @@ async def test_streamed_usage_and_text_equal_the_servers_whole_answer(url: str,
     if endpoint == "chat":
         text = whole["choices"][0]["message"]["content"]
         assert (result.usage.input_tokens, result.usage.output_tokens) == (
-            whole["usage"]["prompt_tokens"], whole["usage"]["completion_tokens"])
+            whole["usage"]["prompt_tokens"],
+            whole["usage"]["completion_tokens"],
+        )
         assert result.finish_reason == whole["choices"][0]["finish_reason"]
     else:
-        text = "".join(part["text"] for item in whole["output"] if item["type"] == "message"
-                       for part in item["content"] if part["type"] == "output_text")
+        text = "".join(
+            part["text"]
+            for item in whole["output"]
+            if item["type"] == "message"
+            for part in item["content"]
+            if part["type"] == "output_text"
+        )
         assert (result.usage.input_tokens, result.usage.output_tokens) == (
-            whole["usage"]["input_tokens"], whole["usage"]["output_tokens"])
+            whole["usage"]["input_tokens"],
+            whole["usage"]["output_tokens"],
+        )
         assert result.status == whole["status"]
     assert result.text == text

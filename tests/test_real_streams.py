@@ -47,22 +47,27 @@ def oracle(rec: Recording) -> tuple[str, Usage | None, str | None]:
 
 def test_recordings_cover_both_servers_and_wire_formats() -> None:
     assert {(r.server, r.endpoint) for r in RECS} >= {
-        ("llama-server", "responses"), ("llama-server", "chat")}
+        ("llama-server", "responses"),
+        ("llama-server", "chat"),
+    }
     assert all(r.wire.startswith(b"HTTP/1.1 200") for r in RECS)
 
 
 @pytest.mark.parametrize("rec", RECS, ids=IDS)
 async def test_a_replayed_stream_reads_as_the_server_said(rec: Recording) -> None:
     text, usage, ending = oracle(rec)
-    async with ReplayServer([rec]) as server, Engine(base_url=server.base_url,
-                                                      retry=NO_RETRY) as eng:
+    async with (
+        ReplayServer([rec]) as server,
+        Engine(base_url=server.base_url, retry=NO_RETRY) as eng,
+    ):
         result = await eng.run(rec.request, endpoint=rec.endpoint)
     assert result.text == text
     assert text
     assert result.usage == usage
     assert usage is not None
-    assert usage.output_tokens == rec.request.get("max_tokens", rec.request.get(
-        "max_output_tokens"))
+    assert usage.output_tokens == rec.request.get(
+        "max_tokens", rec.request.get("max_output_tokens")
+    )
     if rec.endpoint == "chat":
         assert result.finish_reason == ending
         assert result.status == ("incomplete" if ending == "length" else "completed")
@@ -76,8 +81,10 @@ async def test_a_replayed_stream_reads_as_the_server_said(rec: Recording) -> Non
 async def test_the_servers_connection_behaviour_loses_no_request(rec: Recording) -> None:
     """100 requests by 8 users, the connections closed (or kept) as the real server did."""
     requests = 100
-    async with ReplayServer([rec], speed=0) as server, Engine(
-            base_url=server.base_url, retry=NO_RETRY, max_connections=8) as eng:
+    async with (
+        ReplayServer([rec], speed=0) as server,
+        Engine(base_url=server.base_url, retry=NO_RETRY, max_connections=8) as eng,
+    ):
         counter = iter(range(requests))
 
         async def user() -> list[str]:
@@ -94,8 +101,16 @@ def _batch_lines(recs: list[Recording], count: int) -> bytes:
     lines = []
     for i in range(count):
         rec = recs[i % len(recs)]
-        lines.append(orjson.dumps({"custom_id": f"r{i}", "method": "POST",
-                                   "url": "/v1" + rec.path, "body": rec.request}))
+        lines.append(
+            orjson.dumps(
+                {
+                    "custom_id": f"r{i}",
+                    "method": "POST",
+                    "url": "/v1" + rec.path,
+                    "body": rec.request,
+                }
+            )
+        )
     return b"\n".join(lines) + b"\n"
 
 
@@ -105,12 +120,19 @@ async def test_a_mixed_batch_against_replayed_servers_lands_whole(tmp_path: Path
         (tmp_path / "in.jsonl").write_bytes(_batch_lines(recs, 40))
         out = tmp_path / f"{server_name}.jsonl"
         async with ReplayServer(recs, speed=0) as server:
-            summary = await run_batch(BatchConfig(
-                input_path=tmp_path / "in.jsonl", output_path=out,
-                endpoints=[Endpoint(server.base_url)], concurrency=8, retry=NO_RETRY))
+            summary = await run_batch(
+                BatchConfig(
+                    input_path=tmp_path / "in.jsonl",
+                    output_path=out,
+                    endpoints=[Endpoint(server.base_url)],
+                    concurrency=8,
+                    retry=NO_RETRY,
+                )
+            )
         assert (summary.succeeded, summary.failed) == (40, 0), server_name
-        written: list[dict[str, Any]] = [orjson.loads(line) for line in out.read_bytes().split(
-            b"\n") if line]
+        written: list[dict[str, Any]] = [
+            orjson.loads(line) for line in out.read_bytes().split(b"\n") if line
+        ]
         assert sorted(r["custom_id"] for r in written) == sorted(f"r{i}" for i in range(40))
         assert all(r["response"]["status_code"] == 200 for r in written)
         assert (tmp_path / f"{server_name}.errors.jsonl").read_bytes() == b""

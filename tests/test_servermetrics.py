@@ -38,11 +38,15 @@ FIXTURES = Path(__file__).resolve().parent / "real_servers" / "metrics"
 DEADLINE_S = 10.0
 INTERVAL_S = 0.05
 KEY = "sk-metrics-secret-0123456789"
-SERVERS = dict(item.split("=", 1) for item in os.environ.get(
-    "STREAM_ENGINE_REAL_SERVERS", "").split(",") if "=" in item)
+SERVERS = dict(
+    item.split("=", 1)
+    for item in os.environ.get("STREAM_ENGINE_REAL_SERVERS", "").split(",")
+    if "=" in item
+)
 
 
 # --- the scripted server ---------------------------------------------------------------------
+
 
 @dataclass
 class Stall:
@@ -94,11 +98,17 @@ async def until(condition: Callable[[], bool]) -> None:
         await asyncio.sleep(0.005)
 
 
-async def scrape_all(url: str, script: Script, *, headers: dict[str, str] | None = None,
-                     timeout_s: float | None = None) -> tuple[ServerMetricsScraper, int]:
+async def scrape_all(
+    url: str,
+    script: Script,
+    *,
+    headers: dict[str, str] | None = None,
+    timeout_s: float | None = None,
+) -> tuple[ServerMetricsScraper, int]:
     """Scrape until every scripted answer has been taken; origin = just after the first one."""
-    async with ServerMetricsScraper(url, INTERVAL_S, headers=headers,
-                                    timeout_s=timeout_s) as scraper:
+    async with ServerMetricsScraper(
+        url, INTERVAL_S, headers=headers, timeout_s=timeout_s
+    ) as scraper:
         origin = time.perf_counter_ns()
         await until(lambda: scraper.scrapes >= len(script.answers))
     return scraper, origin
@@ -127,30 +137,43 @@ def vllm_text(step: int) -> str:
         lines.extend((f"# HELP {name} .", f"# TYPE {name} {kind}"))
 
     family("vllm:num_requests_running", "gauge")
-    lines += [f'vllm:num_requests_running{{engine="{e}",model_name="m"}} {2 + e + step}.0'
-              for e in (0, 1)]
+    lines += [
+        f'vllm:num_requests_running{{engine="{e}",model_name="m"}} {2 + e + step}.0' for e in (0, 1)
+    ]
     family("vllm:num_requests_waiting", "gauge")
-    lines += [f'vllm:num_requests_waiting{{engine="{e}",model_name="m"}} {step * e}.0'
-              for e in (0, 1)]
+    lines += [
+        f'vllm:num_requests_waiting{{engine="{e}",model_name="m"}} {step * e}.0' for e in (0, 1)
+    ]
     family("vllm:kv_cache_usage_perc", "gauge")
-    lines += [f'vllm:kv_cache_usage_perc{{engine="{e}",model_name="m"}} {0.1 * step + 0.2 * e}'
-              for e in (0, 1)]
+    lines += [
+        f'vllm:kv_cache_usage_perc{{engine="{e}",model_name="m"}} {0.1 * step + 0.2 * e}'
+        for e in (0, 1)
+    ]
     family("vllm:prompt_tokens_total", "counter")
-    lines += [f'vllm:prompt_tokens_total{{engine="{e}",model_name="m"}} {100 * (e + 1) + 60 * step}'
-              for e in (0, 1)]
+    lines += [
+        f'vllm:prompt_tokens_total{{engine="{e}",model_name="m"}} {100 * (e + 1) + 60 * step}'
+        for e in (0, 1)
+    ]
     family("vllm:prompt_tokens_created", "gauge")
     lines += [f'vllm:prompt_tokens_created{{engine="{e}",model_name="m"}} 1.7e9' for e in (0, 1)]
     family("vllm:generation_tokens_total", "counter")
-    lines += [f'vllm:generation_tokens_total{{engine="{e}",model_name="m"}} {10 + 200 * step}'
-              for e in (0, 1)]
-    for name in ("time_to_first_token_seconds", "inter_token_latency_seconds",
-                 "e2e_request_latency_seconds"):
+    lines += [
+        f'vllm:generation_tokens_total{{engine="{e}",model_name="m"}} {10 + 200 * step}'
+        for e in (0, 1)
+    ]
+    for name in (
+        "time_to_first_token_seconds",
+        "inter_token_latency_seconds",
+        "e2e_request_latency_seconds",
+    ):
         family(f"vllm:{name}", "histogram")
         for e in (0, 1):
             base = 5 * (e + 1)  # observations before the run
             for i, le in enumerate(TTFT_LE):
-                lines.append(f'vllm:{name}_bucket{{engine="{e}",le="{le}",model_name="m"}} '
-                             f"{base + (i + 1) * step}.0")
+                lines.append(
+                    f'vllm:{name}_bucket{{engine="{e}",le="{le}",model_name="m"}} '
+                    f"{base + (i + 1) * step}.0"
+                )
             lines.append(f'vllm:{name}_count{{engine="{e}",model_name="m"}} {base + 3 * step}.0')
             lines.append(f'vllm:{name}_sum{{engine="{e}",model_name="m"}} {0.25 * (base + step)}')
     family("vllm:some_future_metric", "gauge")
@@ -160,20 +183,27 @@ def vllm_text(step: int) -> str:
 
 def sglang_text(step: int) -> str:
     """SGLang's names (two data-parallel ranks) as its production_metrics page shows them."""
-    labels = [f'model_name="m",engine_type="unified",tp_rank="0",pp_rank="0",dp_rank="{d}"'
-              for d in (0, 1)]
+    labels = [
+        f'model_name="m",engine_type="unified",tp_rank="0",pp_rank="0",dp_rank="{d}"'
+        for d in (0, 1)
+    ]
     lines = []
     for name, kind, value in (
-            ("sglang:num_running_reqs", "gauge", lambda d: 4 * step + d),
-            ("sglang:num_queue_reqs", "gauge", lambda d: step),
-            ("sglang:token_usage", "gauge", lambda d: 0.5 * d + 0.05 * step),
-            ("sglang:gen_throughput", "gauge", lambda d: 123.0),
-            ("sglang:prompt_tokens_total", "counter", lambda d: 1000 + 512 * step),
-            ("sglang:generation_tokens_total", "counter", lambda d: 2000 + 64 * step * (d + 1))):
+        ("sglang:num_running_reqs", "gauge", lambda d: 4 * step + d),
+        ("sglang:num_queue_reqs", "gauge", lambda d: step),
+        ("sglang:token_usage", "gauge", lambda d: 0.5 * d + 0.05 * step),
+        ("sglang:gen_throughput", "gauge", lambda d: 123.0),
+        ("sglang:prompt_tokens_total", "counter", lambda d: 1000 + 512 * step),
+        ("sglang:generation_tokens_total", "counter", lambda d: 2000 + 64 * step * (d + 1)),
+    ):
         lines += [f"# HELP {name} .", f"# TYPE {name} {kind}"]
         lines += [f"{name}{{{lab}}} {value(d)}" for d, lab in enumerate(labels)]
-    for name in ("time_to_first_token_seconds", "inter_token_latency_seconds",
-                 "time_per_output_token_seconds", "e2e_request_latency_seconds"):
+    for name in (
+        "time_to_first_token_seconds",
+        "inter_token_latency_seconds",
+        "time_per_output_token_seconds",
+        "e2e_request_latency_seconds",
+    ):
         lines += [f"# HELP sglang:{name} .", f"# TYPE sglang:{name} histogram"]
         for d, lab in enumerate(labels):
             # time_per_output_token has other counts: it must not be taken for the ITL
@@ -186,6 +216,7 @@ def sglang_text(step: int) -> str:
 
 
 # --- scraping canned servers -----------------------------------------------------------------
+
 
 async def test_vllm_style_series_rates_and_histogram_deltas_are_exact() -> None:
     async with serving(*(vllm_text(s) for s in range(4))) as (url, script):
@@ -204,11 +235,14 @@ async def test_vllm_style_series_rates_and_histogram_deltas_are_exact() -> None:
     assert values(series["requests_running"]) == [5 + 2 * s for s in steps]  # summed engines
     assert values(series["requests_waiting"]) == steps
     assert values(series["kv_cache_usage"]) == pytest.approx(
-        [0.1 * s + 0.1 for s in steps], rel=1e-12)  # averaged: a fraction, not a count
+        [0.1 * s + 0.1 for s in steps], rel=1e-12
+    )  # averaged: a fraction, not a count
     assert values(series["prompt_tokens_per_s"]) == pytest.approx(
-        rates_of(series["requests_running"], [300 + 120 * s for s in steps]), rel=1e-9)
+        rates_of(series["requests_running"], [300 + 120 * s for s in steps]), rel=1e-9
+    )
     assert values(series["generation_tokens_per_s"]) == pytest.approx(
-        rates_of(series["requests_running"], [20 + 400 * s for s in steps]), rel=1e-9)
+        rates_of(series["requests_running"], [20 + 400 * s for s in steps]), rel=1e-9
+    )
     assert values(series["generation_tokens_per_s"])[0] > 0
     # from the first scrape (the last one at or before the origin) to the last: step 0 -> 3
     for name in ("server_ttft_s", "server_itl_s", "server_e2e_s"):
@@ -229,8 +263,9 @@ async def test_vllm_style_series_rates_and_histogram_deltas_are_exact() -> None:
         "server_itl_s": "vllm:inter_token_latency_seconds",
         "server_e2e_s": "vllm:e2e_request_latency_seconds",
     }
-    assert {"vllm:some_future_metric", "vllm:prompt_tokens_created",
-            "vllm:prompt_tokens"} <= set(doc["raw_names"])
+    assert {"vllm:some_future_metric", "vllm:prompt_tokens_created", "vllm:prompt_tokens"} <= set(
+        doc["raw_names"]
+    )
     orjson.dumps(doc)  # JSON-ready as it is
 
 
@@ -254,9 +289,11 @@ async def test_sglang_style_names_and_label_sets() -> None:
     assert values(series["requests_waiting"]) == [2 * s for s in steps]
     assert values(series["kv_cache_usage"]) == pytest.approx([0.25 + 0.05 * s for s in steps])
     assert values(series["prompt_tokens_per_s"]) == pytest.approx(
-        rates_of(series["requests_running"], [2000 + 1024 * s for s in steps]), rel=1e-9)
+        rates_of(series["requests_running"], [2000 + 1024 * s for s in steps]), rel=1e-9
+    )
     assert values(series["generation_tokens_per_s"]) == pytest.approx(
-        rates_of(series["requests_running"], [4000 + 192 * s for s in steps]), rel=1e-9)
+        rates_of(series["requests_running"], [4000 + 192 * s for s in steps]), rel=1e-9
+    )
     itl = doc["histograms"]["server_itl_s"]
     assert doc["sources"]["server_itl_s"] == "sglang:inter_token_latency_seconds"
     assert itl["le"] == [0.02, 0.04, "+Inf"]
@@ -268,8 +305,9 @@ async def test_sglang_style_names_and_label_sets() -> None:
 
 async def test_failed_scrapes_are_counted_and_the_run_goes_on() -> None:
     headers = {"Authorization": f"Bearer {KEY}"}
-    async with serving(vllm_text(0), 500, "<html>not metrics</html>", vllm_text(1),
-                       vllm_text(2)) as (url, script):
+    async with serving(
+        vllm_text(0), 500, "<html>not metrics</html>", vllm_text(1), vllm_text(2)
+    ) as (url, script):
         scraper, origin = await scrape_all(url, script, headers=headers)
     doc = scraper.document(origin)
     assert set(script.authorization) == {f"Bearer {KEY}"}  # sent on every scrape
@@ -283,7 +321,8 @@ async def test_failed_scrapes_are_counted_and_the_run_goes_on() -> None:
     assert values(running) == [5 + 2 * s for s in steps]
     # the rate across the gap covers both failed intervals
     assert values(doc["series"]["prompt_tokens_per_s"]) == pytest.approx(
-        rates_of(running, [300 + 120 * s for s in steps]), rel=1e-9)
+        rates_of(running, [300 + 120 * s for s in steps]), rel=1e-9
+    )
     assert doc["histograms"]["server_ttft_s"]["count"] == 12
     assert KEY not in orjson.dumps(doc).decode()
 
@@ -292,8 +331,9 @@ async def test_a_refused_connection_is_an_error_not_an_exception() -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    async with ServerMetricsScraper(f"http://127.0.0.1:{port}/metrics", INTERVAL_S,
-                                    headers={"Authorization": f"Bearer {KEY}"}) as scraper:
+    async with ServerMetricsScraper(
+        f"http://127.0.0.1:{port}/metrics", INTERVAL_S, headers={"Authorization": f"Bearer {KEY}"}
+    ) as scraper:
         await until(lambda: scraper.scrapes >= 3)
     doc = scraper.document(0)
     assert doc["failed"] == doc["scrapes"] >= 4
@@ -338,10 +378,13 @@ def test_metrics_url_from_the_base_url() -> None:
 
 # --- the pure parts --------------------------------------------------------------------------
 
+
 def test_a_counter_reset_counts_from_zero() -> None:
     text = "# TYPE vllm:generation_tokens_total counter\nvllm:generation_tokens_total {}\n"
-    snaps = [snapshot(text.format(v), t) for v, t in
-             ((1000, 0), (1500, 1_000_000_000), (200, 3_000_000_000))]
+    snaps = [
+        snapshot(text.format(v), t)
+        for v, t in ((1000, 0), (1500, 1_000_000_000), (200, 3_000_000_000))
+    ]
     doc = build_document(snaps, origin_ns=0)
     assert doc["series"]["generation_tokens_per_s"] == [[1.0, 500.0], [3.0, 100.0]]
 
@@ -357,7 +400,8 @@ def test_label_sets_with_different_buckets_merge_on_the_union() -> None:
             f'vllm:e2e_request_latency_seconds_bucket{{engine="1",le="2.0"}} {b}\n'
             f'vllm:e2e_request_latency_seconds_bucket{{engine="1",le="+Inf"}} {b}\n'
             f'vllm:e2e_request_latency_seconds_count{{engine="1"}} {b}\n'
-            f'vllm:e2e_request_latency_seconds_sum{{engine="1"}} {b}\n')
+            f'vllm:e2e_request_latency_seconds_sum{{engine="1"}} {b}\n'
+        )
 
     doc = build_document([snapshot(text(1, 1), 0), snapshot(text(4, 3), 10)], origin_ns=0)
     hist = doc["histograms"]["server_e2e_s"]
@@ -369,11 +413,13 @@ def test_label_sets_with_different_buckets_merge_on_the_union() -> None:
 
 
 def test_a_histogram_that_appears_mid_run_counts_from_zero() -> None:
-    hist = ("# TYPE sglang:time_to_first_token_seconds histogram\n"
-            'sglang:time_to_first_token_seconds_bucket{le="0.1"} 2\n'
-            'sglang:time_to_first_token_seconds_bucket{le="+Inf"} 3\n'
-            "sglang:time_to_first_token_seconds_count 3\n"
-            "sglang:time_to_first_token_seconds_sum 0.4\n")
+    hist = (
+        "# TYPE sglang:time_to_first_token_seconds histogram\n"
+        'sglang:time_to_first_token_seconds_bucket{le="0.1"} 2\n'
+        'sglang:time_to_first_token_seconds_bucket{le="+Inf"} 3\n'
+        "sglang:time_to_first_token_seconds_count 3\n"
+        "sglang:time_to_first_token_seconds_sum 0.4\n"
+    )
     gauge = "# TYPE sglang:num_running_reqs gauge\nsglang:num_running_reqs 1\n"
     doc = build_document([snapshot(gauge, 0), snapshot(gauge + hist, 5)], origin_ns=0)
     assert doc["histograms"]["server_ttft_s"]["counts"] == [2, 1]
@@ -394,6 +440,7 @@ def test_garbage_and_empty_answers_are_not_expositions() -> None:
 
 # --- the real servers' /metrics, recorded ----------------------------------------------------
 
+
 async def test_recorded_llama_server_metrics() -> None:
     idle = (FIXTURES / "llama-server-idle.txt").read_text()
     busy = (FIXTURES / "llama-server-busy.txt").read_text()
@@ -403,21 +450,29 @@ async def test_recorded_llama_server_metrics() -> None:
     assert doc["server"] == "llama.cpp"
     assert doc["failed"] == 0
     series = doc["series"]
-    assert set(series) == {"requests_running", "requests_waiting", "prompt_tokens_per_s",
-                           "generation_tokens_per_s"}  # no KV-cache gauge in this build
+    assert set(series) == {
+        "requests_running",
+        "requests_waiting",
+        "prompt_tokens_per_s",
+        "generation_tokens_per_s",
+    }  # no KV-cache gauge in this build
     n = len(series["requests_running"])
     assert values(series["requests_running"]) == [0] + [6] * (n - 1)  # 6 streams decoding
     assert values(series["requests_waiting"]) == [0] * n
     # prompt tokens are counted as they are decoded (19353 -> 19479) ...
     assert values(series["prompt_tokens_per_s"]) == pytest.approx(
-        rates_of(series["requests_running"], [19353] + [19479] * (n - 1)), rel=1e-9)
+        rates_of(series["requests_running"], [19353] + [19479] * (n - 1)), rel=1e-9
+    )
     # ... generated ones only when a request ends: none had
     assert values(series["generation_tokens_per_s"]) == [0.0] * (n - 1)
     assert doc["histograms"] == {}  # llama-server exposes none
     assert doc["sources"]["requests_running"] == "llamacpp:requests_processing"
     assert doc["sources"]["generation_tokens_per_s"] == "llamacpp:tokens_predicted_total"
-    assert {"llamacpp:n_busy_slots_per_decode", "llamacpp:n_decode",
-            "llamacpp:prompt_tokens_seconds"} <= set(doc["raw_names"])
+    assert {
+        "llamacpp:n_busy_slots_per_decode",
+        "llamacpp:n_decode",
+        "llamacpp:prompt_tokens_seconds",
+    } <= set(doc["raw_names"])
 
 
 async def test_recorded_vllm_metrics() -> None:
@@ -433,9 +488,11 @@ async def test_recorded_vllm_metrics() -> None:
     assert values(series["requests_waiting"]) == [0] * n
     assert values(series["kv_cache_usage"]) == [0] + [0.0007325112928824318] * (n - 1)
     assert values(series["prompt_tokens_per_s"]) == pytest.approx(
-        rates_of(series["requests_running"], [61240] + [61480] * (n - 1)), rel=1e-9)
+        rates_of(series["requests_running"], [61240] + [61480] * (n - 1)), rel=1e-9
+    )
     assert values(series["generation_tokens_per_s"]) == pytest.approx(
-        rates_of(series["requests_running"], [24924] + [24931] * (n - 1)), rel=1e-9)
+        rates_of(series["requests_running"], [24924] + [24931] * (n - 1)), rel=1e-9
+    )
     ttft = doc["histograms"]["server_ttft_s"]
     assert len(ttft["le"]) == 23
     assert ttft["le"][-1] == "+Inf"
@@ -453,26 +510,31 @@ async def test_recorded_vllm_metrics() -> None:
 
 # --- a live llama-server ---------------------------------------------------------------------
 
+
 def _llama_server() -> str | None:
     return next((url for name, url in SERVERS.items() if name.startswith("llama")), None)
 
 
 @pytest.mark.real_server
-@pytest.mark.skipif(_llama_server() is None, reason="no live llama-server: set "
-                    "STREAM_ENGINE_REAL_SERVERS=llama-server=http://127.0.0.1:8080/v1")
+@pytest.mark.skipif(
+    _llama_server() is None,
+    reason="no live llama-server: set "
+    "STREAM_ENGINE_REAL_SERVERS=llama-server=http://127.0.0.1:8080/v1",
+)
 async def test_live_llama_server_while_requests_run() -> None:
     base = str(_llama_server())
     body: dict[str, Any] = {
         "model": os.environ.get("STREAM_ENGINE_REAL_MODEL", "tiny-random-llama"),
         "messages": [{"role": "user", "content": "Write a short story about a lighthouse."}],
-        "max_tokens": 200, "temperature": 1.0}
+        "max_tokens": 200,
+        "temperature": 1.0,
+    }
     async with aiohttp.ClientSession() as session:
 
         async def load(deadline: float) -> int:
             done = 0
             while time.monotonic() < deadline:
-                async with session.post(f"{base.rstrip('/')}/chat/completions",
-                                        json=body) as resp:
+                async with session.post(f"{base.rstrip('/')}/chat/completions", json=body) as resp:
                     resp.raise_for_status()
                     await resp.read()
                 done += 1
@@ -488,8 +550,12 @@ async def test_live_llama_server_while_requests_run() -> None:
     assert doc["failed"] == 0, doc["errors"]
     assert doc["scrapes"] >= 8
     series = doc["series"]
-    for name in ("requests_running", "requests_waiting", "prompt_tokens_per_s",
-                 "generation_tokens_per_s"):
+    for name in (
+        "requests_running",
+        "requests_waiting",
+        "prompt_tokens_per_s",
+        "generation_tokens_per_s",
+    ):
         assert len(series[name]) >= 7, name
         assert all(math.isfinite(v) and v >= 0 for v in values(series[name])), name
     assert max(values(series["requests_running"])) > 0

@@ -89,20 +89,36 @@ def reference_parse(raw: bytes) -> list[Msg]:
 
 CASES = [
     pytest.param(b"data: hello\n\n", [("message", "hello", None)], id="simple"),
-    pytest.param(b'data: {"a":1}\n\nerror: {"message":"boom"}\n\ndata: [DONE]\n\n',
-                 [("message", '{"a":1}', None), ("error", '{"message":"boom"}', None),
-                  ("message", "[DONE]", None)], id="llama-cpp-error-line"),
-    pytest.param(b"error:x\ndata: y\n\n", [("error", "x", None), ("message", "y", None)],
-                 id="error-line-dispatched-at-once"),
+    pytest.param(
+        b'data: {"a":1}\n\nerror: {"message":"boom"}\n\ndata: [DONE]\n\n',
+        [
+            ("message", '{"a":1}', None),
+            ("error", '{"message":"boom"}', None),
+            ("message", "[DONE]", None),
+        ],
+        id="llama-cpp-error-line",
+    ),
+    pytest.param(
+        b"error:x\ndata: y\n\n",
+        [("error", "x", None), ("message", "y", None)],
+        id="error-line-dispatched-at-once",
+    ),
     pytest.param(b"errors: x\nerror\n\n", [], id="only-the-error-field"),
     pytest.param(b"data: a\r\n\r\n", [("message", "a", None)], id="crlf"),
-    pytest.param(b"data: a\r\rdata: b\r\r", [("message", "a", None), ("message", "b", None)],
-                 id="lone-cr"),
-    pytest.param(b"data: a\n\rdata: b\r\n\n", [("message", "a", None), ("message", "b", None)],
-                 id="mixed-endings"),
+    pytest.param(
+        b"data: a\r\rdata: b\r\r", [("message", "a", None), ("message", "b", None)], id="lone-cr"
+    ),
+    pytest.param(
+        b"data: a\n\rdata: b\r\n\n",
+        [("message", "a", None), ("message", "b", None)],
+        id="mixed-endings",
+    ),
     pytest.param(b"\xef\xbb\xbfdata: x\n\n", [("message", "x", None)], id="bom-at-start"),
-    pytest.param(b"data: x\n\n\xef\xbb\xbfdata: y\n\n", [("message", "x", None)],
-                 id="bom-later-is-a-field-name"),
+    pytest.param(
+        b"data: x\n\n\xef\xbb\xbfdata: y\n\n",
+        [("message", "x", None)],
+        id="bom-later-is-a-field-name",
+    ),
     pytest.param(b": keep-alive\n\ndata: x\n\n", [("message", "x", None)], id="comment"),
     pytest.param(b"data\n\n", [("message", "", None)], id="data-without-colon"),
     pytest.param(b"data:\n\n", [("message", "", None)], id="data-empty-value"),
@@ -110,26 +126,44 @@ CASES = [
     pytest.param(b"data:x\n\n", [("message", "x", None)], id="no-space"),
     pytest.param(b"data: a\ndata: b\n\n", [("message", "a\nb", None)], id="multi-line-data"),
     pytest.param(b"data: a\ndata\n\n", [("message", "a\n", None)], id="trailing-empty-data-line"),
-    pytest.param(b"event: ping\n\ndata: x\n\n", [("message", "x", None)],
-                 id="no-data-block-resets-event"),
-    pytest.param(b"event: add\ndata: 1\n\nevent:\ndata: 2\n\n",
-                 [("add", "1", None), ("message", "2", None)], id="empty-event-is-message"),
-    pytest.param(b"id: 7\ndata: a\n\ndata: b\n\n", [("message", "a", "7"), ("message", "b", "7")],
-                 id="id-persists"),
-    pytest.param(b"id: 1\ndata: a\n\nid: 2\0x\ndata: b\n\n",
-                 [("message", "a", "1"), ("message", "b", "1")], id="id-with-nul-ignored"),
-    pytest.param(b"id: 1\ndata: a\n\nid\ndata: b\n\n",
-                 [("message", "a", "1"), ("message", "b", "")], id="id-reset-to-empty"),
+    pytest.param(
+        b"event: ping\n\ndata: x\n\n", [("message", "x", None)], id="no-data-block-resets-event"
+    ),
+    pytest.param(
+        b"event: add\ndata: 1\n\nevent:\ndata: 2\n\n",
+        [("add", "1", None), ("message", "2", None)],
+        id="empty-event-is-message",
+    ),
+    pytest.param(
+        b"id: 7\ndata: a\n\ndata: b\n\n",
+        [("message", "a", "7"), ("message", "b", "7")],
+        id="id-persists",
+    ),
+    pytest.param(
+        b"id: 1\ndata: a\n\nid: 2\0x\ndata: b\n\n",
+        [("message", "a", "1"), ("message", "b", "1")],
+        id="id-with-nul-ignored",
+    ),
+    pytest.param(
+        b"id: 1\ndata: a\n\nid\ndata: b\n\n",
+        [("message", "a", "1"), ("message", "b", "")],
+        id="id-reset-to-empty",
+    ),
     pytest.param(b"id: 9\n\ndata: a\n\n", [("message", "a", "9")], id="id-without-data"),
-    pytest.param(b"data: a\n\ndata: unfinished\n", [("message", "a", None)],
-                 id="unfinished-event-discarded"),
-    pytest.param(b"data: \xff\xfe ok\n\n", [("message", "\ufffd\ufffd ok", None)],
-                 id="invalid-utf8"),
+    pytest.param(
+        b"data: a\n\ndata: unfinished\n", [("message", "a", None)], id="unfinished-event-discarded"
+    ),
+    pytest.param(
+        b"data: \xff\xfe ok\n\n", [("message", "\ufffd\ufffd ok", None)], id="invalid-utf8"
+    ),
     pytest.param(b"foo: bar\ndata: x\n\n", [("message", "x", None)], id="unknown-field-ignored"),
     pytest.param(b"DATA: x\n\n", [], id="field-names-case-sensitive"),
     pytest.param(b"data: x\n\n\n\n", [("message", "x", None)], id="extra-blank-lines"),
-    pytest.param(b'event: response.output_text.delta\ndata: {"delta":"hi"}\n\n',
-                 [("response.output_text.delta", '{"delta":"hi"}', None)], id="responses-event"),
+    pytest.param(
+        b'event: response.output_text.delta\ndata: {"delta":"hi"}\n\n',
+        [("response.output_text.delta", '{"delta":"hi"}', None)],
+        id="responses-event",
+    ),
     pytest.param(b"data: [DONE]\n\n", [("message", "[DONE]", None)], id="done-is-data"),
 ]
 
@@ -146,8 +180,10 @@ def test_spec_example_stock_ticker() -> None:
 
 
 def test_spec_example_comment_and_ids() -> None:
-    raw = (b": test stream\n\ndata: first event\nid: 1\n\ndata:second event\nid\n\n"
-           b"data:  third event\n\n")
+    raw = (
+        b": test stream\n\ndata: first event\nid: 1\n\ndata:second event\nid\n\n"
+        b"data:  third event\n\n"
+    )
     assert feed_three_ways(raw) == [
         ("message", "first event", "1"),
         ("message", "second event", ""),
@@ -157,7 +193,9 @@ def test_spec_example_comment_and_ids() -> None:
 
 def test_spec_example_two_events_one_unfinished() -> None:
     assert feed_three_ways(b"data\n\ndata\ndata\n\ndata:") == [
-        ("message", "", None), ("message", "\n", None)]
+        ("message", "", None),
+        ("message", "\n", None),
+    ]
 
 
 def test_cr_at_chunk_end_then_lf_after_empty_chunks() -> None:
@@ -166,7 +204,7 @@ def test_cr_at_chunk_end_then_lf_after_empty_chunks() -> None:
 
 
 def test_every_split_point_with_empty_chunks() -> None:
-    raw = (b"\xef\xbb\xbfevent: e\r\nid: 3\r\ndata: x\r\n: c\r\n\r\nretry: 5\ndata: y\rdata: z\n\n")
+    raw = b"\xef\xbb\xbfevent: e\r\nid: 3\r\ndata: x\r\n: c\r\n\r\nretry: 5\ndata: y\rdata: z\n\n"
     expected = parse_whole(raw)
     assert len(expected) == 2
     for i in range(len(raw) + 1):
@@ -183,10 +221,17 @@ def test_pure_crlf_chunks_at_every_split_point_match_the_reference() -> None:
         assert parse_chunks([raw[:i], raw[i:]]) == expected
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    (b"retry: 3000\n", 3000), (b"retry: 30x\n", None), (b"retry:\n", None),
-    (b"retry: -5\n", None), (b"retry: \xd9\xa3\n", None), (b"retry:10\nretry: 20\n", 20),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (b"retry: 3000\n", 3000),
+        (b"retry: 30x\n", None),
+        (b"retry:\n", None),
+        (b"retry: -5\n", None),
+        (b"retry: \xd9\xa3\n", None),
+        (b"retry:10\nretry: 20\n", 20),
+    ],
+)
 def test_retry_digits_only(value: bytes, expected: int | None) -> None:
     parser = SSEParser()
     parser.feed(value)
@@ -205,12 +250,15 @@ def test_retry_longer_than_the_int_string_limit_is_ignored() -> None:
         assert parser.retry == 7  # the last *valid* value stays in effect
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    pytest.param(str(MAX_RETRY_MS).encode(), MAX_RETRY_MS, id="int64-max-kept"),
-    pytest.param(str(MAX_RETRY_MS + 1).encode(), None, id="beyond-int64-ignored"),
-    pytest.param(b"0" * 5000 + b"5", 5, id="leading-zeros-are-still-the-number"),
-    pytest.param(b"0" * 5000, 0, id="all-zeros"),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param(str(MAX_RETRY_MS).encode(), MAX_RETRY_MS, id="int64-max-kept"),
+        pytest.param(str(MAX_RETRY_MS + 1).encode(), None, id="beyond-int64-ignored"),
+        pytest.param(b"0" * 5000 + b"5", 5, id="leading-zeros-are-still-the-number"),
+        pytest.param(b"0" * 5000, 0, id="all-zeros"),
+    ],
+)
 def test_retry_range(value: bytes, expected: int | None) -> None:
     parser = SSEParser()
     parser.feed(b"retry: " + value + b"\n")
@@ -308,11 +356,32 @@ def test_message_data_and_raw() -> None:
     assert msg.data == "h\u00e9"
 
 
-ATOMS = st.sampled_from([
-    b"data:", b"data: ", b"event:", b"event: x", b"id:", b"id: 1", b"retry: 10", b"retry:x",
-    b":", b" ", b"a", b"\xc3\xa9", b"\xff", b"\r", b"\n", b"\r\n", b"\xef\xbb\xbf", b"\0",
-    b"[DONE]", b"{}", b"error: e", b"error:",
-])
+ATOMS = st.sampled_from(
+    [
+        b"data:",
+        b"data: ",
+        b"event:",
+        b"event: x",
+        b"id:",
+        b"id: 1",
+        b"retry: 10",
+        b"retry:x",
+        b":",
+        b" ",
+        b"a",
+        b"\xc3\xa9",
+        b"\xff",
+        b"\r",
+        b"\n",
+        b"\r\n",
+        b"\xef\xbb\xbf",
+        b"\0",
+        b"[DONE]",
+        b"{}",
+        b"error: e",
+        b"error:",
+    ]
+)
 STREAMS = st.lists(ATOMS, max_size=40).map(b"".join)
 
 
@@ -330,13 +399,17 @@ def test_property_matches_reference(raw: bytes) -> None:
     assert parse_whole(raw) == reference_parse(raw)
 
 
-LONG_VALUES = (st.sampled_from([b"9" * 5000, b"0" * 4400 + b"7", b"1" * 19, b"1" * 20])
-               | st.binary(max_size=20))
+LONG_VALUES = st.sampled_from([b"9" * 5000, b"0" * 4400 + b"7", b"1" * 19, b"1" * 20]) | st.binary(
+    max_size=20
+)
 
-LINES = st.builds(lambda name, sep, value, end: name + sep + value + end,
-                  st.sampled_from([b"retry", b"data", b"id", b"event", b""]),
-                  st.sampled_from([b":", b": ", b""]), LONG_VALUES,
-                  st.sampled_from([b"\n", b"\r\n", b"\r", b"\n\n", b""]))
+LINES = st.builds(
+    lambda name, sep, value, end: name + sep + value + end,
+    st.sampled_from([b"retry", b"data", b"id", b"event", b""]),
+    st.sampled_from([b":", b": ", b""]),
+    LONG_VALUES,
+    st.sampled_from([b"\n", b"\r\n", b"\r", b"\n\n", b""]),
+)
 
 
 @settings(derandomize=True, max_examples=100)
@@ -354,7 +427,6 @@ def test_property_long_field_values_raise_only_protocol_error(raw: bytes, step: 
 
 @settings(derandomize=True, max_examples=300)
 @given(raw=st.binary(max_size=300), size=st.integers(min_value=1, max_value=64))
-
 def test_property_arbitrary_bytes_raise_only_protocol_error(raw: bytes, size: int) -> None:
     parser = SSEParser(max_event_bytes=size)
     try:
@@ -368,4 +440,13 @@ def test_property_arbitrary_bytes_raise_only_protocol_error(raw: bytes, size: in
 def test_the_flat_form_carries_an_error_line_too() -> None:
     parser = SSEParser(factory=None)
     assert parser.feed(b'data: a\n\nerror: {"m":1}\ndata: [DONE]\n\n') == [
-        b"a", "message", None, b'{"m":1}', "error", None, b"[DONE]", "message", None]
+        b"a",
+        "message",
+        None,
+        b'{"m":1}',
+        "error",
+        None,
+        b"[DONE]",
+        "message",
+        None,
+    ]

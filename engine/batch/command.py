@@ -30,44 +30,104 @@ EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_WRITE_FAILED, EXIT_INTERRUPTED = 0, 1, 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `batch` flags, on a parser the caller owns."""
-    parser.add_argument("input", type=Path, help="requests, one JSON object per line "
-                        "(OpenAI Batch format, or plain request bodies)")
-    parser.add_argument("-o", "--output", type=Path, required=True,
-                        help="results in the OpenAI Batch output format (appended; resumable)")
-    parser.add_argument("--errors", type=Path, default=None,
-                        help="failed and invalid records (default: OUTPUT.errors.jsonl)")
-    parser.add_argument("--base-url", action="append", default=[], metavar="URL",
-                        help="endpoint base URL, repeatable (default: $OPENAI_BASE_URL)")
-    parser.add_argument("--api-key-env", action="append", default=[], metavar="NAME",
-                        help="environment variable holding an API key, repeatable "
-                        "(default: OPENAI_API_KEY); one engine per (URL, key)")
-    parser.add_argument("--concurrency", type=int, default=256,
-                        help="streams in flight at most (default: 256)")
+    parser.add_argument(
+        "input",
+        type=Path,
+        help="requests, one JSON object per line (OpenAI Batch format, or plain request bodies)",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="results in the OpenAI Batch output format (appended; resumable)",
+    )
+    parser.add_argument(
+        "--errors",
+        type=Path,
+        default=None,
+        help="failed and invalid records (default: OUTPUT.errors.jsonl)",
+    )
+    parser.add_argument(
+        "--base-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="endpoint base URL, repeatable (default: $OPENAI_BASE_URL)",
+    )
+    parser.add_argument(
+        "--api-key-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="environment variable holding an API key, repeatable "
+        "(default: OPENAI_API_KEY); one engine per (URL, key)",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=256, help="streams in flight at most (default: 256)"
+    )
     parser.add_argument("--rpm", type=float, default=None, help="requests per minute, whole job")
     parser.add_argument("--tpm", type=float, default=None, help="tokens per minute, whole job")
-    parser.add_argument("--no-adaptive", dest="adaptive", action="store_false",
-                        help="keep concurrency fixed instead of halving it on 429")
-    parser.add_argument("--max-retries", type=int, default=RetryPolicy().max_retries,
-                        help="retries per request before it goes to the errors file")
-    parser.add_argument("--estimate-output-tokens", type=int, default=1024, metavar="N",
-                        help="output tokens assumed for a body without an output cap (TPM)")
+    parser.add_argument(
+        "--no-adaptive",
+        dest="adaptive",
+        action="store_false",
+        help="keep concurrency fixed instead of halving it on 429",
+    )
+    parser.add_argument(
+        "--max-retries",
+        type=int,
+        default=RetryPolicy().max_retries,
+        help="retries per request before it goes to the errors file",
+    )
+    parser.add_argument(
+        "--estimate-output-tokens",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="output tokens assumed for a body without an output cap (TPM)",
+    )
     add_timeout_arguments(parser, retries=False)
-    parser.add_argument("--shard", type=_shard, default=Shard(), metavar="I/N",
-                        help="process shard I of N (1-based; by crc32 of custom_id)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="validate the input and estimate tokens; send nothing")
-    parser.add_argument("--fsync", action="store_true",
-                        help="fsync the files at most once a second (survive power loss)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="no live progress display (it is off anyway when not a terminal)")
+    parser.add_argument(
+        "--shard",
+        type=_shard,
+        default=Shard(),
+        metavar="I/N",
+        help="process shard I of N (1-based; by crc32 of custom_id)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate the input and estimate tokens; send nothing",
+    )
+    parser.add_argument(
+        "--fsync",
+        action="store_true",
+        help="fsync the files at most once a second (survive power loss)",
+    )
+    parser.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no live progress display (it is off anyway when not a terminal)",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     ray = parser.add_argument_group("scale-out on Ray (pip install 'stream-engine[ray]')")
-    ray.add_argument("--ray", default=None, metavar="ADDRESS",
-                     help="run the shards as Ray actors: 'auto' joins the running cluster, "
-                     "'host:port' or 'ray://…' a given one, 'local' starts a private instance")
-    ray.add_argument("--workers", type=int, default=None, metavar="N",
-                     help="with --ray: actors, one shard each (default: one per cluster CPU); "
-                     "--concurrency, --rpm and --tpm hold for the whole job")
+    ray.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="run the shards as Ray actors: 'auto' joins the running cluster, "
+        "'host:port' or 'ray://…' a given one, 'local' starts a private instance",
+    )
+    ray.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --ray: actors, one shard each (default: one per cluster CPU); "
+        "--concurrency, --rpm and --tpm hold for the whole job",
+    )
 
 
 def _shard(text: str) -> Shard:
@@ -87,20 +147,31 @@ def _endpoints(args: argparse.Namespace) -> list[Endpoint]:
         if key is None and args.api_key_env:
             raise ConfigError(f"environment variable {name} is not set")  # the name, never a key
         keys.append(key)
-    return [Endpoint(url, key, f"{url} ${name}" if len(names) > 1 else "")
-            for url in urls for name, key in zip(names, keys, strict=True)]
+    return [
+        Endpoint(url, key, f"{url} ${name}" if len(names) > 1 else "")
+        for url in urls
+        for name, key in zip(names, keys, strict=True)
+    ]
 
 
 def config_from_args(args: argparse.Namespace) -> BatchConfig:
     if args.workers is not None and args.ray is None:
         raise ConfigError("--workers goes with --ray (one process runs the job otherwise)")
     return BatchConfig(
-        input_path=args.input, output_path=args.output, errors_path=args.errors,
-        endpoints=_endpoints(args), concurrency=args.concurrency, rpm=args.rpm, tpm=args.tpm,
-        adaptive=args.adaptive, retry=RetryPolicy(max_retries=args.max_retries),
+        input_path=args.input,
+        output_path=args.output,
+        errors_path=args.errors,
+        endpoints=_endpoints(args),
+        concurrency=args.concurrency,
+        rpm=args.rpm,
+        tpm=args.tpm,
+        adaptive=args.adaptive,
+        retry=RetryPolicy(max_retries=args.max_retries),
         timeouts=timeouts_from(args),
-        shard=args.shard, default_output_tokens=args.estimate_output_tokens,
-        dry_run=args.dry_run, fsync=args.fsync,
+        shard=args.shard,
+        default_output_tokens=args.estimate_output_tokens,
+        dry_run=args.dry_run,
+        fsync=args.fsync,
         progress=args.progress and sys.stderr.isatty() and not args.dry_run,
     )
 
@@ -123,8 +194,9 @@ def run(args: argparse.Namespace, on_ray: BatchOnRay | None = None) -> int:
     try:
         config = config_from_args(args)
         if args.ray is not None:
-            summary = _on_ray(on_ray)(config, None if args.ray == "local" else args.ray,
-                                      args.workers)
+            summary = _on_ray(on_ray)(
+                config, None if args.ray == "local" else args.ray, args.workers
+            )
         else:
             summary = run_async(run_batch(config))
     except ConfigError as exc:  # includes duplicate ids and bad input files

@@ -122,8 +122,9 @@ def text_chars(value: Any) -> int:
 
 def estimate_tokens(body: dict[str, Any], default_output_tokens: int) -> int:
     """Input from the text length plus the output cap: what TPM is charged before the call."""
-    output = next((body[k] for k in MAX_OUTPUT_KEYS if isinstance(body.get(k), int)),
-                  default_output_tokens)
+    output = next(
+        (body[k] for k in MAX_OUTPUT_KEYS if isinstance(body.get(k), int)), default_output_tokens
+    )
     return math.ceil(text_chars(body) / CHARS_PER_TOKEN) + max(int(output), 0)
 
 
@@ -144,7 +145,10 @@ def _bad(line: int, reserved: frozenset[str], why: str) -> BadLine:
 
 
 def parse_line(  # noqa: PLR0911 - one early return per way a line can be wrong
-    raw: bytes, line: int, default_output_tokens: int, reserved: frozenset[str] = frozenset(),
+    raw: bytes,
+    line: int,
+    default_output_tokens: int,
+    reserved: frozenset[str] = frozenset(),
 ) -> Request | BadLine:
     """One input line, in the Batch API format or a plain request body.
 
@@ -159,8 +163,14 @@ def parse_line(  # noqa: PLR0911 - one early return per way a line can be wrong
     if not BATCH_KEYS & obj.keys():  # a plain body: the endpoint follows from its shape
         if "model" not in obj:
             return _bad(line, reserved, "body has no model")
-        return Request(line, stand_in_id(line, reserved), None, obj,  # the engine's rule
-                       estimate_tokens(obj, default_output_tokens), stand_in=True)
+        return Request(
+            line,
+            stand_in_id(line, reserved),
+            None,
+            obj,  # the engine's rule
+            estimate_tokens(obj, default_output_tokens),
+            stand_in=True,
+        )
     custom_id = obj.get("custom_id")
     if not isinstance(custom_id, str) or not custom_id:
         return _bad(line, reserved, "custom_id must be a non-empty string")
@@ -168,8 +178,9 @@ def parse_line(  # noqa: PLR0911 - one early return per way a line can be wrong
     if problem:
         return BadLine(line, custom_id, f"line {line}: {problem}")
     body = obj["body"]
-    return Request(line, custom_id, URLS[obj["url"]], body,
-                   estimate_tokens(body, default_output_tokens))
+    return Request(
+        line, custom_id, URLS[obj["url"]], body, estimate_tokens(body, default_output_tokens)
+    )
 
 
 def _check_batch_line(obj: dict[str, Any]) -> str | None:
@@ -178,8 +189,7 @@ def _check_batch_line(obj: dict[str, Any]) -> str | None:
         return f"method must be POST, got {method!r}"
     url = obj.get("url")
     if url not in URLS:
-        return ("url must be /v1/responses, /v1/chat/completions or /v1/completions, "
-                f"got {url!r}")
+        return f"url must be /v1/responses, /v1/chat/completions or /v1/completions, got {url!r}"
     body = obj.get("body")
     if not isinstance(body, dict):
         return "body must be a JSON object" if "body" in obj else "body is missing"
@@ -211,8 +221,9 @@ def scan_input(path: Path, shard: Shard, default_output_tokens: int) -> InputSca
     return scan
 
 
-def _scan(path: Path, shard: Shard, default_output_tokens: int,
-          reserved: frozenset[str]) -> InputScan:
+def _scan(
+    path: Path, shard: Shard, default_output_tokens: int, reserved: frozenset[str]
+) -> InputScan:
     scan = InputScan()
     seen: set[str] = scan.ids if shard.count == 1 else set()  # one set when not sharded
     found: set[str] = set()  # real ids shaped like a stand-in
@@ -241,8 +252,9 @@ def _scan(path: Path, shard: Shard, default_output_tokens: int,
     return scan
 
 
-def _duplicate_message(path: Path, duplicates: list[tuple[str, int]],
-                       reserved: frozenset[str]) -> str:
+def _duplicate_message(
+    path: Path, duplicates: list[tuple[str, int]], reserved: frozenset[str]
+) -> str:
     """Find each duplicate's first line (a second read, only on this error path)."""
     shown = duplicates[:REPORTED_PROBLEMS]
     wanted = {cid for cid, _ in shown}
@@ -257,9 +269,13 @@ def _duplicate_message(path: Path, duplicates: list[tuple[str, int]],
     return f"{path}: duplicate custom_id: " + "; ".join(parts) + tail
 
 
-def iter_lines(path: Path, shard: Shard, default_output_tokens: int,
-               skip: set[str] | frozenset[str] = frozenset(),
-               reserved: frozenset[str] = frozenset()) -> Iterator[Request | BadLine]:
+def iter_lines(
+    path: Path,
+    shard: Shard,
+    default_output_tokens: int,
+    skip: set[str] | frozenset[str] = frozenset(),
+    reserved: frozenset[str] = frozenset(),
+) -> Iterator[Request | BadLine]:
     """Second pass: the shard's lines not in `skip`, parsed one at a time.
 
     `reserved` must be the scan's (`InputScan.reserved`): it decides the stand-in ids.

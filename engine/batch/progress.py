@@ -43,9 +43,14 @@ class ProgressDisplay:
     def __init__(self, summary: BatchSummary, console: Console | None = None) -> None:
         self.summary = summary
         self.progress = Progress(
-            TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
-            console=console or Console(stderr=True), auto_refresh=False, transient=False,
+            TextColumn("[bold]batch"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=console or Console(stderr=True),
+            auto_refresh=False,
+            transient=False,
         )
         self._task_id = self.progress.add_task("batch", total=summary.to_do, status="")
         self._ticker: asyncio.Task[None] | None = None
@@ -53,8 +58,10 @@ class ProgressDisplay:
     def update(self) -> None:
         s = self.summary
         rate, eta = _rate_and_eta(s, time.monotonic())
-        status = (f"ok {s.succeeded:,}  [red]failed {s.failed + s.invalid_written:,}[/]  "
-                  f"{rate:,.0f} req/s  {s.total_tokens:,} tok  ETA {_duration(eta)}")
+        status = (
+            f"ok {s.succeeded:,}  [red]failed {s.failed + s.invalid_written:,}[/]  "
+            f"{rate:,.0f} req/s  {s.total_tokens:,} tok  ETA {_duration(eta)}"
+        )
         self.progress.update(self._task_id, completed=s.finished, total=s.to_do, status=status)
         self.progress.refresh()
 
@@ -85,9 +92,11 @@ def format_summary(summary: BatchSummary) -> str:
     """The final report: counts, tokens, wall time and errors by kind (plain text)."""
     s = summary
     lines = [
-        (f"input: {s.lines:,} lines, {s.requests:,} requests"
-         f"{f' in shard {s.shard}' if s.shard else ''}, "
-        f"{s.invalid:,} invalid, {s.already_done:,} already done"),
+        (
+            f"input: {s.lines:,} lines, {s.requests:,} requests"
+            f"{f' in shard {s.shard}' if s.shard else ''}, "
+            f"{s.invalid:,} invalid, {s.already_done:,} already done"
+        ),
     ]
     if s.invalid:
         where = "would go" if s.dry_run else "go"
@@ -96,27 +105,37 @@ def format_summary(summary: BatchSummary) -> str:
         if s.invalid > len(s.problems):
             lines.append(f"  … and {s.invalid - len(s.problems):,} more")
     if s.dry_run:
-        lines.append(f"dry run: {s.to_do:,} records to do, estimated {s.estimated_tokens:,} "
-                     "tokens for the shard (prompt chars/4 + output cap); nothing sent")
+        lines.append(
+            f"dry run: {s.to_do:,} records to do, estimated {s.estimated_tokens:,} "
+            "tokens for the shard (prompt chars/4 + output cap); nothing sent"
+        )
     else:
         rate = s.finished / s.wall_s if s.wall_s > 0 else 0.0
         lines += [
-            (f"this run: {s.succeeded:,} succeeded, {s.failed:,} failed, "
-            f"{s.invalid_written:,} invalid lines written, in {s.wall_s:.1f} s "
-            f"({rate:,.0f} records/s)"),
-            (f"tokens: {s.input_tokens:,} in + {s.output_tokens:,} out = {s.total_tokens:,}; "
-            f"retries: {s.retries:,}"),
+            (
+                f"this run: {s.succeeded:,} succeeded, {s.failed:,} failed, "
+                f"{s.invalid_written:,} invalid lines written, in {s.wall_s:.1f} s "
+                f"({rate:,.0f} records/s)"
+            ),
+            (
+                f"tokens: {s.input_tokens:,} in + {s.output_tokens:,} out = {s.total_tokens:,}; "
+                f"retries: {s.retries:,}"
+            ),
         ]
         if s.repaired_bytes:
             lines.append(f"resume: truncated a torn last line ({s.repaired_bytes} bytes)")
         if s.resumed_failed:
             lines.append(f"errors file already held {s.resumed_failed:,} records")
         if s.concurrency_min < s.concurrency:
-            lines.append(f"concurrency: backed off on 429 from {s.concurrency:,} "
-                         f"to {s.concurrency_min:,} at the lowest")
-    for title, counter in (("errors by kind", s.errors_by_kind),
-                           ("retries by kind", s.retries_by_kind),
-                           ("requests by endpoint", s.requests_by_endpoint)):
+            lines.append(
+                f"concurrency: backed off on 429 from {s.concurrency:,} "
+                f"to {s.concurrency_min:,} at the lowest"
+            )
+    for title, counter in (
+        ("errors by kind", s.errors_by_kind),
+        ("retries by kind", s.retries_by_kind),
+        ("requests by endpoint", s.requests_by_endpoint),
+    ):
         if counter and (title != "requests by endpoint" or len(counter) > 1):
             items = ", ".join(f"{k}: {v:,}" for k, v in counter.most_common())
             lines.append(f"{title}: {items}")

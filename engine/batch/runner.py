@@ -160,13 +160,20 @@ class _Slot:
 class BatchRunner:
     """Runs one BatchConfig; `limiter` and `gate` may be injected (tests use a fake clock)."""
 
-    def __init__(self, config: BatchConfig, *, limiter: RateLimiter | None = None,
-                 gate: AdaptiveConcurrency | None = None) -> None:
+    def __init__(
+        self,
+        config: BatchConfig,
+        *,
+        limiter: RateLimiter | None = None,
+        gate: AdaptiveConcurrency | None = None,
+    ) -> None:
         self.config = config
-        self.summary = BatchSummary(dry_run=config.dry_run, concurrency=config.concurrency,
-                                    shard=(f"{config.shard.index}/{config.shard.count}"
-                                           if config.shard.count > 1 else ""),
-                                    concurrency_min=config.concurrency)
+        self.summary = BatchSummary(
+            dry_run=config.dry_run,
+            concurrency=config.concurrency,
+            shard=(f"{config.shard.index}/{config.shard.count}" if config.shard.count > 1 else ""),
+            concurrency_min=config.concurrency,
+        )
         if limiter is None and (config.rpm is not None or config.tpm is not None):
             limiter = RateLimiter(config.rpm, config.tpm)
         self.limiter = limiter
@@ -198,12 +205,18 @@ class BatchRunner:
             async with contextlib.AsyncExitStack() as stack:
                 for endpoint in cfg.endpoints:
                     engine = Engine(
-                        endpoint.base_url, endpoint.api_key or "", max_connections=cfg.concurrency,
-                        timeouts=cfg.timeouts, retry=retry)
-                    self._slots.append(_Slot(await stack.enter_async_context(engine),
-                                             endpoint.name))
+                        endpoint.base_url,
+                        endpoint.api_key or "",
+                        max_connections=cfg.concurrency,
+                        timeouts=cfg.timeouts,
+                        retry=retry,
+                    )
+                    self._slots.append(
+                        _Slot(await stack.enter_async_context(engine), endpoint.name)
+                    )
                 if cfg.progress:
                     from engine.batch.progress import ProgressDisplay  # noqa: PLC0415 - rich is slow to import
+
                     await stack.enter_async_context(ProgressDisplay(summary))
                 await self._dispatch(store, state.done, reserved)
         summary.wall_s = time.monotonic() - summary.started_s
@@ -215,14 +228,14 @@ class BatchRunner:
         summary.resumed_failed = state.failed
         summary.to_do = summary.requests + summary.invalid - summary.already_done
 
-    async def _dispatch(self, store: ResultStore, done: set[str],
-                        reserved: frozenset[str]) -> None:
+    async def _dispatch(self, store: ResultStore, done: set[str], reserved: frozenset[str]) -> None:
         """Start one task per request; the first exception anywhere stops them all."""
         cfg = self.config
         try:
             async with asyncio.TaskGroup() as group:
-                for item in iter_lines(cfg.input_path, cfg.shard, cfg.default_output_tokens,
-                                       done, reserved):
+                for item in iter_lines(
+                    cfg.input_path, cfg.shard, cfg.default_output_tokens, done, reserved
+                ):
                     if isinstance(item, BadLine):
                         store.write_bad_line(item)
                         self.summary.invalid_written += 1
@@ -258,8 +271,9 @@ class BatchRunner:
         self.gate.on_rate_limited()
         self.summary.concurrency_min = min(self.summary.concurrency_min, self.gate.limit)
 
-    async def _send(self, slot: _Slot, req: Request,
-                    reservation: Reservation | None) -> tuple[StreamResult, Reservation | None]:
+    async def _send(
+        self, slot: _Slot, req: Request, reservation: Reservation | None
+    ) -> tuple[StreamResult, Reservation | None]:
         """Send until success or a final error; returns the result and the grant it used.
 
         A failed attempt's grant stays booked at its estimate: the provider may have counted it.
@@ -278,12 +292,14 @@ class BatchRunner:
 
         if self._stopping:
             raise asyncio.CancelledError
-        result = await slot.engine.run(req.body, endpoint=req.endpoint, custom_id=req.custom_id,
-                                       before_retry=before_retry)
+        result = await slot.engine.run(
+            req.body, endpoint=req.endpoint, custom_id=req.custom_id, before_retry=before_retry
+        )
         return result, grant[0]
 
-    async def _one(self, store: ResultStore, slot: _Slot, req: Request,
-                   reservation: Reservation | None) -> None:
+    async def _one(
+        self, store: ResultStore, slot: _Slot, req: Request, reservation: Reservation | None
+    ) -> None:
         slot.active += 1
         self.summary.requests_by_endpoint[slot.label] += 1
         try:
@@ -297,8 +313,9 @@ class BatchRunner:
             slot.active -= 1
             self.gate.release()
 
-    async def _record(self, store: ResultStore, slot: _Slot, req: Request,
-                      reservation: Reservation | None) -> None:
+    async def _record(
+        self, store: ResultStore, slot: _Slot, req: Request, reservation: Reservation | None
+    ) -> None:
         """Send one request and append its record to the output or the errors file."""
         summary = self.summary
         try:
@@ -325,7 +342,11 @@ class BatchRunner:
             self.gate.on_success()
 
 
-async def run_batch(config: BatchConfig, *, limiter: RateLimiter | None = None,
-                    gate: AdaptiveConcurrency | None = None) -> BatchSummary:
+async def run_batch(
+    config: BatchConfig,
+    *,
+    limiter: RateLimiter | None = None,
+    gate: AdaptiveConcurrency | None = None,
+) -> BatchSummary:
     """Run (or resume) a batch job to completion and return its summary."""
     return await BatchRunner(config, limiter=limiter, gate=gate).run()

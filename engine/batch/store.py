@@ -67,8 +67,10 @@ class StoreWriteError(Exception):
         name = errno.errorcode.get(err.errno or 0, "")
         reason = f"{err.strerror} ({name})" if err.strerror and name else str(err)
         advice = WRITE_ADVICE.get(err.errno or 0, "fix the disk or file system")
-        return (f"cannot write {self.path}: {reason}; the job stopped (finished records are "
-                f"saved); {advice}, then run the same command to resume")
+        return (
+            f"cannot write {self.path}: {reason}; the job stopped (finished records are "
+            f"saved); {advice}, then run the same command to resume"
+        )
 
 
 def record_id(custom_id: str) -> str:
@@ -78,13 +80,19 @@ def record_id(custom_id: str) -> str:
 
 def success_line(custom_id: str, result: StreamResult) -> bytes:
     """An output line in the OpenAI Batch format; `body` is the assembled final response."""
-    return orjson.dumps({
-        "id": record_id(custom_id),
-        "custom_id": custom_id,
-        "response": {"status_code": result.http_status, "request_id": result.request_id,
-                     "body": result.response},
-        "error": None,
-    }, option=orjson.OPT_APPEND_NEWLINE)
+    return orjson.dumps(
+        {
+            "id": record_id(custom_id),
+            "custom_id": custom_id,
+            "response": {
+                "status_code": result.http_status,
+                "request_id": result.request_id,
+                "body": result.response,
+            },
+            "error": None,
+        },
+        option=orjson.OPT_APPEND_NEWLINE,
+    )
 
 
 def failure_line(custom_id: str, exc: EngineError) -> bytes:
@@ -97,22 +105,28 @@ def failure_line(custom_id: str, exc: EngineError) -> bytes:
         data = exc.data
         body = data.get("response", data) if isinstance(data, dict) else data
         response = {"status_code": 200, "request_id": exc.request_id, "body": body}
-    return orjson.dumps({
-        "id": record_id(custom_id),
-        "custom_id": custom_id,
-        "response": response,
-        "error": {"code": exc.kind, "message": exc.message},
-    }, option=orjson.OPT_APPEND_NEWLINE)
+    return orjson.dumps(
+        {
+            "id": record_id(custom_id),
+            "custom_id": custom_id,
+            "response": response,
+            "error": {"code": exc.kind, "message": exc.message},
+        },
+        option=orjson.OPT_APPEND_NEWLINE,
+    )
 
 
 def bad_line_line(bad: BadLine) -> bytes:
     """An errors-file line for an input line that could not be sent."""
-    return orjson.dumps({
-        "id": record_id(bad.custom_id),
-        "custom_id": bad.custom_id,
-        "response": None,
-        "error": {"code": INVALID_REQUEST, "message": bad.message, "line": bad.line},
-    }, option=orjson.OPT_APPEND_NEWLINE)
+    return orjson.dumps(
+        {
+            "id": record_id(bad.custom_id),
+            "custom_id": bad.custom_id,
+            "response": None,
+            "error": {"code": INVALID_REQUEST, "message": bad.message, "line": bad.line},
+        },
+        option=orjson.OPT_APPEND_NEWLINE,
+    )
 
 
 @dataclass(slots=True)
@@ -179,7 +193,7 @@ class _AppendFile:
         try:
             view = memoryview(line)
             while view:  # one write for a regular file; a short write (disk full) loops
-                view = view[os.write(self.fd, view):]
+                view = view[os.write(self.fd, view) :]
             if self.fsync_interval_s is not None:
                 self.unsynced = True
                 now = time.monotonic()
@@ -222,8 +236,10 @@ def _read_ids(path: Path) -> list[str]:
             try:
                 cid = orjson.loads(raw)["custom_id"]
             except (orjson.JSONDecodeError, KeyError, TypeError):
-                raise ConfigError(f"{path} line {number} is not a batch record; refusing to "
-                                  "resume into a file this job did not write") from None
+                raise ConfigError(
+                    f"{path} line {number} is not a batch record; refusing to "
+                    "resume into a file this job did not write"
+                ) from None
             ids.append(str(cid))
     return ids
 
@@ -248,8 +264,9 @@ def read_state(output: Path, errors: Path, state: ResumeState | None = None) -> 
 class ResultStore:
     """The output and errors files of one job, opened for resume and appended line by line."""
 
-    def __init__(self, output: Path, errors: Path, *, fsync: bool = False,
-                 fsync_interval_s: float = 1.0) -> None:
+    def __init__(
+        self, output: Path, errors: Path, *, fsync: bool = False, fsync_interval_s: float = 1.0
+    ) -> None:
         if output.resolve() == errors.resolve():
             raise ConfigError("the output and errors files must differ")
         self.output_path = output
@@ -265,8 +282,9 @@ class ResultStore:
         try:
             self._errors = _AppendFile(self.errors_path, self._interval)
             if self._interval is not None:  # the files may be new: make their entries durable
-                for directory in {p.absolute().parent for p in (self.output_path,
-                                                                 self.errors_path)}:
+                for directory in {
+                    p.absolute().parent for p in (self.output_path, self.errors_path)
+                }:
                     sync_directory(directory)
         except BaseException:
             self.close()

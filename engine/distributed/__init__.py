@@ -18,13 +18,25 @@ from typing import Any
 # Each name from the module that defines it, loaded on first use: a batch job on Ray must not
 # load the load tester (and numpy), nor a load test the batch runner.
 _HOME = {
-    "Cluster": "cluster", "DistributedError": "cluster",
-    "LeasedLimiter": "limiter", "RateLimitActor": "limiter",
-    "limiter_actor": "batch", "merge_parts": "batch", "run_batch_on_ray": "batch",
+    "Cluster": "cluster",
+    "DistributedError": "cluster",
+    "LeasedLimiter": "limiter",
+    "RateLimitActor": "limiter",
+    "limiter_actor": "batch",
+    "merge_parts": "batch",
+    "run_batch_on_ray": "batch",
     "run_load_on_ray": "loadtest",
 }
-__all__ = ["Cluster", "DistributedError", "LeasedLimiter", "RateLimitActor",
-           "limiter_actor", "merge_parts", "run_batch_on_ray", "run_load_on_ray"]
+__all__ = [
+    "Cluster",
+    "DistributedError",
+    "LeasedLimiter",
+    "RateLimitActor",
+    "limiter_actor",
+    "merge_parts",
+    "run_batch_on_ray",
+    "run_load_on_ray",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -55,8 +55,13 @@ def leftover_parts(output: Path) -> list[tuple[Path, Path]]:
     """Parts of earlier runs of this job, whatever their shard count."""
     suffix = output.suffix or ".jsonl"
     pattern = re.compile(rf"{re.escape(output.stem)}\.shard-(\d+)-of-(\d+){re.escape(suffix)}")
-    found = sorted({(int(m[2]), int(m[1])) for p in output.parent.glob(f"{output.stem}.shard-*")
-                    if (m := pattern.fullmatch(p.name))})
+    found = sorted(
+        {
+            (int(m[2]), int(m[1]))
+            for p in output.parent.glob(f"{output.stem}.shard-*")
+            if (m := pattern.fullmatch(p.name))
+        }
+    )
     return [part_paths(output, index, count) for count, index in found]
 
 
@@ -70,7 +75,7 @@ class MergeCounts:
 def _write_all(fd: int, line: bytes) -> None:
     view = memoryview(line)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def merge_parts(output: Path, errors: Path, parts: list[tuple[Path, Path]]) -> MergeCounts:
@@ -124,8 +129,14 @@ class _ShardRunner(BatchRunner):
 class ShardWorker:
     """A Ray actor running one shard on its own uvloop (sync method: ray.get stays simple)."""
 
-    def run(self, config: BatchConfig, final: tuple[Path, Path], limiter: Any | None,
-            lease_size: int, lease_ttl_s: float) -> BatchSummary:
+    def run(
+        self,
+        config: BatchConfig,
+        final: tuple[Path, Path],
+        limiter: Any | None,
+        lease_size: int,
+        lease_ttl_s: float,
+    ) -> BatchSummary:
         shard = config.shard
         done = read_state(*final).done if any(p.exists() for p in final) else set()
         skip = {cid for cid in done if cid in shard}
@@ -136,10 +147,14 @@ class ShardWorker:
             loop.close()
 
     @staticmethod
-    async def _run(config: BatchConfig, skip: set[str], actor: Any | None, lease_size: int,
-                   lease_ttl_s: float) -> BatchSummary:
-        limiter = (None if actor is None
-                   else LeasedLimiter(actor, lease_size=lease_size, lease_ttl_s=lease_ttl_s))
+    async def _run(
+        config: BatchConfig, skip: set[str], actor: Any | None, lease_size: int, lease_ttl_s: float
+    ) -> BatchSummary:
+        limiter = (
+            None
+            if actor is None
+            else LeasedLimiter(actor, lease_size=lease_size, lease_ttl_s=lease_ttl_s)
+        )
         try:
             return await _ShardRunner(config, skip, limiter).run()
         finally:
@@ -147,24 +162,44 @@ class ShardWorker:
                 await limiter.close()
 
 
-def limiter_actor(rpm: float | None, tpm: float | None, *, window_s: float = WINDOW_S,
-                  lease_ttl_s: float = LEASE_TTL_S) -> Any:
+def limiter_actor(
+    rpm: float | None,
+    tpm: float | None,
+    *,
+    window_s: float = WINDOW_S,
+    lease_ttl_s: float = LEASE_TTL_S,
+) -> Any:
     """A `RateLimitActor` handle (window_s < 60 only for tests: it shortens the window)."""
-    return ray.remote(RateLimitActor).options(num_cpus=LIMITER_CPUS).remote(
-        rpm, tpm, window_s=window_s, lease_ttl_s=lease_ttl_s)
+    return (
+        ray.remote(RateLimitActor)
+        .options(num_cpus=LIMITER_CPUS)
+        .remote(rpm, tpm, window_s=window_s, lease_ttl_s=lease_ttl_s)
+    )
 
 
 def shard_config(config: BatchConfig, index: int, count: int) -> BatchConfig:
     """Shard `index` of `count`: its own part files and its share of the concurrency."""
     output, errors = part_paths(config.output_path, index, count)
-    return replace(config, shard=Shard(index, count), output_path=output, errors_path=errors,
-                   concurrency=math.ceil(config.concurrency / count), progress=False)
+    return replace(
+        config,
+        shard=Shard(index, count),
+        output_path=output,
+        errors_path=errors,
+        concurrency=math.ceil(config.concurrency / count),
+        progress=False,
+    )
 
 
-def run_batch_on_ray(config: BatchConfig, *, address: str | None, workers: int | None = None,
-                     actor_cpus: float = ACTOR_CPUS, lease_size: int = LEASE_SIZE,
-                     lease_ttl_s: float = LEASE_TTL_S, limiter: Any | None = None,
-                     ) -> BatchSummary:
+def run_batch_on_ray(
+    config: BatchConfig,
+    *,
+    address: str | None,
+    workers: int | None = None,
+    actor_cpus: float = ACTOR_CPUS,
+    lease_size: int = LEASE_SIZE,
+    lease_ttl_s: float = LEASE_TTL_S,
+    limiter: Any | None = None,
+) -> BatchSummary:
     """Run (or resume) a batch job on `workers` Ray actors (default: one per cluster CPU).
 
     `config.rpm` / `config.tpm` hold for the whole job across actors; `config.concurrency`
@@ -185,9 +220,14 @@ def run_batch_on_ray(config: BatchConfig, *, address: str | None, workers: int |
     base = read_state(output, errors) if output.exists() or errors.exists() else None
     base_done = base.done if base is not None else set()
     if scan.ids <= base_done:  # complete: nothing to send, no cluster needed
-        summary = BatchSummary(lines=scan.lines, requests=scan.requests, invalid=scan.bad,
-                               already_done=len(scan.ids), estimated_tokens=scan.estimated_tokens,
-                               resumed_failed=base.failed if base is not None else 0)
+        summary = BatchSummary(
+            lines=scan.lines,
+            requests=scan.requests,
+            invalid=scan.bad,
+            already_done=len(scan.ids),
+            estimated_tokens=scan.estimated_tokens,
+            resumed_failed=base.failed if base is not None else 0,
+        )
     else:
         del scan
         with Cluster(address, workers, actor_cpus) as cluster:
@@ -197,9 +237,18 @@ def run_batch_on_ray(config: BatchConfig, *, address: str | None, workers: int |
                 shared = limiter_actor(config.rpm, config.tpm, lease_ttl_s=lease_ttl_s)
             worker: Any = ray.remote(ShardWorker).options(**cluster.actor_options())
             actors = [worker.remote() for _ in range(count)]
-            parts = gather([actor.run.remote(shard_config(config, i, count), (output, errors),
-                                             shared, lease_size, lease_ttl_s)
-                            for i, actor in enumerate(actors, 1)])
+            parts = gather(
+                [
+                    actor.run.remote(
+                        shard_config(config, i, count),
+                        (output, errors),
+                        shared,
+                        lease_size,
+                        lease_ttl_s,
+                    )
+                    for i, actor in enumerate(actors, 1)
+                ]
+            )
         merge_parts(output, errors, [part_paths(output, i, count) for i in range(1, count + 1)])
         summary = add_summaries(parts)
         summary.resumed_failed += base.failed if base is not None else 0
@@ -227,6 +276,6 @@ def add_summaries(parts: list[BatchSummary]) -> BatchSummary:
 
 
 def _line_number(problem: str) -> int:
-    """"line 12: not valid JSON" -> 12 (problems are "line N: why")."""
+    """ "line 12: not valid JSON" -> 12 (problems are "line N: why")."""
     number = problem.removeprefix("line ").partition(":")[0]
     return int(number) if number.isdigit() else 0

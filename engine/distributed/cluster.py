@@ -39,8 +39,9 @@ class Cluster:
     machine's CPUs and room for `workers` actors of `actor_cpus` each (no dashboard).
     """
 
-    def __init__(self, address: str | None, workers: int | None,
-                 actor_cpus: float = ACTOR_CPUS) -> None:
+    def __init__(
+        self, address: str | None, workers: int | None, actor_cpus: float = ACTOR_CPUS
+    ) -> None:
         if workers is not None and workers < 1:
             raise ConfigError("workers must be >= 1")
         if not actor_cpus > 0:
@@ -54,8 +55,11 @@ class Cluster:
         if ray.is_initialized():
             return self
         address = self.address or os.environ.get("RAY_ADDRESS") or None
-        kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING",
-                                  "log_to_driver": False}
+        kwargs: dict[str, Any] = {
+            "include_dashboard": False,
+            "logging_level": "WARNING",
+            "log_to_driver": False,
+        }
         if address is None:
             need = math.ceil((self.workers or 1) * self.actor_cpus) + 1
             kwargs["num_cpus"] = max(os.cpu_count() or 1, need)
@@ -102,8 +106,9 @@ class LoopThread:
 
     def __init__(self) -> None:
         self._loop = loop_factory()()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="engine-loop",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="engine-loop", daemon=True
+        )
         self._thread.start()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:

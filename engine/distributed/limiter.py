@@ -57,20 +57,24 @@ class RateLimitActor:
     """The one place a job's global limits live (run as an async Ray actor: a lease that
     waits for room does not block settlements or other leases)."""
 
-    def __init__(self, rpm: float | None, tpm: float | None, *, window_s: float = WINDOW_S,
-                 lease_ttl_s: float = LEASE_TTL_S) -> None:
+    def __init__(
+        self,
+        rpm: float | None,
+        tpm: float | None,
+        *,
+        window_s: float = WINDOW_S,
+        lease_ttl_s: float = LEASE_TTL_S,
+    ) -> None:
         scale = WINDOW_S / (window_s + lease_ttl_s)  # limiter seconds per real second
 
         async def sleep(limiter_s: float) -> None:
             await asyncio.sleep(limiter_s / scale)
 
-        self._limiter = _TryLimiter(rpm, tpm, clock=lambda: time.monotonic() * scale,
-                                    sleep=sleep)
+        self._limiter = _TryLimiter(rpm, tpm, clock=lambda: time.monotonic() * scale, sleep=sleep)
         self._ids = itertools.count(1)
         self._booked: dict[int, _Booked] = {}
 
-    async def lease(self, want: int, tokens_each: int,
-                    settle: dict[int, int]) -> tuple[int, int]:
+    async def lease(self, want: int, tokens_each: int, settle: dict[int, int]) -> tuple[int, int]:
         """Wait for one grant, add up to `want - 1` that are free now; -> (lease id, count)."""
         self.settle(settle)
         first = await self._limiter.acquire(tokens_each)
@@ -146,9 +150,14 @@ class _Stats:
 class LeasedLimiter(RateLimiter):
     """Drop-in `RateLimiter` for one shard's runner, backed by the global `RateLimitActor`."""
 
-    def __init__(self, actor: Any, *, lease_size: int = LEASE_SIZE,
-                 lease_ttl_s: float = LEASE_TTL_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        actor: Any,
+        *,
+        lease_size: int = LEASE_SIZE,
+        lease_ttl_s: float = LEASE_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__(None, None)
         self._actor = actor
         self._lease_size = lease_size
@@ -164,8 +173,12 @@ class LeasedLimiter(RateLimiter):
             raise ValueError(f"estimated_tokens must be >= 0, got {estimated_tokens}")
         async with self._lock:
             lease = self._lease
-            if (lease is None or lease.left < 1 or lease.budget < estimated_tokens
-                    or self._now() >= lease.expires):
+            if (
+                lease is None
+                or lease.left < 1
+                or lease.budget < estimated_tokens
+                or self._now() >= lease.expires
+            ):
                 lease = await self._renew(estimated_tokens)
             lease.left -= 1
             lease.budget -= estimated_tokens

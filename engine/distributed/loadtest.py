@@ -65,8 +65,9 @@ class BenchWorker:
             await runner.__aexit__(None, None, None)
 
 
-def run_load_on_ray(config: LoadConfig, *, address: str | None, workers: int,
-                    actor_cpus: float = ACTOR_CPUS) -> BenchResult:
+def run_load_on_ray(
+    config: LoadConfig, *, address: str | None, workers: int, actor_cpus: float = ACTOR_CPUS
+) -> BenchResult:
     """One load test on `workers` Ray actors, merged into one exact result."""
     facts = config.facts | {"ray": {"actors": workers, "actor_cpus": actor_cpus}}
     config = config.with_(workers=workers, facts=facts)

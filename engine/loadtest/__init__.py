@@ -1,8 +1,8 @@
 """Load tester (`stream-engine bench`): TTFT, ITL, TPOT, throughput and goodput you can trust.
 
-    from engine.loadtest import LoadConfig, run_load
-    result = await run_load(LoadConfig(base_url="http://127.0.0.1:8000/v1", rate=50))
-    doc = result.summary()          # the JSON document of docs/loadtest.md
+from engine.loadtest import LoadConfig, run_load
+result = await run_load(LoadConfig(base_url="http://127.0.0.1:8000/v1", rate=50))
+doc = result.summary()          # the JSON document of docs/loadtest.md
 """
 
 from engine.loadtest.config import LoadConfig, parse_slo

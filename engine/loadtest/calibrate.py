@@ -33,8 +33,10 @@ from engine.loadtest.workers import run_load
 from engine.runtime import run_async, start_ready_process
 
 READY = "calibration server on port "
-_DELTA = (b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
-          b'"delta":"tok "}\n\n')
+_DELTA = (
+    b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+    b'"delta":"tok "}\n\n'
+)
 
 
 def _chunk(data: bytes) -> bytes:
@@ -67,11 +69,17 @@ class StampServer:
         start = loop.time()
         self._ids += 1
         rid = f"cal_{self._ids}"
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                     b"transfer-encoding: chunked\r\nx-request-id: " + rid.encode() + b"\r\n\r\n")
-        writer.write(_chunk(b'event: response.created\ndata: {"type":"response.created",'
-                            b'"response":{"id":"' + rid.encode() + b'","status":"in_progress"}}'
-                            b"\n\n"))
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\nx-request-id: " + rid.encode() + b"\r\n\r\n"
+        )
+        writer.write(
+            _chunk(
+                b'event: response.created\ndata: {"type":"response.created",'
+                b'"response":{"id":"' + rid.encode() + b'","status":"in_progress"}}'
+                b"\n\n"
+            )
+        )
         for i in range(tokens):
             delay = start + self.ttft_s + i * self.itl_s - loop.time()
             if delay > 0:
@@ -80,8 +88,10 @@ class StampServer:
                 self.first_write_ns[rid] = time.perf_counter_ns()
             writer.write(_chunk(_DELTA))
         usage = {"input_tokens": 1, "output_tokens": tokens, "total_tokens": tokens + 1}
-        done = {"type": "response.completed", "response": {
-            "id": rid, "status": "completed", "output": [], "usage": usage}}
+        done = {
+            "type": "response.completed",
+            "response": {"id": rid, "status": "completed", "output": [], "usage": usage},
+        }
         writer.write(_chunk(b"event: response.completed\ndata: " + orjson.dumps(done) + b"\n\n"))
         writer.write(b"0\r\n\r\n")
         await writer.drain()
@@ -97,8 +107,9 @@ async def serve(ttft_ms: float, itl_ms: float) -> dict[str, int]:
     return server.first_write_ns
 
 
-def read_delays(origin_ns: int, records: list[RequestRecord],
-                stamps: dict[str, int]) -> list[float]:
+def read_delays(
+    origin_ns: int, records: list[RequestRecord], stamps: dict[str, int]
+) -> list[float]:
     """Client first-token stamp minus server first-write stamp, per matched request (ms)."""
     out = []
     for r in records:
@@ -119,8 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     add("--tokens", type=int, default=100)
     add("--duration", type=float, default=10.0)
     add("--warmup", type=float, default=3.0)
-    add("--workers", type=lambda v: AUTO_WORKERS if v == "auto" else int(v), default=AUTO_WORKERS,
-        help="client processes (default auto, as `stream-engine bench`)")
+    add(
+        "--workers",
+        type=lambda v: AUTO_WORKERS if v == "auto" else int(v),
+        default=AUTO_WORKERS,
+        help="client processes (default auto, as `stream-engine bench`)",
+    )
     add("--serve", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve is not None:
@@ -128,16 +143,31 @@ def main(argv: list[str] | None = None) -> int:
         args.serve.write_bytes(orjson.dumps(stamps))
         return 0
     stamps_path = Path(f"/tmp/stream-engine-calibrate-{time.time_ns()}.json")  # noqa: S108
-    argv_server = [sys.executable, "-m", "engine.loadtest.calibrate", "--serve",
-                   str(stamps_path), "--ttft-ms", str(args.ttft_ms), "--itl-ms", str(args.itl_ms)]
+    argv_server = [
+        sys.executable,
+        "-m",
+        "engine.loadtest.calibrate",
+        "--serve",
+        str(stamps_path),
+        "--ttft-ms",
+        str(args.ttft_ms),
+        "--itl-ms",
+        str(args.itl_ms),
+    ]
     proc, port_text = start_ready_process(argv_server, READY, 60.0, stdin_pipe=True)
     with proc:
         assert proc.stdin is not None  # noqa: S101 - stdin_pipe
         port = int(port_text)
-        config = LoadConfig(f"http://127.0.0.1:{port}/v1", model="calibration",
-                            concurrency=args.streams, output_tokens=args.tokens,
-                            input_tokens=8, duration_s=args.duration, warmup_s=args.warmup,
-                            workers=args.workers)
+        config = LoadConfig(
+            f"http://127.0.0.1:{port}/v1",
+            model="calibration",
+            concurrency=args.streams,
+            output_tokens=args.tokens,
+            input_tokens=8,
+            duration_s=args.duration,
+            warmup_s=args.warmup,
+            workers=args.workers,
+        )
         result = run_async(run_load(config))
         proc.stdin.close()
         proc.wait(30)
@@ -146,11 +176,15 @@ def main(argv: list[str] | None = None) -> int:
     doc = result.summary()
     delays = read_delays(result.origin_ns, result.measured, stamps)
     report = {
-        "streams": args.streams, "workers": result.config.workers,
-        "completed": doc["completed"], "failed": doc["failed"], "ttft_ms": doc["ttft_ms"],
+        "streams": args.streams,
+        "workers": result.config.workers,
+        "completed": doc["completed"],
+        "failed": doc["failed"],
+        "ttft_ms": doc["ttft_ms"],
         "client_read_delay_ms": stats(np.asarray(delays)),
         "canary_read_delay_ms": doc["client"]["read_delay_ms"],
-        "loop_lag_ms": doc["client"]["loop_lag_ms"], "verdict": doc["client"]["verdict"],
+        "loop_lag_ms": doc["client"]["loop_lag_ms"],
+        "verdict": doc["client"]["verdict"],
         "bottleneck": doc["client"]["bottleneck"],
         "busy_cpu_percent": [w["busy_cpu_percent"] for w in doc["client"]["workers"]],
     }

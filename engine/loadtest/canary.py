@@ -28,21 +28,30 @@ from typing import Any, Self
 INTERVAL_MS = 2.0  # 500 events/s per worker: ~1% of a core, 5,000 samples in 10 s
 MAX_STREAM_S = 24 * 3600.0  # a forgotten canary ends by itself
 READY = "canary on port "
-_HEAD = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-         b"transfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n")
-_CREATED = (b'event: response.created\ndata: {"type":"response.created","response":'
-            b'{"id":"canary","status":"in_progress"}}\n\n')
-_DELTA = (b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
-          b'"delta":"c","t":%d}\n\n')
+_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+    b"transfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n"
+)
+_CREATED = (
+    b'event: response.created\ndata: {"type":"response.created","response":'
+    b'{"id":"canary","status":"in_progress"}}\n\n'
+)
+_DELTA = (
+    b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+    b'"delta":"c","t":%d}\n\n'
+)
 
 
 def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                  interval_s: float, streams: dict[asyncio.StreamWriter, asyncio.Task[Any]]
-                  ) -> None:
+async def _handle(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    interval_s: float,
+    streams: dict[asyncio.StreamWriter, asyncio.Task[Any]],
+) -> None:
     """One request, one endless stream of stamped deltas until the client goes away."""
     task = asyncio.current_task()
     if task is not None:
@@ -72,8 +81,9 @@ async def serve(interval_ms: float) -> None:
     """Serve canary streams until stdin closes (the parent's end of the pipe)."""
     interval_s = interval_ms / 1000
     streams: dict[asyncio.StreamWriter, asyncio.Task[Any]] = {}
-    server = await asyncio.start_server(lambda r, w: _handle(r, w, interval_s, streams),
-                                        "127.0.0.1", 0, backlog=1024)
+    server = await asyncio.start_server(
+        lambda r, w: _handle(r, w, interval_s, streams), "127.0.0.1", 0, backlog=1024
+    )
     print(READY + str(server.sockets[0].getsockname()[1]), flush=True)  # noqa: T201
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     server.close()

@@ -78,125 +78,242 @@ def _grace(value: str) -> float | None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the bench flags on `parser` (shared by the main CLI and `python -m`)."""
     target = parser.add_argument_group("target")
-    target.add_argument("--base-url", default=env_base_url(),
-                        help="endpoint base URL, e.g. http://host:8000/v1 (default: "
-                             "$OPENAI_BASE_URL; unset = the built-in mock in its own process)")
-    target.add_argument("--api-key", default=None,
-                        help="bearer token (default: $OPENAI_API_KEY; prefer the variable: a "
-                             "flag's value shows in the process list)")
+    target.add_argument(
+        "--base-url",
+        default=env_base_url(),
+        help="endpoint base URL, e.g. http://host:8000/v1 (default: "
+        "$OPENAI_BASE_URL; unset = the built-in mock in its own process)",
+    )
+    target.add_argument(
+        "--api-key",
+        default=None,
+        help="bearer token (default: $OPENAI_API_KEY; prefer the variable: a "
+        "flag's value shows in the process list)",
+    )
     target.add_argument("--endpoint", choices=["responses", "chat"], default="responses")
-    target.add_argument("--model", default=None,
-                        help=f"model (default {DEFAULT_MODEL}; {MOCK_MODEL} on the mock)")
-    target.add_argument("--header", type=_header, action="append", default=[],
-                        help="extra request header 'Name: value' (repeatable)")
+    target.add_argument(
+        "--model", default=None, help=f"model (default {DEFAULT_MODEL}; {MOCK_MODEL} on the mock)"
+    )
+    target.add_argument(
+        "--header",
+        type=_header,
+        action="append",
+        default=[],
+        help="extra request header 'Name: value' (repeatable)",
+    )
     shape = parser.add_argument_group("load shape")
-    shape.add_argument("--concurrency", type=int, default=16,
-                       help="closed loop: concurrent users (default 16; sweep: saturation)")
-    shape.add_argument("--rate", type=float, default=None,
-                       help="open loop: requests per second, sent on schedule")
-    shape.add_argument("--arrival", choices=["poisson", "constant"], default="poisson",
-                       help="open-loop inter-arrivals (default poisson)")
-    shape.add_argument("--burstiness", type=float, default=1.0,
-                       help="gamma shape of inter-arrivals: 1 Poisson, <1 burstier (default 1)")
-    shape.add_argument("--sweep", type=int, default=0, metavar="STEPS",
-                       help="sweep: one stream, saturation, then STEPS rates in between")
+    shape.add_argument(
+        "--concurrency",
+        type=int,
+        default=16,
+        help="closed loop: concurrent users (default 16; sweep: saturation)",
+    )
+    shape.add_argument(
+        "--rate", type=float, default=None, help="open loop: requests per second, sent on schedule"
+    )
+    shape.add_argument(
+        "--arrival",
+        choices=["poisson", "constant"],
+        default="poisson",
+        help="open-loop inter-arrivals (default poisson)",
+    )
+    shape.add_argument(
+        "--burstiness",
+        type=float,
+        default=1.0,
+        help="gamma shape of inter-arrivals: 1 Poisson, <1 burstier (default 1)",
+    )
+    shape.add_argument(
+        "--sweep",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="sweep: one stream, saturation, then STEPS rates in between",
+    )
     shape.add_argument("--requests", type=int, default=None, help="measured requests")
-    shape.add_argument("--duration", type=float, default=None,
-                       help="measured seconds (default 10 unless --requests)")
-    shape.add_argument("--warmup", type=float, default=1.0,
-                       help="seconds of load before the window, excluded (default 1)")
-    shape.add_argument("--workers", type=_workers, default=AUTO_WORKERS, metavar="N|auto",
-                       help="client processes, one event loop each (default auto: one per "
-                       f"{STREAMS_PER_WORKER} streams in flight, at most one per usable core); "
-                       "with --ray, Ray actors (auto: one per "
-                       f"{STREAMS_PER_WORKER} streams)")
-    shape.add_argument("--ray", default=None, metavar="ADDRESS",
-                       help="generate the load from Ray actors (pip install "
-                       "'stream-engine[ray]'): 'auto' joins the running cluster, 'host:port' or "
-                       "'ray://…' a given one, 'local' starts a private instance")
+    shape.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="measured seconds (default 10 unless --requests)",
+    )
+    shape.add_argument(
+        "--warmup",
+        type=float,
+        default=1.0,
+        help="seconds of load before the window, excluded (default 1)",
+    )
+    shape.add_argument(
+        "--workers",
+        type=_workers,
+        default=AUTO_WORKERS,
+        metavar="N|auto",
+        help="client processes, one event loop each (default auto: one per "
+        f"{STREAMS_PER_WORKER} streams in flight, at most one per usable core); "
+        "with --ray, Ray actors (auto: one per "
+        f"{STREAMS_PER_WORKER} streams)",
+    )
+    shape.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="generate the load from Ray actors (pip install "
+        "'stream-engine[ray]'): 'auto' joins the running cluster, 'host:port' or "
+        "'ray://…' a given one, 'local' starts a private instance",
+    )
     req = parser.add_argument_group("requests")
     req.add_argument("--input-tokens", type=int, default=128, help="synthetic prompt length")
     req.add_argument("--output-tokens", type=int, default=64, help="max_output_tokens")
     req.add_argument("--prompts", default=None, help="JSONL of request bodies (or Batch lines)")
     req.add_argument("--ignore-eos", action="store_true", help="vLLM: always generate max")
     req.add_argument("--max-connections", type=int, default=None)
-    req.add_argument("--timeout", type=seconds, default=None, metavar="S",
-                     help="the whole request: the same as --total-timeout (wins over it)")
-    req.add_argument("--grace", type=_grace, default=30.0, metavar="S",
-                     help="after the last send, how long requests still in flight may take; "
-                     "then they are cut off and counted as failed 'Unfinished' (default 30; "
-                     "'none': wait for each within its time limits)")
+    req.add_argument(
+        "--timeout",
+        type=seconds,
+        default=None,
+        metavar="S",
+        help="the whole request: the same as --total-timeout (wins over it)",
+    )
+    req.add_argument(
+        "--grace",
+        type=_grace,
+        default=30.0,
+        metavar="S",
+        help="after the last send, how long requests still in flight may take; "
+        "then they are cut off and counted as failed 'Unfinished' (default 30; "
+        "'none': wait for each within its time limits)",
+    )
     req.add_argument("--retries", type=int, default=0, help="retries per request (default 0)")
     req.add_argument("--seed", type=int, default=0)
     out = parser.add_argument_group("results")
-    out.add_argument("--slo", type=parse_slo, default={},
-                     help="goodput objectives, e.g. ttft_ms=500,tpot_ms=50 (also itl_ms, e2e_ms)")
-    out.add_argument("--label", default="",
-                     help="name the run: the JSON's label and the run folder's suffix")
+    out.add_argument(
+        "--slo",
+        type=parse_slo,
+        default={},
+        help="goodput objectives, e.g. ttft_ms=500,tpot_ms=50 (also itl_ms, e2e_ms)",
+    )
+    out.add_argument(
+        "--label", default="", help="name the run: the JSON's label and the run folder's suffix"
+    )
     saved = out.add_mutually_exclusive_group()
-    saved.add_argument("--output-dir", default=None, metavar="DIR",
-                       help="the run folder: result.json, requests.csv and report.html go "
-                       f"here (default: ./{RUNS_DIR}/<YYYYmmdd-HHMMSS>-<label or mode>/)")
-    saved.add_argument("--no-save", action="store_true",
-                       help="no run folder (only what -o/--csv/--html ask for)")
-    out.add_argument("--output", "-o", default=None,
-                     help="also write the JSON result here")
+    saved.add_argument(
+        "--output-dir",
+        default=None,
+        metavar="DIR",
+        help="the run folder: result.json, requests.csv and report.html go "
+        f"here (default: ./{RUNS_DIR}/<YYYYmmdd-HHMMSS>-<label or mode>/)",
+    )
+    saved.add_argument(
+        "--no-save", action="store_true", help="no run folder (only what -o/--csv/--html ask for)"
+    )
+    out.add_argument("--output", "-o", default=None, help="also write the JSON result here")
     out.add_argument("--csv", default=None, help="also write one CSV row per request here")
-    out.add_argument("--html", default=None,
-                     help="also write the self-contained HTML report here")
+    out.add_argument("--html", default=None, help="also write the self-contained HTML report here")
     out.add_argument("--quiet", "-q", action="store_true", help="no live progress")
     client = parser.add_argument_group("client self-check")
-    client.add_argument("--spin-ms", type=float, default=1.0,
-                        help="open loop: yield-spin before each send (default 1; 0 = off)")
-    client.add_argument("--lag-threshold-ms", type=float, default=5.0,
-                        help="loop lag p99 above this marks the client as the bottleneck")
-    client.add_argument("--read-delay-threshold-ms", type=float, default=2.0,
-                        help="canary read delay p99 above this marks the client as the "
-                        "bottleneck (default 2)")
-    client.add_argument("--no-canary", action="store_true",
-                        help="do not read the stamped canary stream (no read delay figure)")
+    client.add_argument(
+        "--spin-ms",
+        type=float,
+        default=1.0,
+        help="open loop: yield-spin before each send (default 1; 0 = off)",
+    )
+    client.add_argument(
+        "--lag-threshold-ms",
+        type=float,
+        default=5.0,
+        help="loop lag p99 above this marks the client as the bottleneck",
+    )
+    client.add_argument(
+        "--read-delay-threshold-ms",
+        type=float,
+        default=2.0,
+        help="canary read delay p99 above this marks the client as the bottleneck (default 2)",
+    )
+    client.add_argument(
+        "--no-canary",
+        action="store_true",
+        help="do not read the stamped canary stream (no read delay figure)",
+    )
     mock = parser.add_argument_group("embedded mock (no --base-url)")
     mock.add_argument("--mock-ttft-ms", type=float, default=100.0)
     mock.add_argument("--mock-itl-ms", type=float, default=10.0)
     mock.add_argument("--mock-faults", default="", help="e.g. 429=0.02,500=0.01")
-    mock.add_argument("--mock-reasoning-tokens", type=int, default=0, metavar="N",
-                      help="N reasoning tokens before every answer, paced like text (default 0)")
+    mock.add_argument(
+        "--mock-reasoning-tokens",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N reasoning tokens before every answer, paced like text (default 0)",
+    )
     add_timeout_arguments(parser, retries=False)
     server = parser.add_argument_group("server metrics (docs/server-metrics.md)")
-    server.add_argument("--server-metrics", nargs="?", const="auto", default=None, metavar="URL",
-                        help="scrape the server's Prometheus endpoint during the run (vLLM, "
-                        "SGLang, llama-server --metrics); no URL: the base URL's /metrics")
-    server.add_argument("--server-metrics-interval", type=float, default=1.0, metavar="S",
-                        help="seconds between scrapes (default 1)")
+    server.add_argument(
+        "--server-metrics",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="URL",
+        help="scrape the server's Prometheus endpoint during the run (vLLM, "
+        "SGLang, llama-server --metrics); no URL: the base URL's /metrics",
+    )
+    server.add_argument(
+        "--server-metrics-interval",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="seconds between scrapes (default 1)",
+    )
 
 
-def config_from_args(args: argparse.Namespace, base_url: str,
-                     facts: dict[str, Any] | None = None) -> LoadConfig:
+def config_from_args(
+    args: argparse.Namespace, base_url: str, facts: dict[str, Any] | None = None
+) -> LoadConfig:
     duration = args.duration
     if duration is None and args.requests is None:
         duration = 10.0
     model = args.model or (MOCK_MODEL if facts else DEFAULT_MODEL)
     limits = timeouts_from(args)
     return LoadConfig(
-        base_url=base_url, api_key=args.api_key or env_api_key(),
-        endpoint=args.endpoint, model=model, concurrency=args.concurrency, rate=args.rate,
-        arrival=args.arrival, burstiness=args.burstiness, requests=args.requests,
-        duration_s=duration, warmup_s=args.warmup, input_tokens=args.input_tokens,
-        output_tokens=args.output_tokens, prompts_file=args.prompts, ignore_eos=args.ignore_eos,
-        slo=args.slo, workers=args.workers, max_connections=args.max_connections,
+        base_url=base_url,
+        api_key=args.api_key or env_api_key(),
+        endpoint=args.endpoint,
+        model=model,
+        concurrency=args.concurrency,
+        rate=args.rate,
+        arrival=args.arrival,
+        burstiness=args.burstiness,
+        requests=args.requests,
+        duration_s=duration,
+        warmup_s=args.warmup,
+        input_tokens=args.input_tokens,
+        output_tokens=args.output_tokens,
+        prompts_file=args.prompts,
+        ignore_eos=args.ignore_eos,
+        slo=args.slo,
+        workers=args.workers,
+        max_connections=args.max_connections,
         timeout_s=args.timeout if args.timeout is not None else limits.total_s,
-        idle_timeout_s=limits.idle_s, connect_timeout_s=limits.connect_s,
-        first_byte_timeout_s=limits.first_byte_s, first_token_timeout_s=limits.first_token_s,
-        grace_s=args.grace, retries=args.retries, seed=args.seed,
-        headers=dict(args.header), spin_ms=args.spin_ms,
-        lag_threshold_ms=args.lag_threshold_ms, sweep_steps=args.sweep, facts=facts or {},
-        canary=not args.no_canary, read_delay_threshold_ms=args.read_delay_threshold_ms,
+        idle_timeout_s=limits.idle_s,
+        connect_timeout_s=limits.connect_s,
+        first_byte_timeout_s=limits.first_byte_s,
+        first_token_timeout_s=limits.first_token_s,
+        grace_s=args.grace,
+        retries=args.retries,
+        seed=args.seed,
+        headers=dict(args.header),
+        spin_ms=args.spin_ms,
+        lag_threshold_ms=args.lag_threshold_ms,
+        sweep_steps=args.sweep,
+        facts=facts or {},
+        canary=not args.no_canary,
+        read_delay_threshold_ms=args.read_delay_threshold_ms,
         label=args.label,
     )
 
 
-async def _execute(config: LoadConfig, progress: LiveProgress | None,
-                   scraper: ServerMetricsScraper | None) -> list[BenchResult]:
+async def _execute(
+    config: LoadConfig, progress: LiveProgress | None, scraper: ServerMetricsScraper | None
+) -> list[BenchResult]:
     async with scraper if scraper is not None else contextlib.nullcontext():
         if config.sweep_steps > 0:
             results = await run_sweep(config, progress)
@@ -214,14 +331,14 @@ def _scraper(args: argparse.Namespace, config: LoadConfig) -> ServerMetricsScrap
         return None
     if args.ray is not None:
         raise ConfigError("--server-metrics runs with the load on one machine; drop --ray")
-    url = (metrics_url(config.base_url) if args.server_metrics == "auto"
-           else args.server_metrics)
+    url = metrics_url(config.base_url) if args.server_metrics == "auto" else args.server_metrics
     auth = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else None
     return ServerMetricsScraper(url, args.server_metrics_interval, headers=auth)
 
 
-def _run_loop(config: LoadConfig, progress: LiveProgress | None,
-              scraper: ServerMetricsScraper | None) -> list[BenchResult]:
+def _run_loop(
+    config: LoadConfig, progress: LiveProgress | None, scraper: ServerMetricsScraper | None
+) -> list[BenchResult]:
     return run_async(_execute(config, progress, scraper))
 
 
@@ -249,19 +366,31 @@ def run(args: argparse.Namespace, on_ray: LoadOnRay | None = None) -> int:
             from engine.mock import MockConfig, MockProcess  # noqa: PLC0415 - only embedded
             from engine.mock.config import parse_fault_rates  # noqa: PLC0415
 
-            mock_config = MockConfig(ttft_ms=args.mock_ttft_ms, itl_ms=args.mock_itl_ms,
-                                     faults=parse_fault_rates(args.mock_faults),
-                                     reasoning_tokens=args.mock_reasoning_tokens)
+            mock_config = MockConfig(
+                ttft_ms=args.mock_ttft_ms,
+                itl_ms=args.mock_itl_ms,
+                faults=parse_fault_rates(args.mock_faults),
+                reasoning_tokens=args.mock_reasoning_tokens,
+            )
             base_url = stack.enter_context(MockProcess(mock_config)).base_url
-            facts = {"embedded_mock": {"ttft_ms": args.mock_ttft_ms,
-                                       "itl_ms": args.mock_itl_ms,
-                                       "faults": args.mock_faults,
-                                       "reasoning_tokens": args.mock_reasoning_tokens}}
-            reasoning = (f", {args.mock_reasoning_tokens} reasoning tokens first"
-                         if args.mock_reasoning_tokens else "")
-            console.print(f"(no --base-url: mock endpoint in its own process at {base_url}, "
-                          f"TTFT {args.mock_ttft_ms:g} ms, ITL {args.mock_itl_ms:g} ms"
-                          f"{reasoning})")
+            facts = {
+                "embedded_mock": {
+                    "ttft_ms": args.mock_ttft_ms,
+                    "itl_ms": args.mock_itl_ms,
+                    "faults": args.mock_faults,
+                    "reasoning_tokens": args.mock_reasoning_tokens,
+                }
+            }
+            reasoning = (
+                f", {args.mock_reasoning_tokens} reasoning tokens first"
+                if args.mock_reasoning_tokens
+                else ""
+            )
+            console.print(
+                f"(no --base-url: mock endpoint in its own process at {base_url}, "
+                f"TTFT {args.mock_ttft_ms:g} ms, ITL {args.mock_itl_ms:g} ms"
+                f"{reasoning})"
+            )
         try:
             config = config_from_args(args, base_url, facts)
             scraper = _scraper(args, config)
@@ -281,9 +410,11 @@ def run(args: argparse.Namespace, on_ray: LoadOnRay | None = None) -> int:
     else:
         console.print(sweep_table(docs))
         console.print(Text(saturation_text(docs)))
-        console.print(docs[0]["client"]["verdict"] if not any(
-            d["client"]["bottleneck"] for d in docs) else
-            "CLIENT-BOUND in at least one run: see the client column")
+        console.print(
+            docs[0]["client"]["verdict"]
+            if not any(d["client"]["bottleneck"] for d in docs)
+            else "CLIENT-BOUND in at least one run: see the client column"
+        )
     try:
         write_outputs(args, results, docs, console, started)
     except OSError as exc:
@@ -292,9 +423,13 @@ def run(args: argparse.Namespace, on_ray: LoadOnRay | None = None) -> int:
     return 0 if any(doc["completed"] for doc in docs) else 1
 
 
-def write_outputs(args: argparse.Namespace, results: list[BenchResult],
-                  docs: list[dict[str, Any]], console: Console,
-                  started: dt.datetime | None = None) -> Path | None:
+def write_outputs(
+    args: argparse.Namespace,
+    results: list[BenchResult],
+    docs: list[dict[str, Any]],
+    console: Console,
+    started: dt.datetime | None = None,
+) -> Path | None:
     """The run folder (unless --no-save) and any explicit -o/--csv/--html paths; returns the
     folder. Each output is rendered once, whatever the number of places it goes to."""
     folder = None
@@ -306,9 +441,11 @@ def write_outputs(args: argparse.Namespace, results: list[BenchResult],
             name = args.label or ("sweep" if len(docs) > 1 else docs[0]["mode"])
             folder = run_folder(RUNS_DIR, started or dt.datetime.now().astimezone(), name)
     explicit = {"json": args.output, "csv": args.csv, "html": args.html}
-    paths = {kind: ([] if folder is None else [folder / name])
-             + ([Path(explicit[kind])] if explicit[kind] else [])
-             for kind, name in RUN_FILES.items()}
+    paths = {
+        kind: ([] if folder is None else [folder / name])
+        + ([Path(explicit[kind])] if explicit[kind] else [])
+        for kind, name in RUN_FILES.items()
+    }
     for path in paths["json"]:
         write_json(docs[0] if len(docs) == 1 else sweep_document(docs), path)
     rows = sum(len(r.measured) for r in results)
@@ -320,11 +457,18 @@ def write_outputs(args: argparse.Namespace, results: list[BenchResult],
         page = render_html(results, docs)
         for path in paths["html"]:
             path.write_text(page, encoding="utf-8")
-    for kind, what in (("json", "JSON result"), ("csv", f"CSV ({rows} requests)"),
-                       ("html", "HTML report")):
+    for kind, what in (
+        ("json", "JSON result"),
+        ("csv", f"CSV ({rows} requests)"),
+        ("html", "HTML report"),
+    ):
         if explicit[kind]:
             console.print(Text(f"{what}: {explicit[kind]}"))
     if folder is not None:
-        console.print(Text(f"results: {folder} ({', '.join(RUN_FILES.values())}; open "
-                           f"{RUN_FILES['html']} in a browser)"))
+        console.print(
+            Text(
+                f"results: {folder} ({', '.join(RUN_FILES.values())}; open "
+                f"{RUN_FILES['html']} in a browser)"
+            )
+        )
     return folder

@@ -43,8 +43,16 @@ DEFAULT_THRESHOLD_PCT = 10.0
 EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT = 0, 1, 2
 MIN_TAIL = 5  # values beyond a percentile that its bootstrap needs (see `needed`)
 CHUNK_VALUES = 2_000_000  # resampled values held at once (16 MB), whatever the run's size
-REQUIRED_KEYS = ("completed", "failed", "duration_s", "request_throughput",
-                 "output_token_throughput", "output_tokens", "ttft_ms", "e2e_ms")
+REQUIRED_KEYS = (
+    "completed",
+    "failed",
+    "duration_s",
+    "request_throughput",
+    "output_token_throughput",
+    "output_tokens",
+    "ttft_ms",
+    "e2e_ms",
+)
 TOOL = "stream-engine bench"
 
 Kind = Literal["latency", "throughput", "fraction"]
@@ -73,20 +81,25 @@ class Metric:
 
     @property
     def noise_from(self) -> str:
-        return {"bootstrap": f"bootstrap of samples.{self.key}",
-                "poisson": "Poisson resampling of the request count",
-                "binomial": "binomial resampling of the failed count",
-                "none": "none"}[self.noise]
+        return {
+            "bootstrap": f"bootstrap of samples.{self.key}",
+            "poisson": "Poisson resampling of the request count",
+            "binomial": "binomial resampling of the failed count",
+            "none": "none",
+        }[self.noise]
 
 
-def _latency(name: str, key: str, stats: Sequence[str], noise: Noise = "bootstrap",
-             note: str = "") -> list[Metric]:
+def _latency(
+    name: str, key: str, stats: Sequence[str], noise: Noise = "bootstrap", note: str = ""
+) -> list[Metric]:
     return [Metric(f"{name} {stat}", key, stat, "latency", "ms", noise, note) for stat in stats]
 
 
-ITL_NOTE = ("ITL has no noise estimate: its percentiles are over every gap of every request, "
-            "which the document does not keep (and one request's gaps are not independent "
-            "draws); TPOT, each request's mean gap, carries the decode-speed check")
+ITL_NOTE = (
+    "ITL has no noise estimate: its percentiles are over every gap of every request, "
+    "which the document does not keep (and one request's gaps are not independent "
+    "draws); TPOT, each request's mean gap, carries the decode-speed check"
+)
 METRICS: tuple[Metric, ...] = (
     *_latency("TTFT", "ttft_ms", ("p50", "p90", "p99")),
     *_latency("TTFT to text", "ttft_text_ms", ("p50", "p99")),
@@ -94,8 +107,7 @@ METRICS: tuple[Metric, ...] = (
     *_latency("TPOT", "tpot_ms", ("p50", "p99")),
     *_latency("E2E", "e2e_ms", ("p50", "p99")),
     Metric("throughput", "request_throughput", None, "throughput", "req/s", "poisson"),
-    Metric("output throughput", "output_token_throughput", None, "throughput", "tok/s",
-           "poisson"),
+    Metric("output throughput", "output_token_throughput", None, "throughput", "tok/s", "poisson"),
     Metric("failed", "failed_fraction", None, "fraction", "%", "binomial"),
     Metric("goodput", "goodput", None, "throughput", "req/s", "poisson"),
 )
@@ -152,10 +164,19 @@ class Report:
 
     @property
     def regressions(self) -> list[dict[str, Any]]:
-        return [{"position": comp.position, "run": self.files[i], "metric": row.metric.ident,
-                 "name": row.metric.name, "change_pct": _round(cell.change_pct)}
-                for comp in self.comparisons for row in comp.rows
-                for i, cell in enumerate(row.cells) if cell.regression]
+        return [
+            {
+                "position": comp.position,
+                "run": self.files[i],
+                "metric": row.metric.ident,
+                "name": row.metric.name,
+                "change_pct": _round(cell.change_pct),
+            }
+            for comp in self.comparisons
+            for row in comp.rows
+            for i, cell in enumerate(row.cells)
+            if cell.regression
+        ]
 
     @property
     def exit_code(self) -> int:
@@ -164,27 +185,47 @@ class Report:
     def as_dict(self) -> dict[str, Any]:
         """The comparison for CI (`--json`)."""
         return {
-            "tool": "stream-engine compare", "baseline": self.files[0], "files": self.files,
-            "kind": "sweep" if self.sweep else "single", "threshold_pct": self.threshold_pct,
-            "noise": {"confidence": CONFIDENCE, "resamples": RESAMPLES, "seed": SEED,
-                      "min_tail": MIN_TAIL,
-                      "rule": "significant when the baseline's and the candidate's "
-                              "intervals do not overlap"},
-            "comparisons": [{
-                "position": comp.position, "labels": comp.labels, "notes": comp.notes,
-                "metrics": [{
-                    "metric": row.metric.ident, "name": row.metric.name,
-                    "kind": row.metric.kind, "unit": row.metric.unit,
-                    "noise_from": row.metric.noise_from, "note": row.note,
-                    "values": [_round(c.value) for c in row.cells],
-                    "intervals": [[_round(x) for x in c.interval] if c.interval else None
-                                  for c in row.cells],
-                    "change_pct": [_round(c.change_pct) for c in row.cells],
-                    "change_abs": [_round(c.change_abs) for c in row.cells],
-                    "significant": [c.significant for c in row.cells],
-                    "regression": [c.regression for c in row.cells],
-                } for row in comp.rows],
-            } for comp in self.comparisons],
+            "tool": "stream-engine compare",
+            "baseline": self.files[0],
+            "files": self.files,
+            "kind": "sweep" if self.sweep else "single",
+            "threshold_pct": self.threshold_pct,
+            "noise": {
+                "confidence": CONFIDENCE,
+                "resamples": RESAMPLES,
+                "seed": SEED,
+                "min_tail": MIN_TAIL,
+                "rule": "significant when the baseline's and the candidate's "
+                "intervals do not overlap",
+            },
+            "comparisons": [
+                {
+                    "position": comp.position,
+                    "labels": comp.labels,
+                    "notes": comp.notes,
+                    "metrics": [
+                        {
+                            "metric": row.metric.ident,
+                            "name": row.metric.name,
+                            "kind": row.metric.kind,
+                            "unit": row.metric.unit,
+                            "noise_from": row.metric.noise_from,
+                            "note": row.note,
+                            "values": [_round(c.value) for c in row.cells],
+                            "intervals": [
+                                [_round(x) for x in c.interval] if c.interval else None
+                                for c in row.cells
+                            ],
+                            "change_pct": [_round(c.change_pct) for c in row.cells],
+                            "change_abs": [_round(c.change_abs) for c in row.cells],
+                            "significant": [c.significant for c in row.cells],
+                            "regression": [c.regression for c in row.cells],
+                        }
+                        for row in comp.rows
+                    ],
+                }
+                for comp in self.comparisons
+            ],
             "notes": self.notes,
             "regressions": self.regressions,
             "exit_code": self.exit_code,
@@ -193,8 +234,13 @@ class Report:
 
 # -- noise -------------------------------------------------------------------------------------
 
-def bootstrap_percentiles(values: Sequence[float] | np.ndarray, stats: Sequence[str],
-                          resamples: int = RESAMPLES, seed: int = SEED) -> np.ndarray:
+
+def bootstrap_percentiles(
+    values: Sequence[float] | np.ndarray,
+    stats: Sequence[str],
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+) -> np.ndarray:
     """The percentiles `stats` ("p50", ...) of `resamples` resamples with replacement, computed
     like `metrics.stats` (numpy, linear): shape (len(stats), resamples). Chunked so that a
     long run's bootstrap never holds more than CHUNK_VALUES values at once."""
@@ -240,6 +286,7 @@ def _fraction_interval(hits: int, total: int) -> tuple[float, float]:
 
 # -- one document ------------------------------------------------------------------------------
 
+
 class RunFigures:
     """One run's values and noise intervals; each metric's bootstrap is computed once."""
 
@@ -277,8 +324,9 @@ class RunFigures:
                 return _fraction_interval(int(doc["failed"]), total) if total else None
             case "poisson", "goodput":
                 good = doc.get("goodput")
-                return None if good is None else _count_interval(int(good["requests"]),
-                                                                 1 / duration)
+                return (
+                    None if good is None else _count_interval(int(good["requests"]), 1 / duration)
+                )
             case "poisson", "request_throughput":
                 return _count_interval(completed, 1 / duration)
             case "poisson", _:  # tokens per request held at the run's mean: the count is noise
@@ -291,10 +339,20 @@ class RunFigures:
             return None
         if metric.key not in self._draws:
             values = self.samples.get(metric.key) or []
-            stats = sorted({m.stat for m in METRICS if m.key == metric.key and m.stat
-                            and len(values) >= needed(m.stat)})
-            self._draws[metric.key] = {} if not stats else dict(zip(
-                stats, map(interval, bootstrap_percentiles(values, stats)), strict=True))
+            stats = sorted(
+                {
+                    m.stat
+                    for m in METRICS
+                    if m.key == metric.key and m.stat and len(values) >= needed(m.stat)
+                }
+            )
+            self._draws[metric.key] = (
+                {}
+                if not stats
+                else dict(
+                    zip(stats, map(interval, bootstrap_percentiles(values, stats)), strict=True)
+                )
+            )
         return self._draws[metric.key].get(metric.stat)
 
 
@@ -315,13 +373,15 @@ def _judge(metric: Metric, base: Cell, cell: Cell, threshold_pct: float) -> None
         cell.regression = worse is not None and worse > threshold_pct
 
 
-def compare_runs(docs: Sequence[dict[str, Any]], threshold_pct: float = DEFAULT_THRESHOLD_PCT,
-                 position: int = 0) -> Comparison:
+def compare_runs(
+    docs: Sequence[dict[str, Any]], threshold_pct: float = DEFAULT_THRESHOLD_PCT, position: int = 0
+) -> Comparison:
     """One comparison of single-run documents: the first is the baseline."""
     runs = [RunFigures(doc) for doc in docs]
     slos = [(doc.get("goodput") or {}).get("slo") for doc in docs]
-    comp = Comparison(position=position, labels=[str(doc.get("label") or "") for doc in docs],
-                      rows=[])
+    comp = Comparison(
+        position=position, labels=[str(doc.get("label") or "") for doc in docs], rows=[]
+    )
     for metric in METRICS:
         if metric.key == "goodput" and all(slo is None for slo in slos):
             continue
@@ -332,12 +392,19 @@ def compare_runs(docs: Sequence[dict[str, Any]], threshold_pct: float = DEFAULT_
             for cell in cells:
                 cell.interval = None
         counts = [run.count(metric) for run in runs]
-        if metric.noise == "bootstrap" and metric.stat and any(
+        if (
+            metric.noise == "bootstrap"
+            and metric.stat
+            and any(
                 n is not None and n < needed(metric.stat) and cell.value is not None
-                for n, cell in zip(counts, cells, strict=True)):
+                for n, cell in zip(counts, cells, strict=True)
+            )
+        ):
             have = ", ".join("-" if n is None else str(n) for n in counts)
-            row.note = (f"too few requests for a noise estimate (needs {needed(metric.stat)} "
-                        f"completed; the runs have {have})")
+            row.note = (
+                f"too few requests for a noise estimate (needs {needed(metric.stat)} "
+                f"completed; the runs have {have})"
+            )
         for cell in cells[1:]:
             _judge(metric, cells[0], cell, threshold_pct)
         comp.rows.append(row)
@@ -346,24 +413,28 @@ def compare_runs(docs: Sequence[dict[str, Any]], threshold_pct: float = DEFAULT_
 
 # -- input -------------------------------------------------------------------------------------
 
+
 def _check_run(doc: Any, where: str) -> dict[str, Any]:
     if not isinstance(doc, dict) or doc.get("tool") != TOOL:
         raise CompareInputError(f"{where}: not a `{TOOL}` result document")
     version = doc.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise CompareInputError(f"{where}: schema_version {version!r}; this version of compare "
-                                f"reads {SCHEMA_VERSION}")
+        raise CompareInputError(
+            f"{where}: schema_version {version!r}; this version of compare reads {SCHEMA_VERSION}"
+        )
     missing = [key for key in REQUIRED_KEYS if key not in doc]
     if missing:
-        raise CompareInputError(f"{where}: not a single-run bench document (missing "
-                                f"{', '.join(missing)})")
+        raise CompareInputError(
+            f"{where}: not a single-run bench document (missing {', '.join(missing)})"
+        )
     numbers = [doc[key] for key in REQUIRED_KEYS if not key.endswith("_ms")]
-    if (not all(isinstance(v, int | float) and not isinstance(v, bool) for v in numbers)
-            or doc["duration_s"] <= 0
-            or not all(isinstance(doc.get(m.key, {}), dict) for m in METRICS if m.stat)
-            or not isinstance(doc.get("samples", {}), dict)):
-        raise CompareInputError(f"{where}: a malformed bench document (a figure of the wrong "
-                                "type)")
+    if (
+        not all(isinstance(v, int | float) and not isinstance(v, bool) for v in numbers)
+        or doc["duration_s"] <= 0
+        or not all(isinstance(doc.get(m.key, {}), dict) for m in METRICS if m.stat)
+        or not isinstance(doc.get("samples", {}), dict)
+    ):
+        raise CompareInputError(f"{where}: a malformed bench document (a figure of the wrong type)")
     return doc
 
 
@@ -390,31 +461,41 @@ def compare_files(paths: Sequence[str], threshold_pct: float = DEFAULT_THRESHOLD
     loaded = [load(path) for path in paths]
     sweeps = {sweep for _, sweep in loaded}
     if len(sweeps) > 1:
-        kinds = ", ".join(f"{p} ({'sweep' if s else 'single run'})"
-                          for p, (_, s) in zip(paths, loaded, strict=True))
+        kinds = ", ".join(
+            f"{p} ({'sweep' if s else 'single run'})"
+            for p, (_, s) in zip(paths, loaded, strict=True)
+        )
         raise CompareInputError(f"cannot compare a sweep with a single run: {kinds}")
     sweep = sweeps.pop()
     lengths = {len(runs) for runs, _ in loaded}
     if len(lengths) > 1:
         counts = ", ".join(f"{p}: {len(r)} runs" for p, (r, _) in zip(paths, loaded, strict=True))
-        raise CompareInputError(f"sweeps are compared step by step, and their steps differ "
-                                f"({counts})")
-    comparisons = [compare_runs([runs[i] for runs, _ in loaded], threshold_pct, i)
-                   for i in range(lengths.pop())]
+        raise CompareInputError(
+            f"sweeps are compared step by step, and their steps differ ({counts})"
+        )
+    comparisons = [
+        compare_runs([runs[i] for runs, _ in loaded], threshold_pct, i)
+        for i in range(lengths.pop())
+    ]
     for comp in comparisons:
         if sweep and len(set(comp.labels)) > 1:
-            comp.notes.append(f"the steps differ ({' / '.join(comp.labels)}): a sweep's rates "
-                              "come from its own measured saturation, so this is not the "
-                              "same load")
-    notes = [f"{path}: no per-request samples (an older document): its latency percentiles "
-             "are compared without a noise estimate and cannot fail the check"
-             for path, (runs, _) in zip(paths, loaded, strict=True)
-             if any("samples" not in run for run in runs)]
+            comp.notes.append(
+                f"the steps differ ({' / '.join(comp.labels)}): a sweep's rates "
+                "come from its own measured saturation, so this is not the "
+                "same load"
+            )
+    notes = [
+        f"{path}: no per-request samples (an older document): its latency percentiles "
+        "are compared without a noise estimate and cannot fail the check"
+        for path, (runs, _) in zip(paths, loaded, strict=True)
+        if any("samples" not in run for run in runs)
+    ]
     notes += list(dict.fromkeys(m.note for m in METRICS if m.note))
     return Report(list(paths), threshold_pct, comparisons, notes, sweep)
 
 
 # -- output ------------------------------------------------------------------------------------
+
 
 def _fmt(metric: Metric, value: float | None) -> str:
     if value is None:
@@ -423,7 +504,7 @@ def _fmt(metric: Metric, value: float | None) -> str:
 
 
 def change_text(metric: Metric, cell: Cell) -> str:
-    """"+99.3 %" (or, for a fraction, the difference in percentage points) and its mark."""
+    """ "+99.3 %" (or, for a fraction, the difference in percentage points) and its mark."""
     if metric.kind == "fraction":
         if cell.change_abs is None:
             return "-"
@@ -459,8 +540,8 @@ def console_tables(report: Report) -> list[Table]:
     tables = []
     for comp in report.comparisons:
         title = f"compare against {names[0]}" + (
-            f" (sweep step {comp.position + 1}: {' / '.join(comp.labels)})" if report.sweep
-            else "")
+            f" (sweep step {comp.position + 1}: {' / '.join(comp.labels)})" if report.sweep else ""
+        )
         table = Table(title=title, title_justify="left")
         table.add_column("metric", no_wrap=True)
         for i, name in enumerate(names):
@@ -469,11 +550,15 @@ def console_tables(report: Report) -> list[Table]:
                 table.add_column("change", justify="right", no_wrap=True)
         for row in comp.rows:
             metric = row.metric
-            cells: list[Text | str] = [f"{metric.name} ({metric.unit})",
-                                       _fmt(metric, row.cells[0].value)]
+            cells: list[Text | str] = [
+                f"{metric.name} ({metric.unit})",
+                _fmt(metric, row.cells[0].value),
+            ]
             for cell in row.cells[1:]:
-                cells += [_fmt(metric, cell.value),
-                          Text(change_text(metric, cell), style=_style(metric, cell))]
+                cells += [
+                    _fmt(metric, cell.value),
+                    Text(change_text(metric, cell), style=_style(metric, cell)),
+                ]
             table.add_row(*cells)
         tables.append(table)
     return tables
@@ -481,18 +566,22 @@ def console_tables(report: Report) -> list[Table]:
 
 def legend(report: Report) -> str:
     pct = f"{CONFIDENCE:.0%}"
-    return (f"* outside the noise: the runs' {pct} bootstrap intervals ({RESAMPLES} resamples)"
-            f" do not overlap; ! regression: worse by more than {report.threshold_pct:g} % and "
-            "outside the noise; ? no noise estimate")
+    return (
+        f"* outside the noise: the runs' {pct} bootstrap intervals ({RESAMPLES} resamples)"
+        f" do not overlap; ! regression: worse by more than {report.threshold_pct:g} % and "
+        "outside the noise; ? no noise estimate"
+    )
 
 
 def verdict(report: Report) -> str:
     found = report.regressions
     if not found:
         return f"no regression beyond {report.threshold_pct:g} % outside the noise"
-    where = "; ".join(f"{r['name']} {r['change_pct']:+.1f} % ({Path(r['run']).name}"
-                      + (f", step {r['position'] + 1})" if report.sweep else ")")
-                      for r in found)
+    where = "; ".join(
+        f"{r['name']} {r['change_pct']:+.1f} % ({Path(r['run']).name}"
+        + (f", step {r['position'] + 1})" if report.sweep else ")")
+        for r in found
+    )
     return f"REGRESSION: {where}"
 
 
@@ -527,16 +616,25 @@ CSS_CLASS = {"bold red": "bad", "red": "worse", "green": "better", "dim": "dim"}
 def _html_table(report: Report, comp: Comparison) -> str:
     esc = html.escape
     names = _names(report.files)
-    head = "<tr><th>metric</th>" + "".join(
-        f"<th>{esc(n)}{' (baseline)' if i == 0 else ''}</th>" + ("<th>change</th>" if i else "")
-        for i, n in enumerate(names)) + "</tr>"
+    head = (
+        "<tr><th>metric</th>"
+        + "".join(
+            f"<th>{esc(n)}{' (baseline)' if i == 0 else ''}</th>" + ("<th>change</th>" if i else "")
+            for i, n in enumerate(names)
+        )
+        + "</tr>"
+    )
     body = []
     for row in comp.rows:
         metric = row.metric
         tds = [f"<td>{esc(metric.name)} ({esc(metric.unit)})</td>"]
         for i, cell in enumerate(row.cells):
-            ci = (f"<br><span class=ci>[{_fmt(metric, cell.interval[0])}, "
-                  f"{_fmt(metric, cell.interval[1])}]</span>" if cell.interval else "")
+            ci = (
+                f"<br><span class=ci>[{_fmt(metric, cell.interval[0])}, "
+                f"{_fmt(metric, cell.interval[1])}]</span>"
+                if cell.interval
+                else ""
+            )
             tds.append(f"<td>{_fmt(metric, cell.value)}{ci}</td>")
             if i:
                 css = CSS_CLASS[_style(metric, cell)]
@@ -558,32 +656,44 @@ def _html_chart(report: Report, comp: Comparison) -> str:
     fig = go.Figure()
     for i, name in enumerate(_names(report.files)[1:], start=1):
         cells = [row.cells[i] for row in rows]
-        fig.add_bar(name=name, x=[row.metric.name for row in rows],
-                    y=[cell.change_pct for cell in cells],
-                    text=[change_text(row.metric, c).replace(" REGRESSION", "")
-                          for row, c in zip(rows, cells, strict=True)],
-                    marker_line_color=["#b00" if c.regression else "rgba(0,0,0,0)"
-                                       for c in cells],
-                    marker_line_width=3)
+        fig.add_bar(
+            name=name,
+            x=[row.metric.name for row in rows],
+            y=[cell.change_pct for cell in cells],
+            text=[
+                change_text(row.metric, c).replace(" REGRESSION", "")
+                for row, c in zip(rows, cells, strict=True)
+            ],
+            marker_line_color=["#b00" if c.regression else "rgba(0,0,0,0)" for c in cells],
+            marker_line_width=3,
+        )
     for level in (report.threshold_pct, -report.threshold_pct):
         fig.add_hline(y=level, line_dash="dot", line_color="#999")
-    fig.update_layout(barmode="group", height=420, margin={"t": 40},
-                      title=f"change against {_names(report.files)[0]} (%)",
-                      yaxis_title="change (%)")
-    return str(pio.to_html(fig, full_html=False, include_plotlyjs=False,
-                           div_id=f"changes-{comp.position}"))
+    fig.update_layout(
+        barmode="group",
+        height=420,
+        margin={"t": 40},
+        title=f"change against {_names(report.files)[0]} (%)",
+        yaxis_title="change (%)",
+    )
+    return str(
+        pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=f"changes-{comp.position}")
+    )
 
 
 def html_page(report: Report) -> str:
     """The comparison as one self-contained page: plotly.js is embedded once, no URL is
     fetched, so it opens offline and can be kept as a CI artifact."""
     esc = html.escape
-    parts = [(f"<h1>stream-engine compare</h1><p>baseline <b>{esc(report.files[0])}</b>; "
-              f"candidates {esc(', '.join(report.files[1:]))}</p>")]
+    parts = [
+        (
+            f"<h1>stream-engine compare</h1><p>baseline <b>{esc(report.files[0])}</b>; "
+            f"candidates {esc(', '.join(report.files[1:]))}</p>"
+        )
+    ]
     for comp in report.comparisons:
         if report.sweep:
-            parts.append(f"<h2>sweep step {comp.position + 1}: "
-                         f"{esc(' / '.join(comp.labels))}</h2>")
+            parts.append(f"<h2>sweep step {comp.position + 1}: {esc(' / '.join(comp.labels))}</h2>")
         parts.append(_html_table(report, comp))
         parts.extend(f"<p class=note>note: {esc(n)}</p>" for n in comparison_notes(comp))
         parts.append(_html_chart(report, comp))
@@ -592,12 +702,15 @@ def html_page(report: Report) -> str:
     css = "bad" if report.regressions else "better"
     parts.append(f"<p class={css}>{esc(verdict(report))}</p>")
     plotly_js = _plotly("offline").get_plotlyjs()
-    return (f"<!doctype html><html><head><meta charset=utf-8><title>stream-engine compare"
-            f"</title><style>{HTML_STYLE}</style><script>{plotly_js}</script></head>"
-            f"<body>{''.join(parts)}</body></html>\n")
+    return (
+        f"<!doctype html><html><head><meta charset=utf-8><title>stream-engine compare"
+        f"</title><style>{HTML_STYLE}</style><script>{plotly_js}</script></head>"
+        f"<body>{''.join(parts)}</body></html>\n"
+    )
 
 
 # -- command -----------------------------------------------------------------------------------
+
 
 def _threshold(value: str) -> float:
     try:
@@ -610,15 +723,31 @@ def _threshold(value: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", metavar="RESULT.json",
-                        help="bench JSON documents (`bench -o`); the first is the baseline")
-    parser.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD_PCT,
-                        metavar="PCT", help="a significant change for the worse by more than "
-                        "PCT %% is a regression: exit code 1 (default 10)")
-    parser.add_argument("--html", default=None, metavar="PATH",
-                        help="also write the comparison as a self-contained HTML page")
-    parser.add_argument("--json", action="store_true",
-                        help="print the comparison as JSON on stdout instead of the table")
+    parser.add_argument(
+        "files",
+        nargs="+",
+        metavar="RESULT.json",
+        help="bench JSON documents (`bench -o`); the first is the baseline",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=_threshold,
+        default=DEFAULT_THRESHOLD_PCT,
+        metavar="PCT",
+        help="a significant change for the worse by more than "
+        "PCT %% is a regression: exit code 1 (default 10)",
+    )
+    parser.add_argument(
+        "--html",
+        default=None,
+        metavar="PATH",
+        help="also write the comparison as a self-contained HTML page",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the comparison as JSON on stdout instead of the table",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -639,8 +768,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             Path(args.html).write_text(html_page(report), encoding="utf-8")
         except OSError as exc:
-            errors.print(Text(f"error: cannot write {args.html} ({exc.strerror or exc})",
-                              style="red"))
+            errors.print(
+                Text(f"error: cannot write {args.html} ({exc.strerror or exc})", style="red")
+            )
             return EXIT_BAD_INPUT
         errors.print(Text(f"HTML comparison: {args.html}"))
     return report.exit_code

@@ -107,9 +107,13 @@ class LoadConfig:
 
     def timeouts(self) -> Timeouts:
         """The engine's per-request limits for this load."""
-        return Timeouts(connect_s=self.connect_timeout_s, first_byte_s=self.first_byte_timeout_s,
-                        first_token_s=self.first_token_timeout_s, idle_s=self.idle_timeout_s,
-                        total_s=self.timeout_s)
+        return Timeouts(
+            connect_s=self.connect_timeout_s,
+            first_byte_s=self.first_byte_timeout_s,
+            first_token_s=self.first_token_timeout_s,
+            idle_s=self.idle_timeout_s,
+            total_s=self.timeout_s,
+        )
 
     def with_(self, **changes: Any) -> LoadConfig:
         """A modified copy (sweep segments, worker shares)."""

@@ -67,8 +67,11 @@ font-size:12.5px}.chart{width:100%;min-height:120px;margin:2px 0 18px}
 grid-template-columns:repeat(auto-fit,minmax(480px,1fr))}
 details>summary{cursor:pointer}details>summary h2{display:inline-block;border:0}
 """
-PLOT_CONFIG = {"responsive": True, "displaylogo": False,
-               "toImageButtonOptions": {"format": "png", "scale": 2}}
+PLOT_CONFIG = {
+    "responsive": True,
+    "displaylogo": False,
+    "toImageButtonOptions": {"format": "png", "scale": 2},
+}
 # Draws every chart, then counts the rendered ones on <body> (what a test or a reader of the
 # DOM can wait for). A chart that fails is logged as an error, never silently blank.
 RENDER = """const CHARTS=JSON.parse(document.getElementById('charts').textContent);
@@ -76,11 +79,13 @@ Promise.all(Object.entries(CHARTS).map(([id,f])=>Plotly.newPlot(id,f.data,f.layo
 .then(()=>{const all=[...document.querySelectorAll('.chart')];document.body.dataset
 .chartsRendered=String(all.filter(d=>d.querySelector('.main-svg')).length)})
 .catch(err=>console.error('chart failed',err));"""
-DISTRIBUTIONS = (("TTFT", "ttft_ms", "requests", "server_ttft_s"),
-                 ("TTFT to text", "ttft_text_ms", "requests", None),
-                 ("ITL", "itl_ms", "gaps", "server_itl_s"),
-                 ("TPOT", "tpot_ms", "requests", None),
-                 ("E2E", "e2e_ms", "requests", "server_e2e_s"))
+DISTRIBUTIONS = (
+    ("TTFT", "ttft_ms", "requests", "server_ttft_s"),
+    ("TTFT to text", "ttft_text_ms", "requests", None),
+    ("ITL", "itl_ms", "gaps", "server_itl_s"),
+    ("TPOT", "tpot_ms", "requests", None),
+    ("E2E", "e2e_ms", "requests", "server_e2e_s"),
+)
 
 e = html.escape
 
@@ -99,8 +104,10 @@ class Charts:
     def script(self) -> str:
         # JSON inside <script>: no "<" may close the tag early, whatever a label holds.
         data = pio.json.to_json_plotly(self.figures).replace("<", "\\u003c")
-        return (f'<script type="application/json" id="charts">{data}</script>'
-                f"<script>const CONFIG={pio.json.to_json_plotly(PLOT_CONFIG)};{RENDER}</script>")
+        return (
+            f'<script type="application/json" id="charts">{data}</script>'
+            f"<script>const CONFIG={pio.json.to_json_plotly(PLOT_CONFIG)};{RENDER}</script>"
+        )
 
 
 def _value(value: Any) -> str:
@@ -158,35 +165,52 @@ def _shape(doc: dict[str, Any]) -> str:
         load = f"open loop, {config['rate']:g} req/s {config['arrival']}{burst}"
     else:
         load = f"closed loop, {config['concurrency']} users"
-    return (f"{load}, {doc['duration_s']:.1f} s measured, {config['workers']} worker(s); "
-            f"{config['endpoint']} at {config['base_url']}, model {config['model']}")
+    return (
+        f"{load}, {doc['duration_s']:.1f} s measured, {config['workers']} worker(s); "
+        f"{config['endpoint']} at {config['base_url']}, model {config['model']}"
+    )
 
 
 def _cards(doc: dict[str, Any]) -> str:
     good = doc.get("goodput")
     client = doc["client"]
-    cards = [("requests", f"{doc['completed']} ok / {doc['failed']} failed",
-              "bad" if doc["failed"] else ""),
-             ("throughput", f"{doc['request_throughput']:.2f} req/s", ""),
-             ("output tokens", f"{doc['output_token_throughput']:.0f} tok/s", ""),
-             ("TTFT p50 / p99", _pair(doc["ttft_ms"]), ""),
-             ("ITL p50", _ms(doc["itl_ms"]["p50"]), ""),
-             ("TPOT p50", _ms(doc["tpot_ms"]["p50"]), ""),
-             ("E2E p99", _ms(doc["e2e_ms"]["p99"]), "")]
+    cards = [
+        (
+            "requests",
+            f"{doc['completed']} ok / {doc['failed']} failed",
+            "bad" if doc["failed"] else "",
+        ),
+        ("throughput", f"{doc['request_throughput']:.2f} req/s", ""),
+        ("output tokens", f"{doc['output_token_throughput']:.0f} tok/s", ""),
+        ("TTFT p50 / p99", _pair(doc["ttft_ms"]), ""),
+        ("ITL p50", _ms(doc["itl_ms"]["p50"]), ""),
+        ("TPOT p50", _ms(doc["tpot_ms"]["p50"]), ""),
+        ("E2E p99", _ms(doc["e2e_ms"]["p99"]), ""),
+    ]
     if good is not None:
-        cards.append(("goodput", f"{good['request_rate']:.2f} req/s ({good['fraction']:.0%})",
-                      ""))
-    cards.append(("client", "CLIENT-BOUND" if client["bottleneck"] else "OK",
-                  "bad" if client["bottleneck"] else "ok"))
-    return '<div class="cards">' + "".join(
-        f'<div class="card {c}"><div class="k">{e(k)}</div><div class="v">{e(v)}</div></div>'
-        for k, v, c in cards) + "</div>"
+        cards.append(("goodput", f"{good['request_rate']:.2f} req/s ({good['fraction']:.0%})", ""))
+    cards.append(
+        (
+            "client",
+            "CLIENT-BOUND" if client["bottleneck"] else "OK",
+            "bad" if client["bottleneck"] else "ok",
+        )
+    )
+    return (
+        '<div class="cards">'
+        + "".join(
+            f'<div class="card {c}"><div class="k">{e(k)}</div><div class="v">{e(v)}</div></div>'
+            for k, v, c in cards
+        )
+        + "</div>"
+    )
 
 
 def _verdict(doc: dict[str, Any]) -> str:
     client = doc["client"]
-    return (f'<p class="verdict {"bad" if client["bottleneck"] else "ok"}">'
-            f'{e(client["verdict"])}</p>')
+    return (
+        f'<p class="verdict {"bad" if client["bottleneck"] else "ok"}">{e(client["verdict"])}</p>'
+    )
 
 
 def _percentiles(doc: dict[str, Any]) -> str:
@@ -195,8 +219,9 @@ def _percentiles(doc: dict[str, Any]) -> str:
     for label, key in LATENCIES:
         row = doc.get(key)
         if shown(row, key):
-            cells = "".join(f"<td>{'-' if row[c] is None else f'{row[c]:.2f}'}</td>"
-                            for c in COLUMNS)
+            cells = "".join(
+                f"<td>{'-' if row[c] is None else f'{row[c]:.2f}'}</td>" for c in COLUMNS
+            )
             rows.append(f"<tr><td>{label}</td>{cells}<td>{row['count']}</td></tr>")
     if not rows:
         return ""
@@ -213,15 +238,18 @@ def _distributions(result: BenchResult, doc: dict[str, Any], charts_: Charts) ->
     for title, metric, unit, twin in DISTRIBUTIONS:
         data = values(result.measured, metric)
         if metric == "ttft_text_ms" and data.size and np.array_equal(np.sort(data), ttft):
-            parts.append('<p class="note">TTFT to text equals TTFT for every request: no '
-                         "reasoning or tool call came before the text.</p>")
+            parts.append(
+                '<p class="note">TTFT to text equals TTFT for every request: no '
+                "reasoning or tool call came before the text.</p>"
+            )
             continue
         if not data.size:
             parts.append(f'<p class="note">{title}: no values in this run.</p>')
             continue
         note = " (each request's worst gap)" if metric == "itl_ms" else ""
-        figure = charts.distribution(title, unit, data, slo.get(metric), note,
-                                     server.get(twin) if twin else None)
+        figure = charts.distribution(
+            title, unit, data, slo.get(metric), note, server.get(twin) if twin else None
+        )
         parts.append(charts_.add(figure, f"{metric}-distribution"))
     return "".join(parts)
 
@@ -236,14 +264,20 @@ def _goodput(result: BenchResult, doc: dict[str, Any]) -> str:
     for metric, limit in good["slo"].items():
         met = sum(meets_slo(r, {metric: limit}) for r in measured)
         what = "worst gap" if metric == "itl_ms" else metric.removesuffix("_ms").upper()
-        rows.append(f"<tr><td>{e(what)} &le; {limit:g} ms</td><td>{met}</td>"
-                    f"<td>{met / total:.1%}</td><td></td></tr>")
-    rows.append(f'<tr class="mark"><td>all objectives (goodput)</td><td>{good["requests"]}</td>'
-                f'<td>{good["fraction"]:.1%}</td><td>{good["request_rate"]:.2f} req/s</td></tr>')
-    return ("<h3>Goodput against the SLOs</h3><table><tr><th>objective</th><th>requests "
-            "met</th><th>share of measured</th><th>rate</th></tr>" + "".join(rows) + "</table>"
-            '<p class="note">A failed request meets no objective; the CDFs above count '
-            "completed requests only.</p>")
+        rows.append(
+            f"<tr><td>{e(what)} &le; {limit:g} ms</td><td>{met}</td>"
+            f"<td>{met / total:.1%}</td><td></td></tr>"
+        )
+    rows.append(
+        f'<tr class="mark"><td>all objectives (goodput)</td><td>{good["requests"]}</td>'
+        f"<td>{good['fraction']:.1%}</td><td>{good['request_rate']:.2f} req/s</td></tr>"
+    )
+    return (
+        "<h3>Goodput against the SLOs</h3><table><tr><th>objective</th><th>requests "
+        "met</th><th>share of measured</th><th>rate</th></tr>" + "".join(rows) + "</table>"
+        '<p class="note">A failed request meets no objective; the CDFs above count '
+        "completed requests only.</p>"
+    )
 
 
 def _errors_table(doc: dict[str, Any]) -> str:
@@ -254,47 +288,67 @@ def _errors_table(doc: dict[str, Any]) -> str:
     for kind, detail in doc["error_details"].items():
         messages = "<br>".join(e(m) for m in detail["messages"]) or "-"
         ids = ", ".join(e(i) for i in detail.get("request_ids", [])) or "-"
-        rows.append(f"<tr><td>{e(kind)}</td><td>{detail['count']}</td>"
-                    f"<td>{e(statuses_text(detail['statuses']))}</td>"
-                    f'<td>{detail["first_at_s"]:.2f}</td><td class="msg">{messages}</td>'
-                    f'<td class="msg"><code>{ids}</code></td></tr>')
-    head = ("<tr><th>error</th><th>count</th><th>HTTP status</th><th>first at (s)</th>"
-            '<th class="msg">example messages</th><th class="msg">request ids</th></tr>')
+        rows.append(
+            f"<tr><td>{e(kind)}</td><td>{detail['count']}</td>"
+            f"<td>{e(statuses_text(detail['statuses']))}</td>"
+            f'<td>{detail["first_at_s"]:.2f}</td><td class="msg">{messages}</td>'
+            f'<td class="msg"><code>{ids}</code></td></tr>'
+        )
+    head = (
+        "<tr><th>error</th><th>count</th><th>HTTP status</th><th>first at (s)</th>"
+        '<th class="msg">example messages</th><th class="msg">request ids</th></tr>'
+    )
     return f'<table class="errors">{head}{"".join(rows)}</table>'
 
 
 def _ended(doc: dict[str, Any], charts_: Charts) -> str:
-    facts = {"requests": requests_text(doc), "tokens": tokens_text(doc),
-             "end reasons": counts_text(doc.get("end_reasons", {})) or "-",
-             "errors": counts_text(doc["errors"]) or "none"}
+    facts = {
+        "requests": requests_text(doc),
+        "tokens": tokens_text(doc),
+        "end reasons": counts_text(doc.get("end_reasons", {})) or "-",
+        "errors": counts_text(doc["errors"]) or "none",
+    }
     if doc.get("reconnects"):
         facts["reconnects"] = reconnects_text(doc)
     if (waits := retry_after_text(doc)) is not None:
         facts["Retry-After"] = waits
     chart = ""
     if doc.get("end_reasons") or doc["errors"]:
-        chart = charts_.add(charts.outcomes(doc.get("end_reasons", {}), doc["errors"]),
-                            "outcomes")
+        chart = charts_.add(charts.outcomes(doc.get("end_reasons", {}), doc["errors"]), "outcomes")
     return chart + _kv(facts) + _errors_table(doc)
 
 
 def _client(doc: dict[str, Any]) -> str:
     client = doc["client"]
-    rows = [f"<tr><td>{w['worker']}</td><td>{e(str(w['loop']))}</td>"
-            f"<td>{w['busy_cpu_percent']:.0f}%</td><td>{w['cpu_percent']:.0f}%</td>"
-            f"<td>{_ms(w['loop_lag_ms']['p99'])}</td><td>{_ms(w['read_delay_ms']['p99'])}</td>"
-            f"<td>{e(w['canary_error'] or '-')}</td></tr>" for w in client["workers"]]
-    table = ("<table><tr><th>worker</th><th>loop</th><th>busy CPU</th><th>CPU</th><th>loop "
-             "lag p99</th><th>read delay p99 (canary)</th><th>canary error</th></tr>"
-             + "".join(rows) + "</table>") if rows else ""
+    rows = [
+        f"<tr><td>{w['worker']}</td><td>{e(str(w['loop']))}</td>"
+        f"<td>{w['busy_cpu_percent']:.0f}%</td><td>{w['cpu_percent']:.0f}%</td>"
+        f"<td>{_ms(w['loop_lag_ms']['p99'])}</td><td>{_ms(w['read_delay_ms']['p99'])}</td>"
+        f"<td>{e(w['canary_error'] or '-')}</td></tr>"
+        for w in client["workers"]
+    ]
+    table = (
+        (
+            "<table><tr><th>worker</th><th>loop</th><th>busy CPU</th><th>CPU</th><th>loop "
+            "lag p99</th><th>read delay p99 (canary)</th><th>canary error</th></tr>"
+            + "".join(rows)
+            + "</table>"
+        )
+        if rows
+        else ""
+    )
     lag, delay = client["loop_lag_ms"], client["read_delay_ms"]
-    facts = {"read delay (canary) p50 / p99 / max": (
-                 f"{_ms(delay['p50'])} / {_ms(delay['p99'])} / {_ms(delay['max'])}"
-                 if delay["count"] else "not measured"),
-             "loop lag p50 / p99 / max": f"{_ms(lag['p50'])} / {_ms(lag['p99'])} / "
-                                         f"{_ms(lag['max'])}",
-             "schedule lag p50 / p99 / max": " / ".join(
-                 _ms(doc["schedule_lag_ms"][k]) for k in ("p50", "p99", "max"))}
+    facts = {
+        "read delay (canary) p50 / p99 / max": (
+            f"{_ms(delay['p50'])} / {_ms(delay['p99'])} / {_ms(delay['max'])}"
+            if delay["count"]
+            else "not measured"
+        ),
+        "loop lag p50 / p99 / max": f"{_ms(lag['p50'])} / {_ms(lag['p99'])} / {_ms(lag['max'])}",
+        "schedule lag p50 / p99 / max": " / ".join(
+            _ms(doc["schedule_lag_ms"][k]) for k in ("p50", "p99", "max")
+        ),
+    }
     if "warmup" in doc:
         facts["warm-up"] = warmup_text(doc)
     return _verdict(doc) + _kv(facts) + table
@@ -304,63 +358,96 @@ def _server_extra(doc: dict[str, Any], charts_: Charts) -> str:
     """Scraped histograms with no client twin, and the scrape's own scalar facts."""
     metrics = doc.get("server_metrics") or {}
     twins = set(charts.SERVER_TWINS)
-    plots = [charts_.add(charts.server_histogram(name, hist), "server-histogram")
-             for name, hist in (metrics.get("histograms") or {}).items() if name not in twins]
+    plots = [
+        charts_.add(charts.server_histogram(name, hist), "server-histogram")
+        for name, hist in (metrics.get("histograms") or {}).items()
+        if name not in twins
+    ]
     facts = {k: v for k, v in metrics.items() if k not in ("series", "histograms")}
     if isinstance(facts.get("raw_names"), list):  # a hundred names: counted, not listed
         facts["raw_names"] = f"{len(facts['raw_names'])} metric families (in result.json)"
-    return ((_kv(flatten(facts)) if facts else "")
-            + (f'<div class="grid2">{"".join(plots)}</div>' if plots else ""))
+    return (_kv(flatten(facts)) if facts else "") + (
+        f'<div class="grid2">{"".join(plots)}</div>' if plots else ""
+    )
 
 
-def run_body(result: BenchResult, doc: dict[str, Any], charts_: Charts, h: str,
-             anchor: str) -> str:
+def run_body(result: BenchResult, doc: dict[str, Any], charts_: Charts, h: str, anchor: str) -> str:
     """One run's sections under heading level `h` (h2 alone, h3 inside a sweep)."""
     metrics = doc.get("server_metrics") or {}
     series = metrics.get("series") or {}
     server = _server_extra(doc, charts_)
     where = " and the server's scraped series" if series else ""
-    timeline = ('<p class="note">No request in the measured window.</p>'
-                if not result.measured else charts_.add(
-                    charts.timeline(result.measured, doc.get("error_details") or {}, series),
-                    "timeline"))
-    return "".join([
-        _cards(doc), _verdict(doc),
-        f'<{h} id="{anchor}latency">Latency</{h}>', _percentiles(doc),
-        _distributions(result, doc, charts_), _goodput(result, doc),
-        (f'<{h} id="{anchor}time">Over time</{h}><p class="note">Throughput, requests in '
-         f"flight, failures, schedule lag{where} on one time axis: zoom one, zoom all.</p>"),
-        timeline,
-        f'<{h} id="{anchor}server">Server metrics</{h}>{server}' if server else "",
-        f'<{h} id="{anchor}ended">How requests ended</{h}>', _ended(doc, charts_),
-        f'<{h} id="{anchor}client">Client self-check</{h}>', _client(doc)])
+    timeline = (
+        '<p class="note">No request in the measured window.</p>'
+        if not result.measured
+        else charts_.add(
+            charts.timeline(result.measured, doc.get("error_details") or {}, series), "timeline"
+        )
+    )
+    return "".join(
+        [
+            _cards(doc),
+            _verdict(doc),
+            f'<{h} id="{anchor}latency">Latency</{h}>',
+            _percentiles(doc),
+            _distributions(result, doc, charts_),
+            _goodput(result, doc),
+            (
+                f'<{h} id="{anchor}time">Over time</{h}><p class="note">Throughput, requests in '
+                f"flight, failures, schedule lag{where} on one time axis: zoom one, zoom all.</p>"
+            ),
+            timeline,
+            f'<{h} id="{anchor}server">Server metrics</{h}>{server}' if server else "",
+            f'<{h} id="{anchor}ended">How requests ended</{h}>',
+            _ended(doc, charts_),
+            f'<{h} id="{anchor}client">Client self-check</{h}>',
+            _client(doc),
+        ]
+    )
 
 
 def _sweep(docs: Sequence[dict[str, Any]], charts_: Charts) -> str:
     point = saturation_index(docs)
-    head = ("<tr><th>run</th><th>req/s</th><th>out tok/s</th><th>TTFT p50</th><th>TTFT p99"
-            "</th><th>ITL p50</th><th>TPOT p50</th><th>E2E p99</th><th>failed</th>"
-            "<th>goodput/s</th><th>client</th></tr>")
+    head = (
+        "<tr><th>run</th><th>req/s</th><th>out tok/s</th><th>TTFT p50</th><th>TTFT p99"
+        "</th><th>ITL p50</th><th>TPOT p50</th><th>E2E p99</th><th>failed</th>"
+        "<th>goodput/s</th><th>client</th></tr>"
+    )
     rows = []
     for i, doc in enumerate(docs):
         good = doc.get("goodput")
-        cells = [f'<a href="#run{i}-">{e(str(doc["label"]))}</a>',
-                 f"{doc['request_throughput']:.2f}", f"{doc['output_token_throughput']:.0f}",
-                 *(_ms(doc[m][s]) for m, s in (("ttft_ms", "p50"), ("ttft_ms", "p99"),
-                                                ("itl_ms", "p50"), ("tpot_ms", "p50"),
-                                                ("e2e_ms", "p99"))),
-                 str(doc["failed"]), "-" if good is None else f"{good['request_rate']:.2f}",
-                 "BOUND" if doc["client"]["bottleneck"] else "ok"]
+        cells = [
+            f'<a href="#run{i}-">{e(str(doc["label"]))}</a>',
+            f"{doc['request_throughput']:.2f}",
+            f"{doc['output_token_throughput']:.0f}",
+            *(
+                _ms(doc[m][s])
+                for m, s in (
+                    ("ttft_ms", "p50"),
+                    ("ttft_ms", "p99"),
+                    ("itl_ms", "p50"),
+                    ("tpot_ms", "p50"),
+                    ("e2e_ms", "p99"),
+                )
+            ),
+            str(doc["failed"]),
+            "-" if good is None else f"{good['request_rate']:.2f}",
+            "BOUND" if doc["client"]["bottleneck"] else "ok",
+        ]
         mark = ' class="mark"' if i == point else ""
         rows.append(f"<tr{mark}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     if point is None:
         said = "No saturation point: no step completed a request."
     else:
-        said = (f"Saturation point (starred, highlighted): <b>{e(str(docs[point]['label']))}"
-                f"</b> at {docs[point]['request_throughput']:.2f} req/s. Rule: "
-                f"{e(SATURATION_RULE)}.")
-    return (f'<h2 id="sweep">Sweep</h2><table>{head}{"".join(rows)}</table>'
-            f'<p>{said}</p>' + charts_.add(charts.sweep_curves(docs, point), "sweep-curves"))
+        said = (
+            f"Saturation point (starred, highlighted): <b>{e(str(docs[point]['label']))}"
+            f"</b> at {docs[point]['request_throughput']:.2f} req/s. Rule: "
+            f"{e(SATURATION_RULE)}."
+        )
+    return (
+        f'<h2 id="sweep">Sweep</h2><table>{head}{"".join(rows)}</table>'
+        f"<p>{said}</p>" + charts_.add(charts.sweep_curves(docs, point), "sweep-curves")
+    )
 
 
 def _config(docs: Sequence[dict[str, Any]]) -> dict[str, str]:
@@ -369,8 +456,11 @@ def _config(docs: Sequence[dict[str, Any]]) -> dict[str, str]:
     rows: dict[str, str] = {}
     for key in dict.fromkeys(k for flat in flats for k in flat):
         seen = [flat.get(key, "-") for flat in flats]
-        rows[key] = seen[0] if len(set(seen)) == 1 else "; ".join(
-            f"{doc['label']}: {v}" for doc, v in zip(docs, seen, strict=True))
+        rows[key] = (
+            seen[0]
+            if len(set(seen)) == 1
+            else "; ".join(f"{doc['label']}: {v}" for doc, v in zip(docs, seen, strict=True))
+        )
     return rows
 
 
@@ -379,8 +469,12 @@ def render_html(results: Sequence[BenchResult], docs: Sequence[dict[str, Any]]) 
     charts_ = Charts()
     if len(docs) == 1:
         title = str(docs[0].get("label") or f"{docs[0]['mode']} loop")
-        nav = [("latency", "Latency"), ("time", "Over time"), ("ended", "How requests ended"),
-               ("client", "Client self-check")]
+        nav = [
+            ("latency", "Latency"),
+            ("time", "Over time"),
+            ("ended", "How requests ended"),
+            ("client", "Client self-check"),
+        ]
         body = run_body(results[0], docs[0], charts_, "h2", "")
         sub = _shape(docs[0])
     else:
@@ -389,22 +483,33 @@ def render_html(results: Sequence[BenchResult], docs: Sequence[dict[str, Any]]) 
         runs = "".join(
             f'<details open><summary><h2 id="run{i}-">{e(str(d["label"]))}</h2></summary>'
             f'<p class="sub">{e(_shape(d))}</p>{run_body(r, d, charts_, "h3", f"run{i}-")}'
-            "</details>" for i, (r, d) in enumerate(zip(results, docs, strict=True)))
+            "</details>"
+            for i, (r, d) in enumerate(zip(results, docs, strict=True))
+        )
         body = _sweep(docs, charts_) + runs
         sub = f"{len(docs)} steps; {_shape(docs[0]).split('; ', 1)[1]}"
     nav += [("config", "Configuration"), ("platform", "Platform")]
     links = "".join(f'<a href="#{a}">{e(t)}</a>' for a, t in nav)
     created = e(str(docs[0].get("created", ""))) if docs else ""
-    tail = (f'<h2 id="config">Configuration</h2>{_halves(_config(docs))}'
-            f'<h2 id="platform">Platform</h2>{_kv(flatten(docs[0]["platform"]))}') if docs else ""
-    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><meta name='viewport'"
-            f" content='width=device-width,initial-scale=1'><title>stream-engine bench: "
-            f"{e(title)}</title><style>{STYLE}</style><script>{get_plotlyjs()}</script></head>"
-            f"<body><main><h1>stream-engine bench: {e(title)}</h1><p class='sub'>{e(sub)}"
-            f"<br>{created}</p><nav>{links}</nav>{body}{tail}</main>{charts_.script()}"
-            "</body></html>\n")
+    tail = (
+        (
+            f'<h2 id="config">Configuration</h2>{_halves(_config(docs))}'
+            f'<h2 id="platform">Platform</h2>{_kv(flatten(docs[0]["platform"]))}'
+        )
+        if docs
+        else ""
+    )
+    return (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><meta name='viewport'"
+        f" content='width=device-width,initial-scale=1'><title>stream-engine bench: "
+        f"{e(title)}</title><style>{STYLE}</style><script>{get_plotlyjs()}</script></head>"
+        f"<body><main><h1>stream-engine bench: {e(title)}</h1><p class='sub'>{e(sub)}"
+        f"<br>{created}</p><nav>{links}</nav>{body}{tail}</main>{charts_.script()}"
+        "</body></html>\n"
+    )
 
 
-def write_html(results: Sequence[BenchResult], docs: Sequence[dict[str, Any]],
-               path: str | Path) -> None:
+def write_html(
+    results: Sequence[BenchResult], docs: Sequence[dict[str, Any]], path: str | Path
+) -> None:
     Path(path).write_text(render_html(results, docs), encoding="utf-8")

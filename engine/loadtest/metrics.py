@@ -79,14 +79,21 @@ class RequestRecord:
 # The record's fields in order, the derived figures, then the free-text message last so the
 # short columns line up when the file is read as text.
 CSV_COLUMNS = [f.name for f in fields(RequestRecord) if f.name not in ("itl_ms", "message")] + [
-    "tpot_ms", "itl_ms_mean", "itl_ms_max", "message"]
+    "tpot_ms",
+    "itl_ms_mean",
+    "itl_ms_max",
+    "message",
+]
 
 
 def csv_row(record: RequestRecord) -> list[Any]:
     data = record.as_dict()
     itl = data.pop("itl_ms")
-    data.update(tpot_ms=record.tpot_ms, itl_ms_mean=float(np.mean(itl)) if itl else None,
-                itl_ms_max=max(itl) if itl else None)
+    data.update(
+        tpot_ms=record.tpot_ms,
+        itl_ms_mean=float(np.mean(itl)) if itl else None,
+        itl_ms_max=max(itl) if itl else None,
+    )
     return [data[name] for name in CSV_COLUMNS]
 
 
@@ -97,9 +104,14 @@ def stats(values: Sequence[float] | np.ndarray) -> dict[str, float | int | None]
         return {key: (0 if key == "count" else None) for key in STAT_KEYS}
     cuts = np.percentile(arr, list(PERCENTILES.values()))
     out: dict[str, float | int | None] = {
-        key: round(float(v), 4) for key, v in zip(PERCENTILES, cuts, strict=True)}
-    out.update(mean=round(float(arr.mean()), 4), max=round(float(arr.max()), 4),
-               min=round(float(arr.min()), 4), count=int(arr.size))
+        key: round(float(v), 4) for key, v in zip(PERCENTILES, cuts, strict=True)
+    }
+    out.update(
+        mean=round(float(arr.mean()), 4),
+        max=round(float(arr.max()), 4),
+        min=round(float(arr.min()), 4),
+        count=int(arr.size),
+    )
     return out
 
 
@@ -203,9 +215,14 @@ def summarize(records: Sequence[RequestRecord], slo: Mapping[str, float]) -> dic
         "reasoning_tokens_per_request": stats(reasoning),
         "schedule_lag_ms": stats([r.lag_ms for r in done]),
         "pool_wait_ms": stats([r.pool_wait_ms for r in done]),
-        "goodput": None if good is None else {
-            "slo": dict(slo), "requests": good, "request_rate": good / duration,
-            "fraction": good / len(done) if done else 0.0},
+        "goodput": None
+        if good is None
+        else {
+            "slo": dict(slo),
+            "requests": good,
+            "request_rate": good / duration,
+            "fraction": good / len(done) if done else 0.0,
+        },
         "concurrency": concurrency_stats(done),
         "retry_after": retry_after_stats(done),
     }
@@ -216,8 +233,12 @@ def retry_after_stats(records: Sequence[RequestRecord]) -> dict[str, Any]:
     (closed loop; an open loop keeps its schedule, so it never waits)."""
     asked = [r.retry_after_s for r in records if r.retry_after_s is not None]
     waits = [r.waited_s for r in records if r.waited_s > 0]
-    return {"requests": len(asked), "max_s": max(asked) if asked else None,
-            "waits": len(waits), "waited_s": round(math.fsum(waits), 6)}
+    return {
+        "requests": len(asked),
+        "max_s": max(asked) if asked else None,
+        "waits": len(waits),
+        "waited_s": round(math.fsum(waits), 6),
+    }
 
 
 def concurrency_stats(records: Sequence[RequestRecord]) -> dict[str, float]:

@@ -36,11 +36,17 @@ def make_body(config: LoadConfig, prompt: str, output_tokens: int) -> dict[str, 
     """A streaming body in the configured dialect with a fixed output budget."""
     body: dict[str, Any]
     if config.endpoint == "chat":
-        body = {"model": config.model, "messages": [{"role": "user", "content": prompt}],
-                "max_completion_tokens": output_tokens}
+        body = {
+            "model": config.model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_completion_tokens": output_tokens,
+        }
     else:
-        body = {"model": config.model, "input": [{"role": "user", "content": prompt}],
-                "max_output_tokens": output_tokens}
+        body = {
+            "model": config.model,
+            "input": [{"role": "user", "content": prompt}],
+            "max_output_tokens": output_tokens,
+        }
     if config.ignore_eos:
         body["ignore_eos"] = True
     return body
@@ -77,8 +83,9 @@ class PromptSource:
     def __init__(self, config: LoadConfig) -> None:
         self._config = config
         self._seed = config.seed
-        self._bodies = (load_bodies(config.prompts_file, config.model)
-                        if config.prompts_file else None)
+        self._bodies = (
+            load_bodies(config.prompts_file, config.model) if config.prompts_file else None
+        )
 
     def body(self, index: int) -> dict[str, Any]:
         if self._bodies is not None:

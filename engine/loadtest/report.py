@@ -26,9 +26,16 @@ if TYPE_CHECKING:
     import datetime as dt
     from collections.abc import Mapping, Sequence
 
-LATENCIES = (("TTFT", "ttft_ms"), ("TTFT to text", "ttft_text_ms"), ("ITL", "itl_ms"),
-             ("TPOT", "tpot_ms"), ("E2E", "e2e_ms"), ("schedule lag", "schedule_lag_ms"),
-             ("pool wait", "pool_wait_ms"), ("connect", "connect_ms"))
+LATENCIES = (
+    ("TTFT", "ttft_ms"),
+    ("TTFT to text", "ttft_text_ms"),
+    ("ITL", "itl_ms"),
+    ("TPOT", "tpot_ms"),
+    ("E2E", "e2e_ms"),
+    ("schedule lag", "schedule_lag_ms"),
+    ("pool wait", "pool_wait_ms"),
+    ("connect", "connect_ms"),
+)
 COLUMNS = ("p50", "p90", "p95", "p99", "p999", "mean", "max")
 EXAMPLE_CHARS = 120  # one error message per kind on the console: a line, not a body
 RUNS_DIR = "stream-engine-runs"  # under the current directory: every run leaves its results
@@ -38,9 +45,11 @@ RUN_FILES = {"json": "result.json", "csv": "requests.csv", "html": "report.html"
 SATURATION_GROWTH = 0.05
 # ... while its TTFT p99 stayed within this factor of the lightest step's.
 SATURATION_TTFT_FACTOR = 2.0
-SATURATION_RULE = (f"the last step, in order of achieved request throughput, whose throughput "
-                   f"grew by more than {SATURATION_GROWTH:.0%} over the step before while its "
-                   f"TTFT p99 stayed within {SATURATION_TTFT_FACTOR:g}x of the lightest step's")
+SATURATION_RULE = (
+    f"the last step, in order of achieved request throughput, whose throughput "
+    f"grew by more than {SATURATION_GROWTH:.0%} over the step before while its "
+    f"TTFT p99 stayed within {SATURATION_TTFT_FACTOR:g}x of the lightest step's"
+)
 
 
 def _ms(value: float | None) -> str:
@@ -103,9 +112,11 @@ def warmup_text(doc: dict[str, Any]) -> str:
     if warm.get("failed"):
         kinds = counts_text(warm["errors"]) if warm.get("errors") else ""
         failed = f" ({warm['failed']} failed" + (f": {kinds})" if kinds else ")")
-    return (f"{warm['requests']} requests{failed} over {warm['seconds']:g} s, "
-            f"{warm['connections_primed']} connections primed, "
-            f"{warm['connections_opened_during_measurement']} opened later")
+    return (
+        f"{warm['requests']} requests{failed} over {warm['seconds']:g} s, "
+        f"{warm['connections_primed']} connections primed, "
+        f"{warm['connections_opened_during_measurement']} opened later"
+    )
 
 
 def reconnects_text(doc: dict[str, Any]) -> str:
@@ -118,8 +129,10 @@ def error_example(detail: dict[str, Any]) -> str:
     message = messages[0] if messages else "(no message)"
     if len(message) > EXAMPLE_CHARS:
         message = message[:EXAMPLE_CHARS] + "…"
-    return (f"{detail['count']} x {statuses_text(detail['statuses'])}, first at "
-            f"{detail['first_at_s']:.2f} s: {message}")
+    return (
+        f"{detail['count']} x {statuses_text(detail['statuses'])}, first at "
+        f"{detail['first_at_s']:.2f} s: {message}"
+    )
 
 
 def latency_table(doc: dict[str, Any], title: str) -> Table:
@@ -142,15 +155,27 @@ def totals_table(doc: dict[str, Any]) -> Table:
     rows = [
         ("mode", f"{doc['mode']} loop, {doc['duration_s']:.2f} s measured"),
         ("requests", requests_text(doc)),
-        ("throughput", (f"{doc['request_throughput']:.2f} req/s, "
-                       f"{doc['output_token_throughput']:.1f} output tok/s, "
-                       f"{doc['total_token_throughput']:.1f} total tok/s")),
+        (
+            "throughput",
+            (
+                f"{doc['request_throughput']:.2f} req/s, "
+                f"{doc['output_token_throughput']:.1f} output tok/s, "
+                f"{doc['total_token_throughput']:.1f} total tok/s"
+            ),
+        ),
         ("tokens", tokens_text(doc)),
         ("concurrency", f"mean {doc['concurrency']['mean']}, max {doc['concurrency']['max']:g}"),
     ]
     if good is not None:
-        rows.append(("goodput", (f"{good['request_rate']:.2f} req/s ({good['fraction']:.1%} "
-                                f"of requests met {good['slo']})")))
+        rows.append(
+            (
+                "goodput",
+                (
+                    f"{good['request_rate']:.2f} req/s ({good['fraction']:.1%} "
+                    f"of requests met {good['slo']})"
+                ),
+            )
+        )
     if doc["end_reasons"]:
         rows.append(("end reasons", counts_text(doc["end_reasons"])))
     if doc["reconnects"]:
@@ -159,8 +184,9 @@ def totals_table(doc: dict[str, Any]) -> Table:
         rows.append(("Retry-After", waits))
     if doc["errors"]:
         rows.append(("errors", counts_text(doc["errors"])))
-        rows.extend((f"  {kind}", error_example(detail))
-                    for kind, detail in doc["error_details"].items())
+        rows.extend(
+            (f"  {kind}", error_example(detail)) for kind, detail in doc["error_details"].items()
+        )
     rows.append(("warm-up", warmup_text(doc)))
     for name, value in rows:  # Text: a server's message is shown as is, never as markup
         table.add_row(Text(name), Text(value))
@@ -172,10 +198,16 @@ def client_text(doc: dict[str, Any]) -> Text:
     lag = client["loop_lag_ms"]
     delay = client["read_delay_ms"]
     cpus = ", ".join(f"w{w['worker']} {w['busy_cpu_percent']:.0f}%" for w in client["workers"])
-    read = (f"read delay (canary) p50 {_ms(delay['p50'])} / p99 {_ms(delay['p99'])} / max "
-            f"{_ms(delay['max'])} ms; " if delay["count"] else "")
-    line = (f"client self-check: {read}loop lag p50 {_ms(lag['p50'])} / p99 {_ms(lag['p99'])} "
-            f"/ max {_ms(lag['max'])} ms; CPU (busy, % of a core) {cpus}\n")
+    read = (
+        f"read delay (canary) p50 {_ms(delay['p50'])} / p99 {_ms(delay['p99'])} / max "
+        f"{_ms(delay['max'])} ms; "
+        if delay["count"]
+        else ""
+    )
+    line = (
+        f"client self-check: {read}loop lag p50 {_ms(lag['p50'])} / p99 {_ms(lag['p99'])} "
+        f"/ max {_ms(lag['max'])} ms; CPU (busy, % of a core) {cpus}\n"
+    )
     style = "bold red" if client["bottleneck"] else "green"
     return Text(line) + Text(client["verdict"], style=style)
 
@@ -190,18 +222,35 @@ def print_summary(doc: dict[str, Any], console: Console | None = None) -> None:
 
 def sweep_table(docs: Sequence[dict[str, Any]]) -> Table:
     table = Table(title="sweep", title_justify="left")
-    for name in ("run", "req/s", "out tok/s", "TTFT p50", "TTFT p99", "ITL p50", "TPOT p50",
-                 "E2E p99", "failed", "goodput/s", "client"):
+    for name in (
+        "run",
+        "req/s",
+        "out tok/s",
+        "TTFT p50",
+        "TTFT p99",
+        "ITL p50",
+        "TPOT p50",
+        "E2E p99",
+        "failed",
+        "goodput/s",
+        "client",
+    ):
         table.add_column(name, justify="right")
     for doc in docs:
         good = doc["goodput"]
         table.add_row(
-            doc["label"], f"{doc['request_throughput']:.2f}",
-            f"{doc['output_token_throughput']:.0f}", _ms(doc["ttft_ms"]["p50"]),
-            _ms(doc["ttft_ms"]["p99"]), _ms(doc["itl_ms"]["p50"]), _ms(doc["tpot_ms"]["p50"]),
-            _ms(doc["e2e_ms"]["p99"]), str(doc["failed"]),
+            doc["label"],
+            f"{doc['request_throughput']:.2f}",
+            f"{doc['output_token_throughput']:.0f}",
+            _ms(doc["ttft_ms"]["p50"]),
+            _ms(doc["ttft_ms"]["p99"]),
+            _ms(doc["itl_ms"]["p50"]),
+            _ms(doc["tpot_ms"]["p50"]),
+            _ms(doc["e2e_ms"]["p99"]),
+            str(doc["failed"]),
             "-" if good is None else f"{good['request_rate']:.2f}",
-            "BOUND" if doc["client"]["bottleneck"] else "ok")
+            "BOUND" if doc["client"]["bottleneck"] else "ok",
+        )
     return table
 
 
@@ -210,16 +259,18 @@ def saturation_index(docs: Sequence[Mapping[str, Any]]) -> int | None:
     SATURATION_RULE); None when no step completed a request. Walks the steps in order of
     achieved throughput and stops at the first that fails the rule: a later step that
     happens to pass again is noise on a saturated server, not a second knee."""
-    steps = sorted((i for i, d in enumerate(docs)
-                    if d["completed"] and d["ttft_ms"]["p99"] is not None),
-                   key=lambda i: docs[i]["request_throughput"])
+    steps = sorted(
+        (i for i, d in enumerate(docs) if d["completed"] and d["ttft_ms"]["p99"] is not None),
+        key=lambda i: docs[i]["request_throughput"],
+    )
     if not steps:
         return None
     limit = docs[steps[0]]["ttft_ms"]["p99"] * SATURATION_TTFT_FACTOR
     found = steps[0]
     for before, step in itertools.pairwise(steps):
-        grew = (docs[step]["request_throughput"]
-                > docs[before]["request_throughput"] * (1 + SATURATION_GROWTH))
+        grew = docs[step]["request_throughput"] > docs[before]["request_throughput"] * (
+            1 + SATURATION_GROWTH
+        )
         if not grew or docs[step]["ttft_ms"]["p99"] > limit:
             break
         found = step
@@ -231,19 +282,33 @@ def saturation_text(docs: Sequence[Mapping[str, Any]]) -> str:
     if index is None:
         return "saturation point: none (no step completed a request)"
     doc = docs[index]
-    return (f"saturation point: {doc['label']} ({doc['request_throughput']:.2f} req/s, TTFT "
-            f"p99 {doc['ttft_ms']['p99']:.1f} ms): {SATURATION_RULE}")
+    return (
+        f"saturation point: {doc['label']} ({doc['request_throughput']:.2f} req/s, TTFT "
+        f"p99 {doc['ttft_ms']['p99']:.1f} ms): {SATURATION_RULE}"
+    )
 
 
 def sweep_document(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """A sweep's JSON: the runs in order (each a full single-run document) and the
     saturation point, so a reader need not re-derive it."""
     index = saturation_index(docs)
-    point = None if index is None else {
-        "run": index, "label": docs[index]["label"],
-        "request_throughput": docs[index]["request_throughput"], "rule": SATURATION_RULE}
-    return {"schema_version": SCHEMA_VERSION, "tool": "stream-engine bench", "kind": "sweep",
-            "runs": list(docs), "saturation": point}
+    point = (
+        None
+        if index is None
+        else {
+            "run": index,
+            "label": docs[index]["label"],
+            "request_throughput": docs[index]["request_throughput"],
+            "rule": SATURATION_RULE,
+        }
+    )
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": "stream-engine bench",
+        "kind": "sweep",
+        "runs": list(docs),
+        "saturation": point,
+    }
 
 
 def run_folder(base: str | Path, started: dt.datetime, name: str) -> Path:
@@ -262,8 +327,9 @@ def run_folder(base: str | Path, started: dt.datetime, name: str) -> Path:
 
 
 def write_json(doc: dict[str, Any], path: str | Path) -> None:
-    Path(path).write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2
-                                        | orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+    Path(path).write_bytes(
+        orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+    )
 
 
 def write_csv(results: Sequence[BenchResult], path: str | Path) -> int:
@@ -287,8 +353,7 @@ class LiveProgress:
         self.title = title
         self.latest: dict[int, dict[str, Any]] = {}
         self.started = time.monotonic()
-        self._live = Live(self._render(), console=console, refresh_per_second=2,
-                          transient=True)
+        self._live = Live(self._render(), console=console, refresh_per_second=2, transient=True)
 
     def __call__(self, snapshot: dict[str, Any]) -> None:
         self.latest[snapshot["worker"]] = snapshot
@@ -303,9 +368,12 @@ class LiveProgress:
         ttfts = [s["ttft_p50_ms"] for s in snaps if s["ttft_p50_ms"] is not None]
         rate = done / elapsed if elapsed > 0 else 0.0
         ttft = f"{sorted(ttfts)[len(ttfts) // 2]:.1f} ms" if ttfts else "-"
-        return Group(Text(
-            f"{self.title}: {elapsed:6.1f} s  done {done}  failed {failed}  in flight "
-            f"{inflight}  {rate:.1f} req/s  TTFT p50 {ttft}"))
+        return Group(
+            Text(
+                f"{self.title}: {elapsed:6.1f} s  done {done}  failed {failed}  in flight "
+                f"{inflight}  {rate:.1f} req/s  TTFT p50 {ttft}"
+            )
+        )
 
     def __enter__(self) -> Self:
         self._live.__enter__()

@@ -34,8 +34,9 @@ SAMPLE_DIGITS = 3  # 0.001 ms: finer than any latency is measured, and short in 
 def samples(records: Sequence[RequestRecord]) -> dict[str, list[float]]:
     """Completed measured requests' values per metric, in intended-start order."""
     done = measured(records)
-    return {metric: np.round(values(done, metric), SAMPLE_DIGITS).tolist()
-            for metric in SAMPLE_METRICS}
+    return {
+        metric: np.round(values(done, metric), SAMPLE_DIGITS).tolist() for metric in SAMPLE_METRICS
+    }
 
 
 @dataclass(slots=True)
@@ -70,18 +71,27 @@ class BenchResult:
             **summarize(self.records, config.slo),
             "connect_ms": stats(self.connect_ms),
             "warmup": {
-                "seconds": config.warmup_s, "requests": len(warm),
+                "seconds": config.warmup_s,
+                "requests": len(warm),
                 "failed": sum(not r.ok for r in warm),
-                "errors": dict(Counter(r.error or "unknown" for r in warm if not r.ok)
-                               .most_common()),
-                "connections_primed": self.primed, "primer_errors": self.prime_errors,
+                "errors": dict(
+                    Counter(r.error or "unknown" for r in warm if not r.ok).most_common()
+                ),
+                "connections_primed": self.primed,
+                "primer_errors": self.prime_errors,
                 "connections_opened_during_measurement": self.connections_opened_measured,
             },
-            "clock": {"origin_perf_counter_ns": self.origin_ns,
-                      "note": "record offsets are seconds from this time.perf_counter_ns()"},
-            "client": verdict(self.checks, config.lag_threshold_ms, config.cpu_threshold,
-                              config.read_delay_threshold_ms,
-                              [r.pool_wait_ms for r in self.measured]),
+            "clock": {
+                "origin_perf_counter_ns": self.origin_ns,
+                "note": "record offsets are seconds from this time.perf_counter_ns()",
+            },
+            "client": verdict(
+                self.checks,
+                config.lag_threshold_ms,
+                config.cpu_threshold,
+                config.read_delay_threshold_ms,
+                [r.pool_wait_ms for r in self.measured],
+            ),
             "config": config.public(),
             "platform": platform_facts(),
         }

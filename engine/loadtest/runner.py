@@ -148,8 +148,14 @@ class ConnectTracer:
 class Runner:
     """`async with Runner(config, worker, workers) as r: await r.prime(); await r.run(t0)`."""
 
-    def __init__(self, config: LoadConfig, worker: int = 0, workers: int = 1,
-                 progress: Progress | None = None, canary_url: str | None = None) -> None:
+    def __init__(
+        self,
+        config: LoadConfig,
+        worker: int = 0,
+        workers: int = 1,
+        progress: Progress | None = None,
+        canary_url: str | None = None,
+    ) -> None:
         self.config = config
         self.canary_url = canary_url if config.canary else None
         self.worker = worker
@@ -161,9 +167,13 @@ class Runner:
         api_key = config.api_key if config.api_key is not None else env_api_key()
         self.secrets = secret_values(api_key, config.headers)
         self.engine = Engine(
-            config.base_url, api_key=api_key, max_connections=config.pool_size,
+            config.base_url,
+            api_key=api_key,
+            max_connections=config.pool_size,
             timeouts=config.timeouts(),
-            retry=RetryPolicy(max_retries=config.retries), headers=config.headers)
+            retry=RetryPolicy(max_retries=config.retries),
+            headers=config.headers,
+        )
         self.records: list[RequestRecord] = []
         self.inflight = 0
         self.recent_ttft: deque[float] = deque(maxlen=500)
@@ -198,8 +208,7 @@ class Runner:
         else:
             wanted = split_evenly(config.concurrency, self.workers, self.worker)
         wanted = min(wanted, config.pool_size)
-        results = await asyncio.gather(*(self._call(self.prompts.primer(i))
-                                         for i in range(wanted)))
+        results = await asyncio.gather(*(self._call(self.prompts.primer(i)) for i in range(wanted)))
         for res in results:
             if isinstance(res, BaseException):
                 self.prime_errors[_kind(res)] += 1
@@ -248,8 +257,10 @@ class Runner:
         monitor = SelfCheckMonitor(self.worker, canary_url=self.canary_url)
         self.check = monitor.check
         loop = asyncio.get_running_loop()
-        tickers = [loop.create_task(self._report_progress()),
-                   loop.create_task(self._bound_garbage())]
+        tickers = [
+            loop.create_task(self._report_progress()),
+            loop.create_task(self._bound_garbage()),
+        ]
         try:
             async with monitor:
                 if config.open_loop:
@@ -260,16 +271,28 @@ class Runner:
             for ticker in tickers:
                 ticker.cancel()
         opened = sum(1 for t in self.tracer.opened_after if t >= self.window_ns)
-        return WorkerResult(self.worker, self.records, self.check, self.tracer.connect_ms,
-                            opened, self.primed, dict(self.prime_errors), self.window_ns)
+        return WorkerResult(
+            self.worker,
+            self.records,
+            self.check,
+            self.tracer.connect_ms,
+            opened,
+            self.primed,
+            dict(self.prime_errors),
+            self.window_ns,
+        )
 
     async def _closed_loop(self, start_ns: int) -> None:
         config = self.config
         users = split_evenly(config.concurrency, self.workers, self.worker)
-        quota = (None if config.requests is None
-                 else split_evenly(config.requests, self.workers, self.worker))
-        end_ns = (None if config.duration_s is None
-                  else self.window_ns + int(config.duration_s * 1e9))
+        quota = (
+            None
+            if config.requests is None
+            else split_evenly(config.requests, self.workers, self.worker)
+        )
+        end_ns = (
+            None if config.duration_s is None else self.window_ns + int(config.duration_s * 1e9)
+        )
         issued = 0
         counter = iter(range(self.worker, 1 << 62, self.workers))
         # Users start spread over the warm-up: started together, equal streams would stay
@@ -296,16 +319,21 @@ class Runner:
                     if issued == quota:
                         self._stop_sending(now)
                 record = await self._one(next(counter), now, warmup)
-                if record.retry_after_s is not None and not self.no_more.is_set() \
-                        and not await self._wait_as_asked(record, record.retry_after_s, end_ns):
+                if (
+                    record.retry_after_s is not None
+                    and not self.no_more.is_set()
+                    and not await self._wait_as_asked(record, record.retry_after_s, end_ns)
+                ):
                     return
 
         loop = asyncio.get_running_loop()
-        await self._drain([loop.create_task(user(k * self.workers + self.worker))
-                           for k in range(users)])
+        await self._drain(
+            [loop.create_task(user(k * self.workers + self.worker)) for k in range(users)]
+        )
 
-    async def _wait_as_asked(self, record: RequestRecord, asked_s: float,
-                             end_ns: int | None) -> bool:
+    async def _wait_as_asked(
+        self, record: RequestRecord, asked_s: float, end_ns: int | None
+    ) -> bool:
         """Wait the Retry-After `record` got (capped; the window's end or the last send end
         it early) and note the wait in it. False: the wait reached the end, send no more."""
         started = time.perf_counter_ns()
@@ -388,15 +416,19 @@ class Runner:
         """Send one request and record how it went, whatever happens (never raises, except
         for a cancellation that is not the run's own cut-off)."""
         started_ns = time.perf_counter_ns()
-        record = RequestRecord(index=index, worker=self.worker, warmup=warmup,
-                               intended_s=(intended_ns - self.window_ns) / 1e9,
-                               lag_ms=0.0, ok=False)
+        record = RequestRecord(
+            index=index,
+            worker=self.worker,
+            warmup=warmup,
+            intended_s=(intended_ns - self.window_ns) / 1e9,
+            lag_ms=0.0,
+            ok=False,
+        )
         stamp = SendStamp()
         token = _SENDING.set(stamp)
         self.inflight += 1
         try:
-            result = await self.engine.run(self.prompts.body(index),
-                                           endpoint=self.config.endpoint)
+            result = await self.engine.run(self.prompts.body(index), endpoint=self.config.endpoint)
         except Exception as exc:  # every failure is a counted error, never a crash
             _fail(record, exc, self.secrets)
             record.e2e_ms = (time.perf_counter_ns() - intended_ns) / 1e6
@@ -408,8 +440,11 @@ class Runner:
             task.uncancel()  # our own cut-off, handled here: the task goes on to record it
             grace = self.config.grace_s
             within = "" if grace is None else f" within {grace:g} s after the load's last send"
-            _fail(record, Unfinished(f"no end{within}: cut off when the run ended (--grace)"),
-                  self.secrets)
+            _fail(
+                record,
+                Unfinished(f"no end{within}: cut off when the run ended (--grace)"),
+                self.secrets,
+            )
             # Whenever it was sent, it spanned the measured window: it counts there, so a run
             # against a server that never answers cannot report "0 completed, 0 failed".
             record.warmup = False
@@ -448,8 +483,10 @@ class Runner:
         done = [r for r in self.records if not r.warmup]
         ttft = sorted(self.recent_ttft)
         return {
-            "worker": self.worker, "done": sum(r.ok for r in done),
-            "failed": sum(not r.ok for r in done), "inflight": self.inflight,
+            "worker": self.worker,
+            "done": sum(r.ok for r in done),
+            "failed": sum(not r.ok for r in done),
+            "inflight": self.inflight,
             "elapsed_s": max(0.0, (time.perf_counter_ns() - self.window_ns) / 1e9),
             "ttft_p50_ms": ttft[len(ttft) // 2] if ttft else None,
         }

@@ -64,15 +64,21 @@ class CanaryReader:
         self.samples = samples
         self.error: str | None = None
         # api_key="": the user's OPENAI_API_KEY has no business going to the canary.
-        self.engine = Engine(url, api_key="", max_connections=1, retry=RetryPolicy(0),
-                             timeouts=Timeouts(first_byte_s=30.0, idle_s=None))
+        self.engine = Engine(
+            url,
+            api_key="",
+            max_connections=1,
+            retry=RetryPolicy(0),
+            timeouts=Timeouts(first_byte_s=30.0, idle_s=None),
+        )
 
     async def run(self) -> None:
         samples = self.samples
         try:
             async with self.engine:
-                async for ev in self.engine.stream({"model": "canary", "input": "canary"},
-                                                   endpoint="responses"):
+                async for ev in self.engine.stream(
+                    {"model": "canary", "input": "canary"}, endpoint="responses"
+                ):
                     if ev.text_delta:
                         stamp = ev.data.get("t")
                         if isinstance(stamp, int):
@@ -85,13 +91,11 @@ class SelfCheckMonitor:
     """`async with SelfCheckMonitor(worker) as check:` measures the loop, CPU and (given a
     canary server's URL) the client's read delay inside."""
 
-    def __init__(self, worker: int, tick_s: float = TICK_S,
-                 canary_url: str | None = None) -> None:
+    def __init__(self, worker: int, tick_s: float = TICK_S, canary_url: str | None = None) -> None:
         self.check = ClientCheck(worker)
         self._tick_s = tick_s
         self._task: asyncio.Task[None] | None = None
-        self._canary = (CanaryReader(canary_url, self.check.read_delay_ms)
-                        if canary_url else None)
+        self._canary = CanaryReader(canary_url, self.check.read_delay_ms) if canary_url else None
         self._canary_task: asyncio.Task[None] | None = None
         self._wall0 = 0.0
         self._cpu0 = 0.0
@@ -132,32 +136,47 @@ def _pooled(checks: Sequence[ClientCheck], name: str) -> dict[str, float | int |
     return stats(np.concatenate(arrays) if arrays else np.empty(0))
 
 
-def verdict(checks: Sequence[ClientCheck], lag_threshold_ms: float, cpu_threshold: float,
-            read_delay_threshold_ms: float = 2.0,
-            pool_wait_ms: Sequence[float] = ()) -> dict[str, Any]:
+def verdict(
+    checks: Sequence[ClientCheck],
+    lag_threshold_ms: float,
+    cpu_threshold: float,
+    read_delay_threshold_ms: float = 2.0,
+    pool_wait_ms: Sequence[float] = (),
+) -> dict[str, Any]:
     """The report's client section: per worker figures, pooled read delay and loop lag, and
     a plain verdict. `pool_wait_ms`: each measured request's wait for a pool connection."""
     lag_stats = _pooled(checks, "loop_lag_ms")
     delay_stats = _pooled(checks, "read_delay_ms")
-    reasons = [f"worker {c.worker} used {c.busy_fraction:.0%} of a core"
-               for c in checks if c.busy_fraction > cpu_threshold]
+    reasons = [
+        f"worker {c.worker} used {c.busy_fraction:.0%} of a core"
+        for c in checks
+        if c.busy_fraction > cpu_threshold
+    ]
     delay_p99 = delay_stats["p99"]
     if delay_p99 is not None and delay_p99 > read_delay_threshold_ms:
-        reasons.append(f"client read delay p99 {delay_p99:.1f} ms > "
-                       f"{read_delay_threshold_ms:g} ms (canary stream)")
+        reasons.append(
+            f"client read delay p99 {delay_p99:.1f} ms > "
+            f"{read_delay_threshold_ms:g} ms (canary stream)"
+        )
     p99 = lag_stats["p99"]
     if p99 is not None and p99 > lag_threshold_ms:
         reasons.append(f"event-loop lag p99 {p99:.1f} ms > {lag_threshold_ms:g} ms")
     waited = [ms for ms in pool_wait_ms if ms > POOL_WAIT_MS]
     if waited:
-        reasons.append(f"{len(waited)} requests waited for a pool connection (up to "
-                       f"{max(waited):.0f} ms): raise --max-connections")
+        reasons.append(
+            f"{len(waited)} requests waited for a pool connection (up to "
+            f"{max(waited):.0f} ms): raise --max-connections"
+        )
     if reasons:
-        text = ("CLIENT-BOUND: the load generator was the bottleneck (" + "; ".join(reasons)
-                + "); latencies include client delay. Add --workers or lower the load.")
+        text = (
+            "CLIENT-BOUND: the load generator was the bottleneck ("
+            + "; ".join(reasons)
+            + "); latencies include client delay. Add --workers or lower the load."
+        )
     else:
-        text = ("client OK: the load generator kept up (read delay, CPU and loop lag under "
-                "thresholds)")
+        text = (
+            "client OK: the load generator kept up (read delay, CPU and loop lag under thresholds)"
+        )
     return {
         "bottleneck": bool(reasons),
         "verdict": text,
@@ -170,12 +189,16 @@ def verdict(checks: Sequence[ClientCheck], lag_threshold_ms: float, cpu_threshol
 
 def worker_facts(check: ClientCheck) -> dict[str, Any]:
     return {
-        "worker": check.worker, "loop": check.loop, "wall_s": round(check.wall_s, 3),
-        "cpu_s": round(check.cpu_s, 3), "spin_s": round(check.spin_s, 3),
+        "worker": check.worker,
+        "loop": check.loop,
+        "wall_s": round(check.wall_s, 3),
+        "cpu_s": round(check.cpu_s, 3),
+        "spin_s": round(check.spin_s, 3),
         "cpu_percent": round(check.cpu_fraction * 100, 1),
         "busy_cpu_percent": round(check.busy_fraction * 100, 1),
         "loop_lag_ms": stats(check.loop_lag_ms),
-        "read_delay_ms": stats(check.read_delay_ms), "canary_error": check.canary_error,
+        "read_delay_ms": stats(check.read_delay_ms),
+        "canary_error": check.canary_error,
     }
 
 
@@ -194,8 +217,11 @@ def platform_facts(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return {
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
-        "system": platform.system(), "release": platform.release(),
-        "machine": platform.machine(), "cpu_count": os.cpu_count(),
-        "processor": platform.processor() or None, "versions": versions,
+        "system": platform.system(),
+        "release": platform.release(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or None,
+        "versions": versions,
         **(extra or {}),
     }

@@ -46,27 +46,46 @@ __all__ = [
 # is used for the whole run (vLLM renamed some between versions; a transitional version may
 # expose both, and they must not be added together).
 GAUGES: Final[dict[str, tuple[str, ...]]] = {
-    "requests_running": ("vllm:num_requests_running", "sglang:num_running_reqs",
-                         "llamacpp:requests_processing"),
-    "requests_waiting": ("vllm:num_requests_waiting", "sglang:num_queue_reqs",
-                         "llamacpp:requests_deferred"),
-    "kv_cache_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc",
-                       "sglang:token_usage", "llamacpp:kv_cache_usage_ratio"),
+    "requests_running": (
+        "vllm:num_requests_running",
+        "sglang:num_running_reqs",
+        "llamacpp:requests_processing",
+    ),
+    "requests_waiting": (
+        "vllm:num_requests_waiting",
+        "sglang:num_queue_reqs",
+        "llamacpp:requests_deferred",
+    ),
+    "kv_cache_usage": (
+        "vllm:kv_cache_usage_perc",
+        "vllm:gpu_cache_usage_perc",
+        "sglang:token_usage",
+        "llamacpp:kv_cache_usage_ratio",
+    ),
 }
 # Fractions (0..1): averaged across label sets (engines), where counts are summed.
 MEAN_GAUGES: Final = frozenset({"kv_cache_usage"})
 # Counters (sample names as prometheus_client reports them: always with `_total`) -> rates.
 RATES: Final[dict[str, tuple[str, ...]]] = {
-    "prompt_tokens_per_s": ("vllm:prompt_tokens_total", "sglang:prompt_tokens_total",
-                            "llamacpp:prompt_tokens_total"),
-    "generation_tokens_per_s": ("vllm:generation_tokens_total", "sglang:generation_tokens_total",
-                                "llamacpp:tokens_predicted_total"),
+    "prompt_tokens_per_s": (
+        "vllm:prompt_tokens_total",
+        "sglang:prompt_tokens_total",
+        "llamacpp:prompt_tokens_total",
+    ),
+    "generation_tokens_per_s": (
+        "vllm:generation_tokens_total",
+        "sglang:generation_tokens_total",
+        "llamacpp:tokens_predicted_total",
+    ),
 }
 HISTOGRAMS: Final[dict[str, tuple[str, ...]]] = {
     "server_ttft_s": ("vllm:time_to_first_token_seconds", "sglang:time_to_first_token_seconds"),
-    "server_itl_s": ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds",
-                     "sglang:inter_token_latency_seconds",
-                     "sglang:time_per_output_token_seconds"),
+    "server_itl_s": (
+        "vllm:inter_token_latency_seconds",
+        "vllm:time_per_output_token_seconds",
+        "sglang:inter_token_latency_seconds",
+        "sglang:time_per_output_token_seconds",
+    ),
     "server_e2e_s": ("vllm:e2e_request_latency_seconds", "sglang:e2e_request_latency_seconds"),
 }
 SERVERS: Final = (("vllm:", "vllm"), ("sglang:", "sglang"), ("llamacpp:", "llama.cpp"))
@@ -76,8 +95,7 @@ MIN_TIMEOUT_S: Final = 0.5  # a busy server answers /metrics between decode step
 MAX_BODY: Final = 16 * 1024 * 1024  # far above any real exposition (vLLM's is ~60 KB)
 ERROR_BODY_CHARS: Final = 200
 
-_SCALARS: Final = frozenset(name for names in (*GAUGES.values(), *RATES.values())
-                            for name in names)
+_SCALARS: Final = frozenset(name for names in (*GAUGES.values(), *RATES.values()) for name in names)
 _HISTOGRAMS: Final = frozenset(name for names in HISTOGRAMS.values() for name in names)
 
 
@@ -110,8 +128,12 @@ class Snapshot:
 def _merge(parts: Sequence[Histogram]) -> Histogram:
     """Label sets' histograms summed bound by bound (the union of their bounds)."""
     bounds = tuple(sorted({b for h in parts for b in h.bounds}))
-    return Histogram(bounds, tuple(sum(h.at(b) for h in parts) for b in bounds),
-                     sum(h.sum for h in parts), sum(h.count for h in parts))
+    return Histogram(
+        bounds,
+        tuple(sum(h.at(b) for h in parts) for b in bounds),
+        sum(h.sum for h in parts),
+        sum(h.count for h in parts),
+    )
 
 
 def _histogram(samples: Iterable[Any]) -> Histogram | None:
@@ -169,8 +191,12 @@ def _gauge(values: Sequence[float], mean: bool) -> float:
     return sum(values) / len(values) if mean else sum(values)
 
 
-def _series(snaps: Sequence[Snapshot], origin_ns: int, name: str, source: str,
-            ) -> list[list[float]]:
+def _series(
+    snaps: Sequence[Snapshot],
+    origin_ns: int,
+    name: str,
+    source: str,
+) -> list[list[float]]:
     points = []
     for snap in snaps:
         vals = [v for v in snap.values.get(source, ()) if math.isfinite(v)]
@@ -237,14 +263,22 @@ def build_document(snaps: Sequence[Snapshot], origin_ns: int) -> dict[str, Any]:
             if src is None or src not in end.histograms:
                 continue
             sources[name] = src
-            histograms[name] = {**_delta(base.histograms.get(src), end.histograms[src]),
-                                "from_s": (base.t_ns - origin_ns) / 1e9,
-                                "to_s": (end.t_ns - origin_ns) / 1e9}
+            histograms[name] = {
+                **_delta(base.histograms.get(src), end.histograms[src]),
+                "from_s": (base.t_ns - origin_ns) / 1e9,
+                "to_s": (end.t_ns - origin_ns) / 1e9,
+            }
     names = sorted({n for s in snaps for n in s.families})
-    server = next((label for prefix, label in SERVERS
-                   if any(n.startswith(prefix) for n in names)), "unknown")
-    return {"server": server, "series": series, "histograms": histograms, "sources": sources,
-            "raw_names": names}
+    server = next(
+        (label for prefix, label in SERVERS if any(n.startswith(prefix) for n in names)), "unknown"
+    )
+    return {
+        "server": server,
+        "series": series,
+        "histograms": histograms,
+        "sources": sources,
+        "raw_names": names,
+    }
 
 
 def metrics_url(base_url: str) -> str:
@@ -292,9 +326,14 @@ class ServerMetricsScraper:
     A failed scrape is counted and its message kept; it never raises: the server's metrics
     are an aid to the run, never a reason for it to fail."""
 
-    def __init__(self, url: str, interval_s: float = 1.0, *,
-                 headers: Mapping[str, str] | None = None,
-                 timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        interval_s: float = 1.0,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> None:
         if not interval_s > 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s!r}")
         self.url = url
@@ -302,9 +341,16 @@ class ServerMetricsScraper:
         self.timeout_s = timeout_s if timeout_s is not None else max(interval_s, MIN_TIMEOUT_S)
         self._headers = dict(headers or {})
         # Every header value is treated as a credential (a long one, at least) in messages.
-        self._secrets = tuple(sorted(
-            {*secret_values(None, self._headers),
-             *(v for v in self._headers.values() if len(v) >= 8)}, key=len, reverse=True))
+        self._secrets = tuple(
+            sorted(
+                {
+                    *secret_values(None, self._headers),
+                    *(v for v in self._headers.values() if len(v) >= 8),
+                },
+                key=len,
+                reverse=True,
+            )
+        )
         self._tally = _Tally()
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
@@ -322,8 +368,10 @@ class ServerMetricsScraper:
         # A new connection per scrape: a server that closes idle keep-alive connections
         # (llama-server does) must not turn into a failed scrape.
         self._session = aiohttp.ClientSession(
-            headers=self._headers, connector=aiohttp.TCPConnector(force_close=True),
-            timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+            headers=self._headers,
+            connector=aiohttp.TCPConnector(force_close=True),
+            timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+        )
         await self.scrape()
         self._task = asyncio.create_task(self._loop(), name="server-metrics")
         return self
@@ -384,8 +432,9 @@ class ServerMetricsScraper:
             if resp.status != 200:
                 head = await resp.content.read(ERROR_BODY_CHARS)
                 snippet = " ".join(head.decode("utf-8", "replace").split())
-                raise _BadStatus(f"HTTP {resp.status}: {snippet}" if snippet
-                                 else f"HTTP {resp.status}")
+                raise _BadStatus(
+                    f"HTTP {resp.status}: {snippet}" if snippet else f"HTTP {resp.status}"
+                )
             chunks, size = [], 0
             async for chunk in resp.content.iter_chunked(64 * 1024):
                 size += len(chunk)

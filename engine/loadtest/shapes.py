@@ -54,7 +54,8 @@ def open_schedule(config: LoadConfig, worker: int = 0, workers: int = 1) -> Iter
     end_s = None if config.duration_s is None else config.warmup_s + config.duration_s
     measured = 0
     for index, offset in enumerate(
-            arrival_offsets(config.rate, config.arrival, config.burstiness, config.seed)):
+        arrival_offsets(config.rate, config.arrival, config.burstiness, config.seed)
+    ):
         if end_s is not None and offset >= end_s:
             return
         warmup = offset < config.warmup_s

@@ -35,7 +35,6 @@ from engine.loadtest.shapes import sweep_rates
 from engine.runtime import loop_factory
 
 if TYPE_CHECKING:
-
     from engine.loadtest.config import LoadConfig
 
 START_MARGIN_S = 0.05  # from "all ready" to the common start: time to deliver "go"
@@ -66,21 +65,26 @@ def auto_workers(streams: float, cores: int | None) -> int:
 
 async def probe_e2e_s(config: LoadConfig) -> float:
     """The e2e of one request of the load (open loop: in flight = rate x e2e)."""
-    engine = Engine(config.base_url, api_key=config.api_key, max_connections=1,
-                    retry=RetryPolicy(0), headers=config.headers,
-                    timeouts=config.timeouts())
+    engine = Engine(
+        config.base_url,
+        api_key=config.api_key,
+        max_connections=1,
+        retry=RetryPolicy(0),
+        headers=config.headers,
+        timeouts=config.timeouts(),
+    )
     async with engine:
         try:
             async with asyncio.timeout(PRIME_LIMIT_S):
-                result = await engine.run(PromptSource(config).body(-1),
-                                          endpoint=config.endpoint)
+                result = await engine.run(PromptSource(config).body(-1), endpoint=config.endpoint)
         except (EngineError, TimeoutError):
             return PROBE_FALLBACK_S
     return result.e2e_s
 
 
-async def resolve_workers(config: LoadConfig, cores: int | None = None, *,
-                          capped: bool = True) -> LoadConfig:
+async def resolve_workers(
+    config: LoadConfig, cores: int | None = None, *, capped: bool = True
+) -> LoadConfig:
     """`config` with AUTO_WORKERS replaced by a count; the choice goes into its facts.
 
     `capped=False` (Ray: the cluster's cores are not ours to count) lets the load decide."""
@@ -97,9 +101,14 @@ async def resolve_workers(config: LoadConfig, cores: int | None = None, *,
     else:
         streams = float(config.concurrency)
     workers = auto_workers(streams, cores)
-    facts = config.facts | {"workers_auto": {"streams_in_flight": round(streams, 1),
-                                             "usable_cores": cores, "workers": workers,
-                                             "streams_per_worker": STREAMS_PER_WORKER}}
+    facts = config.facts | {
+        "workers_auto": {
+            "streams_in_flight": round(streams, 1),
+            "usable_cores": cores,
+            "workers": workers,
+            "streams_per_worker": STREAMS_PER_WORKER,
+        }
+    }
     return config.with_(workers=workers, facts=facts)
 
 
@@ -112,8 +121,9 @@ async def _start_canary(stack: contextlib.AsyncExitStack) -> str:
     return url
 
 
-async def run_load(config: LoadConfig, progress: Progress | None = None,
-                   canary_url: str | None = None) -> BenchResult:
+async def run_load(
+    config: LoadConfig, progress: Progress | None = None, canary_url: str | None = None
+) -> BenchResult:
     """Run one load test and return every record, merged and ready to report.
 
     With `config.canary` a canary server is started for the run unless `canary_url` names
@@ -135,8 +145,7 @@ async def run_sweep(config: LoadConfig, progress: Progress | None = None) -> lis
     """GuideLLM's sweep: one stream, then saturation, then `sweep_steps` rates in between."""
     async with contextlib.AsyncExitStack() as stack:
         url = await _start_canary(stack) if config.canary else None  # one for every segment
-        single = await run_load(config.with_(rate=None, concurrency=1, label="sync"),
-                                progress, url)
+        single = await run_load(config.with_(rate=None, concurrency=1, label="sync"), progress, url)
         saturated = await run_load(config.with_(rate=None, label="throughput"), progress, url)
         low = single.summary()["request_throughput"]
         high = saturated.summary()["request_throughput"]
@@ -147,14 +156,22 @@ async def run_sweep(config: LoadConfig, progress: Progress | None = None) -> lis
     return results
 
 
-def run_processes(config: LoadConfig, progress: Progress | None,
-                  canary_url: str | None = None) -> list[WorkerResult]:
+def run_processes(
+    config: LoadConfig, progress: Progress | None, canary_url: str | None = None
+) -> list[WorkerResult]:
     """Spawn the workers, start them together, relay progress, collect their results."""
     ctx = mp.get_context("spawn")
     n = config.workers
     pipes = [ctx.Pipe() for _ in range(n)]
-    procs = [ctx.Process(target=worker_main, args=(config, i, n, child, canary_url), daemon=True,
-                         name=f"bench-worker-{i}") for i, (_, child) in enumerate(pipes)]
+    procs = [
+        ctx.Process(
+            target=worker_main,
+            args=(config, i, n, child, canary_url),
+            daemon=True,
+            name=f"bench-worker-{i}",
+        )
+        for i, (_, child) in enumerate(pipes)
+    ]
     for proc in procs:
         proc.start()
     for _, child in pipes:
@@ -204,8 +221,9 @@ def _expect(conn: Connection, wanted: str, timeout_s: float) -> None:
         raise WorkerFailed(f"a bench worker said {tag!r}, expected {wanted!r}")
 
 
-def worker_main(config: LoadConfig, worker: int, workers: int, conn: Connection,
-                canary_url: str | None = None) -> None:
+def worker_main(
+    config: LoadConfig, worker: int, workers: int, conn: Connection, canary_url: str | None = None
+) -> None:
     """Process entry point: one uvloop, one Runner, results back through `conn`."""
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
@@ -216,10 +234,16 @@ def worker_main(config: LoadConfig, worker: int, workers: int, conn: Connection,
         conn.close()
 
 
-async def _worker(config: LoadConfig, worker: int, workers: int, conn: Connection,
-                  canary_url: str | None) -> None:
-    async with Runner(config, worker, workers, progress=lambda snap: conn.send(("progress", snap)),
-                      canary_url=canary_url) as runner:
+async def _worker(
+    config: LoadConfig, worker: int, workers: int, conn: Connection, canary_url: str | None
+) -> None:
+    async with Runner(
+        config,
+        worker,
+        workers,
+        progress=lambda snap: conn.send(("progress", snap)),
+        canary_url=canary_url,
+    ) as runner:
         await runner.prime()
         conn.send(("ready", None))
         tag, start_ns = await asyncio.to_thread(conn.recv)

@@ -11,5 +11,4 @@ from engine.mock.runners import MockProcess, MockServer, MockServerThread
 from engine.mock.server import create_app
 from engine.mock.stats import MockStats
 
-__all__ = ["MockConfig", "MockProcess", "MockServer", "MockServerThread", "MockStats",
-           "create_app"]
+__all__ = ["MockConfig", "MockProcess", "MockServer", "MockServerThread", "MockStats", "create_app"]

@@ -68,8 +68,11 @@ class ChoiceStream:
         self.head_events = len(self._heads())
         runs = self._runs[0]
         # One choice of one run (a plain answer): the hot path, two concatenations per token.
-        self._fast = ((runs[0].prefix, runs[0].pieces, runs[0].suffix)
-                      if len(self._runs) == 1 and len(runs) == 1 else None)
+        self._fast = (
+            (runs[0].prefix, runs[0].pieces, runs[0].suffix)
+            if len(self._runs) == 1 and len(runs) == 1
+            else None
+        )
 
     # --- what a dialect says ------------------------------------------------------------------
 
@@ -104,7 +107,7 @@ class ChoiceStream:
             taken = 0
             for frame in self._frames(index, choice, segment):
                 prefix, mids, suffix = cut_at_slots(self._chunk([frame.choice]))
-                pieces = segment.json[taken:taken + frame.count]
+                pieces = segment.json[taken : taken + frame.count]
                 if frame.extras is not None:  # token + the bytes between the slots + its extra
                     pieces = [p + mids[0] + x for p, x in zip(pieces, frame.extras, strict=True)]
                 runs.append(_Run(start, start + len(pieces), prefix, pieces, suffix))
@@ -156,8 +159,11 @@ class ChoiceStream:
         if self._gen.ending in ("error-event", "failed"):
             # A mid-stream error, then the stream ends without [DONE].
             return [named_event("error", {"error": error_object(500)})]
-        events = [self._finish_chunk(index) for index, length in enumerate(self._lengths)
-                  if length in (0, self.n)]
+        events = [
+            self._finish_chunk(index)
+            for index, length in enumerate(self._lengths)
+            if length in (0, self.n)
+        ]
         if self._gen.include_usage:
             events.append(data_event({**self._envelope, "choices": [], "usage": self._usage()}))
         events.append(DONE)
@@ -166,7 +172,15 @@ class ChoiceStream:
     def body(self) -> bytes:
         """The non-streaming answer: every choice whole, and the usage."""
         gen = self._gen
-        choices = [self._body_choice(c, choice, finish_reason(choice, gen.ending))
-                   for c, choice in enumerate(gen.choices)]
-        return orjson.dumps({**self._envelope, "object": self.body_object, "choices": choices,
-                             "usage": self._usage()})
+        choices = [
+            self._body_choice(c, choice, finish_reason(choice, gen.ending))
+            for c, choice in enumerate(gen.choices)
+        ]
+        return orjson.dumps(
+            {
+                **self._envelope,
+                "object": self.body_object,
+                "choices": choices,
+                "usage": self._usage(),
+            }
+        )

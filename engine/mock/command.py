@@ -40,49 +40,97 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--ttft-ms", type=float, default=200.0, help="time to first token (default 200)")
     add("--itl-ms", type=float, default=20.0, help="inter-token latency (default 20)")
     add("--jitter", type=float, default=0.0, help="relative jitter, 0.1 = ±10%% (default 0)")
-    add("--itl-distribution", choices=DISTRIBUTIONS, default="constant",
-        help="inter-token delay distribution with mean --itl-ms (default constant)")
-    add("--output-tokens", default="128",
-        help="answer length when the request sets no limit: N or MIN-MAX (default 128)")
-    add("--max-concurrency", type=int, default=None,
-        help="concurrent generations; more requests queue FIFO (default unlimited)")
+    add(
+        "--itl-distribution",
+        choices=DISTRIBUTIONS,
+        default="constant",
+        help="inter-token delay distribution with mean --itl-ms (default constant)",
+    )
+    add(
+        "--output-tokens",
+        default="128",
+        help="answer length when the request sets no limit: N or MIN-MAX (default 128)",
+    )
+    add(
+        "--max-concurrency",
+        type=int,
+        default=None,
+        help="concurrent generations; more requests queue FIFO (default unlimited)",
+    )
     add("--faults", default="", help="fault rates, e.g. 429=0.05,500=0.02,disconnect=0.02")
-    add("--api-key", default=os.environ.get(API_KEY_ENV),
-        help=f"require this bearer token (default: ${API_KEY_ENV}; unset = no auth)")
+    add(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV),
+        help=f"require this bearer token (default: ${API_KEY_ENV}; unset = no auth)",
+    )
     add("--seed", type=int, default=0, help="seed of text, faults and jitter (default 0)")
     add("--retry-after", type=float, default=0.05, help="seconds a 429 asks to wait (0.05)")
-    add("--limit-ending", choices=LIMIT_ENDINGS, default="incomplete",
+    add(
+        "--limit-ending",
+        choices=LIMIT_ENDINGS,
+        default="incomplete",
         help="Responses stream cut by max_output_tokens: response.incomplete (OpenAI), "
-             "response.completed with status incomplete (vllm), or completed "
-             "(default incomplete)")
+        "response.completed with status incomplete (vllm), or completed "
+        "(default incomplete)",
+    )
     add("--model", default="mock-model", help="model id listed by GET /v1/models")
-    add("--close-after-response", choices=CLOSE_MODES, default="no",
+    add(
+        "--close-after-response",
+        choices=CLOSE_MODES,
+        default="no",
         help="close the connection after each response: silent (headers say keep-alive, as "
-             "llama-server) or announced (Connection: close) (default no)")
-    add("--keepalive-timeout", type=float, default=None, metavar="S",
-        help="close idle keep-alive connections after S seconds (uvicorn: 5; "
-             "default aiohttp's)")
-    add("--reasoning-tokens", type=int, default=0, metavar="N",
-        help="N reasoning tokens before every chat and Responses answer (default 0)")
-    add("--reasoning-field", choices=REASONING_FIELDS, default="reasoning_content",
+        "llama-server) or announced (Connection: close) (default no)",
+    )
+    add(
+        "--keepalive-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="close idle keep-alive connections after S seconds (uvicorn: 5; default aiohttp's)",
+    )
+    add(
+        "--reasoning-tokens",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N reasoning tokens before every chat and Responses answer (default 0)",
+    )
+    add(
+        "--reasoning-field",
+        choices=REASONING_FIELDS,
+        default="reasoning_content",
         help="chat delta field of reasoning: reasoning_content (llama.cpp, DeepSeek) or "
-             "reasoning (vLLM, Ollama) (default reasoning_content)")
-    add("--reasoning-summary", action="store_true",
+        "reasoning (vLLM, Ollama) (default reasoning_content)",
+    )
+    add(
+        "--reasoning-summary",
+        action="store_true",
         help="Responses: reasoning as reasoning_summary_text events (OpenAI's hosted models) "
-             "instead of reasoning_text (open-weight models, vLLM)")
+        "instead of reasoning_text (open-weight models, vLLM)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> MockConfig:
     low, high = parse_token_range(args.output_tokens)
     return MockConfig(
-        ttft_ms=args.ttft_ms, itl_ms=args.itl_ms, jitter=args.jitter,
-        itl_distribution=args.itl_distribution, output_tokens=low, output_tokens_max=high,
-        max_concurrency=args.max_concurrency, faults=parse_fault_rates(args.faults),
-        api_key=args.api_key or None, seed=args.seed, retry_after_s=args.retry_after,
-        limit_ending=args.limit_ending, model=args.model,
+        ttft_ms=args.ttft_ms,
+        itl_ms=args.itl_ms,
+        jitter=args.jitter,
+        itl_distribution=args.itl_distribution,
+        output_tokens=low,
+        output_tokens_max=high,
+        max_concurrency=args.max_concurrency,
+        faults=parse_fault_rates(args.faults),
+        api_key=args.api_key or None,
+        seed=args.seed,
+        retry_after_s=args.retry_after,
+        limit_ending=args.limit_ending,
+        model=args.model,
         close_after_response=args.close_after_response,
-        keepalive_timeout_s=args.keepalive_timeout, reasoning_tokens=args.reasoning_tokens,
-        reasoning_field=args.reasoning_field, reasoning_summary=args.reasoning_summary,
+        keepalive_timeout_s=args.keepalive_timeout,
+        reasoning_tokens=args.reasoning_tokens,
+        reasoning_field=args.reasoning_field,
+        reasoning_summary=args.reasoning_summary,
     )
 
 

@@ -26,22 +26,41 @@ class CompletionsStream(ChoiceStream):
 
     def _make_envelope(self, stream_id: str) -> dict[str, Any]:
         gen = self._gen
-        return {"id": stream_id, "object": "text_completion", "created": gen.created,
-                "model": gen.model}
+        return {
+            "id": stream_id,
+            "object": "text_completion",
+            "created": gen.created,
+            "model": gen.model,
+        }
 
-    def _frames(self, index: int, choice: Choice,  # noqa: ARG002  (chat's needs it)
-                segment: Segment) -> list[Frame]:
-        return [Frame({"text": SLOT, "index": index, "logprobs": None, "finish_reason": None},
-                      len(segment.pieces))]
+    def _frames(
+        self,
+        index: int,
+        choice: Choice,  # noqa: ARG002  (chat's needs it)
+        segment: Segment,
+    ) -> list[Frame]:
+        return [
+            Frame(
+                {"text": SLOT, "index": index, "logprobs": None, "finish_reason": None},
+                len(segment.pieces),
+            )
+        ]
 
     def _finish(self, index: int, reason: str) -> dict[str, Any]:
         return {"text": "", "index": index, "logprobs": None, "finish_reason": reason}
 
     def _usage(self) -> dict[str, Any]:
         gen = self._gen
-        return {"prompt_tokens": gen.input_tokens, "completion_tokens": gen.output_tokens,
-                "total_tokens": gen.input_tokens + gen.output_tokens}
+        return {
+            "prompt_tokens": gen.input_tokens,
+            "completion_tokens": gen.output_tokens,
+            "total_tokens": gen.input_tokens + gen.output_tokens,
+        }
 
     def _body_choice(self, index: int, choice: Choice, reason: str) -> dict[str, Any]:
-        return {"text": choice.joined("text") or "", "index": index, "logprobs": None,
-                "finish_reason": reason}
+        return {
+            "text": choice.joined("text") or "",
+            "index": index,
+            "logprobs": None,
+            "finish_reason": reason,
+        }

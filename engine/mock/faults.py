@@ -28,11 +28,17 @@ _STATUS_ERRORS: dict[int, tuple[str, str, str | None]] = {
     400: ("invalid_request_error", "Invalid request.", None),
     401: ("invalid_request_error", "Incorrect API key provided.", "invalid_api_key"),
     404: ("invalid_request_error", "Invalid URL.", None),
-    429: ("requests", "Rate limit reached for requests (mock). Please try again in a moment.",
-          "rate_limit_exceeded"),
+    429: (
+        "requests",
+        "Rate limit reached for requests (mock). Please try again in a moment.",
+        "rate_limit_exceeded",
+    ),
     500: ("server_error", "The server had an error while processing your request. (mock)", None),
-    503: ("server_error", "The engine is currently overloaded, please try again later. (mock)",
-          None),
+    503: (
+        "server_error",
+        "The engine is currently overloaded, please try again later. (mock)",
+        None,
+    ),
 }
 
 
@@ -143,16 +149,23 @@ def error_object(
 ) -> dict[str, object]:
     """OpenAI's error object for an HTTP status; `message`/`code` override the defaults."""
     kind, default_message, default_code = _STATUS_ERRORS.get(status, _STATUS_ERRORS[500])
-    return {"message": message or default_message, "type": kind, "param": param,
-            "code": code if code is not None else default_code}
+    return {
+        "message": message or default_message,
+        "type": kind,
+        "param": param,
+        "code": code if code is not None else default_code,
+    }
 
 
-def error_body(status: int, message: str | None = None, *, param: str | None = None,
-               code: str | None = None) -> bytes:
+def error_body(
+    status: int, message: str | None = None, *, param: str | None = None, code: str | None = None
+) -> bytes:
     """`{"error": {...}}` as bytes, the body of every non-2xx answer."""
     return orjson.dumps({"error": error_object(status, message, param=param, code=code)})
 
 
-HTML_PAGE = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
-             b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>mock</center>\r\n"
-             b"</body>\r\n</html>\r\n")
+HTML_PAGE = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>mock</center>\r\n"
+    b"</body>\r\n</html>\r\n"
+)

@@ -118,8 +118,13 @@ class Schedule:
 class _Paced:
     __slots__ = ("done", "due", "events", "render", "schedule", "transport")
 
-    def __init__(self, render: Renderer, schedule: Schedule, transport: asyncio.Transport,
-                 done: asyncio.Future[int]) -> None:
+    def __init__(
+        self,
+        render: Renderer,
+        schedule: Schedule,
+        transport: asyncio.Transport,
+        done: asyncio.Future[int],
+    ) -> None:
         self.render = render
         self.schedule = schedule
         self.transport = transport
@@ -137,8 +142,9 @@ class Ticker:
     whose own deadline has passed are taken, and the timer is armed at the earliest deadline.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, stats: MockStats,
-                 resolution_s: float = 0.0) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, stats: MockStats, resolution_s: float = 0.0
+    ) -> None:
         self._loop = loop
         self._stats = stats
         self._resolution_s = resolution_s  # of the loop's clock: see wake_time
@@ -148,8 +154,12 @@ class Ticker:
         self._timer_at = math.inf  # invariant: the earliest deadline waiting, when any waits
         self._firing = False
 
-    def run(self, render: Renderer, schedule: Schedule, transport: asyncio.Transport,
-            ) -> asyncio.Future[int]:
+    def run(
+        self,
+        render: Renderer,
+        schedule: Schedule,
+        transport: asyncio.Transport,
+    ) -> asyncio.Future[int]:
         """Pace `render`'s deltas and tail onto `transport`; resolves to the events written."""
         done: asyncio.Future[int] = self._loop.create_future()
         paced = _Paced(render, schedule, transport, done)

@@ -87,8 +87,9 @@ def fragments(arguments: str) -> list[str]:
 def call_segment(name: str, parameters: Any, seed: int, index: int) -> Segment:
     """One tool call: the naming token (`""`), then its argument fragments."""
     pieces = ["", *fragments(tool_arguments(parameters, seed + index, name))]
-    return Segment.of_pieces("tool_call", pieces, name=name, call_id=new_id("call_")[:29],
-                             call_index=index)
+    return Segment.of_pieces(
+        "tool_call", pieces, name=name, call_id=new_id("call_")[:29], call_index=index
+    )
 
 
 def logprob(token: str) -> float:
@@ -104,24 +105,40 @@ def _alternatives(token: str, count: int) -> list[tuple[str, float]]:
     # 7 and len(others) are coprime: no token twice.
     return [(token, chosen)][:count] + [
         (others[(start + 7 * j) % len(others)], round(chosen - j * 0.75, 3))
-        for j in range(1, count)]
+        for j in range(1, count)
+    ]
 
 
 def chat_logprob(token: str, top: int) -> dict[str, Any]:
     """Chat's `ChatCompletionTokenLogprob`: token, logprob, bytes, top_logprobs."""
-    return {"token": token, "logprob": logprob(token), "bytes": list(token.encode()),
-            "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())}
-                             for t, lp in _alternatives(token, top)]}
+    return {
+        "token": token,
+        "logprob": logprob(token),
+        "bytes": list(token.encode()),
+        "top_logprobs": [
+            {"token": t, "logprob": lp, "bytes": list(t.encode())}
+            for t, lp in _alternatives(token, top)
+        ],
+    }
 
 
 def delta_logprob(token: str, top: int) -> dict[str, Any]:
     """The Responses `output_text.delta` entry: token, logprob, top_logprobs (no bytes)."""
-    return {"token": token, "logprob": logprob(token),
-            "top_logprobs": [{"token": t, "logprob": lp} for t, lp in _alternatives(token, top)]}
+    return {
+        "token": token,
+        "logprob": logprob(token),
+        "top_logprobs": [{"token": t, "logprob": lp} for t, lp in _alternatives(token, top)],
+    }
 
 
 def text_logprob(token: str, top: int) -> dict[str, Any]:
     """The Responses `output_text` part's entry (done event, final item): with bytes."""
-    return {"token": token, "bytes": list(token.encode()), "logprob": logprob(token),
-            "top_logprobs": [{"token": t, "bytes": list(t.encode()), "logprob": lp}
-                             for t, lp in _alternatives(token, top)]}
+    return {
+        "token": token,
+        "bytes": list(token.encode()),
+        "logprob": logprob(token),
+        "top_logprobs": [
+            {"token": t, "bytes": list(t.encode()), "logprob": lp}
+            for t, lp in _alternatives(token, top)
+        ],
+    }

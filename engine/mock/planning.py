@@ -68,8 +68,9 @@ def header_ms(headers: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
-def header_int(headers: Mapping[str, str], name: str, default: int, low: int = 0,
-               high: int | None = None) -> int:
+def header_int(
+    headers: Mapping[str, str], name: str, default: int, low: int = 0, high: int | None = None
+) -> int:
     raw = headers.get(name)
     if raw is None:
         return default
@@ -94,8 +95,9 @@ def body_int(body: dict[str, Any], name: str, default: int, low: int, high: int)
     if value is None:
         return default
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise BadRequest(f"Invalid '{name}': expected an integer in [{low}, {high}].", name,
-                         "invalid_value")
+        raise BadRequest(
+            f"Invalid '{name}': expected an integer in [{low}, {high}].", name, "invalid_value"
+        )
     return value
 
 
@@ -105,8 +107,7 @@ def token_limit(body: dict[str, Any], *names: str) -> int | None:
         if value is None:
             continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise BadRequest(f"Invalid '{name}': expected an integer >= 1.", name,
-                             "invalid_value")
+            raise BadRequest(f"Invalid '{name}': expected an integer >= 1.", name, "invalid_value")
         return value
     return None
 
@@ -137,8 +138,9 @@ def _function_tools(body: dict[str, Any], chat: bool) -> list[tuple[str, Any]]:
     return found
 
 
-def _tool_calls(body: dict[str, Any], headers: Mapping[str, str], chat: bool,
-                forced: str | None) -> tuple[tuple[str, Any], ...]:
+def _tool_calls(
+    body: dict[str, Any], headers: Mapping[str, str], chat: bool, forced: str | None
+) -> tuple[tuple[str, Any], ...]:
     """The calls the answer makes: none, or `x-mock-tool-calls` of them (one when
     `parallel_tool_calls` is false), to the named function or to the listed ones in turn."""
     choice = body.get("tool_choice")
@@ -147,7 +149,8 @@ def _tool_calls(body: dict[str, Any], headers: Mapping[str, str], chat: bool,
         spec = choice.get("function") if chat else choice
         named = spec.get("name") if isinstance(spec, dict) else None
     wanted = forced == "tool_calls" or (
-        forced is None and (choice == "required" or named is not None))
+        forced is None and (choice == "required" or named is not None)
+    )
     if not wanted:
         return ()
     tools = _function_tools(body, chat)
@@ -156,16 +159,20 @@ def _tool_calls(body: dict[str, Any], headers: Mapping[str, str], chat: bool,
     if named is not None:
         tools = [tool for tool in tools if tool[0] == named]
         if not tools:
-            raise BadRequest(f"Invalid value for 'tool_choice': no function named {named!r} "
-                             "in 'tools'.", "tool_choice", "invalid_value")
+            raise BadRequest(
+                f"Invalid value for 'tool_choice': no function named {named!r} in 'tools'.",
+                "tool_choice",
+                "invalid_value",
+            )
     count = header_int(headers, "x-mock-tool-calls", 1, 1, MAX_TOOL_CALLS)
     if body.get("parallel_tool_calls") is False:
         count = 1
     return tuple(tools[i % len(tools)] for i in range(count))
 
 
-def _reasoning(config: MockConfig, body: dict[str, Any], headers: Mapping[str, str],
-               dialect: Dialect) -> tuple[int, bool]:
+def _reasoning(
+    config: MockConfig, body: dict[str, Any], headers: Mapping[str, str], dialect: Dialect
+) -> tuple[int, bool]:
     """(reasoning tokens, as a summary): header, else config, else a Responses `reasoning`
     (whose `effort: "none"` asks for none). The legacy endpoint never reasons."""
     if dialect == "completions":
@@ -187,8 +194,9 @@ def _top_logprobs(body: dict[str, Any], dialect: Dialect) -> int | None:
         if body.get("logprobs") is True:
             return top
         if body.get("top_logprobs") is not None:
-            raise BadRequest("'top_logprobs' needs 'logprobs' set to true.", "top_logprobs",
-                             "invalid_value")
+            raise BadRequest(
+                "'top_logprobs' needs 'logprobs' set to true.", "top_logprobs", "invalid_value"
+            )
     if dialect == "responses":
         include = body.get("include")
         wanted = isinstance(include, list) and LOGPROBS_INCLUDE in include
@@ -197,8 +205,9 @@ def _top_logprobs(body: dict[str, Any], dialect: Dialect) -> int | None:
     return None
 
 
-def asked_parts(config: MockConfig, body: dict[str, Any], headers: Mapping[str, str],
-                dialect: Dialect) -> Asked:
+def asked_parts(
+    config: MockConfig, body: dict[str, Any], headers: Mapping[str, str], dialect: Dialect
+) -> Asked:
     """Read (and validate) what the request asks for beyond plain text."""
     forced = header_choice(headers, "x-mock-output", OUTPUTS)
     output: Output = "text"
@@ -208,10 +217,15 @@ def asked_parts(config: MockConfig, body: dict[str, Any], headers: Mapping[str, 
         output = "tool_calls" if calls else "refusal" if forced == "refusal" else "text"
     reasoning, summary = _reasoning(config, body, headers, dialect)
     field = header_choice(headers, "x-mock-reasoning-field", REASONING_FIELDS)
-    return Asked(output=output, calls=calls, reasoning=reasoning, summary=summary,
-                 field=field or config.reasoning_field,
-                 n=body_int(body, "n", 1, 1, MAX_CHOICES) if dialect != "responses" else 1,
-                 top_logprobs=_top_logprobs(body, dialect))
+    return Asked(
+        output=output,
+        calls=calls,
+        reasoning=reasoning,
+        summary=summary,
+        field=field or config.reasoning_field,
+        n=body_int(body, "n", 1, 1, MAX_CHOICES) if dialect != "responses" else 1,
+        top_logprobs=_top_logprobs(body, dialect),
+    )
 
 
 def _cut(segments: list[Segment], keep: int) -> list[Segment]:
@@ -229,17 +243,21 @@ def _cut(segments: list[Segment], keep: int) -> list[Segment]:
     return kept
 
 
-def _choice(config: MockConfig, asked: Asked, seed: int, limit: int | None,
-            ending: str | None) -> Choice:
+def _choice(
+    config: MockConfig, asked: Asked, seed: int, limit: int | None, ending: str | None
+) -> Choice:
     segments = [reasoning_segment(seed, asked.reasoning)] if asked.reasoning else []
     if asked.output == "tool_calls":
-        segments += [call_segment(name, parameters, seed, index)
-                     for index, (name, parameters) in enumerate(asked.calls)]
+        segments += [
+            call_segment(name, parameters, seed, index)
+            for index, (name, parameters) in enumerate(asked.calls)
+        ]
     elif asked.output == "refusal":
         segments.append(refusal_segment())
     else:
-        visible = (max(0, limit - asked.reasoning) if limit is not None
-                   else config.output_length(seed))
+        visible = (
+            max(0, limit - asked.reasoning) if limit is not None else config.output_length(seed)
+        )
         segments.append(Segment.of_tokens("text", generate_tokens(seed, visible)))
     total = sum(len(segment.pieces) for segment in segments)
     keep = total if limit is None else min(total, limit)
@@ -253,54 +271,79 @@ def _prompts(body: dict[str, Any], dialect: Dialect) -> tuple[list[str], int, in
     """(the texts seeds derive from, one per prompt; input tokens; the token limit)."""
     if dialect == "chat":
         texts = message_texts(body["messages"])
-        return [prompt_of(texts)], count_input_tokens(texts), token_limit(
-            body, "max_completion_tokens", "max_tokens")
+        return (
+            [prompt_of(texts)],
+            count_input_tokens(texts),
+            token_limit(body, "max_completion_tokens", "max_tokens"),
+        )
     if dialect == "responses":
         texts = message_texts(body["input"])
         if isinstance(body.get("instructions"), str):
             texts.insert(0, [body["instructions"]])
-        return [prompt_of(texts)], count_input_tokens(texts), token_limit(
-            body, "max_output_tokens")
+        return [prompt_of(texts)], count_input_tokens(texts), token_limit(body, "max_output_tokens")
     prompts = _completion_prompts(body["prompt"])
     # Input tokens of the legacy endpoint: the words of each prompt, or its token ids.
     words = sum(len(p.split()) if isinstance(p, str) else len(p) for p in prompts)
-    return ([p if isinstance(p, str) else " ".join(map(str, p)) for p in prompts], words,
-            token_limit(body, "max_tokens"))
+    return (
+        [p if isinstance(p, str) else " ".join(map(str, p)) for p in prompts],
+        words,
+        token_limit(body, "max_tokens"),
+    )
 
 
 def _is_token_array(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(
-        isinstance(t, int) and not isinstance(t, bool) for t in value)
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+    )
 
 
 def _completion_prompts(prompt: Any) -> list[str | list[int]]:
     """A legacy `prompt`: a string, token ids, or a list of either (one choice each)."""
     if isinstance(prompt, str) or _is_token_array(prompt):
         return [prompt]
-    if isinstance(prompt, list) and prompt and all(
-            isinstance(p, str) or _is_token_array(p) for p in prompt):
+    if (
+        isinstance(prompt, list)
+        and prompt
+        and all(isinstance(p, str) or _is_token_array(p) for p in prompt)
+    ):
         return prompt
-    raise BadRequest("Invalid 'prompt': a string, a list of strings, or token arrays.",
-                     "prompt", "invalid_value")
+    raise BadRequest(
+        "Invalid 'prompt': a string, a list of strings, or token arrays.", "prompt", "invalid_value"
+    )
 
 
-def plan(config: MockConfig, body: dict[str, Any], headers: Mapping[str, str],
-         dialect: Dialect, ending: str | None) -> Generation:
+def plan(
+    config: MockConfig,
+    body: dict[str, Any],
+    headers: Mapping[str, str],
+    dialect: Dialect,
+    ending: str | None,
+) -> Generation:
     """The whole answer to `body` in `dialect`, with its accounting."""
     prompts, input_tokens, limit = _prompts(body, dialect)
     asked = asked_parts(config, body, headers, dialect)
     request_seed = headers.get("x-mock-seed", body.get("seed"))
-    seeds = [text_seed(config.seed, request_seed, prompt) + i * CHOICE_STRIDE
-             for prompt in prompts for i in range(asked.n)]
+    seeds = [
+        text_seed(config.seed, request_seed, prompt) + i * CHOICE_STRIDE
+        for prompt in prompts
+        for i in range(asked.n)
+    ]
     options = body.get("stream_options")
     return Generation(
-        model=body["model"], input_tokens=input_tokens, created=int(time.time()),
+        model=body["model"],
+        input_tokens=input_tokens,
+        created=int(time.time()),
         choices=[_choice(config, asked, seed, limit, ending) for seed in seeds],
-        ending=ending, max_output_tokens=limit,
+        ending=ending,
+        max_output_tokens=limit,
         include_usage=isinstance(options, dict) and options.get("include_usage") is True,
         cached_tokens=min(input_tokens, header_int(headers, "x-mock-cached-tokens", 0)),
-        top_logprobs=asked.top_logprobs, reasoning_field=asked.field,
-        reasoning_summary=asked.summary, echo=_echo(body) if dialect == "responses" else {},
+        top_logprobs=asked.top_logprobs,
+        reasoning_field=asked.field,
+        reasoning_summary=asked.summary,
+        echo=_echo(body) if dialect == "responses" else {},
     )
 
 
@@ -309,10 +352,13 @@ def _echo(body: dict[str, Any]) -> dict[str, Any]:
     echo: dict[str, Any] = {}
     reasoning = body.get("reasoning")
     if isinstance(reasoning, dict):
-        echo["reasoning"] = {"effort": reasoning.get("effort"),
-                             "summary": reasoning.get("summary")}
-    for name, kind in (("parallel_tool_calls", bool), ("tool_choice", (str, dict)),
-                       ("tools", list), ("top_logprobs", int)):
+        echo["reasoning"] = {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")}
+    for name, kind in (
+        ("parallel_tool_calls", bool),
+        ("tool_choice", (str, dict)),
+        ("tools", list),
+        ("top_logprobs", int),
+    ):
         if isinstance(body.get(name), kind):
             echo[name] = body[name]
     return echo

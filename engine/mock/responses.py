@@ -63,13 +63,23 @@ class _Shape:
 
 _MESSAGE = _Shape("msg_", "response.output_text.delta", "response.output_text.done", "text")
 _REFUSAL = _Shape("msg_", "response.refusal.delta", "response.refusal.done", "refusal")
-_REASONING = _Shape("rs_", "response.reasoning_text.delta", "response.reasoning_text.done",
-                    "text")
-_SUMMARY = _Shape("rs_", "response.reasoning_summary_text.delta",
-                  "response.reasoning_summary_text.done", "text", "summary_index",
-                  "response.reasoning_summary_part.added", "response.reasoning_summary_part.done")
-_CALL = _Shape("fc_", "response.function_call_arguments.delta",
-               "response.function_call_arguments.done", "arguments", None)
+_REASONING = _Shape("rs_", "response.reasoning_text.delta", "response.reasoning_text.done", "text")
+_SUMMARY = _Shape(
+    "rs_",
+    "response.reasoning_summary_text.delta",
+    "response.reasoning_summary_text.done",
+    "text",
+    "summary_index",
+    "response.reasoning_summary_part.added",
+    "response.reasoning_summary_part.done",
+)
+_CALL = _Shape(
+    "fc_",
+    "response.function_call_arguments.delta",
+    "response.function_call_arguments.done",
+    "arguments",
+    None,
+)
 
 
 def _usage(gen: Generation) -> dict[str, Any]:
@@ -85,11 +95,27 @@ def _usage(gen: Generation) -> dict[str, Any]:
 class _Item:
     """One segment as an output item: its events around a run of per-token events."""
 
-    __slots__ = ("_top", "first_seq", "id", "output_index", "pieces", "segment", "shape",
-                 "start", "template")
+    __slots__ = (
+        "_top",
+        "first_seq",
+        "id",
+        "output_index",
+        "pieces",
+        "segment",
+        "shape",
+        "start",
+        "template",
+    )
 
-    def __init__(self, segment: Segment, shape: _Shape, output_index: int, start: int,
-                 first_seq: int, top_logprobs: int | None) -> None:
+    def __init__(
+        self,
+        segment: Segment,
+        shape: _Shape,
+        output_index: int,
+        start: int,
+        first_seq: int,
+        top_logprobs: int | None,
+    ) -> None:
         self.segment, self.shape, self.output_index = segment, shape, output_index
         self.id = new_id(shape.prefix)
         self.start = start  # the answer's token index of the item's first token
@@ -103,8 +129,10 @@ class _Item:
         self.pieces = segment.json
         if self._top is not None:  # the token, then `,"logprobs":` and its entry
             top = self._top
-            self.pieces = [p + mids[0] + orjson.dumps([delta_logprob(t, top)])
-                           for p, t in zip(segment.json, segment.pieces, strict=True)]
+            self.pieces = [
+                p + mids[0] + orjson.dumps([delta_logprob(t, top)])
+                for p, t in zip(segment.json, segment.pieces, strict=True)
+            ]
 
     @property
     def is_call(self) -> bool:
@@ -124,8 +152,12 @@ class _Item:
         return 2 if self.is_call else 3
 
     def _where(self, seq: Any, name: str) -> dict[str, Any]:
-        where: dict[str, Any] = {"type": name, "sequence_number": seq, "item_id": self.id,
-                                 "output_index": self.output_index}
+        where: dict[str, Any] = {
+            "type": name,
+            "sequence_number": seq,
+            "item_id": self.id,
+            "output_index": self.output_index,
+        }
         if self.shape.index is not None:
             where[self.shape.index] = 0
         return where
@@ -138,8 +170,12 @@ class _Item:
     def _part(self, text: str, *, final: bool) -> dict[str, Any]:
         shape = self.shape
         if shape is _MESSAGE:
-            return {"type": "output_text", "annotations": [],
-                    "logprobs": self._logprobs() if final else [], "text": text}
+            return {
+                "type": "output_text",
+                "annotations": [],
+                "logprobs": self._logprobs() if final else [],
+                "text": text,
+            }
         if shape is _REFUSAL:
             return {"type": "refusal", "refusal": text}
         return {"type": "summary_text" if shape is _SUMMARY else "reasoning_text", "text": text}
@@ -148,28 +184,47 @@ class _Item:
         """The item as output_item.added (final=False) or .done and the response show it."""
         segment, shape = self.segment, self.shape
         if self.is_call:
-            return {"id": self.id, "type": "function_call", "status": status,
-                    "arguments": segment.text if final else "", "call_id": segment.call_id,
-                    "name": segment.name}
+            return {
+                "id": self.id,
+                "type": "function_call",
+                "status": status,
+                "arguments": segment.text if final else "",
+                "call_id": segment.call_id,
+                "name": segment.name,
+            }
         parts = [self._part(segment.text, final=True)] if final else []
         if shape is _REASONING or shape is _SUMMARY:
             summary = parts if shape is _SUMMARY else []
-            return {"id": self.id, "type": "reasoning", "summary": summary,
-                    "content": [] if shape is _SUMMARY else parts}
-        return {"id": self.id, "type": "message", "status": status, "content": parts,
-                "role": "assistant"}
+            return {
+                "id": self.id,
+                "type": "reasoning",
+                "summary": summary,
+                "content": [] if shape is _SUMMARY else parts,
+            }
+        return {
+            "id": self.id,
+            "type": "message",
+            "status": status,
+            "content": parts,
+            "role": "assistant",
+        }
 
     def _added(self, seq: int) -> bytes:
-        return named_event("response.output_item.added", {
-            "type": "response.output_item.added", "sequence_number": seq,
-            "output_index": self.output_index, "item": self.item("in_progress", final=False)})
+        return named_event(
+            "response.output_item.added",
+            {
+                "type": "response.output_item.added",
+                "sequence_number": seq,
+                "output_index": self.output_index,
+                "item": self.item("in_progress", final=False),
+            },
+        )
 
     def opening(self) -> list[bytes]:
         if self.is_call:
             return []
         seq = self.first_seq - 2
-        part = {**self._where(seq + 1, self.shape.part_added),
-                "part": self._part("", final=False)}
+        part = {**self._where(seq + 1, self.shape.part_added), "part": self._part("", final=False)}
         return [self._added(seq), named_event(self.shape.part_added, part)]
 
     def token(self, k: int) -> bytes:
@@ -186,12 +241,22 @@ class _Item:
             done["logprobs"] = self._logprobs()
         events = [named_event(shape.done, done)]
         if not self.is_call:
-            part = {**self._where(seq + 1, shape.part_done),
-                    "part": self._part(segment.text, final=True)}
+            part = {
+                **self._where(seq + 1, shape.part_done),
+                "part": self._part(segment.text, final=True),
+            }
             events.append(named_event(shape.part_done, part))
-        events.append(named_event("response.output_item.done", {
-            "type": "response.output_item.done", "sequence_number": seq + len(events),
-            "output_index": self.output_index, "item": self.item(status, final=True)}))
+        events.append(
+            named_event(
+                "response.output_item.done",
+                {
+                    "type": "response.output_item.done",
+                    "sequence_number": seq + len(events),
+                    "output_index": self.output_index,
+                    "item": self.item(status, final=True),
+                },
+            )
+        )
         return events
 
 
@@ -204,11 +269,27 @@ def _shape(segment: Segment, summary: bool) -> _Shape:
 class ResponsesStream:
     """One Responses answer: head events, token events by index range, tail events, or a body."""
 
-    __slots__ = ("_fast", "_gen", "_id", "_instructions", "_items", "_limit_ending",
-                 "_tail_seq", "done_after", "head_events", "n")
+    __slots__ = (
+        "_fast",
+        "_gen",
+        "_id",
+        "_instructions",
+        "_items",
+        "_limit_ending",
+        "_tail_seq",
+        "done_after",
+        "head_events",
+        "n",
+    )
 
-    def __init__(self, gen: Generation, instructions: Any = None, *, done_after: bool = False,
-                 limit_ending: LimitEnding = "incomplete") -> None:
+    def __init__(
+        self,
+        gen: Generation,
+        instructions: Any = None,
+        *,
+        done_after: bool = False,
+        limit_ending: LimitEnding = "incomplete",
+    ) -> None:
         self._gen = gen
         choice = gen.choices[0]
         # Only a length the request's limit set (and no fault ending) ends the limit's way.
@@ -231,8 +312,11 @@ class ResponsesStream:
         self.head_events = _LIFECYCLE_HEAD + self._items[0].opening_events
         first = self._items[0]
         # One message or reasoning item (a plain answer): the hot path, one bytes `%` a token.
-        self._fast = ((first.template, first.pieces, first.first_seq)
-                      if len(self._items) == 1 and not first.is_call else None)
+        self._fast = (
+            (first.template, first.pieces, first.first_seq)
+            if len(self._items) == 1 and not first.is_call
+            else None
+        )
 
     @property
     def status(self) -> str:
@@ -264,32 +348,54 @@ class ResponsesStream:
         incomplete = {"reason": "max_output_tokens"} if status == "incomplete" and final else None
         error = {"code": "server_error", "message": _ERROR_MESSAGE} if status == "failed" else None
         return {
-            "id": self._id, "object": "response", "created_at": gen.created, "status": status,
+            "id": self._id,
+            "object": "response",
+            "created_at": gen.created,
+            "status": status,
             "background": False,
             "completed_at": int(time.time()) if status == "completed" else None,
-            "error": error, "incomplete_details": incomplete,
-            "instructions": self._instructions, "max_output_tokens": gen.max_output_tokens,
-            "max_tool_calls": None, "model": gen.model, "output": output,
-            "parallel_tool_calls": True, "previous_response_id": None, "prompt_cache_key": None,
-            "reasoning": {"effort": None, "summary": None}, "safety_identifier": None,
-            "service_tier": "default", "store": True, "temperature": 1.0,
-            "text": {"format": {"type": "text"}, "verbosity": "medium"}, "tool_choice": "auto",
-            "tools": [], "top_logprobs": 0, "top_p": 1.0, "truncation": "disabled",
-            "usage": _usage(gen) if final else None, "user": None, "metadata": {},
+            "error": error,
+            "incomplete_details": incomplete,
+            "instructions": self._instructions,
+            "max_output_tokens": gen.max_output_tokens,
+            "max_tool_calls": None,
+            "model": gen.model,
+            "output": output,
+            "parallel_tool_calls": True,
+            "previous_response_id": None,
+            "prompt_cache_key": None,
+            "reasoning": {"effort": None, "summary": None},
+            "safety_identifier": None,
+            "service_tier": "default",
+            "store": True,
+            "temperature": 1.0,
+            "text": {"format": {"type": "text"}, "verbosity": "medium"},
+            "tool_choice": "auto",
+            "tools": [],
+            "top_logprobs": 0,
+            "top_p": 1.0,
+            "truncation": "disabled",
+            "usage": _usage(gen) if final else None,
+            "user": None,
+            "metadata": {},
             **gen.echo,
         }
 
     def _output(self) -> list[dict[str, Any]]:
         """Every item as the final response lists it: the last one with the ending's status."""
         last = len(self._items) - 1
-        return [item.item(self._item_status if i == last else "completed", final=True)
-                for i, item in enumerate(self._items)]
+        return [
+            item.item(self._item_status if i == last else "completed", final=True)
+            for i, item in enumerate(self._items)
+        ]
 
     def head(self) -> list[bytes]:
         started = self._response("in_progress", [], final=False)
         return [
-            *(named_event(name, {"type": name, "sequence_number": seq, "response": started})
-              for seq, name in enumerate(("response.created", "response.in_progress"))),
+            *(
+                named_event(name, {"type": name, "sequence_number": seq, "response": started})
+                for seq, name in enumerate(("response.created", "response.in_progress"))
+            ),
             *self._items[0].opening(),
         ]
 
@@ -326,19 +432,39 @@ class ResponsesStream:
     def tail(self) -> list[bytes]:
         gen, seq = self._gen, self._tail_seq
         if gen.ending == "error-event":
-            return [named_event("error", {"type": "error", "sequence_number": seq,
-                                          "code": "server_error", "message": _ERROR_MESSAGE,
-                                          "param": None})]
+            return [
+                named_event(
+                    "error",
+                    {
+                        "type": "error",
+                        "sequence_number": seq,
+                        "code": "server_error",
+                        "message": _ERROR_MESSAGE,
+                        "param": None,
+                    },
+                )
+            ]
         status = self.status
         if status == "failed":
             failed = self._response("failed", [], final=True)
-            return [named_event("response.failed", {"type": "response.failed",
-                                                    "sequence_number": seq, "response": failed})]
+            return [
+                named_event(
+                    "response.failed",
+                    {"type": "response.failed", "sequence_number": seq, "response": failed},
+                )
+            ]
         events = self._items[-1].closing(self._item_status)
         final = self._final_event
-        events.append(named_event(final, {
-            "type": final, "sequence_number": seq + len(events),
-            "response": self._response(status, self._output(), final=True)}))
+        events.append(
+            named_event(
+                final,
+                {
+                    "type": final,
+                    "sequence_number": seq + len(events),
+                    "response": self._response(status, self._output(), final=True),
+                },
+            )
+        )
         if self.done_after:
             events.append(DONE)
         return events

@@ -34,8 +34,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 class MockServer:
     """The mock on the running loop: `await start()`, `base_url`, `stats`, `await stop()`."""
 
-    def __init__(self, config: MockConfig | None = None, host: str = "127.0.0.1",
-                 port: int = 0) -> None:
+    def __init__(
+        self, config: MockConfig | None = None, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
         self.config = config or MockConfig()
         self.host = host
         self.port = port
@@ -55,11 +56,15 @@ class MockServer:
         kwargs: dict[str, Any] = {}
         if self.config.keepalive_timeout_s is not None:  # else aiohttp's default (an hour)
             kwargs["keepalive_timeout"] = self.config.keepalive_timeout_s
-        runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True,
-                               shutdown_timeout=SHUTDOWN_TIMEOUT_S, **kwargs)
+        runner = web.AppRunner(
+            self.app,
+            access_log=None,
+            handler_cancellation=True,
+            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+            **kwargs,
+        )
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, backlog=LISTEN_BACKLOG,
-                           reuse_address=True)
+        site = web.TCPSite(runner, self.host, self.port, backlog=LISTEN_BACKLOG, reuse_address=True)
         await site.start()
         self._runner = runner
         self.port = runner.addresses[0][1]
@@ -74,16 +79,26 @@ class MockServer:
         await self.start()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.stop()
 
 
 class MockServerThread:
     """The mock on its own thread and event loop, for synchronous fixtures and scripts."""
 
-    def __init__(self, config: MockConfig | None = None, host: str = "127.0.0.1",
-                 port: int = 0, *, startup_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        config: MockConfig | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        startup_timeout_s: float = 10.0,
+    ) -> None:
         self.server = MockServer(config, host, port)
         self._timeout_s = startup_timeout_s
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -131,16 +146,26 @@ class MockServerThread:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
 
 class MockProcess:
     """`python -m engine.mock --port 0 …` as a child process; ready once it printed its URL."""
 
-    def __init__(self, config: MockConfig | None = None, host: str = "127.0.0.1",
-                 port: int = 0, *, startup_timeout_s: float = 20.0) -> None:
+    def __init__(
+        self,
+        config: MockConfig | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        startup_timeout_s: float = 20.0,
+    ) -> None:
         self.config = config or MockConfig()
         self.host = host
         self.port = port
@@ -156,16 +181,26 @@ class MockProcess:
 
     def start(self) -> Self:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT),
-                                                          env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")])
+        )
         env.pop("MOCK_API_KEY", None)
         if self.config.api_key:
             env["MOCK_API_KEY"] = self.config.api_key  # not argv: argv is visible to `ps`
-        argv = [sys.executable, "-m", "engine.mock", "--host", self.host, "--port",
-                str(self.port), *self.config.to_argv()]
+        argv = [
+            sys.executable,
+            "-m",
+            "engine.mock",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            *self.config.to_argv(),
+        ]
         try:
-            self._proc, self.base_url = start_ready_process(argv, READY_PREFIX, self._timeout_s,
-                                                            env)
+            self._proc, self.base_url = start_ready_process(
+                argv, READY_PREFIX, self._timeout_s, env
+            )
         except RuntimeError as exc:
             raise RuntimeError(f"mock process did not start: {exc}") from None
         self.port = int(self.base_url.rsplit(":", 1)[1].split("/")[0])
@@ -198,6 +233,10 @@ class MockProcess:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()

@@ -37,8 +37,11 @@ if TYPE_CHECKING:
 LISTEN_BACKLOG = 4096  # aiohttp's default 128 overflows when hundreds of streams connect at once
 SHUTDOWN_TIMEOUT_S = 1.0
 JSON = "application/json"
-STREAM_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
-                  "openai-version": "2020-10-01"}
+STREAM_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "openai-version": "2020-10-01",
+}
 Stream = ResponsesStream | ChatStream | CompletionsStream
 REQUIRED: dict[Dialect, str] = {"chat": "messages", "responses": "input", "completions": "prompt"}
 
@@ -73,11 +76,21 @@ class MockState:
 STATE = web.AppKey("mock_state", MockState)
 
 
-def json_error(status: int, request_id: str, message: str | None = None, *,
-               param: str | None = None, code: str | None = None,
-               headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=error_body(status, message, param=param, code=code),
-                        content_type=JSON, headers={"x-request-id": request_id, **(headers or {})})
+def json_error(
+    status: int,
+    request_id: str,
+    message: str | None = None,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    return web.Response(
+        status=status,
+        body=error_body(status, message, param=param, code=code),
+        content_type=JSON,
+        headers={"x-request-id": request_id, **(headers or {})},
+    )
 
 
 # The real API's answer when no Authorization header came at all (its `code` is null).
@@ -104,11 +117,19 @@ def require_api_key(api_key: str) -> Middleware:
         request.app[STATE].stats.unauthorized += 1
         request_id = new_id("req_")[:36]
         if given is None:
-            body = orjson.dumps({"error": {"message": MISSING_KEY_MESSAGE,
-                                           "type": "invalid_request_error", "param": None,
-                                           "code": None}})
-            return web.Response(status=401, body=body, content_type=JSON,
-                                headers={"x-request-id": request_id})
+            body = orjson.dumps(
+                {
+                    "error": {
+                        "message": MISSING_KEY_MESSAGE,
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": None,
+                    }
+                }
+            )
+            return web.Response(
+                status=401, body=body, content_type=JSON, headers={"x-request-id": request_id}
+            )
         return json_error(401, request_id)  # "Incorrect API key provided.", never echoing it
 
     return check
@@ -118,8 +139,9 @@ def require_api_key(api_key: str) -> Middleware:
 SILENT_CLOSE_HEADERS = {"Connection": "keep-alive", "Keep-Alive": "timeout=5, max=100"}
 
 
-def connection_headers(mode: CloseAfterResponse) -> Callable[[web.Request, web.StreamResponse],
-                                                            Awaitable[None]]:
+def connection_headers(
+    mode: CloseAfterResponse,
+) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
     """on_response_prepare: the Connection headers of `mode`, streamed answers included.
 
     Assigned, not defaulted, so that they win over aiohttp's own `Connection: close`, which
@@ -155,21 +177,26 @@ async def _read_body(request: web.Request, required: str) -> dict[str, Any]:
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError:
-        raise BadRequest("We could not parse the JSON body of your request. (HINT: This likely "
-                         "means you aren't using your HTTP library correctly.)") from None
+        raise BadRequest(
+            "We could not parse the JSON body of your request. (HINT: This likely "
+            "means you aren't using your HTTP library correctly.)"
+        ) from None
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.")
     if not isinstance(body.get("model"), str) or not body["model"]:
-        raise BadRequest("you must provide a model parameter", "model",
-                         "missing_required_parameter")
+        raise BadRequest(
+            "you must provide a model parameter", "model", "missing_required_parameter"
+        )
     if body.get(required) is None:
-        raise BadRequest(f"Missing required parameter: '{required}'.", required,
-                         "missing_required_parameter")
+        raise BadRequest(
+            f"Missing required parameter: '{required}'.", required, "missing_required_parameter"
+        )
     return body
 
 
-def build_stream(state: MockState, body: dict[str, Any], dialect: Dialect, faults: FaultSet,
-                 request: web.Request) -> Stream:
+def build_stream(
+    state: MockState, body: dict[str, Any], dialect: Dialect, faults: FaultSet, request: web.Request
+) -> Stream:
     """The answer (see `planning.py`), in the dialect the client will get."""
     config = state.config
     gen = plan(config, body, request.headers, dialect, faults.ending)
@@ -179,12 +206,21 @@ def build_stream(state: MockState, body: dict[str, Any], dialect: Dialect, fault
         if dialect != "chat":
             gen.include_usage = True  # a chat-speaking server would still report usage
         return ChatStream(gen)
-    return ResponsesStream(gen, body.get("instructions"), done_after=faults.done_after,
-                           limit_ending=config.limit_ending)
+    return ResponsesStream(
+        gen,
+        body.get("instructions"),
+        done_after=faults.done_after,
+        limit_ending=config.limit_ending,
+    )
 
 
-async def _pump(resp: web.StreamResponse, stream: Stream, schedule: Schedule,
-                reshaper: Reshaper, stats: MockStats) -> None:
+async def _pump(
+    resp: web.StreamResponse,
+    stream: Stream,
+    schedule: Schedule,
+    reshaper: Reshaper,
+    stats: MockStats,
+) -> None:
     """The faulty-stream path: head, deltas and tail on schedule, each batch reshaped."""
     loop = asyncio.get_running_loop()
     resolution_s = clock_resolution_s(loop)
@@ -204,8 +240,15 @@ async def _pump(resp: web.StreamResponse, stream: Stream, schedule: Schedule,
         await asyncio.sleep(wake_time(schedule.next_due, resolution_s) - loop.time())
 
 
-async def _stream(request: web.Request, state: MockState, stream: Stream, faults: FaultSet,
-                  sampler: DelaySampler, ttft_s: float, request_id: str) -> web.StreamResponse:
+async def _stream(
+    request: web.Request,
+    state: MockState,
+    stream: Stream,
+    faults: FaultSet,
+    sampler: DelaySampler,
+    ttft_s: float,
+    request_id: str,
+) -> web.StreamResponse:
     resp = web.StreamResponse(headers={**STREAM_HEADERS, "x-request-id": request_id})
     await resp.prepare(request)  # headers go out at once, as real servers do; queueing follows
     midpoint = stream.head_events + stream.n // 2
@@ -219,8 +262,7 @@ async def _stream(request: web.Request, state: MockState, stream: Stream, faults
             # reading can be up to 1 ms behind the true time: adding that resolution keeps every
             # token at or after its deadline (0-1 ms late, never early).
             loop = asyncio.get_running_loop()
-            schedule = Schedule(stream.n, loop.time() + clock_resolution_s(loop), ttft_s,
-                                sampler)
+            schedule = Schedule(stream.n, loop.time() + clock_resolution_s(loop), ttft_s, sampler)
             if faults.reshapes_stream or transport is None or request.version < (1, 1):
                 await _pump(resp, stream, schedule, reshaper, stats)
             else:  # the fast path: the shared ticker writes the chunks straight to the socket
@@ -268,8 +310,9 @@ class _admitted:  # noqa: N801  (reads as a statement: `async with _admitted(sta
             self._gate.release()
 
 
-def _fault_answer(request: web.Request, faults: FaultSet, retry_after_s: float,
-                  request_id: str) -> web.Response | None:
+def _fault_answer(
+    request: web.Request, faults: FaultSet, retry_after_s: float, request_id: str
+) -> web.Response | None:
     """The answer that replaces generation (reset, 429/500/503, an HTML page), if any."""
     if faults.reset:
         if request.transport is not None:
@@ -278,12 +321,15 @@ def _fault_answer(request: web.Request, faults: FaultSet, retry_after_s: float,
     if faults.status is not None:
         retry = {}
         if faults.status == 429:
-            retry = {"Retry-After": f"{retry_after_s:g}",
-                     "retry-after-ms": str(round(retry_after_s * 1000))}
+            retry = {
+                "Retry-After": f"{retry_after_s:g}",
+                "retry-after-ms": str(round(retry_after_s * 1000)),
+            }
         return json_error(faults.status, request_id, headers=retry)
     if faults.html:
-        return web.Response(body=HTML_PAGE, content_type="text/html",
-                            headers={"x-request-id": request_id})
+        return web.Response(
+            body=HTML_PAGE, content_type="text/html", headers={"x-request-id": request_id}
+        )
     return None
 
 

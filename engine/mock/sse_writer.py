@@ -45,6 +45,7 @@ def cut_at_slots(event: bytes) -> tuple[bytes, list[bytes], bytes]:
 
 def percent_template(prefix: bytes, suffix: bytes) -> bytes:
     """`prefix %b suffix` as a bytes-% template whose `%d` is where SEQ stood."""
+
     def escape(part: bytes) -> bytes:
         return part.replace(b"%", b"%%").replace(SEQ_JSON, b"%d")
 

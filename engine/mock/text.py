@@ -57,7 +57,7 @@ def generate_tokens(seed: int, count: int) -> list[int]:
     if count <= 0:
         return []
     start = seed % _TABLE_SIZE
-    tokens = _TABLE[start:start + count]
+    tokens = _TABLE[start : start + count]
     while len(tokens) < count:  # longer than the table's tail: wrap around
         tokens += _TABLE[: count - len(tokens)]
     return tokens
@@ -123,8 +123,14 @@ class Segment:
 
     def first(self, count: int) -> Segment:
         """Its first `count` tokens (a limit or a fault cut the answer here)."""
-        return Segment(self.kind, self.pieces[:count], self.json[:count], self.name,
-                       self.call_id, self.call_index)
+        return Segment(
+            self.kind,
+            self.pieces[:count],
+            self.json[:count],
+            self.name,
+            self.call_id,
+            self.call_index,
+        )
 
 
 @dataclass(slots=True)
@@ -177,8 +183,7 @@ class Generation:
 
     def __post_init__(self) -> None:
         if not self.choices:
-            self.choices = [Choice([Segment.of_tokens("text", self.tokens)],
-                                   self.stopped_by_limit)]
+            self.choices = [Choice([Segment.of_tokens("text", self.tokens)], self.stopped_by_limit)]
 
     @property
     def output_tokens(self) -> int:

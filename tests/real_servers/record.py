@@ -29,21 +29,38 @@ LINGER_S = 1.0  # after the body's end: does the server close the connection by 
 def requests(model: str) -> dict[str, tuple[str, dict[str, Any]]]:
     """name -> (path under the base URL, body): both wire formats, capped by a token limit."""
     return {
-        "responses": ("/responses", {"model": model, "input": PROMPT, "max_output_tokens": 16,
-                                     "temperature": 0, "stream": True}),
-        "chat": ("/chat/completions", {
-            "model": model, "messages": [{"role": "user", "content": PROMPT}],
-            "max_tokens": 16, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}),
+        "responses": (
+            "/responses",
+            {
+                "model": model,
+                "input": PROMPT,
+                "max_output_tokens": 16,
+                "temperature": 0,
+                "stream": True,
+            },
+        ),
+        "chat": (
+            "/chat/completions",
+            {
+                "model": model,
+                "messages": [{"role": "user", "content": PROMPT}],
+                "max_tokens": 16,
+                "temperature": 0,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+        ),
     }
 
 
 def exchange(base_url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
     url = urlsplit(base_url)
     payload = orjson.dumps(body)
-    head = (f"POST {url.path}{path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
-            f"Content-Type: application/json\r\nAccept: text/event-stream\r\n"
-            f"Connection: keep-alive\r\nContent-Length: {len(payload)}\r\n\r\n").encode()
+    head = (
+        f"POST {url.path}{path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+        f"Content-Type: application/json\r\nAccept: text/event-stream\r\n"
+        f"Connection: keep-alive\r\nContent-Length: {len(payload)}\r\n\r\n"
+    ).encode()
     chunks: list[tuple[float, bytes]] = []
     with socket.create_connection((url.hostname, url.port or 80), timeout=60) as sock:
         t0 = time.perf_counter()
@@ -61,7 +78,9 @@ def exchange(base_url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         except TimeoutError:
             closed = False
     return {
-        "path": path, "request": body, "closed_after_response": closed,
+        "path": path,
+        "request": body,
+        "closed_after_response": closed,
         "reads": [[round(t, 6), base64.b64encode(b).decode()] for t, b in chunks],
     }
 
@@ -75,12 +94,18 @@ def main() -> None:
     HERE.mkdir(exist_ok=True)
     for endpoint, (path, body) in requests(args.model).items():
         today = dt.datetime.now(dt.UTC).date().isoformat()
-        record = {"server": args.name, "endpoint": endpoint, "recorded": today,
-                  **exchange(args.base_url, path, body)}
+        record = {
+            "server": args.name,
+            "endpoint": endpoint,
+            "recorded": today,
+            **exchange(args.base_url, path, body),
+        }
         out = HERE / f"{args.name}-{endpoint}.json"
         out.write_bytes(orjson.dumps(record, option=orjson.OPT_INDENT_2) + b"\n")
-        print(f"{out}: {len(record['reads'])} reads, closed after response: "
-              f"{record['closed_after_response']}")
+        print(
+            f"{out}: {len(record['reads'])} reads, closed after response: "
+            f"{record['closed_after_response']}"
+        )
 
 
 if __name__ == "__main__":

@@ -39,10 +39,14 @@ async def record(base_url: str, name: str, model: str, streams: int, tokens: int
 
         async def stream(i: int) -> None:
             nonlocal started
-            body = {"model": model, "max_tokens": tokens, "stream": True, "temperature": 1.0,
-                    "messages": [{"role": "user", "content": f"{PROMPT} ({i})"}]}
-            async with session.post(f"{base_url.rstrip('/')}/chat/completions",
-                                    json=body) as resp:
+            body = {
+                "model": model,
+                "max_tokens": tokens,
+                "stream": True,
+                "temperature": 1.0,
+                "messages": [{"role": "user", "content": f"{PROMPT} ({i})"}],
+            }
+            async with session.post(f"{base_url.rstrip('/')}/chat/completions", json=body) as resp:
                 resp.raise_for_status()
                 first = True
                 async for _line in resp.content:
