@@ -22,11 +22,16 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-hostile-secret-0123"
 MAX_RSS_MB = 300  # the documented bound (docs/decisions.md): caps, not the server, decide
-# Runs the CLI in a child and reports the child's own peak RSS (KiB on Linux).
+# Runs the CLI in a child and reports the child's own peak RSS: VmHWM of its own memory map.
+# (getrusage's ru_maxrss is not the child's own: Linux carries the high-water mark of the
+# pre-exec image, a copy of the parent, across exec, so a big pytest process shows up there.)
 CHILD = (
-    "import resource, sys\nfrom engine.cli import main\ncode = main(sys.argv[1:])\n"
-    "print(f'maxrss_kib={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}', "
-    "file=sys.stderr)\nsys.exit(code)"
+    "import re, sys\n"
+    "from engine.cli import main\n"
+    "code = main(sys.argv[1:])\n"
+    "status = open('/proc/self/status').read()\n"
+    "print('maxrss_kib=' + re.search(r'VmHWM:\\s+(\\d+)', status).group(1), file=sys.stderr)\n"
+    "sys.exit(code)"
 )
 
 
