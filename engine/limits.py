@@ -231,9 +231,6 @@ class AdaptiveConcurrency:
         self._limit = max(self.minimum, self._limit // 2)
         self._successes = 0
 
-    def on_error(self) -> None:
-        """Neutral: a 5xx or a broken stream says nothing about the rate limit."""
-
     async def acquire(self) -> None:
         if self._in_flight < self._limit and not self._waiters:
             self._in_flight += 1

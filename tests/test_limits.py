@@ -239,11 +239,10 @@ def test_burst_of_429s_halves_once_per_cooldown() -> None:
     assert ac.limit == 3  # floor
 
 
-def test_additive_recovery_up_to_maximum_and_errors_are_neutral() -> None:
+def test_additive_recovery_up_to_maximum() -> None:
     ac = AdaptiveConcurrency(4, maximum=6, clock=FakeClock())
     for _ in range(3):
         ac.on_success()
-        ac.on_error()
     assert ac.limit == 4
     ac.on_success()
     assert ac.limit == 5

@@ -325,9 +325,7 @@ class BatchRunner:
             summary.failed += 1
             summary.errors_by_kind[exc.kind] += 1
             if isinstance(exc, RateLimitError):
-                self._rate_limited()
-            else:
-                self.gate.on_error()
+                self._rate_limited()  # any other failure says nothing about the rate limit
         else:
             store.write_success(req.custom_id, result)
             summary.succeeded += 1
