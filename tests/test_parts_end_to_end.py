@@ -114,3 +114,39 @@ async def test_a_batch_writes_every_part(tmp_path: Path, base_url: str) -> None:
     assert out["chat-n"]["usage"]["completion_tokens_details"] == {"reasoning_tokens": 0}
     assert out["legacy"]["object"] == "text_completion"
     assert out["legacy"]["choices"][0]["finish_reason"] == "length"
+
+
+def test_bench_measures_legacy_completions(tmp_path: Path) -> None:
+    from tests.conftest import bench_main  # noqa: PLC0415
+
+    out = tmp_path / "r.json"
+    assert (
+        bench_main(
+            [
+                "--endpoint",
+                "completions",
+                "--mock-ttft-ms",
+                "5",
+                "--mock-itl-ms",
+                "1",
+                "--requests",
+                "12",
+                "--concurrency",
+                "3",
+                "--warmup",
+                "0.2",
+                "--output-tokens",
+                "6",
+                "--no-canary",
+                "-q",
+                "--no-save",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    doc = orjson.loads(out.read_bytes())
+    assert (doc["completed"], doc["failed"]) == (12, 0)
+    assert doc["output_tokens"] == 12 * 6
+    assert doc["ttft_ms"]["count"] == 12

@@ -90,7 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="bearer token (default: $OPENAI_API_KEY; prefer the variable: a "
         "flag's value shows in the process list)",
     )
-    target.add_argument("--endpoint", choices=["responses", "chat"], default="responses")
+    target.add_argument(
+        "--endpoint", choices=["responses", "chat", "completions"], default="responses"
+    )
     target.add_argument(
         "--model", default=None, help=f"model (default {DEFAULT_MODEL}; {MOCK_MODEL} on the mock)"
     )

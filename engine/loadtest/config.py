@@ -15,7 +15,7 @@ from engine.client import Timeouts
 from engine.errors import ConfigError
 from engine.options import DEFAULTS as TIMEOUT_DEFAULTS
 
-Endpoint = Literal["responses", "chat"]
+Endpoint = Literal["responses", "chat", "completions"]
 Arrival = Literal["constant", "poisson"]
 SLO_METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms")
 AUTO_WORKERS = 0  # `workers=AUTO_WORKERS`: one per STREAMS_PER_WORKER streams, at most one a core
@@ -87,8 +87,8 @@ class LoadConfig:
             raise ConfigError("input and output tokens must be >= 1")
         if self.workers < 0:
             raise ConfigError("workers must be >= 1, or AUTO_WORKERS (0) for auto")
-        if self.endpoint not in ("responses", "chat"):
-            raise ConfigError("endpoint must be 'responses' or 'chat'")
+        if self.endpoint not in ("responses", "chat", "completions"):
+            raise ConfigError("endpoint must be 'responses', 'chat' or 'completions'")
         if self.arrival not in ("constant", "poisson"):
             raise ConfigError("arrival must be 'constant' or 'poisson'")
         unknown = set(self.slo) - set(SLO_METRICS)

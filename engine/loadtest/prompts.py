@@ -35,7 +35,9 @@ def synthetic_prompt(index: int, input_tokens: int, rng: random.Random) -> str:
 def make_body(config: LoadConfig, prompt: str, output_tokens: int) -> dict[str, Any]:
     """A streaming body in the configured dialect with a fixed output budget."""
     body: dict[str, Any]
-    if config.endpoint == "chat":
+    if config.endpoint == "completions":  # legacy /v1/completions: a bare prompt
+        body = {"model": config.model, "prompt": prompt, "max_tokens": output_tokens}
+    elif config.endpoint == "chat":
         body = {
             "model": config.model,
             "messages": [{"role": "user", "content": prompt}],
