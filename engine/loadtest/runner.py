@@ -43,6 +43,10 @@ from engine.redaction import redact, secret_values
 from engine.runtime import env_api_key
 
 PROGRESS_EVERY_S = 0.5
+# Per stream in flight: one event (a 4 MiB `response.completed` holds about a million
+# characters of output) and what `run` keeps of one answer (about a million tokens).
+BENCH_MAX_EVENT_BYTES = 4 * 1024 * 1024
+BENCH_MAX_RESPONSE_CHARS = 4 * 1024 * 1024
 # With the cyclic collector off during a run (see Runner.run), cyclic garbage still has to go:
 # a failed request leaves exception -> traceback -> frame cycles (~40-100 objects; the frames'
 # locals, read chunks among them, `_drop_frames` frees at once). When the objects tracked
@@ -173,6 +177,10 @@ class Runner:
             timeouts=config.timeouts(),
             retry=RetryPolicy(max_retries=config.retries),
             headers=config.headers,
+            # Tighter than the library's caps, because a bench holds a stream's buffers for
+            # every stream in flight: memory stays bounded by streams x these (see docs).
+            max_event_bytes=BENCH_MAX_EVENT_BYTES,
+            max_response_chars=BENCH_MAX_RESPONSE_CHARS,
         )
         self.records: list[RequestRecord] = []
         self.inflight = 0
