@@ -22,7 +22,7 @@ from rich.console import Console
 from engine.loadtest import LoadConfig, run_load
 from engine.loadtest import runner as runner_module
 from engine.loadtest.report import print_summary
-from engine.loadtest.runner import _drop_frames
+from engine.loadtest.runner import BENCH_MAX_EVENT_BYTES, _drop_frames
 from tests.hostile import HostileServer
 from tests.test_hostile import CHILD, MAX_RSS_MB
 
@@ -222,7 +222,7 @@ def test_memory_stays_bounded_while_requests_fail_on_the_event_cap(
     assert doc["errors"] == {"ProtocolError": doc["failed"]}
     assert doc["failed"] >= users
     assert doc["error_details"]["ProtocolError"]["messages"][0].startswith(
-        "SSE event exceeds 16777216 bytes"
+        f"SSE event exceeds {BENCH_MAX_EVENT_BYTES} bytes"
     )
 
 
