@@ -19,7 +19,9 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 NO_RETRY = RetryPolicy(max_retries=0)
-RECS = recordings()
+ALL = recordings()
+RECS = [r for r in ALL if r.endpoint in ("responses", "chat")]  # text answers
+TOOL_RECS = [r for r in ALL if r.endpoint.endswith("-tools")]  # tool-calling servers
 IDS = [f"{r.server}-{r.endpoint}" for r in RECS]
 
 
@@ -136,3 +138,45 @@ async def test_a_mixed_batch_against_replayed_servers_lands_whole(tmp_path: Path
         assert sorted(r["custom_id"] for r in written) == sorted(f"r{i}" for i in range(40))
         assert all(r["response"]["status_code"] == 200 for r in written)
         assert (tmp_path / f"{server_name}.errors.jsonl").read_bytes() == b""
+
+
+def tool_oracle(rec: Recording) -> list[tuple[str | None, str | None, str]]:
+    """The tool calls of a recorded chat stream, joined without the engine: each call's id
+    and name from its first fragment, arguments concatenated by `index`."""
+    calls: dict[int, list[Any]] = {}
+    for block in rec.body.split(b"\n\n"):
+        if not block.startswith(b"data: {"):
+            continue
+        for choice in orjson.loads(block[6:])["choices"]:
+            for call in choice["delta"].get("tool_calls") or []:
+                entry = calls.setdefault(call["index"], [None, None, ""])
+                fn = call.get("function") or {}
+                entry[0] = entry[0] or call.get("id")
+                entry[1] = entry[1] or fn.get("name")
+                entry[2] += fn.get("arguments") or ""
+    return [tuple(calls[i]) for i in sorted(calls)]  # type: ignore[misc]
+
+
+def test_a_tool_calling_server_is_recorded() -> None:
+    assert {(r.server, r.endpoint) for r in TOOL_RECS} >= {("vllm", "chat-tools")}
+
+
+@pytest.mark.parametrize("rec", TOOL_RECS, ids=[f"{r.server}-{r.endpoint}" for r in TOOL_RECS])
+async def test_a_real_tool_call_stream_is_assembled_as_the_server_sent_it(rec: Recording) -> None:
+    expected = tool_oracle(rec)
+    assert expected
+    assert expected[0][1] == "get_weather"
+    async with (
+        ReplayServer([rec]) as server,
+        Engine(base_url=server.base_url, retry=NO_RETRY) as eng,
+    ):
+        result = await eng.run(rec.request, endpoint="chat")
+    assert [(c.id, c.name, c.arguments) for c in result.tool_calls] == expected
+    message = result.response["choices"][0]["message"]
+    assert message["tool_calls"][0]["function"] == {
+        "name": expected[0][1],
+        "arguments": expected[0][2],
+    }
+    assert result.usage is not None
+    assert result.ttft_s is not None  # the first tool-call fragment is the first token
+    assert result.ttft_text_s is None

@@ -53,6 +53,41 @@ def requests(model: str) -> dict[str, tuple[str, dict[str, Any]]]:
     }
 
 
+# A tool call, for servers started with tool calling on (vLLM: --enable-auto-tool-choice
+# --tool-call-parser hermes): `tool_choice: required` constrains even a random model to one.
+TOOLS: Any = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+
+
+def tool_requests(model: str) -> dict[str, tuple[str, dict[str, Any]]]:
+    return {
+        "chat-tools": (
+            "/chat/completions",
+            {
+                "model": model,
+                "messages": [{"role": "user", "content": "Weather in Paris?"}],
+                "tools": TOOLS,
+                "tool_choice": "required",
+                "max_tokens": 64,
+                "temperature": 0,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+        )
+    }
+
+
 def exchange(base_url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
     url = urlsplit(base_url)
     payload = orjson.dumps(body)
@@ -90,9 +125,11 @@ def main() -> None:
     ap.add_argument("--base-url", required=True)
     ap.add_argument("--name", required=True, help="server label, e.g. llama-server or vllm")
     ap.add_argument("--model", default="tiny-random-llama")
+    ap.add_argument("--tools", action="store_true", help="record a tool-calling chat stream")
     args = ap.parse_args()
     HERE.mkdir(exist_ok=True)
-    for endpoint, (path, body) in requests(args.model).items():
+    todo = tool_requests(args.model) if args.tools else requests(args.model)
+    for endpoint, (path, body) in todo.items():
         today = dt.datetime.now(dt.UTC).date().isoformat()
         record = {
             "server": args.name,
