@@ -301,19 +301,31 @@ class ResponseAssembler:
         ):
             return Ending.from_finish(finish)
         ending = Ending.from_response(self.terminal)
-        if ending.status == "completed" and self.choices[0].tool_calls:
+        if ending.status == "completed" and self._made_tool_calls():
             return Ending("completed", None, "tool_calls")  # chat's word for it
         return ending
 
-    def response(self) -> dict[str, Any]:
-        """The final object: the server's terminal response, or assembled from the events."""
-        if self.shape is Dialect.CHAT:
-            return self._chat_completion()
-        if self.shape is Dialect.COMPLETIONS:
-            return self._text_completion()
+    def _made_tool_calls(self) -> bool:
+        """Whether the output has a function call (without building the choices: a join of
+        every part, which the answer's size makes expensive)."""
+        if self.terminal is not None:
+            return any(
+                isinstance(item, dict) and item.get("type") == "function_call"
+                for item in _list(self.terminal.get("output"))
+            )
+        return bool(self._parts[0].calls)
+
+    def response(self, choices: list[Choice] | None = None) -> dict[str, Any]:
+        """The final object: the server's terminal response, or assembled from the events.
+        `choices`: what `choices` returned, when the caller has it already (no second join)."""
+        if self.shape is not Dialect.RESPONSES:
+            built = self.choices if choices is None else choices
+            if self.shape is Dialect.CHAT:
+                return self._chat_completion(built)
+            return self._text_completion(built)
         if self.terminal is not None:
             return self.terminal
-        return self._responses_object()
+        return self._responses_object((self.choices if choices is None else choices)[0])
 
     def _meta(self) -> dict[str, Any]:
         if self.meta:
@@ -330,10 +342,10 @@ class ResponseAssembler:
             return self.ending.finish_reason or "stop"
         return choice.finish_reason or "stop"
 
-    def _chat_completion(self) -> dict[str, Any]:
+    def _chat_completion(self, choices: list[Choice]) -> dict[str, Any]:
         meta = self._meta()
         out = []
-        for choice in self.choices:
+        for choice in choices:
             message: dict[str, Any] = {
                 "role": "assistant",
                 # null beside a refusal or tool calls, as a non-streaming answer has it
@@ -364,7 +376,7 @@ class ResponseAssembler:
             "usage": None if self.usage is None else self.usage.as_chat(),
         }
 
-    def _text_completion(self) -> dict[str, Any]:
+    def _text_completion(self, choices: list[Choice]) -> dict[str, Any]:
         meta = self._meta()
         return {
             "id": meta.get("id"),
@@ -378,12 +390,12 @@ class ResponseAssembler:
                     "logprobs": None,
                     "finish_reason": self._finish(c),
                 }
-                for c in self.choices
+                for c in choices
             ],
             "usage": None if self.usage is None else self.usage.as_chat(),
         }
 
-    def _responses_object(self) -> dict[str, Any]:
+    def _responses_object(self, choice: Choice) -> dict[str, Any]:
         ending = self.ending
         status = ending.status
         base = dict(self.created or {})
@@ -396,7 +408,7 @@ class ResponseAssembler:
         base["incomplete_details"] = (
             None if ending.incomplete_reason is None else {"reason": ending.incomplete_reason}
         )
-        base["output"] = _output_of(self.choices[0], status)
+        base["output"] = _output_of(choice, status)
         base["usage"] = self.usage.as_dict() if self.usage else None
         return base
 

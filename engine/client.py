@@ -430,10 +430,11 @@ class Engine:
         attempt = handle.attempt
         assert attempt is not None  # noqa: S101 - _chunks ran at least once
         ending = assembler.ending
+        choices = assembler.choices  # joined once: the text, the response and the choices
         return StreamResult(
-            text=assembler.text,
+            text=choices[0].text,
             usage=assembler.usage,
-            response=assembler.response(),
+            response=assembler.response(choices),
             events=count,
             http_status=attempt.status,
             request_id=attempt.request_id,
@@ -450,7 +451,7 @@ class Engine:
             finish_reason=ending.finish_reason,
             reconnects=handle.reconnects,
             first_text_ns=assembler.first_text_ns,
-            choices=assembler.choices,
+            choices=choices,
         )
 
     async def _consume(
