@@ -92,16 +92,12 @@ def test_a_reasoning_stream_reports_first_token_first_text_and_the_token_pace(
     tmp_path: Path,
 ) -> None:
     """Mock (its own process, as bench starts it): TTFT 20 ms, ITL 10 ms, 21 reasoning
-    tokens, then text at ~230 ms.
+    tokens, then text at 230 ms.
 
-    Tolerances: ITL and TPOT p50 within 0.5 ms of 10 ms; TTFT and TTFT-to-text p50 within
-    2 ms of what the server really delivers, never below the configured pacing. The mock is
-    late by design (deadlines count from admission plus its 1 ms clock resolution, and its
-    timer wakes on the next 1 ms tick: "0-1 ms late, never early", engine/mock/server.py), so
-    the delivered first token comes ~2.9 ms after 20 ms on the project's 2-core VM, as read by
-    a raw blocking socket client with no engine code. Against the nominal 20 / 230 ms the bound
-    is therefore 2 ms plus that measured lateness. Over 7 runs the bench's own share (bench -
-    reference) was 0.1-0.6 ms for TTFT and 0.4-0.7 ms to text (docs/loadtest.md)."""
+    The issue's tolerances: both TTFT p50s within 2 ms of 20 / 230 ms, never below them, and
+    ITL and TPOT p50 within 0.5 ms of 10 ms. The mock delivers 0-1 ms late (its timers wait
+    whole milliseconds, engine/mock/pacing.py), so the bench's own share is also checked
+    against a raw blocking socket client with no engine code, reading the same mock."""
     out, page = tmp_path / "reasoning.json", tmp_path / "reasoning.html"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("OPENAI_BASE_URL", None)
@@ -155,10 +151,10 @@ def test_a_reasoning_stream_reports_first_token_first_text_and_the_token_pace(
     assert doc["failed"] == 0
     assert completed >= 6
     assert doc["config"]["facts"]["embedded_mock"]["reasoning_tokens"] == REASONING
-    assert ttft >= TTFT_MS
-    assert abs(ttft - ref_first) <= 2.0
-    assert text >= FIRST_TEXT_MS
-    assert abs(text - ref_text) <= 2.0
+    assert TTFT_MS <= ttft <= TTFT_MS + 2.0
+    assert FIRST_TEXT_MS <= text <= FIRST_TEXT_MS + 2.0
+    assert abs(ttft - ref_first) <= 1.0
+    assert abs(text - ref_text) <= 1.0
     assert abs(itl - ITL_MS) <= 0.5
     assert abs(tpot - ITL_MS) <= 0.5
     # One token of any kind is one timed event: 31 per request, 30 gaps each.

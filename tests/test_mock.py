@@ -21,7 +21,7 @@ import pytest
 
 from engine.mock import MockConfig, MockProcess, MockServerThread
 from engine.mock.config import LOGNORMAL_SIGMA, DelaySampler
-from engine.mock.pacing import Schedule, Ticker
+from engine.mock.pacing import EXACT_RESOLUTION_S, Schedule, Ticker
 from engine.mock.stats import MockStats
 from engine.mock.text import MESSAGE_OVERHEAD, REPLY_OVERHEAD
 
@@ -969,7 +969,8 @@ class FakeLoop:
     """What Ticker uses of a loop; time moves only when `run` fires a timer.
 
     With `ms_clock` it behaves like uvloop: `time()` counts whole milliseconds and a timer's
-    delay is rounded to the nearest millisecond, 0 meaning the next loop iteration.
+    delay is rounded to the nearest millisecond, 0 meaning the next loop iteration; an idle
+    loop waits that delay from the true time it was asked at.
     """
 
     ITERATION_S = 50e-6
@@ -980,17 +981,18 @@ class FakeLoop:
         self.timers: list[FakeTimer] = []
         self.futures = asyncio.new_event_loop()  # makes futures, never runs
 
-    def _ms(self) -> int:
-        return round(self.now * 1e6) // 1000
+    def exact(self) -> float:
+        """The true time: what `time.monotonic()` is to the Ticker."""
+        return self.now
 
     def time(self) -> float:
-        return self._ms() / 1000 if self.ms_clock else self.now
+        return (round(self.now * 1e6) // 1000) / 1000 if self.ms_clock else self.now
 
-    def call_at(self, when: float, callback: Callable[[], object]) -> FakeTimer:
+    def call_later(self, delay: float, callback: Callable[[], object]) -> FakeTimer:
         if self.ms_clock:
-            delay_ms = round((when - self.time()) * 1000)
-            when = (self._ms() + delay_ms) / 1000 if delay_ms > 0 else self.now + self.ITERATION_S
-        self.timers.append(timer := FakeTimer(when, callback))
+            delay_ms = round(delay * 1000)
+            delay = delay_ms / 1000 if delay_ms > 0 else self.ITERATION_S
+        self.timers.append(timer := FakeTimer(self.now + delay, callback))
         return timer
 
     def create_future(self) -> asyncio.Future[int]:
@@ -1061,7 +1063,7 @@ def run_staggered(
     for i in range(streams):
         loop.run(until=i * 0.003, late_s=late_s)
         loop.now = max(loop.now, i * 0.003)
-        start = loop.time()  # the server's reading of its clock at admission
+        start = loop.exact()  # the request's arrival
         sampler = DelaySampler(config, config.itl_ms, random.Random(i))
         transport = FakeTransport(loop)
         runs.append((transport, expected_deadlines(config, start, tokens, seed=i)))
@@ -1091,7 +1093,7 @@ def test_ticker_sends_each_token_at_its_deadline(
     try:
         runs = run_staggered(
             loop,
-            Ticker(loop, stats, resolution_s),  # type: ignore[arg-type]
+            Ticker(loop, stats, resolution_s, loop.exact),  # type: ignore[arg-type]
             config,
             late_s,
         )
@@ -1103,13 +1105,13 @@ def test_ticker_sends_each_token_at_its_deadline(
         if late_s == 0 and not ms_clock:
             # The regression: first tokens of later arrivals were up to one ITL late.
             assert [true for _, true in sent] == due
-        for k, ((clock, true), deadline) in enumerate(zip(sent, due, strict=True)):
-            assert clock >= deadline, k  # by the server's own clock, hence by the true time
+        for k, ((_, true), deadline) in enumerate(zip(sent, due, strict=True)):
+            assert true >= deadline - EXACT_RESOLUTION_S, k  # never early (to the ns)
             # Fake time, so an exact bound rather than a guess:
             assert true - deadline <= late_s + resolution_s + 1e-9, k
-        for clock, _, _ in transport.writes:  # everything due by then, in that write
-            assert sum(c == clock for c, _ in sent) == (
-                sum(clock >= d for d in due) - sum(c < clock for c, _ in sent)
+        for _, at, _ in transport.writes:  # everything due by then, in that write
+            assert sum(t == at for _, t in sent) == (
+                sum(at + EXACT_RESOLUTION_S >= d for d in due) - sum(t < at for _, t in sent)
             )
     assert stats.events_sent == 12 * 11
     assert stats.ticker_early == 0
@@ -1117,9 +1119,9 @@ def test_ticker_sends_each_token_at_its_deadline(
 
 
 def test_ticker_on_a_millisecond_clock_wakes_once_per_deadline() -> None:
-    """uvloop rounds a timer's delay to whole milliseconds: a timer armed at the deadline
-    itself can fire while the clock still reads the millisecond before, and re-arming spins
-    until the clock moves. Arming at the next clock tick (wake_time) never fires early."""
+    """uvloop rounds a timer's delay to the nearest millisecond: a timer asked for the
+    deadline itself can fire before it, and re-arming spins until the clock moves. A delay
+    rounded up (delay_until) never fires early."""
     config = MockConfig(ttft_ms=50.3, itl_ms=7.7)
     early = {}
     for resolution_s in (0.0, 0.001):
@@ -1127,7 +1129,7 @@ def test_ticker_on_a_millisecond_clock_wakes_once_per_deadline() -> None:
         try:
             run_staggered(
                 loop,
-                Ticker(loop, stats, resolution_s),  # type: ignore[arg-type]
+                Ticker(loop, stats, resolution_s, loop.exact),  # type: ignore[arg-type]
                 config,
                 0.0,
                 streams=40,

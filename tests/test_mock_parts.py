@@ -747,7 +747,7 @@ def test_ticker_counts_the_events_of_steps_that_carry_several() -> None:
         config = MockConfig(ttft_ms=10.0, itl_ms=5.0)
         transport = FakeTransport(loop)
         schedule = Schedule(5, 0.0, 0.01, DelaySampler(config, 5.0, random.Random(0)))
-        Ticker(loop, stats).run(TwoPerStep(), schedule, transport)  # type: ignore[arg-type]
+        Ticker(loop, stats, clock=loop.exact).run(TwoPerStep(), schedule, transport)  # type: ignore[arg-type]
         loop.run()
     finally:
         loop.futures.close()

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import heapq
 import math
+import time
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Callable
 
     from engine.mock.config import DelaySampler
     from engine.mock.stats import MockStats
@@ -27,6 +29,9 @@ MAX_BATCH_EVENTS = 1024  # caps one write when a fast stream is far behind its s
 HIGH_WATER_BYTES = 256 * 1024  # a client this far behind gets its tokens later, coalesced
 BACKPRESSURE_RETRY_S = 0.01
 SLOTS_PER_S = 1000  # the timing wheel's slots: 1 ms, uvloop's clock resolution
+# time.monotonic()'s: a deadline this close counts as reached, as asyncio's own loop does, so
+# that float noise in "first + k * itl" never costs a wake-up.
+EXACT_RESOLUTION_S = 1e-9
 
 
 def clock_resolution_s(loop: asyncio.AbstractEventLoop) -> float:
@@ -34,21 +39,19 @@ def clock_resolution_s(loop: asyncio.AbstractEventLoop) -> float:
     return 0.001 if type(loop).__module__.startswith("uvloop") else 0.0
 
 
-def wake_time(due: float, resolution_s: float) -> float:
-    """When to ask the loop to wake so that it is not before `due`.
+def delay_until(due: float, now: float, resolution_s: float) -> float:
+    """How long to ask the loop to wait, from the exact time `now`, so as not to wake before
+    `due`.
 
-    uvloop reads its clock in whole milliseconds and rounds a timer's delay to the nearest
-    millisecond (0 means "at once"): a timer set for `due` can fire while `loop.time()` is still
-    below it, and re-arming for the same deadline then spins until the next millisecond. Asking
-    for the first clock tick at or after `due` wakes exactly once.
+    uvloop rounds a timer's delay to the nearest millisecond (0 means "at once") and waits it
+    from the true time, so the delay is rounded up instead: a timer armed at the deadline
+    itself could fire before it, and re-arming then spins until the clock moves. asyncio waits
+    exactly what it is asked.
     """
-    if not resolution_s:
-        return due
-    ticks_per_s = round(1 / resolution_s)
-    tick = math.ceil(due * ticks_per_s)
-    if tick / ticks_per_s < due:  # the clock reads tick / ticks_per_s: compare in its floats
-        tick += 1
-    return tick / ticks_per_s
+    wait = due - now
+    if wait <= 0 or not resolution_s:
+        return max(wait, 0.0)
+    return math.ceil((wait - EXACT_RESOLUTION_S) / resolution_s) * resolution_s
 
 
 class Renderer(Protocol):
@@ -69,7 +72,11 @@ class Renderer(Protocol):
 
 
 class Schedule:
-    """Absolute token deadlines of one stream."""
+    """Absolute token deadlines of one stream.
+
+    Deadlines are on the exact clock (`time.monotonic()`, which uvloop's clock floors to the
+    millisecond), counted from the request's arrival: see `delay_until` for the wait.
+    """
 
     __slots__ = ("_constant", "_first", "_itl", "_sampler", "n", "next_due", "sent")
 
@@ -143,11 +150,16 @@ class Ticker:
     """
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, stats: MockStats, resolution_s: float = 0.0
+        self,
+        loop: asyncio.AbstractEventLoop,
+        stats: MockStats,
+        resolution_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._loop = loop
         self._stats = stats
-        self._resolution_s = resolution_s  # of the loop's clock: see wake_time
+        self._resolution_s = resolution_s  # of the loop's timers: see delay_until
+        self._clock = clock  # the exact time, which deadlines are on
         self._slots: dict[int, list[_Paced]] = {}
         self._order: list[int] = []  # heap of the slot numbers present in _slots
         self._timer: asyncio.TimerHandle | None = None
@@ -197,7 +209,8 @@ class Ticker:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = due
-        self._timer = self._loop.call_at(wake_time(due, self._resolution_s), self._fire)
+        delay = delay_until(due, self._clock(), self._resolution_s)
+        self._timer = self._loop.call_later(delay, self._fire)
 
     def _take_due(self, now: float) -> list[_Paced]:
         """Every stream whose deadline is <= now: whole past slots, part of the current one."""
@@ -219,13 +232,14 @@ class Ticker:
         return ready
 
     def _fire(self) -> None:
-        now, stats = self._loop.time(), self._stats
+        now, stats = self._clock() + EXACT_RESOLUTION_S, self._stats
         if (lag := now - self._timer_at) >= 0:  # armed at the earliest deadline: its lateness
+            lag = max(lag - EXACT_RESOLUTION_S, 0.0)
             stats.ticker_fires += 1
             stats.ticker_lag_s_total += lag
             stats.ticker_lag_s_max = max(stats.ticker_lag_s_max, lag)
-        else:
-            stats.ticker_early += 1  # woke before any deadline: nothing to send, re-arm
+        else:  # nothing to send, re-arm: the loop woke on a millisecond tick for other work
+            stats.ticker_early += 1
         self._timer, self._timer_at = None, math.inf
         self._firing = True
         try:

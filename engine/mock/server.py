@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-from typing import TYPE_CHECKING, Any
+import time
+from typing import TYPE_CHECKING, Any, Self
 
 import orjson
 from aiohttp import web
@@ -20,7 +21,13 @@ from engine.mock.chat import ChatStream
 from engine.mock.completions import CompletionsStream
 from engine.mock.config import DelaySampler, MockConfig
 from engine.mock.faults import HTML_PAGE, FaultPicker, FaultSet, error_body
-from engine.mock.pacing import Schedule, Ticker, clock_resolution_s, wake_time
+from engine.mock.pacing import (
+    EXACT_RESOLUTION_S,
+    Schedule,
+    Ticker,
+    clock_resolution_s,
+    delay_until,
+)
 from engine.mock.planning import BadRequest, Dialect, header_ms, plan
 from engine.mock.responses import ResponsesStream
 from engine.mock.sse_writer import Reshaper
@@ -222,11 +229,10 @@ async def _pump(
     stats: MockStats,
 ) -> None:
     """The faulty-stream path: head, deltas and tail on schedule, each batch reshaped."""
-    loop = asyncio.get_running_loop()
-    resolution_s = clock_resolution_s(loop)
+    resolution_s = clock_resolution_s(asyncio.get_running_loop())
     batch = stream.head()
     while True:
-        start, stop = schedule.take_due(loop.time())
+        start, stop = schedule.take_due(time.monotonic() + EXACT_RESOLUTION_S)
         batch += stream.deltas(start, stop)
         if schedule.finished:
             batch += stream.tail()
@@ -237,7 +243,7 @@ async def _pump(
             return
         batch = []
         # A wake-up before the deadline just loops once more (take_due answers nothing).
-        await asyncio.sleep(wake_time(schedule.next_due, resolution_s) - loop.time())
+        await asyncio.sleep(delay_until(schedule.next_due, time.monotonic(), resolution_s))
 
 
 async def _stream(
@@ -248,6 +254,7 @@ async def _stream(
     sampler: DelaySampler,
     ttft_s: float,
     request_id: str,
+    arrived: float,
 ) -> web.StreamResponse:
     resp = web.StreamResponse(headers={**STREAM_HEADERS, "x-request-id": request_id})
     await resp.prepare(request)  # headers go out at once, as real servers do; queueing follows
@@ -255,14 +262,13 @@ async def _stream(
     reshaper = Reshaper(faults, default_cut_at=midpoint, malformed_at=midpoint)
     transport = request.transport
     stats = state.stats
-    async with _admitted(state):
+    async with _admitted(state) as admitted:
         stats.stream_started()
         try:
-            # Deadlines count from admission. uvloop's clock counts whole milliseconds, so a
-            # reading can be up to 1 ms behind the true time: adding that resolution keeps every
-            # token at or after its deadline (0-1 ms late, never early).
-            loop = asyncio.get_running_loop()
-            schedule = Schedule(stream.n, loop.time() + clock_resolution_s(loop), ttft_s, sampler)
+            # Deadlines count from the request's arrival, or from its admission when it queued
+            # for a slot, read on the exact clock: see `Schedule`.
+            start = time.monotonic() if admitted.waited else arrived
+            schedule = Schedule(stream.n, start, ttft_s, sampler)
             if faults.reshapes_stream or transport is None or request.version < (1, 1):
                 await _pump(resp, stream, schedule, reshaper, stats)
             else:  # the fast path: the shared ticker writes the chunks straight to the socket
@@ -286,24 +292,27 @@ async def _stream(
 class _admitted:  # noqa: N801  (reads as a statement: `async with _admitted(state)`)
     """The FIFO generation gate (a no-op without max_concurrency); counts who had to wait."""
 
-    __slots__ = ("_gate", "_stats")
+    __slots__ = ("_gate", "_stats", "waited")
 
     def __init__(self, state: MockState) -> None:
         self._gate = state.gate
         self._stats = state.stats
+        self.waited = False
 
-    async def __aenter__(self) -> None:
+    async def __aenter__(self) -> Self:
         gate = self._gate
         if gate is None:
-            return
+            return self
         if not gate.locked():
             await gate.acquire()  # a free slot: acquire() returns without suspending
-            return
+            return self
+        self.waited = True
         self._stats.wait_started()
         try:
             await gate.acquire()
         finally:
             self._stats.wait_ended()
+        return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._gate is not None:
@@ -334,6 +343,7 @@ def _fault_answer(
 
 
 async def _generate(request: web.Request, dialect: Dialect) -> web.StreamResponse:
+    arrived = time.monotonic()  # the whole request has been read: a server starts from here
     state = request.app[STATE]
     config, stats = state.config, state.stats
     stats.requests[request.path] += 1
@@ -355,7 +365,9 @@ async def _generate(request: web.Request, dialect: Dialect) -> web.StreamRespons
         return early
     sampler = DelaySampler(config, itl_ms, state.delay_rng)
     if body.get("stream") is True:
-        return await _stream(request, state, stream, faults, sampler, ttft_ms / 1000, request_id)
+        return await _stream(
+            request, state, stream, faults, sampler, ttft_ms / 1000, request_id, arrived
+        )
     async with _admitted(state):  # non-streaming: answer when the last token would be due
         delay = sampler.jittered(ttft_ms / 1000) + sum(sampler.next_itl() for _ in range(stream.n))
         await asyncio.sleep(delay)

@@ -30,7 +30,7 @@ class MockStats:
     ticker_fires: int = 0  # wake-ups of the shared pacing timer
     ticker_lag_s_total: float = 0.0  # sum over wake-ups of (now - earliest due deadline)
     ticker_lag_s_max: float = 0.0  # > a few ms: the server could not keep up with the schedule
-    ticker_early: int = 0  # wake-ups before the earliest deadline (wasted: should stay ~0)
+    ticker_early: int = 0  # wake-ups before the earliest deadline (re-armed once: few)
     backpressured: int = 0  # due writes deferred because a client's socket buffer was full
     closed_after_response: int = 0  # connections closed by close_after_response
     last_body: Any = None
