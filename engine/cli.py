@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from engine.client import Engine
+from engine.client import Engine, prompt_body
 from engine.errors import EngineError
 from engine.events import Dialect, StreamEvent
 from engine.options import add_timeout_arguments, retry_from, timeouts_from
@@ -56,20 +56,9 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _body(args: argparse.Namespace) -> dict[str, Any]:
-    if args.endpoint == "completions":
-        body: dict[str, Any] = {"model": args.model, "prompt": args.prompt}
-        if args.max_output_tokens:
-            body["max_tokens"] = args.max_output_tokens
-        return body
-    if args.endpoint == "chat":
-        body = {"model": args.model, "messages": [{"role": "user", "content": args.prompt}]}
-        if args.max_output_tokens:
-            body["max_completion_tokens"] = args.max_output_tokens
-        return body
-    body = {"model": args.model, "input": [{"role": "user", "content": args.prompt}]}
-    if args.max_output_tokens:
-        body["max_output_tokens"] = args.max_output_tokens
-    return body
+    # --max-output-tokens 0 (or none) sends no cap: the server's default applies.
+    endpoint = Dialect(args.endpoint)
+    return prompt_body(endpoint, args.model, args.prompt, args.max_output_tokens or None)
 
 
 async def _stream_one(args: argparse.Namespace, base_url: str) -> int:

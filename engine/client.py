@@ -34,7 +34,7 @@ from engine.sse import MAX_EVENT_BYTES
 if TYPE_CHECKING:
     from engine.chunks import Chunk, ChunkQueue
 
-__all__ = ["DEFAULT_BASE_URL", "Engine", "RetryPolicy", "StreamResult", "Timeouts"]
+__all__ = ["DEFAULT_BASE_URL", "Engine", "RetryPolicy", "StreamResult", "Timeouts", "prompt_body"]
 
 DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
 # Awaited before each retry with (the error, the attempts so far): see `Engine.before_retry`.
@@ -44,6 +44,28 @@ ENDPOINT_PATHS: Final = {
     Dialect.CHAT: "/chat/completions",
     Dialect.COMPLETIONS: "/completions",
 }
+# Each endpoint's name for the output cap.
+MAX_TOKENS_FIELDS: Final = {
+    Dialect.RESPONSES: "max_output_tokens",
+    Dialect.CHAT: "max_completion_tokens",
+    Dialect.COMPLETIONS: "max_tokens",
+}
+
+
+def prompt_body(
+    endpoint: Dialect, model: str, prompt: str, max_tokens: int | None
+) -> dict[str, Any]:
+    """A one-user-message body in the endpoint's own names for the prompt and the output cap
+    (`max_tokens`; None: no cap), for `run` and `bench` alike; sending adds `stream`."""
+    body: dict[str, Any]
+    if endpoint is Dialect.COMPLETIONS:  # legacy /v1/completions: a bare prompt
+        body = {"model": model, "prompt": prompt}
+    else:
+        key = "messages" if endpoint is Dialect.CHAT else "input"
+        body = {"model": model, key: [{"role": "user", "content": prompt}]}
+    if max_tokens is not None:
+        body[MAX_TOKENS_FIELDS[endpoint]] = max_tokens
+    return body
 
 
 @dataclass(frozen=True, slots=True)

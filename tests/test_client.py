@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 import pytest
 
-from engine.client import Engine, RetryPolicy, Timeouts
+from engine.client import Engine, RetryPolicy, Timeouts, prompt_body
 from engine.errors import (
     AuthenticationError,
     BadRequestError,
@@ -39,6 +39,25 @@ CHAT_BODY = {
 
 def fault(kind: str) -> dict[str, str]:
     return {"x-mock-fault": kind}
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "expected"),
+    [
+        (Dialect.RESPONSES, {"input": [{"role": "user", "content": "Hi"}], "max_output_tokens": 5}),
+        (
+            Dialect.CHAT,
+            {"messages": [{"role": "user", "content": "Hi"}], "max_completion_tokens": 5},
+        ),
+        (Dialect.COMPLETIONS, {"prompt": "Hi", "max_tokens": 5}),
+    ],
+)
+def test_a_prompt_body_names_its_fields_as_the_endpoint_does(
+    endpoint: Dialect, expected: dict[str, Any]
+) -> None:
+    assert prompt_body(endpoint, "m", "Hi", 5) == {"model": "m", **expected}
+    uncapped = {k: v for k, v in expected.items() if not k.startswith("max_")}
+    assert prompt_body(endpoint, "m", "Hi", None) == {"model": "m", **uncapped}
 
 
 async def test_run_responses(base_url: str) -> None:

@@ -15,7 +15,9 @@ from typing import Any
 
 import orjson
 
+from engine.client import prompt_body
 from engine.errors import ConfigError
+from engine.events import Dialect
 from engine.loadtest.config import MIN_PRIME_TOKENS, LoadConfig
 
 TEMPLATE_OVERHEAD = 6  # one user message (3) plus the reply priming (3)
@@ -33,22 +35,9 @@ def synthetic_prompt(index: int, input_tokens: int, rng: random.Random) -> str:
 
 
 def make_body(config: LoadConfig, prompt: str, output_tokens: int) -> dict[str, Any]:
-    """A streaming body in the configured dialect with a fixed output budget."""
-    body: dict[str, Any]
-    if config.endpoint == "completions":  # legacy /v1/completions: a bare prompt
-        body = {"model": config.model, "prompt": prompt, "max_tokens": output_tokens}
-    elif config.endpoint == "chat":
-        body = {
-            "model": config.model,
-            "messages": [{"role": "user", "content": prompt}],
-            "max_completion_tokens": output_tokens,
-        }
-    else:
-        body = {
-            "model": config.model,
-            "input": [{"role": "user", "content": prompt}],
-            "max_output_tokens": output_tokens,
-        }
+    """A streaming body in the configured dialect with a fixed output budget (always capped:
+    the test sets each request's length) and, if asked, `ignore_eos`."""
+    body = prompt_body(Dialect(config.endpoint), config.model, prompt, output_tokens)
     if config.ignore_eos:
         body["ignore_eos"] = True
     return body
