@@ -16,6 +16,8 @@ import math
 import time
 from typing import TYPE_CHECKING, Protocol
 
+from engine.mock.alarm import Alarm
+
 if TYPE_CHECKING:
     import asyncio
     from collections.abc import Callable
@@ -155,11 +157,16 @@ class Ticker:
         stats: MockStats,
         resolution_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        precise: bool = False,
     ) -> None:
         self._loop = loop
         self._stats = stats
         self._resolution_s = resolution_s  # of the loop's timers: see delay_until
         self._clock = clock  # the exact time, which deadlines are on
+        # With `precise`, a timerfd where there is one (wakes within ~50 µs of a deadline),
+        # else the loop's timers (whole milliseconds, rounded up).
+        self._alarm = Alarm.create(loop, self._fire) if precise else None
         self._slots: dict[int, list[_Paced]] = {}
         self._order: list[int] = []  # heap of the slot numbers present in _slots
         self._timer: asyncio.TimerHandle | None = None
@@ -185,6 +192,9 @@ class Ticker:
         if self._timer is not None:
             self._timer.cancel()
         self._timer, self._timer_at = None, math.inf
+        if self._alarm is not None:
+            self._alarm.close()
+            self._alarm = None
         for waiting in self._slots.values():
             for paced in waiting:
                 if not paced.done.done():
@@ -206,9 +216,12 @@ class Ticker:
 
     def _arm(self, due: float) -> None:
         """Move the one timer to `due`."""
+        self._timer_at = due
+        if self._alarm is not None:
+            self._alarm.arm(due)
+            return
         if self._timer is not None:
             self._timer.cancel()
-        self._timer_at = due
         delay = delay_until(due, self._clock(), self._resolution_s)
         self._timer = self._loop.call_later(delay, self._fire)
 

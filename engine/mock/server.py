@@ -76,7 +76,7 @@ class MockState:
         """Created on first use, on the loop that serves (the app may be built before it)."""
         if self._ticker is None:
             loop = asyncio.get_running_loop()
-            self._ticker = Ticker(loop, self.stats, clock_resolution_s(loop))
+            self._ticker = Ticker(loop, self.stats, clock_resolution_s(loop), precise=True)
         return self._ticker
 
 
