@@ -7,6 +7,11 @@ They run when `STREAM_ENGINE_REAL_SERVERS` names servers (`name=base_url`, comma
     STREAM_ENGINE_REAL_SERVERS=llama-server=http://127.0.0.1:8080/v1,vllm=http://127.0.0.1:8000/v1 \
         pytest -m real_server
 
+The reasoning tests run when `STREAM_ENGINE_REAL_REASONING_SERVER` is the base URL of the
+llama-server that `bash tests/real_servers/setup.sh start-reasoning` starts (:8081):
+
+    STREAM_ENGINE_REAL_REASONING_SERVER=http://127.0.0.1:8081/v1 pytest -m real_server
+
 Every other test talks to the mock or to recordings of these servers (test_real_streams.py).
 """
 
@@ -22,6 +27,7 @@ import orjson
 import pytest
 
 from engine.client import Engine, RetryPolicy
+from tests.real_servers.record import reasoning_requests
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -32,17 +38,16 @@ SERVERS = dict(
     for item in os.environ.get("STREAM_ENGINE_REAL_SERVERS", "").split(",")
     if "=" in item
 )
+REASONING_SERVER = os.environ.get("STREAM_ENGINE_REAL_REASONING_SERVER", "")
 ENDPOINTS = ("responses", "chat")
 PROMPT = "Write a short story about a lighthouse."
 
-pytestmark = [
-    pytest.mark.real_server,
-    pytest.mark.skipif(
-        not SERVERS,
-        reason="no live server: set STREAM_ENGINE_REAL_SERVERS "
-        "(bash tests/real_servers/setup.sh all starts them)",
-    ),
-]
+pytestmark = pytest.mark.real_server
+live = pytest.mark.skipif(
+    not SERVERS,
+    reason="no live server: set STREAM_ENGINE_REAL_SERVERS "
+    "(bash tests/real_servers/setup.sh all starts them)",
+)
 CASES = [
     pytest.param(url, ep, id=f"{name}-{ep}") for name, url in SERVERS.items() for ep in ENDPOINTS
 ] or [pytest.param("", ep, id=f"none-{ep}") for ep in ENDPOINTS]
@@ -71,6 +76,7 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     )
 
 
+@live
 @pytest.mark.parametrize(("url", "endpoint"), CASES)
 def test_run_exits_0_and_says_how_it_ended(url: str, endpoint: str) -> None:
     proc = cli(
@@ -90,6 +96,7 @@ def test_run_exits_0_and_says_how_it_ended(url: str, endpoint: str) -> None:
     assert "ended: " in proc.stderr
 
 
+@live
 @pytest.mark.parametrize(("url", "endpoint"), CASES)
 def test_bench_8_streams_has_no_failure(url: str, endpoint: str, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
@@ -120,6 +127,7 @@ def test_bench_8_streams_has_no_failure(url: str, endpoint: str, tmp_path: Path)
     assert doc["completed"] > 0
 
 
+@live
 def test_a_mixed_batch_lands_whole(tmp_path: Path) -> None:
     for name, url in SERVERS.items():
         lines = [
@@ -151,6 +159,7 @@ def test_a_mixed_batch_lands_whole(tmp_path: Path) -> None:
             )
 
 
+@live
 @pytest.mark.parametrize(("url", "endpoint"), CASES)
 async def test_streamed_usage_and_text_equal_the_servers_whole_answer(
     url: str, endpoint: str
@@ -187,3 +196,42 @@ async def test_streamed_usage_and_text_equal_the_servers_whole_answer(
         )
         assert result.status == whole["status"]
     assert result.text == text
+
+
+@pytest.mark.skipif(
+    not REASONING_SERVER,
+    reason="no live reasoning server: set STREAM_ENGINE_REAL_REASONING_SERVER "
+    "(bash tests/real_servers/setup.sh start-reasoning starts it on :8081)",
+)
+@pytest.mark.parametrize("name", ["chat-reasoning", "responses-reasoning"])
+async def test_a_streamed_reasoning_answer_equals_the_servers_whole_answer(name: str) -> None:
+    """The recorded requests (a grammar closes the thinking), greedy: the streamed reasoning
+    and text are the non-streamed answer's, and the reasoning came first."""
+    path, request = reasoning_requests(MODEL)[name]
+    whole_request = {k: v for k, v in request.items() if k != "stream_options"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(REASONING_SERVER + path, json={**whole_request, "stream": False}) as resp,
+    ):
+        whole = await resp.json()
+    async with Engine(base_url=REASONING_SERVER, retry=RetryPolicy(max_retries=0)) as eng:
+        result = await eng.run(
+            request, endpoint="chat" if name == "chat-reasoning" else "responses"
+        )
+    if name == "chat-reasoning":
+        message = whole["choices"][0]["message"]
+        reasoning, text = message["reasoning_content"], message["content"]
+    else:
+        parts = [
+            (item["type"], part["text"])
+            for item in whole["output"]
+            for part in item.get("content") or []
+        ]
+        reasoning = "".join(t for kind, t in parts if kind == "reasoning")
+        text = "".join(t for kind, t in parts if kind == "message")
+    assert reasoning
+    assert text
+    assert (result.reasoning, result.text) == (reasoning, text)
+    assert result.ttft_s is not None
+    assert result.ttft_text_s is not None
+    assert result.ttft_s < result.ttft_text_s

