@@ -29,6 +29,7 @@ from engine.events import (
     StreamEvent,
     Usage,
     delta_text,
+    finish_reasons,
 )
 
 __all__ = ["MAX_RESPONSE_CHARS", "Choice", "ResponseAssembler", "ToolCall"]
@@ -205,16 +206,12 @@ class ResponseAssembler:
         usage = Usage.from_payload(data.get("usage"))
         if usage is not None:
             self.usage = usage
-        choices = data.get("choices")
-        for choice in choices if isinstance(choices, list) else ():  # odd shapes: no choices
-            if isinstance(choice, dict) and choice.get("finish_reason"):
-                index = choice.get("index")
-                self._choice(index if type(index) is int else 0).finish_reason = str(
-                    choice["finish_reason"]
-                )
+        for index, reason in finish_reasons(data):
+            self._choice(index).finish_reason = reason
         deltas = event.deltas
         self._add(deltas, event.received_ns, responses=False)
         if deltas and deltas[0].kind == "reasoning":  # the server's name for the field
+            choices = data.get("choices")
             first = choices[0] if isinstance(choices, list) and choices else None
             delta = first.get("delta") if isinstance(first, dict) else None
             if isinstance(delta, dict) and "reasoning_content" not in delta:

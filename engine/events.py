@@ -419,11 +419,14 @@ class Ending:
         return cls("incomplete", reason, _FINISH_BY_INCOMPLETE.get(reason or "", reason))
 
 
-def _finish_reason(data: dict[str, Any]) -> str | None:
+def finish_reasons(data: dict[str, Any]) -> tuple[tuple[int, str], ...]:
+    """A chat chunk's (choice index, finish_reason) pairs, for the decoder and the assembler
+    alike. Most chunks have none: they get the shared empty tuple, no allocation."""
+    found: tuple[tuple[int, str], ...] = ()
     for choice in _choices(data):
         if isinstance(choice, dict) and choice.get("finish_reason"):
-            return str(choice["finish_reason"])
-    return None
+            found += ((_int(choice.get("index")), str(choice["finish_reason"])),)
+    return found
 
 
 def _choices(data: dict[str, Any]) -> list[Any]:
@@ -545,7 +548,9 @@ class EventDecoder:
                 if typ in TERMINAL_TYPES and self.terminal is None:
                     self.terminal = event
                 elif typ in CHOICE_CHUNKS and self.finish_reason is None:
-                    self.finish_reason = _finish_reason(event.data)
+                    ends = finish_reasons(event.data)
+                    if ends:
+                        self.finish_reason = ends[0][1]  # the first choice to end
                 out += (event, None, None)
             else:
                 out += (raw, name, id_)
