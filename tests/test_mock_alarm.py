@@ -17,7 +17,7 @@ from engine.mock.alarm import Alarm
 from engine.mock.config import DelaySampler, MockConfig
 from engine.mock.pacing import Schedule, Ticker
 from engine.mock.stats import MockStats
-from tests.test_mock import expected_deadlines
+from tests.test_mock import FakeRender, expected_deadlines
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -107,20 +107,6 @@ class StampedTransport:
         return 0
 
 
-class Tokens:
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def delta(self, index: int) -> bytes:
-        return b"%d\n\n" % index
-
-    def deltas(self, start: int, stop: int) -> list[bytes]:
-        return [self.delta(k) for k in range(start, stop)]
-
-    def tail(self) -> list[bytes]:
-        return []
-
-
 @pytest.mark.parametrize("new_loop", LOOPS)
 def test_the_precise_ticker_sends_no_token_before_its_deadline(
     new_loop: Callable[[], asyncio.AbstractEventLoop],
@@ -140,7 +126,7 @@ def test_the_precise_ticker_sends_no_token_before_its_deadline(
             sampler = DelaySampler(config, config.itl_ms, random.Random(i))
             transport = StampedTransport()
             schedule = Schedule(n, start, config.ttft_ms / 1000, sampler)
-            waits.append(ticker.run(Tokens(n), schedule, transport))  # type: ignore[arg-type]
+            waits.append(ticker.run(FakeRender(n), schedule, transport))  # type: ignore[arg-type]
             runs.append((transport, expected_deadlines(config, start, n, seed=i)))
             await asyncio.sleep(0.0017)
         await asyncio.gather(*waits)
@@ -149,7 +135,7 @@ def test_the_precise_ticker_sends_no_token_before_its_deadline(
 
     runs, stats = run_on(new_loop, main())
     for transport, due in runs:
-        assert len(transport.sent) == n
-        assert all(sent >= deadline for sent, deadline in zip(transport.sent, due, strict=True))
-    assert stats.events_sent == 8 * n
+        assert len(transport.sent) == n + 1  # and the tail
+        assert all(sent >= deadline for sent, deadline in zip(transport.sent[:n], due, strict=True))
+    assert stats.events_sent == 8 * (n + 1)
     assert stats.ticker_early == 0
