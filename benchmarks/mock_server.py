@@ -434,6 +434,7 @@ def window_stats(window: list[Sample], per_s: float) -> dict[str, Any] | None:
         "server_ticker_lag_ms_mean": round((b.lag_total_s - a.lag_total_s) / fires * 1000, 3)
         if fires
         else None,
+        "server_ticker_fires_per_s": round(fires / (b.t - a.t)),
         "client_cores": round(rate(a, b, "client_cpu_s"), 3),
     }
 
@@ -470,7 +471,8 @@ def report_2(r: dict[str, Any]) -> str:
         f"{w['client_tokens_per_s_median_of_half_seconds']:,})\n  server CPU "
         f"{w['server_cores_user']} user + {w['server_cores_system']} system cores = "
         f"{w['server_cpu_us_per_token']} µs/token, ticker lag mean "
-        f"{w['server_ticker_lag_ms_mean']} ms (max over the run "
+        f"{w['server_ticker_lag_ms_mean']} ms at {w['server_ticker_fires_per_s']:,} wake-ups/s "
+        f"(max over the run "
         f"{r['server_ticker_lag_ms_max']} ms), deferred writes (client behind) "
         f"{r['server_backpressured']}; clients {w['client_cores']} cores "
         f"in {r['client_processes']} process(es)"
