@@ -201,8 +201,10 @@ class SSEParser(Generic[M]):
                 event = None
             elif line[:6] == b"data: ":
                 data.append(line[6:])
+            elif (known := name_of(line)) is not None:  # an `event: NAME` line seen before
+                event = known
             elif line[:7] == b"event: ":
-                event = name_of(line) or _event_name(line)
+                event = _event_name(line)
             elif line[0] != 58:  # 58 is ":", a comment line
                 if line[:6] == b"error:":  # see the module docstring
                     value = line[7:] if line[6:7] == b" " else line[6:]
