@@ -153,8 +153,8 @@ def test_a_reasoning_stream_reports_first_token_first_text_and_the_token_pace(
     assert doc["config"]["facts"]["embedded_mock"]["reasoning_tokens"] == REASONING
     assert TTFT_MS <= ttft <= TTFT_MS + 2.0
     assert FIRST_TEXT_MS <= text <= FIRST_TEXT_MS + 2.0
-    assert abs(ttft - ref_first) <= 1.0
-    assert abs(text - ref_text) <= 1.0
+    assert abs(ttft - ref_first) <= 1.5
+    assert abs(text - ref_text) <= 1.5
     assert abs(itl - ITL_MS) <= 0.5
     assert abs(tpot - ITL_MS) <= 0.5
     # One token of any kind is one timed event: 31 per request, 30 gaps each.
