@@ -30,6 +30,7 @@ from engine.chunks import END, ChunkQueue
 from engine.errors import (
     SNIPPET_BYTES,
     APIStatusError,
+    ConnectError,
     ConnectTimeout,
     EngineError,
     EngineTimeout,
@@ -204,7 +205,7 @@ class Attempt:
                 cls = FirstByteTimeout if first_byte else TotalTimeout
                 error = cls(f"no response headers within {min(limits)} s")
         except aiohttp.ClientConnectorError as exc:
-            error = TransportError(f"cannot connect to {self.url}: {self._describe(exc)}")
+            error = ConnectError(f"cannot connect to {self.url}: {self._describe(exc)}")
         except aiohttp.ClientError as exc:  # reset, closed, a malformed status line or header
             error = TransportError(f"no valid response from {self.url}: {self._describe(exc)}")
         else:

@@ -39,6 +39,8 @@ __all__ = ["DEFAULT_BASE_URL", "Engine", "RetryPolicy", "StreamResult", "Timeout
 DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
 # Awaited before each retry with (the error, the attempts so far): see `Engine.before_retry`.
 RetryHook = Callable[[EngineError, int], Awaitable[None]]
+# Called once an attempt's response headers are in with a success status (see `Engine.run`).
+OpenHook = Callable[[], object]
 ENDPOINT_PATHS: Final = {
     Dialect.RESPONSES: "/responses",
     Dialect.CHAT: "/chat/completions",
@@ -332,6 +334,8 @@ class Engine:
             handle.attempts += 1
             try:
                 await attempt.open()
+                if handle.on_open is not None:
+                    handle.on_open()
                 chunk = await attempt.queue.get()
             except EngineError as caught:
                 attempt.abort()
@@ -373,6 +377,7 @@ class Engine:
         headers: Mapping[str, str] | None,
         timeouts: Timeouts | None,
         before_retry: RetryHook | None,
+        on_open: OpenHook | None = None,
     ) -> _Handle:
         url, shape = self.url_for(body, endpoint)
         return _Handle(
@@ -383,6 +388,7 @@ class Engine:
             custom_id,
             timeouts or self.timeouts,
             before_retry,
+            on_open,
         )
 
     async def stream(
@@ -394,11 +400,12 @@ class Engine:
         headers: Mapping[str, str] | None = None,
         timeouts: Timeouts | None = None,
         before_retry: RetryHook | None = None,
+        on_open: OpenHook | None = None,
     ) -> AsyncIterator[StreamEvent]:
         """Yield the events of one streamed request. A failure (error event, failed
         response, truncated stream) is raised after its event was yielded; an incomplete
         response is not a failure."""
-        handle = self._handle(body, endpoint, custom_id, headers, timeouts, before_retry)
+        handle = self._handle(body, endpoint, custom_id, headers, timeouts, before_retry, on_open)
         self._active += 1
         try:
             async with contextlib.aclosing(self._chunks(handle)) as chunks:
@@ -421,13 +428,16 @@ class Engine:
         headers: Mapping[str, str] | None = None,
         timeouts: Timeouts | None = None,
         before_retry: RetryHook | None = None,
+        on_open: OpenHook | None = None,
     ) -> StreamResult:
         """Stream one request through `handlers` and return the assembled result.
 
         With no handlers of the caller's, nothing of the stream reaches the caller before
         it is whole, so under `RetryPolicy(mid_stream=True)` a stream broken after its first
-        event is sent again too (see `engine.retry`)."""
-        handle = self._handle(body, endpoint, custom_id, headers, timeouts, before_retry)
+        event is sent again too (see `engine.retry`). `on_open` is called when an attempt's
+        headers are in with a success status: a job's pre-flight waits on it before sending
+        the rest."""
+        handle = self._handle(body, endpoint, custom_id, headers, timeouts, before_retry, on_open)
         bare = not handlers
         self._active += 1
         try:
@@ -510,6 +520,7 @@ class _Handle:
     custom_id: str | None
     timeouts: Timeouts
     before_retry: RetryHook | None = None
+    on_open: OpenHook | None = None
     attempt: Attempt | None = None
     attempts: int = 0
     reconnects: int = 0

@@ -4,6 +4,7 @@
     ├── ConfigError (also ValueError)       the caller's fault: bad arguments, bad input line
     ├── EngineClosed                        the engine was closed with the request in flight
     ├── TransportError                      no response: refused, reset, a malformed status line
+    │   └── ConnectError                    no connection at all: refused, DNS, unreachable, TLS
     ├── APIStatusError(status, body)        a non-2xx answer
     │   ├── BadRequestError (400)  AuthenticationError (401)  PermissionDeniedError (403)
     │   ├── NotFoundError (404)  ConflictError (409)  UnprocessableEntityError (422)
@@ -14,8 +15,10 @@
     │   └── StreamTruncated                 the body ended (cleanly or by a dropped connection)
     │                                       without a terminal event
     ├── ProtocolError                       not SSE, bad JSON, event over the size cap
-    └── EngineTimeout (also TimeoutError)
-        ├── ConnectTimeout  FirstByteTimeout  FirstTokenTimeout  IdleTimeout  TotalTimeout
+    ├── EngineTimeout (also TimeoutError)
+    │   ├── ConnectTimeout  FirstByteTimeout  FirstTokenTimeout  IdleTimeout  TotalTimeout
+    └── JobFailed                           the job, not one request, cannot go on (a wrong
+                                            key, path or host): batch and bench stop on it
 
 A request identifier (`request_id`: the server's `x-request-id`; `custom_id`: the caller's
 label) rides on every error so a failure among thousands can be traced; `APIStatusError`,
@@ -81,6 +84,11 @@ class EngineClosed(EngineError):
 class TransportError(EngineError):
     """No usable response: the connection was refused or reset, or the status line and
     headers could not be read. A body cut after the headers is `StreamTruncated`."""
+
+
+class ConnectError(TransportError):
+    """No connection could be made (refused, DNS failure, unreachable, TLS handshake): no
+    request reached the server."""
 
 
 class APIStatusError(EngineError):
@@ -237,3 +245,13 @@ class IdleTimeout(EngineTimeout):
 
 class TotalTimeout(EngineTimeout):
     pass
+
+
+class JobFailed(EngineError):
+    """A failure of the job rather than of one request: every request would meet it (a wrong
+    key, path or host). Batch and bench stop on it, write no record for it and exit 2; the
+    records it held stay to do. `cause` is the request's error that showed it."""
+
+    def __init__(self, message: str, *, cause: EngineError | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause

@@ -15,6 +15,7 @@ from typing import Final
 
 from engine.errors import (
     APIStatusError,
+    ConnectError,
     ConnectTimeout,
     EngineError,
     FirstByteTimeout,
@@ -31,11 +32,18 @@ __all__ = [
     "RETRY_STATUSES",
     "RetryPolicy",
     "gave_up",
+    "job_failure",
     "mid_stream_delay",
     "retry_delay",
 ]
 
 RETRY_STATUSES: Final = frozenset({408, 409, 429})
+# Statuses that say the job is wrong, not the request: every request would get the same.
+JOB_STATUSES: Final = {
+    401: "the server refused the API key",
+    403: "the API key may not use this endpoint",
+    404: "no such endpoint (check the base URL and path)",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,3 +110,13 @@ def gave_up(exc: EngineError, attempts: int, started_ns: int) -> EngineError:
         exc.message += f" (gave up after {attempts} attempts, {spent_s:.1f} s)"
         exc.args = (exc.message,)
     return exc
+
+
+def job_failure(exc: EngineError) -> str | None:
+    """Why `exc` is the job's failure rather than the request's (a wrong key, path or host:
+    401, 403, 404, no connection), in a few words; None for a request's own failure."""
+    if isinstance(exc, APIStatusError):
+        return JOB_STATUSES.get(exc.status)
+    if isinstance(exc, ConnectError):
+        return "the server cannot be reached"
+    return None
