@@ -7,10 +7,16 @@ a time. Every line gets an id: its `custom_id`, or for a plain request body (and
 broken to name one) a stand-in, `line-N` from its 1-based line number, so even a bad line is
 reported exactly once. A stand-in gets `_` appended while a real custom_id of the file has
 its name, so it never collides with one; the same file always gives the same stand-ins.
+
+Every line also gets a digest of what it asks (method, url and body; a bad line's bytes): the
+records remember it, so a resume notices an input edited since (`InputScan.changed`,
+`.removed`) instead of keeping an old answer for a new question. A UTF-8 BOM at the start of
+the file (Excel, PowerShell and pandas' `utf-8-sig` write one) is skipped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import zlib
@@ -22,7 +28,7 @@ import orjson
 from engine.errors import ConfigError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Mapping
     from pathlib import Path
 
 # Batch API url -> the engine's endpoint name. The base URL already ends in /v1.
@@ -38,7 +44,9 @@ BATCH_KEYS: Final = frozenset({"custom_id", "method", "url", "body"})
 CHARS_PER_TOKEN: Final = 4  # the usual rule of thumb for English text; corrected by settle()
 MAX_OUTPUT_KEYS: Final = ("max_output_tokens", "max_completion_tokens", "max_tokens")
 REPORTED_PROBLEMS: Final = 20  # bad lines kept for the report; the errors file has them all
+REPORTED_CHANGES: Final = 5  # custom_ids named when an edited input is refused
 STAND_IN: Final = re.compile(r"line-[0-9]+_*")  # the shape of every stand-in id
+BOM: Final = b"\xef\xbb\xbf"
 
 
 class DuplicateCustomIdError(ConfigError):
@@ -82,6 +90,7 @@ class Request:
     body: dict[str, Any]
     estimated_tokens: int
     stand_in: bool = False  # custom_id is made up from the line number (a plain body)
+    digest: str = ""  # of method, url and body: what was asked (see `request_digest`)
 
 
 @dataclass(slots=True)
@@ -92,6 +101,7 @@ class BadLine:
     custom_id: str
     message: str
     stand_in: bool = False  # custom_id is made up from the line number (no usable custom_id)
+    digest: str = ""  # of the line's bytes
 
 
 @dataclass(slots=True)
@@ -107,6 +117,12 @@ class InputScan:
     # Real custom_ids (whole file) shaped like a stand-in: the stand-ins must avoid them.
     reserved: frozenset[str] = frozenset()
     duplicates: list[tuple[str, int]] = field(default_factory=list)  # (id, line) seen again
+    # Against the records already written (`scan_input(..., done=)`): done ids whose line now
+    # asks something else, and done ids no line names any more; the first few of each.
+    changed: list[str] = field(default_factory=list)
+    changed_count: int = 0
+    removed: list[str] = field(default_factory=list)
+    removed_count: int = 0
 
 
 def text_chars(value: Any) -> int:
@@ -128,6 +144,16 @@ def estimate_tokens(body: dict[str, Any], default_output_tokens: int) -> int:
     return math.ceil(text_chars(body) / CHARS_PER_TOKEN) + max(int(output), 0)
 
 
+def digest(raw: bytes) -> str:
+    """A short stable digest (16 hex digits): what a record remembers of its request."""
+    return hashlib.blake2b(raw, digest_size=8).hexdigest()
+
+
+def request_digest(method: str, url: str | None, body: dict[str, Any]) -> str:
+    """What a line asks, independent of its JSON's key order and spacing."""
+    return digest(orjson.dumps([method, url, body], option=orjson.OPT_SORT_KEYS))
+
+
 def stand_in_id(line: int, reserved: frozenset[str]) -> str:
     """`line-12` for line 12, `line-12_` if a real custom_id is `line-12`, and so on.
 
@@ -140,8 +166,9 @@ def stand_in_id(line: int, reserved: frozenset[str]) -> str:
     return cid
 
 
-def _bad(line: int, reserved: frozenset[str], why: str) -> BadLine:
-    return BadLine(line, stand_in_id(line, reserved), f"line {line}: {why}", stand_in=True)
+def _bad(line: int, reserved: frozenset[str], why: str, raw: bytes) -> BadLine:
+    cid = stand_in_id(line, reserved)
+    return BadLine(line, cid, f"line {line}: {why}", stand_in=True, digest=digest(raw))
 
 
 def parse_line(  # noqa: PLR0911 - one early return per way a line can be wrong
@@ -157,12 +184,12 @@ def parse_line(  # noqa: PLR0911 - one early return per way a line can be wrong
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        return _bad(line, reserved, f"not valid JSON ({exc})")
+        return _bad(line, reserved, f"not valid JSON ({exc})", raw)
     if not isinstance(obj, dict):
-        return _bad(line, reserved, f"expected a JSON object, got {type(obj).__name__}")
+        return _bad(line, reserved, f"expected a JSON object, got {type(obj).__name__}", raw)
     if not BATCH_KEYS & obj.keys():  # a plain body: the endpoint follows from its shape
         if "model" not in obj:
-            return _bad(line, reserved, "body has no model")
+            return _bad(line, reserved, "body has no model", raw)
         return Request(
             line,
             stand_in_id(line, reserved),
@@ -170,16 +197,22 @@ def parse_line(  # noqa: PLR0911 - one early return per way a line can be wrong
             obj,  # the engine's rule
             estimate_tokens(obj, default_output_tokens),
             stand_in=True,
+            digest=request_digest("POST", None, obj),
         )
     custom_id = obj.get("custom_id")
     if not isinstance(custom_id, str) or not custom_id:
-        return _bad(line, reserved, "custom_id must be a non-empty string")
+        return _bad(line, reserved, "custom_id must be a non-empty string", raw)
     problem = _check_batch_line(obj)
     if problem:
-        return BadLine(line, custom_id, f"line {line}: {problem}")
+        return BadLine(line, custom_id, f"line {line}: {problem}", digest=digest(raw))
     body = obj["body"]
     return Request(
-        line, custom_id, URLS[obj["url"]], body, estimate_tokens(body, default_output_tokens)
+        line,
+        custom_id,
+        URLS[obj["url"]],
+        body,
+        estimate_tokens(body, default_output_tokens),
+        digest=request_digest(obj.get("method", "POST"), obj["url"], body),
     )
 
 
@@ -199,30 +232,41 @@ def _check_batch_line(obj: dict[str, Any]) -> str | None:
 
 
 def _numbered_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(1-based line number, stripped bytes) of every non-blank line."""
+    """(1-based line number, stripped bytes) of every non-blank line; a BOM is skipped."""
     with path.open("rb") as f:
         for number, raw in enumerate(f, 1):
-            stripped = raw.strip()
+            stripped = (raw.removeprefix(BOM) if number == 1 else raw).strip()
             if stripped:
                 yield number, stripped
 
 
-def scan_input(path: Path, shard: Shard, default_output_tokens: int) -> InputScan:
+def scan_input(
+    path: Path,
+    shard: Shard,
+    default_output_tokens: int,
+    done: Mapping[str, str] | None = None,
+) -> InputScan:
     """Validate every line; raise DuplicateCustomIdError naming both line numbers.
 
-    Stand-ins are named before every real id is known; if a real id turns out to have a
-    stand-in's shape, the file is scanned again with it reserved (rare, and only then).
+    `done`: the digests of the records already written, by custom_id; the scan lists those
+    whose line changed or is gone (`changed`, `removed`). Stand-ins are named before every
+    real id is known; if a real id turns out to have a stand-in's shape, the file is scanned
+    again with it reserved (rare, and only then).
     """
-    scan = _scan(path, shard, default_output_tokens, frozenset())
+    scan = _scan(path, shard, default_output_tokens, frozenset(), done)
     if scan.reserved:
-        scan = _scan(path, shard, default_output_tokens, scan.reserved)
+        scan = _scan(path, shard, default_output_tokens, scan.reserved, done)
     if scan.duplicates:
         raise DuplicateCustomIdError(_duplicate_message(path, scan.duplicates, scan.reserved))
     return scan
 
 
 def _scan(
-    path: Path, shard: Shard, default_output_tokens: int, reserved: frozenset[str]
+    path: Path,
+    shard: Shard,
+    default_output_tokens: int,
+    reserved: frozenset[str],
+    done: Mapping[str, str] | None,
 ) -> InputScan:
     scan = InputScan()
     seen: set[str] = scan.ids if shard.count == 1 else set()  # one set when not sharded
@@ -237,6 +281,10 @@ def _scan(
             scan.duplicates.append((cid, number))
             continue
         seen.add(cid)
+        if done is not None and done.get(cid, parsed.digest) != parsed.digest:
+            scan.changed_count += 1
+            if len(scan.changed) < REPORTED_CHANGES:
+                scan.changed.append(cid)
         if cid not in shard:
             continue
         if seen is not scan.ids:
@@ -249,6 +297,12 @@ def _scan(
             scan.requests += 1
             scan.estimated_tokens += parsed.estimated_tokens
     scan.reserved = frozenset(found)
+    if done is not None:
+        for cid in done:
+            if cid not in seen:
+                scan.removed_count += 1
+                if len(scan.removed) < REPORTED_CHANGES:
+                    scan.removed.append(cid)
     return scan
 
 

@@ -16,9 +16,15 @@ record is written only once the whole answer is in), so sending it again duplica
 An answer the server meant (an error event, `response.failed`, a 4xx) stays final.
 
 The requests in flight run in one TaskGroup with the dispatcher, so the first exception a
-record raises (a failed write: `StoreWriteError`; or a bug) cancels the dispatcher where it
-waits and every request in flight: nothing more is sent (a flag covers the tasks already due
-to start), and `run` raises that exception.
+record raises (a failed write: `StoreWriteError`; a `JobFailed`; or a bug) cancels the
+dispatcher where it waits and every request in flight: nothing more is sent (a flag covers
+the tasks already due to start), and `run` raises that exception.
+
+Failures of the job are not the records': the first request goes alone (`engine.preflight`)
+and a 401/403/404 or no connection on it ends the job with `JobFailed`, its record unwritten.
+Later, such a failure is held back rather than written: a success in the meantime writes the
+held ones to the errors file (they were the records' own), while `JOB_BURST` of them in a row
+stop the job with `JobFailed`, and the held records stay to do for the next run.
 """
 
 from __future__ import annotations
@@ -32,17 +38,46 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.batch.inputs import BadLine, Request, Shard, iter_lines, scan_input
+from engine.batch.inputs import BadLine, InputScan, Request, Shard, iter_lines, scan_input
 from engine.batch.store import INVALID_REQUEST, ResultStore, read_state
 from engine.client import DEFAULT_BASE_URL, Engine, RetryPolicy, StreamResult, Timeouts
-from engine.errors import ConfigError, EngineError, RateLimitError
+from engine.errors import ConfigError, EngineError, JobFailed, RateLimitError
 from engine.limits import AdaptiveConcurrency, RateLimiter, Reservation
+from engine.preflight import job_failed, wait_open
 from engine.runtime import env_api_key, env_base_url
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from engine.batch.store import ResumeState
+
+# Job-level failures (wrong key, path or host) in a row, with no success between, that stop
+# the job: enough that a few requests refused on their own merits do not, few enough that a
+# server gone away costs seconds, not the whole input.
+JOB_BURST = 8
+
+
+class ChangedInputError(ConfigError):
+    """The input asks something else than what the finished records answered: resuming
+    would keep old answers for new questions (or forget records whose line is gone)."""
+
+
+def check_unchanged(scan: InputScan, output: Path, retry_failed: bool) -> None:
+    """Refuse, in one line naming the first custom_ids and the counts, an edited input."""
+    parts = []
+    if scan.changed_count:
+        ids = ", ".join(repr(c) for c in scan.changed)
+        parts.append(f"{scan.changed_count} finished records asked something else ({ids})")
+    if scan.removed_count:
+        ids = ", ".join(repr(c) for c in scan.removed)
+        parts.append(f"{scan.removed_count} finished records have no line any more ({ids})")
+    if parts:
+        hint = "" if retry_failed else "; --retry-failed sends failed records again as they are"
+        raise ChangedInputError(
+            f"the input changed since {output} was written: {'; '.join(parts)}; "
+            f"pass --allow-changed-input to keep the old records, or write to a new output"
+            + hint
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +122,8 @@ class BatchConfig:
     dry_run: bool = False
     fsync: bool = False
     progress: bool = False
+    retry_failed: bool = False  # send the errors file's records again
+    allow_changed_input: bool = False  # resume although finished records' lines changed
 
     def __post_init__(self) -> None:
         self.input_path = Path(self.input_path)
@@ -128,6 +165,7 @@ class BatchSummary:
     started_s: float = field(default_factory=time.monotonic)
     wall_s: float = 0.0
     dry_run: bool = False
+    retried_failed: int = 0  # --retry-failed: errors-file records sent again this run
 
     @property
     def finished(self) -> int:
@@ -182,25 +220,31 @@ class BatchRunner:
         self._slots: list[_Slot] = []
         self._turn = itertools.count()
         self._stopping = False  # an exception ended a record: the job is stopping
+        self._held: list[tuple[Request, EngineError]] = []  # job-level failures, unwritten
+        self._reserved: frozenset[str] = frozenset()
 
     async def run(self) -> BatchSummary:
         cfg = self.config
         summary = self.summary
         assert cfg.errors_path is not None  # noqa: S101 - set by BatchConfig.__post_init__
-        scan = scan_input(cfg.input_path, cfg.shard, cfg.default_output_tokens)
-        summary.lines, summary.requests, summary.invalid = scan.lines, scan.requests, scan.bad
-        summary.estimated_tokens = scan.estimated_tokens
-        summary.problems = [bad.message for bad in scan.problems]
         if cfg.dry_run:
-            self._count_done(read_state(cfg.output_path, cfg.errors_path), scan.ids)
+            state = read_state(cfg.output_path, cfg.errors_path, retry_failed=cfg.retry_failed)
+            self._count_done(state, self._scan(state))
             summary.wall_s = time.monotonic() - summary.started_s
             return summary
-        with ResultStore(cfg.output_path, cfg.errors_path, fsync=cfg.fsync) as store:
+        # Read-only first: an input refused (duplicates, edited since) leaves no file behind.
+        shard_ids = self._scan(
+            read_state(cfg.output_path, cfg.errors_path, retry_failed=cfg.retry_failed)
+        )
+        store = ResultStore(
+            cfg.output_path, cfg.errors_path, fsync=cfg.fsync, retry_failed=cfg.retry_failed
+        )
+        with store:
             state = store.open()
-            self._count_done(state, scan.ids)
+            self._count_done(state, shard_ids)
             summary.repaired_bytes = state.repaired_bytes
-            reserved = scan.reserved  # names the stand-in ids again in the second pass
-            del scan  # the id set is not needed any more: free it before the long part
+            reserved = self._reserved
+            del shard_ids  # the id set is not needed any more: free it before the long part
             retry = replace(cfg.retry, mid_stream=True)  # see the module docstring
             async with contextlib.AsyncExitStack() as stack:
                 for endpoint in cfg.endpoints:
@@ -222,6 +266,20 @@ class BatchRunner:
         summary.wall_s = time.monotonic() - summary.started_s
         return summary
 
+    def _scan(self, state: ResumeState) -> set[str]:
+        """Read and check the input against the records written; returns the shard's ids."""
+        cfg = self.config
+        summary = self.summary
+        done = None if cfg.allow_changed_input else state.digests
+        scan = scan_input(cfg.input_path, cfg.shard, cfg.default_output_tokens, done)
+        check_unchanged(scan, cfg.output_path, cfg.retry_failed)
+        summary.lines, summary.requests, summary.invalid = scan.lines, scan.requests, scan.bad
+        summary.estimated_tokens = scan.estimated_tokens
+        summary.problems = [bad.message for bad in scan.problems]
+        summary.retried_failed = len(state.retrying & scan.ids)
+        self._reserved = scan.reserved  # names the stand-in ids again in the second pass
+        return scan.ids
+
     def _count_done(self, state: ResumeState, shard_ids: set[str]) -> None:
         summary = self.summary
         summary.already_done = len(state.done & shard_ids)
@@ -229,8 +287,10 @@ class BatchRunner:
         summary.to_do = summary.requests + summary.invalid - summary.already_done
 
     async def _dispatch(self, store: ResultStore, done: set[str], reserved: frozenset[str]) -> None:
-        """Start one task per request; the first exception anywhere stops them all."""
+        """Start one task per request; the first exception anywhere stops them all. The first
+        request goes alone until its headers are in (see the module docstring)."""
         cfg = self.config
+        first = True
         try:
             async with asyncio.TaskGroup() as group:
                 for item in iter_lines(
@@ -247,10 +307,17 @@ class BatchRunner:
                     except BaseException:
                         self.gate.release()
                         raise
-                    group.create_task(self._one(store, self._pick(), item, reservation))
+                    opened = asyncio.Event() if first else None
+                    task = group.create_task(
+                        self._one(store, self._pick(), item, reservation, opened)
+                    )
+                    if opened is not None:
+                        first = False
+                        await wait_open(task, opened)
         except BaseExceptionGroup as group_error:
             # The first error stopped the job; the others (if any) raced it in the same tick.
             raise group_error.exceptions[0] from None
+        self._write_held(store)  # a few such failures, not a burst: the records' own
 
     def _pick(self) -> _Slot:
         """The least-loaded engine; ties go round-robin so equal engines share evenly."""
@@ -272,11 +339,16 @@ class BatchRunner:
         self.summary.concurrency_min = min(self.summary.concurrency_min, self.gate.limit)
 
     async def _send(
-        self, slot: _Slot, req: Request, reservation: Reservation | None
+        self,
+        slot: _Slot,
+        req: Request,
+        reservation: Reservation | None,
+        opened: asyncio.Event | None,
     ) -> tuple[StreamResult, Reservation | None]:
         """Send until success or a final error; returns the result and the grant it used.
 
         A failed attempt's grant stays booked at its estimate: the provider may have counted it.
+        The first request (`opened` set) ends the job at once on a job-level failure.
         """
         summary = self.summary
         grant = [reservation]
@@ -284,6 +356,10 @@ class BatchRunner:
         async def before_retry(error: EngineError, attempt: int) -> None:  # noqa: ARG001
             if self._stopping:  # another record failed to be written: send nothing more
                 raise asyncio.CancelledError
+            if opened is not None and not opened.is_set():
+                failed = job_failed(error, slot.engine.url_for(req.body, req.endpoint)[0])
+                if failed is not None:  # e.g. a refused connection: not worth the retries
+                    self._hold(req, error, failed, first=True)
             if isinstance(error, RateLimitError):
                 self._rate_limited()  # every 429 is a signal, not only final ones
             summary.retries += 1
@@ -293,17 +369,26 @@ class BatchRunner:
         if self._stopping:
             raise asyncio.CancelledError
         result = await slot.engine.run(
-            req.body, endpoint=req.endpoint, custom_id=req.custom_id, before_retry=before_retry
+            req.body,
+            endpoint=req.endpoint,
+            custom_id=req.custom_id,
+            before_retry=before_retry,
+            on_open=None if opened is None else opened.set,
         )
         return result, grant[0]
 
     async def _one(
-        self, store: ResultStore, slot: _Slot, req: Request, reservation: Reservation | None
+        self,
+        store: ResultStore,
+        slot: _Slot,
+        req: Request,
+        reservation: Reservation | None,
+        opened: asyncio.Event | None = None,
     ) -> None:
         slot.active += 1
         self.summary.requests_by_endpoint[slot.label] += 1
         try:
-            await self._record(store, slot, req, reservation)
+            await self._record(store, slot, req, reservation, opened)
         except BaseException:
             # The job stops. The TaskGroup cancels the other tasks at its next step, but a task
             # whose first step is due before that would still send: `_send` checks this flag.
@@ -314,20 +399,29 @@ class BatchRunner:
             self.gate.release()
 
     async def _record(
-        self, store: ResultStore, slot: _Slot, req: Request, reservation: Reservation | None
+        self,
+        store: ResultStore,
+        slot: _Slot,
+        req: Request,
+        reservation: Reservation | None,
+        opened: asyncio.Event | None,
     ) -> None:
         """Send one request and append its record to the output or the errors file."""
         summary = self.summary
         try:
-            result, reservation = await self._send(slot, req, reservation)
+            result, reservation = await self._send(slot, req, reservation, opened)
+        except JobFailed:
+            raise
         except EngineError as exc:  # a final answer; any other exception stops the job
-            store.write_failure(req.custom_id, exc)
-            summary.failed += 1
-            summary.errors_by_kind[exc.kind] += 1
-            if isinstance(exc, RateLimitError):
-                self._rate_limited()  # any other failure says nothing about the rate limit
+            failed = job_failed(exc, slot.engine.url_for(req.body, req.endpoint)[0])
+            if failed is not None:
+                self._hold(req, exc, failed, first=opened is not None)
+                return
+            store.write_failure(req.custom_id, exc, req.digest)
+            self._count_failure(exc)
         else:
-            store.write_success(req.custom_id, result)
+            store.write_success(req.custom_id, result, req.digest)
+            self._write_held(store)  # the job works: the held failures were the records' own
             summary.succeeded += 1
             summary.attempts += result.attempts
             usage = result.usage
@@ -338,6 +432,31 @@ class BatchRunner:
                 if reservation is not None:
                     reservation.settle(usage.total_tokens)
             self.gate.on_success()
+
+    def _count_failure(self, exc: EngineError) -> None:
+        self.summary.failed += 1
+        self.summary.errors_by_kind[exc.kind] += 1
+        if isinstance(exc, RateLimitError):
+            self._rate_limited()  # any other failure says nothing about the rate limit
+
+    def _hold(self, req: Request, exc: EngineError, failed: JobFailed, *, first: bool) -> None:
+        """Keep a job-level failure unwritten; the first request's, or a burst, ends the job."""
+        self._held.append((req, exc))
+        if first or len(self._held) >= JOB_BURST:
+            held = len(self._held)
+            failed.message += (
+                " (the first request: nothing else was sent)"
+                if first
+                else f" ({held} requests in a row failed this way)"
+            )
+            failed.args = (failed.message,)
+            raise failed
+
+    def _write_held(self, store: ResultStore) -> None:
+        held, self._held = self._held, []
+        for req, exc in held:
+            store.write_failure(req.custom_id, exc, req.digest)
+            self._count_failure(exc)
 
 
 async def run_batch(

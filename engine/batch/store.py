@@ -18,6 +18,15 @@ are also made durable by an fsync of their directory (else the file itself may v
 A failed write (disk full, file-size limit, I/O error) cuts the file back to its length before
 that write, so no torn fragment is left to be glued onto a later record, and raises
 `StoreWriteError`: the runner stops the job, and the same command resumes it later.
+
+Every record also carries `request_digest`, the digest of what its input line asked (see
+`engine.batch.inputs`), so a resume can tell an edited input from the one it answered.
+
+`--retry-failed` (`retry_failed=True`): the ids whose only record is in the errors file are
+not done; they are sent again, and their old errors lines leave the file only once they have
+ended again: at close, the errors file is rewritten (a new file, then an atomic rename)
+without the lines of ids that have a later line or a line in the output. A run killed before
+that leaves such pairs; the next open finds them and rewrites the file the same way.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import orjson
 from engine.errors import APIStatusError, ConfigError, EngineError, StreamError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
     from engine.batch.inputs import BadLine
@@ -78,7 +88,7 @@ def record_id(custom_id: str) -> str:
     return "batch_req_" + hashlib.blake2b(custom_id.encode(), digest_size=12).hexdigest()
 
 
-def success_line(custom_id: str, result: StreamResult) -> bytes:
+def success_line(custom_id: str, result: StreamResult, digest: str = "") -> bytes:
     """An output line in the OpenAI Batch format; `body` is the assembled final response."""
     return orjson.dumps(
         {
@@ -90,12 +100,13 @@ def success_line(custom_id: str, result: StreamResult) -> bytes:
                 "body": result.response,
             },
             "error": None,
+            "request_digest": digest,
         },
         option=orjson.OPT_APPEND_NEWLINE,
     )
 
 
-def failure_line(custom_id: str, exc: EngineError) -> bytes:
+def failure_line(custom_id: str, exc: EngineError, digest: str = "") -> bytes:
     """An errors-file line: the last HTTP status and body when there was one."""
     response: dict[str, Any] | None = None
     if isinstance(exc, APIStatusError):
@@ -111,6 +122,7 @@ def failure_line(custom_id: str, exc: EngineError) -> bytes:
             "custom_id": custom_id,
             "response": response,
             "error": {"code": exc.kind, "message": exc.message},
+            "request_digest": digest,
         },
         option=orjson.OPT_APPEND_NEWLINE,
     )
@@ -124,6 +136,7 @@ def bad_line_line(bad: BadLine) -> bytes:
             "custom_id": bad.custom_id,
             "response": None,
             "error": {"code": INVALID_REQUEST, "message": bad.message, "line": bad.line},
+            "request_digest": bad.digest,
         },
         option=orjson.OPT_APPEND_NEWLINE,
     )
@@ -135,9 +148,12 @@ class ResumeState:
 
     done: set[str] = field(default_factory=set)
     succeeded: int = 0  # lines in the output file
-    failed: int = 0  # lines in the errors file
+    failed: int = 0  # lines in the errors file (of ids still done: see `retrying`)
     repaired_bytes: int = 0  # torn-tail bytes truncated away
-    duplicates: list[str] = field(default_factory=list)  # ids found twice (should never be)
+    # Ids found twice: an interrupted --retry-failed run (see the module); never otherwise.
+    duplicates: list[str] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)  # done id -> what it asked
+    retrying: set[str] = field(default_factory=set)  # --retry-failed: errors-only ids, to do
 
 
 def sync_directory(path: Path) -> None:
@@ -226,54 +242,94 @@ class _AppendFile:
             self.fd = -1
 
 
-def _read_ids(path: Path) -> list[str]:
-    """custom_id of every complete line of an output or errors file (a torn tail is not)."""
-    ids: list[str] = []
+def _records(path: Path) -> Iterator[tuple[str, str, bytes]]:
+    """(custom_id, request_digest or "", the line) of every complete line of an output or
+    errors file (a torn tail is not one)."""
+    if not path.exists():
+        return
     with path.open("rb") as f:
         for number, raw in enumerate(f, 1):
             if not raw.endswith(b"\n"):
                 break
             try:
-                cid = orjson.loads(raw)["custom_id"]
-            except (orjson.JSONDecodeError, KeyError, TypeError):
+                record = orjson.loads(raw)
+                cid = str(record["custom_id"])
+                digest = str(record.get("request_digest") or "")
+            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
                 raise ConfigError(
                     f"{path} line {number} is not a batch record; refusing to "
                     "resume into a file this job did not write"
                 ) from None
-            ids.append(str(cid))
-    return ids
+            yield cid, digest, raw
 
 
-def read_state(output: Path, errors: Path, state: ResumeState | None = None) -> ResumeState:
-    """Which custom_ids the files hold. Read-only: a dry run may call it on a live job."""
+def read_state(
+    output: Path, errors: Path, state: ResumeState | None = None, *, retry_failed: bool = False
+) -> ResumeState:
+    """Which custom_ids the files hold. Read-only: a dry run may call it on a live job.
+
+    With `retry_failed`, an id whose only record is in the errors file is not done."""
     state = ResumeState() if state is None else state
-    done = state.done
-    for path in (output, errors):
-        ids = _read_ids(path) if path.exists() else []
-        if path is output:
-            state.succeeded = len(ids)
-        else:
-            state.failed = len(ids)
-        for cid in ids:
-            if cid in done:
-                state.duplicates.append(cid)
-            done.add(cid)
+    done, digests = state.done, state.digests
+    for cid, digest, _ in _records(output):
+        state.succeeded += 1
+        if cid in done:
+            state.duplicates.append(cid)
+        done.add(cid)
+        if digest:
+            digests[cid] = digest
+    succeeded = set(done) if retry_failed else done
+    for cid, digest, _ in _records(errors):
+        if cid in done:
+            state.duplicates.append(cid)  # a retried id: its last record wins (see compact)
+        if cid in succeeded:
+            continue
+        state.failed += 1
+        done.add(cid)
+        if digest:
+            digests[cid] = digest
+    if retry_failed:
+        state.retrying = done - succeeded
+        state.failed = 0  # every errors line left is a retrying id's
+        done -= state.retrying
+        for cid in state.retrying:
+            digests.pop(cid, None)  # sent again with the line as it is now
     return state
+
+
+def compacted_errors(output: Path, errors: Path) -> list[bytes]:
+    """The errors file's lines without those an id's later line or output record replaced."""
+    succeeded = {cid for cid, _, _ in _records(output)}
+    last: dict[str, bytes] = {}
+    for cid, _, raw in _records(errors):
+        if cid not in succeeded:
+            last.pop(cid, None)  # keep the file's order: a re-ended id moves to its new place
+            last[cid] = raw
+    return list(last.values())
 
 
 class ResultStore:
     """The output and errors files of one job, opened for resume and appended line by line."""
 
     def __init__(
-        self, output: Path, errors: Path, *, fsync: bool = False, fsync_interval_s: float = 1.0
+        self,
+        output: Path,
+        errors: Path,
+        *,
+        fsync: bool = False,
+        fsync_interval_s: float = 1.0,
+        retry_failed: bool = False,
     ) -> None:
         if output.resolve() == errors.resolve():
             raise ConfigError("the output and errors files must differ")
         self.output_path = output
         self.errors_path = errors
+        self.retry_failed = retry_failed
         self._interval = fsync_interval_s if fsync else None
         self._output: _AppendFile | None = None
         self._errors: _AppendFile | None = None
+        self._retrying: set[str] = set()
+        self._replaced = False  # a retried id ended again: its old errors line must go
 
     def open(self) -> ResumeState:
         """Lock both files, repair torn tails and read which custom_ids are done."""
@@ -291,15 +347,43 @@ class ResultStore:
             raise
         for handle in (self._output, self._errors):
             state.repaired_bytes += handle.repair_tail()
-        return read_state(self.output_path, self.errors_path, state)
+        read_state(self.output_path, self.errors_path, state, retry_failed=self.retry_failed)
+        if state.duplicates:  # an interrupted --retry-failed run: finish its rewrite
+            self._compact()
+            state.duplicates.clear()
+        self._retrying = state.retrying
+        return state
 
-    def write_success(self, custom_id: str, result: StreamResult) -> None:
+    def write_success(self, custom_id: str, result: StreamResult, digest: str = "") -> None:
         assert self._output is not None, "open() first"  # noqa: S101 - programming error
-        self._output.write(success_line(custom_id, result))
+        self._output.write(success_line(custom_id, result, digest))
+        self._replaced = self._replaced or custom_id in self._retrying
 
-    def write_failure(self, custom_id: str, exc: EngineError) -> None:
+    def write_failure(self, custom_id: str, exc: EngineError, digest: str = "") -> None:
         assert self._errors is not None, "open() first"  # noqa: S101 - programming error
-        self._errors.write(failure_line(custom_id, exc))
+        self._errors.write(failure_line(custom_id, exc, digest))
+        self._replaced = self._replaced or custom_id in self._retrying
+
+    def _compact(self, *, reopen: bool = True) -> None:
+        """Rewrite the errors file without replaced lines: a new file renamed over the old
+        one (atomic: a kill leaves the old or the new, both whole), then locked again."""
+        assert self._errors is not None  # noqa: S101 - open
+        path = self.errors_path
+        tmp = path.with_name(f".{path.name}.compact")
+        try:
+            with tmp.open("wb") as f:
+                f.writelines(compacted_errors(self.output_path, path))
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.replace(path)
+            if self._interval is not None:
+                sync_directory(path.absolute().parent)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise StoreWriteError(path, exc) from exc
+        self._errors.close()
+        self._errors = _AppendFile(path, self._interval) if reopen else None
 
     def write_bad_line(self, bad: BadLine) -> None:
         assert self._errors is not None, "open() first"  # noqa: S101 - programming error
@@ -307,9 +391,15 @@ class ResultStore:
 
     def close(self) -> None:
         """Close (and with fsync, sync) both files; raises the first StoreWriteError."""
+        error: StoreWriteError | None = None
+        if self._replaced and self._errors is not None:
+            self._replaced = False
+            try:
+                self._compact(reopen=False)
+            except StoreWriteError as exc:
+                error = exc
         handles = (self._output, self._errors)
         self._output = self._errors = None
-        error: StoreWriteError | None = None
         for handle in handles:
             if handle is not None:
                 try:
