@@ -97,12 +97,38 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "endless-line": _endless_line,
     "empty-flood": _empty_flood,
     "huge": _huge,
+    "ok-then-401": _one_answer,  # then 401 (see _handle)
 }
+
+
+JOB_STATUSES = frozenset({"401", "403", "404"})
+
+
+def _job_status(status: int) -> web.Response:
+    """An OpenAI-shaped error for a status that is the job's fault, not the request's."""
+    return web.json_response(
+        {"error": {"message": f"refused ({status})", "code": str(status)}}, status=status
+    )
+
+
+async def _one_answer(request: web.Request, resp: web.StreamResponse) -> None:
+    """A whole chat stream: one text chunk, a finish, [DONE]."""
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "model": "m", "choices": []}
+    for choice in (
+        {"index": 0, "delta": {"role": "assistant", "content": "ok"}, "finish_reason": None},
+        {"index": 0, "delta": {}, "finish_reason": "stop"},
+    ):
+        await resp.write(b"data: " + orjson.dumps({**chunk, "choices": [choice]}) + b"\n\n")
+    await resp.write(b"data: [DONE]\n\n")
 
 
 async def _handle(request: web.Request, counts: dict[str, int]) -> web.StreamResponse:
     name = request.match_info["behaviour"]
     counts[name] = counts.get(name, 0) + 1
+    if name in JOB_STATUSES:  # a wrong key, a missing permission, a wrong path
+        return _job_status(int(name))
+    if name == "ok-then-401" and counts[name] > 1:  # the key was revoked after one answer
+        return _job_status(401)
     if name == "429":  # every answer asks the client to wait 2 s
         return web.json_response(
             {"error": {"message": "slow down", "code": "rate_limit"}},

@@ -507,17 +507,22 @@ def wait_for_lines(
     pytest.fail(f"{path} never reached {count} lines")
 
 
+# The interrupted run goes to a mock slow enough that the job cannot end before the signal
+# lands even on a loaded machine (16 tokens at 40 ms: 0.64 s a record, 4 at a time: ~50 s
+# for 300); the test waits on a state (lines in the output), then signals; the resume goes to
+# a fast mock, which answers the same text (the mock's text depends on the prompt alone).
+SLOW = MockConfig(itl_ms=40.0, output_tokens=16)
+
+
 def test_kill_9_and_rerun_equals_an_uninterrupted_run(
     tmp_path: Path, mock_factory: MockFactory
 ) -> None:
-    # itl 2 ms x 16 tokens at concurrency 4: about 4 s of work, killed at about 15 %.
-    mock = mock_factory(MockConfig(itl_ms=2.0, output_tokens=16))
+    slow, fast = mock_factory(SLOW), mock_factory(MockConfig(output_tokens=16))
     n = 300
     path = make_input(tmp_path / "in.jsonl", n)
     ref_out, out = tmp_path / "ref.jsonl", tmp_path / "out.jsonl"
-    common = ["--base-url", mock.base_url, "--concurrency", "4"]
-    proc = run_cli([str(path), "-o", str(out), *common])
-    wait_for_lines(out, 40, proc)
+    proc = run_cli([str(path), "-o", str(out), "--base-url", slow.base_url, "--concurrency", "4"])
+    wait_for_lines(out, 8, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     assert proc.stderr is not None
@@ -525,8 +530,8 @@ def test_kill_9_and_rerun_equals_an_uninterrupted_run(
     killed_at = out.read_bytes().count(b"\n")
     assert killed_at < n
     for args in (
-        [str(path), "-o", str(out), *common],
-        [str(path), "-o", str(ref_out), "--base-url", mock.base_url, "--concurrency", "32"],
+        [str(path), "-o", str(out), "--base-url", fast.base_url, "--concurrency", "4"],
+        [str(path), "-o", str(ref_out), "--base-url", fast.base_url, "--concurrency", "32"],
     ):
         done = run_cli(args)
         _, err = done.communicate(timeout=60)
@@ -565,19 +570,27 @@ async def test_progress_display_and_summary(
     assert dry.as_dict()["already_done"] == 20
 
 
-def test_ctrl_c_stops_cleanly_and_resumes(tmp_path: Path, mock_factory: MockFactory) -> None:
-    mock = mock_factory(MockConfig(itl_ms=2.0, output_tokens=16))
+@pytest.mark.parametrize(
+    ("sig", "code", "how"), [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")]
+)
+def test_an_interrupt_stops_cleanly_and_resumes(
+    tmp_path: Path, mock_factory: MockFactory, sig: signal.Signals, code: int, how: str
+) -> None:
+    slow, fast = mock_factory(SLOW), mock_factory(MockConfig(output_tokens=16))
     path = make_input(tmp_path / "in.jsonl", 200)
     out = tmp_path / "out.jsonl"
-    args = [str(path), "-o", str(out), "--base-url", mock.base_url, "--concurrency", "4"]
-    proc = run_cli(args)
-    wait_for_lines(out, 20, proc)
-    proc.send_signal(signal.SIGINT)
+    args = [str(path), "-o", str(out), "--concurrency", "4"]
+    proc = run_cli([*args, "--base-url", slow.base_url])
+    wait_for_lines(out, 4, proc)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130, err.decode()
-    assert b"run the same command to resume" in err
+    text = err.decode()
+    assert proc.returncode == code, text
+    assert f"interrupted ({how}); run the same command to resume" in text
+    assert "this run: " in text  # the summary of what was done
+    assert "Traceback" not in text
     assert out.read_bytes().endswith(b"\n")  # stopped between records, never inside one
-    done = run_cli(args)
+    done = run_cli([*args, "--base-url", fast.base_url])
     _, err = done.communicate(timeout=60)
     assert done.returncode == 0, err.decode()
     assert_exactly_once({f"req-{i}" for i in range(200)}, out, tmp_path / "out.errors.jsonl")

@@ -2,30 +2,43 @@
 
 Exit status: 0 when every record of the job succeeded, 1 when the job finished with records
 in the errors file (failed requests or invalid lines), 2 when it could not start (bad
-arguments, duplicate custom_ids, a locked output): nothing was sent then; 3 when it stopped
-because a record could not be written (disk full, file too large, I/O error): the files hold
-whole records only and the same command resumes; 130 on Ctrl-C.
+arguments, duplicate custom_ids, an input edited since its records were written, a locked
+output): nothing was sent then; 2 also when the job itself failed (a wrong key, path or host:
+`JobFailed`), with nothing written for the records it held; 3 when it stopped because a
+record could not be written (disk full, file too large, I/O error): the files hold whole
+records only and the same command resumes; 130 on Ctrl-C (SIGINT), 143 on SIGTERM, each
+after the summary line of what was done.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import signal
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import orjson
 
 from engine.batch.inputs import Shard
-from engine.batch.runner import BatchConfig, BatchSummary, Endpoint, run_batch
+from engine.batch.runner import BatchConfig, BatchRunner, BatchSummary, Endpoint
 from engine.batch.store import StoreWriteError
 from engine.client import DEFAULT_BASE_URL, RetryPolicy
-from engine.errors import ConfigError
+from engine.errors import ConfigError, JobFailed
 from engine.options import add_timeout_arguments, timeouts_from
 from engine.runtime import env_base_url, run_async
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_WRITE_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_TERMINATED = 128 + signal.SIGTERM
+T = TypeVar("T")
+
+
+class Terminated(Exception):
+    """SIGTERM arrived (`timeout`, systemd, Kubernetes, CI runners): stop as on Ctrl-C."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,6 +107,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=Shard(),
         metavar="I/N",
         help="process shard I of N (1-based; by crc32 of custom_id)",
+    )
+    parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="send the errors file's records again; each leaves the errors file only "
+        "once it has ended again",
+    )
+    parser.add_argument(
+        "--allow-changed-input",
+        action="store_true",
+        help="resume although lines of finished records changed or are gone (their old "
+        "records are kept); refused otherwise",
     )
     parser.add_argument(
         "--dry-run",
@@ -173,6 +198,8 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
         dry_run=args.dry_run,
         fsync=args.fsync,
         progress=args.progress and sys.stderr.isatty() and not args.dry_run,
+        retry_failed=args.retry_failed,
+        allow_changed_input=args.allow_changed_input,
     )
 
 
@@ -187,10 +214,36 @@ def _on_ray(on_ray: BatchOnRay | None) -> BatchOnRay:
     return on_ray
 
 
+async def _until_sigterm(coro: Coroutine[Any, Any, T]) -> T:
+    """`coro`, cancelled by SIGTERM as asyncio cancels the main task on SIGINT."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None  # noqa: S101 - inside the runner's main task
+    got: list[int] = []
+
+    def on_sigterm() -> None:
+        got.append(signal.SIGTERM)
+        task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+        return await coro
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        if got:
+            raise Terminated from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
 def run(args: argparse.Namespace, on_ray: BatchOnRay | None = None) -> int:
     """Run the job described by parsed arguments; returns the exit status."""
     from engine.batch.progress import format_summary  # noqa: PLC0415 - rich only when used
 
+    runner: BatchRunner | None = None
     try:
         config = config_from_args(args)
         if args.ray is not None:
@@ -198,9 +251,16 @@ def run(args: argparse.Namespace, on_ray: BatchOnRay | None = None) -> int:
                 config, None if args.ray == "local" else args.ray, args.workers
             )
         else:
-            summary = run_async(run_batch(config))
-    except ConfigError as exc:  # includes duplicate ids and bad input files
+            runner = BatchRunner(config)
+            summary = run_async(_until_sigterm(runner.run()))
+    except ConfigError as exc:  # includes duplicate ids, bad and edited input files
         sys.stderr.write(f"stream-engine batch: {exc}\n")
+        return EXIT_USAGE
+    except JobFailed as exc:  # the held records were written nowhere: they stay to do
+        sys.stderr.write(
+            f"stream-engine batch: stopped: {exc}; nothing was written for these requests: "
+            "fix the cause and run the same command to go on\n"
+        )
         return EXIT_USAGE
     except StoreWriteError as exc:  # one line naming the file, the reason and what to do
         sys.stderr.write(f"stream-engine batch: {exc}\n")
@@ -208,9 +268,19 @@ def run(args: argparse.Namespace, on_ray: BatchOnRay | None = None) -> int:
     except OSError as exc:
         sys.stderr.write(f"stream-engine batch: {exc}\n")
         return EXIT_USAGE
-    except KeyboardInterrupt:  # every finished record is on disk already
-        sys.stderr.write("stream-engine batch: interrupted; run the same command to resume\n")
-        return EXIT_INTERRUPTED
+    except (KeyboardInterrupt, Terminated) as exc:  # every finished record is on disk already
+        how, code = (
+            ("SIGTERM", EXIT_TERMINATED)
+            if isinstance(exc, Terminated)
+            else ("Ctrl-C", EXIT_INTERRUPTED)
+        )
+        if runner is not None:
+            runner.summary.wall_s = time.monotonic() - runner.summary.started_s
+            sys.stderr.write(format_summary(runner.summary) + "\n")
+        sys.stderr.write(
+            f"stream-engine batch: interrupted ({how}); run the same command to resume\n"
+        )
+        return code
     sys.stderr.write(format_summary(summary) + "\n")
     if args.json:
         sys.stdout.write(orjson.dumps(summary.as_dict()).decode() + "\n")

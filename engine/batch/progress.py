@@ -125,7 +125,12 @@ def format_summary(summary: BatchSummary) -> str:
         if s.repaired_bytes:
             lines.append(f"resume: truncated a torn last line ({s.repaired_bytes} bytes)")
         if s.resumed_failed:
-            lines.append(f"errors file already held {s.resumed_failed:,} records")
+            lines.append(
+                f"errors file already held {s.resumed_failed:,} records "
+                "(--retry-failed sends them again)"
+            )
+        if s.retried_failed:
+            lines.append(f"--retry-failed: {s.retried_failed:,} records of the errors file")
         if s.concurrency_min < s.concurrency:
             lines.append(
                 f"concurrency: backed off on 429 from {s.concurrency:,} "

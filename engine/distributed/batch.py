@@ -31,7 +31,14 @@ import orjson
 import ray
 
 from engine.batch.inputs import REPORTED_PROBLEMS, Shard, scan_input
-from engine.batch.runner import BatchConfig, BatchRunner, BatchSummary, errors_path_for, run_batch
+from engine.batch.runner import (
+    BatchConfig,
+    BatchRunner,
+    BatchSummary,
+    check_unchanged,
+    errors_path_for,
+    run_batch,
+)
 from engine.batch.store import ResultStore, read_state
 from engine.distributed.cluster import ACTOR_CPUS, LIMITER_CPUS, Cluster, LoopThread, gather
 from engine.distributed.limiter import LEASE_SIZE, LEASE_TTL_S, LeasedLimiter, RateLimitActor
@@ -213,11 +220,15 @@ def run_batch_on_ray(
     started = time.monotonic()
     output, errors = config.output_path, config.errors_path
     assert errors is not None  # noqa: S101 - set by BatchConfig.__post_init__
-    scan = scan_input(config.input_path, Shard(), config.default_output_tokens)  # fail fast
+    if config.retry_failed:
+        raise ConfigError("--retry-failed and --ray do not combine yet: run it without --ray")
     leftovers = leftover_parts(output)
     if leftovers:
         merge_parts(output, errors, leftovers)
     base = read_state(output, errors) if output.exists() or errors.exists() else None
+    done = None if base is None or config.allow_changed_input else base.digests
+    scan = scan_input(config.input_path, Shard(), config.default_output_tokens, done)
+    check_unchanged(scan, output, retry_failed=False)
     base_done = base.done if base is not None else set()
     if scan.ids <= base_done:  # complete: nothing to send, no cluster needed
         summary = BatchSummary(
