@@ -90,6 +90,17 @@ async def _huge(request: web.Request, resp: web.StreamResponse) -> None:
     )
 
 
+async def _one_answer(request: web.Request, resp: web.StreamResponse) -> None:
+    """A whole chat stream: one text chunk, a finish, [DONE]."""
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "model": "m", "choices": []}
+    for choice in (
+        {"index": 0, "delta": {"role": "assistant", "content": "ok"}, "finish_reason": None},
+        {"index": 0, "delta": {}, "finish_reason": "stop"},
+    ):
+        await resp.write(b"data: " + orjson.dumps({**chunk, "choices": [choice]}) + b"\n\n")
+    await resp.write(b"data: [DONE]\n\n")
+
+
 BEHAVIOURS: dict[str, Behaviour] = {
     "drip": _drip,
     "stall": _stall,
@@ -109,17 +120,6 @@ def _job_status(status: int) -> web.Response:
     return web.json_response(
         {"error": {"message": f"refused ({status})", "code": str(status)}}, status=status
     )
-
-
-async def _one_answer(request: web.Request, resp: web.StreamResponse) -> None:
-    """A whole chat stream: one text chunk, a finish, [DONE]."""
-    chunk = {"id": "c1", "object": "chat.completion.chunk", "model": "m", "choices": []}
-    for choice in (
-        {"index": 0, "delta": {"role": "assistant", "content": "ok"}, "finish_reason": None},
-        {"index": 0, "delta": {}, "finish_reason": "stop"},
-    ):
-        await resp.write(b"data: " + orjson.dumps({**chunk, "choices": [choice]}) + b"\n\n")
-    await resp.write(b"data: [DONE]\n\n")
 
 
 async def _handle(request: web.Request, counts: dict[str, int]) -> web.StreamResponse:
