@@ -25,6 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "assembly": {"events", "errors", "_flat"},
     "chunks": {"_flat", "asyncio"},
     "retry": {"errors", "limits"},
+    "preflight": {"errors", "retry", "asyncio"},
     "attempt": {
         "chunks",
         "errors",
@@ -62,6 +63,7 @@ PACKAGE_ALLOWED: dict[str, set[str]] = {
         "events",
         "errors",
         "retry",
+        "preflight",
         "options",
         "runtime",
         "orjson",
@@ -78,6 +80,7 @@ PACKAGE_ALLOWED: dict[str, set[str]] = {
         "redaction",
         "options",
         "retry",
+        "preflight",
         "runtime",
         "plotly",
         "prometheus_client",
