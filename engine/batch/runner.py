@@ -75,8 +75,7 @@ def check_unchanged(scan: InputScan, output: Path, retry_failed: bool) -> None:
         hint = "" if retry_failed else "; --retry-failed sends failed records again as they are"
         raise ChangedInputError(
             f"the input changed since {output} was written: {'; '.join(parts)}; "
-            f"pass --allow-changed-input to keep the old records, or write to a new output"
-            + hint
+            f"pass --allow-changed-input to keep the old records, or write to a new output" + hint
         )
 
 
