@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 import weakref
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import aiohttp
 import orjson
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.http_exceptions import HttpProcessingError
 
 from engine.chunks import END, ChunkQueue
 from engine.errors import (
@@ -287,6 +290,10 @@ class Attempt:
                     return
         except aiohttp.ClientError as exc:  # the connection dropped mid-body (payload cut, reset)
             broke = self._describe(exc)
+        except HttpProcessingError as exc:  # the body's HTTP framing broke (a bad chunk)
+            raise TransportError(
+                f"malformed HTTP body from {self.url}: {self._describe(exc)}"
+            ) from None
         parser.close()
         if (
             broke is None
@@ -472,6 +479,21 @@ def _error_message(body: Any) -> str | None:
 _SENDING: ContextVar[Attempt | None] = ContextVar("stream_engine_sending", default=None)
 
 
+class _Protocol(ResponseHandler):
+    """aiohttp's response protocol, telling the body's reader when the HTTP framing broke.
+
+    When the C parser meets a malformed body (a bad chunk-size line, say), aiohttp closes the
+    connection and records the error on the protocol, but the body's `StreamReader` is never
+    told: `iter_any()` waits until the idle timeout (the pure-Python parser does tell it).
+    Here the error reaches the reader at once, with either parser."""
+
+    def set_exception(self, exc: BaseException, *cause: Any) -> None:
+        payload = self._payload
+        super().set_exception(exc, *cause)
+        if payload is not None and payload.exception() is None and not payload.is_eof():
+            payload.set_exception(exc)
+
+
 class Pool(aiohttp.TCPConnector):
     """The connection pool, telling the request being sent when it was handed a connection
     that served an earlier request (kept alive, so possibly closed by the server meanwhile).
@@ -482,6 +504,9 @@ class Pool(aiohttp.TCPConnector):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self._factory = cast(
+            "functools.partial[ResponseHandler]", functools.partial(_Protocol, loop=self._loop)
+        )
         self._served: weakref.WeakSet[object] = weakref.WeakSet()  # protocols seen before
 
     async def connect(

@@ -1,0 +1,123 @@
+"""The network as users have it: broken HTTP framing fails at once, typed, with either of
+aiohttp's parsers (CI runs this file again with AIOHTTP_NO_EXTENSIONS=1)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+from typing import TYPE_CHECKING, Self
+
+import pytest
+
+from engine import Engine, Timeouts, TransportError
+from tests.conftest import batch_main
+from tests.test_batch import make_input, records
+from tests.test_cli import engine_cli
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+EVENT = (
+    b"event: response.output_text.delta\n"
+    b'data: {"type":"response.output_text.delta","delta":"Hi"}\n\n'
+)
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+HOLD_S = 30.0  # the server then keeps the connection open: a client that waits, hangs
+PURE = os.environ.get("AIOHTTP_NO_EXTENSIONS") == "1"
+
+
+class BadChunkServer:
+    """Answers every request with one good chunk (an event), then a malformed chunk-size line
+    in a later packet, then holds the connection open. In a thread, for subprocess tests."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(HEAD + b"%x\r\n" % len(EVENT) + EVENT + b"\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)  # the bad line in a packet of its own
+            writer.write(b"zz\r\n")
+            await writer.drain()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(HOLD_S):
+                    await reader.read()  # until the client hangs up
+        writer.close()
+
+    async def _serve(self) -> None:
+        server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._ready.set()
+        async with server:
+            await self._stop.wait()
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the bad-chunk server did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(HOLD_S + 5)
+
+
+@pytest.fixture
+def bad_chunk() -> Iterator[BadChunkServer]:
+    with BadChunkServer() as server:
+        yield server
+
+
+async def test_a_malformed_chunk_fails_the_stream_at_once(bad_chunk: BadChunkServer) -> None:
+    # Idle limit far beyond the test's deadline: only an immediate failure passes.
+    async with Engine(bad_chunk.url, "sk-x", timeouts=Timeouts(idle_s=HOLD_S)) as eng:
+        async with asyncio.timeout(HOLD_S / 3):
+            with pytest.raises(TransportError, match="malformed HTTP body") as caught:
+                await eng.run({"model": "m", "input": "hi"})
+        assert eng.connections_in_use == 0
+    name = "TransferEncodingError" if PURE else "HttpProcessingError"
+    assert name in str(caught.value)
+
+
+def test_run_names_a_malformed_chunk_without_a_traceback(bad_chunk: BadChunkServer) -> None:
+    proc = engine_cli("run", "--base-url", bad_chunk.url, "--idle-timeout", str(HOLD_S), "Hi")
+    assert proc.returncode != 0
+    assert "malformed HTTP body" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_batch_writes_a_malformed_chunk_to_the_errors_file(
+    tmp_path: Path, bad_chunk: BadChunkServer
+) -> None:
+    make_input(tmp_path / "in.jsonl", 4)
+    argv = [
+        str(tmp_path / "in.jsonl"),
+        "-o",
+        str(tmp_path / "out.jsonl"),
+        "--base-url",
+        bad_chunk.url,
+        "--max-retries",
+        "0",
+        "--idle-timeout",
+        str(HOLD_S),
+    ]
+    assert batch_main(argv) == 1
+    failed = records(tmp_path / "out.errors.jsonl")
+    assert len(failed) == 4
+    assert {r["error"]["code"] for r in failed} == {"TransportError"}
