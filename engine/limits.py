@@ -9,12 +9,13 @@ granted at t only if the grants in (t-60, t] plus itself fit the limit. For ever
 window, granted requests <= rpm and granted (estimated) tokens <= tpm, exactly and at full
 throughput, for one deque entry per grant of the last minute.
 
-Estimates: `Reservation.settle(actual)` rewrites the grant's size while it is in the log,
-so an under-estimate becomes debt that delays later grants and an over-estimate frees room
-at once. The windows already holding that grant exceed tpm by at most (actual - estimate):
-those tokens were spent before anyone knew. If the grant has left the log, a positive
-difference is booked as a new grant at settle time. A request larger than the limit is
-granted alone, once its window is empty, rather than never.
+Estimates: `Reservation.settle(actual)` rewrites the grant's size while it is in the log, so
+an under-estimate becomes debt that delays later grants and an over-estimate frees room at
+once: a request waiting for room is woken by the settle and looks again (it does not sleep
+out the minute it computed before). The windows already holding that grant exceed tpm by at
+most (actual - estimate): those tokens were spent before anyone knew. If the grant has left
+the log, a positive difference is booked as a new grant at settle time. A request larger
+than the limit is granted alone, once its window is empty, rather than never.
 """
 
 from __future__ import annotations
@@ -47,6 +48,22 @@ class _FifoGate(Generic[T]):
         self._clock = clock
         self._sleep = sleep
         self._turns: deque[asyncio.Future[None]] = deque()
+        self._waker: asyncio.Future[None] | None = None  # the head's nap, ended by `wake`
+
+    def wake(self) -> None:
+        """Room may have been freed (an estimate settled lower): the head looks again now."""
+        if self._waker is not None and not self._waker.done():
+            self._waker.set_result(None)
+
+    async def _nap(self, wait_s: float) -> None:
+        """Sleep `wait_s`, or less if `wake` is called meanwhile."""
+        self._waker = waker = asyncio.get_running_loop().create_future()
+        sleeper = asyncio.ensure_future(self._sleep(wait_s))
+        try:
+            await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            self._waker = None
 
     def _wait_s(self, n: float) -> float:
         raise NotImplementedError
@@ -64,7 +81,7 @@ class _FifoGate(Generic[T]):
         try:
             await turn
             while (wait_s := self._wait_s(n)) > 0:
-                await self._sleep(wait_s)
+                await self._nap(wait_s)
             return self._take(n)  # no await between the last check and the take
         finally:
             self._turns.remove(turn)
@@ -126,21 +143,30 @@ class _SlidingWindow:
 class Reservation:
     """A granted request; `settle` replaces its token estimate with the real usage."""
 
-    __slots__ = ("_clock", "_grant", "_window", "estimated_tokens")
+    __slots__ = ("_clock", "_grant", "_wake", "_window", "estimated_tokens")
 
     def __init__(
-        self, window: _SlidingWindow | None, grant: _Grant | None, clock: Clock, estimated: int
+        self,
+        window: _SlidingWindow | None,
+        grant: _Grant | None,
+        clock: Clock,
+        estimated: int,
+        wake: Callable[[], None] | None = None,
     ) -> None:
         self._window = window
         self._grant = grant
         self._clock = clock
+        self._wake = wake
         self.estimated_tokens = estimated
 
     def settle(self, actual_tokens: int) -> None:
         if actual_tokens < 0:
             raise ValueError(f"actual_tokens must be >= 0, got {actual_tokens}")
         if self._window is not None and self._grant is not None:
+            freed = actual_tokens < self._grant.amount
             self._window.correct(self._grant, actual_tokens, self._clock())
+            if freed and self._wake is not None:
+                self._wake()
 
 
 class RateLimiter(_FifoGate[Reservation]):
@@ -169,7 +195,7 @@ class RateLimiter(_FifoGate[Reservation]):
         if self.rpm_window is not None:
             self.rpm_window.take(1, now)
         grant = None if self.tpm_window is None else self.tpm_window.take(n, now)
-        return Reservation(self.tpm_window, grant, self._clock, int(n))
+        return Reservation(self.tpm_window, grant, self._clock, int(n), self.wake)
 
     async def acquire(self, estimated_tokens: int) -> Reservation:
         if estimated_tokens < 0:

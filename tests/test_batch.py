@@ -18,9 +18,10 @@ import orjson
 import pytest
 
 from engine.batch import BatchConfig, DuplicateCustomIdError, Endpoint, Shard, run_batch
+from engine.batch.progress import format_summary
 from engine.client import Engine, RetryPolicy, Timeouts
 from engine.errors import EngineError, InternalServerError, RateLimitError, TransportError
-from engine.limits import RateLimiter
+from engine.limits import WINDOW_S, RateLimiter
 from engine.mock import MockConfig, MockServerThread
 from engine.retry import retry_delay
 from tests.conftest import TEST_API_KEY, batch_main
@@ -381,6 +382,32 @@ class ServerPacedClock(FakeClock):
         await super().sleep(seconds)
 
 
+async def test_a_tiny_record_does_not_wait_for_an_estimate_already_settled(
+    tmp_path: Path, base_url: str
+) -> None:
+    """Two records estimated at ~1,030 tokens each (no output cap: 1,024 assumed) under
+    --tpm 2000: the first settles at its real ~30 tokens, so the second goes at once rather
+    than a minute later."""
+    with (tmp_path / "in.jsonl").open("wb") as f:
+        for i in range(2):
+            f.write(orjson.dumps({"model": "m", "messages": [{"role": "user", "content": f"{i}"}]}))
+            f.write(b"\n")
+    summary = await run_batch(config(tmp_path, base_url, tpm=2000, concurrency=1))
+    assert summary.succeeded == 2
+    assert summary.wall_s < WINDOW_S / 2  # would be a full window without the wake
+
+
+async def test_a_request_above_the_whole_tpm_is_sent_alone_and_reported(
+    tmp_path: Path, base_url: str
+) -> None:
+    body = {"model": "m", "input": "x" * 4000, "max_output_tokens": 16}  # ~1,016 tokens
+    (tmp_path / "in.jsonl").write_bytes(orjson.dumps(body) + b"\n")
+    summary = await run_batch(config(tmp_path, base_url, tpm=500))
+    assert summary.succeeded == 1
+    assert summary.oversize_requests == 1
+    assert "sent alone" in format_summary(summary)
+
+
 async def test_retries_are_charged_to_the_limits(tmp_path: Path, mock_factory: MockFactory) -> None:
     """Every HTTP request the server receives, retries included, went through the limiter,
     so no window at the server holds more than rpm requests."""
@@ -557,7 +584,6 @@ def test_id_records_are_stable_across_runs(tmp_path: Path, base_url: str) -> Non
 async def test_progress_display_and_summary(
     tmp_path: Path, base_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from engine.batch.progress import format_summary  # noqa: PLC0415
 
     make_input(tmp_path / "in.jsonl", 20)
     summary = await run_batch(config(tmp_path, base_url, progress=True))
@@ -747,7 +773,6 @@ def test_cli_spreads_over_every_api_key(
 async def test_adaptive_concurrency_backs_off_on_429(
     tmp_path: Path, mock_factory: MockFactory
 ) -> None:
-    from engine.batch.progress import format_summary  # noqa: PLC0415
 
     mock = mock_factory(output_tokens=16, faults={"429": 0.1}, seed=11, retry_after_s=0.01)
     make_input(tmp_path / "in.jsonl", 200)

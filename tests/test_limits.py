@@ -329,3 +329,34 @@ def test_backoff_full_jitter_bounds(attempt: int) -> None:
     assert backoff_delay(attempt, rng=lambda: 0.0) == 0.0
     rng = random.Random(attempt).random
     assert all(0.0 <= backoff_delay(attempt, rng=rng) <= ceiling for _ in range(50))
+
+
+async def test_a_settle_wakes_the_request_waiting_for_room() -> None:
+    """An over-estimate settled lower frees room at once: the waiting request is granted
+    then, not after the minute it computed while the estimate stood."""
+    clock = FakeClock()
+    never = asyncio.Event()
+
+    async def sleep_until_woken(seconds: float) -> None:
+        clock.slept.append(seconds)
+        await never.wait()  # only a wake ends this nap
+
+    limiter = RateLimiter(None, 2000, clock=clock, sleep=sleep_until_woken)
+    first = await limiter.acquire(1030)
+    waiting = asyncio.create_task(limiter.acquire(1030))
+    while not clock.slept:  # the second request is napping on the full window
+        await asyncio.sleep(0)
+    assert clock.slept == [pytest.approx(WINDOW_S)]
+    first.settle(20)
+    second = await asyncio.wait_for(waiting, 10)
+    assert clock.now == 0.0  # granted at once, no time passed
+    second.settle(20)
+
+
+async def test_a_settle_above_the_estimate_wakes_nobody() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(None, 100, clock=clock, sleep=clock.sleep)
+    first = await limiter.acquire(60)
+    first.settle(90)  # debt: the next request waits for the grant to leave the window
+    await limiter.acquire(60)
+    assert clock.now == pytest.approx(WINDOW_S)

@@ -129,6 +129,11 @@ def format_summary(summary: BatchSummary) -> str:
                 f"errors file already held {s.resumed_failed:,} records "
                 "(--retry-failed sends them again)"
             )
+        if s.oversize_requests:
+            lines.append(
+                f"--tpm: {s.oversize_requests:,} requests estimated above the whole per-minute "
+                "budget were each sent alone"
+            )
         if s.retried_failed:
             lines.append(f"--retry-failed: {s.retried_failed:,} records of the errors file")
         if s.concurrency_min < s.concurrency:

@@ -165,6 +165,7 @@ class BatchSummary:
     wall_s: float = 0.0
     dry_run: bool = False
     retried_failed: int = 0  # --retry-failed: errors-file records sent again this run
+    oversize_requests: int = 0  # estimated above the whole --tpm: each sent alone
 
     @property
     def finished(self) -> int:
@@ -331,6 +332,9 @@ class BatchRunner:
         """A rate-limit grant for one HTTP request (first attempt or retry)."""
         if self.limiter is None:
             return None
+        tpm = self.config.tpm
+        if tpm is not None and req.estimated_tokens > tpm:  # granted alone, in an empty minute
+            self.summary.oversize_requests += 1
         return await self.limiter.acquire(req.estimated_tokens)
 
     def _rate_limited(self) -> None:
