@@ -30,6 +30,7 @@ from aiohttp.client_proto import ResponseHandler
 from aiohttp.http_exceptions import HttpProcessingError
 
 from engine.chunks import END, ChunkQueue
+from engine.content_encoding import inflater_for
 from engine.errors import (
     SNIPPET_BYTES,
     APIStatusError,
@@ -265,9 +266,12 @@ class Attempt:
         nbytes = 0
         head = b""  # the body's first bytes, for the error if it is not an event stream
         broke: str | None = None
+        # Compressed although we asked for identity: inflated per chunk, stamped on arrival.
+        inflater = inflater_for(resp.headers.get("Content-Encoding"))
         try:
-            async for chunk in resp.content.iter_any():
+            async for raw in resp.content.iter_any():
                 now = clock()
+                chunk = raw if inflater is None else inflater.feed(raw)
                 if nbytes < SNIPPET_BYTES:
                     head += chunk[: SNIPPET_BYTES - nbytes]
                 nbytes += len(chunk)

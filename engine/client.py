@@ -237,6 +237,9 @@ class Engine:
             )
             headers = {
                 "Accept": "text/event-stream",
+                # Small events gain little from compression and cost CPU to inflate; a server
+                # that compresses anyway is still read (engine/content_encoding.py).
+                "Accept-Encoding": "identity",
                 "Content-Type": "application/json",
                 **self._extra_headers,
             }

@@ -26,8 +26,10 @@ ALLOWED: dict[str, set[str]] = {
     "chunks": {"_flat", "asyncio"},
     "retry": {"errors", "limits"},
     "preflight": {"errors", "retry", "asyncio"},
+    "content_encoding": {"errors"},
     "attempt": {
         "chunks",
+        "content_encoding",
         "errors",
         "events",
         "_flat",
@@ -96,7 +98,16 @@ PACKAGE_ALLOWED: dict[str, set[str]] = {
 # The bench command may start the embedded mock; `python -m engine.<package>` is the CLI's
 # verb (the CLI hands `--ray` to engine.distributed: no package imports it back).
 GLUE_EXTRA = {"command.py": {"mock"}, "__main__.py": {"cli"}}
-MUST_NOT_IO = {"sse", "events", "limits", "handlers", "assembly", "retry", "_flat"}
+MUST_NOT_IO = {
+    "sse",
+    "events",
+    "limits",
+    "handlers",
+    "assembly",
+    "retry",
+    "_flat",
+    "content_encoding",
+}
 
 
 def imported_names(path: Path) -> set[str]:

@@ -7,17 +7,21 @@ import asyncio
 import contextlib
 import os
 import threading
-from typing import TYPE_CHECKING, Self
+import zlib
+from typing import TYPE_CHECKING, Any, Self
 
+import orjson
 import pytest
+from aiohttp import web
 
-from engine import Engine, Timeouts, TransportError
+from engine import Engine, ProtocolError, Timeouts, TransportError
 from tests.conftest import batch_main
 from tests.test_batch import make_input, records
 from tests.test_cli import engine_cli
+from tests.test_client_errors import web_app
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 EVENT = (
@@ -121,3 +125,86 @@ def test_batch_writes_a_malformed_chunk_to_the_errors_file(
     failed = records(tmp_path / "out.errors.jsonl")
     assert len(failed) == 4
     assert {r["error"]["code"] for r in failed} == {"TransportError"}
+
+
+# --- compression: asked for none, read anyway ----------------------------------------------
+
+STREAM = [
+    {"type": "response.created", "response": {"id": "resp_1", "status": "in_progress"}},
+    *({"type": "response.output_text.delta", "delta": f"piece {i} "} for i in range(40)),
+    {
+        "type": "response.completed",
+        "response": {
+            "id": "resp_1",
+            "status": "completed",
+            "usage": {"input_tokens": 1, "output_tokens": 40, "total_tokens": 41},
+        },
+    },
+]
+TEXT = "".join(f"piece {i} " for i in range(40))
+
+
+def sse_events() -> list[bytes]:
+    return [f"event: {ev['type']}\ndata: ".encode() + orjson.dumps(ev) + b"\n\n" for ev in STREAM]
+
+
+def compressed_writes(how: str) -> list[bytes]:
+    """The stream's bytes as a compressing gateway writes them."""
+    events = sse_events()
+    if how == "gzip-per-event":  # one sync flush per event: each write inflates whole
+        deflate = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+        return [deflate.compress(ev) + deflate.flush(zlib.Z_SYNC_FLUSH) for ev in events] + [
+            deflate.flush()
+        ]
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS, "raw-deflate": -15}[how]
+    deflate = zlib.compressobj(wbits=wbits)
+    whole = deflate.compress(b"".join(events)) + deflate.flush()
+    return [whole[i : i + 97] for i in range(0, len(whole), 97)]  # cut anywhere
+
+
+def compressing(how: str, seen: list[str]) -> Callable[[web.Request], Any]:
+    """A handler that answers with the stream compressed as `how` says."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen.append(request.headers.get("Accept-Encoding", ""))
+        await request.read()
+        encoding = "gzip" if how.startswith("gzip") else "deflate"
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Content-Encoding": encoding}
+        )
+        await resp.prepare(request)
+        for piece in compressed_writes(how):
+            await resp.write(piece)
+        await resp.write_eof()
+        return resp
+
+    return handler
+
+
+@pytest.mark.parametrize("how", ["gzip", "gzip-per-event", "deflate", "raw-deflate"])
+async def test_a_compressed_stream_is_read_exactly(how: str) -> None:
+    seen: list[str] = []
+    async with web_app(compressing(how, seen)) as url, Engine(url, "sk-x") as eng:
+        result = await eng.run({"model": "m", "input": "hi"})
+        events = [ev.type async for ev in eng.stream({"model": "m", "input": "hi"})]
+    assert seen == ["identity", "identity"]  # we never asked for it
+    assert result.text == TEXT
+    assert result.usage is not None
+    assert result.usage.output_tokens == 40
+    assert result.response["id"] == "resp_1"
+    assert events == [ev["type"] for ev in STREAM]
+
+
+async def test_a_body_that_is_not_what_its_encoding_says_is_a_protocol_error() -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Content-Encoding": "gzip"}
+        )
+        await resp.prepare(request)
+        await resp.write(b"data: not gzip at all\n\n")
+        await resp.write_eof()
+        return resp
+
+    async with web_app(handler) as url, Engine(url, "sk-x") as eng:
+        with pytest.raises(ProtocolError, match="body is not valid gzip"):
+            await eng.run({"model": "m", "input": "hi"})
