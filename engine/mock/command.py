@@ -26,7 +26,7 @@ from engine.mock.config import (
     parse_token_range,
 )
 from engine.mock.runners import MockServer
-from engine.runtime import run_async
+from engine.runtime import end_with_parent, run_async
 
 API_KEY_ENV = "MOCK_API_KEY"
 READY_LINE = "stream-engine mock listening on {url}"
@@ -166,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"stream-engine mock: {exc}\n")
         return 2
     _raise_fd_limit()
+    end_with_parent()  # started by MockProcess (bench's embedded mock): never outlive it
     run_async(serve(config, args.host, args.port))
     return 0
 
