@@ -12,9 +12,15 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from engine.client import Engine, prompt_body
-from engine.errors import EngineError
+from engine.errors import ConfigError, EngineError
 from engine.events import Dialect, StreamEvent
-from engine.options import add_timeout_arguments, retry_from, timeouts_from
+from engine.options import (
+    add_network_arguments,
+    add_timeout_arguments,
+    network_from,
+    retry_from,
+    timeouts_from,
+)
 from engine.redaction import redact, secret_values
 from engine.runtime import env_api_key, env_base_url, require_ray, run_async
 
@@ -52,6 +58,7 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--raw", action="store_true", help="print every event as a JSON line")
     add_timeout_arguments(p)
+    add_network_arguments(p)
     p.set_defaults(func=_cmd_run)
 
 
@@ -77,8 +84,9 @@ async def _stream_one(args: argparse.Namespace, base_url: str) -> int:
                 out.write(redact(delta, secrets))
                 out.flush()
 
+    network = network_from(args, "run").engine_options()
     async with Engine(
-        base_url=base_url, timeouts=timeouts_from(args), retry=retry_from(args)
+        base_url=base_url, timeouts=timeouts_from(args), retry=retry_from(args), **network
     ) as engine:
         try:
             result = await engine.run(
@@ -221,5 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except ConfigError as exc:  # a bad option found late (a CA bundle that cannot be read)
+        print(f"stream-engine {args.command}: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130

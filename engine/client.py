@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +27,8 @@ from engine.attempt import Attempt, Pool
 from engine.errors import ConfigError, EngineClosed, EngineError, StreamTruncated
 from engine.events import Dialect, StreamEvent, Usage, events_of
 from engine.handlers import Handler, split_handlers
-from engine.redaction import secret_values
+from engine.network import SSLOption, pool_ssl
+from engine.redaction import secret_values, url_credentials
 from engine.retry import RetryPolicy, gave_up, mid_stream_delay, retry_delay
 from engine.runtime import env_api_key, env_base_url
 from engine.sse import MAX_EVENT_BYTES
@@ -177,6 +179,9 @@ class Engine:
         headers: Mapping[str, str] | None = None,
         keepalive_s: float = 30.0,
         before_retry: RetryHook | None = None,
+        proxy: str | None = None,
+        trust_env: bool = True,
+        ssl: SSLOption = None,
     ) -> None:
         self.base_url = (base_url or env_base_url() or DEFAULT_BASE_URL).rstrip("/")
         self.__api_key = api_key if api_key is not None else env_api_key()
@@ -195,7 +200,17 @@ class Engine:
         # raises ends the call. A call's own `before_retry` replaces it.
         self.before_retry = before_retry
         self._extra_headers = dict(headers or {})
-        self._secrets = secret_values(self.__api_key, self._extra_headers)
+        # `proxy` wins; else, with `trust_env`, HTTP(S)_PROXY / NO_PROXY as curl and
+        # openai-python read them. A proxy's password is a secret like the key.
+        self.proxy = proxy
+        self.trust_env = trust_env
+        self._ssl = pool_ssl(ssl)
+        proxies = [proxy, *(_env_proxies() if trust_env else ())]
+        self._secrets = secret_values(
+            self.__api_key,
+            self._extra_headers,
+            extra=[secret for url in proxies for secret in url_credentials(url)],
+        )
         # The wait before a retry; tests replace it to see the delays without waiting them.
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self._session: aiohttp.ClientSession | None = None
@@ -234,6 +249,7 @@ class Engine:
                 limit_per_host=self.max_connections_per_host,
                 keepalive_timeout=self.keepalive_s,
                 ttl_dns_cache=300,
+                ssl=self._ssl,
             )
             headers = {
                 "Accept": "text/event-stream",
@@ -251,6 +267,8 @@ class Engine:
                 # The phases are enforced by the engine; aiohttp's 300 s total must not apply.
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect_s),
                 auto_decompress=False,
+                proxy=self.proxy,
+                trust_env=self.trust_env,
             )
         return self._session
 
@@ -510,6 +528,11 @@ class Engine:
                         if pending is not None:
                             await pending
         return count
+
+
+def _env_proxies() -> list[str]:
+    """The proxy URLs of the environment (`HTTP_PROXY`, `https_proxy`, ...), to redact."""
+    return [url for name, url in os.environ.items() if name.lower().endswith("_proxy")]
 
 
 @dataclass(slots=True)

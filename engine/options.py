@@ -1,4 +1,5 @@
-"""Command-line options that `run`, `batch` and `bench` share: the phases' time limits.
+"""Command-line options that `run`, `batch` and `bench` share: the phases' time limits, and
+how to reach the endpoint (proxy, TLS).
 
 The defaults end a dead stream within minutes, whatever it does: no headers within 60 s, no
 first token within 300 s, no event for 60 s (comments do not count), each attempt; with the
@@ -8,10 +9,19 @@ default two retries, a server that stalls every attempt fails in at most 3 x 60 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from engine.client import RetryPolicy, Timeouts
+from engine.network import NetworkOptions
 
-__all__ = ["add_timeout_arguments", "retry_from", "seconds", "timeouts_from"]
+__all__ = [
+    "add_network_arguments",
+    "add_timeout_arguments",
+    "network_from",
+    "retry_from",
+    "seconds",
+    "timeouts_from",
+]
 
 DEFAULTS = Timeouts(
     connect_s=10.0, first_byte_s=60.0, first_token_s=300.0, idle_s=60.0, total_s=None
@@ -79,3 +89,53 @@ def timeouts_from(args: argparse.Namespace) -> Timeouts:
 
 def retry_from(args: argparse.Namespace) -> RetryPolicy:
     return RetryPolicy(max_retries=args.max_retries)
+
+
+def add_network_arguments(parser: argparse.ArgumentParser) -> None:
+    """--proxy, --ca-bundle, --client-cert, --client-key, --insecure."""
+    group = parser.add_argument_group(
+        "network (HTTP_PROXY, HTTPS_PROXY, NO_PROXY and SSL_CERT_FILE are honoured too)"
+    )
+    group.add_argument(
+        "--proxy",
+        default=None,
+        metavar="URL",
+        help="send through this HTTP proxy, e.g. http://user:password@proxy:3128 "
+        "(default: the environment's; its password is never shown)",
+    )
+    group.add_argument(
+        "--ca-bundle",
+        default=None,
+        metavar="PEM",
+        help="trust the CAs in this file (a private CA) instead of the system's",
+    )
+    group.add_argument(
+        "--client-cert", default=None, metavar="PEM", help="present this client certificate"
+    )
+    group.add_argument(
+        "--client-key",
+        default=None,
+        metavar="PEM",
+        help="the client certificate's private key (if not in --client-cert's file)",
+    )
+    group.add_argument(
+        "--insecure",
+        action="store_true",
+        help="do not verify the server's certificate (anyone on the path can read the key)",
+    )
+
+
+def network_from(args: argparse.Namespace, command: str) -> NetworkOptions:
+    """The options as a value; `--insecure` is said loudly on stderr, once."""
+    if args.insecure:
+        sys.stderr.write(
+            f"stream-engine {command}: WARNING: --insecure: the server's TLS certificate is "
+            "not verified; the API key can be read by anyone between you and it\n"
+        )
+    return NetworkOptions(
+        proxy=args.proxy,
+        ca_bundle=args.ca_bundle,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
+        insecure=args.insecure,
+    )

@@ -7,20 +7,46 @@ the engine shows (errors, logs, reports, output files) passes through `redact` f
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
+from urllib.parse import unquote, urlsplit
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
 
-__all__ = ["REDACTED", "SECRET_HEADERS", "redact", "redact_bytes", "secret_values"]
+__all__ = [
+    "REDACTED",
+    "SECRET_HEADERS",
+    "redact",
+    "redact_bytes",
+    "secret_values",
+    "url_credentials",
+]
 
 # Headers whose values are credentials: never shown, even when a server reflects them.
 SECRET_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "api-key", "x-api-key"})
 REDACTED: Final = "[redacted]"
 
 
-def secret_values(api_key: str | None, *header_maps: Mapping[str, str]) -> tuple[str, ...]:
-    """The credential strings of a request (key, auth header values and their tokens)."""
-    values = {api_key or ""}
+def url_credentials(url: str | None) -> set[str]:
+    """The password of a URL's `user:password@` (a proxy's), as written and decoded."""
+    if not url:
+        return set()
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return set()
+    if not password:
+        return set()
+    raw = parts.netloc.rpartition("@")[0].partition(":")[2]
+    return {raw, unquote(raw), password}
+
+
+def secret_values(
+    api_key: str | None, *header_maps: Mapping[str, str], extra: Iterable[str] = ()
+) -> tuple[str, ...]:
+    """The credential strings of a request (key, auth header values and their tokens, and
+    `extra`: a proxy's password)."""
+    values = {api_key or "", *extra}
     for headers in header_maps:
         for name, value in headers.items():
             if name.lower() in SECRET_HEADERS:

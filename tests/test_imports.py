@@ -27,6 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "retry": {"errors", "limits"},
     "preflight": {"errors", "retry", "asyncio"},
     "content_encoding": {"errors"},
+    "network": {"errors"},
     "attempt": {
         "chunks",
         "content_encoding",
@@ -51,6 +52,7 @@ ALLOWED: dict[str, set[str]] = {
         "retry",
         "redaction",
         "runtime",
+        "network",
         "aiohttp",
         "orjson",
         "asyncio",
@@ -66,6 +68,7 @@ PACKAGE_ALLOWED: dict[str, set[str]] = {
         "errors",
         "retry",
         "preflight",
+        "network",
         "options",
         "runtime",
         "orjson",

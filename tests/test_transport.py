@@ -6,16 +6,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import ssl
 import threading
 import zlib
 from typing import TYPE_CHECKING, Any, Self
 
 import orjson
 import pytest
+import trustme
 from aiohttp import web
 
-from engine import Engine, ProtocolError, Timeouts, TransportError
+from engine import ConnectError, Engine, EngineError, ProtocolError, Timeouts, TransportError
+from engine.network import NetworkOptions
 from tests.conftest import batch_main
+from tests.netfront import Front
 from tests.test_batch import make_input, records
 from tests.test_cli import engine_cli
 from tests.test_client_errors import web_app
@@ -23,6 +27,8 @@ from tests.test_client_errors import web_app
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
+
+    from engine.mock import MockServerThread
 
 EVENT = (
     b"event: response.output_text.delta\n"
@@ -208,3 +214,158 @@ async def test_a_body_that_is_not_what_its_encoding_says_is_a_protocol_error() -
     async with web_app(handler) as url, Engine(url, "sk-x") as eng:
         with pytest.raises(ProtocolError, match="body is not valid gzip"):
             await eng.run({"model": "m", "input": "hi"})
+
+
+# --- proxies and TLS ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def proxy() -> Iterator[Front]:
+    with Front.proxy() as front:
+        yield front
+
+
+def port_of(url: str) -> int:
+    return int(url.split(":")[2].split("/", maxsplit=1)[0])
+
+
+async def test_an_explicit_proxy_carries_the_request(proxy: Front, base_url: str) -> None:
+    async with Engine(base_url, "sk-x", proxy=proxy.url, trust_env=False) as eng:
+        result = await eng.run({"model": "m", "input": "hi"})
+    assert result.text
+    assert proxy.served == 1
+
+
+async def test_the_environment_proxy_is_honoured_and_no_proxy_respected(
+    proxy: Front, base_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    async with Engine(base_url, "sk-x") as eng:
+        await eng.run({"model": "m", "input": "hi"})
+    assert proxy.served == 1
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    async with Engine(base_url, "sk-x") as eng:
+        await eng.run({"model": "m", "input": "hi"})
+    assert proxy.served == 1  # went direct
+    async with Engine(base_url, "sk-x", trust_env=False) as eng:
+        await eng.run({"model": "m", "input": "hi"})
+    assert proxy.served == 1
+
+
+async def test_a_proxy_password_is_used_and_never_shown(base_url: str) -> None:
+    with Front.proxy(auth="user:s3cr3t-proxy-pw") as front:
+        async with Engine(base_url, "sk-x", proxy=front.url, trust_env=False) as eng:
+            await eng.run({"model": "m", "input": "hi"})
+        assert front.served == 1
+        wrong = front.url.replace("s3cr3t-proxy-pw", "wr0ng-proxy-pw")
+        async with Engine(base_url, "sk-x", proxy=wrong, trust_env=False) as eng:
+            with pytest.raises(EngineError) as caught:
+                await eng.run({"model": "m", "input": "hi"})
+            assert "wr0ng-proxy-pw" not in repr(eng)
+        assert front.refused >= 1
+        for text in (str(caught.value), repr(caught.value), caught.value.message):
+            assert "wr0ng-proxy-pw" not in text
+
+
+def test_run_and_batch_take_proxy(
+    proxy: Front, base_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    proc = engine_cli("run", "--base-url", base_url, "--proxy", proxy.url, "Hi")
+    assert proc.returncode == 0, proc.stderr
+    assert proxy.served == 1
+    make_input(tmp_path / "in.jsonl", 3)
+    argv = [
+        str(tmp_path / "in.jsonl"),
+        "-o",
+        str(tmp_path / "out.jsonl"),
+        "--base-url",
+        base_url,
+        "--proxy",
+        proxy.url,
+    ]
+    assert batch_main(argv) == 0
+    assert proxy.served == 4
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def tls_front(ca: trustme.CA, mock_server: MockServerThread) -> Iterator[Front]:
+    server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ssl)
+    with Front.tls(port_of(mock_server.base_url), server_ssl) as front:
+        yield front
+
+
+async def test_a_private_ca_is_trusted_when_given_and_only_then(
+    ca: trustme.CA, tls_front: Front, tmp_path: Path
+) -> None:
+    url = f"{tls_front.url}/v1"
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    async with Engine(url, "sk-x", ssl=bundle) as eng:
+        assert (await eng.run({"model": "m", "input": "hi"})).text
+    async with Engine(url, "sk-x", trust_env=False) as eng:  # the system's CAs: not this one
+        with pytest.raises(ConnectError, match="certificate"):
+            await eng.run({"model": "m", "input": "hi"})
+    async with Engine(url, "sk-x", ssl=False) as eng:  # --insecure
+        assert (await eng.run({"model": "m", "input": "hi"})).text
+
+
+async def test_a_client_certificate_is_presented(
+    ca: trustme.CA, mock_server: MockServerThread, tmp_path: Path
+) -> None:
+    server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ssl)
+    ca.configure_trust(server_ssl)
+    server_ssl.verify_mode = ssl.CERT_REQUIRED
+    bundle, cert = tmp_path / "ca.pem", tmp_path / "client.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    client = ca.issue_cert("client@example.test")
+    client.private_key_and_cert_chain_pem.write_to_path(str(cert))
+    with Front.tls(port_of(mock_server.base_url), server_ssl) as front:
+        url = f"{front.url}/v1"
+        with_cert = NetworkOptions(ca_bundle=str(bundle), client_cert=str(cert))
+        async with Engine(url, "sk-x", **with_cert.engine_options()) as eng:
+            assert (await eng.run({"model": "m", "input": "hi"})).text
+        without = NetworkOptions(ca_bundle=str(bundle))
+        async with Engine(url, "sk-x", **without.engine_options()) as eng:
+            with pytest.raises(EngineError):
+                await eng.run({"model": "m", "input": "hi"})
+
+
+def test_run_and_batch_take_ca_bundle_and_insecure(
+    ca: trustme.CA, tls_front: Front, tmp_path: Path
+) -> None:
+    url = f"{tls_front.url}/v1"
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    proc = engine_cli("run", "--base-url", url, "--ca-bundle", str(bundle), "Hi")
+    assert proc.returncode == 0, proc.stderr
+    assert "WARNING" not in proc.stderr
+    insecure = engine_cli("run", "--base-url", url, "--insecure", "Hi")
+    assert insecure.returncode == 0, insecure.stderr
+    assert "WARNING: --insecure" in insecure.stderr
+    make_input(tmp_path / "in.jsonl", 3)
+    argv = [str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"), "--base-url", url]
+    assert batch_main([*argv, "--ca-bundle", str(bundle)]) == 0
+    assert len(records(tmp_path / "out.jsonl")) == 3
+
+
+def test_a_missing_ca_bundle_is_one_line(tmp_path: Path) -> None:
+    proc = engine_cli(
+        "run",
+        "--base-url",
+        "https://127.0.0.1:1/v1",
+        "--ca-bundle",
+        str(tmp_path / "nope.pem"),
+        "Hi",
+    )
+    assert proc.returncode != 0
+    assert "cannot read the CA bundle" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -29,7 +29,12 @@ from engine.batch.runner import BatchConfig, BatchRunner, BatchSummary, Endpoint
 from engine.batch.store import StoreWriteError
 from engine.client import DEFAULT_BASE_URL, RetryPolicy
 from engine.errors import ConfigError, JobFailed
-from engine.options import add_timeout_arguments, timeouts_from
+from engine.options import (
+    add_network_arguments,
+    add_timeout_arguments,
+    network_from,
+    timeouts_from,
+)
 from engine.runtime import env_base_url, run_async
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_WRITE_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -101,6 +106,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="output tokens assumed for a body without an output cap (TPM)",
     )
     add_timeout_arguments(parser, retries=False)
+    add_network_arguments(parser)
     parser.add_argument(
         "--shard",
         type=_shard,
@@ -200,6 +206,7 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
         progress=args.progress and sys.stderr.isatty() and not args.dry_run,
         retry_failed=args.retry_failed,
         allow_changed_input=args.allow_changed_input,
+        network=network_from(args, "batch"),
     )
 
 

@@ -43,6 +43,7 @@ from engine.batch.store import INVALID_REQUEST, ResultStore, read_state
 from engine.client import DEFAULT_BASE_URL, Engine, RetryPolicy, StreamResult, Timeouts
 from engine.errors import ConfigError, EngineError, JobFailed, RateLimitError
 from engine.limits import AdaptiveConcurrency, RateLimiter, Reservation
+from engine.network import NetworkOptions
 from engine.preflight import job_failed, wait_open
 from engine.runtime import env_api_key, env_base_url
 
@@ -123,6 +124,7 @@ class BatchConfig:
     progress: bool = False
     retry_failed: bool = False  # send the errors file's records again
     allow_changed_input: bool = False  # resume although finished records' lines changed
+    network: NetworkOptions = field(default_factory=NetworkOptions)  # proxy, TLS
 
     def __post_init__(self) -> None:
         self.input_path = Path(self.input_path)
@@ -246,6 +248,7 @@ class BatchRunner:
             reserved = self._reserved
             del shard_ids  # the id set is not needed any more: free it before the long part
             retry = replace(cfg.retry, mid_stream=True)  # see the module docstring
+            network = cfg.network.engine_options()
             async with contextlib.AsyncExitStack() as stack:
                 for endpoint in cfg.endpoints:
                     engine = Engine(
@@ -254,6 +257,7 @@ class BatchRunner:
                         max_connections=cfg.concurrency,
                         timeouts=cfg.timeouts,
                         retry=retry,
+                        **network,
                     )
                     self._slots.append(
                         _Slot(await stack.enter_async_context(engine), endpoint.name)
