@@ -12,8 +12,9 @@ taken from it as the server wrote it.
 from __future__ import annotations
 
 import time
+from array import array
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from engine._flat import Flat, triples
 from engine.errors import ProtocolError
@@ -37,6 +38,40 @@ __all__ = ["MAX_RESPONSE_CHARS", "Choice", "ResponseAssembler", "ToolCall"]
 # What one answer may hold in memory (text, reasoning, refusal and tool arguments together):
 # far above any model's output, far below what an endless stream would take.
 MAX_RESPONSE_CHARS = 64 * 1024 * 1024
+# Fragments kept as they came cost ~50 bytes of object each, whatever their length: a flood
+# of 3-character deltas would take 20 times its text. Every FOLD_PIECES of them are joined.
+FOLD_PIECES: Final = 4096
+
+
+class Pieces:
+    """Text fragments, joined every FOLD_PIECES: memory follows the characters, not how
+    finely the server cut them. `pieces` is the unjoined tail (the hot path appends to it)."""
+
+    __slots__ = ("folded", "pieces")
+
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+        self.folded: list[str] = []  # one string per FOLD_PIECES fragments
+
+    def append(self, text: str) -> None:
+        pieces = self.pieces
+        pieces.append(text)
+        if len(pieces) >= FOLD_PIECES:
+            self.fold()
+
+    def fold(self) -> None:
+        self.folded.append("".join(self.pieces))
+        self.pieces.clear()  # the same list: the hot path's alias stays valid
+
+    def __bool__(self) -> bool:
+        return bool(self.pieces or self.folded)
+
+    def join(self) -> str:
+        return "".join(self.folded) + "".join(self.pieces)
+
+    def joined(self) -> str | None:
+        """The text, or None when nothing came."""
+        return self.join() if self else None
 
 
 @dataclass(slots=True)
@@ -84,10 +119,10 @@ class _Parts:
     )
 
     def __init__(self) -> None:
-        self.text: list[str] = []
-        self.refusal: list[str] = []
-        self.reasoning: list[str] = []
-        self.summary: list[str] = []
+        self.text = Pieces()
+        self.refusal = Pieces()
+        self.reasoning = Pieces()
+        self.summary = Pieces()
         self.calls: dict[int | str | None, ToolCall] = {}  # chat call index / Responses item id
         self.logprobs: list[Any] = []
         self.finish_reason: str | None = None
@@ -97,9 +132,9 @@ class _Parts:
         return Choice(
             index,
             text,
-            _joined(self.refusal),
-            _joined(self.reasoning),
-            _joined(self.summary),
+            self.refusal.joined(),
+            self.reasoning.joined(),
+            self.summary.joined(),
             list(self.calls.values()),
             self.finish_reason,
             self.logprobs or None,
@@ -135,9 +170,10 @@ class ResponseAssembler:
         self.shape = shape
         self.max_chars = max_chars
         self._left = max_chars  # counted down as fragments arrive
-        self.parts: list[str] = []  # choice 0's visible text
-        # Arrival of every event that carried a token of any kind: TTFT and ITL for free.
-        self.token_times_ns: list[int] = []
+        self.parts = Pieces()  # choice 0's visible text
+        # Arrival of every event that carried a token of any kind: TTFT and ITL for free
+        # (8 bytes each: an int object would take 32 and its list slot 8 more).
+        self.token_times_ns = array("q")
         self.first_text_ns: int | None = None  # the first visible text
         self.usage: Usage | None = None
         self.created: dict[str, Any] | None = None  # response object of response.created
@@ -169,8 +205,7 @@ class ResponseAssembler:
         """One chunk's events in the engine's flat layout (`engine._flat`), as `__call__`
         would see them, with no event built for a text delta: what `Engine.run` does when no
         other handler needs the events."""
-        parts, times = self.parts, self.token_times_ns
-        had_text = bool(parts)
+        parts, times = self.parts.pieces, self.token_times_ns
         size = 0
         for raw, name, id_ in triples(items):  # the hot loop: one Responses delta per token
             if name == TEXT_DELTA:
@@ -182,8 +217,10 @@ class ResponseAssembler:
                         size += len(delta)
                     continue
             self(raw if name is None else StreamEvent(raw, name, id_, received_ns))
-        if not had_text and parts and self.first_text_ns is None:
+        if self.first_text_ns is None and size:
             self.first_text_ns = received_ns  # this chunk brought the first text
+        if len(parts) >= FOLD_PIECES:
+            self.parts.fold()
         self._left -= size
         if self._left < 0:
             self._too_big()
@@ -191,7 +228,7 @@ class ResponseAssembler:
     def _text(self, delta: str | None, received_ns: int) -> None:
         """The hot path: one Responses text delta."""
         if delta:
-            self.parts.append(delta)
+            self.parts.append(delta)  # Pieces.append: folds as it goes
             self.token_times_ns.append(received_ns)
             if self.first_text_ns is None:
                 self.first_text_ns = received_ns
@@ -276,7 +313,7 @@ class ResponseAssembler:
 
     @property
     def text(self) -> str:
-        return "".join(self.parts)
+        return self.parts.join()
 
     @property
     def choices(self) -> list[Choice]:
@@ -285,7 +322,7 @@ class ResponseAssembler:
         if self.terminal is not None and self.dialect is Dialect.RESPONSES:
             return [_choice_of_output(self.terminal.get("output"), self.text)]
         return [
-            parts.choice(i, self.text if i == 0 else "".join(parts.text))
+            parts.choice(i, self.text if i == 0 else parts.text.join())
             for i, parts in sorted(self._parts.items())
         ]
 

@@ -15,7 +15,15 @@ import contextlib
 import itertools
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Self
 
@@ -108,7 +116,8 @@ class StreamResult:
     first_byte_ns: int | None
     first_token_ns: int | None
     finished_ns: int
-    token_times_ns: list[int] = field(default_factory=list)
+    # Arrival of every token-bearing event: a compact `array('q')` (8 bytes each).
+    token_times_ns: Sequence[int] = field(default_factory=list)
     status: str = "completed"
     incomplete_reason: str | None = None
     finish_reason: str | None = None

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import inspect
 import itertools
+from array import array
 from collections.abc import Awaitable, Callable, Iterable
 from typing import IO, Any, Protocol
 
 import orjson
 
-from engine.assembly import ResponseAssembler
+from engine.assembly import Pieces, ResponseAssembler
 from engine.events import StreamEvent
 
 __all__ = [
@@ -57,12 +58,12 @@ def split_handlers(handlers: Iterable[Handler]) -> tuple[list[SyncHandler], list
 
 
 class TextCollector:
-    """Collects the text deltas of a stream (either dialect)."""
+    """Collects the text deltas of a stream (either dialect), compactly (`Pieces`)."""
 
     __slots__ = ("parts",)
 
     def __init__(self) -> None:
-        self.parts: list[str] = []
+        self.parts = Pieces()
 
     def __call__(self, event: StreamEvent) -> None:
         delta = event.text_delta
@@ -71,7 +72,7 @@ class TextCollector:
 
     @property
     def text(self) -> str:
-        return "".join(self.parts)
+        return self.parts.join()
 
 
 class TimingRecorder:
@@ -81,7 +82,7 @@ class TimingRecorder:
     __slots__ = ("token_times_ns",)
 
     def __init__(self) -> None:
-        self.token_times_ns: list[int] = []
+        self.token_times_ns = array("q")  # 8 bytes a token
 
     def __call__(self, event: StreamEvent) -> None:
         if event.has_token:

@@ -90,6 +90,24 @@ async def _huge(request: web.Request, resp: web.StreamResponse) -> None:
     )
 
 
+async def _tiny_deltas(request: web.Request, resp: web.StreamResponse) -> None:
+    """A chat stream of 3-character deltas, N MiB of it (`tiny-deltas-N`; default 1,024), then
+    its end: a flood of tiny fragments, each a small object if kept as it came."""
+    event = (
+        b'data: {"object":"chat.completion.chunk","choices":[{"index":0,"delta":'
+        b'{"content":"abc"}}]}\n\n'
+    )
+    piece = event * (CHUNK // len(event))
+    size = request.match_info["behaviour"].rpartition("-")[2]
+    mib = int(size) if size.isdigit() else 1024
+    for _ in range(mib * 1024 * 1024 // len(piece)):
+        await resp.write(piece)
+    await resp.write(
+        b'data: {"object":"chat.completion.chunk","choices":[{"index":0,'
+        b'"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+    )
+
+
 async def _one_answer(request: web.Request, resp: web.StreamResponse) -> None:
     """A whole chat stream: one text chunk, a finish, [DONE]."""
     chunk = {"id": "c1", "object": "chat.completion.chunk", "model": "m", "choices": []}
@@ -108,6 +126,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "endless-line": _endless_line,
     "empty-flood": _empty_flood,
     "huge": _huge,
+    "tiny-deltas": _tiny_deltas,
     "ok-then-401": _one_answer,  # then 401 (see _handle)
 }
 
@@ -138,8 +157,10 @@ async def _handle(request: web.Request, counts: dict[str, int]) -> web.StreamRes
     await request.read()
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
+    kind, _, size = name.rpartition("-")
+    behaviour = BEHAVIOURS[kind if size.isdigit() else name]  # `tiny-deltas-128`: 128 MiB
     with contextlib.suppress(ConnectionError):  # the client hung up: that is the point
-        await BEHAVIOURS[name](request, resp)
+        await behaviour(request, resp)
         await resp.write_eof()
     return resp
 

@@ -3,6 +3,7 @@ choices, legacy completions; shaped as the real servers send them (OpenAI, vLLM,
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 import orjson
@@ -92,7 +93,7 @@ def test_chat_tool_calls_are_assembled_from_their_fragments() -> None:
     }
     assert message["finish_reason"] == "tool_calls"
     assert asm.ending.finish_reason == "tool_calls"
-    assert asm.token_times_ns == [2000, 3000, 4000, 5000, 6000]  # every fragment is a token
+    assert list(asm.token_times_ns) == [2000, 3000, 4000, 5000, 6000]  # every fragment is a token
     assert asm.first_text_ns is None
 
 
@@ -111,7 +112,7 @@ def test_chat_reasoning_under_either_name(field: str, server: str) -> None:
     )
     assert (asm.choices[0].reasoning, asm.text) == ("Let me think.", "Yes"), server
     assert asm.response()["choices"][0]["message"][field] == "Let me think."
-    assert asm.token_times_ns == [2000, 3000, 4000]
+    assert list(asm.token_times_ns) == [2000, 3000, 4000]
     assert asm.first_text_ns == 4000
 
 
@@ -322,3 +323,22 @@ def test_an_event_without_tokens_has_no_deltas() -> None:
     event = StreamEvent(b'{"type": "response.in_progress"}', "response.in_progress")
     assert event.deltas == ()
     assert not event.has_token
+
+
+def test_a_flood_of_tiny_deltas_is_kept_compactly() -> None:
+    """Memory follows the characters, not the fragments: 3-character deltas kept as they
+    came would cost ~90 bytes each (the string, its list slot, an int for its arrival time)."""
+    n = 200_000
+    raw = b'{"type":"response.output_text.delta","delta":"abc"}'
+    asm = ResponseAssembler()
+    tracemalloc.start()
+    try:
+        for i in range(n):
+            asm(StreamEvent(raw, "response.output_text.delta", None, 1_000_000_000_000 + i))
+        kept, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert kept < 16 * n  # 3 bytes of text and 8 of arrival time per delta, and change
+    assert asm.text == "abc" * n
+    assert len(asm.token_times_ns) == n
+    assert asm.token_times_ns[-1] == 1_000_000_000_000 + n - 1

@@ -84,7 +84,7 @@ def test_assembler_takes_the_terminal_response() -> None:
     assert asm.response() == COMPLETED["response"]
     assert asm.usage is not None
     assert asm.usage.total_tokens == 5
-    assert asm.token_times_ns == [2000, 3000]
+    assert list(asm.token_times_ns) == [2000, 3000]
     assert asm.dialect is Dialect.RESPONSES
 
 
@@ -102,7 +102,7 @@ def test_assembler_add_chunk_equals_calling_it_per_event() -> None:
     batched.add_chunk(decoder.scan(decoder.parser().feed(raw), 7), 7)
     for asm in (per_event, batched):
         assert asm.text == "Hello"
-        assert asm.token_times_ns == [7, 7]
+        assert list(asm.token_times_ns) == [7, 7]
         assert asm.response() == COMPLETED["response"]
         assert asm.dialect is Dialect.RESPONSES  # the empty delta went the per-event way
 
