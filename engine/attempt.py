@@ -234,8 +234,14 @@ class Attempt:
             while True:
                 self.reused = False
                 try:
+                    # Redirects are not followed (as openai-python does not): a POST sent on
+                    # elsewhere may lose its body; the error names the new location instead.
                     return await session.post(
-                        self.url, data=self.payload, headers=self.headers, timeout=timeout
+                        self.url,
+                        data=self.payload,
+                        headers=self.headers,
+                        timeout=timeout,
+                        allow_redirects=False,
                     )
                 except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                     if not self.reused or isinstance(exc, aiohttp.ClientConnectorError):
@@ -438,6 +444,12 @@ class Attempt:
             body = raw.decode("utf-8", "replace")
         message = _error_message(body)
         shown = message or (body[:SNIPPET_BYTES] if isinstance(body, str) else body)
+        location = resp.headers.get("Location")
+        if 300 <= resp.status < 400 and location:
+            shown = (
+                f"{self.url} redirects to {redact(location, self._secrets())}; redirects are "
+                "not followed: use the new location's base URL"
+            )
         cls = status_error_class(resp.status)
         return cls(
             f"HTTP {resp.status}: {shown or resp.reason}",

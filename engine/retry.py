@@ -114,8 +114,10 @@ def gave_up(exc: EngineError, attempts: int, started_ns: int) -> EngineError:
 
 def job_failure(exc: EngineError) -> str | None:
     """Why `exc` is the job's failure rather than the request's (a wrong key, path or host:
-    401, 403, 404, no connection), in a few words; None for a request's own failure."""
+    401, 403, 404, a redirect, no connection), in a few words; None for a request's own."""
     if isinstance(exc, APIStatusError):
+        if 300 <= exc.status < 400:
+            return "the endpoint has moved"
         return JOB_STATUSES.get(exc.status)
     if isinstance(exc, ConnectError):
         return "the server cannot be reached"

@@ -16,8 +16,17 @@ import pytest
 import trustme
 from aiohttp import web
 
-from engine import ConnectError, Engine, EngineError, ProtocolError, Timeouts, TransportError
+from engine import (
+    APIStatusError,
+    ConnectError,
+    Engine,
+    EngineError,
+    ProtocolError,
+    Timeouts,
+    TransportError,
+)
 from engine.network import NetworkOptions
+from engine.retry import job_failure
 from tests.conftest import batch_main
 from tests.netfront import Front
 from tests.test_batch import make_input, records
@@ -369,3 +378,16 @@ def test_a_missing_ca_bundle_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "cannot read the CA bundle" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+async def test_a_redirect_is_not_followed_and_names_where_it_points() -> None:
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPMovedPermanently(location=f"https://127.0.0.1:1{request.path}")
+
+    async with web_app(moved) as url, Engine(url, "sk-x") as eng:
+        with pytest.raises(APIStatusError) as caught:
+            await eng.run({"model": "m", "input": "hi"})
+    assert caught.value.status == 301
+    assert caught.value.attempts == 1  # not retried
+    assert f"{url}/responses redirects to https://127.0.0.1:1/v1/responses" in str(caught.value)
+    assert job_failure(caught.value) == "the endpoint has moved"
