@@ -105,15 +105,15 @@ class CanaryProcess:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Self:
+        from engine.runtime import start_ready_process  # noqa: PLC0415 - the script: stdlib only
+
         argv = [sys.executable, "-I", str(Path(__file__)), "--interval-ms", str(self.interval_ms)]
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # noqa: S603
-        self._proc = proc
-        assert proc.stdout is not None  # noqa: S101 - PIPE
+        # Its own process group: a terminal's Ctrl-C is the bench's; the canary ends when its
+        # stdin closes, which the bench's death does too.
         try:
-            port = _read_port(proc, self._timeout_s)
-        except BaseException:
-            self.__exit__()
-            raise
+            self._proc, port = start_ready_process(argv, READY, self._timeout_s, stdin_pipe=True)
+        except RuntimeError as exc:
+            raise RuntimeError(f"canary server did not start: {exc}") from None
         self.url = f"http://127.0.0.1:{port}/v1"
         return self
 
@@ -131,20 +131,6 @@ class CanaryProcess:
             proc.wait(5)
         if proc.stdout is not None:
             proc.stdout.close()
-
-
-def _read_port(proc: subprocess.Popen[bytes], timeout_s: float) -> int:
-    import selectors  # noqa: PLC0415 - only the parent needs it
-
-    assert proc.stdout is not None  # noqa: S101 - PIPE
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout_s):
-            raise RuntimeError(f"canary server did not start within {timeout_s} s")
-    line = proc.stdout.readline().decode().strip()
-    if not line.startswith(READY):
-        raise RuntimeError(f"canary server did not start: {line!r}")
-    return int(line.removeprefix(READY))
 
 
 def main(argv: list[str]) -> int:
