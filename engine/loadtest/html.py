@@ -207,8 +207,16 @@ def _cards(doc: dict[str, Any]) -> str:
 
 
 def _verdict(doc: dict[str, Any]) -> str:
+    """The client's verdict, after why the run ended early when it did."""
     client = doc["client"]
-    return (
+    halt = doc.get("interrupted")  # absent from documents written before it existed
+    stopped = (
+        f'<p class="verdict bad">Interrupted ({e(halt["by"])}): {e(halt["message"])}; '
+        "what was measured is below.</p>"
+        if halt
+        else ""
+    )
+    return stopped + (
         f'<p class="verdict {"bad" if client["bottleneck"] else "ok"}">{e(client["verdict"])}</p>'
     )
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from engine.loadtest.interrupts import JOB_FAILURE
 from engine.loadtest.metrics import RequestRecord, measured, merge, stats, summarize, values
 from engine.loadtest.selfcheck import ClientCheck, platform_facts, verdict
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from engine.loadtest.config import LoadConfig
+    from engine.loadtest.interrupts import Halt
     from engine.loadtest.runner import WorkerResult
 
 SCHEMA_VERSION = 1
@@ -53,10 +55,22 @@ class BenchResult:
     label: str = ""
     origin_ns: int = 0  # perf_counter_ns of the window start: correlates records with server logs
     server_metrics: dict[str, Any] | None = None  # --server-metrics: the scraper's section
+    halt: Halt | None = None  # why the load ended early (a signal, a job failure), if it did
 
     @property
     def measured(self) -> list[RequestRecord]:
         return measured(self.records)
+
+    def server_failed(self) -> str | None:
+        """Why the client's figures are not judged, if they are not: a load of failures
+        answered at once keeps any client busy, and "add --workers" would be the wrong advice
+        for a server that refuses the job or fails every request."""
+        if self.halt is not None and self.halt.by == JOB_FAILURE:
+            return self.halt.message
+        done = self.measured
+        if done and not any(r.ok for r in done):
+            return f"every one of the {len(done)} measured requests failed"
+        return None
 
     def summary(self) -> dict[str, Any]:
         """The result document: figures first, then the client check, config and platform."""
@@ -68,6 +82,7 @@ class BenchResult:
             "label": self.label or config.label,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "mode": "open" if config.open_loop else "closed",
+            "interrupted": None if self.halt is None else self.halt.document(),
             **summarize(self.records, config.slo),
             "connect_ms": stats(self.connect_ms),
             "warmup": {
@@ -91,6 +106,7 @@ class BenchResult:
                 config.cpu_threshold,
                 config.read_delay_threshold_ms,
                 [r.pool_wait_ms for r in self.measured],
+                self.server_failed(),
             ),
             "config": config.public(),
             "platform": platform_facts(),
@@ -116,4 +132,5 @@ def combine(config: LoadConfig, parts: Sequence[WorkerResult], label: str = "") 
         prime_errors=dict(errors),
         label=label,
         origin_ns=min((part.origin_ns for part in parts), default=0),
+        halt=next((part.halt for part in parts if part.halt is not None), None),
     )

@@ -1,13 +1,17 @@
 """One worker's load: drives an `Engine` in a closed or open loop and records every request.
 
-Order of a run: prime the pool (one concurrent short request per connection the load will
-need, so connect time never lands in a measured TTFT), wait for the common start instant,
+Order of a run: the pre-flight (the first request alone, until its response headers: a wrong
+key, path or host ends the run there, `JobFailed`, before the load floods the server), then
+prime the pool (one concurrent short request per connection the load will need, so connect
+time never lands in a measured TTFT), wait for the common start instant,
 run warm-up plus the measured window, then give the requests still in flight `grace_s` to
 end (each is also bound by its own time limits) and record those that did not as failed
 "Unfinished": every request sent is reported, never silently dropped. Every latency runs
 from the request's *intended* start: in an open loop that is its slot in the schedule, so a
 send delayed by a busy client or a full pool still counts its whole wait (no coordinated
-omission), and the delay itself is reported as schedule lag.
+omission), and the delay itself is reported as schedule lag. A signal (`Stop`) or a
+job-level failure met by every request for a while (`FailureWatch`) ends the load early the
+same way its end does, and the result says why (`engine.loadtest.interrupts`).
 
 A closed-loop user whose request was refused with Retry-After (or retry-after-ms) waits as
 asked, at most RETRY_AFTER_CAP_S and never past the window's end, before its next request:
@@ -25,20 +29,26 @@ import math
 import time
 import traceback
 from collections import Counter, deque
-from collections.abc import Callable
-from contextvars import ContextVar
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Self
-
-import aiohttp  # only for TraceConfig: see ConnectTracer
 
 from engine.client import Engine, RetryPolicy, StreamResult
 from engine.errors import APIStatusError, EngineError, ProtocolError, StreamError
 from engine.loadtest.config import LoadConfig, split_evenly
+from engine.loadtest.interrupts import (
+    FailureWatch,
+    Halt,
+    Stop,
+    redacted_job_failure,
+    unless_stopped,
+)
 from engine.loadtest.metrics import RequestRecord
 from engine.loadtest.prompts import PromptSource
 from engine.loadtest.selfcheck import ClientCheck, SelfCheckMonitor
 from engine.loadtest.shapes import open_schedule
+from engine.loadtest.tracing import SENDING, ConnectTracer, SendStamp
+from engine.preflight import wait_open
 from engine.redaction import redact, secret_values
 from engine.runtime import env_api_key
 
@@ -61,7 +71,6 @@ LATE_DECAY = 0.99  # per sleep: one slow wake-up is forgotten after a few hundre
 MESSAGE_CHARS = 500  # a failure's message as recorded: an error body can be kilobytes
 # The longest wait a Retry-After can impose on a closed-loop user (the engine's own cap).
 RETRY_AFTER_CAP_S = RetryPolicy().max_retry_after_s
-DRAIN_POLL_S = 0.25  # while the last send's time is not yet known, how often to look again
 # Priming only opens connections: a primer (or the open loop's probe) that has not ended by
 # then is cut off and counted as a primer error, so a server that never answers cannot hold
 # the run back for its full time limits before the load even starts.
@@ -86,67 +95,7 @@ class WorkerResult:
     primed: int = 0
     prime_errors: dict[str, int] = field(default_factory=dict)
     origin_ns: int = 0  # perf_counter_ns of the measured window's start (records' offset 0)
-
-
-@dataclass(slots=True)
-class SendStamp:
-    """When one measured request really left: filled by trace callbacks in its reader task."""
-
-    sent_ns: int = 0  # request headers written to the socket (first attempt)
-    pool_wait_ns: int = 0  # time spent waiting for a free pool connection before that
-    queued_ns: int = 0  # start of the current wait, 0 when not waiting
-
-
-# `Engine.run` sends the request from the calling task, so trace callbacks (which run where
-# the request is sent) find the request's stamp in this context variable.
-_SENDING: ContextVar[SendStamp | None] = ContextVar("stream_engine_bench_send", default=None)
-
-
-class ConnectTracer:
-    """Times every new pool connection (TCP, and TLS when https) with aiohttp's tracing, and
-    stamps when each measured request really went out (after any wait for a connection).
-
-    The engine has no hook for this, so the trace config is appended to its session's
-    `trace_configs` list (a public attribute, read per request)."""
-
-    def __init__(self) -> None:
-        self.connect_ms: list[float] = []
-        self.opened_after: list[int] = []  # perf_counter_ns of each connection's end
-        self._starts: dict[int, int] = {}
-        config = aiohttp.TraceConfig()
-        config.on_connection_create_start.append(self._start)
-        config.on_connection_create_end.append(self._end)
-        config.on_connection_queued_start.append(self._queued)
-        config.on_connection_queued_end.append(self._dequeued)
-        config.on_request_headers_sent.append(self._sent)
-        config.freeze()
-        self.config = config
-
-    async def _queued(self, _s: object, _c: object, _p: object) -> None:
-        stamp = _SENDING.get()
-        if stamp is not None and not stamp.sent_ns:
-            stamp.queued_ns = time.perf_counter_ns()
-
-    async def _dequeued(self, _s: object, _c: object, _p: object) -> None:
-        stamp = _SENDING.get()
-        if stamp is not None and stamp.queued_ns:
-            stamp.pool_wait_ns += time.perf_counter_ns() - stamp.queued_ns
-            stamp.queued_ns = 0
-
-    async def _sent(self, _s: object, _c: object, _p: object) -> None:
-        stamp = _SENDING.get()
-        if stamp is not None and not stamp.sent_ns:  # a retry is not a later send
-            stamp.sent_ns = time.perf_counter_ns()
-
-    async def _start(self, _s: object, ctx: Any, _p: object) -> None:
-        self._starts[id(ctx)] = time.perf_counter_ns()
-
-    async def _end(self, _s: object, ctx: Any, _p: object) -> None:
-        now = time.perf_counter_ns()
-        start = self._starts.pop(id(ctx), None)
-        if start is not None:
-            self.connect_ms.append((now - start) / 1e6)
-            self.opened_after.append(now)
+    halt: Halt | None = None  # why the load ended early (a signal, a job failure), if it did
 
 
 class Runner:
@@ -159,8 +108,10 @@ class Runner:
         workers: int = 1,
         progress: Progress | None = None,
         canary_url: str | None = None,
+        stop: Stop | None = None,
     ) -> None:
         self.config = config
+        self.stop = stop or Stop()
         self.canary_url = canary_url if config.canary else None
         self.worker = worker
         self.workers = workers
@@ -182,6 +133,9 @@ class Runner:
             max_event_bytes=BENCH_MAX_EVENT_BYTES,
             max_response_chars=BENCH_MAX_RESPONSE_CHARS,
         )
+        body = self.prompts.primer(0)
+        self.url = self.engine.url_for(body, config.endpoint)[0]
+        self.watch = FailureWatch(self.url, self.secrets)
         self.records: list[RequestRecord] = []
         self.inflight = 0
         self.recent_ttft: deque[float] = deque(maxlen=500)
@@ -193,7 +147,11 @@ class Runner:
         self.prime_errors: Counter[str] = Counter()
         self.stop_ns = 0  # when the load sent its last request (0: not yet)
         self.no_more = asyncio.Event()  # set at stop_ns: wakes users waiting on Retry-After
+        self.rearm = asyncio.Event()  # stop_ns moved or a cut-off was asked: the drain looks again
         self.cut_off = False  # past the grace: requests still in flight are being ended
+        self.cut_now = False  # a second signal: end the requests in flight without their grace
+        self.halt: Halt | None = None  # why the load ended early
+        self._sending: asyncio.Task[None] | None = None  # the open loop's schedule
 
     async def __aenter__(self) -> Self:
         await self.engine.__aenter__()
@@ -206,27 +164,65 @@ class Runner:
     # --- warm-up -------------------------------------------------------------------------
 
     async def prime(self) -> None:
-        """Open the connections the load will need, with concurrent short requests."""
+        """The pre-flight, then open the connections the load will need, with concurrent
+        short requests. Raises `JobFailed` when the first request shows the job cannot work,
+        `Interrupted` on a stop."""
+        await unless_stopped(self.stop, self._prime())
+
+    async def _prime(self) -> None:
         config = self.config
         if config.open_loop:
             assert config.rate is not None  # noqa: S101 - open_loop says so
-            probe = await self._call(self.prompts.body(-1 - self.worker))
+            # The probe is the pre-flight: it goes alone, and its whole answer is needed.
+            probe = await (await self._preflight(self.prompts.body(-1 - self.worker)))
             e2e_s = probe.e2e_s if isinstance(probe, StreamResult) else 1.0
             wanted = math.ceil(config.rate / self.workers * e2e_s * PRIME_HEADROOM) + 1
+            wanted = min(wanted, config.pool_size)
+            calls: list[Awaitable[StreamResult | BaseException]] = [
+                self._call(self.prompts.primer(i)) for i in range(wanted)
+            ]
         else:
-            wanted = split_evenly(config.concurrency, self.workers, self.worker)
-        wanted = min(wanted, config.pool_size)
-        results = await asyncio.gather(*(self._call(self.prompts.primer(i)) for i in range(wanted)))
+            wanted = min(
+                split_evenly(config.concurrency, self.workers, self.worker), config.pool_size
+            )
+            first = await self._preflight(self.prompts.primer(0))  # the first primer
+            calls = [first, *(self._call(self.prompts.primer(i)) for i in range(1, wanted))]
+        results = await asyncio.gather(*calls)
         for res in results:
             if isinstance(res, BaseException):
                 self.prime_errors[_kind(res)] += 1
         self.primed = wanted
 
-    async def _call(self, body: dict[str, Any]) -> StreamResult | BaseException:
+    async def _preflight(self, body: dict[str, Any]) -> asyncio.Task[StreamResult | BaseException]:
+        """Send the load's first request alone and wait for its response headers; returns
+        it, still streaming. A job-level failure on it raises `JobFailed` at once (never
+        after the retries: every one would meet it too)."""
+        opened = asyncio.Event()
+        first = asyncio.ensure_future(
+            self._call(body, on_open=opened.set, before_retry=self._fail_job)
+        )
+        try:
+            await wait_open(first, opened)
+        except BaseException:
+            first.cancel()
+            raise
+        if first.done():
+            failed = redacted_job_failure(first.result(), self.url, self.secrets)
+            if failed is not None:
+                raise failed
+        return first
+
+    async def _fail_job(self, exc: EngineError, _attempts: int) -> None:
+        """Before a retry of the pre-flight: a job-level failure ends the job instead."""
+        failed = redacted_job_failure(exc, self.url, self.secrets)
+        if failed is not None:
+            raise failed
+
+    async def _call(self, body: dict[str, Any], **hooks: Any) -> StreamResult | BaseException:
         """A priming request, at most PRIME_LIMIT_S long; a failure is returned, not raised."""
         try:
             async with asyncio.timeout(PRIME_LIMIT_S):
-                return await self.engine.run(body, endpoint=self.config.endpoint)
+                return await self.engine.run(body, endpoint=self.config.endpoint, **hooks)
         except EngineError as exc:  # first: the engine's own timeouts are TimeoutErrors too
             return exc
         except TimeoutError:
@@ -251,11 +247,26 @@ class Runner:
         gc.freeze()
         gc.disable()
         try:
-            return await self._run(start_ns)
+            with self.stop.listening(self._stopped):
+                return await self._run(start_ns)
         finally:
             gc.unfreeze()
             if enabled:
                 gc.enable()
+
+    def _stopped(self, halt: Halt, times: int) -> None:
+        """The stop's hook: the first ends the load, the next ends its requests too."""
+        self._halt(halt)
+        if times > 1:
+            self.cut_now = True
+            self.rearm.set()
+
+    def _halt(self, halt: Halt) -> None:
+        """End the load now, as its end would: no more sends, the grace starts."""
+        self.halt = self.halt or halt
+        self._stop_sending(time.perf_counter_ns())
+        if self._sending is not None:
+            self._sending.cancel()
 
     async def _run(self, start_ns: int) -> WorkerResult:
         config = self.config
@@ -288,6 +299,7 @@ class Runner:
             self.primed,
             dict(self.prime_errors),
             self.window_ns,
+            self.halt,
         )
 
     async def _closed_loop(self, start_ns: int) -> None:
@@ -307,15 +319,15 @@ class Runner:
         # in lockstep and every wave would queue hundreds of sends behind each other.
         ramp_ns = int(config.warmup_s * 1e9) // config.concurrency
 
-        if end_ns is not None:
-            self.stop_ns = end_ns  # sending stops at the window's end (or at the quota)
+        if end_ns is not None:  # sending stops at the window's end (or at the quota, or a halt)
+            self.stop_ns = min(self.stop_ns, end_ns) if self.stop_ns else end_ns
 
         async def user(slot: int) -> None:
             nonlocal issued
             delay = start_ns + slot * ramp_ns - time.perf_counter_ns()
             if delay > 0:
                 await asyncio.sleep(delay / 1e9)
-            while not self.cut_off:
+            while not self.cut_off and self.halt is None:
                 now = time.perf_counter_ns()
                 if end_ns is not None and now >= end_ns:
                     return
@@ -357,26 +369,32 @@ class Runner:
 
     def _stop_sending(self, now_ns: int) -> None:
         """The load has sent its last request: the grace for those in flight starts now."""
-        if not self.stop_ns:
-            self.stop_ns = now_ns
+        self.stop_ns = min(self.stop_ns, now_ns) if self.stop_ns else now_ns
         self.no_more.set()
+        self.rearm.set()
 
     async def _drain(self, tasks: list[asyncio.Task[None]]) -> None:
         """Wait for the load's tasks; once the last request has left, those still running get
         `grace_s`, then are cancelled and their requests recorded as `Unfinished` (by `_one`)."""
-        pending: set[asyncio.Task[None]] = set(tasks)
         grace_s = self.config.grace_s
+        everything = asyncio.ensure_future(asyncio.wait(tasks)) if tasks else None
         try:
-            while pending:
+            while everything is not None and not everything.done() and not self.cut_now:
                 timeout = None
-                if grace_s is not None:
-                    timeout = DRAIN_POLL_S
-                    if self.stop_ns:
-                        timeout = (self.stop_ns - time.perf_counter_ns()) / 1e9 + grace_s
-                        if timeout <= 0:
-                            break
-                _, pending = await asyncio.wait(pending, timeout=timeout)
+                if grace_s is not None and self.stop_ns:
+                    timeout = (self.stop_ns - time.perf_counter_ns()) / 1e9 + grace_s
+                    if timeout <= 0:
+                        break
+                self.rearm.clear()
+                rearmed = asyncio.ensure_future(self.rearm.wait())
+                await asyncio.wait(
+                    {everything, rearmed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                rearmed.cancel()
         finally:
+            if everything is not None:
+                everything.cancel()
+            pending = [task for task in tasks if not task.done()]
             if pending:
                 self.cut_off = True
                 for task in pending:
@@ -384,16 +402,25 @@ class Runner:
                 await asyncio.gather(*pending, return_exceptions=True)
 
     async def _open_loop(self, start_ns: int) -> None:
-        loop = asyncio.get_running_loop()
         tasks: set[asyncio.Task[None]] = set()
+        sending = self._sending = asyncio.ensure_future(self._send_schedule(start_ns, tasks))
+        if self.halt is not None:  # stopped before it began
+            sending.cancel()
+        try:
+            await asyncio.wait({sending})  # a halt cancels it: the schedule ends there
+        finally:
+            sending.cancel()
+        self._stop_sending(time.perf_counter_ns())
+        await self._drain(list(tasks))
+
+    async def _send_schedule(self, start_ns: int, tasks: set[asyncio.Task[None]]) -> None:
+        loop = asyncio.get_running_loop()
         for arrival in open_schedule(self.config, self.worker, self.workers):
             target = start_ns + int(arrival.offset_s * 1e9)
             await self._wait_until(target)
             task = loop.create_task(self._request(arrival.index, target, arrival.warmup))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
-        self._stop_sending(time.perf_counter_ns())
-        await self._drain(list(tasks))
 
     async def _request(self, index: int, intended_ns: int, warmup: bool) -> None:
         await self._one(index, intended_ns, warmup)
@@ -433,43 +460,49 @@ class Runner:
             ok=False,
         )
         stamp = SendStamp()
-        token = _SENDING.set(stamp)
+        token = SENDING.set(stamp)
         self.inflight += 1
         try:
             result = await self.engine.run(self.prompts.body(index), endpoint=self.config.endpoint)
         except Exception as exc:  # every failure is a counted error, never a crash
             _fail(record, exc, self.secrets)
-            record.e2e_ms = (time.perf_counter_ns() - intended_ns) / 1e6
+            now = time.perf_counter_ns()
+            record.e2e_ms = (now - intended_ns) / 1e6
+            if (halt := self.watch.failure(exc, now)) is not None:
+                self._halt(halt)
             _drop_frames(exc)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if not self.cut_off or task is None:
                 raise
             task.uncancel()  # our own cut-off, handled here: the task goes on to record it
-            grace = self.config.grace_s
-            within = "" if grace is None else f" within {grace:g} s after the load's last send"
-            _fail(
-                record,
-                Unfinished(f"no end{within}: cut off when the run ended (--grace)"),
-                self.secrets,
-            )
+            _fail(record, Unfinished(self._unfinished()), self.secrets)
             # Whenever it was sent, it spanned the measured window: it counts there, so a run
             # against a server that never answers cannot report "0 completed, 0 failed".
             record.warmup = False
             record.e2e_ms = (time.perf_counter_ns() - intended_ns) / 1e6
         else:
+            self.watch.success()
             _fill(record, result, intended_ns)
             if record.ttft_ms is not None:
                 self.recent_ttft.append(record.ttft_ms)
         finally:
             self.inflight -= 1
-            _SENDING.reset(token)
+            SENDING.reset(token)
         # Schedule lag is the real send (headers written) minus the intended one: a wait
         # for a busy loop or for a pool connection is in it. Never sent: when it was tried.
         record.lag_ms = ((stamp.sent_ns or started_ns) - intended_ns) / 1e6
         record.pool_wait_ms = stamp.pool_wait_ns / 1e6
         self.records.append(record)
         return record
+
+    def _unfinished(self) -> str:
+        """Why a request still in flight was cut off."""
+        if self.cut_now and self.halt is not None:
+            return f"no end: cut off by a second {self.halt.by}"
+        grace = self.config.grace_s
+        within = "" if grace is None else f" within {grace:g} s after the load's last send"
+        return f"no end{within}: cut off when the run ended (--grace)"
 
     @staticmethod
     async def _bound_garbage() -> None:

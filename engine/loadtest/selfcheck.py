@@ -142,9 +142,11 @@ def verdict(
     cpu_threshold: float,
     read_delay_threshold_ms: float = 2.0,
     pool_wait_ms: Sequence[float] = (),
+    server_failed: str | None = None,
 ) -> dict[str, Any]:
     """The report's client section: per worker figures, pooled read delay and loop lag, and
-    a plain verdict. `pool_wait_ms`: each measured request's wait for a pool connection."""
+    a plain verdict. `pool_wait_ms`: each measured request's wait for a pool connection;
+    `server_failed`: why the failures are the server's (then the client is not judged)."""
     lag_stats = _pooled(checks, "loop_lag_ms")
     delay_stats = _pooled(checks, "read_delay_ms")
     reasons = [
@@ -167,7 +169,10 @@ def verdict(
             f"{len(waited)} requests waited for a pool connection (up to "
             f"{max(waited):.0f} ms): raise --max-connections"
         )
-    if reasons:
+    if server_failed is not None:
+        reasons = []
+        text = f"client not judged: the failures are the server's ({server_failed})"
+    elif reasons:
         text = (
             "CLIENT-BOUND: the load generator was the bottleneck ("
             + "; ".join(reasons)
