@@ -802,10 +802,11 @@ def test_base_url_with_an_api_key_that_never_reaches_a_report(
     for text in (*(p.read_text() for p in outputs), printed.out, printed.err):
         assert TEST_API_KEY not in text
     wrong = "sk-wrong-key-" + "x" * 20
-    assert main([*base, "--api-key", wrong]) == 1  # every request failed: exit 1
+    assert main([*base, "--api-key", wrong]) == 2  # the first request's 401 ends the bench
     doc = orjson.loads(outputs[0].read_bytes())
-    assert doc["errors"] == {"http_401": 8}
+    assert (doc["completed"], doc["failed"]) == (8, 0)  # nothing written over the good run
     printed = capsys.readouterr()
+    assert "error: the server refused the API key" in printed.err
     for text in (*(p.read_text() for p in outputs), printed.out, printed.err):
         assert wrong not in text
         assert TEST_API_KEY not in text

@@ -3,6 +3,10 @@
 Without `--base-url` it starts the mock endpoint in its own process (so the server never
 competes with the client for a core or the GIL) with a realistic latency model, and runs a
 short test against it: a new user sees the whole thing work in seconds.
+
+A bad day loses nothing: the outputs are checked before the first request, the first request
+goes alone (a wrong key, path or host ends the command there, exit 2), and SIGINT or SIGTERM
+end the load as its end would, keeping what was measured (exit 130 / 143).
 """
 
 from __future__ import annotations
@@ -11,27 +15,25 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import signal
 from collections.abc import Callable
 from contextlib import ExitStack
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.text import Text
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, JobFailed
 from engine.loadtest.config import AUTO_WORKERS, LoadConfig, parse_slo
+from engine.loadtest.interrupts import Interrupted, Stop, on_signals
+from engine.loadtest.outputs import check_outputs, write_outputs
 from engine.loadtest.report import (
-    RUN_FILES,
     RUNS_DIR,
     LiveProgress,
+    LogProgress,
     print_summary,
-    run_folder,
     saturation_text,
-    sweep_document,
     sweep_table,
-    write_csv,
-    write_json,
 )
 from engine.loadtest.result import BenchResult
 from engine.loadtest.servermetrics import ServerMetricsScraper, metrics_url
@@ -43,6 +45,9 @@ from engine.loadtest.workers import (
 )
 from engine.options import add_timeout_arguments, seconds, timeouts_from
 from engine.runtime import env_api_key, env_base_url, run_async
+
+if TYPE_CHECKING:
+    from engine.loadtest.runner import Progress
 
 DEFAULT_MODEL = "gpt-4.1-mini"
 MOCK_MODEL = "mock-model"
@@ -314,13 +319,20 @@ def config_from_args(
 
 
 async def _execute(
-    config: LoadConfig, progress: LiveProgress | None, scraper: ServerMetricsScraper | None
+    config: LoadConfig,
+    progress: Progress | None,
+    scraper: ServerMetricsScraper | None,
+    stop: Stop,
 ) -> list[BenchResult]:
-    async with scraper if scraper is not None else contextlib.nullcontext():
-        if config.sweep_steps > 0:
-            results = await run_sweep(config, progress)
-        else:
-            results = [await run_load(config, progress)]
+    """The load, with SIGINT and SIGTERM ending it (`engine.loadtest.interrupts`). A stop
+    never cancels this task: once the load has measured, a signal during the clean-up must
+    not lose it; before, the priming hears the stop and ends at once."""
+    with on_signals(stop, (signal.SIGINT, signal.SIGTERM)), stop.held():
+        async with scraper if scraper is not None else contextlib.nullcontext():
+            if config.sweep_steps > 0:
+                results = await run_sweep(config, progress, stop)
+            else:
+                results = [await run_load(config, progress, stop=stop)]
     if scraper is not None:  # on each run's own clock origin
         for result in results:
             result.server_metrics = scraper.document(result.origin_ns)
@@ -338,12 +350,6 @@ def _scraper(args: argparse.Namespace, config: LoadConfig) -> ServerMetricsScrap
     return ServerMetricsScraper(url, args.server_metrics_interval, headers=auth)
 
 
-def _run_loop(
-    config: LoadConfig, progress: LiveProgress | None, scraper: ServerMetricsScraper | None
-) -> list[BenchResult]:
-    return run_async(_execute(config, progress, scraper))
-
-
 # `--ray`: generates the load from Ray actors; handed in by the CLI (engine.distributed
 # imports this package, so this package never imports it back).
 LoadOnRay = Callable[[LoadConfig, str | None, int | None], BenchResult]
@@ -358,54 +364,83 @@ def _run_on_ray(config: LoadConfig, address: str, on_ray: LoadOnRay | None) -> l
     return [on_ray(config, None if address == "local" else address, config.workers)]
 
 
-def run(args: argparse.Namespace, on_ray: LoadOnRay | None = None) -> int:
-    """Run the bench described by `args`; 0 when at least one request succeeded."""
-    console = Console(stderr=True)
-    started = dt.datetime.now().astimezone()  # the run folder's name: local time, as ls shows
+def _progress(args: argparse.Namespace, console: Console, stack: ExitStack) -> Progress | None:
+    """The live line on a terminal, plain lines in a log, nothing with --quiet."""
+    if args.quiet:
+        return None
+    if console.is_terminal:
+        return stack.enter_context(LiveProgress(console))
+    return LogProgress(console)
+
+
+def _start_mock(args: argparse.Namespace, console: Console, stack: ExitStack) -> tuple[str, Any]:
+    """The embedded mock in its own process until `stack` closes: its URL and its facts."""
+    from engine.mock import MockConfig, MockProcess  # noqa: PLC0415 - only embedded
+    from engine.mock.config import parse_fault_rates  # noqa: PLC0415
+
+    mock_config = MockConfig(
+        ttft_ms=args.mock_ttft_ms,
+        itl_ms=args.mock_itl_ms,
+        faults=parse_fault_rates(args.mock_faults),
+        reasoning_tokens=args.mock_reasoning_tokens,
+    )
+    base_url = stack.enter_context(MockProcess(mock_config)).base_url
+    facts = {
+        "embedded_mock": {
+            "ttft_ms": args.mock_ttft_ms,
+            "itl_ms": args.mock_itl_ms,
+            "faults": args.mock_faults,
+            "reasoning_tokens": args.mock_reasoning_tokens,
+        }
+    }
+    reasoning = (
+        f", {args.mock_reasoning_tokens} reasoning tokens first"
+        if args.mock_reasoning_tokens
+        else ""
+    )
+    console.print(
+        f"(no --base-url: mock endpoint in its own process at {base_url}, "
+        f"TTFT {args.mock_ttft_ms:g} ms, ITL {args.mock_itl_ms:g} ms"
+        f"{reasoning})"
+    )
+    return base_url, facts
+
+
+def _measure(
+    args: argparse.Namespace, console: Console, on_ray: LoadOnRay | None
+) -> list[BenchResult]:
+    """Start what the load needs (the embedded mock), run it, and stop it all again."""
     with ExitStack() as stack:
         base_url, facts = args.base_url, None
         if not base_url:
-            from engine.mock import MockConfig, MockProcess  # noqa: PLC0415 - only embedded
-            from engine.mock.config import parse_fault_rates  # noqa: PLC0415
+            base_url, facts = _start_mock(args, console, stack)
+        config = config_from_args(args, base_url, facts)
+        scraper = _scraper(args, config)
+        if args.ray is not None:
+            return _run_on_ray(config, args.ray, on_ray)
+        progress = _progress(args, console, stack)
+        return run_async(_execute(config, progress, scraper, Stop()))
 
-            mock_config = MockConfig(
-                ttft_ms=args.mock_ttft_ms,
-                itl_ms=args.mock_itl_ms,
-                faults=parse_fault_rates(args.mock_faults),
-                reasoning_tokens=args.mock_reasoning_tokens,
-            )
-            base_url = stack.enter_context(MockProcess(mock_config)).base_url
-            facts = {
-                "embedded_mock": {
-                    "ttft_ms": args.mock_ttft_ms,
-                    "itl_ms": args.mock_itl_ms,
-                    "faults": args.mock_faults,
-                    "reasoning_tokens": args.mock_reasoning_tokens,
-                }
-            }
-            reasoning = (
-                f", {args.mock_reasoning_tokens} reasoning tokens first"
-                if args.mock_reasoning_tokens
-                else ""
-            )
-            console.print(
-                f"(no --base-url: mock endpoint in its own process at {base_url}, "
-                f"TTFT {args.mock_ttft_ms:g} ms, ITL {args.mock_itl_ms:g} ms"
-                f"{reasoning})"
-            )
-        try:
-            config = config_from_args(args, base_url, facts)
-            scraper = _scraper(args, config)
-            if args.ray is not None:
-                results = _run_on_ray(config, args.ray, on_ray)
-            else:
-                progress = None
-                if not args.quiet and console.is_terminal:
-                    progress = stack.enter_context(LiveProgress(console))
-                results = _run_loop(config, progress, scraper)
-        except ConfigError as exc:
-            console.print(f"[red]error:[/] {exc}")
-            return 2
+
+def _line(console: Console, text: str, style: str = "red") -> None:
+    """One line, never wrapped: a log or a script reads it whole."""
+    console.print(Text(text, style=style), soft_wrap=True)
+
+
+def run(args: argparse.Namespace, on_ray: LoadOnRay | None = None) -> int:
+    """Run the bench described by `args`; 0 when at least one request succeeded, 1 when none
+    did, 2 when it could not run or save, 128 + the signal's number when one ended it."""
+    console = Console(stderr=True)
+    started = dt.datetime.now().astimezone()  # the run folder's name: local time, as ls shows
+    try:
+        check_outputs(args)
+        results = _measure(args, console, on_ray)
+    except (ConfigError, JobFailed) as exc:
+        _line(console, f"error: {exc}")
+        return 2
+    except Interrupted as exc:
+        _line(console, f"interrupted: {exc}; nothing written", style="yellow")
+        return exc.halt.exit_status
     docs = [result.summary() for result in results]
     if len(docs) == 1:
         print_summary(docs[0], console)
@@ -420,57 +455,10 @@ def run(args: argparse.Namespace, on_ray: LoadOnRay | None = None) -> int:
     try:
         write_outputs(args, results, docs, console, started)
     except OSError as exc:
-        console.print(Text(f"error: results not written: {exc}", style="red"))
+        _line(console, f"error: results not written: {exc}")
         return 2
+    halt = next((result.halt for result in results if result.halt is not None), None)
+    if halt is not None:
+        _line(console, f"interrupted: {halt.message}; what was measured is kept", style="yellow")
+        return halt.exit_status
     return 0 if any(doc["completed"] for doc in docs) else 1
-
-
-def write_outputs(
-    args: argparse.Namespace,
-    results: list[BenchResult],
-    docs: list[dict[str, Any]],
-    console: Console,
-    started: dt.datetime | None = None,
-) -> Path | None:
-    """The run folder (unless --no-save) and any explicit -o/--csv/--html paths; returns the
-    folder. Each output is rendered once, whatever the number of places it goes to."""
-    folder = None
-    if not args.no_save:
-        if args.output_dir:
-            folder = Path(args.output_dir)
-            folder.mkdir(parents=True, exist_ok=True)
-        else:
-            name = args.label or ("sweep" if len(docs) > 1 else docs[0]["mode"])
-            folder = run_folder(RUNS_DIR, started or dt.datetime.now().astimezone(), name)
-    explicit = {"json": args.output, "csv": args.csv, "html": args.html}
-    paths = {
-        kind: ([] if folder is None else [folder / name])
-        + ([Path(explicit[kind])] if explicit[kind] else [])
-        for kind, name in RUN_FILES.items()
-    }
-    for path in paths["json"]:
-        write_json(docs[0] if len(docs) == 1 else sweep_document(docs), path)
-    rows = sum(len(r.measured) for r in results)
-    for path in paths["csv"]:
-        write_csv(results, path)
-    if paths["html"]:
-        from engine.loadtest.html import render_html  # noqa: PLC0415 - plotly: only here
-
-        page = render_html(results, docs)
-        for path in paths["html"]:
-            path.write_text(page, encoding="utf-8")
-    for kind, what in (
-        ("json", "JSON result"),
-        ("csv", f"CSV ({rows} requests)"),
-        ("html", "HTML report"),
-    ):
-        if explicit[kind]:
-            console.print(Text(f"{what}: {explicit[kind]}"))
-    if folder is not None:
-        console.print(
-            Text(
-                f"results: {folder} ({', '.join(RUN_FILES.values())}; open "
-                f"{RUN_FILES['html']} in a browser)"
-            )
-        )
-    return folder

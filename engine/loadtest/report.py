@@ -40,6 +40,7 @@ COLUMNS = ("p50", "p90", "p95", "p99", "p999", "mean", "max")
 EXAMPLE_CHARS = 120  # one error message per kind on the console: a line, not a body
 RUNS_DIR = "stream-engine-runs"  # under the current directory: every run leaves its results
 RUN_FILES = {"json": "result.json", "csv": "requests.csv", "html": "report.html"}
+LOG_EVERY_S = 5.0  # the progress line's period when stderr is a log, not a terminal
 # The sweep's saturation point (docs/loadtest.md): the last step, in order of achieved
 # throughput, whose throughput still grew by more than this over the step before ...
 SATURATION_GROWTH = 0.05
@@ -345,8 +346,23 @@ def write_csv(results: Sequence[BenchResult], path: str | Path) -> int:
     return rows
 
 
-class LiveProgress:
+def progress_text(snapshots: Sequence[dict[str, Any]], title: str = "bench") -> str:
     """done / failed / in flight / rate / live TTFT p50, summed over workers' snapshots."""
+    done = sum(s["done"] for s in snapshots)
+    failed = sum(s["failed"] for s in snapshots)
+    inflight = sum(s["inflight"] for s in snapshots)
+    elapsed = max((s["elapsed_s"] for s in snapshots), default=0.0)
+    ttfts = [s["ttft_p50_ms"] for s in snapshots if s["ttft_p50_ms"] is not None]
+    rate = done / elapsed if elapsed > 0 else 0.0
+    ttft = f"{sorted(ttfts)[len(ttfts) // 2]:.1f} ms" if ttfts else "-"
+    return (
+        f"{title}: {elapsed:6.1f} s  done {done}  failed {failed}  in flight "
+        f"{inflight}  {rate:.1f} req/s  TTFT p50 {ttft}"
+    )
+
+
+class LiveProgress:
+    """The progress line on a terminal, redrawn in place from every worker's snapshots."""
 
     def __init__(self, console: Console, title: str = "bench") -> None:
         self.console = console
@@ -360,20 +376,7 @@ class LiveProgress:
         self._live.update(self._render())
 
     def _render(self) -> Group:
-        snaps = list(self.latest.values())
-        done = sum(s["done"] for s in snaps)
-        failed = sum(s["failed"] for s in snaps)
-        inflight = sum(s["inflight"] for s in snaps)
-        elapsed = max((s["elapsed_s"] for s in snaps), default=0.0)
-        ttfts = [s["ttft_p50_ms"] for s in snaps if s["ttft_p50_ms"] is not None]
-        rate = done / elapsed if elapsed > 0 else 0.0
-        ttft = f"{sorted(ttfts)[len(ttfts) // 2]:.1f} ms" if ttfts else "-"
-        return Group(
-            Text(
-                f"{self.title}: {elapsed:6.1f} s  done {done}  failed {failed}  in flight "
-                f"{inflight}  {rate:.1f} req/s  TTFT p50 {ttft}"
-            )
-        )
+        return Group(Text(progress_text(list(self.latest.values()), self.title)))
 
     def __enter__(self) -> Self:
         self._live.__enter__()
@@ -381,3 +384,26 @@ class LiveProgress:
 
     def __exit__(self, *exc: object) -> None:
         self._live.__exit__(None, None, None)
+
+
+class LogProgress:
+    """The progress line for a log, not a terminal: printed once the measured window has a
+    result (a script waiting for the load to measure reads it), then every LOG_EVERY_S."""
+
+    def __init__(self, console: Console, title: str = "bench") -> None:
+        self.console = console
+        self.title = title
+        self.latest: dict[int, dict[str, Any]] = {}
+        self._next_s = 0.0
+        self._last_s = 0.0
+
+    def __call__(self, snapshot: dict[str, Any]) -> None:
+        self.latest[snapshot["worker"]] = snapshot
+        elapsed = snapshot["elapsed_s"]
+        if elapsed < self._last_s:  # a sweep's next segment: its own clock
+            self._next_s = 0.0
+        self._last_s = elapsed
+        measured = sum(s["done"] + s["failed"] for s in self.latest.values())
+        if measured and elapsed >= self._next_s:
+            self.console.print(Text(progress_text(list(self.latest.values()), self.title)))
+            self._next_s = elapsed + LOG_EVERY_S
