@@ -31,22 +31,22 @@ import aiohttp
 import orjson
 
 from engine.assembly import MAX_RESPONSE_CHARS, Choice, ResponseAssembler, ToolCall
-from engine.attempt import Attempt, Pool
+from engine.attempt import Attempt
+from engine.config import DEFAULT_BASE_URL, RetryPolicy, Timeouts, env_api_key, env_base_url
 from engine.errors import ConfigError, EngineClosed, EngineError, StreamTruncated
 from engine.events import Dialect, StreamEvent, Usage, events_of
 from engine.handlers import Handler, split_handlers
 from engine.network import SSLOption, pool_ssl
 from engine.redaction import secret_values, url_credentials
-from engine.retry import RetryPolicy, gave_up, mid_stream_delay, retry_delay
-from engine.runtime import env_api_key, env_base_url
+from engine.retry import gave_up, mid_stream_delay, retry_delay
 from engine.sse import MAX_EVENT_BYTES
+from engine.transport import Exchange, Pool
 
 if TYPE_CHECKING:
     from engine.chunks import Chunk, ChunkQueue
 
 __all__ = ["DEFAULT_BASE_URL", "Engine", "RetryPolicy", "StreamResult", "Timeouts", "prompt_body"]
 
-DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
 # Awaited before each retry with (the error, the attempts so far): see `Engine.before_retry`.
 RetryHook = Callable[[EngineError, int], Awaitable[None]]
 # Called once an attempt's response headers are in with a success status (see `Engine.run`).
@@ -78,19 +78,6 @@ def prompt_body(
     if max_tokens is not None:
         body[MAX_TOKENS_FIELDS[endpoint]] = max_tokens
     return body
-
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    """Each phase's limit in seconds (None: no limit), per call or per engine. Measured from
-    the request start, except `idle_s` (the longest gap between two chunks of the body) and
-    `connect_s` (one TCP connect; waiting for a free connection of the pool does not count)."""
-
-    connect_s: float | None = 10.0
-    first_byte_s: float | None = 120.0
-    first_token_s: float | None = None
-    idle_s: float | None = 120.0
-    total_s: float | None = None
 
 
 @dataclass(slots=True)
@@ -353,14 +340,39 @@ class Engine:
         if hook is not None:
             await hook(exc, handle.attempts)
 
+    def _attempt(self, handle: _Handle) -> Attempt:
+        exchange = Exchange(
+            self.session,
+            handle.url,
+            handle.payload,
+            handle.headers,
+            handle.timeouts,
+            handle.secrets,
+        )
+        return Attempt(
+            exchange,
+            handle.custom_id,
+            queue_size=self.queue_size,
+            max_event_bytes=self.max_event_bytes,
+            readers=self._readers,
+        )
+
+    @staticmethod
+    def _outgoing(exc: EngineError, handle: _Handle, *, final: bool = False) -> EngineError:
+        """The one place an error is finished on its way out of the engine, to a retry hook or
+        (`final`) to the caller: it names its request and HTTP status, its credentials are
+        redacted, its attempts counted, and a final one says what the retries took."""
+        if handle.attempt is not None:
+            handle.attempt.tag(exc)
+        exc.custom_id = exc.custom_id or handle.custom_id
+        exc.attempts = handle.attempts
+        return gave_up(exc, handle.attempts, handle.started_ns) if final else exc
+
     async def _chunks(self, handle: _Handle) -> AsyncGenerator[Chunk, None]:
         """One request's chunks of events, with retries before the first event."""
         handle.finished_ns = 0
         while True:
-            attempt = Attempt(
-                self, handle.url, handle.payload, handle.headers, handle.custom_id, handle.timeouts
-            )
-            handle.attempt = attempt
+            attempt = handle.attempt = self._attempt(handle)
             handle.attempts += 1
             try:
                 await attempt.open()
@@ -369,24 +381,21 @@ class Engine:
                 chunk = await attempt.queue.get()
             except EngineError as caught:
                 attempt.abort()
-                handle.reconnects += attempt.reconnects
+                self._count_reconnects(handle, attempt)
                 exc = caught
                 if self._closed and not isinstance(exc, EngineClosed):
-                    exc = attempt.tag(
-                        EngineClosed(
-                            f"the engine was closed while the request was in flight ({exc.kind})"
-                        )
+                    exc = EngineClosed(
+                        f"the engine was closed while the request was in flight ({exc.kind})"
                     )
-                exc.attempts = handle.attempts
                 delay = self.retry_delay(exc, handle.attempts - 1)
                 if delay is None:
                     raise exc from None
-                await self._before_retry(handle, exc, delay)
+                await self._before_retry(handle, self._outgoing(exc, handle), delay)
                 continue
             except BaseException:
                 attempt.abort()
                 raise
-            handle.reconnects += attempt.reconnects
+            self._count_reconnects(handle, attempt)
             try:
                 while chunk is not None:
                     handle.finished_ns = chunk[0]  # e2e ends at arrival
@@ -399,6 +408,11 @@ class Engine:
                 handle.finished_ns = attempt.last_ns
             return
 
+    def _count_reconnects(self, handle: _Handle, attempt: Attempt) -> None:
+        reconnects = attempt.exchange.reconnects
+        handle.reconnects += reconnects
+        self.reconnects += reconnects
+
     def _handle(
         self,
         body: Mapping[str, Any],
@@ -410,6 +424,10 @@ class Engine:
         on_open: OpenHook | None = None,
     ) -> _Handle:
         url, shape = self.url_for(body, endpoint)
+        own = secret_values(None, headers or {})  # a call's own credentials, redacted too
+        secrets = (
+            tuple(sorted({*self._secrets, *own}, key=len, reverse=True)) if own else self._secrets
+        )
         return _Handle(
             url,
             shape,
@@ -417,6 +435,7 @@ class Engine:
             dict(headers or {}),
             custom_id,
             timeouts or self.timeouts,
+            secrets,
             before_retry,
             on_open,
         )
@@ -444,7 +463,7 @@ class Engine:
                         yield event
             handle.raise_for_outcome()
         except EngineError as exc:
-            raise gave_up(exc, handle.attempts, handle.started_ns) from None
+            raise self._outgoing(exc, handle, final=True) from None
         finally:
             self._active -= 1
 
@@ -477,14 +496,10 @@ class Engine:
                     count = await self._consume(handle, assembler, handlers)
                     handle.raise_for_outcome()
                 except EngineError as exc:  # e.g. a malformed event found by a lazy decode
-                    exc.custom_id = exc.custom_id or custom_id
-                    exc.attempts = handle.attempts
-                    if handle.attempt is not None:
-                        handle.attempt.tag(exc)
                     delay = mid_stream_delay(exc, handle.attempts - 1, self.retry) if bare else None
                     if delay is None:
-                        raise gave_up(exc, handle.attempts, handle.started_ns) from None
-                    await self._before_retry(handle, exc, delay)
+                        raise self._outgoing(exc, handle, final=True) from None
+                    await self._before_retry(handle, self._outgoing(exc, handle), delay)
                     continue
                 break
         finally:
@@ -498,13 +513,13 @@ class Engine:
             usage=assembler.usage,
             response=assembler.response(choices),
             events=count,
-            http_status=attempt.status,
-            request_id=attempt.request_id,
+            http_status=attempt.exchange.status,
+            request_id=attempt.exchange.request_id,
             custom_id=custom_id,
             dialect=attempt.decoder.dialect,
             attempts=handle.attempts,
             started_ns=attempt.started_ns,
-            first_byte_ns=attempt.first_byte_ns,
+            first_byte_ns=attempt.exchange.first_byte_ns,
             first_token_ns=attempt.first_token_ns,
             finished_ns=handle.finished_ns,
             token_times_ns=assembler.token_times_ns,
@@ -554,6 +569,7 @@ class _Handle:
     headers: dict[str, str] = field(repr=False)  # may hold a credential (`api-key`)
     custom_id: str | None
     timeouts: Timeouts
+    secrets: tuple[str, ...] = field(repr=False)  # redacted from whatever it raises
     before_retry: RetryHook | None = None
     on_open: OpenHook | None = None
     attempt: Attempt | None = None
@@ -571,9 +587,7 @@ class _Handle:
         terminal = decoder.terminal
         error = terminal.error() if terminal is not None else None
         if error is not None:
-            raise attempt.tag(error)
+            raise error
         if terminal is None and decoder.finish_reason is None and attempt.first_token_ns is None:
             # `[DONE]` alone is no answer: nothing said, nothing finished (never a success)
-            raise attempt.tag(
-                StreamTruncated("the stream ended ([DONE]) with no content and no terminal event")
-            )
+            raise StreamTruncated("the stream ended ([DONE]) with no content and no terminal event")

@@ -10,9 +10,9 @@ which keeps the answer until it is whole: the batch runner's case).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Final
 
+from engine.config import RetryPolicy
 from engine.errors import (
     APIStatusError,
     ConnectError,
@@ -44,17 +44,6 @@ JOB_STATUSES: Final = {
     403: "the API key may not use this endpoint",
     404: "no such endpoint (check the base URL and path)",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Exponential backoff with full jitter; `Retry-After` wins when the server sends it."""
-
-    max_retries: int = 2
-    base_s: float = 0.5
-    cap_s: float = 20.0
-    max_retry_after_s: float = 60.0
-    mid_stream: bool = False  # also a stream broken after its first event (see the module)
 
 
 # What a stream that broke after its first event raises: cut, gone quiet, malformed.

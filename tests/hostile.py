@@ -158,7 +158,8 @@ async def _handle(request: web.Request, counts: dict[str, int]) -> web.StreamRes
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
     kind, _, size = name.rpartition("-")
-    behaviour = BEHAVIOURS[kind if size.isdigit() else name]  # `tiny-deltas-128`: 128 MiB
+    sized = size.isdigit() and kind in BEHAVIOURS and name not in BEHAVIOURS
+    behaviour = BEHAVIOURS[kind if sized else name]  # `tiny-deltas-128`: 128 MiB
     with contextlib.suppress(ConnectionError):  # the client hung up: that is the point
         await behaviour(request, resp)
         await resp.write_eof()

@@ -24,23 +24,24 @@ ALLOWED: dict[str, set[str]] = {
     "runtime": {"errors", "asyncio", "uvloop"},  # the commands' process, not the library
     "assembly": {"events", "errors", "_flat"},
     "chunks": {"_flat", "asyncio"},
-    "retry": {"errors", "limits"},
+    "config": set(),
+    "retry": {"errors", "limits", "config"},
     "preflight": {"errors", "retry", "asyncio"},
     "content_encoding": {"errors"},
     "network": {"errors"},
+    "transport": {"config", "errors", "limits", "redaction", "aiohttp", "orjson", "asyncio"},
     "attempt": {
         "chunks",
         "content_encoding",
         "errors",
         "events",
         "_flat",
-        "limits",
         "redaction",
+        "transport",
         "aiohttp",
         "orjson",
         "asyncio",
-        "client",
-    },  # client: type annotations only (TYPE_CHECKING)
+    },  # never the client: the reader takes plain arguments
     "client": {
         "sse",
         "events",
@@ -51,8 +52,9 @@ ALLOWED: dict[str, set[str]] = {
         "chunks",
         "retry",
         "redaction",
-        "runtime",
+        "config",
         "network",
+        "transport",
         "aiohttp",
         "orjson",
         "asyncio",
@@ -168,14 +170,15 @@ def test_only_the_distributed_package_imports_ray() -> None:
             assert "ray" not in imported_names(path), path
 
 
-def _runtime_imports(path: Path) -> set[str]:
-    """The engine modules a module imports when it runs (anywhere in it, functions included),
-    leaving out `if TYPE_CHECKING:` blocks, which annotations need and Python never runs."""
+def _engine_imports(path: Path, *, typing: bool) -> set[str]:
+    """The engine modules a module imports (anywhere in it, functions included), with or
+    without its `if TYPE_CHECKING:` blocks (which annotations need and Python never runs)."""
     tree = ast.parse(path.read_text())
     skipped: set[int] = set()
     for node in ast.walk(tree):
         if (
-            isinstance(node, ast.If)
+            not typing
+            and isinstance(node, ast.If)
             and isinstance(node.test, ast.Name)
             and node.test.id == "TYPE_CHECKING"
         ):
@@ -203,14 +206,16 @@ def _unit(module: str) -> str:
     return ".".join(parts[:2])
 
 
+@pytest.mark.parametrize("typing", [False, True], ids=["at-run-time", "with-type-checking"])
 @pytest.mark.parametrize("level", ["module", "package"])
-def test_no_import_cycles(level: str) -> None:
-    """No module, and no package, reaches itself through what it imports: no exceptions."""
+def test_no_import_cycles(level: str, typing: bool) -> None:
+    """No module, and no package, reaches itself through what it imports, type-checking
+    imports included: the layers point one way."""
     modules = {_module_name(p): p for p in ENGINE.rglob("*.py") if p.name != "__main__.py"}
     unit = _unit if level == "package" else str
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
-        targets = {unit(m) for m in _runtime_imports(path) if m in modules}
+        targets = {unit(m) for m in _engine_imports(path, typing=typing) if m in modules}
         graph.setdefault(unit(name), set()).update(targets - {unit(name)})
     done: set[str] = set()
 

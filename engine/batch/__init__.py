@@ -4,19 +4,13 @@
 
 Modules: `inputs` (parse, validate, dedupe, shard), `store` (output/errors files, resume,
 torn-line repair), `runner` (dispatch through limits and engines), `progress` (display and
-summary), `command` (the CLI verb).
+summary), `summary` (the run's counts), `command` (the CLI verb).
 """
 
 from engine.batch.inputs import BadLine, DuplicateCustomIdError, Request, Shard, scan_input
-from engine.batch.runner import (
-    BatchConfig,
-    BatchRunner,
-    BatchSummary,
-    Endpoint,
-    errors_path_for,
-    run_batch,
-)
+from engine.batch.runner import BatchConfig, BatchRunner, Endpoint, errors_path_for, run_batch
 from engine.batch.store import ResultStore, ResumeState, StoreWriteError, read_state
+from engine.batch.summary import BatchSummary
 
 __all__ = [
     "BadLine",

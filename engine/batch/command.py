@@ -25,8 +25,9 @@ from typing import Any, TypeVar
 import orjson
 
 from engine.batch.inputs import Shard
-from engine.batch.runner import BatchConfig, BatchRunner, BatchSummary, Endpoint
+from engine.batch.runner import BatchConfig, BatchRunner, Endpoint
 from engine.batch.store import StoreWriteError
+from engine.batch.summary import BatchSummary
 from engine.client import DEFAULT_BASE_URL, RetryPolicy
 from engine.errors import ConfigError, JobFailed
 from engine.options import (

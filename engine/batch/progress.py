@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 if TYPE_CHECKING:
-    from engine.batch.runner import BatchSummary
+    from engine.batch.summary import BatchSummary
 
 REFRESH_S: Final = 0.5
 PROBLEM_CHARS: Final = 200  # a bad line's reason may quote a huge value: keep the report short

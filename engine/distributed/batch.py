@@ -34,12 +34,12 @@ from engine.batch.inputs import REPORTED_PROBLEMS, Shard, scan_input
 from engine.batch.runner import (
     BatchConfig,
     BatchRunner,
-    BatchSummary,
     check_unchanged,
     errors_path_for,
     run_batch,
 )
 from engine.batch.store import ResultStore, read_state
+from engine.batch.summary import BatchSummary
 from engine.distributed.cluster import ACTOR_CPUS, LIMITER_CPUS, Cluster, LoopThread, gather
 from engine.distributed.limiter import LEASE_SIZE, LEASE_TTL_S, LeasedLimiter, RateLimitActor
 from engine.errors import ConfigError
