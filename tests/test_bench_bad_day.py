@@ -253,7 +253,12 @@ def wait_measuring(proc: subprocess.Popen[bytes], err: Path) -> set[int]:
 
 
 @pytest.mark.parametrize(
-    ("sig", "workers"), [(signal.SIGINT, "1"), (signal.SIGTERM, "1"), (signal.SIGTERM, "2")]
+    ("sig", "workers"),
+    [
+        pytest.param(signal.SIGINT, "1", id="SIGINT"),
+        pytest.param(signal.SIGTERM, "1", id="SIGTERM"),
+        pytest.param(signal.SIGTERM, "2", id="SIGTERM-two-workers"),
+    ],
 )
 def test_a_signal_ends_the_bench_and_keeps_what_it_measured(
     sig: signal.Signals, workers: str, tmp_path: Path

@@ -133,7 +133,11 @@ def _nothing(_halt: Halt, _times: int) -> None:
 @contextlib.contextmanager
 def on_signals(stop: Stop, signals: Sequence[signal.Signals]) -> Iterator[None]:
     """While the block runs on the loop, each of `signals` says `stop`. One that nothing
-    hears cancels the block's task, which then raises `Interrupted`: no traceback."""
+    hears cancels the block's task, which then raises `Interrupted`: no traceback. Off the
+    main thread (a caller's own thread) nothing changes: signals only reach the main one."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
 
