@@ -146,8 +146,39 @@ def _add_mock(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=command.run)
 
 
+EXTRA_LINE = "pip install 'stream-engine[cli]'"
+
+
+def _add_needing_extra(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help_text: str,
+    missing: ImportError,
+) -> None:
+    """A verb whose libraries (the `cli` extra) are not installed: it says the pip line."""
+    # No option is an option here (prefix_chars): whatever follows reaches the pip line.
+    p = sub.add_parser(
+        name, help=f"{help_text} (needs: {EXTRA_LINE})", add_help=False, prefix_chars="\0"
+    )
+    p.add_argument("rest", nargs="*")
+
+    def need_extra(_args: argparse.Namespace) -> int:
+        print(
+            f"stream-engine {name} needs the tools' libraries ({missing.name} is missing): "
+            f"{EXTRA_LINE}",
+            file=sys.stderr,
+        )
+        return 2
+
+    p.set_defaults(func=need_extra)
+
+
 def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from engine.loadtest import command  # noqa: PLC0415 - keeps `run` start-up light
+    try:
+        from engine.loadtest import command  # noqa: PLC0415 - keeps `run` start-up light
+    except ImportError as exc:
+        _add_needing_extra(sub, "bench", "load-test an endpoint", exc)
+        return
 
     p = sub.add_parser(
         "bench",
@@ -172,7 +203,11 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _add_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from engine.loadtest import compare  # noqa: PLC0415 - keeps `run` start-up light
+    try:
+        from engine.loadtest import compare  # noqa: PLC0415 - keeps `run` start-up light
+    except ImportError as exc:
+        _add_needing_extra(sub, "compare", "compare bench results", exc)
+        return
 
     p = sub.add_parser(
         "compare",

@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from engine.batch import BatchConfig, DuplicateCustomIdError, Endpoint, Shard, run_batch
-from engine.batch.progress import format_summary
+from engine.batch.summary import format_summary
 from engine.client import Engine, RetryPolicy, Timeouts
 from engine.errors import EngineError, InternalServerError, RateLimitError, TransportError
 from engine.limits import WINDOW_S, RateLimiter

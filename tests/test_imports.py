@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -231,3 +233,54 @@ def test_no_import_cycles(level: str, typing: bool) -> None:
 
     for name in sorted(graph):
         visit(name, [])
+
+
+TOOLS_LIBRARIES = ("rich", "numpy", "plotly", "prometheus_client")
+# The `cli` extra, as if not installed: an import of any of them raises ImportError.
+WITHOUT_EXTRA = (
+    "import sys\n"
+    f"for name in {TOOLS_LIBRARIES!r}:\n"
+    "    sys.modules[name] = None\n"
+    "from engine.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def _python(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ENGINE.parent)}
+    env.pop("OPENAI_BASE_URL", None)
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+
+
+def test_importing_the_library_loads_none_of_the_tools_libraries() -> None:
+    proc = _python(
+        "-c", f"import sys, engine; print([m for m in {TOOLS_LIBRARIES!r} if m in sys.modules])"
+    )
+    assert proc.stdout.strip() == "[]", proc.stderr
+
+
+def test_without_the_cli_extra_a_tool_says_the_pip_line_and_run_works(
+    tmp_path: Path, base_url: str
+) -> None:
+    for verb in (["bench", "--duration", "1"], ["compare", "a.json", "b.json"]):
+        proc = _python("-c", WITHOUT_EXTRA, *verb)
+        assert proc.returncode == 2
+        assert "pip install 'stream-engine[cli]'" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    run = _python("-c", WITHOUT_EXTRA, "run", "--base-url", base_url, "Hi")
+    assert run.returncode == 0, run.stderr
+    (tmp_path / "in.jsonl").write_text('{"model": "m", "input": "hi"}\n')
+    batch = _python(
+        "-c",
+        WITHOUT_EXTRA,
+        "batch",
+        str(tmp_path / "in.jsonl"),
+        "-o",
+        str(tmp_path / "out.jsonl"),
+        "--base-url",
+        base_url,
+    )
+    assert batch.returncode == 0, batch.stderr
+    assert "1 succeeded" in batch.stderr

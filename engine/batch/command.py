@@ -27,7 +27,7 @@ import orjson
 from engine.batch.inputs import Shard
 from engine.batch.runner import BatchConfig, BatchRunner, Endpoint
 from engine.batch.store import StoreWriteError
-from engine.batch.summary import BatchSummary
+from engine.batch.summary import BatchSummary, format_summary
 from engine.client import DEFAULT_BASE_URL, RetryPolicy
 from engine.errors import ConfigError, JobFailed
 from engine.options import (
@@ -249,8 +249,6 @@ async def _until_sigterm(coro: Coroutine[Any, Any, T]) -> T:
 
 def run(args: argparse.Namespace, on_ray: BatchOnRay | None = None) -> int:
     """Run the job described by parsed arguments; returns the exit status."""
-    from engine.batch.progress import format_summary  # noqa: PLC0415 - rich only when used
-
     runner: BatchRunner | None = None
     try:
         config = config_from_args(args)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -50,6 +51,7 @@ from engine.runtime import env_api_key, env_base_url
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from engine.batch.progress import ProgressDisplay
     from engine.batch.store import ResumeState
 
 # Job-level failures (wrong key, path or host) in a row, with no success between, that stop
@@ -213,9 +215,9 @@ class BatchRunner:
                         _Slot(await stack.enter_async_context(engine), endpoint.name)
                     )
                 if cfg.progress:
-                    from engine.batch.progress import ProgressDisplay  # noqa: PLC0415 - rich is slow to import
-
-                    await stack.enter_async_context(ProgressDisplay(summary))
+                    display = _progress_display(summary)
+                    if display is not None:
+                        await stack.enter_async_context(display)
                 await self._dispatch(store, state.done, reserved)
         summary.wall_s = time.monotonic() - summary.started_s
         return summary
@@ -414,6 +416,18 @@ class BatchRunner:
         for req, exc in held:
             store.write_failure(req.custom_id, exc, req.digest)
             self._count_failure(exc)
+
+
+def _progress_display(summary: BatchSummary) -> ProgressDisplay | None:
+    """The live display, from the `cli` extra (rich); without it, one line and none."""
+    try:
+        from engine.batch.progress import ProgressDisplay  # noqa: PLC0415 - rich: slow, optional
+    except ImportError:
+        sys.stderr.write(
+            "stream-engine batch: no live progress display: pip install 'stream-engine[cli]'\n"
+        )
+        return None
+    return ProgressDisplay(summary)
 
 
 async def run_batch(

@@ -1,14 +1,16 @@
 """`BatchSummary`: the counts of one batch run, a plain value the runner bumps and the
-progress display and the final report read (neither imports the other's module)."""
+progress display reads; `format_summary`, the final report in plain text."""
 
 from __future__ import annotations
 
 import time
 from collections import Counter
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Final
 
-__all__ = ["BatchSummary"]
+__all__ = ["BatchSummary", "format_summary"]
+
+PROBLEM_CHARS: Final = 200  # a bad line's reason may quote a huge value: keep the report short
 
 
 @dataclass(slots=True)
@@ -59,3 +61,71 @@ class BatchSummary:
         """JSON-ready, for `--json` and scripts."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "started_s"}
         return {k: dict(v) if isinstance(v, Counter) else v for k, v in out.items()}
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= PROBLEM_CHARS else text[:PROBLEM_CHARS] + "…"
+
+
+def format_summary(summary: BatchSummary) -> str:
+    """The final report: counts, tokens, wall time and errors by kind (plain text)."""
+    s = summary
+    lines = [
+        (
+            f"input: {s.lines:,} lines, {s.requests:,} requests"
+            f"{f' in shard {s.shard}' if s.shard else ''}, "
+            f"{s.invalid:,} invalid, {s.already_done:,} already done"
+        ),
+    ]
+    if s.invalid:
+        where = "would go" if s.dry_run else "go"
+        lines.append(f"invalid input lines ({where} to the errors file):")
+        lines += [f"  {_clip(problem)}" for problem in s.problems]
+        if s.invalid > len(s.problems):
+            lines.append(f"  … and {s.invalid - len(s.problems):,} more")
+    if s.dry_run:
+        lines.append(
+            f"dry run: {s.to_do:,} records to do, estimated {s.estimated_tokens:,} "
+            "tokens for the shard (prompt chars/4 + output cap); nothing sent"
+        )
+    else:
+        rate = s.finished / s.wall_s if s.wall_s > 0 else 0.0
+        lines += [
+            (
+                f"this run: {s.succeeded:,} succeeded, {s.failed:,} failed, "
+                f"{s.invalid_written:,} invalid lines written, in {s.wall_s:.1f} s "
+                f"({rate:,.0f} records/s)"
+            ),
+            (
+                f"tokens: {s.input_tokens:,} in + {s.output_tokens:,} out = {s.total_tokens:,}; "
+                f"retries: {s.retries:,}"
+            ),
+        ]
+        if s.repaired_bytes:
+            lines.append(f"resume: truncated a torn last line ({s.repaired_bytes} bytes)")
+        if s.resumed_failed:
+            lines.append(
+                f"errors file already held {s.resumed_failed:,} records "
+                "(--retry-failed sends them again)"
+            )
+        if s.oversize_requests:
+            lines.append(
+                f"--tpm: {s.oversize_requests:,} requests estimated above the whole per-minute "
+                "budget were each sent alone"
+            )
+        if s.retried_failed:
+            lines.append(f"--retry-failed: {s.retried_failed:,} records of the errors file")
+        if s.concurrency_min < s.concurrency:
+            lines.append(
+                f"concurrency: backed off on 429 from {s.concurrency:,} "
+                f"to {s.concurrency_min:,} at the lowest"
+            )
+    for title, counter in (
+        ("errors by kind", s.errors_by_kind),
+        ("retries by kind", s.retries_by_kind),
+        ("requests by endpoint", s.requests_by_endpoint),
+    ):
+        if counter and (title != "requests by endpoint" or len(counter) > 1):
+            items = ", ".join(f"{k}: {v:,}" for k, v in counter.most_common())
+            lines.append(f"{title}: {items}")
+    return "\n".join(lines)
