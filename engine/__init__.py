@@ -3,7 +3,8 @@
 Importing the library never changes the event loop policy; the CLI chooses uvloop itself.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError as _NotInstalled
+from importlib.metadata import version as _version
 
 from engine import errors
 from engine.assembly import Choice, ToolCall
@@ -48,8 +49,8 @@ from engine.handlers import (
 from engine.sse import SSEMessage, SSEParser
 
 try:
-    __version__ = version("stream-engine")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree not installed
+    __version__ = _version("stream-engine")
+except _NotInstalled:  # pragma: no cover - running from a source tree not installed
     __version__ = "0.0.0"
 
 __all__ = [

@@ -61,16 +61,17 @@ WRITE_ADVICE: Final = {
 }
 
 
-class StoreWriteError(Exception):
+class StoreWriteError(EngineError):
     """A record could not be written: the job must stop (every record before it is whole).
 
     `args` are (path, OSError) so the error pickles (a Ray actor sends it back to the driver).
     """
 
     def __init__(self, path: Path, error: OSError) -> None:
-        super().__init__(path, error)
         self.path = path
         self.error = error
+        super().__init__(str(self))
+        self.args = (path, error)
 
     def __str__(self) -> str:
         err = self.error
