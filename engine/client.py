@@ -112,6 +112,11 @@ class StreamResult:
     # that closes kept-alive connections): transparent, not a retry (see `attempts`).
     reconnects: int = 0
     first_text_ns: int | None = None  # the first visible text (after any reasoning/tool call)
+    # The last attempt's way out (`engine.transport`): when it had its connection (the request
+    # is written next), how long it waited for a free one, what a new one cost (0: reused).
+    sent_ns: int = 0
+    pool_wait_ns: int = 0
+    connect_ns: int = 0
     choices: list[Choice] = field(default_factory=list)  # every part of every choice
 
     @property
@@ -528,6 +533,9 @@ class Engine:
             finish_reason=ending.finish_reason,
             reconnects=handle.reconnects,
             first_text_ns=assembler.first_text_ns,
+            sent_ns=attempt.exchange.sent_ns,
+            pool_wait_ns=attempt.exchange.pool_wait_ns,
+            connect_ns=attempt.exchange.connect_ns,
             choices=choices,
         )
 

@@ -120,3 +120,20 @@ async def test_a_fresh_connection_that_fails_is_an_error_not_a_resend(endpoint: 
             await eng.run(BODIES[endpoint == "chat"])
     assert eng.reconnects == 0
     assert len(accepted) == 1
+
+
+async def test_the_result_says_when_the_request_left_and_what_its_connection_cost(
+    base_url: str,
+) -> None:
+    """The pool's own stamps (no aiohttp tracing): a new connection's connect time, then a
+    reused one's, and the moment each request had its connection, between start and bytes."""
+    async with Engine(base_url, "sk-x") as eng:
+        first = await eng.run({"model": "m", "input": "hi"})
+        second = await eng.run({"model": "m", "input": "hi"})
+    for result in (first, second):
+        assert result.started_ns < result.sent_ns
+        assert result.first_byte_ns is not None
+        assert result.sent_ns < result.first_byte_ns
+        assert result.pool_wait_ns >= 0
+    assert first.connect_ns > 0  # a new connection
+    assert second.connect_ns == 0  # the first one, kept alive
