@@ -11,7 +11,14 @@ import os
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["DEFAULT_BASE_URL", "RetryPolicy", "Timeouts", "env_api_key", "env_base_url"]
+__all__ = [
+    "COMMAND_TIMEOUTS",
+    "DEFAULT_BASE_URL",
+    "RetryPolicy",
+    "Timeouts",
+    "env_api_key",
+    "env_base_url",
+]
 
 DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
 
@@ -38,6 +45,15 @@ class RetryPolicy:
     cap_s: float = 20.0
     max_retry_after_s: float = 60.0
     mid_stream: bool = False  # also a stream broken after its first event (see the module)
+
+
+# The commands' limits (run, batch, bench): a dead stream ends within minutes, whatever it
+# does: no headers within 60 s, no first token within 300 s, no event for 60 s (comments do
+# not count), each attempt; with the default two retries, a server that stalls every attempt
+# fails in at most 3 x 60 s plus backoff.
+COMMAND_TIMEOUTS: Final = Timeouts(
+    connect_s=10.0, first_byte_s=60.0, first_token_s=300.0, idle_s=60.0, total_s=None
+)
 
 
 def env_base_url() -> str | None:

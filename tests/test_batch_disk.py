@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from engine.batch import BadLine, ResultStore, StoreWriteError, run_batch
-from engine.batch.command import EXIT_WRITE_FAILED
+from engine.cli.batch import EXIT_WRITE_FAILED
 from engine.client import Engine
 from engine.mock import MockConfig
 from tests.test_batch import PROJECT, assert_exactly_once, config, make_input, records

@@ -17,7 +17,7 @@ import pytest
 
 from engine.cli import main
 from engine.loadtest import compare
-from engine.loadtest.command import add_arguments as bench_arguments
+from engine.cli.bench import add_arguments as bench_arguments
 from engine.loadtest.metrics import RequestRecord, summarize
 from engine.loadtest.report import sweep_document
 from engine.loadtest.result import SCHEMA_VERSION, samples

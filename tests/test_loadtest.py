@@ -625,7 +625,7 @@ async def test_auto_workers_follow_the_load_and_the_cores(base_url: str) -> None
 def test_workers_flag_takes_auto_or_a_count() -> None:
     import argparse  # noqa: PLC0415
 
-    from engine.loadtest.command import add_arguments  # noqa: PLC0415
+    from engine.cli.bench import add_arguments  # noqa: PLC0415
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

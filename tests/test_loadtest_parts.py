@@ -20,12 +20,12 @@ import pytest
 from rich.console import Console
 
 from engine.client import Timeouts
+from engine.config import COMMAND_TIMEOUTS as DEFAULTS
 from engine.loadtest import LoadConfig, RequestRecord, run_load, summarize
-from engine.loadtest.command import add_arguments, config_from_args
+from engine.cli.bench import add_arguments, config_from_args
 from engine.loadtest.metrics import CSV_COLUMNS, csv_row
 from engine.loadtest.report import print_summary
 from engine.mock import MockConfig, MockProcess
-from engine.options import DEFAULTS
 
 if TYPE_CHECKING:
     from engine.loadtest.config import Endpoint
@@ -343,7 +343,7 @@ def _parse(*argv: str) -> argparse.Namespace:
 
 def test_bench_flags_for_limits_grace_reasoning_and_the_key() -> None:
     default = config_from_args(_parse(), "http://x/v1")
-    assert default.timeouts() == DEFAULTS  # engine.options' limits: a dead stream ends
+    assert default.timeouts() == DEFAULTS  # the commands' limits (engine.config)
     assert default.grace_s == 30.0
     args = _parse(
         "--idle-timeout",

@@ -22,8 +22,8 @@ import aiohttp
 import orjson
 import pytest
 
-from engine.mock.command import READY_LINE, add_arguments, config_from_args
-from engine.mock.command import main as mock_main
+from engine.cli.mock import READY_LINE, add_arguments, config_from_args
+from engine.cli.mock import main as mock_main
 from engine.mock.config import MockConfig, parse_fault_rates
 from engine.mock.faults import FaultPicker
 

@@ -11,9 +11,9 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-from engine.client import Timeouts
+from engine.config import COMMAND_TIMEOUTS as TIMEOUT_DEFAULTS
+from engine.config import Timeouts
 from engine.errors import ConfigError
-from engine.options import DEFAULTS as TIMEOUT_DEFAULTS
 
 Endpoint = Literal["responses", "chat", "completions"]
 Arrival = Literal["constant", "poisson"]
@@ -44,7 +44,7 @@ class LoadConfig:
     slo: dict[str, float] = field(default_factory=dict)
     workers: int = 1  # AUTO_WORKERS (0): chosen from the load and the usable cores at run time
     max_connections: int | None = None  # None: concurrency (closed) or 4096 (open)
-    # The phase limits (None: no limit), engine.options' defaults: a dead stream ends within
+    # The phase limits (None: no limit), engine.config's COMMAND_TIMEOUTS: a dead stream ends within
     # minutes whatever it does, so every request the run sends ends with a result.
     timeout_s: float | None = TIMEOUT_DEFAULTS.total_s  # the whole request
     idle_timeout_s: float | None = TIMEOUT_DEFAULTS.idle_s  # between two events

@@ -1,5 +1,5 @@
 """`python -m engine.mock`: the same flags as `stream-engine mock`."""
 
-from engine.mock.command import main
+from engine.cli.mock import main
 
 raise SystemExit(main())

@@ -23,6 +23,14 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.text import Text
 
+from engine.cli.options import (
+    DEFAULT_MODEL,
+    add_timeout_arguments,
+    header,
+    seconds,
+    timeouts_from,
+)
+from engine.config import env_api_key, env_base_url
 from engine.errors import ConfigError, JobFailed
 from engine.loadtest.config import AUTO_WORKERS, LoadConfig, parse_slo
 from engine.loadtest.interrupts import Interrupted, Stop, on_signals
@@ -43,21 +51,12 @@ from engine.loadtest.workers import (
     run_load,
     run_sweep,
 )
-from engine.options import add_timeout_arguments, seconds, timeouts_from
-from engine.runtime import env_api_key, env_base_url, run_async
+from engine.runtime import run_async
 
 if TYPE_CHECKING:
     from engine.loadtest.runner import Progress
 
-DEFAULT_MODEL = "gpt-4.1-mini"
 MOCK_MODEL = "mock-model"
-
-
-def _header(value: str) -> tuple[str, str]:
-    name, sep, val = value.partition(":")
-    if not sep or not name.strip():
-        raise argparse.ArgumentTypeError(f"expected 'Name: value', got {value!r}")
-    return name.strip(), val.strip()
 
 
 def _workers(value: str) -> int:
@@ -103,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     target.add_argument(
         "--header",
-        type=_header,
+        type=header,
         action="append",
         default=[],
         help="extra request header 'Name: value' (repeatable)",

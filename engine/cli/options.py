@@ -1,9 +1,8 @@
 """Command-line options that `run`, `batch` and `bench` share: the phases' time limits, and
 how to reach the endpoint (proxy, TLS).
 
-The defaults end a dead stream within minutes, whatever it does: no headers within 60 s, no
-first token within 300 s, no event for 60 s (comments do not count), each attempt; with the
-default two retries, a server that stalls every attempt fails in at most 3 x 60 s plus backoff.
+The time limits' defaults are `engine.config.COMMAND_TIMEOUTS`: a dead stream ends within
+minutes, whatever it does.
 """
 
 from __future__ import annotations
@@ -11,21 +10,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.client import RetryPolicy, Timeouts
+from engine.config import COMMAND_TIMEOUTS, RetryPolicy, Timeouts
 from engine.network import NetworkOptions
 
 __all__ = [
+    "DEFAULT_MODEL",
     "add_network_arguments",
     "add_timeout_arguments",
+    "header",
     "network_from",
     "retry_from",
     "seconds",
     "timeouts_from",
 ]
 
-DEFAULTS = Timeouts(
-    connect_s=10.0, first_byte_s=60.0, first_token_s=300.0, idle_s=60.0, total_s=None
-)
+DEFAULT_MODEL = "gpt-4.1-mini"  # what `run` and `bench` ask for when --model is not given
+DEFAULTS = COMMAND_TIMEOUTS  # the commands' limits (engine.config)
 
 
 def seconds(text: str) -> float | None:
@@ -139,3 +139,11 @@ def network_from(args: argparse.Namespace, command: str) -> NetworkOptions:
         client_key=args.client_key,
         insecure=args.insecure,
     )
+
+
+def header(value: str) -> tuple[str, str]:
+    """An `--header 'Name: value'` flag's value."""
+    name, sep, val = value.partition(":")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected 'Name: value', got {value!r}")
+    return name.strip(), val.strip()

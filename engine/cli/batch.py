@@ -28,14 +28,14 @@ from engine.batch.inputs import Shard
 from engine.batch.runner import BatchConfig, BatchRunner, Endpoint
 from engine.batch.store import StoreWriteError
 from engine.batch.summary import BatchSummary, format_summary
-from engine.client import DEFAULT_BASE_URL, RetryPolicy
-from engine.errors import ConfigError, JobFailed
-from engine.options import (
+from engine.cli.options import (
     add_network_arguments,
     add_timeout_arguments,
     network_from,
     timeouts_from,
 )
+from engine.client import DEFAULT_BASE_URL, RetryPolicy
+from engine.errors import ConfigError, JobFailed
 from engine.runtime import env_base_url, run_async
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_WRITE_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130

@@ -1,0 +1,152 @@
+"""Command line: `stream-engine run | mock | bench | compare | batch`, every command's face.
+
+`run` (cli/run.py), `batch` (cli/batch.py), `mock` (cli/mock.py), `bench` and `compare`
+(engine/loadtest), with the flags they share (cli/options.py). Imports everything; nothing
+imports it. The tools' libraries (the `cli` extra) load only with the verb that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING, Any
+
+from engine.cli import run
+from engine.errors import ConfigError
+from engine.runtime import require_ray
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+def _add_mock(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from engine.cli import mock as command  # noqa: PLC0415 - keeps `run` start-up light
+
+    p = sub.add_parser("mock", help="serve the mock OpenAI-compatible endpoint")
+    command.add_arguments(p)
+    p.set_defaults(func=command.run)
+
+
+EXTRA_LINE = "pip install 'stream-engine[cli]'"
+
+
+def _add_needing_extra(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help_text: str,
+    missing: ImportError,
+) -> None:
+    """A verb whose libraries (the `cli` extra) are not installed: it says the pip line."""
+    # No option is an option here (prefix_chars): whatever follows reaches the pip line.
+    p = sub.add_parser(
+        name, help=f"{help_text} (needs: {EXTRA_LINE})", add_help=False, prefix_chars="\0"
+    )
+    p.add_argument("rest", nargs="*")
+
+    def need_extra(_args: argparse.Namespace) -> int:
+        print(
+            f"stream-engine {name} needs the tools' libraries ({missing.name} is missing): "
+            f"{EXTRA_LINE}",
+            file=sys.stderr,
+        )
+        return 2
+
+    p.set_defaults(func=need_extra)
+
+
+def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    try:
+        from engine.cli import bench as command  # noqa: PLC0415 - keeps `run` start-up light
+    except ImportError as exc:
+        _add_needing_extra(sub, "bench", "load-test an endpoint", exc)
+        return
+
+    p = sub.add_parser(
+        "bench",
+        help="load-test an endpoint (the built-in mock by default)",
+        description="Load-test an OpenAI-compatible endpoint: TTFT, ITL, "
+        "throughput, goodput. Without --base-url it starts the built-in mock.",
+    )
+    command.add_arguments(p)
+
+    def bench(args: argparse.Namespace) -> int:
+        on_ray = None
+        if args.ray is not None:  # the optional extra, loaded only when asked for
+            require_ray()
+            from engine.distributed.loadtest import run_load_on_ray  # noqa: PLC0415
+
+            def on_ray(config: Any, address: str | None, workers: int | None) -> Any:
+                return run_load_on_ray(config, address=address, workers=workers or 1)
+
+        return command.run(args, on_ray)
+
+    p.set_defaults(func=bench)
+
+
+def _add_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    try:
+        from engine.loadtest import compare  # noqa: PLC0415 - keeps `run` start-up light
+    except ImportError as exc:
+        _add_needing_extra(sub, "compare", "compare bench results", exc)
+        return
+
+    p = sub.add_parser(
+        "compare",
+        help="compare bench results (the first is the baseline)",
+        description="Compare `bench -o` JSON documents side by side: each "
+        "change against the first (the baseline), flagged when it is outside "
+        "the runs' own noise (bootstrap intervals). Exit code 0: no regression; "
+        "1: a regression beyond --threshold; 2: bad input.",
+    )
+    compare.add_arguments(p)
+    p.set_defaults(func=compare.run)
+
+
+def _add_batch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from engine.cli import batch as command  # noqa: PLC0415 - keeps `run` start-up light
+
+    p = sub.add_parser(
+        "batch",
+        help="run an OpenAI Batch file (exactly once, resumable)",
+        description="Run an OpenAI Batch JSONL file through streaming requests: "
+        "exactly once, resumable after a kill, rate-limited.",
+    )
+    command.add_arguments(p)
+
+    def batch(args: argparse.Namespace) -> int:
+        on_ray = None
+        if args.ray is not None:  # the optional extra, loaded only when asked for
+            require_ray()
+            from engine.distributed.batch import run_batch_on_ray  # noqa: PLC0415
+
+            def on_ray(config: Any, address: str | None, workers: int | None) -> Any:
+                return run_batch_on_ray(config, address=address, workers=workers)
+
+        return command.run(args, on_ray)
+
+    p.set_defaults(func=batch)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stream-engine",
+        description="Async streaming engine for OpenAI-compatible endpoints.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run.add_parser(sub)
+    _add_mock(sub)
+    _add_bench(sub)
+    _add_compare(sub)
+    _add_batch(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:  # a bad option found late (a CA bundle that cannot be read)
+        print(f"stream-engine {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
