@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from engine.cli import run
@@ -17,6 +18,25 @@ from engine.runtime import require_ray
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+
+# A verb's Ray runner: (its config, the cluster address or None, the actors or None).
+OnRay = Callable[[Any, str | None, int | None], Any]
+
+
+def _ray_when_asked(
+    verb: Callable[[argparse.Namespace, OnRay | None], int], load: Callable[[], OnRay]
+) -> Callable[[argparse.Namespace], int]:
+    """`verb`, handed its Ray runner only when `--ray` asks for it: the optional extra is
+    checked and imported then, never at start-up."""
+
+    def run(args: argparse.Namespace) -> int:
+        if args.ray is None:
+            return verb(args, None)
+        require_ray()
+        return verb(args, load())
+
+    return run
 
 
 def _add_mock(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -69,18 +89,14 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     command.add_arguments(p)
 
-    def bench(args: argparse.Namespace) -> int:
-        on_ray = None
-        if args.ray is not None:  # the optional extra, loaded only when asked for
-            require_ray()
-            from engine.distributed.loadtest import run_load_on_ray  # noqa: PLC0415
+    def on_ray() -> OnRay:
+        from engine.distributed.loadtest import run_load_on_ray  # noqa: PLC0415 - the ray extra
 
-            def on_ray(config: Any, address: str | None, workers: int | None) -> Any:
-                return run_load_on_ray(config, address=address, workers=workers or 1)
+        return lambda config, address, workers: run_load_on_ray(
+            config, address=address, workers=workers or 1
+        )
 
-        return command.run(args, on_ray)
-
-    p.set_defaults(func=bench)
+    p.set_defaults(func=_ray_when_asked(command.run, on_ray))
 
 
 def _add_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -113,18 +129,14 @@ def _add_batch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     command.add_arguments(p)
 
-    def batch(args: argparse.Namespace) -> int:
-        on_ray = None
-        if args.ray is not None:  # the optional extra, loaded only when asked for
-            require_ray()
-            from engine.distributed.batch import run_batch_on_ray  # noqa: PLC0415
+    def on_ray() -> OnRay:
+        from engine.distributed.batch import run_batch_on_ray  # noqa: PLC0415 - the ray extra
 
-            def on_ray(config: Any, address: str | None, workers: int | None) -> Any:
-                return run_batch_on_ray(config, address=address, workers=workers)
+        return lambda config, address, workers: run_batch_on_ray(
+            config, address=address, workers=workers
+        )
 
-        return command.run(args, on_ray)
-
-    p.set_defaults(func=batch)
+    p.set_defaults(func=_ray_when_asked(command.run, on_ray))
 
 
 def build_parser() -> argparse.ArgumentParser:
