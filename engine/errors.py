@@ -115,6 +115,11 @@ class APIStatusError(EngineError):
     def kind(self) -> str:
         return f"http_{self.status}"
 
+    @property
+    def status_code(self) -> int:
+        """The HTTP status, by openai-python's name for it (`status` is the same)."""
+        return self.status
+
 
 class BadRequestError(APIStatusError):
     pass

@@ -592,7 +592,7 @@ async def test_progress_display_and_summary(
     assert "20 succeeded, 0 failed" in text
     assert "tokens: " in text
     dry = await run_batch(config(tmp_path, base_url, dry_run=True))
-    assert "0 records to do" in format_summary(dry)
+    assert "dry run: 0 requests to send," in format_summary(dry)
     assert dry.as_dict()["already_done"] == 20
 
 
@@ -665,7 +665,7 @@ def test_cli_dry_run_lists_problems_and_sends_nothing(
     argv = [str(path), "-o", str(out), "--base-url", mock.base_url, "--dry-run"]
     assert batch_main(argv) == 0
     err = capsys.readouterr().err
-    assert "dry run: 12 records to do" in err
+    assert "dry run: 12 requests to send," in err
     assert "invalid" in err
     assert "invalid input lines" not in err
     numbers = write_bad_lines(path, 2)
@@ -675,7 +675,7 @@ def test_cli_dry_run_lists_problems_and_sends_nothing(
     assert "invalid input lines (would go to the errors file):" in err
     assert f"  line {numbers[0]}: url must be" in err
     assert f"  line {numbers[1]}: not valid JSON" in err
-    assert "dry run: 14 records to do" in err
+    assert "dry run: 12 requests to send and 2 invalid lines to write," in err
     assert sum(mock.stats.requests.values()) == 0
     assert not out.exists()
     assert not (tmp_path / "out.errors.jsonl").exists()

@@ -18,6 +18,7 @@ from engine.mock import MockConfig
 from tests.conftest import TEST_API_KEY, batch_main
 from tests.hostile import HostileServer
 from tests.test_batch import FAST_RETRY, assert_exactly_once, make_input, records
+from tests.test_cli import engine_cli
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -257,3 +258,45 @@ def test_a_bom_is_skipped(tmp_path: Path, base_url: str) -> None:
     assert_exactly_once(
         {"req-0", "req-1", "req-2"}, tmp_path / "out.jsonl", tmp_path / "out.errors.jsonl"
     )
+
+
+def test_the_summary_names_both_files(
+    tmp_path: Path, base_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_input(tmp_path / "in.jsonl", 2)
+    assert batch_main(argv(tmp_path, base_url)) == 0
+    err = capsys.readouterr().err
+    assert f"output: {tmp_path / 'out.jsonl'}; errors: {tmp_path / 'out.errors.jsonl'}" in err
+
+
+def test_an_empty_input_says_so(
+    tmp_path: Path, base_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "in.jsonl").write_bytes(b"\n\n")
+    assert batch_main(argv(tmp_path, base_url)) == 0
+    assert "the input has no request (an empty file): nothing to do" in capsys.readouterr().err
+
+
+def test_no_base_url_and_no_key_is_one_line_before_anything_is_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_input(tmp_path / "in.jsonl", 2)
+    for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    args = [str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl")]
+    assert batch_main(args) == 2
+    err = capsys.readouterr().err
+    assert "no --base-url, no OPENAI_BASE_URL and no API key" in err
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_api_key_is_accepted_on_batch_and_run(
+    tmp_path: Path, mock_factory: MockFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mock = mock_factory(MockConfig(output_tokens=4, api_key=TEST_API_KEY))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    make_input(tmp_path / "in.jsonl", 2)
+    assert batch_main([*argv(tmp_path, mock.base_url), "--api-key", TEST_API_KEY]) == 0
+    proc = engine_cli("run", "--base-url", mock.base_url, "--api-key", TEST_API_KEY, "Hi")
+    assert proc.returncode == 0, proc.stderr
+    assert TEST_API_KEY not in proc.stdout + proc.stderr

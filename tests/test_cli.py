@@ -141,3 +141,27 @@ def test_batch_and_bench_verbs_through_the_main_parser(
     doc = orjson.loads(result.read_bytes())
     assert (doc["completed"], doc["failed"]) == (30, 0)
     assert "TTFT" in capsys.readouterr().err
+
+
+def test_version() -> None:
+    proc = engine_cli("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("stream-engine ")
+
+
+def test_a_typo_gets_the_verbs_usage_and_the_closest_flag() -> None:
+    proc = engine_cli("bench", "--concurrancy", "4")
+    assert proc.returncode == 2
+    assert "usage: stream-engine bench" in proc.stderr
+    assert "--concurrancy: did you mean --concurrency?" in proc.stderr
+    batch = engine_cli("batch", "in.jsonl", "-o", "out.jsonl", "--retrys", "2")
+    assert "usage: stream-engine batch" in batch.stderr
+    assert "did you mean --max-retries?" in batch.stderr
+
+
+def test_every_run_option_says_what_it_does() -> None:
+    text = engine_cli("run", "--help").stdout
+    for flag in ("--model", "--base-url", "--api-key", "--endpoint", "--max-output-tokens"):
+        line = next(line for line in text.splitlines() if line.strip().startswith(flag))
+        block = text[text.index(line) :].split("\n  -", 1)[0]
+        assert len(block.split()) > 3, f"{flag} has no help"

@@ -754,3 +754,8 @@ async def test_an_endless_answer_is_cut_at_the_response_cap() -> None:
         with pytest.raises(ProtocolError, match="exceeds 50000 characters"):
             await eng.run(CHAT_BODY)
         assert eng.connections_in_use == 0
+
+
+def test_status_errors_carry_status_code_as_openai_python_names_it() -> None:
+    err = NotFoundError("HTTP 404", status=404)
+    assert err.status_code == err.status == 404

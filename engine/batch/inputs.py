@@ -113,6 +113,7 @@ class InputScan:
     bad: int = 0  # invalid lines in this shard
     estimated_tokens: int = 0  # of the shard's valid requests
     ids: set[str] = field(default_factory=set)  # the shard's custom_ids, valid or not
+    bad_ids: set[str] = field(default_factory=set)  # those of the invalid lines
     problems: list[BadLine] = field(default_factory=list)  # the first few bad lines
     # Real custom_ids (whole file) shaped like a stand-in: the stand-ins must avoid them.
     reserved: frozenset[str] = frozenset()
@@ -291,6 +292,7 @@ def _scan(
             scan.ids.add(cid)
         if isinstance(parsed, BadLine):
             scan.bad += 1
+            scan.bad_ids.add(cid)
             if len(scan.problems) < REPORTED_PROBLEMS:
                 scan.problems.append(parsed)
         else:

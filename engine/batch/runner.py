@@ -162,6 +162,8 @@ class BatchRunner:
         self.config = config
         self.summary = BatchSummary(
             dry_run=config.dry_run,
+            output_path=str(config.output_path),
+            errors_path=str(config.errors_path),
             concurrency=config.concurrency,
             shard=(f"{config.shard.index}/{config.shard.count}" if config.shard.count > 1 else ""),
             concurrency_min=config.concurrency,
@@ -176,6 +178,7 @@ class BatchRunner:
         self._stopping = False  # an exception ended a record: the job is stopping
         self._held: list[tuple[Request, EngineError]] = []  # job-level failures, unwritten
         self._reserved: frozenset[str] = frozenset()
+        self._bad_ids: set[str] = set()
 
     async def run(self) -> BatchSummary:
         cfg = self.config
@@ -234,6 +237,7 @@ class BatchRunner:
         summary.problems = [bad.message for bad in scan.problems]
         summary.retried_failed = len(state.retrying & scan.ids)
         self._reserved = scan.reserved  # names the stand-in ids again in the second pass
+        self._bad_ids = scan.bad_ids
         return scan.ids
 
     def _count_done(self, state: ResumeState, shard_ids: set[str]) -> None:
@@ -241,6 +245,7 @@ class BatchRunner:
         summary.already_done = len(state.done & shard_ids)
         summary.resumed_failed = state.failed
         summary.to_do = summary.requests + summary.invalid - summary.already_done
+        summary.to_send = summary.to_do - len(self._bad_ids - state.done)
 
     async def _dispatch(self, store: ResultStore, done: set[str], reserved: frozenset[str]) -> None:
         """Start one task per request; the first exception anywhere stops them all. The first

@@ -21,6 +21,7 @@ class BatchSummary:
     requests: int = 0  # valid requests in the shard
     invalid: int = 0  # bad input lines in the shard
     to_do: int = 0  # records this run had to produce (shard minus already done)
+    to_send: int = 0  # of those, valid requests (the rest are invalid lines to write)
     already_done: int = 0  # shard records found in the files at start (resume)
     succeeded: int = 0  # this run
     failed: int = 0  # this run, after retries
@@ -43,6 +44,8 @@ class BatchSummary:
     started_s: float = field(default_factory=time.monotonic)
     wall_s: float = 0.0
     dry_run: bool = False
+    output_path: str = ""  # the files this run wrote, named in the report
+    errors_path: str = ""
     retried_failed: int = 0  # --retry-failed: errors-file records sent again this run
     oversize_requests: int = 0  # estimated above the whole --tpm: each sent alone
 
@@ -83,10 +86,15 @@ def format_summary(summary: BatchSummary) -> str:
         lines += [f"  {_clip(problem)}" for problem in s.problems]
         if s.invalid > len(s.problems):
             lines.append(f"  … and {s.invalid - len(s.problems):,} more")
+    if not s.lines:
+        lines.append("the input has no request (an empty file): nothing to do")
     if s.dry_run:
+        bad = s.to_do - s.to_send
         lines.append(
-            f"dry run: {s.to_do:,} records to do, estimated {s.estimated_tokens:,} "
-            "tokens for the shard (prompt chars/4 + output cap); nothing sent"
+            f"dry run: {s.to_send:,} requests to send"
+            + (f" and {bad:,} invalid lines to write" if bad else "")
+            + f", estimated {s.estimated_tokens:,} tokens for the shard (prompt chars/4 + "
+            "output cap); nothing sent"
         )
     else:
         rate = s.finished / s.wall_s if s.wall_s > 0 else 0.0
@@ -101,6 +109,8 @@ def format_summary(summary: BatchSummary) -> str:
                 f"retries: {s.retries:,}"
             ),
         ]
+        if s.output_path:
+            lines.append(f"output: {s.output_path}; errors: {s.errors_path}")
         if s.repaired_bytes:
             lines.append(f"resume: truncated a torn last line ({s.repaired_bytes} bytes)")
         if s.resumed_failed:

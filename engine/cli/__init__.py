@@ -8,10 +8,12 @@ imports it. The tools' libraries (the `cli` extra) load only with the verb that 
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import engine
 from engine.cli import run
 from engine.errors import ConfigError
 from engine.runtime import require_ray
@@ -144,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="stream-engine",
         description="Async streaming engine for OpenAI-compatible endpoints.",
     )
+    parser.add_argument(
+        "--version", action="version", version=f"stream-engine {engine.__version__}"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run.add_parser(sub)
     _add_mock(sub)
@@ -153,8 +158,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unknown(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> None:
+    """An unknown flag: the verb's own usage (not the top level's) and the closest flags."""
+    actions = parser._actions  # noqa: SLF001 - argparse keeps its subparsers here
+    verbs = next(a for a in actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+    verb: argparse.ArgumentParser = verbs.choices[args.command]
+    # Each flag by its whole name and by its last words: `--retrys` finds `--max-retries`.
+    names: dict[str, str] = {}
+    for action in verb._actions:  # noqa: SLF001
+        for flag in action.option_strings:
+            words = flag.lstrip("-").split("-")
+            for i in range(len(words)):
+                names.setdefault("-".join(words[i:]), flag)
+    hints = []
+    for word in extra:
+        close = difflib.get_close_matches(word.partition("=")[0].lstrip("-"), names, n=1)
+        if word.startswith("-") and close:
+            hints.append(f"{word}: did you mean {names[close[0]]}?")
+    verb.error(
+        f"unrecognized arguments: {' '.join(extra)}" + ("; " + "; ".join(hints) if hints else "")
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        _unknown(parser, args, extra)
     try:
         return int(args.func(args))
     except ConfigError as exc:  # a bad option found late (a CA bundle that cannot be read)

@@ -29,14 +29,15 @@ from engine.batch.runner import BatchConfig, BatchRunner, Endpoint
 from engine.batch.store import StoreWriteError
 from engine.batch.summary import BatchSummary, format_summary
 from engine.cli.options import (
+    add_key_argument,
     add_network_arguments,
     add_timeout_arguments,
     network_from,
     timeouts_from,
 )
-from engine.client import DEFAULT_BASE_URL, RetryPolicy
+from engine.config import DEFAULT_BASE_URL, RetryPolicy, env_api_key, env_base_url
 from engine.errors import ConfigError, JobFailed
-from engine.runtime import env_base_url, run_async
+from engine.runtime import run_async
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE, EXIT_WRITE_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_TERMINATED = 128 + signal.SIGTERM
@@ -74,6 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="endpoint base URL, repeatable (default: $OPENAI_BASE_URL)",
     )
+    add_key_argument(parser)
     parser.add_argument(
         "--api-key-env",
         action="append",
@@ -172,6 +174,21 @@ def _shard(text: str) -> Shard:
 def _endpoints(args: argparse.Namespace) -> list[Endpoint]:
     """One endpoint per (URL, key); with several keys the summary names each by its variable."""
     urls = args.base_url or [env_base_url() or DEFAULT_BASE_URL]
+    if not args.base_url and not env_base_url():
+        if not (args.api_key or args.api_key_env or env_api_key()):
+            raise ConfigError(
+                "no --base-url, no OPENAI_BASE_URL and no API key: set --base-url (or "
+                f"OPENAI_BASE_URL) for your endpoint, or OPENAI_API_KEY for {DEFAULT_BASE_URL}"
+            )
+        if not args.dry_run:
+            sys.stderr.write(
+                f"stream-engine batch: sending to {DEFAULT_BASE_URL} (no --base-url, "
+                "no OPENAI_BASE_URL)\n"
+            )
+    if args.api_key is not None:  # the discouraged flag: one key, named as the flag
+        if args.api_key_env:
+            raise ConfigError("--api-key and --api-key-env do not combine: choose one")
+        return [Endpoint(url, args.api_key) for url in urls]
     names = args.api_key_env or ["OPENAI_API_KEY"]
     keys: list[str | None] = []
     for name in names:

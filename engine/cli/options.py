@@ -15,6 +15,7 @@ from engine.network import NetworkOptions
 
 __all__ = [
     "DEFAULT_MODEL",
+    "add_key_argument",
     "add_network_arguments",
     "add_timeout_arguments",
     "header",
@@ -89,6 +90,17 @@ def timeouts_from(args: argparse.Namespace) -> Timeouts:
 
 def retry_from(args: argparse.Namespace) -> RetryPolicy:
     return RetryPolicy(max_retries=args.max_retries)
+
+
+def add_key_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--api-key, on every verb that sends: accepted, discouraged (argv shows in `ps`)."""
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        metavar="KEY",
+        help="bearer token (default: $OPENAI_API_KEY; prefer the variable: a flag's value "
+        "shows in the process list)",
+    )
 
 
 def add_network_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,6 +12,7 @@ import orjson
 
 from engine.cli.options import (
     DEFAULT_MODEL,
+    add_key_argument,
     add_network_arguments,
     add_timeout_arguments,
     header,
@@ -39,11 +40,34 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="Stream one request. Without --base-url (or OPENAI_BASE_URL)"
         " it runs against the built-in mock endpoint.",
     )
-    p.add_argument("prompt", nargs="?", default="Say hello to stream-engine.")
-    p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--base-url", default=env_base_url())
-    p.add_argument("--endpoint", choices=["responses", "chat", "completions"], default="responses")
-    p.add_argument("--max-output-tokens", type=int, default=None)
+    p.add_argument(
+        "prompt",
+        nargs="?",
+        default="Say hello to stream-engine.",
+        help="what to ask (default: %(default)r)",
+    )
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model name (default: %(default)s)")
+    p.add_argument(
+        "--base-url",
+        default=env_base_url(),
+        help="endpoint base URL, e.g. http://host:8000/v1 (default: $OPENAI_BASE_URL; "
+        "unset: the built-in mock)",
+    )
+    add_key_argument(p)
+    p.add_argument(
+        "--endpoint",
+        choices=["responses", "chat", "completions"],
+        default="responses",
+        help="which API: /responses, /chat/completions or the legacy /completions "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-output-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="cap the answer at N tokens (default: no cap, the server's own)",
+    )
     p.add_argument(
         "--header",
         type=header,
@@ -67,7 +91,8 @@ async def _stream_one(args: argparse.Namespace, base_url: str) -> int:
     out = sys.stdout
     headers = dict(args.header)
     # A server may echo the key into what it streams: nothing printed may show it.
-    secrets = secret_values(env_api_key(), headers)
+    key = args.api_key or env_api_key()
+    secrets = secret_values(key, headers)
 
     def show(event: StreamEvent) -> None:
         if args.raw:
@@ -81,7 +106,11 @@ async def _stream_one(args: argparse.Namespace, base_url: str) -> int:
 
     network = network_from(args, "run").engine_options()
     async with Engine(
-        base_url=base_url, timeouts=timeouts_from(args), retry=retry_from(args), **network
+        base_url=base_url,
+        api_key=key,
+        timeouts=timeouts_from(args),
+        retry=retry_from(args),
+        **network,
     ) as engine:
         try:
             result = await engine.run(
