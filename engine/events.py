@@ -34,7 +34,7 @@ from engine.errors import (
 from engine.sse import MAX_EVENT_BYTES, SSEMessage, SSEParser
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Iterable, Iterator, Sequence
 
 __all__ = [
     "CHAT_CHUNK",
@@ -52,18 +52,49 @@ CHAT_CHUNK = "chat.completion.chunk"
 COMPLETION_CHUNK = "text_completion"  # legacy /v1/completions
 CHOICE_CHUNKS = frozenset({CHAT_CHUNK, COMPLETION_CHUNK})
 TEXT_DELTA = "response.output_text.delta"
-# Responses events that carry a token of some kind, and which kind (see `Delta`).
+# Responses events that carry a token of some kind, and which kind (see `Delta`): every kind
+# of output counts, for TTFT and ITL alike.
 DELTA_KINDS = {
     TEXT_DELTA: "text",
     "response.refusal.delta": "refusal",
     "response.reasoning_text.delta": "reasoning",
     "response.reasoning_summary_text.delta": "reasoning_summary",
     "response.function_call_arguments.delta": "tool_call",
+    "response.custom_tool_call_input.delta": "tool_call",
+    "response.mcp_call_arguments.delta": "tool_call",
+    "response.code_interpreter_call_code.delta": "tool_call",
+    "response.shell_call_command.added": "tool_call",
+    "response.shell_call_command.delta": "tool_call",
+    "response.audio.delta": "audio",
+    "response.audio.transcript.delta": "audio_transcript",
 }
+# The output item a Responses tool-call fragment writes into (its `Delta.call_type`).
+CALL_ITEM_TYPES = {
+    "response.function_call_arguments.delta": "function_call",
+    "response.custom_tool_call_input.delta": "custom_tool_call",
+    "response.mcp_call_arguments.delta": "mcp_call",
+    "response.code_interpreter_call_code.delta": "code_interpreter_call",
+    "response.shell_call_command.added": "shell_call",
+    "response.shell_call_command.delta": "shell_call",
+}
+# A fragment's field when it is not `delta` (a shell command arrives whole, then grows).
+_DELTA_FIELDS = {"response.shell_call_command.added": "command"}
+# Where a fragment sits inside its item: a content part, a summary part, a shell command.
+_PART_FIELDS = ("content_index", "summary_index", "command_index")
 # Chat delta fields, in the kinds of `Delta`. Servers name reasoning two ways (llama.cpp and
-# DeepSeek `reasoning_content`, vLLM and Ollama `reasoning`; some send both, the same text).
+# DeepSeek `reasoning_content`, vLLM and Ollama `reasoning`; OpenRouter adds
+# `reasoning_details`): the first present is the token, the final message keeps every one.
 _CHAT_FIELDS = (("content", "text"), ("refusal", "refusal"))
 REASONING_FIELDS = ("reasoning_content", "reasoning")
+# The text of a whole output item's parts, by part type: an item that arrives whole is a token.
+_PART_KINDS = {
+    "output_text": ("text", "text"),
+    "refusal": ("refusal", "refusal"),
+    "reasoning_text": ("reasoning", "text"),
+    "summary_text": ("reasoning_summary", "text"),
+}
+# A call item's input, under the field its type uses.
+CALL_INPUT_FIELDS = ("arguments", "input", "code")
 TERMINAL_TYPES = frozenset(
     {"response.completed", "response.failed", "response.incomplete", "error"}
 )
@@ -88,10 +119,15 @@ class Dialect(StrEnum):
 class Delta:
     """One token-bearing fragment of an event, the same for every wire format.
 
-    `kind` is "text", "refusal", "reasoning", "reasoning_summary" or "tool_call" (`text` is
-    then the arguments fragment); `index` is the chat choice or the Responses output item.
-    A tool call is named by `call_index` (chat) or `item_id` (Responses); its `call_id` and
-    `name` come with its first fragment (chat) or its `response.output_item.added` (Responses).
+    `kind` is "text", "refusal", "reasoning", "reasoning_summary", "tool_call" (`text` is
+    then the call's input fragment: function arguments, custom tool input, a shell command,
+    code), "audio" (base64 data) or "audio_transcript"; `index` is the chat choice or the
+    Responses output item, `part` the content, summary or command index inside that item.
+    A tool call is named by `call_index` (chat; None when the server sent none) or `item_id`
+    (Responses); its `call_id` and `name` come with its first fragment (chat) or its
+    `response.output_item.added` (Responses); `call_type` is the wire's name for it: chat's
+    "function" / "custom", "function_call" for chat's legacy `delta.function_call`, or the
+    Responses item type ("function_call", "custom_tool_call", "shell_call", ...).
     """
 
     kind: str
@@ -102,6 +138,8 @@ class Delta:
     name: str | None = None
     item_id: str | None = None
     logprobs: list[Any] | None = None
+    part: int = 0
+    call_type: str | None = None
 
 
 class _Sentinel(Enum):
@@ -242,6 +280,9 @@ class StreamEvent:
         if typ == TEXT_DELTA:
             delta = self.data.get("delta")
             return delta if isinstance(delta, str) else None
+        if typ in _WHOLE_TYPES:  # the text of items that arrived whole (see EventDecoder)
+            texts = [d.text for d in self.cached_deltas or () if d.kind == "text"]
+            return "".join(texts) if texts else None
         if typ in CHOICE_CHUNKS:
             choices = _choices(self.data)
             if choices:
@@ -276,7 +317,7 @@ class StreamEvent:
         kind = DELTA_KINDS.get(typ)
         if kind is not None:
             data = self.data
-            text = data.get("delta")
+            text = data.get(_DELTA_FIELDS.get(typ, "delta"))
             if isinstance(text, str):
                 logprobs = data.get("logprobs")
                 yield Delta(
@@ -285,6 +326,8 @@ class StreamEvent:
                     _int(data.get("output_index")),
                     item_id=_str_or_none(data.get("item_id")),
                     logprobs=logprobs if isinstance(logprobs, list) and logprobs else None,
+                    part=_part(data),
+                    call_type=CALL_ITEM_TYPES.get(typ),
                 )
             return
         if typ not in CHOICE_CHUNKS:
@@ -299,37 +342,8 @@ class StreamEvent:
                     yield Delta("text", text, index)
                 continue
             delta = choice.get("delta")
-            if not isinstance(delta, dict):
-                continue
-            logprobs = choice.get("logprobs")
-            for field, kind in _CHAT_FIELDS:
-                text = delta.get(field)
-                if isinstance(text, str) and text:
-                    entries = logprobs.get(field) if isinstance(logprobs, dict) else None
-                    yield Delta(
-                        kind,
-                        text,
-                        index,
-                        logprobs=entries if isinstance(entries, list) and entries else None,
-                    )
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if isinstance(reasoning, str) and reasoning:
-                yield Delta("reasoning", reasoning, index)
-            calls = delta.get("tool_calls")
-            for call in calls if isinstance(calls, list) else ():
-                if not isinstance(call, dict):
-                    continue
-                fn = call.get("function")
-                fn = fn if isinstance(fn, dict) else {}
-                arguments = fn.get("arguments")
-                yield Delta(
-                    "tool_call",
-                    arguments if isinstance(arguments, str) else "",
-                    index,
-                    call_index=_int(call.get("index")),
-                    call_id=_str_or_none(call.get("id")),
-                    name=_str_or_none(fn.get("name")),
-                )
+            if isinstance(delta, dict):
+                yield from _chat_deltas(delta, index, choice.get("logprobs"))
 
     @property
     def sequence_number(self) -> int | None:
@@ -358,7 +372,7 @@ class StreamEvent:
     def error(self) -> StreamError | None:
         """The typed failure this event reports, if any (`error`, `response.failed`)."""
         typ = self.type
-        if typ == "error" or (typ in CHOICE_CHUNKS and "error" in self.data):
+        if typ == "error" or (typ in CHOICE_CHUNKS and _chunk_error(self.data)):
             err = _error_object(self.data.get("error", self.data))
             message = _str_or_none(err.get("message"))
             return ErrorEvent(
@@ -429,10 +443,145 @@ def finish_reasons(data: dict[str, Any]) -> tuple[tuple[int, str], ...]:
     return found
 
 
+def _chat_deltas(delta: dict[str, Any], index: int, logprobs: Any) -> Iterator[Delta]:
+    """The fragments of one chat choice's `delta`: text, refusal, reasoning, audio and every
+    kind of call (tool calls of any type, the legacy `function_call`)."""
+    for field, kind in _CHAT_FIELDS:
+        text = delta.get(field)
+        if isinstance(text, str) and text:
+            entries = logprobs.get(field) if isinstance(logprobs, dict) else None
+            yield Delta(
+                kind,
+                text,
+                index,
+                logprobs=entries if isinstance(entries, list) and entries else None,
+            )
+    reasoning = _reasoning_text(delta)
+    if reasoning:
+        yield Delta("reasoning", reasoning, index)
+    audio = delta.get("audio")
+    if isinstance(audio, dict):
+        for field, kind in (("data", "audio"), ("transcript", "audio_transcript")):
+            text = audio.get(field)
+            if isinstance(text, str) and text:
+                yield Delta(kind, text, index)
+    legacy = delta.get("function_call")
+    if isinstance(legacy, dict):
+        yield _call_delta(legacy, index, None, None, "function_call")
+    calls = delta.get("tool_calls")
+    for call in calls if isinstance(calls, list) else ():
+        if not isinstance(call, dict):
+            continue
+        call_type = call.get("type")
+        if not isinstance(call_type, str):
+            call_type = "custom" if "custom" in call else "function"
+        body = call.get(call_type)
+        call_index = call.get("index")
+        yield _call_delta(
+            body if isinstance(body, dict) else {},
+            index,
+            call_index if type(call_index) is int else None,
+            _str_or_none(call.get("id")),
+            call_type,
+        )
+
+
+def _call_delta(
+    body: dict[str, Any], index: int, call_index: int | None, call_id: str | None, kind: str
+) -> Delta:
+    """A chat call's fragment: its `arguments` (function) or `input` (custom)."""
+    text = next((v for f in CALL_INPUT_FIELDS if isinstance(v := body.get(f), str)), "")
+    return Delta(
+        "tool_call",
+        text,
+        index,
+        call_index=call_index,
+        call_id=call_id,
+        name=_str_or_none(body.get("name")),
+        call_type=kind,
+    )
+
+
+def _reasoning_text(delta: dict[str, Any]) -> str:
+    """A chat delta's reasoning token: the first field a server used, else the text of
+    OpenRouter's `reasoning_details` entries."""
+    for field in REASONING_FIELDS:
+        text = delta.get(field)
+        if isinstance(text, str) and text:
+            return text
+    return "".join(
+        text
+        for entry in _list(delta.get("reasoning_details"))
+        if isinstance(entry, dict)
+        for text in (entry.get("text"), entry.get("summary"))
+        if isinstance(text, str)
+    )
+
+
+def item_deltas(item: Any, index: int) -> tuple[Delta, ...]:
+    """A whole Responses output item as the fragments its deltas would have carried: for a
+    stream that sends items whole (no delta), whose output is then still a token."""
+    if not isinstance(item, dict):
+        return ()
+    item_id = _str_or_none(item.get("id"))
+    kind = item.get("type")
+    if isinstance(kind, str) and kind.endswith("_call"):
+        return (
+            Delta(
+                "tool_call",
+                call_input(item),
+                index,
+                call_id=_str_or_none(item.get("call_id")),
+                name=_str_or_none(item.get("name")),
+                item_id=item_id,
+                call_type=kind,
+            ),
+        )
+    found: list[Delta] = []
+    for field in ("content", "summary"):
+        for part_index, part in enumerate(_list(item.get(field))):
+            known = _PART_KINDS.get(str(part.get("type"))) if isinstance(part, dict) else None
+            if known is not None:
+                text = part.get(known[1])
+                if isinstance(text, str) and text:
+                    found.append(Delta(known[0], text, index, item_id=item_id, part=part_index))
+    return tuple(found)
+
+
+def call_input(item: dict[str, Any]) -> str:
+    """What the model wrote for a call item: its arguments, input or code, else its action
+    (a shell call's commands, a search's query) as JSON."""
+    for field in CALL_INPUT_FIELDS:
+        text = item.get(field)
+        if isinstance(text, str):
+            return text
+    action = item.get("action")
+    return "" if action is None else orjson.dumps(action).decode()
+
+
+def _part(data: dict[str, Any]) -> int:
+    """A Responses fragment's place inside its item (content, summary or command index)."""
+    for field in _PART_FIELDS:
+        value = data.get(field)
+        if type(value) is int:
+            return value
+    return 0
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def _choices(data: dict[str, Any]) -> list[Any]:
     """A chat chunk's `choices`; an odd shape from a server (null, an object) counts as none."""
     choices = data.get("choices")
     return choices if isinstance(choices, list) else []
+
+
+def _chunk_error(data: dict[str, Any]) -> bool:
+    """Whether a chat chunk carries an `error` (OpenRouter and other gateways end a stream
+    that way, with `finish_reason: "error"`): as openai-python, any value but null counts."""
+    return bool(data.get("error"))
 
 
 def _error_object(value: Any) -> dict[str, Any]:
@@ -466,6 +615,13 @@ def _count(value: Any) -> int:
 
 # Event names the reader must look into; any other typed event passes through untouched.
 _SPECIAL = TERMINAL_TYPES | CHOICE_CHUNKS | {"message"}
+# Until a stream's first fragment, an item that arrives whole is looked into too: its output
+# is the first token (a server that sends no deltas, or a built-in tool's call).
+ITEM_DONE = "response.output_item.done"
+_SPECIAL_BEFORE_FRAGMENT = _SPECIAL | {ITEM_DONE}
+_FRAGMENT_TYPES = frozenset(DELTA_KINDS)
+# Events whose fragments, when they have any, are their items' whole output.
+_WHOLE_TYPES = TERMINAL_TYPES | {ITEM_DONE}
 
 
 def events_of(items: Flat, received_ns: int) -> Iterator[StreamEvent]:
@@ -486,13 +642,15 @@ class EventDecoder:
     on, so an event that a handler drops is freed at once. `decode` is the eager form.
     """
 
-    __slots__ = ("dialect", "done", "finish_reason", "terminal")
+    __slots__ = ("dialect", "done", "finish_reason", "fragment_seen", "terminal")
 
     def __init__(self) -> None:
         self.dialect: Dialect | None = None
         self.finish_reason: str | None = None  # chat: the last chunk's reason, once seen
         self.done = False  # `data: [DONE]` seen
-        self.terminal: StreamEvent | None = None
+        self.terminal: StreamEvent | None = None  # also a chat chunk carrying an `error`
+        # A fragment event (a delta) seen: whole items need no look any more.
+        self.fragment_seen = False
 
     @property
     def finished(self) -> bool:
@@ -521,7 +679,11 @@ class EventDecoder:
         """`decode`, lazily: a flat batch in which only the events it had to read are built.
         May return `messages` itself."""
         names = messages[1::3]
-        special = _SPECIAL.intersection(names)
+        if not self.fragment_seen and _FRAGMENT_TYPES.isdisjoint(names):
+            special = _SPECIAL_BEFORE_FRAGMENT.intersection(names)
+        else:  # a fragment in this chunk is as early as an item in it: no look needed
+            self.fragment_seen = True
+            special = _SPECIAL.intersection(names)
         # Events before the first special one pass as they are (all of them, usually).
         plain = min(map(names.index, special)) if special else len(names)
         if self.dialect is None:
@@ -537,7 +699,8 @@ class EventDecoder:
         out: Flat = []
         for raw, name, id_ in triples(messages):
             typ = raw.type if name is None else name  # None: an event built already
-            if typ in _SPECIAL and name is not None:
+            watch = _SPECIAL if self.fragment_seen else _SPECIAL_BEFORE_FRAGMENT
+            if typ in watch and name is not None:
                 if typ == "message" and raw == _DONE:
                     self.done = True  # ends the stream; not an event
                     continue
@@ -547,10 +710,17 @@ class EventDecoder:
                     typ = event.type
                 if typ in TERMINAL_TYPES and self.terminal is None:
                     self.terminal = event
-                elif typ in CHOICE_CHUNKS and self.finish_reason is None:
-                    ends = finish_reasons(event.data)
-                    if ends:
-                        self.finish_reason = ends[0][1]  # the first choice to end
+                    if not self.fragment_seen:
+                        response = event.response or {}
+                        self._whole(event, enumerate(_list(response.get("output"))))
+                elif typ in CHOICE_CHUNKS:
+                    self._chunk(event)
+                elif not self.fragment_seen:
+                    if typ == ITEM_DONE:
+                        data = event.data
+                        self._whole(event, [(_int(data.get("output_index")), data.get("item"))])
+                    elif typ in _FRAGMENT_TYPES:  # an untyped delta (llama.cpp)
+                        self.fragment_seen = True
                 out += (event, None, None)
             else:
                 out += (raw, name, id_)
@@ -558,12 +728,33 @@ class EventDecoder:
                 self._detect(typ)
         return out
 
+    def _chunk(self, event: StreamEvent) -> None:
+        """A chat chunk: an `error` in it ends the stream as an error; else its finish."""
+        data = event.data
+        if _chunk_error(data):
+            if self.terminal is None:
+                self.terminal = event
+        elif self.finish_reason is None:
+            ends = finish_reasons(data)
+            if ends:
+                self.finish_reason = ends[0][1]  # the first choice to end
+
+    def _whole(self, event: StreamEvent, items: Iterable[tuple[int, Any]]) -> None:
+        """Items that arrived whole before any fragment: their output is the event's
+        fragments (the stream's first token, and its text)."""
+        deltas = tuple(d for index, item in items for d in item_deltas(item, index))
+        if any(d.text or d.name for d in deltas):
+            event.cached_deltas = deltas
+            self.fragment_seen = True
+
     def _detect(self, typ: str) -> bool:
         """Set the dialect if this event type tells it; whether it did."""
         if typ == CHAT_CHUNK:
             self.dialect = Dialect.CHAT
+            self.fragment_seen = True  # no whole items in a chat stream
         elif typ == COMPLETION_CHUNK:
             self.dialect = Dialect.COMPLETIONS
+            self.fragment_seen = True
         elif typ.startswith("response."):
             self.dialect = Dialect.RESPONSES
         else:

@@ -543,3 +543,190 @@ def test_odd_choice_shapes_give_no_deltas(choices: list[object]) -> None:
         _, events = decode(untyped({"object": kind, "choices": choices}))
         assert all(not d.text and d.name is None for d in events[0].deltas)
         assert not events[0].has_token
+
+
+# --- every kind of output is a token ------------------------------------------------------
+
+
+def chat_delta(delta: dict[str, object], **choice: object) -> bytes:
+    return untyped({**CHAT, "choices": [{"index": 0, "delta": delta, **choice}]})
+
+
+@pytest.mark.parametrize(
+    ("delta", "expected"),
+    [
+        pytest.param(
+            {"function_call": {"name": "f", "arguments": ""}},
+            [("tool_call", "", None, "f", "function_call")],
+            id="legacy-function-call-name",
+        ),
+        pytest.param(
+            {"function_call": {"arguments": '{"a"'}},
+            [("tool_call", '{"a"', None, None, "function_call")],
+            id="legacy-function-call-arguments",
+        ),
+        pytest.param(
+            {"tool_calls": [{"index": 0, "id": "c", "type": "custom", "custom": {"name": "sql"}}]},
+            [("tool_call", "", 0, "sql", "custom")],
+            id="custom-tool-call",
+        ),
+        pytest.param(
+            {"tool_calls": [{"custom": {"input": "SELECT"}}]},
+            [("tool_call", "SELECT", None, None, "custom")],
+            id="custom-without-type-or-index",
+        ),
+        pytest.param(
+            {"tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{}"}}]},
+            [("tool_call", "{}", None, "f", "function")],
+            id="function-without-index",
+        ),
+        pytest.param(
+            {"audio": {"id": "au_1", "data": "AAA=", "transcript": "Hi"}},
+            [("audio", "AAA=", None, None, None), ("audio_transcript", "Hi", None, None, None)],
+            id="audio",
+        ),
+        pytest.param(
+            {"reasoning": "a", "reasoning_content": "a"},
+            [("reasoning", "a", None, None, None)],
+            id="both-reasoning-names-one-token",
+        ),
+        pytest.param(
+            {"reasoning_details": [{"type": "reasoning.text", "text": "x", "index": 0}, 5]},
+            [("reasoning", "x", None, None, None)],
+            id="openrouter-reasoning-details",
+        ),
+        pytest.param(
+            {"reasoning_details": [{"type": "reasoning.encrypted", "data": "..."}]},
+            [],
+            id="encrypted-reasoning-is-no-token",
+        ),
+    ],
+)
+def test_every_kind_of_chat_output_is_a_token(
+    delta: dict[str, object], expected: list[tuple[object, ...]]
+) -> None:
+    _, events = decode(chat_delta(delta))
+    got = [(d.kind, d.text, d.call_index, d.name, d.call_type) for d in events[0].deltas]
+    assert got == expected
+    assert events[0].has_token is bool(expected)
+
+
+@pytest.mark.parametrize(
+    ("event", "kind", "call_type", "part"),
+    [
+        ("response.custom_tool_call_input.delta", "tool_call", "custom_tool_call", 0),
+        ("response.mcp_call_arguments.delta", "tool_call", "mcp_call", 0),
+        ("response.code_interpreter_call_code.delta", "tool_call", "code_interpreter_call", 0),
+        ("response.shell_call_command.delta", "tool_call", "shell_call", 2),
+        ("response.audio.delta", "audio", None, 0),
+        ("response.audio.transcript.delta", "audio_transcript", None, 0),
+        ("response.reasoning_summary_text.delta", "reasoning_summary", None, 1),
+    ],
+)
+def test_every_kind_of_responses_output_is_a_token(
+    event: str, kind: str, call_type: str | None, part: int
+) -> None:
+    data: dict[str, object] = {"type": event, "output_index": 3, "item_id": "it", "delta": "x"}
+    data["command_index" if "shell" in event else "summary_index"] = part
+    _, events = decode(typed(data))
+    assert events[0].deltas == (Delta(kind, "x", 3, item_id="it", part=part, call_type=call_type),)
+    assert events[0].has_token
+
+
+def test_a_shell_command_that_arrives_whole_is_a_token() -> None:
+    added = {"type": "response.shell_call_command.added", "output_index": 1, "command": "ls"}
+    _, events = decode(typed(added))
+    assert [(d.text, d.call_type) for d in events[0].deltas] == [("ls", "shell_call")]
+
+
+ITEM_DONE = {
+    "type": "response.output_item.done",
+    "output_index": 0,
+    "item": {
+        "id": "msg_1",
+        "type": "message",
+        "content": [
+            {"type": "output_text", "text": "See example."},
+            {"type": "refusal", "refusal": ""},
+            "odd",
+        ],
+    },
+}
+
+
+def test_an_item_that_arrives_whole_is_the_first_token() -> None:
+    """created -> output_item.done(message) -> completed: no delta, yet text and a token."""
+    created = {"type": "response.created", "response": {"id": "r"}}
+    decoder, events = decode(typed(created) + typed(ITEM_DONE) + typed(COMPLETED))
+    done = events[1]
+    assert done.deltas == (Delta("text", "See example.", 0, item_id="msg_1"),)
+    assert done.has_token
+    assert done.text_delta == "See example."
+    assert decoder.fragment_seen
+    assert events[2].deltas == ()  # the terminal repeats what was seen: no second token
+    assert events[2].text_delta is None
+
+
+def test_items_after_a_delta_are_not_tokens_again() -> None:
+    decoder, events = decode(typed(DELTA) + typed(ITEM_DONE))
+    assert decoder.fragment_seen
+    assert events[1].decoded is None  # passed without a look
+    assert events[1].deltas == ()
+
+
+def test_an_untyped_delta_counts_as_the_first_fragment() -> None:
+    decoder, events = decode(untyped(DELTA) + typed(ITEM_DONE))
+    assert decoder.fragment_seen
+    assert not events[1].has_token
+
+
+def test_a_terminal_with_whole_items_is_the_first_token() -> None:
+    output = [
+        {"type": "reasoning", "summary": [{"type": "summary_text", "text": "S"}], "content": []},
+        {"type": "web_search_call", "id": "ws_1", "action": {"type": "search", "query": "q"}},
+        {"type": "custom_tool_call", "call_id": "c", "name": "sql", "input": "SELECT 1"},
+    ]
+    completed = {
+        "type": "response.completed",
+        "response": {"status": "completed", "output": output},
+    }
+    _, events = decode(typed(completed))
+    assert [(d.kind, d.text, d.index, d.call_type) for d in events[0].deltas] == [
+        ("reasoning_summary", "S", 0, None),
+        ("tool_call", '{"type":"search","query":"q"}', 1, "web_search_call"),
+        ("tool_call", "SELECT 1", 2, "custom_tool_call"),
+    ]
+    assert events[0].text_delta is None  # no visible text among them
+
+
+@pytest.mark.parametrize(
+    "item",
+    [None, {"type": "reasoning", "summary": [], "content": []}, {"type": "x_call"}],
+    ids=["not-an-object", "encrypted-reasoning", "call-without-input"],
+)
+def test_an_item_without_output_is_no_token(item: object) -> None:
+    decoder, events = decode(typed({**ITEM_DONE, "item": item}))
+    assert not events[0].has_token
+    assert not decoder.fragment_seen
+
+
+def test_a_chat_chunk_with_an_error_ends_the_stream_as_an_error() -> None:
+    """OpenRouter: an `error` inside a chunk, `finish_reason: "error"`, then [DONE]."""
+    error_chunk = {
+        **CHAT,
+        "error": {"code": 502, "message": "Provider disconnected"},
+        "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}],
+    }
+    decoder, events = decode(untyped(CHAT) + untyped(error_chunk) + untyped(error_chunk))
+    assert decoder.terminal is events[1]  # the first
+    assert decoder.finished
+    assert decoder.finish_reason is None  # not a way to finish
+    error = events[1].error()
+    assert isinstance(error, ErrorEvent)
+    assert (error.server_message, error.code) == ("Provider disconnected", "502")
+
+
+def test_a_chat_chunk_with_a_null_error_is_no_error() -> None:
+    decoder, events = decode(untyped({**CHAT, "error": None}))
+    assert decoder.terminal is None
+    assert events[0].error() is None
