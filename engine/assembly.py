@@ -1,12 +1,19 @@
-"""`ResponseAssembler`: every part of a stream, put back together in one model.
+"""`ResponseAssembler`: every part of a stream, put back together as the official SDK does.
 
-A stream's parts (visible text, refusal, reasoning and its summary, tool calls assembled from
-their argument fragments, logprobs, finish reasons) arrive as `Delta`s of three wire formats.
-They are collected per chat choice (for Responses, the whole output is choice 0) into
-`Choice`s, and the final object is rebuilt in the shape of the endpoint called: what a
-non-streaming call would have returned (`message.tool_calls`, `reasoning_content`, `refusal`,
-`logprobs`, every choice). A Responses stream that ends with its own terminal response is
-taken from it as the server wrote it.
+The rule (docs/sdk-parity.md): the final object equals what openai-python's stream helpers
+assemble from the same bytes, field for field, fields the engine does not know included.
+
+- Chat Completions: each choice's `message` is its deltas merged the SDK's way (strings
+  joined, objects merged, indexed lists merged by `index`: `merge`), the choice's other keys
+  and the envelope come from the first chunk, `usage` and `system_fingerprint` from later
+  ones. Legacy completions are merged the same way (`text`, `logprobs`).
+- Responses: the terminal response as the server wrote it; when it has no `output`, the
+  output is rebuilt from the items (`response.output_item.done`, or an item's deltas).
+
+Where the engine keeps what the SDK drops or raises on, docs/sdk-parity.md says so. The
+per-choice `Choice` (text, refusal, reasoning, every kind of tool call, finish reason) is
+read from that final object, in one shape for every wire format. A stream answered in
+another wire format than the endpoint's (chat chunks on `/responses`) is converted.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from __future__ import annotations
 import time
 from array import array
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from engine._flat import Flat, triples
 from engine.errors import ProtocolError
@@ -23,66 +30,79 @@ from engine.events import (
     COMPLETION_CHUNK,
     DELTA_KINDS,
     NOT_JSON,
+    REASONING_FIELDS,
     TEXT_DELTA,
     Delta,
     Dialect,
     Ending,
     StreamEvent,
     Usage,
+    call_input,
     delta_text,
-    finish_reasons,
 )
+from engine.merge import Pieces, materialized, merge
 
-__all__ = ["MAX_RESPONSE_CHARS", "Choice", "ResponseAssembler", "ToolCall"]
+__all__ = [
+    "MAX_RESPONSE_CHARS",
+    "NO_TERMINAL_EVENT",
+    "Choice",
+    "Pieces",
+    "ResponseAssembler",
+    "ToolCall",
+]
 
 # What one answer may hold in memory (text, reasoning, refusal and tool arguments together):
 # far above any model's output, far below what an endless stream would take.
 MAX_RESPONSE_CHARS = 64 * 1024 * 1024
-# Fragments kept as they came cost ~50 bytes of object each, whatever their length: a flood
-# of 3-character deltas would take 20 times its text. Every FOLD_PIECES of them are joined.
-FOLD_PIECES: Final = 4096
-
-
-class Pieces:
-    """Text fragments, joined every FOLD_PIECES: memory follows the characters, not how
-    finely the server cut them. `pieces` is the unjoined tail (the hot path appends to it)."""
-
-    __slots__ = ("folded", "pieces")
-
-    def __init__(self) -> None:
-        self.pieces: list[str] = []
-        self.folded: list[str] = []  # one string per FOLD_PIECES fragments
-
-    def append(self, text: str) -> None:
-        pieces = self.pieces
-        pieces.append(text)
-        if len(pieces) >= FOLD_PIECES:
-            self.fold()
-
-    def fold(self) -> None:
-        self.folded.append("".join(self.pieces))
-        self.pieces.clear()  # the same list: the hot path's alias stays valid
-
-    def __bool__(self) -> bool:
-        return bool(self.pieces or self.folded)
-
-    def join(self) -> str:
-        return "".join(self.folded) + "".join(self.pieces)
-
-    def joined(self) -> str | None:
-        """The text, or None when nothing came."""
-        return self.join() if self else None
+FOLD_PIECES: Final = Pieces.FOLD  # fragments joined at once (see `Pieces`)
+# `incomplete_reason` of a Responses stream that ended ([DONE]) without its terminal event:
+# kept as a result, where the SDK raises.
+NO_TERMINAL_EVENT: Final = "no_terminal_event"
+_CHATTY = (Dialect.CHAT, Dialect.COMPLETIONS)
+_T = TypeVar("_T")
+# A chat choice's keys the assembler reads itself; any other is carried.
+_CHOICE_KEYS = frozenset({"index", "delta", "finish_reason", "logprobs"})
+_COMPLETION_KEYS = frozenset({"index", "text", "finish_reason", "logprobs"})
+# Responses calls the client must run: a completed response with one ends in `tool_calls`.
+CLIENT_CALLS: Final = frozenset(
+    {
+        "function_call",
+        "custom_tool_call",
+        "shell_call",
+        "local_shell_call",
+        "computer_call",
+        "apply_patch_call",
+    }
+)
+# Where a Responses call item keeps the input its fragments build.
+_CALL_FIELDS = {
+    "function_call": "arguments",
+    "custom_tool_call": "input",
+    "mcp_call": "arguments",
+    "code_interpreter_call": "code",
+}
 
 
 @dataclass(slots=True)
 class ToolCall:
-    """One function call: its id, name and the arguments joined from their fragments."""
+    """One call of any kind: its id, name, input (function arguments, custom tool input,
+    a shell call's action as JSON) and `type`, the wire's name for it (chat's "function" /
+    "custom", "function_call" for chat's legacy `function_call`, or the Responses item type:
+    "function_call", "custom_tool_call", "shell_call", ...)."""
 
     id: str | None
     name: str | None
     arguments: str = ""
+    type: str = "function"
 
     def as_chat(self) -> dict[str, Any]:
+        """The call as a chat `message.tool_calls` entry (converting a Responses item)."""
+        if self.type in ("custom", "custom_tool_call"):
+            return {
+                "id": self.id,
+                "type": "custom",
+                "custom": {"name": self.name, "input": self.arguments},
+            }
         return {
             "id": self.id,
             "type": "function",
@@ -92,57 +112,50 @@ class ToolCall:
 
 @dataclass(slots=True)
 class Choice:
-    """One answer: a chat choice, or (Responses) the whole output."""
+    """One answer: a chat choice, or (Responses) the whole output. `logprobs` is the list of
+    token entries (chat, Responses) or the legacy endpoint's logprobs object."""
 
     index: int
     text: str = ""
     refusal: str | None = None
     reasoning: str | None = None
-    reasoning_summary: str | None = None
+    reasoning_summary: str | None = None  # summary parts joined by a blank line
     tool_calls: list[ToolCall] = field(default_factory=list)
     finish_reason: str | None = None
-    logprobs: list[Any] | None = None
+    logprobs: list[Any] | dict[str, Any] | None = None
 
 
-class _Parts:
-    """What one choice has received so far (fragments, joined once at the end)."""
+class _ChoiceState:
+    """A chat (or legacy) choice so far: its first chunk's keys, its merged message."""
 
-    __slots__ = (
-        "calls",
-        "finish_reason",
-        "logprobs",
-        "reasoning",
-        "reasoning_field",
-        "refusal",
-        "summary",
-        "text",
-    )
+    __slots__ = ("fields", "finish_reason", "logprobs", "message")
 
-    def __init__(self) -> None:
-        self.text = Pieces()
-        self.refusal = Pieces()
-        self.reasoning = Pieces()
-        self.summary = Pieces()
-        self.calls: dict[int | str | None, ToolCall] = {}  # chat call index / Responses item id
-        self.logprobs: list[Any] = []
-        self.finish_reason: str | None = None
-        self.reasoning_field = "reasoning_content"
+    def __init__(self, choice: dict[str, Any], body: str) -> None:
+        # The first chunk's keys in their order, as openai-python keeps them (copied: later
+        # chunks' unknown keys merge into them).
+        self.fields: dict[str, Any] = {}
+        merge(self.fields, {k: None if k == body else v for k, v in choice.items()})
+        self.finish_reason: Any = None
+        self.logprobs: Any = None
+        self.message: dict[str, Any] = {}
 
-    def choice(self, index: int, text: str) -> Choice:
-        return Choice(
-            index,
-            text,
-            self.refusal.joined(),
-            self.reasoning.joined(),
-            self.summary.joined(),
-            list(self.calls.values()),
-            self.finish_reason,
-            self.logprobs or None,
-        )
-
-
-def _joined(parts: list[str]) -> str | None:
-    return "".join(parts) if parts else None
+    def add_logprobs(self, logprobs: Any, *, first: bool) -> None:
+        """Chat's logprobs as the SDK gathers them: the first object, then its `content` and
+        `refusal` lists extended."""
+        if not isinstance(logprobs, dict):
+            return
+        mine = self.logprobs
+        if mine is None:
+            keys = logprobs if first else ("content", "refusal")
+            self.logprobs = {k: _copied(logprobs.get(k)) for k in keys}
+            return
+        for key in ("content", "refusal"):
+            entries = logprobs.get(key)
+            if isinstance(entries, list) and entries:
+                if isinstance(mine.get(key), list):
+                    mine[key].extend(entries)
+                else:
+                    mine[key] = list(entries)
 
 
 class ResponseAssembler:
@@ -150,14 +163,20 @@ class ResponseAssembler:
     (see the module docstring); `choices` holds every part, for every wire format."""
 
     __slots__ = (
+        "_annotations",
+        "_choices",
+        "_done",
+        "_fragments",
+        "_items",
         "_left",
-        "_parts",
+        "_parts_added",
         "created",
         "dialect",
         "first_text_ns",
         "max_chars",
         "meta",
         "parts",
+        "raw_usage",
         "shape",
         "terminal",
         "token_times_ns",
@@ -170,17 +189,24 @@ class ResponseAssembler:
         self.shape = shape
         self.max_chars = max_chars
         self._left = max_chars  # counted down as fragments arrive
-        self.parts = Pieces()  # choice 0's visible text
+        self.parts = Pieces()  # Responses: every output_text delta
         # Arrival of every event that carried a token of any kind: TTFT and ITL for free
         # (8 bytes each: an int object would take 32 and its list slot 8 more).
         self.token_times_ns = array("q")
         self.first_text_ns: int | None = None  # the first visible text
         self.usage: Usage | None = None
+        self.raw_usage: Any = None  # chat: the latest `usage` as the server sent it
         self.created: dict[str, Any] | None = None  # response object of response.created
         self.terminal: dict[str, Any] | None = None
-        self.meta: dict[str, Any] = {}  # id/model/created of chat chunks
+        self.meta: dict[str, Any] = {}  # chat: the first chunk's envelope
         self.dialect: Dialect | None = None
-        self._parts: dict[int, _Parts] = {0: _Parts()}
+        self._choices: dict[int, _ChoiceState] = {}
+        # Responses: items by output index, those done, and the fragments of the others.
+        self._items: dict[int, dict[str, Any]] = {}
+        self._done: set[int] = set()
+        self._fragments: dict[tuple[int, str, int], Pieces] = {}
+        self._parts_added: dict[tuple[int, int], dict[str, Any]] = {}
+        self._annotations: dict[tuple[int, int], list[Any]] = {}
 
     def __call__(self, event: StreamEvent) -> None:
         typ = event.type
@@ -191,15 +217,7 @@ class ResponseAssembler:
             self._choice_chunk(event)
         elif typ.startswith("response."):
             self.dialect = Dialect.RESPONSES
-            if typ in DELTA_KINDS:
-                self._add(event.deltas, event.received_ns, responses=True)
-            elif typ == "response.output_item.added":
-                self._item(event.data.get("item"))
-            elif typ == "response.created":
-                self.created = event.response  # read now: a malformed one is a ProtocolError
-            elif event.is_terminal:
-                self.terminal = event.response
-                self.usage = event.usage
+            self._responses_event(event)
 
     def add_chunk(self, items: Flat, received_ns: int) -> None:
         """One chunk's events in the engine's flat layout (`engine._flat`), as `__call__`
@@ -236,62 +254,13 @@ class ResponseAssembler:
             if self._left < 0:
                 self._too_big()
 
-    def _choice_chunk(self, event: StreamEvent) -> None:
-        data = event.data
-        if not self.meta:
-            self.meta = {k: data[k] for k in ("id", "model", "created") if k in data}
-        usage = Usage.from_payload(data.get("usage"))
-        if usage is not None:
-            self.usage = usage
-        for index, reason in finish_reasons(data):
-            self._choice(index).finish_reason = reason
-        deltas = event.deltas
-        self._add(deltas, event.received_ns, responses=False)
-        if deltas and deltas[0].kind == "reasoning":  # the server's name for the field
-            choices = data.get("choices")
-            first = choices[0] if isinstance(choices, list) and choices else None
-            delta = first.get("delta") if isinstance(first, dict) else None
-            if isinstance(delta, dict) and "reasoning_content" not in delta:
-                self._choice(deltas[0].index).reasoning_field = "reasoning"
-
-    def _choice(self, index: int) -> _Parts:
-        parts = self._parts.get(index)
-        if parts is None:
-            parts = self._parts[index] = _Parts()
-        return parts
-
-    def _add(self, deltas: tuple[Delta, ...], received_ns: int, *, responses: bool) -> None:
-        """Sort fragments into their choices (all of a Responses output is choice 0)."""
-        token = False
-        for d in deltas:
-            index = 0 if responses else d.index
-            kind = d.kind
-            if kind == "text":
-                if index == 0:
-                    self.parts.append(d.text)
-                    if self.first_text_ns is None and d.text:
-                        self.first_text_ns = received_ns
-                else:
-                    self._choice(index).text.append(d.text)
-                if d.logprobs:
-                    self._choice(index).logprobs.extend(d.logprobs)
-            elif kind == "tool_call":
-                parts = self._choice(index)
-                key = d.item_id if responses else d.call_index
-                call = parts.calls.get(key)
-                if call is None:
-                    call = parts.calls[key] = ToolCall(d.call_id, d.name)
-                call.id = call.id or d.call_id
-                call.name = call.name or d.name
-                call.arguments += d.text
-            else:
-                getattr(
-                    self._choice(index), "summary" if kind == "reasoning_summary" else kind
-                ).append(d.text)
-            token = token or bool(d.text or d.name)
-            self._left -= len(d.text)
-        if token:
+    def _tokens(self, deltas: tuple[Delta, ...], received_ns: int, size: int) -> None:
+        """An event's fragments: its arrival is a token's when any carries one."""
+        if any(d.text or d.name for d in deltas):
             self.token_times_ns.append(received_ns)
+            if self.first_text_ns is None and any(d.kind == "text" and d.text for d in deltas):
+                self.first_text_ns = received_ns
+        self._left -= size
         if self._left < 0:
             self._too_big()
 
@@ -301,65 +270,308 @@ class ResponseAssembler:
             "; an endless stream is cut here rather than exhaust memory"
         )
 
-    def _item(self, item: Any) -> None:
-        """A Responses function call announced: its call id and name, before the arguments."""
-        if isinstance(item, dict) and item.get("type") == "function_call":
-            key = item.get("id")
-            self._choice(0).calls[str(key) if key is not None else None] = ToolCall(
-                _str(item.get("call_id")), _str(item.get("name"))
+    # --- chat and legacy completions -----------------------------------------------------
+
+    def _choice_chunk(self, event: StreamEvent) -> None:
+        data = event.data
+        if not self.meta:
+            self.meta = {k: v for k, v in data.items() if k not in ("choices", "obfuscation")}
+        elif data.get("system_fingerprint") is not None:
+            self.meta["system_fingerprint"] = data["system_fingerprint"]
+        usage = data.get("usage")
+        if usage is not None:
+            self.raw_usage = usage
+            self.usage = Usage.from_payload(usage)
+        legacy = self.dialect is Dialect.COMPLETIONS
+        size = 0
+        choices = data.get("choices")
+        for choice in choices if isinstance(choices, list) else ():
+            if isinstance(choice, dict):
+                size += self._merge_choice(choice, legacy=legacy)
+        self._tokens(event.deltas, event.received_ns, size)
+
+    def _merge_choice(self, choice: dict[str, Any], *, legacy: bool) -> int:
+        """One choice of a chunk into its state; returns the characters it added."""
+        index = choice.get("index")
+        index = index if type(index) is int else 0
+        state = self._choices.get(index)
+        first = state is None
+        if state is None:
+            state = self._choices[index] = _ChoiceState(choice, "text" if legacy else "delta")
+        if legacy:
+            body: dict[str, Any] = {k: choice[k] for k in ("text", "logprobs") if k in choice}
+        else:
+            delta = choice.get("delta")
+            body = delta if isinstance(delta, dict) else {}
+            state.add_logprobs(choice.get("logprobs"), first=first)
+        size = merge(state.message, body)
+        reason = choice.get("finish_reason")
+        if reason:
+            state.finish_reason = reason
+        if not first:  # keys the SDK would drop after the first chunk are carried
+            extra = choice.keys() - (_COMPLETION_KEYS if legacy else _CHOICE_KEYS)
+            if extra:
+                size += merge(state.fields, {k: choice[k] for k in extra})
+        return size
+
+    def _state_choice(self, index: int, state: _ChoiceState) -> Choice:
+        """A chat or legacy choice, read from its merged message."""
+        message = materialized(state.message)
+        if self.dialect is Dialect.COMPLETIONS:
+            return Choice(
+                index,
+                _str_or(message.get("text"), ""),
+                finish_reason=state.finish_reason,
+                logprobs=message.get("logprobs"),
             )
+        calls: list[ToolCall] = []
+        legacy = message.get("function_call")
+        if isinstance(legacy, dict):
+            calls.append(_chat_call(legacy, None, "function_call"))
+        for call in _list(message.get("tool_calls")):
+            if isinstance(call, dict):
+                kind = _str_or(call.get("type"), "custom" if "custom" in call else "function")
+                body = call.get(kind)
+                calls.append(
+                    _chat_call(body if isinstance(body, dict) else {}, _str(call.get("id")), kind)
+                )
+        logprobs = state.logprobs.get("content") if isinstance(state.logprobs, dict) else None
+        return Choice(
+            index,
+            _str_or(message.get("content"), ""),
+            _str_or(message.get("refusal"), None),
+            _chat_reasoning(message),
+            None,
+            calls,
+            state.finish_reason,
+            logprobs or None,
+        )
+
+    def _choices_response(self) -> dict[str, Any]:
+        """The chat.completion (or text_completion) openai-python assembles."""
+        legacy = self.dialect is Dialect.COMPLETIONS
+        out: dict[str, Any] = materialized(self.meta)
+        out["object"] = "text_completion" if legacy else "chat.completion"
+        choices = []
+        for _, state in sorted(self._choices.items()):
+            choice = materialized(state.fields)
+            message = materialized(state.message)
+            choice["finish_reason"] = state.finish_reason
+            if legacy:
+                choice["text"] = _str_or(message.get("text"), "")
+                choice["logprobs"] = message.get("logprobs")
+            else:
+                del choice["delta"]
+                message.setdefault("content", None)
+                message.setdefault("refusal", None)
+                choice["logprobs"] = state.logprobs
+                choice["message"] = message
+            choices.append(choice)
+        out["choices"] = choices
+        out["usage"] = self.raw_usage
+        return out
+
+    # --- Responses -------------------------------------------------------------------------
+
+    def _responses_event(self, event: StreamEvent) -> None:
+        typ = event.type
+        if typ in DELTA_KINDS:
+            self._fragment(event)
+        elif typ == "response.output_item.added":
+            data = event.data
+            item = data.get("item")
+            if isinstance(item, dict):
+                self._items[_index(data.get("output_index"))] = item
+        elif typ == "response.output_item.done":
+            data = event.data
+            item = data.get("item")
+            if isinstance(item, dict):
+                index = _index(data.get("output_index"))
+                self._items[index] = item
+                self._done.add(index)
+            self._whole(event)
+        elif typ == "response.content_part.added":
+            data = event.data
+            part = data.get("part")
+            if isinstance(part, dict):
+                where = (_index(data.get("output_index")), _index(data.get("content_index")))
+                self._parts_added[where] = part
+        elif typ == "response.output_text.annotation.added":
+            data = event.data
+            where = (_index(data.get("output_index")), _index(data.get("content_index")))
+            self._annotations.setdefault(where, []).append(data.get("annotation"))
+        elif typ == "response.created":
+            self.created = event.response  # read now: a malformed one is a ProtocolError
+        elif event.is_terminal:
+            self.terminal = event.response
+            self.usage = event.usage
+            self._whole(event)
+
+    def _fragment(self, event: StreamEvent) -> None:
+        """A Responses delta other than text: kept per item, for an item never done."""
+        deltas = event.deltas
+        size = 0
+        for d in deltas:
+            size += len(d.text)
+            if d.kind.startswith("audio"):
+                continue  # a token, but no part of any output item
+            key = (d.index, d.kind, d.part)
+            pieces = self._fragments.get(key)
+            if pieces is None:
+                pieces = self._fragments[key] = Pieces()
+                if d.index not in self._items:  # a delta without its item: a stand-in
+                    self._items[d.index] = _stand_in(d)
+            pieces.append(d.text)
+        self._tokens(deltas, event.received_ns, size)
+
+    def _whole(self, event: StreamEvent) -> None:
+        """Items that came whole, with no delta before them: their text and token."""
+        deltas = event.cached_deltas
+        if deltas:
+            for d in deltas:
+                if d.kind == "text":
+                    self.parts.append(d.text)
+            self._tokens(deltas, event.received_ns, sum(len(d.text) for d in deltas))
+
+    def _output(self) -> list[Any]:
+        """The final output: the terminal response's, else rebuilt from the items."""
+        terminal = self.terminal
+        if terminal is not None and isinstance(terminal.get("output"), list):
+            return terminal["output"]  # type: ignore[no-any-return]
+        return self._rebuilt_output()
+
+    def _rebuilt_output(self) -> list[Any]:
+        """The items as `response.output_item.done` gave them; an item never done is its
+        `output_item.added` with its deltas in (the message's text: what the done ones do
+        not hold)."""
+        items = dict(self._items)
+        messages = [i for i in sorted(items) if items[i].get("type") == "message"]
+        text = self.parts.join()
+        if text and not messages:
+            index = max(items, default=-1) + 1
+            items[index] = _stand_in(Delta("text", "", index))
+            messages.append(index)
+        done_text = "".join(_output_text(items[i]) for i in messages if i in self._done)
+        rest = text.removeprefix(done_text)
+        open_messages = [i for i in messages if i not in self._done]
+        last = open_messages[-1] if open_messages else None
+        return [
+            items[i] if i in self._done else self._filled(i, items[i], rest if i == last else "")
+            for i in sorted(items)
+        ]
+
+    def _filled(self, index: int, item: dict[str, Any], text: str) -> dict[str, Any]:
+        """An item never done, with what its deltas said."""
+        item = dict(item)
+        kind = item.get("type")
+        frags = sorted(
+            (key[1:], pieces.join()) for key, pieces in self._fragments.items() if key[0] == index
+        )
+        if kind == "message":
+            item["content"] = self._message_content(index, text, frags)
+        elif kind == "reasoning":
+            for name, part_type, frag_kind in (
+                ("content", "reasoning_text", "reasoning"),
+                ("summary", "summary_text", "reasoning_summary"),
+            ):
+                found = [{"type": part_type, "text": t} for (k, _), t in frags if k == frag_kind]
+                item[name] = found or _list(item.get(name))
+        elif kind == "shell_call":
+            commands = [t for (k, _), t in frags if k == "tool_call"]
+            if commands:
+                action = item.get("action")
+                item["action"] = {
+                    **(action if isinstance(action, dict) else {}),
+                    "commands": commands,
+                }
+        elif kind in _CALL_FIELDS:
+            name = _CALL_FIELDS[kind]
+            item[name] = _str_or(item.get(name), "") + "".join(t for _, t in frags)
+        return item
+
+    def _message_content(
+        self, index: int, text: str, frags: list[tuple[tuple[str, int], str]]
+    ) -> list[dict[str, Any]]:
+        parts = {ci: dict(p) for (i, ci), p in self._parts_added.items() if i == index}
+        for (kind, ci), refusal in frags:
+            if kind == "refusal":
+                parts.setdefault(ci, {"type": "refusal"})["refusal"] = refusal
+        texts = [ci for ci in sorted(parts) if parts[ci].get("type") == "output_text"]
+        if text and not texts:
+            ci = 0 if 0 not in parts else max(parts) + 1
+            parts[ci] = {"type": "output_text", "logprobs": []}
+            texts = [ci]
+        for ci in texts:
+            part = parts[ci]
+            part["text"] = _str_or(part.get("text"), "") + (text if ci == texts[0] else "")
+            part["annotations"] = self._annotations.get((index, ci), _list(part.get("annotations")))
+        return [parts[ci] for ci in sorted(parts)]
 
     # --- the results ---------------------------------------------------------------------
 
     @property
     def text(self) -> str:
-        return self.parts.join()
+        """Choice 0's visible text."""
+        return self.choices[0].text
 
     @property
     def choices(self) -> list[Choice]:
-        """Every choice, by index; for Responses, the output (from the server's terminal
-        response when it sent one)."""
-        if self.terminal is not None and self.dialect is Dialect.RESPONSES:
-            return [_choice_of_output(self.terminal.get("output"), self.text)]
-        return [
-            parts.choice(i, self.text if i == 0 else parts.text.join())
-            for i, parts in sorted(self._parts.items())
-        ]
+        """Every choice, by index; for Responses, the output (see `_output`)."""
+        if self.dialect in _CHATTY:
+            return [self._state_choice(i, s) for i, s in sorted(self._choices.items())] or [
+                Choice(0)
+            ]
+        return [_choice_of_output(self._output(), self.parts)]
 
     @property
     def ending(self) -> Ending:
-        """How the stream ended (choice 0's finish reason, or the terminal response)."""
-        finish = self._parts[0].finish_reason
-        if self.terminal is None and (
-            self.dialect in (Dialect.CHAT, Dialect.COMPLETIONS) or finish
-        ):
-            return Ending.from_finish(finish)
+        """How the stream ended: choice 0's finish reason, or the terminal response (none:
+        incomplete, `NO_TERMINAL_EVENT`)."""
+        if self.dialect in _CHATTY:
+            state = self._choices.get(0)
+            return Ending.from_finish(None if state is None else state.finish_reason)
+        if self.terminal is None:
+            return Ending("incomplete", NO_TERMINAL_EVENT, None)
         ending = Ending.from_response(self.terminal)
-        if ending.status == "completed" and self._made_tool_calls():
+        if ending.status == "completed" and any(
+            isinstance(item, dict) and item.get("type") in CLIENT_CALLS for item in self._output()
+        ):
             return Ending("completed", None, "tool_calls")  # chat's word for it
         return ending
 
-    def _made_tool_calls(self) -> bool:
-        """Whether the output has a function call (without building the choices: a join of
-        every part, which the answer's size makes expensive)."""
-        if self.terminal is not None:
-            return any(
-                isinstance(item, dict) and item.get("type") == "function_call"
-                for item in _list(self.terminal.get("output"))
-            )
-        return bool(self._parts[0].calls)
-
     def response(self, choices: list[Choice] | None = None) -> dict[str, Any]:
-        """The final object: the server's terminal response, or assembled from the events.
-        `choices`: what `choices` returned, when the caller has it already (no second join)."""
-        if self.shape is not Dialect.RESPONSES:
-            built = self.choices if choices is None else choices
-            if self.shape is Dialect.CHAT:
-                return self._chat_completion(built)
-            return self._text_completion(built)
-        if self.terminal is not None:
-            return self.terminal
-        return self._responses_object((self.choices if choices is None else choices)[0])
+        """The final object in the shape of the endpoint called (see the module docstring).
+        `choices`: what `choices` returned, when the caller has it already."""
+        chatty = self.dialect in _CHATTY
+        if self.shape is Dialect.RESPONSES:
+            if chatty:  # chat chunks on /responses: converted
+                return self._responses_object((self.choices if choices is None else choices)[0])
+            return self._responses_response()
+        if chatty and (self.shape is Dialect.CHAT) == (self.dialect is Dialect.CHAT):
+            return self._choices_response()
+        built = self.choices if choices is None else choices
+        if self.shape is Dialect.CHAT:
+            return self._chat_completion(built)
+        return self._text_completion(built)
+
+    def _responses_response(self) -> dict[str, Any]:
+        terminal = self.terminal
+        if terminal is not None:
+            if isinstance(terminal.get("output"), list):
+                return terminal
+            return {**terminal, "output": self._rebuilt_output()}
+        base = dict(self.created or {})
+        base.setdefault("id", "")
+        base.setdefault("object", "response")
+        base.setdefault("created_at", int(time.time()))
+        base.setdefault("status", "in_progress")  # what the server last said
+        base.setdefault("model", "")
+        base.setdefault("incomplete_details", None)
+        base["output"] = self._rebuilt_output()
+        base.setdefault("usage", None)
+        return base
+
+    # --- another wire format than the endpoint's -----------------------------------------
 
     def _meta(self) -> dict[str, Any]:
         if self.meta:
@@ -377,6 +589,7 @@ class ResponseAssembler:
         return choice.finish_reason or "stop"
 
     def _chat_completion(self, choices: list[Choice]) -> dict[str, Any]:
+        """A Responses stream as a chat.completion."""
         meta = self._meta()
         out = []
         for choice in choices:
@@ -389,16 +602,16 @@ class ResponseAssembler:
                 "refusal": choice.refusal,
             }
             if choice.reasoning is not None:
-                field_name = self._parts.get(choice.index, self._parts[0]).reasoning_field
-                message[field_name] = choice.reasoning
+                message["reasoning_content"] = choice.reasoning
             if choice.tool_calls:
                 message["tool_calls"] = [call.as_chat() for call in choice.tool_calls]
+            logprobs = choice.logprobs
             out.append(
                 {
                     "index": choice.index,
                     "message": message,
                     "finish_reason": self._finish(choice),
-                    "logprobs": None if choice.logprobs is None else {"content": choice.logprobs},
+                    "logprobs": {"content": logprobs} if isinstance(logprobs, list) else None,
                 }
             )
         return {
@@ -411,6 +624,7 @@ class ResponseAssembler:
         }
 
     def _text_completion(self, choices: list[Choice]) -> dict[str, Any]:
+        """Another wire format's stream as a text_completion."""
         meta = self._meta()
         return {
             "id": meta.get("id"),
@@ -430,29 +644,141 @@ class ResponseAssembler:
         }
 
     def _responses_object(self, choice: Choice) -> dict[str, Any]:
+        """A chat stream (chat chunks on `/responses`) as a Responses object."""
         ending = self.ending
-        status = ending.status
-        base = dict(self.created or {})
         meta = self._meta()
-        base.setdefault("id", meta.get("id") or "")
-        base.setdefault("object", "response")
-        base.setdefault("created_at", meta.get("created") or int(time.time()))
-        base.setdefault("model", meta.get("model") or "")
-        base["status"] = status
-        base["incomplete_details"] = (
-            None if ending.incomplete_reason is None else {"reason": ending.incomplete_reason}
-        )
-        base["output"] = _output_of(choice, status)
-        base["usage"] = self.usage.as_dict() if self.usage else None
-        return base
+        return {
+            "id": meta.get("id") or "",
+            "object": "response",
+            "created_at": meta.get("created") or int(time.time()),
+            "model": meta.get("model") or "",
+            "status": ending.status,
+            "incomplete_details": None
+            if ending.incomplete_reason is None
+            else {"reason": ending.incomplete_reason},
+            "output": _output_of(choice, ending.status),
+            "usage": self.usage.as_dict() if self.usage else None,
+        }
 
 
 def _str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def _str_or(value: Any, default: _T) -> str | _T:
+    return value if isinstance(value, str) else default
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _index(value: Any) -> int:
+    return value if type(value) is int else 0
+
+
+def _copied(value: Any) -> Any:
+    return list(value) if isinstance(value, list) else value
+
+
+def _chat_call(body: dict[str, Any], call_id: str | None, kind: str) -> ToolCall:
+    """A merged chat call: a function's arguments, a custom tool's input."""
+    return ToolCall(call_id, _str(body.get("name")), call_input(body), kind)
+
+
+def _chat_reasoning(message: dict[str, Any]) -> str | None:
+    """A chat message's reasoning, under the first name the server used for it."""
+    for name in REASONING_FIELDS:
+        text = message.get(name)
+        if isinstance(text, str):
+            return text
+    details = [
+        text
+        for entry in _list(message.get("reasoning_details"))
+        if isinstance(entry, dict)
+        for text in (entry.get("text"), entry.get("summary"))
+        if isinstance(text, str)
+    ]
+    return "".join(details) if details else None
+
+
+def _stand_in(d: Delta) -> dict[str, Any]:
+    """The item a delta belongs to when its `output_item.added` never came."""
+    item_id = d.item_id or ""
+    if d.kind in ("text", "refusal"):
+        return {
+            "id": item_id,
+            "type": "message",
+            "status": "in_progress",
+            "content": [],
+            "role": "assistant",
+        }
+    if d.kind.startswith("reasoning"):
+        return {"id": item_id, "type": "reasoning", "summary": [], "content": []}
+    return {"id": item_id, "type": d.call_type or "function_call", "status": "in_progress"}
+
+
+def _output_text(item: dict[str, Any]) -> str:
+    """A message item's visible text (the SDK's `output_text`)."""
+    return "".join(
+        part["text"]
+        for part in _list(item.get("content"))
+        if isinstance(part, dict)
+        and part.get("type") == "output_text"
+        and isinstance(part.get("text"), str)
+    )
+
+
+def _call_of(item: dict[str, Any]) -> ToolCall | None:
+    """The call an output item makes, if it is one (`*_call`, any tool)."""
+    kind = item.get("type")
+    if not isinstance(kind, str) or not kind.endswith("_call"):
+        return None
+    name = _str(item.get("name")) or kind.removesuffix("_call")
+    return ToolCall(_str(item.get("call_id") or item.get("id")), name, call_input(item), kind)
+
+
+def _choice_of_output(output: list[Any], deltas: Pieces) -> Choice:
+    """The one choice of a Responses output. Its text is the SDK's `output_text`, or the text
+    deltas' when the output holds no message (a gateway's empty `output`)."""
+    choice = Choice(0)
+    texts: list[str] = []
+    refusal: list[str] = []
+    reasoning: list[str] = []
+    summary: list[str] = []
+    logprobs: list[Any] = []
+    has_message = False
+    for item in output:
+        if not isinstance(item, dict):
+            continue
+        call = _call_of(item)
+        if call is not None:
+            choice.tool_calls.append(call)
+            continue
+        has_message = has_message or item.get("type") == "message"
+        for part in _list(item.get("content")) + _list(item.get("summary")):
+            if not isinstance(part, dict):
+                continue
+            ptype = part.get("type")
+            if ptype == "output_text":
+                texts.append(_str_or(part.get("text"), ""))
+                logprobs.extend(_list(part.get("logprobs")))
+            elif ptype == "refusal":
+                refusal.append(_str_or(part.get("refusal"), ""))
+            elif ptype == "reasoning_text":
+                reasoning.append(_str_or(part.get("text"), ""))
+            elif ptype == "summary_text":
+                summary.append(_str_or(part.get("text"), ""))
+    choice.text = "".join(texts) if has_message else deltas.join()
+    choice.refusal = "".join(refusal) if refusal else None
+    choice.reasoning = "".join(reasoning) if reasoning else None
+    choice.reasoning_summary = "\n\n".join(summary) if summary else None
+    choice.logprobs = logprobs or None
+    return choice
+
+
 def _output_of(choice: Choice, status: str) -> list[dict[str, Any]]:
-    """Responses output items for an assembled choice: reasoning, message, function calls."""
+    """Responses output items for a choice of another wire format: reasoning, message, calls."""
     items: list[dict[str, Any]] = []
     if choice.reasoning is not None or choice.reasoning_summary is not None:
         items.append(
@@ -474,7 +800,7 @@ def _output_of(choice: Choice, status: str) -> list[dict[str, Any]]:
                 "type": "output_text",
                 "text": choice.text,
                 "annotations": [],
-                "logprobs": choice.logprobs or [],
+                "logprobs": choice.logprobs if isinstance(choice.logprobs, list) else [],
             }
         )
     if choice.refusal is not None:
@@ -483,58 +809,16 @@ def _output_of(choice: Choice, status: str) -> list[dict[str, Any]]:
         items.append(
             {"type": "message", "id": "", "status": status, "role": "assistant", "content": content}
         )
-    items.extend(
-        {
-            "type": "function_call",
-            "id": "",
-            "call_id": call.id,
-            "name": call.name,
-            "arguments": call.arguments,
-            "status": "completed",
-        }
-        for call in choice.tool_calls
-    )
+    for call in choice.tool_calls:
+        custom = call.type in ("custom", "custom_tool_call")
+        items.append(
+            {
+                "type": "custom_tool_call" if custom else "function_call",
+                "id": "",
+                "call_id": call.id,
+                "name": call.name,
+                "input" if custom else "arguments": call.arguments,
+                "status": "completed",
+            }
+        )
     return items
-
-
-def _choice_of_output(output: Any, text: str) -> Choice:
-    """The one choice of a Responses output, read from the server's own items."""
-    choice = Choice(0, text)
-    refusal: list[str] = []
-    reasoning: list[str] = []
-    summary: list[str] = []
-    logprobs: list[Any] = []
-    for item in output if isinstance(output, list) else ():
-        if not isinstance(item, dict):
-            continue
-        kind = item.get("type")
-        if kind == "function_call":
-            choice.tool_calls.append(
-                ToolCall(
-                    _str(item.get("call_id")),
-                    _str(item.get("name")),
-                    str(item.get("arguments") or ""),
-                )
-            )
-            continue
-        for part in _list(item.get("content")) + _list(item.get("summary")):
-            if not isinstance(part, dict):
-                continue
-            ptype = part.get("type")
-            if ptype == "refusal":
-                refusal.append(str(part.get("refusal") or ""))
-            elif ptype == "reasoning_text":
-                reasoning.append(str(part.get("text") or ""))
-            elif ptype == "summary_text":
-                summary.append(str(part.get("text") or ""))
-            elif ptype == "output_text":
-                logprobs.extend(_list(part.get("logprobs")))
-    choice.refusal = _joined(refusal)
-    choice.reasoning = _joined(reasoning)
-    choice.reasoning_summary = _joined(summary)
-    choice.logprobs = logprobs or None
-    return choice
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []

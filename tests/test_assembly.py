@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from engine.assembly import ResponseAssembler, ToolCall
-from engine.events import Delta, Dialect, EventDecoder, StreamEvent
+from engine.assembly import NO_TERMINAL_EVENT, ResponseAssembler, ToolCall
+from engine.events import Delta, Dialect, Ending, EventDecoder, StreamEvent
 from engine.handlers import Callback
 
 
@@ -86,7 +86,8 @@ def test_chat_tool_calls_are_assembled_from_their_fragments() -> None:
     ]
     message = asm.response()["choices"][0]
     assert message["message"]["content"] is None  # as a non-streaming call returns it
-    assert message["message"]["tool_calls"][1] == {
+    assert message["message"]["tool_calls"][1] == {  # merged as openai-python merges them
+        "index": 1,
         "id": "call_b",
         "type": "function",
         "function": {"name": "get_time", "arguments": '{"tz": "CET"}'},
@@ -138,7 +139,7 @@ def test_chat_refusal_and_logprobs() -> None:
     )
     choice = asm.response()["choices"][0]
     assert choice["message"]["refusal"] == "I can't help."
-    assert choice["logprobs"] == {"content": [lp]}
+    assert choice["logprobs"] == {"content": [lp], "refusal": [lp]}
 
 
 def test_several_choices_each_with_its_text_and_finish_reason() -> None:
@@ -213,26 +214,42 @@ RESPONSES_TOOL = [
 
 
 def test_responses_parts_without_a_terminal_event_are_assembled() -> None:
-    """A gateway that ends with [DONE] and no response.completed loses nothing."""
+    """A gateway that ends with [DONE] and no response.completed loses nothing: each item is
+    its `output_item.added` (or a stand-in) with its deltas in, and the result says it never
+    ended (the SDK raises)."""
     asm = feed(Dialect.RESPONSES, *RESPONSES_TOOL)
     choice = asm.choices[0]
-    assert choice.tool_calls == [ToolCall("call_x", "lookup", '{"q": "x"}')]
+    assert choice.tool_calls == [ToolCall("call_x", "lookup", '{"q": "x"}', "function_call")]
     assert (choice.reasoning, choice.reasoning_summary, choice.refusal) == (
         "because",
         "short",
         "no",
     )
-    output = asm.response()["output"]
-    assert [item["type"] for item in output] == ["reasoning", "message", "function_call"]
-    assert output[2] | {"id": ""} == {
-        "type": "function_call",
-        "id": "",
-        "call_id": "call_x",
-        "name": "lookup",
-        "arguments": '{"q": "x"}',
-        "status": "completed",
-    }
-    assert asm.ending.finish_reason == "tool_calls"
+    response = asm.response()
+    assert (response["id"], response["status"]) == ("resp_1", "in_progress")  # as last said
+    assert response["output"] == [
+        {
+            "id": "fc_1",
+            "type": "function_call",
+            "call_id": "call_x",
+            "name": "lookup",
+            "arguments": '{"q": "x"}',
+        },
+        {
+            "id": "rs_1",
+            "type": "reasoning",
+            "summary": [{"type": "summary_text", "text": "short"}],
+            "content": [{"type": "reasoning_text", "text": "because"}],
+        },
+        {
+            "id": "msg_1",
+            "type": "message",
+            "status": "in_progress",
+            "content": [{"type": "refusal", "refusal": "no"}],
+            "role": "assistant",
+        },
+    ]
+    assert asm.ending == Ending("incomplete", NO_TERMINAL_EVENT, None)
 
 
 def test_responses_parts_come_from_the_terminal_response_when_sent() -> None:
@@ -264,7 +281,7 @@ def test_responses_parts_come_from_the_terminal_response_when_sent() -> None:
         "F",
         [1],
     )
-    assert choice.tool_calls == [ToolCall("call_x", "lookup", "{}")]
+    assert choice.tool_calls == [ToolCall("call_x", "lookup", "{}", "function_call")]
     assert asm.response() == final  # as the server wrote it
 
 
