@@ -4,6 +4,7 @@ and every request sent reported by how it ended."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import io
 import os
@@ -19,6 +20,7 @@ import orjson
 import pytest
 from rich.console import Console
 
+from engine.config import COMMAND_TIMEOUTS
 from engine.loadtest import LoadConfig, run_load
 from engine.loadtest import runner as runner_module
 from engine.loadtest.report import print_summary
@@ -170,8 +172,7 @@ async def test_requests_still_in_flight_when_the_run_ends_are_failed_unfinished(
         duration_s=1.0,
         warmup_s=0.5,
         grace_s=0.5,
-        idle_timeout_s=60,
-        first_token_timeout_s=60,
+        timeouts=dataclasses.replace(COMMAND_TIMEOUTS, idle_s=60, first_token_s=60),
         canary=False,
         **shape,
     )

@@ -19,10 +19,10 @@ import orjson
 import pytest
 from rich.console import Console
 
+from engine.cli.bench import add_arguments, config_from_args
 from engine.client import Timeouts
 from engine.config import COMMAND_TIMEOUTS as DEFAULTS
 from engine.loadtest import LoadConfig, RequestRecord, run_load, summarize
-from engine.cli.bench import add_arguments, config_from_args
 from engine.loadtest.metrics import CSV_COLUMNS, csv_row
 from engine.loadtest.report import print_summary
 from engine.mock import MockConfig, MockProcess
@@ -343,7 +343,7 @@ def _parse(*argv: str) -> argparse.Namespace:
 
 def test_bench_flags_for_limits_grace_reasoning_and_the_key() -> None:
     default = config_from_args(_parse(), "http://x/v1")
-    assert default.timeouts() == DEFAULTS  # the commands' limits (engine.config)
+    assert default.timeouts == DEFAULTS  # the commands' limits (engine.config)
     assert default.grace_s == 30.0
     args = _parse(
         "--idle-timeout",
@@ -362,13 +362,15 @@ def test_bench_flags_for_limits_grace_reasoning_and_the_key() -> None:
         "7",
     )
     config = config_from_args(args, "http://x/v1")
-    assert config.timeouts() == Timeouts(
+    assert config.timeouts == Timeouts(
         connect_s=2.0, first_byte_s=None, first_token_s=1.0, idle_s=0.5, total_s=9.0
     )
     assert config.grace_s == 0.0  # 0: cut off at once (not "no limit")
     assert args.mock_reasoning_tokens == 7
     assert (
-        config_from_args(_parse("--timeout", "4", "--total-timeout", "9"), "http://x/v1").timeout_s
+        config_from_args(
+            _parse("--timeout", "4", "--total-timeout", "9"), "http://x/v1"
+        ).timeouts.total_s
         == 4.0
     )  # the older flag still works
     assert config_from_args(_parse("--grace", "none"), "http://x/v1").grace_s is None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import signal
 from collections.abc import Callable
@@ -25,8 +26,10 @@ from rich.text import Text
 
 from engine.cli.options import (
     DEFAULT_MODEL,
+    add_network_arguments,
     add_timeout_arguments,
     header,
+    network_from,
     seconds,
     timeouts_from,
 )
@@ -252,6 +255,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="N reasoning tokens before every answer, paced like text (default 0)",
     )
     add_timeout_arguments(parser, retries=False)
+    add_network_arguments(parser)
     server = parser.add_argument_group("server metrics (docs/server-metrics.md)")
     server.add_argument(
         "--server-metrics",
@@ -279,6 +283,10 @@ def config_from_args(
         duration = 10.0
     model = args.model or (MOCK_MODEL if facts else DEFAULT_MODEL)
     limits = timeouts_from(args)
+    if args.timeout is not None:  # --timeout S is kept: --total-timeout S, and it wins
+        limits = dataclasses.replace(limits, total_s=args.timeout)
+    network = network_from(args, "bench")
+    network.engine_options()  # a CA bundle that cannot be read: one line now, not per worker
     return LoadConfig(
         base_url=base_url,
         api_key=args.api_key or env_api_key(),
@@ -298,11 +306,8 @@ def config_from_args(
         slo=args.slo,
         workers=args.workers,
         max_connections=args.max_connections,
-        timeout_s=args.timeout if args.timeout is not None else limits.total_s,
-        idle_timeout_s=limits.idle_s,
-        connect_timeout_s=limits.connect_s,
-        first_byte_timeout_s=limits.first_byte_s,
-        first_token_timeout_s=limits.first_token_s,
+        timeouts=limits,
+        network=network,
         grace_s=args.grace,
         retries=args.retries,
         seed=args.seed,

@@ -11,9 +11,10 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-from engine.config import COMMAND_TIMEOUTS as TIMEOUT_DEFAULTS
-from engine.config import Timeouts
+from engine.config import COMMAND_TIMEOUTS, Timeouts
 from engine.errors import ConfigError
+from engine.network import NetworkOptions
+from engine.redaction import redact, secret_values, url_credentials
 
 Endpoint = Literal["responses", "chat", "completions"]
 Arrival = Literal["constant", "poisson"]
@@ -44,13 +45,12 @@ class LoadConfig:
     slo: dict[str, float] = field(default_factory=dict)
     workers: int = 1  # AUTO_WORKERS (0): chosen from the load and the usable cores at run time
     max_connections: int | None = None  # None: concurrency (closed) or 4096 (open)
-    # The phase limits (None: no limit), engine.config's COMMAND_TIMEOUTS: a dead stream ends within
+    # Each request's phase limits, the commands' own (engine.config): a dead stream ends within
     # minutes whatever it does, so every request the run sends ends with a result.
-    timeout_s: float | None = TIMEOUT_DEFAULTS.total_s  # the whole request
-    idle_timeout_s: float | None = TIMEOUT_DEFAULTS.idle_s  # between two events
-    connect_timeout_s: float | None = TIMEOUT_DEFAULTS.connect_s
-    first_byte_timeout_s: float | None = TIMEOUT_DEFAULTS.first_byte_s  # to response headers
-    first_token_timeout_s: float | None = TIMEOUT_DEFAULTS.first_token_s  # any kind of token
+    timeouts: Timeouts = COMMAND_TIMEOUTS
+    # Proxy and TLS as paths and flags (an SSLContext does not pickle): every Engine of the
+    # run, in every worker process or Ray actor, builds its own from them.
+    network: NetworkOptions = field(default_factory=NetworkOptions)
     # After the last send, how long requests still in flight may take before they are cut off
     # and counted as failed "Unfinished" (None: wait for each within its own limits).
     grace_s: float | None = 30.0
@@ -105,25 +105,21 @@ class LoadConfig:
             return self.max_connections
         return 4096 if self.open_loop else self.concurrency
 
-    def timeouts(self) -> Timeouts:
-        """The engine's per-request limits for this load."""
-        return Timeouts(
-            connect_s=self.connect_timeout_s,
-            first_byte_s=self.first_byte_timeout_s,
-            first_token_s=self.first_token_timeout_s,
-            idle_s=self.idle_timeout_s,
-            total_s=self.timeout_s,
-        )
-
     def with_(self, **changes: Any) -> LoadConfig:
         """A modified copy (sweep segments, worker shares)."""
         return replace(self, **changes)
 
     def public(self) -> dict[str, Any]:
-        """The configuration as reports show it: everything but the API key."""
+        """The configuration as reports show it: everything but the API key (and a proxy's
+        password)."""
         data = asdict(self)
         data.pop("api_key")
         data["headers"] = sorted(self.headers)  # names only: a header may carry a secret
+        proxy = self.network.proxy
+        if proxy:
+            data["network"]["proxy"] = redact(
+                proxy, secret_values(None, extra=url_credentials(proxy))
+            )
         data["mode"] = "open" if self.open_loop else "closed"
         data["api_key_set"] = bool(self.api_key)
         return data

@@ -47,9 +47,8 @@ from engine.loadtest.metrics import RequestRecord
 from engine.loadtest.prompts import PromptSource
 from engine.loadtest.selfcheck import ClientCheck, SelfCheckMonitor
 from engine.loadtest.shapes import open_schedule
-from engine.loadtest.tracing import SENDING, ConnectTracer, SendStamp
 from engine.preflight import wait_open
-from engine.redaction import redact, secret_values
+from engine.redaction import redact, secret_values, url_credentials
 from engine.runtime import env_api_key
 
 PROGRESS_EVERY_S = 0.5
@@ -117,22 +116,28 @@ class Runner:
         self.workers = workers
         self.prompts = PromptSource(config)
         self.progress = progress
-        self.tracer = ConnectTracer()
         # Resolved here (as Engine would) so the key sent is the key redacted from messages.
         api_key = config.api_key if config.api_key is not None else env_api_key()
-        self.secrets = secret_values(api_key, config.headers)
+        self.secrets = secret_values(
+            api_key, config.headers, extra=url_credentials(config.network.proxy)
+        )
         self.engine = Engine(
             config.base_url,
             api_key=api_key,
             max_connections=config.pool_size,
-            timeouts=config.timeouts(),
+            timeouts=config.timeouts,
             retry=RetryPolicy(max_retries=config.retries),
             headers=config.headers,
             # Tighter than the library's caps, because a bench holds a stream's buffers for
             # every stream in flight: memory stays bounded by streams x these (see docs).
             max_event_bytes=BENCH_MAX_EVENT_BYTES,
             max_response_chars=BENCH_MAX_RESPONSE_CHARS,
+            **config.network.engine_options(),
         )
+        # Each new pool connection's setup time, and when it was in hand (perf_counter_ns):
+        # from the results' own stamps (`StreamResult.connect_ns`, `sent_ns`).
+        self.connect_ms: list[float] = []
+        self.opened_ns: list[int] = []
         body = self.prompts.primer(0)
         self.url = self.engine.url_for(body, config.endpoint)[0]
         self.watch = FailureWatch(self.url, self.secrets)
@@ -155,7 +160,6 @@ class Runner:
 
     async def __aenter__(self) -> Self:
         await self.engine.__aenter__()
-        self.engine.session.trace_configs.append(self.tracer.config)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -175,7 +179,10 @@ class Runner:
             assert config.rate is not None  # noqa: S101 - open_loop says so
             # The probe is the pre-flight: it goes alone, and its whole answer is needed.
             probe = await (await self._preflight(self.prompts.body(-1 - self.worker)))
-            e2e_s = probe.e2e_s if isinstance(probe, StreamResult) else 1.0
+            e2e_s = 1.0
+            if isinstance(probe, StreamResult):
+                self._opened(probe)
+                e2e_s = probe.e2e_s
             wanted = math.ceil(config.rate / self.workers * e2e_s * PRIME_HEADROOM) + 1
             wanted = min(wanted, config.pool_size)
             calls: list[Awaitable[StreamResult | BaseException]] = [
@@ -191,7 +198,15 @@ class Runner:
         for res in results:
             if isinstance(res, BaseException):
                 self.prime_errors[_kind(res)] += 1
+            else:
+                self._opened(res)
         self.primed = wanted
+
+    def _opened(self, result: StreamResult) -> None:
+        """Note the new connection `result` was sent on, if it was not a reused one."""
+        if result.connect_ns:
+            self.connect_ms.append(result.connect_ns / 1e6)
+            self.opened_ns.append(result.sent_ns)
 
     async def _preflight(self, body: dict[str, Any]) -> asyncio.Task[StreamResult | BaseException]:
         """Send the load's first request alone and wait for its response headers; returns
@@ -289,12 +304,12 @@ class Runner:
         finally:
             for ticker in tickers:
                 ticker.cancel()
-        opened = sum(1 for t in self.tracer.opened_after if t >= self.window_ns)
+        opened = sum(1 for t in self.opened_ns if t >= self.window_ns)
         return WorkerResult(
             self.worker,
             self.records,
             self.check,
-            self.tracer.connect_ms,
+            self.connect_ms,
             opened,
             self.primed,
             dict(self.prime_errors),
@@ -459,8 +474,7 @@ class Runner:
             lag_ms=0.0,
             ok=False,
         )
-        stamp = SendStamp()
-        token = SENDING.set(stamp)
+        sent_ns, pool_wait_ns = started_ns, 0  # unless it succeeded: when it was tried
         self.inflight += 1
         try:
             result = await self.engine.run(self.prompts.body(index), endpoint=self.config.endpoint)
@@ -486,13 +500,15 @@ class Runner:
             _fill(record, result, intended_ns)
             if record.ttft_ms is not None:
                 self.recent_ttft.append(record.ttft_ms)
+            self._opened(result)
+            if result.attempts == 1 and result.sent_ns:  # a retry's stamps are a later send's
+                sent_ns, pool_wait_ns = result.sent_ns, result.pool_wait_ns
         finally:
             self.inflight -= 1
-            SENDING.reset(token)
-        # Schedule lag is the real send (headers written) minus the intended one: a wait
-        # for a busy loop or for a pool connection is in it. Never sent: when it was tried.
-        record.lag_ms = ((stamp.sent_ns or started_ns) - intended_ns) / 1e6
-        record.pool_wait_ms = stamp.pool_wait_ns / 1e6
+        # Schedule lag is the real send (the connection in hand, the request written next)
+        # minus the intended one: a wait for a busy loop or for a pool connection is in it.
+        record.lag_ms = (sent_ns - intended_ns) / 1e6
+        record.pool_wait_ms = pool_wait_ns / 1e6
         self.records.append(record)
         return record
 

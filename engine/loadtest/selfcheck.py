@@ -63,13 +63,16 @@ class CanaryReader:
     def __init__(self, url: str, samples: list[float]) -> None:
         self.samples = samples
         self.error: str | None = None
-        # api_key="": the user's OPENAI_API_KEY has no business going to the canary.
+        # api_key="": the user's OPENAI_API_KEY has no business going to the canary; nor do
+        # the load's proxy and TLS options (trust_env=False: HTTP_PROXY too): the canary
+        # serves plain HTTP on this machine's loopback, which no proxy elsewhere can reach.
         self.engine = Engine(
             url,
             api_key="",
             max_connections=1,
             retry=RetryPolicy(0),
             timeouts=Timeouts(first_byte_s=30.0, idle_s=None),
+            trust_env=False,
         )
 
     async def run(self) -> None:

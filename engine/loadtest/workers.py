@@ -87,7 +87,8 @@ async def probe_e2e_s(config: LoadConfig) -> float:
         max_connections=1,
         retry=RetryPolicy(0),
         headers=config.headers,
-        timeouts=config.timeouts(),
+        timeouts=config.timeouts,
+        **config.network.engine_options(),
     )
     body = PromptSource(config).body(-1)
     async with engine:
