@@ -1,5 +1,6 @@
 """Every part of a stream the mock can emit, over real HTTP on 127.0.0.1, read as raw bytes:
-tool calls, reasoning, refusal, several choices, logprobs, usage details, legacy Completions.
+tool calls (function, custom, legacy), reasoning, refusal, audio, annotations, several choices,
+logprobs, usage details (audio, predictions), a gateway's error chunk, legacy Completions.
 
 For each: the event sequence (types in order, sequence numbers contiguous, ids consistent
 between added, delta and done), what the parts assemble to, and the usage. The official SDK's
@@ -9,6 +10,7 @@ reading of the same streams is in test_mock_openai_sdk.py.
 from __future__ import annotations
 
 import asyncio
+import base64
 import random
 import time
 from typing import TYPE_CHECKING, Any
@@ -20,7 +22,8 @@ import pytest
 from engine.mock import MockConfig, MockProcess
 from engine.mock.config import DelaySampler
 from engine.mock.pacing import Schedule, Ticker
-from engine.mock.parts import REFUSAL, chat_logprob, delta_logprob
+from engine.mock.parts import REFUSAL, chat_logprob, delta_logprob, url_citation
+from engine.mock.planning import AUDIO_PART_TOKENS
 from engine.mock.stats import MockStats
 from tests.test_mock import CHAT, RESP, RESPONSES_SEQUENCE, FakeLoop, FakeTransport, post
 from tests.test_mock import split_events as split
@@ -769,3 +772,195 @@ def test_mock_process_carries_the_reasoning_options() -> None:
         chunks, events = asyncio.run(exercise(proc.base_url))
     assert len(deltas_of(chunks, "reasoning")) == 2
     assert assert_reasoning_item(events, True, 2)
+
+
+# --- Custom tools, legacy functions, audio, annotations, tiers, predictions -------------------
+
+CUSTOM_CHAT = {**CHAT, "tools": [{"type": "custom", "custom": {"name": "sql"}}]}
+CUSTOM_RESP = {**RESP, "tools": [{"type": "custom", "name": "sql"}]}
+LEGACY_CHAT = {**CHAT, "functions": [{"name": "get_time", "parameters": TIME}]}
+
+
+async def test_chat_custom_tool_call(base_url: str) -> None:
+    chunks = await chat(base_url, {**CUSTOM_CHAT, "tool_choice": "required"})
+    calls = [d for ds in deltas_of(chunks, "tool_calls") for d in ds]
+    opening, *fragments = calls
+    assert (opening["type"], opening["custom"]) == ("custom", {"name": "sql", "input": ""})
+    assert opening["id"].startswith("call_")
+    assert all(set(d) == {"index", "custom"} and set(d["custom"]) == {"input"} for d in fragments)
+    text = "".join(d["custom"]["input"] for d in fragments)
+    assert text
+    assert not text.startswith(" ")  # free text, not JSON
+    assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls"
+    status, _, raw = await post(
+        base_url + "/chat/completions",
+        {
+            **CUSTOM_CHAT,
+            "stream": False,
+            "tool_choice": {"type": "custom", "custom": {"name": "sql"}},
+        },
+    )
+    (call,) = orjson.loads(raw)["choices"][0]["message"]["tool_calls"]
+    assert (status, call["type"], call["custom"]) == (200, "custom", {"name": "sql", "input": text})
+
+
+async def test_responses_custom_tool_call(base_url: str) -> None:
+    events = await responses(base_url, {**CUSTOM_RESP, "tool_choice": "required"})
+    added = next(e for e in events if e["type"] == "response.output_item.added")
+    assert added["item"]["type"] == "custom_tool_call"
+    assert (added["item"]["input"], added["item"]["name"]) == ("", "sql")
+    deltas = [e for e in events if e["type"] == "response.custom_tool_call_input.delta"]
+    assert {d["item_id"] for d in deltas} == {added["item"]["id"]}
+    done = next(e for e in events if e["type"] == "response.custom_tool_call_input.done")
+    assert done["input"] == "".join(d["delta"] for d in deltas)
+    assert events[-1]["response"]["output"][0]["input"] == done["input"]
+
+
+async def test_chat_legacy_function_call(base_url: str) -> None:
+    """`functions` + `function_call: {name}`: one call, no index, no id."""
+    body = {**LEGACY_CHAT, "function_call": {"name": "get_time"}, "stream_options": {}}
+    chunks = await chat(base_url, body, **{"x-mock-tool-calls": "3"})
+    first, *rest = deltas_of(chunks, "function_call")
+    assert first == {"name": "get_time", "arguments": ""}
+    assert all(set(d) == {"arguments"} for d in rest)
+    assert chunks[0]["choices"][0]["delta"]["content"] is None
+    assert chunks[-2]["choices"][0]["finish_reason"] == "function_call"
+    forced = await chat(base_url, LEGACY_CHAT, **{"x-mock-output": "tool_calls"})
+    assert deltas_of(forced, "function_call")
+    _, _, raw = await post(base_url + "/chat/completions", {**body, "stream": False})
+    message = orjson.loads(raw)["choices"][0]["message"]
+    assert message["function_call"] == {
+        "name": "get_time",
+        "arguments": "".join(d["arguments"] for d in rest),
+    }
+    assert "tool_calls" not in message
+
+
+def spoken(data: str) -> str:
+    """What the mock's audio says: its bytes without the padding."""
+    return base64.b64decode(data).replace(b"\0", b"").decode()
+
+
+async def test_chat_audio_answer(base_url: str) -> None:
+    body = {**CHAT, **WITH_USAGE, "modalities": ["text", "audio"], "max_tokens": 4}
+    chunks = await chat(base_url, body)
+    assert chunks[0]["choices"][0]["delta"]["content"] is None
+    first, *rest = deltas_of(chunks, "audio")
+    assert set(first) == {"id", "transcript", "data", "expires_at"}
+    assert all(set(d) == {"transcript", "data"} for d in rest)
+    transcript = "".join(d["transcript"] for d in [first, *rest])
+    assert spoken("".join(d["data"] for d in [first, *rest])) == transcript  # chunks join
+    assert all(spoken(d["data"]) == d["transcript"] for d in [first, *rest])
+    usage = usage_of(chunks)
+    assert usage["completion_tokens_details"]["audio_tokens"] == 4
+    _, _, raw = await post(base_url + "/chat/completions", {**body, "stream": False})
+    message = orjson.loads(raw)["choices"][0]["message"]
+    assert (message["content"], message["audio"]["transcript"]) == (None, transcript)
+    forced = await chat(base_url, CHAT, **{"x-mock-output": "audio"})
+    assert deltas_of(forced, "audio")
+
+
+async def test_responses_audio_answer(base_url: str) -> None:
+    events = await responses(
+        base_url, {**RESP, "max_output_tokens": 3}, **{"x-mock-output": "audio"}
+    )
+    assert [e["type"] for e in events] == [
+        *RESPONSES_SEQUENCE[:2],  # created, in_progress, and no item
+        *["response.audio.transcript.delta"] * 3,
+        "response.audio.delta",
+        "response.audio.done",
+        "response.audio.transcript.done",
+        "response.incomplete",
+    ]
+    transcript = "".join(e["delta"] for e in events[2:5])
+    assert spoken(events[5]["delta"]) == transcript
+    assert events[-1]["response"]["output"] == []
+
+
+async def test_annotations(base_url: str) -> None:
+    chunks = await chat(base_url, {**CHAT, "web_search_options": {}})
+    (notes,) = deltas_of(chunks, "annotations")
+    text = "".join(deltas_of(chunks, "content"))
+    assert notes == [url_citation(0, len(text), chat=True)]
+    assert notes[0]["url_citation"]["end_index"] == len(text)
+    events = await responses(base_url, **{"x-mock-annotations": "2"})
+    added = [e for e in events if e["type"] == "response.output_text.annotation.added"]
+    assert [e["annotation_index"] for e in added] == [0, 1]
+    part = events[-1]["response"]["output"][0]["content"][0]
+    assert part["annotations"] == [e["annotation"] for e in added]
+    assert added[1]["annotation"]["type"] == "url_citation"
+
+
+async def test_service_tier_prediction_and_audio_input_are_reported(base_url: str) -> None:
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "hi"},
+                {"type": "input_audio", "input_audio": {"data": "AAA=", "format": "wav"}},
+            ],
+        }
+    ]
+    body = {
+        **CHAT,
+        **WITH_USAGE,
+        "messages": messages,
+        "service_tier": "priority",
+        "prediction": {"type": "content", "content": [{"type": "text", "text": "a b c d e"}]},
+    }
+    chunks = await chat(base_url, body)
+    assert {c["service_tier"] for c in chunks[:-1]} == {"priority"}
+    usage = usage_of(chunks)
+    assert usage["prompt_tokens_details"]["audio_tokens"] == AUDIO_PART_TOKENS
+    details = usage["completion_tokens_details"]
+    assert (details["accepted_prediction_tokens"], details["rejected_prediction_tokens"]) == (2, 3)
+    auto = await chat(base_url, {**CHAT, "service_tier": "auto"})
+    assert auto[0]["service_tier"] == "default"
+    events = await responses(base_url, {**RESP, "service_tier": "flex"})
+    assert events[-1]["response"]["service_tier"] == "flex"
+
+
+async def test_legacy_completions_logprobs(base_url: str) -> None:
+    body = {**COMPLETION, "max_tokens": 3, "logprobs": 2}
+    chunks = await events_of(base_url + "/completions", body)
+    tokens = [c["choices"][0] for c in chunks[:3]]
+    offsets = [0]
+    for t in tokens[:-1]:
+        offsets.append(offsets[-1] + len(t["text"]))
+    for t, offset in zip(tokens, offsets, strict=True):
+        lp = t["logprobs"]
+        assert lp["tokens"] == [t["text"]]
+        assert lp["text_offset"] == [offset]
+        assert next(iter(lp["top_logprobs"][0])) == t["text"]
+        assert len(lp["top_logprobs"][0]) == 2
+    _, _, raw = await post(base_url + "/completions", {**body, "stream": False})
+    whole = orjson.loads(raw)["choices"][0]["logprobs"]
+    assert whole["tokens"] == [t["text"] for t in tokens]
+    assert whole["text_offset"] == offsets
+    status, _, _ = await post(base_url + "/completions", {**body, "logprobs": 6})
+    assert status == 400
+
+
+@pytest.mark.parametrize("path", ["/chat/completions", "/completions"])
+async def test_a_gateway_error_chunk(base_url: str, path: str) -> None:
+    body = (
+        {**CHAT, "max_tokens": 4}
+        if path == "/chat/completions"
+        else {**COMPLETION, "max_tokens": 4}
+    )
+    chunks = await events_of(base_url + path, body, **{"x-mock-fault": "error-chunk"})
+    *_, error_chunk, done = chunks
+    assert done == "[DONE]"
+    assert error_chunk["error"] == {"code": 502, "message": "Provider disconnected (mock)"}
+    assert error_chunk["choices"][0]["finish_reason"] == "error"
+    assert "annotations" not in error_chunk["choices"][0].get("delta", {})
+    events = await responses(base_url, **{"x-mock-fault": "error-chunk"})
+    assert events[-1]["type"] == "error"  # the Responses API's way
+
+
+async def test_a_named_tool_must_exist_whatever_its_kind(base_url: str) -> None:
+    choice = {"type": "custom", "custom": {"name": "nope"}}
+    status, _, raw = await post(
+        base_url + "/chat/completions", {**CUSTOM_CHAT, "tool_choice": choice}, {}
+    )
+    assert (status, orjson.loads(raw)["error"]["param"]) == (400, "tool_choice")

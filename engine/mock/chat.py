@@ -3,11 +3,15 @@
 Per choice a first chunk `delta: {role: "assistant", content: "", refusal: null}` (`content:
 null` when the answer is not text, `refusal: ""` when it is a refusal), then one chunk per
 token: `delta.<reasoning field>` for reasoning, `delta.content` for text (with `logprobs` when
-asked), `delta.refusal` for a refusal. A tool call is an opening chunk `delta.tool_calls:
-[{index, id, type: "function", function: {name, arguments: ""}}]` (which also carries the role
-when the call is the first thing the choice says, as OpenAI sends it), then one chunk per
-argument fragment `{index, function: {arguments}}`. Then `finish_reason` (`stop`, `length`,
-`tool_calls`), the usage chunk and `[DONE]` (see `choices.py`).
+asked), `delta.refusal` for a refusal, `delta.audio: {transcript, data}` for a spoken answer
+(the first also with `id` and `expires_at`). A tool call is an opening chunk `delta.tool_calls:
+[{index, id, type: "function", function: {name, arguments: ""}}]` (`type: "custom", custom:
+{name, input}` for a custom tool; which also carries the role when the call is the first thing
+the choice says, as OpenAI sends it), then one chunk per fragment `{index, function:
+{arguments}}`; the legacy `delta.function_call: {name, arguments}` the same way, without an
+index. Then `finish_reason` (`stop`, `length`, `tool_calls`, `function_call`; with the
+answer's `annotations` in its delta when asked), the usage chunk and `[DONE]` (see
+`choices.py`).
 """
 
 from __future__ import annotations
@@ -17,23 +21,33 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from engine.mock.choices import ChoiceStream, Frame
-from engine.mock.parts import chat_logprob
+from engine.mock.parts import audio_data, chat_logprob, url_citation
 from engine.mock.sse_writer import SLOT
+from engine.mock.text import new_id
 
 if TYPE_CHECKING:
     from engine.mock.text import Choice, Segment
 
 SYSTEM_FINGERPRINT = "fp_mock"
+AUDIO_EXPIRES_S = 3600  # how long a spoken answer's audio stays retrievable
 
 
 def _role_delta(choice: Choice) -> dict[str, Any]:
     """The role chunk's delta: content "" for a text answer, null otherwise (as OpenAI)."""
     refuses = choice.joined("refusal") is not None
+    spoken = choice.audio_tokens > 0
     return {
         "role": "assistant",
-        "content": None if refuses or choice.calls else "",
+        "content": None if refuses or choice.calls or spoken else "",
         "refusal": "" if refuses else None,
     }
+
+
+def _call_body(segment: Segment, text: Any) -> tuple[str, dict[str, Any]]:
+    """A call's field and value: `function` (arguments) or `custom` (input)."""
+    if segment.call_type == "custom":
+        return "custom", {"name": segment.name, "input": text}
+    return "function", {"name": segment.name, "arguments": text}
 
 
 class ChatStream(ChoiceStream):
@@ -49,7 +63,7 @@ class ChatStream(ChoiceStream):
             "object": "chat.completion.chunk",
             "created": gen.created,
             "model": gen.model,
-            "service_tier": "default",
+            "service_tier": gen.service_tier,
             "system_fingerprint": SYSTEM_FINGERPRINT,
         }
 
@@ -91,20 +105,47 @@ class ChatStream(ChoiceStream):
                 for p in segment.pieces
             ]
             return [frame({"content": SLOT}, count, SLOT, extras)]
-        call = {
-            "index": segment.call_index,
-            "id": segment.call_id,
-            "type": "function",
-            "function": {"name": segment.name, "arguments": SLOT},
-        }
-        opening: dict[str, Any] = {"tool_calls": [call]}
+        if segment.kind == "audio":
+            return self._audio_frames(frame, segment)
+        if segment.call_type == "function_call":  # legacy: no index, no id
+            opening: dict[str, Any] = {"function_call": {"name": segment.name, "arguments": SLOT}}
+            fragment: dict[str, Any] = {"function_call": {"arguments": SLOT}}
+        else:
+            kind, body = _call_body(segment, SLOT)
+            call = {"index": segment.call_index, "id": segment.call_id, "type": kind, kind: body}
+            opening = {"tool_calls": [call]}
+            field = "input" if kind == "custom" else "arguments"
+            fragment = {"tool_calls": [{"index": segment.call_index, kind: {field: SLOT}}]}
         if choice.segments[0] is segment:  # the choice's first chunk: with the role
             opening = {"role": "assistant", "content": None, **opening, "refusal": None}
-        fragment = {"tool_calls": [{"index": segment.call_index, "function": {"arguments": SLOT}}]}
         return [frame(opening, 1), frame(fragment, count - 1)]
 
+    def _audio_frames(self, frame: Any, segment: Segment) -> list[Frame]:
+        """Each token's transcript and audio; the first also names the audio."""
+        extras = [orjson.dumps(audio_data(p)) for p in segment.pieces]
+        first = {
+            "id": new_id("audio_")[:30],
+            "transcript": SLOT,
+            "data": SLOT,
+            "expires_at": self._gen.created + AUDIO_EXPIRES_S,
+        }
+        rest = {"transcript": SLOT, "data": SLOT}
+        return [
+            frame({"audio": first}, 1, None, extras[:1]),
+            frame({"audio": rest}, len(extras) - 1, None, extras[1:]),
+        ]
+
     def _finish(self, index: int, reason: str) -> dict[str, Any]:
-        return {"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}
+        """The last chunk of a choice, with the answer's annotations (as OpenAI's search)."""
+        annotations = reason != "error" and self._annotations(self._gen.choices[index])
+        delta = {"annotations": annotations} if annotations else {}
+        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
+
+    def _annotations(self, choice: Choice) -> list[dict[str, Any]]:
+        text = choice.joined("text")
+        if text is None:
+            return []
+        return [url_citation(i, len(text), chat=True) for i in range(self._gen.annotations)]
 
     def _usage(self) -> dict[str, Any]:
         gen = self._gen
@@ -112,12 +153,15 @@ class ChatStream(ChoiceStream):
             "prompt_tokens": gen.input_tokens,
             "completion_tokens": gen.output_tokens,
             "total_tokens": gen.input_tokens + gen.output_tokens,
-            "prompt_tokens_details": {"cached_tokens": gen.cached_tokens, "audio_tokens": 0},
+            "prompt_tokens_details": {
+                "cached_tokens": gen.cached_tokens,
+                "audio_tokens": gen.prompt_audio_tokens,
+            },
             "completion_tokens_details": {
                 "reasoning_tokens": gen.reasoning_tokens,
-                "audio_tokens": 0,
-                "accepted_prediction_tokens": 0,
-                "rejected_prediction_tokens": 0,
+                "audio_tokens": gen.audio_tokens,
+                "accepted_prediction_tokens": gen.accepted_prediction_tokens,
+                "rejected_prediction_tokens": gen.rejected_prediction_tokens,
             },
         }
 
@@ -127,20 +171,28 @@ class ChatStream(ChoiceStream):
             "role": "assistant",
             "content": choice.joined("text"),
             "refusal": choice.joined("refusal"),
-            "annotations": [],
+            "annotations": self._annotations(choice),
         }
         if role["content"] == "" and message["content"] is None:
             message["content"] = ""  # a text answer cut before its first text token
         if (reasoning := choice.joined("reasoning")) is not None:
             message[self._gen.reasoning_field] = reasoning
-        if calls := choice.calls:
+        if (transcript := choice.joined("audio")) is not None:
+            pieces = [p for s in choice.segments if s.kind == "audio" for p in s.pieces]
+            message["audio"] = {
+                "id": new_id("audio_")[:30],
+                "data": "".join(audio_data(p) for p in pieces),
+                "expires_at": self._gen.created + AUDIO_EXPIRES_S,
+                "transcript": transcript,
+            }
+        if choice.legacy_call:
+            (call,) = choice.calls
+            message["function_call"] = {"name": call.name, "arguments": call.text}
+        elif calls := choice.calls:
             message["tool_calls"] = [
-                {
-                    "id": call.call_id,
-                    "type": "function",
-                    "function": {"name": call.name, "arguments": call.text},
-                }
+                {"id": call.call_id, "type": kind, kind: body}
                 for call in calls
+                for kind, body in [_call_body(call, call.text)]
             ]
         logprobs = None
         if self._gen.top_logprobs is not None:

@@ -24,6 +24,8 @@ from engine.mock.text import new_id
 if TYPE_CHECKING:
     from engine.mock.text import Choice, Generation, Segment
 
+GATEWAY_ERROR = "Provider disconnected (mock)"
+
 
 @dataclass(slots=True)
 class Frame:
@@ -49,6 +51,8 @@ class _Run:
 def finish_reason(choice: Choice, ending: str | None) -> str:
     if choice.stopped_by_limit or ending == "incomplete":
         return "length"
+    if choice.legacy_call:
+        return "function_call"
     return "tool_calls" if choice.calls else "stop"
 
 
@@ -159,6 +163,11 @@ class ChoiceStream:
         if self._gen.ending in ("error-event", "failed"):
             # A mid-stream error, then the stream ends without [DONE].
             return [named_event("error", {"error": error_object(500)})]
+        if self._gen.ending == "error-chunk":
+            # A gateway's (OpenRouter's) way: the error inside a chunk, then [DONE].
+            error = {"code": 502, "message": GATEWAY_ERROR}
+            chunk = {**self._envelope, "error": error, "choices": [self._finish(0, "error")]}
+            return [data_event(chunk), DONE]
         events = [
             self._finish_chunk(index)
             for index, length in enumerate(self._lengths)

@@ -1,16 +1,20 @@
 """Legacy Completions (`POST /v1/completions`): `text_completion` chunks and `[DONE]`.
 
 No role chunk: one chunk per token `choices: [{text, index, logprobs: null, finish_reason:
-null}]`, per choice a last chunk `{text: "", finish_reason: "length" | "stop"}`, the usage
-chunk with `stream_options.include_usage`, then `data: [DONE]` (see `choices.py`). A list
-`prompt` gets one choice per prompt (times `n`), as the real API answers it.
+null}]` (with the request's `logprobs: k`, the token's `{tokens, token_logprobs,
+top_logprobs, text_offset}`), per choice a last chunk `{text: "", finish_reason: "length" |
+"stop"}`, the usage chunk with `stream_options.include_usage`, then `data: [DONE]` (see
+`choices.py`). A list `prompt` gets one choice per prompt (times `n`), as the real API answers.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from engine.mock.choices import ChoiceStream, Frame
+from engine.mock.parts import legacy_logprobs
 from engine.mock.sse_writer import SLOT
 
 if TYPE_CHECKING:
@@ -39,12 +43,12 @@ class CompletionsStream(ChoiceStream):
         choice: Choice,  # noqa: ARG002  (chat's needs it)
         segment: Segment,
     ) -> list[Frame]:
-        return [
-            Frame(
-                {"text": SLOT, "index": index, "logprobs": None, "finish_reason": None},
-                len(segment.pieces),
-            )
-        ]
+        top = self._gen.top_logprobs
+        body = {"text": SLOT, "index": index, "logprobs": None, "finish_reason": None}
+        if top is None:
+            return [Frame(body, len(segment.pieces))]
+        extras = [orjson.dumps(lp) for lp in legacy_logprobs(segment.pieces, top)]
+        return [Frame({**body, "logprobs": SLOT}, len(segment.pieces), extras)]
 
     def _finish(self, index: int, reason: str) -> dict[str, Any]:
         return {"text": "", "index": index, "logprobs": None, "finish_reason": reason}
@@ -58,9 +62,17 @@ class CompletionsStream(ChoiceStream):
         }
 
     def _body_choice(self, index: int, choice: Choice, reason: str) -> dict[str, Any]:
+        top = self._gen.top_logprobs
+        logprobs: dict[str, list[Any]] | None = None
+        if top is not None:
+            pieces = [p for s in choice.segments for p in s.pieces]
+            logprobs = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+            for entry in legacy_logprobs(pieces, top):
+                for key, values in entry.items():
+                    logprobs[key] += values
         return {
             "text": choice.joined("text") or "",
             "index": index,
-            "logprobs": None,
+            "logprobs": logprobs,
             "finish_reason": reason,
         }

@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 
 STATUS_KINDS = frozenset({"429", "500", "503"})
 CUT_KINDS = frozenset({"disconnect", "stall"})  # take an optional `:N` (events before the cut)
-ENDING_KINDS = frozenset({"error-event", "failed", "incomplete"})
+# error-chunk: a gateway's `{"error": ...}` inside a chat chunk, then [DONE] (an `error`
+# event on the Responses API)
+ENDING_KINDS = frozenset({"error-event", "error-chunk", "failed", "incomplete"})
 FRAMING_KINDS = frozenset({"bom", "crlf", "comments", "done-after"})
 OTHER_KINDS = frozenset({"reset", "html", "malformed", "chat-on-responses"})
 FAULT_KINDS = STATUS_KINDS | CUT_KINDS | ENDING_KINDS | FRAMING_KINDS | OTHER_KINDS
@@ -70,7 +72,7 @@ class FaultSet:
     reset: bool = False  # abort the connection before any response header
     html: bool = False  # 200 with a gateway-style HTML page
     cut: Fault | None = None  # disconnect/stall after `count` events (None: mid-stream)
-    ending: str | None = None  # error-event / failed / incomplete replace the normal end
+    ending: str | None = None  # error-event / error-chunk / failed / incomplete replace the end
     malformed: bool = False
     chat_on_responses: bool = False
     bom: bool = False

@@ -1,5 +1,5 @@
-"""The deterministic content of the parts beyond plain text: tool calls, refusal, reasoning,
-logprobs.
+"""The deterministic content of the parts beyond plain text: tool calls (function, custom,
+legacy), refusal, reasoning, audio, annotations, logprobs.
 
 Everything here is a pure function of a seed (and the request's tool schema), so the same
 request gets the same calls, arguments and logprobs on any machine, and a test can predict them.
@@ -7,6 +7,7 @@ request gets the same calls, arguments and logprobs on any machine, and a test c
 
 from __future__ import annotations
 
+import base64
 import random
 import re
 import zlib
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 # Said token by token when the request forces a refusal (x-mock-output: refusal).
 REFUSAL = ("I'm", " sorry", ",", " but", " I", " can't", " help", " with", " that", ".")
 REASONING_SALT = 0x9E3779B9  # reasoning is drawn from another window of the table than the text
+CUSTOM_INPUT_TOKENS = 6
 _FRAGMENT = re.compile(r" ?\w+|\s+|[^\w\s]+")  # words (with their space), blanks, punctuation
 _MAX_DEPTH = 4  # nested object schemas deeper than this get {}
 
@@ -84,12 +86,55 @@ def fragments(arguments: str) -> list[str]:
     return _FRAGMENT.findall(arguments)
 
 
-def call_segment(name: str, parameters: Any, seed: int, index: int) -> Segment:
-    """One tool call: the naming token (`""`), then its argument fragments."""
-    pieces = ["", *fragments(tool_arguments(parameters, seed + index, name))]
-    return Segment.of_pieces(
-        "tool_call", pieces, name=name, call_id=new_id("call_")[:29], call_index=index
+def custom_input(seed: int, name: str) -> str:
+    """A custom tool's free-form input: a few words of the token table."""
+    tokens = generate_tokens(zlib.crc32(f"{seed}|{name}".encode()), CUSTOM_INPUT_TOKENS)
+    return "".join(VOCAB[t] for t in tokens).strip()
+
+
+def call_segment(
+    name: str, parameters: Any, seed: int, index: int, call_type: str = "function"
+) -> Segment:
+    """One call: the naming token (`""`), then its input's fragments (a function's JSON
+    arguments, a custom tool's free text). Chat's legacy `function_call` has no id."""
+    text = (
+        custom_input(seed + index, name)
+        if call_type == "custom"
+        else tool_arguments(parameters, seed + index, name)
     )
+    return Segment.of_pieces(
+        "tool_call",
+        ["", *fragments(text)],
+        name=name,
+        call_id="" if call_type == "function_call" else new_id("call_")[:29],
+        call_index=index,
+        call_type=call_type,
+    )
+
+
+def audio_segment(tokens: list[int]) -> Segment:
+    """A spoken answer: its transcript's tokens, each with its own audio (`audio_data`)."""
+    return Segment.of_tokens("audio", tokens)
+
+
+def audio_data(token: str) -> str:
+    """A token's audio: base64 of its UTF-8 bytes, NUL-padded to whole base64 groups, so the
+    chunks of an answer joined decode too (as the real API's chunks of one audio do)."""
+    raw = token.encode()
+    return base64.b64encode(raw + b"\0" * (-len(raw) % 3)).decode()
+
+
+def url_citation(index: int, end: int, *, chat: bool) -> dict[str, Any]:
+    """Annotation `index` of an answer `end` characters long, in either API's shape."""
+    cite = {
+        "url": f"https://example.com/source-{index}",
+        "title": f"Source {index}",
+        "start_index": 0,
+        "end_index": end,
+    }
+    if chat:
+        return {"type": "url_citation", "url_citation": cite}
+    return {"type": "url_citation", **cite}
 
 
 def logprob(token: str) -> float:
@@ -142,3 +187,20 @@ def text_logprob(token: str, top: int) -> dict[str, Any]:
             for t, lp in _alternatives(token, top)
         ],
     }
+
+
+def legacy_logprobs(pieces: list[str], top: int) -> list[dict[str, Any]]:
+    """The legacy endpoint's `logprobs` of each token (its chunk's): parallel lists of one
+    entry, `text_offset` counting the answer's characters before it."""
+    out, offset = [], 0
+    for token in pieces:
+        out.append(
+            {
+                "tokens": [token],
+                "token_logprobs": [logprob(token)],
+                "top_logprobs": [dict(_alternatives(token, top))],
+                "text_offset": [offset],
+            }
+        )
+        offset += len(token)
+    return out

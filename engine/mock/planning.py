@@ -1,10 +1,12 @@
 """From a request to its answer: length, seeds, and which parts the request asks for.
 
-The parts are chosen by the body fields the real API has (`tools` + `tool_choice`, `n`,
-`logprobs` / `top_logprobs` / `include`, Responses `reasoning`) and, where the API has no
-natural trigger, by `x-mock-*` headers (`x-mock-output`, `x-mock-tool-calls`,
+The parts are chosen by the body fields the real API has (`tools` of type `function` or
+`custom` + `tool_choice`, chat's legacy `functions` + `function_call`, `n`, `logprobs` /
+`top_logprobs` / `include`, Responses `reasoning`, chat `modalities: ["audio"]`,
+`web_search_options`, `prediction`, `service_tier`, `input_audio` parts) and, where the API has
+no natural trigger, by `x-mock-*` headers (`x-mock-output`, `x-mock-tool-calls`,
 `x-mock-reasoning-tokens`, `x-mock-reasoning-field`, `x-mock-reasoning-summary`,
-`x-mock-cached-tokens`); the config sets defaults for reasoning.
+`x-mock-cached-tokens`, `x-mock-annotations`); the config sets defaults for reasoning.
 
 Length: the request's token limit caps the whole output, reasoning included (as OpenAI counts
 it), and sets a text answer's length exactly; a refusal or a tool call has its own length and
@@ -17,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from engine.mock.parts import call_segment, reasoning_segment, refusal_segment
+from engine.mock.parts import audio_segment, call_segment, reasoning_segment, refusal_segment
 from engine.mock.text import (
     Choice,
     Generation,
@@ -35,14 +37,18 @@ if TYPE_CHECKING:
     from engine.mock.config import MockConfig
 
 Dialect = Literal["chat", "responses", "completions"]
-Output = Literal["text", "refusal", "tool_calls"]
-OUTPUTS: tuple[Output, ...] = ("text", "refusal", "tool_calls")
+Output = Literal["text", "refusal", "tool_calls", "audio"]
+OUTPUTS: tuple[Output, ...] = ("text", "refusal", "tool_calls", "audio")
+Call = tuple[str, Any, str]  # (name, parameters, "function" | "custom" | legacy "function_call")
 REASONING_FIELDS = ("reasoning_content", "reasoning")
 DEFAULT_REASONING_TOKENS = 8  # a Responses `reasoning` request on a mock configured with none
 CHOICE_STRIDE = 7919  # choice i's seed is the request's + i * this: its own text
 MAX_CHOICES = 128  # the real API's cap on `n`
 MAX_TOP_LOGPROBS = 20
 MAX_TOOL_CALLS = 128
+MAX_LEGACY_LOGPROBS = 5  # the legacy endpoint's cap on `logprobs`
+MAX_ANNOTATIONS = 16
+AUDIO_PART_TOKENS = 16  # what one `input_audio` part of the prompt counts
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
 
 
@@ -117,55 +123,78 @@ class Asked:
     """The parts one request asks for."""
 
     output: Output = "text"
-    calls: tuple[tuple[str, Any], ...] = ()  # (name, parameters) of each call, in order
+    calls: tuple[Call, ...] = ()  # each call, in order
     reasoning: int = 0  # reasoning tokens before the answer
     summary: bool = False  # Responses: the reasoning as a summary
     field: str = "reasoning_content"  # chat: the reasoning delta's field
     n: int = 1
     top_logprobs: int | None = None  # None: no logprobs
+    annotations: int = 0  # url_citation annotations on the text
 
 
-def _function_tools(body: dict[str, Any], chat: bool) -> list[tuple[str, Any]]:
-    """(name, parameters) of the request's function tools, in order."""
+def _tools(body: dict[str, Any], chat: bool) -> list[Call]:
+    """The request's function and custom tools, in order."""
     tools = body.get("tools")
-    found = []
+    found: list[Call] = []
     for tool in tools if isinstance(tools, list) else []:
-        if not isinstance(tool, dict) or tool.get("type") != "function":
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind not in ("function", "custom"):
             continue
-        spec = tool.get("function") if chat else tool
+        spec = tool.get(kind) if chat else tool
         if isinstance(spec, dict) and isinstance(spec.get("name"), str):
-            found.append((spec["name"], spec.get("parameters")))
+            found.append((spec["name"], spec.get("parameters"), kind))
     return found
+
+
+def _legacy_functions(body: dict[str, Any]) -> list[Call]:
+    """Chat's legacy `functions` (before `tools`)."""
+    functions = body.get("functions")
+    return [
+        (f["name"], f.get("parameters"), "function_call")
+        for f in (functions if isinstance(functions, list) else [])
+        if isinstance(f, dict) and isinstance(f.get("name"), str)
+    ]
+
+
+def _named(choice: Any, chat: bool) -> str | None:
+    """The tool a `tool_choice` (or legacy `function_call`) names, if any."""
+    if not isinstance(choice, dict):
+        return None
+    kind = choice.get("type")
+    spec = choice.get(kind) if chat and isinstance(kind, str) else choice
+    name = spec.get("name") if isinstance(spec, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def _tool_calls(
     body: dict[str, Any], headers: Mapping[str, str], chat: bool, forced: str | None
-) -> tuple[tuple[str, Any], ...]:
+) -> tuple[Call, ...]:
     """The calls the answer makes: none, or `x-mock-tool-calls` of them (one when
-    `parallel_tool_calls` is false), to the named function or to the listed ones in turn."""
+    `parallel_tool_calls` is false, or for the legacy `functions`), to the named tool or to
+    the listed ones in turn."""
     choice = body.get("tool_choice")
-    named = None
-    if isinstance(choice, dict) and choice.get("type") == "function":
-        spec = choice.get("function") if chat else choice
-        named = spec.get("name") if isinstance(spec, dict) else None
+    tools = _tools(body, chat)
+    if chat and not tools and "functions" in body:  # legacy: `function_call` chooses
+        choice = body.get("function_call")
+        tools = _legacy_functions(body)
+    named = _named(choice, chat)
     wanted = forced == "tool_calls" or (
         forced is None and (choice == "required" or named is not None)
     )
     if not wanted:
         return ()
-    tools = _function_tools(body, chat)
     if not tools:
         raise BadRequest("A tool call needs at least one function tool in 'tools'.", "tools")
     if named is not None:
         tools = [tool for tool in tools if tool[0] == named]
         if not tools:
             raise BadRequest(
-                f"Invalid value for 'tool_choice': no function named {named!r} in 'tools'.",
+                f"Invalid value for 'tool_choice': no tool named {named!r} in 'tools'.",
                 "tool_choice",
                 "invalid_value",
             )
     count = header_int(headers, "x-mock-tool-calls", 1, 1, MAX_TOOL_CALLS)
-    if body.get("parallel_tool_calls") is False:
+    if body.get("parallel_tool_calls") is False or tools[0][2] == "function_call":
         count = 1
     return tuple(tools[i % len(tools)] for i in range(count))
 
@@ -189,6 +218,10 @@ def _reasoning(
 
 
 def _top_logprobs(body: dict[str, Any], dialect: Dialect) -> int | None:
+    if dialect == "completions":  # the legacy `logprobs: k`
+        if body.get("logprobs") is None:
+            return None
+        return body_int(body, "logprobs", 0, 0, MAX_LEGACY_LOGPROBS)
     top = body_int(body, "top_logprobs", 0, 0, MAX_TOP_LOGPROBS)
     if dialect == "chat":
         if body.get("logprobs") is True:
@@ -211,10 +244,20 @@ def asked_parts(
     """Read (and validate) what the request asks for beyond plain text."""
     forced = header_choice(headers, "x-mock-output", OUTPUTS)
     output: Output = "text"
-    calls: tuple[tuple[str, Any], ...] = ()
+    calls: tuple[Call, ...] = ()
+    annotations = 0
     if dialect != "completions":  # the legacy endpoint only ever writes text
         calls = _tool_calls(body, headers, dialect == "chat", forced)
-        output = "tool_calls" if calls else "refusal" if forced == "refusal" else "text"
+        modalities = body.get("modalities") if dialect == "chat" else None
+        spoken = isinstance(modalities, list) and "audio" in modalities
+        if calls:
+            output = "tool_calls"
+        elif forced == "refusal":
+            output = "refusal"
+        elif forced == "audio" or (spoken and forced is None):
+            output = "audio"
+        searched = dialect == "chat" and isinstance(body.get("web_search_options"), dict)
+        annotations = header_int(headers, "x-mock-annotations", int(searched), 0, MAX_ANNOTATIONS)
     reasoning, summary = _reasoning(config, body, headers, dialect)
     field = header_choice(headers, "x-mock-reasoning-field", REASONING_FIELDS)
     return Asked(
@@ -225,6 +268,7 @@ def asked_parts(
         field=field or config.reasoning_field,
         n=body_int(body, "n", 1, 1, MAX_CHOICES) if dialect != "responses" else 1,
         top_logprobs=_top_logprobs(body, dialect),
+        annotations=annotations,
     )
 
 
@@ -249,8 +293,8 @@ def _choice(
     segments = [reasoning_segment(seed, asked.reasoning)] if asked.reasoning else []
     if asked.output == "tool_calls":
         segments += [
-            call_segment(name, parameters, seed, index)
-            for index, (name, parameters) in enumerate(asked.calls)
+            call_segment(name, parameters, seed, index, kind)
+            for index, (name, parameters, kind) in enumerate(asked.calls)
         ]
     elif asked.output == "refusal":
         segments.append(refusal_segment())
@@ -258,12 +302,15 @@ def _choice(
         visible = (
             max(0, limit - asked.reasoning) if limit is not None else config.output_length(seed)
         )
-        segments.append(Segment.of_tokens("text", generate_tokens(seed, visible)))
+        tokens = generate_tokens(seed, visible)
+        segments.append(
+            audio_segment(tokens) if asked.output == "audio" else Segment.of_tokens("text", tokens)
+        )
     total = sum(len(segment.pieces) for segment in segments)
     keep = total if limit is None else min(total, limit)
     if ending is not None:
         keep //= 2  # the error / failure / cut-off arrives mid-answer
-    stopped = limit is not None and (asked.output == "text" or total > limit)
+    stopped = limit is not None and (asked.output in ("text", "audio") or total > limit)
     return Choice(_cut(segments, keep), stopped)
 
 
@@ -344,7 +391,35 @@ def plan(
         reasoning_field=asked.field,
         reasoning_summary=asked.summary,
         echo=_echo(body) if dialect == "responses" else {},
+        annotations=asked.annotations,
+        service_tier=_service_tier(body),
+        prompt_audio_tokens=AUDIO_PART_TOKENS * _audio_parts(body.get("messages")),
+        prediction_tokens=_prediction_words(body.get("prediction")) if dialect == "chat" else 0,
     )
+
+
+def _service_tier(body: dict[str, Any]) -> str:
+    """The tier the response reports: the request's, `auto` served as `default`."""
+    tier = body.get("service_tier")
+    return tier if isinstance(tier, str) and tier != "auto" else "default"
+
+
+def _audio_parts(messages: Any) -> int:
+    """The `input_audio` parts of a chat prompt."""
+    return sum(
+        1
+        for m in (messages if isinstance(messages, list) else [])
+        if isinstance(m, dict) and isinstance(m.get("content"), list)
+        for part in m["content"]
+        if isinstance(part, dict) and part.get("type") == "input_audio"
+    )
+
+
+def _prediction_words(prediction: Any) -> int:
+    """The words of a chat `prediction` (`{"type": "content", "content": ...}`)."""
+    content = prediction.get("content") if isinstance(prediction, dict) else None
+    texts = [content] if isinstance(content, str) else message_texts([{"content": content}])[0]
+    return sum(len(text.split()) for text in texts)
 
 
 def _echo(body: dict[str, Any]) -> dict[str, Any]:

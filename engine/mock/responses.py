@@ -8,7 +8,12 @@ Each segment of the answer is one output item, in order (`output_index` 0, 1, ..
 (`rs_…`: `content_part` + `reasoning_text.delta`/`.done` as OpenAI's open-weight models and
 vLLM send it, or `reasoning_summary_part` + `reasoning_summary_text.delta`/`.done` as OpenAI's
 hosted models do), a message (`msg_…`: `output_text` or, for a refusal, `refusal`), function
-calls (`fc_…`: the item is the call's first token, then `function_call_arguments.delta`/`.done`).
+calls (`fc_…`: the item is the call's first token, then `function_call_arguments.delta`/`.done`;
+a custom tool's `ctc_…` item with `custom_tool_call_input.delta`/`.done`). A spoken answer
+(`x-mock-output: audio`) is no item: `response.audio.transcript.delta` per token, then
+`response.audio.delta` (the audio), `response.audio.done` and `response.audio.transcript.done`.
+A message's annotations (`x-mock-annotations`) come as `response.output_text.annotation.added`
+after its last token, and in its final part.
 The first item opens in the head, a later one just before its first token; an item closes right
 after its last token, the last one in the tail before the final event.
 
@@ -29,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from engine.mock.parts import delta_logprob, text_logprob
+from engine.mock.parts import audio_data, delta_logprob, text_logprob, url_citation
 from engine.mock.sse_writer import (
     DONE,
     SEQ,
@@ -80,6 +85,14 @@ _CALL = _Shape(
     "arguments",
     None,
 )
+_CUSTOM = _Shape(
+    "ctc_",
+    "response.custom_tool_call_input.delta",
+    "response.custom_tool_call_input.done",
+    "input",
+    None,
+)
+_AUDIO = _Shape("", "response.audio.transcript.delta", "response.audio.transcript.done", "", None)
 
 
 def _usage(gen: Generation) -> dict[str, Any]:
@@ -96,6 +109,7 @@ class _Item:
     """One segment as an output item: its events around a run of per-token events."""
 
     __slots__ = (
+        "_notes",
         "_top",
         "first_seq",
         "id",
@@ -115,12 +129,14 @@ class _Item:
         start: int,
         first_seq: int,
         top_logprobs: int | None,
+        annotations: int = 0,
     ) -> None:
         self.segment, self.shape, self.output_index = segment, shape, output_index
         self.id = new_id(shape.prefix)
         self.start = start  # the answer's token index of the item's first token
         self.first_seq = first_seq  # the sequence number of that token's event
         self._top = top_logprobs if shape is _MESSAGE else None
+        self._notes = annotations if shape is _MESSAGE else 0
         delta: dict[str, Any] = {**self._where(SEQ, shape.delta), "delta": SLOT}
         if shape is _MESSAGE:
             delta["logprobs"] = [] if self._top is None else SLOT
@@ -136,7 +152,12 @@ class _Item:
 
     @property
     def is_call(self) -> bool:
-        return self.shape is _CALL
+        return self.shape is _CALL or self.shape is _CUSTOM
+
+    @property
+    def is_item(self) -> bool:
+        """Whether it is an output item (audio is not)."""
+        return self.shape is not _AUDIO
 
     @property
     def stop(self) -> int:
@@ -144,14 +165,16 @@ class _Item:
 
     @property
     def opening_events(self) -> int:
-        """Events before its first token (a call's item is that token)."""
-        return 0 if self.is_call else 2
+        """Events before its first token (a call's item is that token; audio has none)."""
+        return 0 if self.is_call or not self.is_item else 2
 
     @property
     def closing_events(self) -> int:
-        return 2 if self.is_call else 3
+        return 2 if self.is_call else 3 + self._notes
 
     def _where(self, seq: Any, name: str) -> dict[str, Any]:
+        if not self.is_item:
+            return {"type": name, "sequence_number": seq}
         where: dict[str, Any] = {
             "type": name,
             "sequence_number": seq,
@@ -167,12 +190,16 @@ class _Item:
         top = self._top
         return [] if top is None else [text_logprob(p, top) for p in self.segment.pieces]
 
+    def _annotations(self) -> list[dict[str, Any]]:
+        end = len(self.segment.text)
+        return [url_citation(i, end, chat=False) for i in range(self._notes)]
+
     def _part(self, text: str, *, final: bool) -> dict[str, Any]:
         shape = self.shape
         if shape is _MESSAGE:
             return {
                 "type": "output_text",
-                "annotations": [],
+                "annotations": self._annotations() if final else [],
                 "logprobs": self._logprobs() if final else [],
                 "text": text,
             }
@@ -184,11 +211,12 @@ class _Item:
         """The item as output_item.added (final=False) or .done and the response show it."""
         segment, shape = self.segment, self.shape
         if self.is_call:
+            custom = shape is _CUSTOM
             return {
                 "id": self.id,
-                "type": "function_call",
+                "type": "custom_tool_call" if custom else "function_call",
                 "status": status,
-                "arguments": segment.text if final else "",
+                "input" if custom else "arguments": segment.text if final else "",
                 "call_id": segment.call_id,
                 "name": segment.name,
             }
@@ -221,7 +249,7 @@ class _Item:
         )
 
     def opening(self) -> list[bytes]:
-        if self.is_call:
+        if self.is_call or not self.is_item:
             return []
         seq = self.first_seq - 2
         part = {**self._where(seq + 1, self.shape.part_added), "part": self._part("", final=False)}
@@ -236,10 +264,24 @@ class _Item:
 
     def closing(self, status: str) -> list[bytes]:
         seq, segment, shape = self.first_seq + len(self.pieces), self.segment, self.shape
+        if not self.is_item:
+            return self._audio_closing(seq)
+        notes = [
+            named_event(
+                "response.output_text.annotation.added",
+                {
+                    **self._where(seq + i, "response.output_text.annotation.added"),
+                    "annotation_index": i,
+                    "annotation": note,
+                },
+            )
+            for i, note in enumerate(self._annotations())
+        ]
+        seq += len(notes)
         done = {**self._where(seq, shape.done), shape.field: segment.text}
         if shape is _MESSAGE:
             done["logprobs"] = self._logprobs()
-        events = [named_event(shape.done, done)]
+        events = [*notes, named_event(shape.done, done)]
         if not self.is_call:
             part = {
                 **self._where(seq + 1, shape.part_done),
@@ -251,7 +293,7 @@ class _Item:
                 "response.output_item.done",
                 {
                     "type": "response.output_item.done",
-                    "sequence_number": seq + len(events),
+                    "sequence_number": seq + len(events) - len(notes),
                     "output_index": self.output_index,
                     "item": self.item(status, final=True),
                 },
@@ -259,11 +301,30 @@ class _Item:
         )
         return events
 
+    def _audio_closing(self, seq: int) -> list[bytes]:
+        """The whole audio, then the end of the audio and of its transcript."""
+        data = "".join(audio_data(p) for p in self.segment.pieces)
+        return [
+            named_event(
+                "response.audio.delta",
+                {"type": "response.audio.delta", "sequence_number": seq, "delta": data},
+            ),
+            named_event(
+                "response.audio.done", {"type": "response.audio.done", "sequence_number": seq + 1}
+            ),
+            named_event(
+                "response.audio.transcript.done",
+                {"type": "response.audio.transcript.done", "sequence_number": seq + 2},
+            ),
+        ]
+
 
 def _shape(segment: Segment, summary: bool) -> _Shape:
     if segment.kind == "reasoning":
         return _SUMMARY if summary else _REASONING
-    return {"text": _MESSAGE, "refusal": _REFUSAL, "tool_call": _CALL}[segment.kind]
+    if segment.kind == "tool_call":
+        return _CUSTOM if segment.call_type == "custom" else _CALL
+    return {"text": _MESSAGE, "refusal": _REFUSAL, "audio": _AUDIO}[segment.kind]
 
 
 class ResponsesStream:
@@ -302,8 +363,8 @@ class ResponsesStream:
         seq, start, last = _LIFECYCLE_HEAD, 0, len(choice.segments) - 1
         for index, segment in enumerate(choice.segments):
             shape = _shape(segment, gen.reasoning_summary)
-            seq += 0 if shape is _CALL else 2
-            item = _Item(segment, shape, index, start, seq, gen.top_logprobs)
+            item = _Item(segment, shape, index, start, seq, gen.top_logprobs, gen.annotations)
+            item.first_seq = seq = seq + item.opening_events
             self._items.append(item)
             seq += len(item.pieces) + (item.closing_events if index < last else 0)
             start = item.stop
@@ -366,7 +427,7 @@ class ResponsesStream:
             "prompt_cache_key": None,
             "reasoning": {"effort": None, "summary": None},
             "safety_identifier": None,
-            "service_tier": "default",
+            "service_tier": gen.service_tier,
             "store": True,
             "temperature": 1.0,
             "text": {"format": {"type": "text"}, "verbosity": "medium"},
@@ -387,6 +448,7 @@ class ResponsesStream:
         return [
             item.item(self._item_status if i == last else "completed", final=True)
             for i, item in enumerate(self._items)
+            if item.is_item
         ]
 
     def head(self) -> list[bytes]:
@@ -431,7 +493,7 @@ class ResponsesStream:
 
     def tail(self) -> list[bytes]:
         gen, seq = self._gen, self._tail_seq
-        if gen.ending == "error-event":
+        if gen.ending in ("error-event", "error-chunk"):
             return [
                 named_event(
                     "error",

@@ -92,13 +92,14 @@ def prompt_of(messages: list[list[str]]) -> str:
     return "\x1e".join("\x1f".join(texts) for texts in messages)
 
 
-SegmentKind = Literal["reasoning", "text", "refusal", "tool_call"]
+SegmentKind = Literal["reasoning", "text", "refusal", "tool_call", "audio"]
 
 
 @dataclass(slots=True)
 class Segment:
     """A run of one kind of token. A tool call's first piece is `""`: the token that names the
-    function (chat sends it as the call's opening chunk, Responses as its output item)."""
+    function (chat sends it as the call's opening chunk, Responses as its output item). An
+    audio answer's pieces are its transcript, each token with its own audio data."""
 
     kind: SegmentKind
     pieces: list[str]  # the text of each token
@@ -106,6 +107,7 @@ class Segment:
     name: str = ""  # tool_call: the function's name
     call_id: str = ""  # tool_call: `call_…`
     call_index: int = 0  # tool_call: its place among the choice's calls
+    call_type: str = "function"  # tool_call: "function", "custom" or legacy "function_call"
 
     @classmethod
     def of_tokens(cls, kind: SegmentKind, tokens: Sequence[int]) -> Segment:
@@ -130,6 +132,7 @@ class Segment:
             self.name,
             self.call_id,
             self.call_index,
+            self.call_type,
         )
 
 
@@ -151,6 +154,15 @@ class Choice:
     @property
     def calls(self) -> list[Segment]:
         return [s for s in self.segments if s.kind == "tool_call"]
+
+    @property
+    def legacy_call(self) -> bool:
+        """The answer is chat's legacy `function_call` (finish reason `function_call`)."""
+        return any(s.call_type == "function_call" for s in self.calls)
+
+    @property
+    def audio_tokens(self) -> int:
+        return sum(len(s.pieces) for s in self.segments if s.kind == "audio")
 
     def joined(self, kind: SegmentKind) -> str | None:
         """The text of every segment of `kind`, or None when there is none."""
@@ -180,6 +192,10 @@ class Generation:
     reasoning_field: str = "reasoning_content"  # chat: the delta field of reasoning tokens
     reasoning_summary: bool = False  # Responses: reasoning as a summary, not as raw text
     echo: dict[str, Any] = field(default_factory=dict)  # request fields the response repeats
+    annotations: int = 0  # url_citation annotations on the answer's text
+    service_tier: str = "default"  # the request's, as the response reports it
+    prompt_audio_tokens: int = 0  # of the input: its `input_audio` parts
+    prediction_tokens: int = 0  # the words of a chat `prediction`: accepted, rest rejected
 
     def __post_init__(self) -> None:
         if not self.choices:
@@ -192,6 +208,19 @@ class Generation:
     @property
     def reasoning_tokens(self) -> int:
         return sum(choice.reasoning_tokens for choice in self.choices)
+
+    @property
+    def audio_tokens(self) -> int:
+        return sum(choice.audio_tokens for choice in self.choices)
+
+    @property
+    def accepted_prediction_tokens(self) -> int:
+        """Half of the prediction's words (at most the output): a fixed, visible rule."""
+        return min(self.prediction_tokens // 2, self.output_tokens)
+
+    @property
+    def rejected_prediction_tokens(self) -> int:
+        return self.prediction_tokens - self.accepted_prediction_tokens
 
     @property
     def text(self) -> str:
