@@ -20,24 +20,32 @@ from __future__ import annotations
 
 import time
 from array import array
-from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 from engine._flat import Flat, triples
+from engine.choices import (
+    CLIENT_CALLS,
+    Choice,
+    ToolCall,
+    choice_of_message,
+    choice_of_output,
+    filled,
+    output_of,
+    output_text,
+    stand_in,
+)
 from engine.errors import ProtocolError
 from engine.events import (
     CHOICE_CHUNKS,
     COMPLETION_CHUNK,
     DELTA_KINDS,
     NOT_JSON,
-    REASONING_FIELDS,
     TEXT_DELTA,
     Delta,
     Dialect,
     Ending,
     StreamEvent,
     Usage,
-    call_input,
     delta_text,
 )
 from engine.merge import Pieces, materialized, merge
@@ -59,70 +67,9 @@ FOLD_PIECES: Final = Pieces.FOLD  # fragments joined at once (see `Pieces`)
 # kept as a result, where the SDK raises.
 NO_TERMINAL_EVENT: Final = "no_terminal_event"
 _CHATTY = (Dialect.CHAT, Dialect.COMPLETIONS)
-_T = TypeVar("_T")
 # A chat choice's keys the assembler reads itself; any other is carried.
 _CHOICE_KEYS = frozenset({"index", "delta", "finish_reason", "logprobs"})
 _COMPLETION_KEYS = frozenset({"index", "text", "finish_reason", "logprobs"})
-# Responses calls the client must run: a completed response with one ends in `tool_calls`.
-CLIENT_CALLS: Final = frozenset(
-    {
-        "function_call",
-        "custom_tool_call",
-        "shell_call",
-        "local_shell_call",
-        "computer_call",
-        "apply_patch_call",
-    }
-)
-# Where a Responses call item keeps the input its fragments build.
-_CALL_FIELDS = {
-    "function_call": "arguments",
-    "custom_tool_call": "input",
-    "mcp_call": "arguments",
-    "code_interpreter_call": "code",
-}
-
-
-@dataclass(slots=True)
-class ToolCall:
-    """One call of any kind: its id, name, input (function arguments, custom tool input,
-    a shell call's action as JSON) and `type`, the wire's name for it (chat's "function" /
-    "custom", "function_call" for chat's legacy `function_call`, or the Responses item type:
-    "function_call", "custom_tool_call", "shell_call", ...)."""
-
-    id: str | None
-    name: str | None
-    arguments: str = ""
-    type: str = "function"
-
-    def as_chat(self) -> dict[str, Any]:
-        """The call as a chat `message.tool_calls` entry (converting a Responses item)."""
-        if self.type in ("custom", "custom_tool_call"):
-            return {
-                "id": self.id,
-                "type": "custom",
-                "custom": {"name": self.name, "input": self.arguments},
-            }
-        return {
-            "id": self.id,
-            "type": "function",
-            "function": {"name": self.name, "arguments": self.arguments},
-        }
-
-
-@dataclass(slots=True)
-class Choice:
-    """One answer: a chat choice, or (Responses) the whole output. `logprobs` is the list of
-    token entries (chat, Responses) or the legacy endpoint's logprobs object."""
-
-    index: int
-    text: str = ""
-    refusal: str | None = None
-    reasoning: str | None = None
-    reasoning_summary: str | None = None  # summary parts joined by a blank line
-    tool_calls: list[ToolCall] = field(default_factory=list)
-    finish_reason: str | None = None
-    logprobs: list[Any] | dict[str, Any] | None = None
 
 
 class _ChoiceState:
@@ -318,34 +265,14 @@ class ResponseAssembler:
         """A chat or legacy choice, read from its merged message."""
         message = materialized(state.message)
         if self.dialect is Dialect.COMPLETIONS:
+            text = message.get("text")
             return Choice(
                 index,
-                _str_or(message.get("text"), ""),
+                text if isinstance(text, str) else "",
                 finish_reason=state.finish_reason,
                 logprobs=message.get("logprobs"),
             )
-        calls: list[ToolCall] = []
-        legacy = message.get("function_call")
-        if isinstance(legacy, dict):
-            calls.append(_chat_call(legacy, None, "function_call"))
-        for call in _list(message.get("tool_calls")):
-            if isinstance(call, dict):
-                kind = _str_or(call.get("type"), "custom" if "custom" in call else "function")
-                body = call.get(kind)
-                calls.append(
-                    _chat_call(body if isinstance(body, dict) else {}, _str(call.get("id")), kind)
-                )
-        logprobs = state.logprobs.get("content") if isinstance(state.logprobs, dict) else None
-        return Choice(
-            index,
-            _str_or(message.get("content"), ""),
-            _str_or(message.get("refusal"), None),
-            _chat_reasoning(message),
-            None,
-            calls,
-            state.finish_reason,
-            logprobs or None,
-        )
+        return choice_of_message(index, message, state.finish_reason, state.logprobs)
 
     def _choices_response(self) -> dict[str, Any]:
         """The chat.completion (or text_completion) openai-python assembles."""
@@ -358,7 +285,7 @@ class ResponseAssembler:
             message = materialized(state.message)
             choice["finish_reason"] = state.finish_reason
             if legacy:
-                choice["text"] = _str_or(message.get("text"), "")
+                choice["text"] = message.get("text") or ""
                 choice["logprobs"] = message.get("logprobs")
             else:
                 del choice["delta"]
@@ -420,7 +347,7 @@ class ResponseAssembler:
             if pieces is None:
                 pieces = self._fragments[key] = Pieces()
                 if d.index not in self._items:  # a delta without its item: a stand-in
-                    self._items[d.index] = _stand_in(d)
+                    self._items[d.index] = stand_in(d)
             pieces.append(d.text)
         self._tokens(deltas, event.received_ns, size)
 
@@ -449,9 +376,9 @@ class ResponseAssembler:
         text = self.parts.join()
         if text and not messages:
             index = max(items, default=-1) + 1
-            items[index] = _stand_in(Delta("text", "", index))
+            items[index] = stand_in(Delta("text", "", index))
             messages.append(index)
-        done_text = "".join(_output_text(items[i]) for i in messages if i in self._done)
+        done_text = "".join(output_text(items[i]) for i in messages if i in self._done)
         rest = text.removeprefix(done_text)
         open_messages = [i for i in messages if i not in self._done]
         last = open_messages[-1] if open_messages else None
@@ -461,51 +388,13 @@ class ResponseAssembler:
         ]
 
     def _filled(self, index: int, item: dict[str, Any], text: str) -> dict[str, Any]:
-        """An item never done, with what its deltas said."""
-        item = dict(item)
-        kind = item.get("type")
+        """An item never done, with what its fragments said."""
         frags = sorted(
             (key[1:], pieces.join()) for key, pieces in self._fragments.items() if key[0] == index
         )
-        if kind == "message":
-            item["content"] = self._message_content(index, text, frags)
-        elif kind == "reasoning":
-            for name, part_type, frag_kind in (
-                ("content", "reasoning_text", "reasoning"),
-                ("summary", "summary_text", "reasoning_summary"),
-            ):
-                found = [{"type": part_type, "text": t} for (k, _), t in frags if k == frag_kind]
-                item[name] = found or _list(item.get(name))
-        elif kind == "shell_call":
-            commands = [t for (k, _), t in frags if k == "tool_call"]
-            if commands:
-                action = item.get("action")
-                item["action"] = {
-                    **(action if isinstance(action, dict) else {}),
-                    "commands": commands,
-                }
-        elif kind in _CALL_FIELDS:
-            name = _CALL_FIELDS[kind]
-            item[name] = _str_or(item.get(name), "") + "".join(t for _, t in frags)
-        return item
-
-    def _message_content(
-        self, index: int, text: str, frags: list[tuple[tuple[str, int], str]]
-    ) -> list[dict[str, Any]]:
-        parts = {ci: dict(p) for (i, ci), p in self._parts_added.items() if i == index}
-        for (kind, ci), refusal in frags:
-            if kind == "refusal":
-                parts.setdefault(ci, {"type": "refusal"})["refusal"] = refusal
-        texts = [ci for ci in sorted(parts) if parts[ci].get("type") == "output_text"]
-        if text and not texts:
-            ci = 0 if 0 not in parts else max(parts) + 1
-            parts[ci] = {"type": "output_text", "logprobs": []}
-            texts = [ci]
-        for ci in texts:
-            part = parts[ci]
-            part["text"] = _str_or(part.get("text"), "") + (text if ci == texts[0] else "")
-            part["annotations"] = self._annotations.get((index, ci), _list(part.get("annotations")))
-        return [parts[ci] for ci in sorted(parts)]
+        parts = {ci: part for (i, ci), part in self._parts_added.items() if i == index}
+        notes = {ci: found for (i, ci), found in self._annotations.items() if i == index}
+        return filled(item, text, frags, parts, notes)
 
     # --- the results ---------------------------------------------------------------------
 
@@ -521,7 +410,7 @@ class ResponseAssembler:
             return [self._state_choice(i, s) for i, s in sorted(self._choices.items())] or [
                 Choice(0)
             ]
-        return [_choice_of_output(self._output(), self.parts)]
+        return [choice_of_output(self._output(), self.parts.join)]
 
     @property
     def ending(self) -> Ending:
@@ -656,21 +545,9 @@ class ResponseAssembler:
             "incomplete_details": None
             if ending.incomplete_reason is None
             else {"reason": ending.incomplete_reason},
-            "output": _output_of(choice, ending.status),
+            "output": output_of(choice, ending.status),
             "usage": self.usage.as_dict() if self.usage else None,
         }
-
-
-def _str(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def _str_or(value: Any, default: _T) -> str | _T:
-    return value if isinstance(value, str) else default
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
 
 
 def _index(value: Any) -> int:
@@ -679,146 +556,3 @@ def _index(value: Any) -> int:
 
 def _copied(value: Any) -> Any:
     return list(value) if isinstance(value, list) else value
-
-
-def _chat_call(body: dict[str, Any], call_id: str | None, kind: str) -> ToolCall:
-    """A merged chat call: a function's arguments, a custom tool's input."""
-    return ToolCall(call_id, _str(body.get("name")), call_input(body), kind)
-
-
-def _chat_reasoning(message: dict[str, Any]) -> str | None:
-    """A chat message's reasoning, under the first name the server used for it."""
-    for name in REASONING_FIELDS:
-        text = message.get(name)
-        if isinstance(text, str):
-            return text
-    details = [
-        text
-        for entry in _list(message.get("reasoning_details"))
-        if isinstance(entry, dict)
-        for text in (entry.get("text"), entry.get("summary"))
-        if isinstance(text, str)
-    ]
-    return "".join(details) if details else None
-
-
-def _stand_in(d: Delta) -> dict[str, Any]:
-    """The item a delta belongs to when its `output_item.added` never came."""
-    item_id = d.item_id or ""
-    if d.kind in ("text", "refusal"):
-        return {
-            "id": item_id,
-            "type": "message",
-            "status": "in_progress",
-            "content": [],
-            "role": "assistant",
-        }
-    if d.kind.startswith("reasoning"):
-        return {"id": item_id, "type": "reasoning", "summary": [], "content": []}
-    return {"id": item_id, "type": d.call_type or "function_call", "status": "in_progress"}
-
-
-def _output_text(item: dict[str, Any]) -> str:
-    """A message item's visible text (the SDK's `output_text`)."""
-    return "".join(
-        part["text"]
-        for part in _list(item.get("content"))
-        if isinstance(part, dict)
-        and part.get("type") == "output_text"
-        and isinstance(part.get("text"), str)
-    )
-
-
-def _call_of(item: dict[str, Any]) -> ToolCall | None:
-    """The call an output item makes, if it is one (`*_call`, any tool)."""
-    kind = item.get("type")
-    if not isinstance(kind, str) or not kind.endswith("_call"):
-        return None
-    name = _str(item.get("name")) or kind.removesuffix("_call")
-    return ToolCall(_str(item.get("call_id") or item.get("id")), name, call_input(item), kind)
-
-
-def _choice_of_output(output: list[Any], deltas: Pieces) -> Choice:
-    """The one choice of a Responses output. Its text is the SDK's `output_text`, or the text
-    deltas' when the output holds no message (a gateway's empty `output`)."""
-    choice = Choice(0)
-    texts: list[str] = []
-    refusal: list[str] = []
-    reasoning: list[str] = []
-    summary: list[str] = []
-    logprobs: list[Any] = []
-    has_message = False
-    for item in output:
-        if not isinstance(item, dict):
-            continue
-        call = _call_of(item)
-        if call is not None:
-            choice.tool_calls.append(call)
-            continue
-        has_message = has_message or item.get("type") == "message"
-        for part in _list(item.get("content")) + _list(item.get("summary")):
-            if not isinstance(part, dict):
-                continue
-            ptype = part.get("type")
-            if ptype == "output_text":
-                texts.append(_str_or(part.get("text"), ""))
-                logprobs.extend(_list(part.get("logprobs")))
-            elif ptype == "refusal":
-                refusal.append(_str_or(part.get("refusal"), ""))
-            elif ptype == "reasoning_text":
-                reasoning.append(_str_or(part.get("text"), ""))
-            elif ptype == "summary_text":
-                summary.append(_str_or(part.get("text"), ""))
-    choice.text = "".join(texts) if has_message else deltas.join()
-    choice.refusal = "".join(refusal) if refusal else None
-    choice.reasoning = "".join(reasoning) if reasoning else None
-    choice.reasoning_summary = "\n\n".join(summary) if summary else None
-    choice.logprobs = logprobs or None
-    return choice
-
-
-def _output_of(choice: Choice, status: str) -> list[dict[str, Any]]:
-    """Responses output items for a choice of another wire format: reasoning, message, calls."""
-    items: list[dict[str, Any]] = []
-    if choice.reasoning is not None or choice.reasoning_summary is not None:
-        items.append(
-            {
-                "type": "reasoning",
-                "id": "",
-                "summary": []
-                if choice.reasoning_summary is None
-                else [{"type": "summary_text", "text": choice.reasoning_summary}],
-                "content": []
-                if choice.reasoning is None
-                else [{"type": "reasoning_text", "text": choice.reasoning}],
-            }
-        )
-    content: list[dict[str, Any]] = []
-    if choice.text or not (choice.refusal or choice.tool_calls):
-        content.append(
-            {
-                "type": "output_text",
-                "text": choice.text,
-                "annotations": [],
-                "logprobs": choice.logprobs if isinstance(choice.logprobs, list) else [],
-            }
-        )
-    if choice.refusal is not None:
-        content.append({"type": "refusal", "refusal": choice.refusal})
-    if content:
-        items.append(
-            {"type": "message", "id": "", "status": status, "role": "assistant", "content": content}
-        )
-    for call in choice.tool_calls:
-        custom = call.type in ("custom", "custom_tool_call")
-        items.append(
-            {
-                "type": "custom_tool_call" if custom else "function_call",
-                "id": "",
-                "call_id": call.id,
-                "name": call.name,
-                "input" if custom else "arguments": call.arguments,
-                "status": "completed",
-            }
-        )
-    return items

@@ -24,7 +24,9 @@ ALLOWED: dict[str, set[str]] = {
     "limits": {"asyncio"},  # async acquire helpers; still no network I/O
     "redaction": set(),
     "runtime": {"errors", "asyncio", "uvloop"},  # the commands' process, not the library
-    "assembly": {"events", "errors", "_flat"},
+    "merge": set(),
+    "choices": {"events"},
+    "assembly": {"events", "errors", "_flat", "merge", "choices"},
     "chunks": {"_flat", "asyncio"},
     "config": set(),
     "retry": {"errors", "limits", "config"},
@@ -112,6 +114,8 @@ MUST_NOT_IO = {
     "limits",
     "handlers",
     "assembly",
+    "merge",
+    "choices",
     "retry",
     "_flat",
     "content_encoding",
