@@ -203,10 +203,12 @@ class ResponseAssembler:
 
     def _tokens(self, deltas: tuple[Delta, ...], received_ns: int, size: int) -> None:
         """An event's fragments: its arrival is a token's when any carries one."""
-        if any(d.text or d.name for d in deltas):
-            self.token_times_ns.append(received_ns)
-            if self.first_text_ns is None and any(d.kind == "text" and d.text for d in deltas):
-                self.first_text_ns = received_ns
+        for d in deltas:  # a loop, not any(): this runs once per chat chunk
+            if d.text or d.name:
+                self.token_times_ns.append(received_ns)
+                if self.first_text_ns is None and any(e.kind == "text" and e.text for e in deltas):
+                    self.first_text_ns = received_ns
+                break
         self._left -= size
         if self._left < 0:
             self._too_big()
@@ -245,20 +247,21 @@ class ResponseAssembler:
         first = state is None
         if state is None:
             state = self._choices[index] = _ChoiceState(choice, "text" if legacy else "delta")
+        known = _COMPLETION_KEYS if legacy else _CHOICE_KEYS
         if legacy:
             body: dict[str, Any] = {k: choice[k] for k in ("text", "logprobs") if k in choice}
         else:
             delta = choice.get("delta")
             body = delta if isinstance(delta, dict) else {}
-            state.add_logprobs(choice.get("logprobs"), first=first)
+            logprobs = choice.get("logprobs")
+            if logprobs is not None:
+                state.add_logprobs(logprobs, first=first)
         size = merge(state.message, body)
         reason = choice.get("finish_reason")
         if reason:
             state.finish_reason = reason
-        if not first:  # keys the SDK would drop after the first chunk are carried
-            extra = choice.keys() - (_COMPLETION_KEYS if legacy else _CHOICE_KEYS)
-            if extra:
-                size += merge(state.fields, {k: choice[k] for k in extra})
+        if not first and not choice.keys() <= known:  # carried where the SDK drops them
+            size += merge(state.fields, {k: v for k, v in choice.items() if k not in known})
         return size
 
     def _state_choice(self, index: int, state: _ChoiceState) -> Choice:

@@ -86,6 +86,9 @@ _PART_FIELDS = ("content_index", "summary_index", "command_index")
 # `reasoning_details`): the first present is the token, the final message keeps every one.
 _CHAT_FIELDS = (("content", "text"), ("refusal", "refusal"))
 REASONING_FIELDS = ("reasoning_content", "reasoning")
+_OTHER_CHAT_FIELDS = frozenset(
+    {*REASONING_FIELDS, "reasoning_details", "audio", "function_call", "tool_calls"}
+)
 # The text of a whole output item's parts, by part type: an item that arrives whole is a token.
 _PART_KINDS = {
     "output_text": ("text", "text"),
@@ -302,7 +305,7 @@ class StreamEvent:
         arguments), for every choice or output item, decoded once."""
         deltas = self.cached_deltas
         if deltas is None:
-            deltas = self.cached_deltas = tuple(self._deltas())
+            deltas = self.cached_deltas = self._deltas()
         return deltas
 
     @property
@@ -312,15 +315,18 @@ class StreamEvent:
             return bool(self.text_delta)
         return any(d.text or d.name for d in self.deltas)
 
-    def _deltas(self) -> Iterator[Delta]:
+    def _deltas(self) -> tuple[Delta, ...]:
+        """Built into a list, not yielded: this runs once per chat chunk."""
         typ = self.type
         kind = DELTA_KINDS.get(typ)
         if kind is not None:
             data = self.data
             text = data.get(_DELTA_FIELDS.get(typ, "delta"))
-            if isinstance(text, str):
-                logprobs = data.get("logprobs")
-                yield Delta(
+            if not isinstance(text, str):
+                return ()
+            logprobs = data.get("logprobs")
+            return (
+                Delta(
                     kind,
                     text,
                     _int(data.get("output_index")),
@@ -328,10 +334,11 @@ class StreamEvent:
                     logprobs=logprobs if isinstance(logprobs, list) and logprobs else None,
                     part=_part(data),
                     call_type=CALL_ITEM_TYPES.get(typ),
-                )
-            return
+                ),
+            )
         if typ not in CHOICE_CHUNKS:
-            return
+            return ()
+        found: list[Delta] = []
         for choice in _choices(self.data):
             if not isinstance(choice, dict):
                 continue
@@ -339,11 +346,12 @@ class StreamEvent:
             if typ == COMPLETION_CHUNK:
                 text = choice.get("text")
                 if isinstance(text, str) and text:
-                    yield Delta("text", text, index)
+                    found.append(Delta("text", text, index))
                 continue
             delta = choice.get("delta")
             if isinstance(delta, dict):
-                yield from _chat_deltas(delta, index, choice.get("logprobs"))
+                _chat_deltas(delta, index, choice.get("logprobs"), found)
+        return tuple(found)
 
     @property
     def sequence_number(self) -> int | None:
@@ -443,31 +451,35 @@ def finish_reasons(data: dict[str, Any]) -> tuple[tuple[int, str], ...]:
     return found
 
 
-def _chat_deltas(delta: dict[str, Any], index: int, logprobs: Any) -> Iterator[Delta]:
-    """The fragments of one chat choice's `delta`: text, refusal, reasoning, audio and every
-    kind of call (tool calls of any type, the legacy `function_call`)."""
+def _chat_deltas(delta: dict[str, Any], index: int, logprobs: Any, found: list[Delta]) -> None:
+    """The fragments of one chat choice's `delta`, added to `found`: text, refusal,
+    reasoning, audio and every kind of call (tool calls of any type, legacy `function_call`)."""
     for field, kind in _CHAT_FIELDS:
         text = delta.get(field)
         if isinstance(text, str) and text:
             entries = logprobs.get(field) if isinstance(logprobs, dict) else None
-            yield Delta(
-                kind,
-                text,
-                index,
-                logprobs=entries if isinstance(entries, list) and entries else None,
+            found.append(
+                Delta(
+                    kind,
+                    text,
+                    index,
+                    logprobs=entries if isinstance(entries, list) and entries else None,
+                )
             )
+    if _OTHER_CHAT_FIELDS.isdisjoint(delta):
+        return  # the usual chunk: text only
     reasoning = _reasoning_text(delta)
     if reasoning:
-        yield Delta("reasoning", reasoning, index)
+        found.append(Delta("reasoning", reasoning, index))
     audio = delta.get("audio")
     if isinstance(audio, dict):
         for field, kind in (("data", "audio"), ("transcript", "audio_transcript")):
             text = audio.get(field)
             if isinstance(text, str) and text:
-                yield Delta(kind, text, index)
+                found.append(Delta(kind, text, index))
     legacy = delta.get("function_call")
     if isinstance(legacy, dict):
-        yield _call_delta(legacy, index, None, None, "function_call")
+        found.append(_call_delta(legacy, index, None, None, "function_call"))
     calls = delta.get("tool_calls")
     for call in calls if isinstance(calls, list) else ():
         if not isinstance(call, dict):
@@ -477,12 +489,14 @@ def _chat_deltas(delta: dict[str, Any], index: int, logprobs: Any) -> Iterator[D
             call_type = "custom" if "custom" in call else "function"
         body = call.get(call_type)
         call_index = call.get("index")
-        yield _call_delta(
-            body if isinstance(body, dict) else {},
-            index,
-            call_index if type(call_index) is int else None,
-            _str_or_none(call.get("id")),
-            call_type,
+        found.append(
+            _call_delta(
+                body if isinstance(body, dict) else {},
+                index,
+                call_index if type(call_index) is int else None,
+                _str_or_none(call.get("id")),
+                call_type,
+            )
         )
 
 

@@ -730,3 +730,9 @@ def test_a_chat_chunk_with_a_null_error_is_no_error() -> None:
     decoder, events = decode(untyped({**CHAT, "error": None}))
     assert decoder.terminal is None
     assert events[0].error() is None
+
+
+def test_a_fragment_event_without_its_text_has_no_deltas() -> None:
+    _, events = decode(typed({"type": "response.refusal.delta", "delta": None}))
+    assert events[0].deltas == ()
+    assert not events[0].has_token
