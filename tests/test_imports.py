@@ -94,15 +94,15 @@ PACKAGE_ALLOWED: dict[str, set[str]] = {
         "retry",
         "preflight",
         "runtime",
-        "plotly",
         "prometheus_client",
         "orjson",
-        "rich",
         "numpy",
         "asyncio",
         "uvloop",
-        "aiohttp",
+        "aiohttp",  # servermetrics' plain GET of /metrics (the engine streams POSTs only)
     },
+    # The views: a function of what loadtest produced; loadtest (no rendering) never imports it.
+    "report": {"loadtest", "rich", "plotly", "numpy"},
     "distributed": {"batch", "loadtest", "limits", "errors", "runtime", "orjson", "ray", "asyncio"},
 }
 # The bench command may start the embedded mock; `python -m engine.<package>` is the CLI's
@@ -170,6 +170,20 @@ def test_nothing_imports_cli() -> None:
     for path in ENGINE.rglob("*.py"):
         if path.parent.name != "cli" and path.name != "__main__.py":
             assert "cli" not in imported_names(path), path
+
+
+def test_only_the_report_imports_plotly_and_only_in_one_module() -> None:
+    """One look and one bundle for every page: engine/report/figures.py is Plotly's door."""
+    for path in ENGINE.rglob("*.py"):
+        if path != ENGINE / "report" / "figures.py":
+            assert "plotly" not in imported_names(path), path
+
+
+def test_only_the_server_metrics_scraper_speaks_aiohttp_in_the_load_tester() -> None:
+    """The load goes through the engine (its pool, its stamps), never aiohttp directly."""
+    for path in (ENGINE / "loadtest").glob("*.py"):
+        if path.name != "servermetrics.py":
+            assert "aiohttp" not in imported_names(path), path
 
 
 def test_only_the_distributed_package_imports_ray() -> None:

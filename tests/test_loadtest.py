@@ -35,12 +35,12 @@ from engine.loadtest import runner as runner_module
 from engine.loadtest.config import AUTO_WORKERS, Endpoint, parse_slo
 from engine.loadtest.metrics import meets_slo, stats, summarize
 from engine.loadtest.prompts import PromptSource, load_bodies
-from engine.loadtest.report import LiveProgress
 from engine.loadtest.runner import WorkerResult
 from engine.loadtest.selfcheck import ClientCheck, verdict
 from engine.loadtest.shapes import arrival_offsets, open_schedule, sweep_rates
 from engine.loadtest.workers import auto_workers, loop_factory, resolve_workers
 from engine.mock import MockConfig, MockProcess
+from engine.report.console import LiveProgress
 from tests.conftest import TEST_API_KEY
 
 if TYPE_CHECKING:

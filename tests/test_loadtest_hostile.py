@@ -23,8 +23,8 @@ from rich.console import Console
 from engine.config import COMMAND_TIMEOUTS
 from engine.loadtest import LoadConfig, run_load
 from engine.loadtest import runner as runner_module
-from engine.loadtest.report import print_summary
 from engine.loadtest.runner import BENCH_MAX_EVENT_BYTES, _drop_frames
+from engine.report.console import print_summary
 from tests.hostile import HostileServer
 from tests.test_hostile import CHILD, MAX_RSS_MB
 

@@ -17,15 +17,11 @@ import orjson
 import pytest
 
 from engine.loadtest import BenchResult, LoadConfig, RequestRecord
-from engine.loadtest.html import render_html, write_html
-from engine.loadtest.report import (
-    RUNS_DIR,
-    run_folder,
-    saturation_index,
-    saturation_text,
-    sweep_document,
-)
+from engine.loadtest.outputs import RUNS_DIR, run_folder
+from engine.loadtest.result import saturation_index, sweep_document
 from engine.loadtest.selfcheck import ClientCheck
+from engine.report.html import render_html, write_html
+from engine.report.text import saturation_text
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -306,7 +302,7 @@ def test_a_run_renders_every_chart_offline_with_server_metrics_beside(tmp_path: 
 
 
 def test_chart_data_match_the_records_and_server_buckets_convert_to_ms() -> None:
-    from engine.loadtest import charts  # noqa: PLC0415
+    from engine.report import charts  # noqa: PLC0415
 
     data = np.array([10.0, 20.0, 30.0, 40.0, 1000.0])
     bounds, _, labels = charts.server_buckets(

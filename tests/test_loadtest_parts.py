@@ -24,8 +24,8 @@ from engine.client import Timeouts
 from engine.config import COMMAND_TIMEOUTS as DEFAULTS
 from engine.loadtest import LoadConfig, RequestRecord, run_load, summarize
 from engine.loadtest.metrics import CSV_COLUMNS, csv_row
-from engine.loadtest.report import print_summary
 from engine.mock import MockConfig, MockProcess
+from engine.report.console import print_summary
 
 if TYPE_CHECKING:
     from engine.loadtest.config import Endpoint

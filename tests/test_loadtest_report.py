@@ -18,9 +18,9 @@ from rich.console import Console
 import engine.mock.responses as mock_responses
 from engine.loadtest import LoadConfig, RequestRecord, run_load, summarize
 from engine.loadtest.metrics import CSV_COLUMNS, EXAMPLES, csv_row
-from engine.loadtest.report import print_summary
 from engine.mock import MockConfig
 from engine.redaction import REDACTED
+from engine.report.console import print_summary
 from tests.test_loadtest import check_html_in_chromium
 
 if TYPE_CHECKING:

@@ -1,7 +1,7 @@
 """Command line: `stream-engine run | mock | bench | compare | batch`, every command's face.
 
-`run` (cli/run.py), `batch` (cli/batch.py), `mock` (cli/mock.py), `bench` and `compare`
-(engine/loadtest), with the flags they share (cli/options.py). Imports everything; nothing
+`run` (cli/run.py), `batch` (cli/batch.py), `mock` (cli/mock.py), `bench` (cli/bench.py) and
+`compare` (cli/compare.py), with the flags they share (cli/options.py). Imports everything; nothing
 imports it. The tools' libraries (the `cli` extra) load only with the verb that needs them.
 """
 
@@ -103,7 +103,7 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def _add_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     try:
-        from engine.loadtest import compare  # noqa: PLC0415 - keeps `run` start-up light
+        from engine.cli import compare  # noqa: PLC0415 - keeps `run` start-up light
     except ImportError as exc:
         _add_needing_extra(sub, "compare", "compare bench results", exc)
         return

@@ -37,15 +37,7 @@ from engine.config import env_api_key, env_base_url
 from engine.errors import ConfigError, JobFailed
 from engine.loadtest.config import AUTO_WORKERS, LoadConfig, parse_slo
 from engine.loadtest.interrupts import Interrupted, Stop, on_signals
-from engine.loadtest.outputs import check_outputs, write_outputs
-from engine.loadtest.report import (
-    RUNS_DIR,
-    LiveProgress,
-    LogProgress,
-    print_summary,
-    saturation_text,
-    sweep_table,
-)
+from engine.loadtest.outputs import RUNS_DIR, check_outputs, write_outputs
 from engine.loadtest.result import BenchResult
 from engine.loadtest.servermetrics import ServerMetricsScraper, metrics_url
 from engine.loadtest.workers import (
@@ -54,9 +46,13 @@ from engine.loadtest.workers import (
     run_load,
     run_sweep,
 )
+from engine.report.console import LiveProgress, LogProgress, print_summary, sweep_table
+from engine.report.text import saturation_text
 from engine.runtime import run_async
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from engine.loadtest.runner import Progress
 
 MOCK_MODEL = "mock-model"
@@ -426,6 +422,13 @@ def _measure(
         return run_async(_execute(config, progress, scraper, Stop()))
 
 
+def _render_html(results: Sequence[BenchResult], docs: Sequence[dict[str, Any]]) -> str:
+    """The HTML report, Plotly imported only now: only a run that writes a page needs it."""
+    from engine.report.html import render_html  # noqa: PLC0415
+
+    return render_html(results, docs)
+
+
 def _line(console: Console, text: str, style: str = "red") -> None:
     """One line, never wrapped: a log or a script reads it whole."""
     console.print(Text(text, style=style), soft_wrap=True)
@@ -457,7 +460,8 @@ def run(args: argparse.Namespace, on_ray: LoadOnRay | None = None) -> int:
             else "CLIENT-BOUND in at least one run: see the client column"
         )
     try:
-        write_outputs(args, results, docs, console, started)
+        for line in write_outputs(args, results, docs, _render_html, started):
+            console.print(Text(line))
     except OSError as exc:
         _line(console, f"error: results not written: {exc}")
         return 2

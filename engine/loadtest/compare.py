@@ -1,5 +1,6 @@
-"""`stream-engine compare A.json B.json [C.json ...]`: bench results side by side, each change
-judged against the runs' own noise (docs/compare.md).
+"""Bench results side by side, each change judged against the runs' own noise: the figures,
+their noise, the judgement and the comparison's JSON document (docs/compare.md). Shown by
+engine/report/compare.py; `stream-engine compare` is engine/cli/compare.py.
 
 A change counts only when it is larger than what re-measuring the same load could give: each
 latency percentile gets a 95 % bootstrap interval from its run's per-request values (the
@@ -14,22 +15,15 @@ regression makes the exit code 1.
 
 from __future__ import annotations
 
-import argparse
-import html
-import importlib
 import math
-import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import orjson
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
+from engine.errors import ConfigError
 from engine.loadtest.metrics import PERCENTILES
 from engine.loadtest.result import SCHEMA_VERSION
 
@@ -59,8 +53,9 @@ Kind = Literal["latency", "throughput", "fraction"]
 Noise = Literal["bootstrap", "poisson", "binomial", "none"]
 
 
-class CompareInputError(ValueError):
-    """A file that cannot be compared: missing, not JSON, not a bench document, wrong shape."""
+class CompareInputError(ConfigError):
+    """A file that cannot be compared: missing, not JSON, not a bench document, wrong shape
+    (the caller's input, hence a `ConfigError`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -492,285 +487,3 @@ def compare_files(paths: Sequence[str], threshold_pct: float = DEFAULT_THRESHOLD
     ]
     notes += list(dict.fromkeys(m.note for m in METRICS if m.note))
     return Report(list(paths), threshold_pct, comparisons, notes, sweep)
-
-
-# -- output ------------------------------------------------------------------------------------
-
-
-def _fmt(metric: Metric, value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.1f}" if metric.unit == "tok/s" else f"{value:.2f}"
-
-
-def change_text(metric: Metric, cell: Cell) -> str:
-    """ "+99.3 %" (or, for a fraction, the difference in percentage points) and its mark."""
-    if metric.kind == "fraction":
-        if cell.change_abs is None:
-            return "-"
-        text = f"{cell.change_abs:+.2f} pp"
-    elif cell.change_pct is None:
-        return "-"
-    else:
-        text = f"{cell.change_pct:+.1f} %"
-    if cell.regression:
-        return text + " ! REGRESSION"
-    if cell.significant:
-        return text + " *"
-    return text + (" ?" if cell.significant is None else "")
-
-
-def _style(metric: Metric, cell: Cell) -> str:
-    if cell.regression:
-        return "bold red"
-    if not cell.significant or cell.change_abs is None:
-        return "dim"
-    worse = cell.change_abs > 0 if metric.kind in ("latency", "fraction") else cell.change_abs < 0
-    return "red" if worse else "green"
-
-
-def _names(files: Sequence[str]) -> list[str]:
-    """File names as column headers; whole paths where two names clash."""
-    names = [Path(f).name for f in files]
-    return list(files) if len(set(names)) < len(names) else names
-
-
-def console_tables(report: Report) -> list[Table]:
-    names = _names(report.files)
-    tables = []
-    for comp in report.comparisons:
-        title = f"compare against {names[0]}" + (
-            f" (sweep step {comp.position + 1}: {' / '.join(comp.labels)})" if report.sweep else ""
-        )
-        table = Table(title=title, title_justify="left")
-        table.add_column("metric", no_wrap=True)
-        for i, name in enumerate(names):
-            table.add_column(name, justify="right")
-            if i:
-                table.add_column("change", justify="right", no_wrap=True)
-        for row in comp.rows:
-            metric = row.metric
-            cells: list[Text | str] = [
-                f"{metric.name} ({metric.unit})",
-                _fmt(metric, row.cells[0].value),
-            ]
-            for cell in row.cells[1:]:
-                cells += [
-                    _fmt(metric, cell.value),
-                    Text(change_text(metric, cell), style=_style(metric, cell)),
-                ]
-            table.add_row(*cells)
-        tables.append(table)
-    return tables
-
-
-def legend(report: Report) -> str:
-    pct = f"{CONFIDENCE:.0%}"
-    return (
-        f"* outside the noise: the runs' {pct} bootstrap intervals ({RESAMPLES} resamples)"
-        f" do not overlap; ! regression: worse by more than {report.threshold_pct:g} % and "
-        "outside the noise; ? no noise estimate"
-    )
-
-
-def verdict(report: Report) -> str:
-    found = report.regressions
-    if not found:
-        return f"no regression beyond {report.threshold_pct:g} % outside the noise"
-    where = "; ".join(
-        f"{r['name']} {r['change_pct']:+.1f} % ({Path(r['run']).name}"
-        + (f", step {r['position'] + 1})" if report.sweep else ")")
-        for r in found
-    )
-    return f"REGRESSION: {where}"
-
-
-def comparison_notes(comp: Comparison) -> list[str]:
-    """The comparison's notes, then each row note once, naming every row it applies to."""
-    rows: dict[str, list[str]] = {}
-    for row in comp.rows:
-        if row.note:
-            rows.setdefault(row.note, []).append(row.metric.name)
-    return comp.notes + [f"{', '.join(names)}: {note}" for note, names in rows.items()]
-
-
-def print_report(report: Report, console: Console) -> None:
-    for comp, table in zip(report.comparisons, console_tables(report), strict=True):
-        console.print(table)
-        for note in comparison_notes(comp):
-            console.print(Text(f"note: {note}"))
-    console.print(Text(legend(report), style="dim"))
-    for note in report.notes:
-        console.print(Text(f"note: {note}", style="yellow"))
-    console.print(Text(verdict(report), style="bold red" if report.regressions else "green"))
-
-
-HTML_STYLE = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1200px;color:#222}
-table{border-collapse:collapse;margin:8px 0 16px}td,th{border:1px solid #ccc;padding:3px 8px;
-text-align:right}th:first-child,td:first-child{text-align:left}.ci{color:#777;font-size:85%}
-.bad{color:#b00;font-weight:bold}.worse{color:#b00}.better{color:#070}.dim{color:#888}
-.note{color:#8a6d00}"""
-CSS_CLASS = {"bold red": "bad", "red": "worse", "green": "better", "dim": "dim"}
-
-
-def _html_table(report: Report, comp: Comparison) -> str:
-    esc = html.escape
-    names = _names(report.files)
-    head = (
-        "<tr><th>metric</th>"
-        + "".join(
-            f"<th>{esc(n)}{' (baseline)' if i == 0 else ''}</th>" + ("<th>change</th>" if i else "")
-            for i, n in enumerate(names)
-        )
-        + "</tr>"
-    )
-    body = []
-    for row in comp.rows:
-        metric = row.metric
-        tds = [f"<td>{esc(metric.name)} ({esc(metric.unit)})</td>"]
-        for i, cell in enumerate(row.cells):
-            ci = (
-                f"<br><span class=ci>[{_fmt(metric, cell.interval[0])}, "
-                f"{_fmt(metric, cell.interval[1])}]</span>"
-                if cell.interval
-                else ""
-            )
-            tds.append(f"<td>{_fmt(metric, cell.value)}{ci}</td>")
-            if i:
-                css = CSS_CLASS[_style(metric, cell)]
-                tds.append(f"<td class={css}>{esc(change_text(metric, cell))}</td>")
-        body.append("<tr>" + "".join(tds) + "</tr>")
-    return f"<table>{head}{''.join(body)}</table>"
-
-
-def _plotly(module: str) -> Any:
-    """plotly, imported only for --html (it is slow to import), untyped on purpose: it ships
-    no type information."""
-    return importlib.import_module(f"plotly.{module}")
-
-
-def _html_chart(report: Report, comp: Comparison) -> str:
-    """Bars of the candidates' changes in percent (fractions, in points, are left out)."""
-    go, pio = _plotly("graph_objects"), _plotly("io")
-    rows = [row for row in comp.rows if row.metric.kind != "fraction"]
-    fig = go.Figure()
-    for i, name in enumerate(_names(report.files)[1:], start=1):
-        cells = [row.cells[i] for row in rows]
-        fig.add_bar(
-            name=name,
-            x=[row.metric.name for row in rows],
-            y=[cell.change_pct for cell in cells],
-            text=[
-                change_text(row.metric, c).replace(" REGRESSION", "")
-                for row, c in zip(rows, cells, strict=True)
-            ],
-            marker_line_color=["#b00" if c.regression else "rgba(0,0,0,0)" for c in cells],
-            marker_line_width=3,
-        )
-    for level in (report.threshold_pct, -report.threshold_pct):
-        fig.add_hline(y=level, line_dash="dot", line_color="#999")
-    fig.update_layout(
-        barmode="group",
-        height=420,
-        margin={"t": 40},
-        title=f"change against {_names(report.files)[0]} (%)",
-        yaxis_title="change (%)",
-    )
-    return str(
-        pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=f"changes-{comp.position}")
-    )
-
-
-def html_page(report: Report) -> str:
-    """The comparison as one self-contained page: plotly.js is embedded once, no URL is
-    fetched, so it opens offline and can be kept as a CI artifact."""
-    esc = html.escape
-    parts = [
-        (
-            f"<h1>stream-engine compare</h1><p>baseline <b>{esc(report.files[0])}</b>; "
-            f"candidates {esc(', '.join(report.files[1:]))}</p>"
-        )
-    ]
-    for comp in report.comparisons:
-        if report.sweep:
-            parts.append(f"<h2>sweep step {comp.position + 1}: {esc(' / '.join(comp.labels))}</h2>")
-        parts.append(_html_table(report, comp))
-        parts.extend(f"<p class=note>note: {esc(n)}</p>" for n in comparison_notes(comp))
-        parts.append(_html_chart(report, comp))
-    parts.append(f"<p class=dim>{esc(legend(report))}; bracketed: the interval.</p>")
-    parts.extend(f"<p class=note>note: {esc(n)}</p>" for n in report.notes)
-    css = "bad" if report.regressions else "better"
-    parts.append(f"<p class={css}>{esc(verdict(report))}</p>")
-    plotly_js = _plotly("offline").get_plotlyjs()
-    return (
-        f"<!doctype html><html><head><meta charset=utf-8><title>stream-engine compare"
-        f"</title><style>{HTML_STYLE}</style><script>{plotly_js}</script></head>"
-        f"<body>{''.join(parts)}</body></html>\n"
-    )
-
-
-# -- command -----------------------------------------------------------------------------------
-
-
-def _threshold(value: str) -> float:
-    try:
-        pct = float(value)
-    except ValueError:
-        pct = -1.0
-    if not pct >= 0:
-        raise argparse.ArgumentTypeError(f"expected a percentage >= 0, got {value!r}")
-    return pct
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "files",
-        nargs="+",
-        metavar="RESULT.json",
-        help="bench JSON documents (`bench -o`); the first is the baseline",
-    )
-    parser.add_argument(
-        "--threshold",
-        type=_threshold,
-        default=DEFAULT_THRESHOLD_PCT,
-        metavar="PCT",
-        help="a significant change for the worse by more than "
-        "PCT %% is a regression: exit code 1 (default 10)",
-    )
-    parser.add_argument(
-        "--html",
-        default=None,
-        metavar="PATH",
-        help="also write the comparison as a self-contained HTML page",
-    )
-    parser.add_argument(
-        "--json",
-        action="store_true",
-        help="print the comparison as JSON on stdout instead of the table",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    """0: no regression; 1: a regression; 2: bad input."""
-    errors = Console(stderr=True)
-    try:
-        report = compare_files(args.files, args.threshold)
-    except CompareInputError as exc:
-        errors.print(Text(f"error: {exc}", style="red"))
-        return EXIT_BAD_INPUT
-    if args.json:
-        sys.stdout.write(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
-    else:
-        # a CI log is not a terminal: no need to wrap the table at 80 columns
-        auto_width = sys.stdout.isatty() or "COLUMNS" in os.environ
-        print_report(report, Console(width=None if auto_width else 200))
-    if args.html:
-        try:
-            Path(args.html).write_text(html_page(report), encoding="utf-8")
-        except OSError as exc:
-            errors.print(
-                Text(f"error: cannot write {args.html} ({exc.strerror or exc})", style="red")
-            )
-            return EXIT_BAD_INPUT
-        errors.print(Text(f"HTML comparison: {args.html}"))
-    return report.exit_code

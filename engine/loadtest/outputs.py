@@ -1,34 +1,78 @@
 """Where a bench's results go: the run folder and the `-o/--csv/--html` paths, checked before
 the first request (a measurement that cannot be saved is not worth taking) and written after
-the last."""
+the last. The documents are written here; the HTML page is rendered by the caller's
+`render` (engine/report), which this package never imports."""
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import itertools
+import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.text import Text
+import orjson
 
 from engine.errors import ConfigError
-from engine.loadtest.report import (
-    RUN_FILES,
-    RUNS_DIR,
-    run_folder,
-    sweep_document,
-    write_csv,
-    write_json,
-)
+from engine.loadtest.metrics import CSV_COLUMNS, csv_row
+from engine.loadtest.result import sweep_document
 
 if TYPE_CHECKING:
     import argparse
-
-    from rich.console import Console
+    from collections.abc import Callable, Sequence
 
     from engine.loadtest.result import BenchResult
 
-__all__ = ["check_outputs", "write_outputs"]
+    Render = Callable[[Sequence[BenchResult], Sequence[dict[str, Any]]], str]
+
+__all__ = [
+    "RUNS_DIR",
+    "RUN_FILES",
+    "check_outputs",
+    "run_folder",
+    "write_csv",
+    "write_json",
+    "write_outputs",
+]
+
+RUNS_DIR = "stream-engine-runs"  # under the current directory: every run leaves its results
+RUN_FILES = {"json": "result.json", "csv": "requests.csv", "html": "report.html"}
+
+
+def run_folder(base: str | Path, started: dt.datetime, name: str) -> Path:
+    """A new `<base>/<YYYYmmdd-HHMMSS>-<name>/`, created (never an existing one: two runs in
+    the same second get `-2`, `-3`...). `name` is reduced to a safe file-name part."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:60] or "run"
+    stem = f"{started:%Y%m%d-%H%M%S}-{slug}"
+    for n in itertools.count(1):
+        folder = Path(base) / (stem if n == 1 else f"{stem}-{n}")
+        try:
+            folder.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        return folder
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def write_json(doc: dict[str, Any], path: str | Path) -> None:
+    Path(path).write_bytes(
+        orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+    )
+
+
+def write_csv(results: Sequence[BenchResult], path: str | Path) -> int:
+    """One row per measured request (warm-up excluded); returns the row count."""
+    rows = 0
+    with Path(path).open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["run", *CSV_COLUMNS])
+        for result in results:
+            for record in result.measured:
+                writer.writerow([result.label or result.config.label, *csv_row(record)])
+                rows += 1
+    return rows
 
 
 def _folder(args: argparse.Namespace) -> Path | None:
@@ -84,11 +128,12 @@ def write_outputs(
     args: argparse.Namespace,
     results: list[BenchResult],
     docs: list[dict[str, Any]],
-    console: Console,
+    render: Render,
     started: dt.datetime | None = None,
-) -> Path | None:
+) -> list[str]:
     """The run folder (unless --no-save) and any explicit -o/--csv/--html paths; returns the
-    folder. Each output is rendered once, whatever the number of places it goes to."""
+    lines that say where they went. Each output is rendered once, whatever the number of
+    places it goes to."""
     folder = _folder(args)
     if folder is not None:
         if args.output_dir:
@@ -109,23 +154,21 @@ def write_outputs(
     for path in paths["csv"]:
         write_csv(results, path)
     if paths["html"]:
-        from engine.loadtest.html import render_html  # noqa: PLC0415 - plotly: only here
-
-        page = render_html(results, docs)
+        page = render(results, docs)
         for path in paths["html"]:
             path.write_text(page, encoding="utf-8")
-    for kind, what in (
-        ("json", "JSON result"),
-        ("csv", f"CSV ({rows} requests)"),
-        ("html", "HTML report"),
-    ):
-        if explicit[kind]:
-            console.print(Text(f"{what}: {explicit[kind]}"))
-    if folder is not None:
-        console.print(
-            Text(
-                f"results: {folder} ({', '.join(RUN_FILES.values())}; open "
-                f"{RUN_FILES['html']} in a browser)"
-            )
+    said = [
+        f"{what}: {explicit[kind]}"
+        for kind, what in (
+            ("json", "JSON result"),
+            ("csv", f"CSV ({rows} requests)"),
+            ("html", "HTML report"),
         )
-    return folder
+        if explicit[kind]
+    ]
+    if folder is not None:
+        said.append(
+            f"results: {folder} ({', '.join(RUN_FILES.values())}; open "
+            f"{RUN_FILES['html']} in a browser)"
+        )
+    return said

@@ -8,6 +8,7 @@ all requests would have reported.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ from engine.loadtest.metrics import RequestRecord, measured, merge, stats, summa
 from engine.loadtest.selfcheck import ClientCheck, platform_facts, verdict
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from engine.loadtest.config import LoadConfig
     from engine.loadtest.interrupts import Halt
@@ -31,6 +32,16 @@ SCHEMA_VERSION = 1
 # gap), so it is stored once; individual gaps are not kept (they would not be compact).
 SAMPLE_METRICS = ("ttft_ms", "ttft_text_ms", "tpot_ms", "e2e_ms")
 SAMPLE_DIGITS = 3  # 0.001 ms: finer than any latency is measured, and short in JSON
+# The sweep's saturation point (docs/loadtest.md): the last step, in order of achieved
+# throughput, whose throughput still grew by more than this over the step before ...
+SATURATION_GROWTH = 0.05
+# ... while its TTFT p99 stayed within this factor of the lightest step's.
+SATURATION_TTFT_FACTOR = 2.0
+SATURATION_RULE = (
+    f"the last step, in order of achieved request throughput, whose throughput "
+    f"grew by more than {SATURATION_GROWTH:.0%} over the step before while its "
+    f"TTFT p99 stayed within {SATURATION_TTFT_FACTOR:g}x of the lightest step's"
+)
 
 
 def samples(records: Sequence[RequestRecord]) -> dict[str, list[float]]:
@@ -134,3 +145,49 @@ def combine(config: LoadConfig, parts: Sequence[WorkerResult], label: str = "") 
         origin_ns=min((part.origin_ns for part in parts), default=0),
         halt=next((part.halt for part in parts if part.halt is not None), None),
     )
+
+
+def saturation_index(docs: Sequence[Mapping[str, Any]]) -> int | None:
+    """The sweep step past which more load buys little throughput and costs latency (see
+    SATURATION_RULE); None when no step completed a request. Walks the steps in order of
+    achieved throughput and stops at the first that fails the rule: a later step that
+    happens to pass again is noise on a saturated server, not a second knee."""
+    steps = sorted(
+        (i for i, d in enumerate(docs) if d["completed"] and d["ttft_ms"]["p99"] is not None),
+        key=lambda i: docs[i]["request_throughput"],
+    )
+    if not steps:
+        return None
+    limit = docs[steps[0]]["ttft_ms"]["p99"] * SATURATION_TTFT_FACTOR
+    found = steps[0]
+    for before, step in itertools.pairwise(steps):
+        grew = docs[step]["request_throughput"] > docs[before]["request_throughput"] * (
+            1 + SATURATION_GROWTH
+        )
+        if not grew or docs[step]["ttft_ms"]["p99"] > limit:
+            break
+        found = step
+    return found
+
+
+def sweep_document(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A sweep's JSON: the runs in order (each a full single-run document) and the
+    saturation point, so a reader need not re-derive it."""
+    index = saturation_index(docs)
+    point = (
+        None
+        if index is None
+        else {
+            "run": index,
+            "label": docs[index]["label"],
+            "request_throughput": docs[index]["request_throughput"],
+            "rule": SATURATION_RULE,
+        }
+    )
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": "stream-engine bench",
+        "kind": "sweep",
+        "runs": list(docs),
+        "saturation": point,
+    }

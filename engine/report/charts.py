@@ -1,11 +1,10 @@
-"""The HTML report's Plotly figures: pure functions of a run's records and its document.
+"""The bench report's charts: pure functions of a run's records and its document.
 
-Plotly because the report is read by zooming into a tail or hovering over a spike, which
-static images cannot do, and its JS bundle embeds into one offline file (`html.py`). Data are
-reduced here, before they reach the page: histograms are binned, CDFs sampled at most at
-~600 quantiles, timelines binned to at most `TIME_BINS` steps, so a report's size follows the
-number of charts, not the number of requests. Every text that came from a server or a user is
-HTML-escaped, because Plotly renders a few tags (`<b>`, `<a>`) in labels and hovers.
+Data are reduced here, before they reach the page: histograms are binned, CDFs sampled at
+most at ~600 quantiles, timelines binned to at most `TIME_BINS` steps, so a report's size
+follows the number of charts, not the number of requests. Every text that came from a server
+or a user is HTML-escaped, because Plotly renders a few tags (`<b>`, `<a>`) in labels and
+hovers.
 """
 
 from __future__ import annotations
@@ -15,94 +14,33 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from engine.loadtest.metrics import concurrency_curve, ended_s, token_times
+from engine.report.figures import (
+    BLUE,
+    COLORWAY,
+    CYAN,
+    GREEN,
+    GREY,
+    PURPLE,
+    RED,
+    YELLOW,
+    go,
+    make_subplots,
+    styled,
+    vline,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from engine.loadtest.metrics import RequestRecord
 
-# Paul Tol's "bright" scheme: distinguishable with the common colour-vision deficiencies.
-BLUE, RED, GREEN, YELLOW, CYAN, PURPLE, GREY = (
-    "#4477aa",
-    "#ee6677",
-    "#228833",
-    "#ccbb44",
-    "#66ccee",
-    "#aa3377",
-    "#bbbbbb",
-)
-COLORWAY = [BLUE, RED, GREEN, YELLOW, CYAN, PURPLE, GREY]
 TIME_BINS = 120  # timeline resolution: enough to see a stall, bounded for an hour-long run
 CDF_POINTS = 600  # above this many values the CDF is drawn through quantiles
 MAX_BINS = 60
 # A server histogram drawn beside the client's distribution of the same metric.
 SERVER_TWINS = {"server_ttft_s": "ttft_ms", "server_itl_s": "itl_ms", "server_e2e_s": "e2e_ms"}
-
-
-def _layout(fig: go.Figure, height: int, **extra: Any) -> go.Figure:
-    """One look for every chart; an empty template keeps each figure's JSON small."""
-    base: dict[str, Any] = {
-        "template": go.layout.Template(),
-        "height": height,
-        "colorway": COLORWAY,
-        "font": {
-            "family": "system-ui, -apple-system, Segoe UI, sans-serif",
-            "size": 12,
-            "color": "#222",
-        },
-        "margin": {"l": 60, "r": 30, "t": 70, "b": 45},
-        "plot_bgcolor": "#fff",
-        "paper_bgcolor": "#fff",
-        "hoverlabel": {"namelength": -1},
-        "bargap": 0.05,
-        "legend": {
-            "orientation": "h",
-            "yref": "container",
-            "y": 0.995,
-            "yanchor": "top",
-            "x": 0,
-            "xanchor": "left",
-        },
-    }
-    fig.update_layout(**(base | extra))
-    fig.update_xaxes(gridcolor="#eee", zeroline=False, showline=True, linecolor="#999")
-    fig.update_yaxes(gridcolor="#eee", zeroline=False, showline=True, linecolor="#999")
-    for note in fig.layout.annotations:  # the subplot titles
-        note.update(font={"size": 13})
-    return fig
-
-
-def _vline(
-    fig: go.Figure,
-    x: float,
-    top: float,
-    name: str,
-    color: str,
-    row: int,
-    col: int,
-    dash: str = "dash",
-    first: bool = True,
-) -> None:
-    """A marked value as a trace, not an annotation: named in the legend (click to hide),
-    hoverable, and never a label overlapping the data."""
-    fig.add_trace(
-        go.Scatter(
-            x=[x, x],
-            y=[0, top],
-            mode="lines",
-            name=name,
-            legendgroup=name,
-            showlegend=first,
-            line={"color": color, "dash": dash, "width": 1.5},
-            hovertemplate=f"{name}<extra></extra>",
-        ),
-        row=row,
-        col=col,
-    )
 
 
 def _bins(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -219,10 +157,10 @@ def distribution(
     for q, color in ((50, PURPLE), (99, RED)):
         value = float(np.percentile(data, q))
         for col, height in ((1, top), (2, 1.0)):
-            _vline(fig, value, height, f"p{q} {value:.1f} ms", color, 1, col, first=col == 1)
+            vline(fig, value, height, f"p{q} {value:.1f} ms", color, 1, col, first=col == 1)
     if slo_ms is not None:
         within = float(np.mean(data <= slo_ms))
-        _vline(
+        vline(
             fig,
             slo_ms,
             1.0,
@@ -240,7 +178,7 @@ def distribution(
     )
     if server:
         _server_beside(fig, data, server, unit_of)
-    return _layout(fig, 370, margin={"l": 60, "r": 30, "t": 70, "b": 55})
+    return styled(fig, 370, margin={"l": 60, "r": 30, "t": 70, "b": 55})
 
 
 def _server_beside(
@@ -462,7 +400,7 @@ def timeline(
     )
     fig.update_xaxes(showticklabels=True)  # every row: times are read on the row at hand
     fig.update_xaxes(title_text="seconds into the measured window", row=len(rows), col=1)
-    _layout(
+    styled(
         fig,
         120 + 190 * len(rows),
         hovermode="x unified",
@@ -502,7 +440,7 @@ def server_histogram(name: str, hist: Mapping[str, Any]) -> go.Figure:
     fig.update_layout(title={"text": html.escape(name), "x": 0.01})
     fig.update_xaxes(type="category", title_text="ms (bucket: le)")
     fig.update_yaxes(title_text="count during the run")
-    return _layout(fig, 320)
+    return styled(fig, 320)
 
 
 def outcomes(end_reasons: Mapping[str, int], errors: Mapping[str, int]) -> go.Figure:
@@ -524,7 +462,7 @@ def outcomes(end_reasons: Mapping[str, int], errors: Mapping[str, int]) -> go.Fi
     )
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(title_text="requests")
-    return _layout(fig, 90 + 32 * max(len(names), 1), margin={"l": 200, "r": 30, "t": 20, "b": 45})
+    return styled(fig, 90 + 32 * max(len(names), 1), margin={"l": 200, "r": 30, "t": 20, "b": 45})
 
 
 SWEEP_PANELS = (
@@ -588,4 +526,4 @@ def sweep_curves(docs: Sequence[Mapping[str, Any]], saturation: int | None) -> g
             )
         fig.update_xaxes(title_text="achieved requests/s", row=row, col=col)
         fig.update_yaxes(title_text="ms", rangemode="tozero", row=row, col=col)
-    return _layout(fig, 620, hovermode="closest")
+    return styled(fig, 620, hovermode="closest")

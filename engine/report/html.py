@@ -1,11 +1,8 @@
 """`report.html`: one self-contained, interactive page per run or sweep.
 
-Why Plotly (over static images such as matplotlib PNGs): a latency report is read by
-zooming into the tail and hovering over a spike, and a PNG can do neither; Plotly is
-maintained, and its JS bundle embeds into the page, so the file opens offline and makes no
-network request at all (checked in a real browser by tests/test_loadtest_html.py). The bundle
-is included once, in the head; each chart is a div plus its JSON, drawn by one script at the
-end. The page is a function of the result objects and documents; `write_html` only writes it.
+The page is a function of the result objects and documents (engine/report/page.py gives it
+its style, the Plotly bundle once and the script that draws the charts); `write_html` only
+writes it.
 """
 
 from __future__ import annotations
@@ -15,20 +12,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import plotly.io as pio
-from plotly.offline import get_plotlyjs
 
-from engine.loadtest import charts
 from engine.loadtest.metrics import meets_slo, values
-from engine.loadtest.report import (
+from engine.loadtest.result import SATURATION_RULE, saturation_index
+from engine.report import charts
+from engine.report.page import Charts, flatten, halves, kv, page
+from engine.report.text import (
     COLUMNS,
     LATENCIES,
-    SATURATION_RULE,
     counts_text,
     reconnects_text,
     requests_text,
     retry_after_text,
-    saturation_index,
     shown,
     statuses_text,
     tokens_text,
@@ -40,45 +35,8 @@ if TYPE_CHECKING:
 
     from engine.loadtest.result import BenchResult
 
-STYLE = """
-:root{--fg:#222;--muted:#667;--line:#dde;--soft:#f5f6f8;--ok:#1b7a2e;--bad:#b3261e}
-body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;color:var(--fg)}
-main{max-width:1280px;margin:0 auto;padding:20px 32px 64px}
-h1{font-size:24px;margin:0 0 2px}h2{font-size:20px;border-bottom:2px solid var(--line);
-padding-bottom:4px;margin:36px 0 10px}h3{font-size:16px;margin:24px 0 6px}
-.sub,.note{color:var(--muted)}nav{margin:10px 0 4px}nav a{margin-right:14px;color:#2a5db0}
-.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(160px,1fr));gap:10px;
-margin:14px 0}.card{background:var(--soft);border-radius:8px;padding:8px 12px}
-.card .k{color:var(--muted);font-size:11px;text-transform:uppercase;letter-spacing:.05em}
-.card .v{font-size:17px;font-weight:600;font-variant-numeric:tabular-nums}
-.card.bad .v,.bad{color:var(--bad)}.card.ok .v{color:var(--ok)}
-.verdict{padding:9px 14px;border-radius:6px;border-left:5px solid;margin:10px 0}
-.verdict.ok{background:#eef7ef;border-color:var(--ok)}
-.verdict.bad{background:#fdeeee;border-color:var(--bad);font-weight:600}
-table{border-collapse:collapse;margin:6px 0 16px;font-variant-numeric:tabular-nums}
-th,td{border-bottom:1px solid var(--line);padding:4px 10px;text-align:right;vertical-align:top}
-th{background:var(--soft);font-weight:600}th:first-child,td:first-child{text-align:left}
-tr.mark td{background:#fff6d5;font-weight:600}
-table.kv td{text-align:left}table.kv td:first-child{color:var(--muted);white-space:nowrap}
-td.msg,th.msg{text-align:left;max-width:640px;overflow-wrap:anywhere}
-code,table.kv td:first-child{font-family:ui-monospace,'SFMono-Regular',Menlo,monospace;
-font-size:12.5px}.chart{width:100%;min-height:120px;margin:2px 0 18px}
-.cols{display:flex;flex-wrap:wrap;gap:0 40px}.grid2{display:grid;gap:0 24px;
-grid-template-columns:repeat(auto-fit,minmax(480px,1fr))}
-details>summary{cursor:pointer}details>summary h2{display:inline-block;border:0}
-"""
-PLOT_CONFIG = {
-    "responsive": True,
-    "displaylogo": False,
-    "toImageButtonOptions": {"format": "png", "scale": 2},
-}
-# Draws every chart, then counts the rendered ones on <body> (what a test or a reader of the
-# DOM can wait for). A chart that fails is logged as an error, never silently blank.
-RENDER = """const CHARTS=JSON.parse(document.getElementById('charts').textContent);
-Promise.all(Object.entries(CHARTS).map(([id,f])=>Plotly.newPlot(id,f.data,f.layout,CONFIG)))
-.then(()=>{const all=[...document.querySelectorAll('.chart')];document.body.dataset
-.chartsRendered=String(all.filter(d=>d.querySelector('.main-svg')).length)})
-.catch(err=>console.error('chart failed',err));"""
+__all__ = ["render_html", "write_html"]
+
 DISTRIBUTIONS = (
     ("TTFT", "ttft_ms", "requests", "server_ttft_s"),
     ("TTFT to text", "ttft_text_ms", "requests", None),
@@ -88,63 +46,6 @@ DISTRIBUTIONS = (
 )
 
 e = html.escape
-
-
-class Charts:
-    """The page's figures in order: each `add` gives the div, `script` the data to draw."""
-
-    def __init__(self) -> None:
-        self.figures: dict[str, Any] = {}
-
-    def add(self, figure: Any, name: str) -> str:
-        chart_id = f"chart-{len(self.figures)}"
-        self.figures[chart_id] = figure.to_plotly_json()
-        return f'<div class="chart" id="{chart_id}" data-chart="{e(name)}"></div>'
-
-    def script(self) -> str:
-        # JSON inside <script>: no "<" may close the tag early, whatever a label holds.
-        data = pio.json.to_json_plotly(self.figures).replace("<", "\\u003c")
-        return (
-            f'<script type="application/json" id="charts">{data}</script>'
-            f"<script>const CONFIG={pio.json.to_json_plotly(PLOT_CONFIG)};{RENDER}</script>"
-        )
-
-
-def _value(value: Any) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(map(_value, value)) or "-"
-    if isinstance(value, dict) and not value:
-        return "-"
-    return str(value) or "-"
-
-
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested settings as `a.b.c -> text` rows: readable, and nothing is hidden."""
-    rows: dict[str, str] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            rows.update(flatten(value, f"{prefix}{key}."))
-        else:
-            rows[f"{prefix}{key}"] = _value(value)
-    return rows
-
-
-def _kv(rows: Mapping[str, str], cls: str = "kv") -> str:
-    body = "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in rows.items())
-    return f'<table class="{cls}">{body}</table>'
-
-
-def _halves(rows: Mapping[str, str]) -> str:
-    """A long two-column table as two tables side by side: half the scrolling."""
-    items = list(rows.items())
-    cut = (len(items) + 1) // 2
-    return f'<div class="cols">{_kv(dict(items[:cut]))}{_kv(dict(items[cut:]))}</div>'
 
 
 def _ms(value: float | None) -> str:
@@ -323,7 +224,7 @@ def _ended(doc: dict[str, Any], charts_: Charts) -> str:
     chart = ""
     if doc.get("end_reasons") or doc["errors"]:
         chart = charts_.add(charts.outcomes(doc.get("end_reasons", {}), doc["errors"]), "outcomes")
-    return chart + _kv(facts) + _errors_table(doc)
+    return chart + kv(facts) + _errors_table(doc)
 
 
 def _client(doc: dict[str, Any]) -> str:
@@ -359,7 +260,7 @@ def _client(doc: dict[str, Any]) -> str:
     }
     if "warmup" in doc:
         facts["warm-up"] = warmup_text(doc)
-    return _verdict(doc) + _kv(facts) + table
+    return _verdict(doc) + kv(facts) + table
 
 
 def _server_extra(doc: dict[str, Any], charts_: Charts) -> str:
@@ -374,7 +275,7 @@ def _server_extra(doc: dict[str, Any], charts_: Charts) -> str:
     facts = {k: v for k, v in metrics.items() if k not in ("series", "histograms")}
     if isinstance(facts.get("raw_names"), list):  # a hundred names: counted, not listed
         facts["raw_names"] = f"{len(facts['raw_names'])} metric families (in result.json)"
-    return (_kv(flatten(facts)) if facts else "") + (
+    return (kv(flatten(facts)) if facts else "") + (
         f'<div class="grid2">{"".join(plots)}</div>' if plots else ""
     )
 
@@ -497,24 +398,16 @@ def render_html(results: Sequence[BenchResult], docs: Sequence[dict[str, Any]]) 
         body = _sweep(docs, charts_) + runs
         sub = f"{len(docs)} steps; {_shape(docs[0]).split('; ', 1)[1]}"
     nav += [("config", "Configuration"), ("platform", "Platform")]
-    links = "".join(f'<a href="#{a}">{e(t)}</a>' for a, t in nav)
-    created = e(str(docs[0].get("created", ""))) if docs else ""
+    created = str(docs[0].get("created", "")) if docs else ""
     tail = (
         (
-            f'<h2 id="config">Configuration</h2>{_halves(_config(docs))}'
-            f'<h2 id="platform">Platform</h2>{_kv(flatten(docs[0]["platform"]))}'
+            f'<h2 id="config">Configuration</h2>{halves(_config(docs))}'
+            f'<h2 id="platform">Platform</h2>{kv(flatten(docs[0]["platform"]))}'
         )
         if docs
         else ""
     )
-    return (
-        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><meta name='viewport'"
-        f" content='width=device-width,initial-scale=1'><title>stream-engine bench: "
-        f"{e(title)}</title><style>{STYLE}</style><script>{get_plotlyjs()}</script></head>"
-        f"<body><main><h1>stream-engine bench: {e(title)}</h1><p class='sub'>{e(sub)}"
-        f"<br>{created}</p><nav>{links}</nav>{body}{tail}</main>{charts_.script()}"
-        "</body></html>\n"
-    )
+    return page(f"stream-engine bench: {title}", f"{sub}\n{created}", nav, body + tail, charts_)
 
 
 def write_html(
