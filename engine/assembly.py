@@ -312,6 +312,7 @@ class ResponseAssembler:
             item = data.get("item")
             if isinstance(item, dict):
                 self._items[_index(data.get("output_index"))] = item
+            self._tokens(event.deltas, event.received_ns, 0)  # a call's name
         elif typ == "response.output_item.done":
             data = event.data
             item = data.get("item")

@@ -336,6 +336,9 @@ class StreamEvent:
                     call_type=CALL_ITEM_TYPES.get(typ),
                 ),
             )
+        if typ == ITEM_ADDED:  # a call's name, the model's first token of it (as in chat)
+            data = self.data
+            return _call_named(data.get("item"), _int(data.get("output_index")))
         if typ not in CHOICE_CHUNKS:
             return ()
         found: list[Delta] = []
@@ -562,6 +565,26 @@ def item_deltas(item: Any, index: int) -> tuple[Delta, ...]:
     return tuple(found)
 
 
+def _call_named(item: Any, index: int) -> tuple[Delta, ...]:
+    """The fragment of a call item announced with its name (`output_item.added`)."""
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        return ()
+    kind = item.get("type")
+    if not isinstance(kind, str) or not kind.endswith("_call"):
+        return ()
+    return (
+        Delta(
+            "tool_call",
+            "",
+            index,
+            call_id=_str_or_none(item.get("call_id")),
+            name=item["name"],
+            item_id=_str_or_none(item.get("id")),
+            call_type=kind,
+        ),
+    )
+
+
 def call_input(item: dict[str, Any]) -> str:
     """What the model wrote for a call item: its arguments, input or code, else its action
     (a shell call's commands, a search's query) as JSON."""
@@ -632,6 +655,7 @@ _SPECIAL = TERMINAL_TYPES | CHOICE_CHUNKS | {"message"}
 # Until a stream's first fragment, an item that arrives whole is looked into too: its output
 # is the first token (a server that sends no deltas, or a built-in tool's call).
 ITEM_DONE = "response.output_item.done"
+ITEM_ADDED = "response.output_item.added"
 _SPECIAL_BEFORE_FRAGMENT = _SPECIAL | {ITEM_DONE}
 _FRAGMENT_TYPES = frozenset(DELTA_KINDS)
 # Events whose fragments, when they have any, are their items' whole output.

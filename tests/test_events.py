@@ -736,3 +736,30 @@ def test_a_fragment_event_without_its_text_has_no_deltas() -> None:
     _, events = decode(typed({"type": "response.refusal.delta", "delta": None}))
     assert events[0].deltas == ()
     assert not events[0].has_token
+
+
+@pytest.mark.parametrize(
+    ("item", "named"),
+    [
+        ({"type": "function_call", "id": "fc_1", "call_id": "c", "name": "f"}, True),
+        ({"type": "custom_tool_call", "id": "ctc_1", "call_id": "c", "name": "sql"}, True),
+        ({"type": "web_search_call", "id": "ws_1"}, False),
+        ({"type": "message", "id": "msg_1", "name": "x"}, False),
+        ("odd", False),
+    ],
+)
+def test_a_call_announced_with_its_name_is_a_token(item: object, named: bool) -> None:
+    """As chat's opening chunk of a call: the model wrote the name."""
+    added = {"type": "response.output_item.added", "output_index": 2, "item": item}
+    _, events = decode(typed(added))
+    assert events[0].has_token is named
+    if named:
+        assert isinstance(item, dict)
+        (d,) = events[0].deltas
+        assert (d.kind, d.text, d.index, d.name, d.call_type) == (
+            "tool_call",
+            "",
+            2,
+            item["name"],
+            item["type"],
+        )
