@@ -1,4 +1,5 @@
-"""Per-request records and the exact statistics computed from them.
+"""Per-request records (filled from a result or a failure) and the exact statistics computed
+from them.
 
 Every figure is computed from all per-request values at once (numpy, linear interpolation),
 never from pre-aggregated percentiles: merging workers is concatenating their records, so the
@@ -17,12 +18,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from engine.errors import APIStatusError, EngineError, ProtocolError, StreamError
+from engine.redaction import redact
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
+
+    from engine.client import StreamResult
 
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0, "p999": 99.9}
 STAT_KEYS = (*PERCENTILES, "mean", "max", "min", "count")
 EXAMPLES = 3  # messages and request ids kept per error kind: enough to see a pattern
+MESSAGE_CHARS = 500  # a failure's message as recorded: an error body can be kilobytes
 
 
 @dataclass(slots=True)
@@ -95,6 +102,58 @@ def csv_row(record: RequestRecord) -> list[Any]:
         itl_ms_max=max(itl) if itl else None,
     )
     return [data[name] for name in CSV_COLUMNS]
+
+
+def error_kind(exc: BaseException) -> str:
+    """`EngineError.kind`, or the exception's type for a client bug."""
+    return exc.kind if isinstance(exc, EngineError) else type(exc).__name__
+
+
+def record_failure(record: RequestRecord, exc: BaseException, secrets: tuple[str, ...]) -> None:
+    """Enough to tell why it failed: a kind alone ("TransportError: 31") does not say.
+
+    The message is redacted here, at the source, because servers reflect credentials and
+    not every message the engine builds (an error event's text) passes its redaction."""
+    record.error = error_kind(exc)
+    text = (exc.message if isinstance(exc, EngineError) else str(exc)) or type(exc).__name__
+    text = redact(text, secrets)
+    record.message = text if len(text) <= MESSAGE_CHARS else text[:MESSAGE_CHARS] + "…"
+    if isinstance(exc, APIStatusError | StreamError | ProtocolError):
+        record.status = exc.status
+    if isinstance(exc, APIStatusError):
+        record.retry_after_s = exc.retry_after_s
+    if isinstance(exc, EngineError):
+        record.request_id = exc.request_id
+        record.attempts = exc.attempts
+
+
+def record_result(record: RequestRecord, result: StreamResult, intended_ns: int) -> None:
+    """Latencies from the intended start (TTFT: the first token of any kind; TTFT to text:
+    the first visible text); tokens from usage, else the timed token events."""
+    times = result.token_times_ns
+    record.ok = True
+    record.status = result.http_status
+    record.finish_reason = result.finish_reason
+    record.incomplete = result.status == "incomplete"
+    record.attempts = result.attempts
+    record.reconnects = result.reconnects
+    record.request_id = result.request_id
+    if result.first_byte_ns is not None:
+        record.first_byte_ms = (result.first_byte_ns - intended_ns) / 1e6
+    if result.first_token_ns is not None:
+        record.ttft_ms = (result.first_token_ns - intended_ns) / 1e6
+    if result.first_text_ns is not None:
+        record.ttft_text_ms = (result.first_text_ns - intended_ns) / 1e6
+    record.e2e_ms = (result.finished_ns - intended_ns) / 1e6
+    record.deltas = len(times)
+    record.itl_ms = [(b - a) / 1e6 for a, b in itertools.pairwise(times)]
+    record.tool_calls = sum(len(choice.tool_calls) for choice in result.choices)
+    usage = result.usage
+    record.output_tokens = usage.output_tokens if usage is not None else len(times)
+    if usage is not None:
+        record.input_tokens = usage.input_tokens
+        record.reasoning_tokens = usage.reasoning_tokens
+        record.cached_tokens = usage.cached_tokens
 
 
 def stats(values: Sequence[float] | np.ndarray) -> dict[str, float | int | None]:

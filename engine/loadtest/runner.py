@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import itertools
 import math
 import time
 import traceback
@@ -34,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Self
 
 from engine.client import Engine, RetryPolicy, StreamResult
-from engine.errors import APIStatusError, EngineError, ProtocolError, StreamError
+from engine.errors import EngineError
 from engine.loadtest.config import LoadConfig, split_evenly
 from engine.loadtest.interrupts import (
     FailureWatch,
@@ -43,12 +42,12 @@ from engine.loadtest.interrupts import (
     redacted_job_failure,
     unless_stopped,
 )
-from engine.loadtest.metrics import RequestRecord
+from engine.loadtest.metrics import RequestRecord, error_kind, record_failure, record_result
 from engine.loadtest.prompts import PromptSource
 from engine.loadtest.selfcheck import ClientCheck, SelfCheckMonitor
 from engine.loadtest.shapes import open_schedule
 from engine.preflight import wait_open
-from engine.redaction import redact, secret_values, url_credentials
+from engine.redaction import secret_values, url_credentials
 from engine.runtime import env_api_key
 
 PROGRESS_EVERY_S = 0.5
@@ -67,7 +66,6 @@ GC_CHECK_S = 0.5
 PRIME_HEADROOM = 1.5  # open loop: connections for 1.5x the expected requests in flight
 SPIN_CAP_NS = 10_000_000  # the adaptive spin never exceeds 10 ms per send
 LATE_DECAY = 0.99  # per sleep: one slow wake-up is forgotten after a few hundred sends
-MESSAGE_CHARS = 500  # a failure's message as recorded: an error body can be kilobytes
 # The longest wait a Retry-After can impose on a closed-loop user (the engine's own cap).
 RETRY_AFTER_CAP_S = RetryPolicy().max_retry_after_s
 # Priming only opens connections: a primer (or the open loop's probe) that has not ended by
@@ -197,7 +195,7 @@ class Runner:
         results = await asyncio.gather(*calls)
         for res in results:
             if isinstance(res, BaseException):
-                self.prime_errors[_kind(res)] += 1
+                self.prime_errors[error_kind(res)] += 1
             else:
                 self._opened(res)
         self.primed = wanted
@@ -479,7 +477,7 @@ class Runner:
         try:
             result = await self.engine.run(self.prompts.body(index), endpoint=self.config.endpoint)
         except Exception as exc:  # every failure is a counted error, never a crash
-            _fail(record, exc, self.secrets)
+            record_failure(record, exc, self.secrets)
             now = time.perf_counter_ns()
             record.e2e_ms = (now - intended_ns) / 1e6
             if (halt := self.watch.failure(exc, now)) is not None:
@@ -490,14 +488,14 @@ class Runner:
             if not self.cut_off or task is None:
                 raise
             task.uncancel()  # our own cut-off, handled here: the task goes on to record it
-            _fail(record, Unfinished(self._unfinished()), self.secrets)
+            record_failure(record, Unfinished(self._unfinished()), self.secrets)
             # Whenever it was sent, it spanned the measured window: it counts there, so a run
             # against a server that never answers cannot report "0 completed, 0 failed".
             record.warmup = False
             record.e2e_ms = (time.perf_counter_ns() - intended_ns) / 1e6
         else:
             self.watch.success()
-            _fill(record, result, intended_ns)
+            record_result(record, result, intended_ns)
             if record.ttft_ms is not None:
                 self.recent_ttft.append(record.ttft_ms)
             self._opened(result)
@@ -549,28 +547,6 @@ class Runner:
         }
 
 
-def _kind(exc: BaseException) -> str:
-    return exc.kind if isinstance(exc, EngineError) else type(exc).__name__
-
-
-def _fail(record: RequestRecord, exc: BaseException, secrets: tuple[str, ...]) -> None:
-    """Enough to tell why it failed: a kind alone ("TransportError: 31") does not say.
-
-    The message is redacted here, at the source, because servers reflect credentials and
-    not every message the engine builds (an error event's text) passes its redaction."""
-    record.error = _kind(exc)
-    text = (exc.message if isinstance(exc, EngineError) else str(exc)) or type(exc).__name__
-    text = redact(text, secrets)
-    record.message = text if len(text) <= MESSAGE_CHARS else text[:MESSAGE_CHARS] + "…"
-    if isinstance(exc, APIStatusError | StreamError | ProtocolError):
-        record.status = exc.status
-    if isinstance(exc, APIStatusError):
-        record.retry_after_s = exc.retry_after_s
-    if isinstance(exc, EngineError):
-        record.request_id = exc.request_id
-        record.attempts = exc.attempts
-
-
 def _drop_frames(exc: BaseException) -> None:
     """Free what a failure's tracebacks hold, once the record has its strings.
 
@@ -589,32 +565,3 @@ def _drop_frames(exc: BaseException) -> None:
         traceback.clear_frames(error.__traceback__)  # skips the frames still running (ours)
         error.__traceback__ = None
         stack.extend(e for e in (error.__cause__, error.__context__) if e is not None)
-
-
-def _fill(record: RequestRecord, result: StreamResult, intended_ns: int) -> None:
-    """Latencies from the intended start (TTFT: the first token of any kind; TTFT to text:
-    the first visible text); tokens from usage, else the timed token events."""
-    times = result.token_times_ns
-    record.ok = True
-    record.status = result.http_status
-    record.finish_reason = result.finish_reason
-    record.incomplete = result.status == "incomplete"
-    record.attempts = result.attempts
-    record.reconnects = result.reconnects
-    record.request_id = result.request_id
-    if result.first_byte_ns is not None:
-        record.first_byte_ms = (result.first_byte_ns - intended_ns) / 1e6
-    if result.first_token_ns is not None:
-        record.ttft_ms = (result.first_token_ns - intended_ns) / 1e6
-    if result.first_text_ns is not None:
-        record.ttft_text_ms = (result.first_text_ns - intended_ns) / 1e6
-    record.e2e_ms = (result.finished_ns - intended_ns) / 1e6
-    record.deltas = len(times)
-    record.itl_ms = [(b - a) / 1e6 for a, b in itertools.pairwise(times)]
-    record.tool_calls = sum(len(choice.tool_calls) for choice in result.choices)
-    usage = result.usage
-    record.output_tokens = usage.output_tokens if usage is not None else len(times)
-    if usage is not None:
-        record.input_tokens = usage.input_tokens
-        record.reasoning_tokens = usage.reasoning_tokens
-        record.cached_tokens = usage.cached_tokens
