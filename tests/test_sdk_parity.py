@@ -508,7 +508,7 @@ CHAT_STREAMS = {
         ),
         chunk({"reasoning": ".", "reasoning_details": [{"text": ".", "index": 0}]}),
         chunk({"content": "Yes", "gateway_extra": {"k": 1}}),
-        chunk({}, "stop", native_finish_reason="STOP"),
+        chunk({}, "stop", provider="gateway"),  # a later chunk's envelope: neither keeps it
     ],
 }
 
@@ -694,6 +694,29 @@ async def test_a_completed_response_without_output_is_rebuilt_from_its_items(
         ToolCall("call_w", "get_weather", FC["arguments"], "function_call")
     ]
     assert result.finish_reason == "tool_calls"
+
+
+async def test_an_item_never_done_is_filled_where_the_sdk_raises(canned: CannedServer) -> None:
+    """`response.completed` without `output`, and an item whose `output_item.done` never came."""
+    url = canned.url(typed(*[e for e in NO_OUTPUT if e["type"] != "response.output_item.done"]))
+    with pytest.raises(RuntimeError, match="unfinished output items"):
+        await sdk_response(url)
+    result = await engine_run(url, RESPONSES_BODY)
+    assert result.response["output"] == [{**FC, "status": "in_progress"}]
+    assert result.finish_reason == "tool_calls"
+
+
+async def test_a_choice_key_sent_after_the_first_chunk_is_carried(canned: CannedServer) -> None:
+    """OpenRouter's `native_finish_reason` comes with the finish: the SDK keeps only the first
+    chunk's keys of a choice; the engine merges the later ones in."""
+    finish = chunk({}, "stop")
+    finish["choices"][0]["native_finish_reason"] = "STOP"
+    url = canned.url(data(chunk({"role": "assistant", "content": "Hi"}), finish) + DONE)
+    theirs = await sdk_completion(url)
+    result = await engine_run(url, CHAT_BODY)
+    assert "native_finish_reason" not in theirs["choices"][0]
+    assert result.response["choices"][0].pop("native_finish_reason") == "STOP"
+    assert plain(result.response) == plain(theirs)
 
 
 SUMMARY_ITEM = {
