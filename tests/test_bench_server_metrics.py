@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 import orjson
 
 from tests.conftest import bench_main as main
+from tests.helpers import bench_flags
+from tests.netfront import Front
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -83,3 +85,16 @@ def test_bench_keeps_the_servers_series_beside_its_own(tmp_path: Path) -> None:
     assert times == sorted(times)
     assert times[0] <= 0.3  # the scrapes span the measured window
     assert times[-1] >= 1.0
+
+
+def test_the_scraper_reaches_the_server_the_loads_way(base_url: str, tmp_path: Path) -> None:
+    """`--proxy` (and the TLS options) carry the scrapes too: /metrics sits beside the API."""
+    out = tmp_path / "proxied.json"
+    with Front.proxy() as proxy:
+        for url in metrics_server():
+            flags = ["--base-url", base_url, "--proxy", proxy.url, "--requests", "4"]
+            metrics = ["--server-metrics", url, "--server-metrics-interval", "0.2"]
+            assert main(bench_flags(*flags, *metrics, "--warmup", "0", out=out)) == 0
+    section = orjson.loads(out.read_bytes())["server_metrics"]
+    assert (section["failed"], section["server"]) == (0, "llama.cpp")
+    assert proxy.served >= 4 + section["scrapes"]

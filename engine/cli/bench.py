@@ -347,7 +347,9 @@ def _scraper(args: argparse.Namespace, config: LoadConfig) -> ServerMetricsScrap
         raise ConfigError("--server-metrics runs with the load on one machine; drop --ray")
     url = metrics_url(config.base_url) if args.server_metrics == "auto" else args.server_metrics
     auth = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else None
-    return ServerMetricsScraper(url, args.server_metrics_interval, headers=auth)
+    return ServerMetricsScraper(
+        url, args.server_metrics_interval, headers=auth, network=config.network
+    )
 
 
 # `--ray`: generates the load from Ray actors; handed in by the CLI (engine.distributed

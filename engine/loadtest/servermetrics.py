@@ -26,7 +26,8 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine.redaction import redact, secret_values
+from engine.network import NetworkOptions, pool_ssl
+from engine.redaction import redact, secret_values, url_credentials
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -333,6 +334,7 @@ class ServerMetricsScraper:
         *,
         headers: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
+        network: NetworkOptions | None = None,
     ) -> None:
         if not interval_s > 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s!r}")
@@ -340,12 +342,15 @@ class ServerMetricsScraper:
         self.interval_s = float(interval_s)
         self.timeout_s = timeout_s if timeout_s is not None else max(interval_s, MIN_TIMEOUT_S)
         self._headers = dict(headers or {})
+        # The load's way to the server (`--proxy`, `--ca-bundle`, ...): /metrics is on it too.
+        self._network = network or NetworkOptions()
         # Every header value is treated as a credential (a long one, at least) in messages.
         self._secrets = tuple(
             sorted(
                 {
                     *secret_values(None, self._headers),
                     *(v for v in self._headers.values() if len(v) >= 8),
+                    *url_credentials(self._network.proxy),
                 },
                 key=len,
                 reverse=True,
@@ -366,11 +371,15 @@ class ServerMetricsScraper:
 
     async def __aenter__(self) -> Self:
         # A new connection per scrape: a server that closes idle keep-alive connections
-        # (llama-server does) must not turn into a failed scrape.
+        # (llama-server does) must not turn into a failed scrape. Proxy and TLS as the
+        # engine's (HTTP(S)_PROXY too: trust_env), so /metrics is reached the load's way.
+        options = self._network.engine_options()
         self._session = aiohttp.ClientSession(
             headers=self._headers,
-            connector=aiohttp.TCPConnector(force_close=True),
+            connector=aiohttp.TCPConnector(force_close=True, ssl=pool_ssl(options["ssl"])),
             timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+            proxy=options["proxy"],
+            trust_env=True,
         )
         await self.scrape()
         self._task = asyncio.create_task(self._loop(), name="server-metrics")
