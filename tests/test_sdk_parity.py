@@ -26,11 +26,14 @@ from engine.assembly import NO_TERMINAL_EVENT, ToolCall
 from engine.batch.store import failure_line, success_line
 from engine.client import Engine, RetryPolicy, StreamResult, Timeouts
 from engine.errors import ErrorEvent, FirstTokenTimeout
+from engine.mock import MockConfig
 from tests.canned import DONE, CannedServer, data, typed
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
+
+    from tests.conftest import MockFactory
 
 MESSAGES: Any = [{"role": "user", "content": "What is the weather?"}]
 CHAT_BODY: dict[str, Any] = {"model": "m", "messages": MESSAGES}
@@ -585,14 +588,21 @@ async def test_an_error_inside_a_chat_chunk_is_an_error(canned: CannedServer) ->
     assert seen[-1].data["error"] == ERROR_CHUNK["error"]  # yielded, then raised
 
 
+@pytest.mark.parametrize("server", ["openrouter-bytes", "mock"])
 async def test_a_gateway_error_chunk_lands_in_the_errors_file(
-    canned: CannedServer, tmp_path: Path
+    canned: CannedServer, mock_factory: MockFactory, tmp_path: Path, server: str
 ) -> None:
     from engine.batch import BatchConfig, Endpoint, run_batch  # noqa: PLC0415
 
-    url = canned.url(GATEWAY_ERROR)
-    record = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": CHAT_BODY}
-    (tmp_path / "in.jsonl").write_bytes(orjson.dumps(record) + b"\n")
+    if server == "mock":  # the mock's own error chunk, for every request
+        url = str(mock_factory(MockConfig(faults={"error-chunk": 1.0})).base_url)
+    else:
+        url = canned.url(GATEWAY_ERROR)
+    records = [
+        {"custom_id": c, "method": "POST", "url": "/v1/chat/completions", "body": CHAT_BODY}
+        for c in ("a", "b")
+    ]
+    (tmp_path / "in.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
     summary = await run_batch(
         BatchConfig(
             input_path=tmp_path / "in.jsonl",
@@ -601,9 +611,13 @@ async def test_a_gateway_error_chunk_lands_in_the_errors_file(
             concurrency=1,
         )
     )
-    assert (summary.succeeded, summary.failed) == (0, 1)
+    assert (summary.succeeded, summary.failed) == (0, 2)
     errors = [orjson.loads(x) for x in (tmp_path / "out.errors.jsonl").read_bytes().splitlines()]
-    assert [(e["custom_id"], e["error"]["code"]) for e in errors] == [("a", "ErrorEvent")]
+    assert sorted((e["custom_id"], e["error"]["code"]) for e in errors) == [
+        ("a", "ErrorEvent"),
+        ("b", "ErrorEvent"),
+    ]
+    assert all(e["response"]["body"]["error"]["code"] == 502 for e in errors)
     assert not (tmp_path / "out.jsonl").read_bytes()
 
 
