@@ -112,9 +112,11 @@ class ResponseAssembler:
     __slots__ = (
         "_annotations",
         "_choices",
+        "_chunks",
         "_done",
         "_fragments",
         "_items",
+        "_joined",
         "_left",
         "_parts_added",
         "created",
@@ -148,6 +150,8 @@ class ResponseAssembler:
         self.meta: dict[str, Any] = {}  # chat: the first chunk's envelope
         self.dialect: Dialect | None = None
         self._choices: dict[int, _ChoiceState] = {}
+        self._chunks = 0  # chat chunks taken: the joined messages below are of this many
+        self._joined: tuple[int, dict[int, dict[str, Any]]] | None = None
         # Responses: items by output index, those done, and the fragments of the others.
         self._items: dict[int, dict[str, Any]] = {}
         self._done: set[int] = set()
@@ -223,6 +227,7 @@ class ResponseAssembler:
 
     def _choice_chunk(self, event: StreamEvent) -> None:
         data = event.data
+        self._chunks += 1
         if not self.meta:
             self.meta = {k: v for k, v in data.items() if k not in ("choices", "obfuscation")}
         elif data.get("system_fingerprint") is not None:
@@ -264,9 +269,18 @@ class ResponseAssembler:
             size += merge(state.fields, {k: v for k, v in choice.items() if k not in known})
         return size
 
+    def _messages(self) -> dict[int, dict[str, Any]]:
+        """Each choice's merged message, joined once however often it is asked for (the
+        choices and the response share its strings)."""
+        joined = self._joined
+        if joined is None or joined[0] != self._chunks:
+            messages = {i: materialized(s.message) for i, s in self._choices.items()}
+            joined = self._joined = (self._chunks, messages)
+        return joined[1]
+
     def _state_choice(self, index: int, state: _ChoiceState) -> Choice:
         """A chat or legacy choice, read from its merged message."""
-        message = materialized(state.message)
+        message = self._messages()[index]
         if self.dialect is Dialect.COMPLETIONS:
             text = message.get("text")
             return Choice(
@@ -283,9 +297,10 @@ class ResponseAssembler:
         out: dict[str, Any] = materialized(self.meta)
         out["object"] = "text_completion" if legacy else "chat.completion"
         choices = []
-        for _, state in sorted(self._choices.items()):
+        messages = self._messages()
+        for index, state in sorted(self._choices.items()):
             choice = materialized(state.fields)
-            message = materialized(state.message)
+            message = dict(messages[index])  # a copy of the dict, not of its strings
             choice["finish_reason"] = state.finish_reason
             if legacy:
                 choice["text"] = message.get("text") or ""
