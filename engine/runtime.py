@@ -6,6 +6,7 @@ nothing: the loop is chosen only by the commands that call `run_async`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import importlib.util
 import os
@@ -27,6 +28,7 @@ __all__ = [
     "env_api_key",
     "env_base_url",
     "loop_factory",
+    "raise_open_files_limit",
     "require_ray",
     "run_async",
     "start_ready_process",
@@ -51,6 +53,23 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """Run `coro` to completion on the commands' loop (`loop_factory`)."""
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(coro)
+
+
+def raise_open_files_limit() -> int:
+    """Lift this process's soft limit on open files to its hard limit, and return the limit
+    in force (`resource.RLIM_INFINITY` for none). Every stream holds a socket, and the soft
+    limit (often 1024) is the first wall a load meets, long before the hard one. Children
+    started afterwards inherit it. Where there are no such limits (Windows), a large number."""
+    try:
+        import resource  # noqa: PLC0415 - POSIX only
+    except ImportError:  # pragma: no cover - Windows
+        return 1 << 20
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        # macOS reports an unlimited hard limit that setrlimit refuses: the soft one stays.
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def require_ray(flag: str = "--ray") -> None:

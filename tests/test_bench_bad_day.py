@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -17,14 +18,17 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
 
 from engine.errors import AuthenticationError, ConnectError, StreamTruncated
+from engine.loadtest import LoadConfig
 from engine.loadtest.interrupts import JOB_FAILURE, JOB_FAILURE_WINDOW_S, FailureWatch, Halt
+from engine.loadtest.openfiles import FD_RESERVE, fit_open_files
 from tests.conftest import bench_main
+from tests.helpers import bench_child
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -296,3 +300,56 @@ def test_a_bench_killed_hard_leaves_no_child_behind(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     until(lambda: not any(alive(pid) for pid in children), 10.0, f"children {children} gone")
+
+
+FD_LIMIT = 256
+
+
+def _few_open_files() -> None:
+    """In the child before it runs: a machine whose limit is FD_LIMIT, soft and hard."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
+
+
+def test_a_load_beyond_the_open_files_limit_runs_what_fits_and_says_so(tmp_path: Path) -> None:
+    """300 streams need a socket each in the embedded mock's process and in the workers:
+    past the limit, connects fail and the mock stops accepting (hundreds of failures). The
+    bench runs at the concurrency that fits, having said so before the first request."""
+    flags = ["--concurrency", "300", "--duration", "1", "--warmup", "0.3"]
+    proc, doc = bench_child(
+        *flags, "--output-tokens", "16", out=tmp_path / "r.json", preexec_fn=_few_open_files
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert doc is not None
+    said = [line for line in proc.stderr.splitlines() if line.startswith("open files:")]
+    if doc["config"]["concurrency"] < 300:
+        assert len(said) == 1
+        assert f"over the limit of {FD_LIMIT} (ulimit -n)" in said[0]
+        assert f"running {doc['config']['concurrency']} users" in said[0]
+        assert doc["config"]["facts"]["open_files"]["limit"] == FD_LIMIT
+    assert (doc["failed"], doc["warmup"]["failed"]) == (0, 0)
+    assert doc["completed"] >= doc["config"]["concurrency"]
+
+
+@pytest.mark.parametrize(
+    ("shape", "embedded", "kept"),
+    [
+        ({"concurrency": 300, "workers": 2}, True, {"concurrency": 208}),  # the mock holds all
+        ({"concurrency": 300, "workers": 2}, False, None),  # 150 per worker: fits
+        ({"concurrency": 500, "workers": 2}, False, {"concurrency": 416}),
+        ({"rate": 50.0, "workers": 2}, True, {"max_connections": 104}),  # pools, not the load
+        ({"concurrency": 100, "workers": 1}, True, None),
+    ],
+    ids=["mock-bound", "fits-in-workers", "worker-bound", "open-loop-pool", "fits"],
+)
+def test_what_fits_the_open_files_limit(
+    shape: dict[str, Any], embedded: bool, kept: dict[str, int] | None
+) -> None:
+    config = LoadConfig("http://x/v1", **shape)
+    fitted, said = fit_open_files(config, FD_LIMIT, embedded_mock=embedded, cores=2)
+    if kept is None:
+        assert (fitted, said) == (config, None)
+        return
+    assert {key: getattr(fitted, key) for key in kept} == kept
+    assert fitted.facts["open_files"] == {"limit": FD_LIMIT, "reserve": FD_RESERVE, **kept}
+    assert (said is None) == ("max_connections" in kept)  # a default pool is only capped
+    assert fit_open_files(config, 1 << 20, embedded_mock=embedded, cores=2) == (config, None)

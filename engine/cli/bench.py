@@ -37,6 +37,7 @@ from engine.config import env_api_key, env_base_url
 from engine.errors import ConfigError, JobFailed
 from engine.loadtest.config import AUTO_WORKERS, LoadConfig, parse_slo
 from engine.loadtest.interrupts import Interrupted, Stop, on_signals
+from engine.loadtest.openfiles import fit_open_files
 from engine.loadtest.outputs import RUNS_DIR, check_outputs, write_outputs
 from engine.loadtest.result import BenchResult
 from engine.loadtest.servermetrics import ServerMetricsScraper, metrics_url
@@ -45,10 +46,11 @@ from engine.loadtest.workers import (
     resolve_workers,
     run_load,
     run_sweep,
+    usable_cores,
 )
 from engine.report.console import LiveProgress, LogProgress, print_summary, sweep_table
 from engine.report.text import saturation_text
-from engine.runtime import run_async
+from engine.runtime import raise_open_files_limit, run_async
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -412,14 +414,21 @@ def _measure(
     args: argparse.Namespace, console: Console, on_ray: LoadOnRay | None
 ) -> list[BenchResult]:
     """Start what the load needs (the embedded mock), run it, and stop it all again."""
+    # First: every process started from here (the mock, the workers) inherits the limit.
+    open_files = raise_open_files_limit()
     with ExitStack() as stack:
         base_url, facts = args.base_url, None
         if not base_url:
             base_url, facts = _start_mock(args, console, stack)
         config = config_from_args(args, base_url, facts)
         scraper = _scraper(args, config)
-        if args.ray is not None:
+        if args.ray is not None:  # the load's processes are on other machines, with theirs
             return _run_on_ray(config, args.ray, on_ray)
+        config, said = fit_open_files(
+            config, open_files, embedded_mock=facts is not None, cores=usable_cores()
+        )
+        if said is not None:
+            _line(console, said, style="yellow")
         progress = _progress(args, console, stack)
         return run_async(_execute(config, progress, scraper, Stop()))
 

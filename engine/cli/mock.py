@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
-import resource
 import signal
 import sys
 
@@ -26,7 +24,7 @@ from engine.mock.config import (
     parse_token_range,
 )
 from engine.mock.runners import MockServer
-from engine.runtime import end_with_parent, run_async
+from engine.runtime import end_with_parent, raise_open_files_limit, run_async
 
 API_KEY_ENV = "MOCK_API_KEY"
 READY_LINE = "stream-engine mock listening on {url}"
@@ -134,14 +132,6 @@ def config_from_args(args: argparse.Namespace) -> MockConfig:
     )
 
 
-def _raise_fd_limit() -> None:
-    """Thousands of open streams need thousands of descriptors: lift the soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 async def serve(config: MockConfig, host: str, port: int) -> None:
     """Run until SIGINT/SIGTERM; print the ready line once listening."""
     server = MockServer(config, host=host, port=port)
@@ -165,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"stream-engine mock: {exc}\n")
         return 2
-    _raise_fd_limit()
+    raise_open_files_limit()  # thousands of open streams need thousands of descriptors
     end_with_parent()  # started by MockProcess (bench's embedded mock): never outlive it
     run_async(serve(config, args.host, args.port))
     return 0
