@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def record(i: int, *, intended_s: float | None = None, **fields: Any) -> RequestRecord:
+def make_record(i: int, *, intended_s: float | None = None, **fields: Any) -> RequestRecord:
     """Request `i` of worker 0, measured, sent on time at `i / 10` s (or `intended_s`), a
     success unless `ok=False`; `fields` set the rest (and override these)."""
     base: dict[str, Any] = {
@@ -33,7 +33,7 @@ def record(i: int, *, intended_s: float | None = None, **fields: Any) -> Request
     return RequestRecord(**(base | fields))
 
 
-def completed(i: int, ttft_ms: float, gaps: Iterable[float], **fields: Any) -> RequestRecord:
+def completed_record(i: int, ttft_ms: float, gaps: Iterable[float], **fields: Any) -> RequestRecord:
     """A success whose first token came at `ttft_ms` and the next ones `gaps` ms apart: one
     timed token per gap plus the first, all counted as output, e2e at the last token."""
     itl = list(gaps)
@@ -44,12 +44,12 @@ def completed(i: int, ttft_ms: float, gaps: Iterable[float], **fields: Any) -> R
         "deltas": len(itl) + 1,
         "output_tokens": len(itl) + 1,
     }
-    return record(i, **(timed | fields))
+    return make_record(i, **(timed | fields))
 
 
-def failed(i: int, error: str, **fields: Any) -> RequestRecord:
+def failed_record(i: int, error: str, **fields: Any) -> RequestRecord:
     """A failure of kind `error` (e2e 5 ms unless given)."""
-    return record(i, **({"ok": False, "error": error, "e2e_ms": 5.0} | fields))
+    return make_record(i, **({"ok": False, "error": error, "e2e_ms": 5.0} | fields))
 
 
 def bench_flags(*flags: str, out: Path | None = None) -> list[str]:
@@ -64,7 +64,8 @@ def bench_child(
     """`stream-engine bench FLAGS` in a child process, as a user runs it (the embedded mock
     unless a --base-url is given): the finished process and its JSON (None if not written)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("OPENAI_BASE_URL", None)
+    for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY"):  # the embedded mock, no user's key
+        env.pop(name, None)
     proc = subprocess.run(
         [sys.executable, "-m", "engine", "bench", *bench_flags(*flags, out=out)],
         capture_output=True,

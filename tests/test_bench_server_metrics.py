@@ -47,35 +47,11 @@ def metrics_server() -> Iterator[str]:
 
 def test_bench_keeps_the_servers_series_beside_its_own(tmp_path: Path) -> None:
     out = tmp_path / "r.json"
+    mock = ["--mock-ttft-ms", "5", "--mock-itl-ms", "2", "--output-tokens", "8"]
+    load = ["--duration", "1.5", "--warmup", "0.3", "--concurrency", "2"]
     for url in metrics_server():
-        assert (
-            main(
-                [
-                    "--mock-ttft-ms",
-                    "5",
-                    "--mock-itl-ms",
-                    "2",
-                    "--duration",
-                    "1.5",
-                    "--warmup",
-                    "0.3",
-                    "--concurrency",
-                    "2",
-                    "--output-tokens",
-                    "8",
-                    "--no-canary",
-                    "-q",
-                    "--no-save",
-                    "-o",
-                    str(out),
-                    "--server-metrics",
-                    url,
-                    "--server-metrics-interval",
-                    "0.2",
-                ]
-            )
-            == 0
-        )
+        scrape = ["--server-metrics", url, "--server-metrics-interval", "0.2"]
+        assert main(bench_flags(*mock, *load, *scrape, out=out)) == 0
     doc = orjson.loads(out.read_bytes())
     section = doc["server_metrics"]
     assert section["server"] == "llama.cpp"

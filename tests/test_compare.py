@@ -3,11 +3,7 @@ documents, then the real thing: two mock runs 2x apart in TTFT, and two alike.""
 
 from __future__ import annotations
 
-import argparse
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +12,10 @@ import orjson
 import pytest
 
 from engine.cli import main
-from engine.cli.bench import add_arguments as bench_arguments
 from engine.loadtest import compare
 from engine.loadtest.metrics import RequestRecord, summarize
 from engine.loadtest.result import SCHEMA_VERSION, samples, sweep_document
+from tests.helpers import bench_child, completed_record, failed_record
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,36 +34,13 @@ def record(
     slow_gap: float | None = None,
 ) -> RequestRecord:
     """A request sent every 10 ms whose TTFT is `ttft` and whose gaps are `gap` ms."""
+    sent = {"intended_s": i / 100, "lag_ms": 0.1, "warmup": warmup}
+    if not ok:
+        return failed_record(i, "http_500", status=500, **sent)
     gaps = [gap] * (tokens - 1)
     if slow_gap is not None:
         gaps[0] = slow_gap
-    if not ok:
-        return RequestRecord(
-            index=i,
-            worker=0,
-            warmup=warmup,
-            intended_s=i / 100,
-            lag_ms=0.1,
-            ok=False,
-            error="http_500",
-            status=500,
-            e2e_ms=5.0,
-        )
-    return RequestRecord(
-        index=i,
-        worker=0,
-        warmup=warmup,
-        intended_s=i / 100,
-        lag_ms=0.1,
-        ok=True,
-        finish_reason="stop",
-        ttft_ms=ttft,
-        ttft_text_ms=ttft,
-        e2e_ms=ttft + sum(gaps),
-        output_tokens=tokens,
-        deltas=tokens,
-        itl_ms=gaps,
-    )
+    return completed_record(i, ttft, gaps, finish_reason="stop", ttft_text_ms=ttft, **sent)
 
 
 def document(
@@ -402,45 +375,14 @@ def test_html_is_one_self_contained_page(
 # -- real runs against the mock ----------------------------------------------------------------
 
 
-def bench_flags() -> set[str]:
-    parser = argparse.ArgumentParser()
-    bench_arguments(parser)
-    return {flag for action in parser._actions for flag in action.option_strings}
-
-
 def run_bench(path: Path, ttft_ms: float) -> dict[str, Any]:
     """A small closed-loop run against the embedded mock, through the CLI."""
-    args = [
-        "--mock-ttft-ms",
-        str(ttft_ms),
-        "--mock-itl-ms",
-        "10",
-        "--output-tokens",
-        "16",
-        "--concurrency",
-        "8",
-        "--duration",
-        "2",
-        "--warmup",
-        "0.5",
-        "-q",
-        "-o",
-        str(path),
-    ]
-    if "--no-save" in bench_flags():
-        args.append("--no-save")
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_BASE_URL", "OPENAI_API_KEY")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "engine", "bench", *args],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-        cwd=ROOT,
-        env=env,
-    )
+    mock = ["--mock-ttft-ms", str(ttft_ms), "--mock-itl-ms", "10", "--output-tokens", "16"]
+    load = ["--concurrency", "8", "--duration", "2", "--warmup", "0.5"]
+    proc, doc = bench_child(*mock, *load, out=path, timeout_s=90)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return orjson.loads(path.read_bytes())
+    assert doc is not None
+    return doc
 
 
 @pytest.fixture(scope="module")

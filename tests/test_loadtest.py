@@ -42,6 +42,7 @@ from engine.loadtest.workers import auto_workers, loop_factory, resolve_workers
 from engine.mock import MockConfig, MockProcess
 from engine.report.console import LiveProgress
 from tests.conftest import TEST_API_KEY
+from tests.helpers import bench_child, bench_flags, completed_record, make_record
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = {"x-mock-ttft-ms": "0", "x-mock-itl-ms": "0"}
+MOCK_5_1 = ["--header", "x-mock-ttft-ms: 5", "--header", "x-mock-itl-ms: 1"]  # per request
 SCHEMA_KEYS = {
     "schema_version",
     "ttft_ms",
@@ -124,43 +126,15 @@ def test_open_loop_sends_on_schedule_at_500_per_second(paced: str, tmp_path: Pat
     2-60 ms at random moments, with the client's loop idle or spinning: the bound is asked of
     the best of 5 runs, what the scheduler can do when the machine lets it.
     """
-    out = tmp_path / "lag.json"
-    argv = [
-        sys.executable,
-        "-m",
-        "engine.loadtest",
-        "--base-url",
-        paced,
-        "--rate",
-        "500",
-        "--arrival",
-        "constant",
-        "--duration",
-        "1.5",
-        "--warmup",
-        "0.3",
-        "--workers",
-        "1",
-        "--output-tokens",
-        "2",
-        "--input-tokens",
-        "8",
-        "--header",
-        "x-mock-ttft-ms: 5",
-        "--header",
-        "x-mock-itl-ms: 1",
-        "--no-canary",
-        "-q",
-        "--no-save",
-        "-o",
-        str(out),
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    load = ["--base-url", paced, "--rate", "500", "--arrival", "constant", "--workers", "1"]
+    answers = ["--output-tokens", "2", "--input-tokens", "8", *MOCK_5_1]
     lags = []
     for _ in range(5):
-        proc = subprocess.run(argv, capture_output=True, env=env, timeout=60, check=False)
-        assert proc.returncode == 0, proc.stderr.decode()
-        doc = orjson.loads(out.read_bytes())
+        proc, doc = bench_child(
+            *load, *answers, "--duration", "1.5", "--warmup", "0.3", out=tmp_path / "lag.json"
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert doc is not None
         assert doc["failed"] == 0
         assert doc["completed"] == 750  # exactly the schedule: 1.5 s x 500/s
         assert doc["client"]["workers"][0]["spin_s"] > 0
@@ -357,19 +331,7 @@ def test_two_workers_split_the_load_and_merge_exactly(paced: str) -> None:
 
 
 def _record(i: int, worker: int, ttft: float) -> RequestRecord:
-    return RequestRecord(
-        index=i,
-        worker=worker,
-        warmup=False,
-        intended_s=i / 10,
-        lag_ms=0.0,
-        ok=True,
-        ttft_ms=ttft,
-        e2e_ms=ttft + 30,
-        output_tokens=4,
-        deltas=4,
-        itl_ms=[10.0, 10.0, 10.0],
-    )
+    return completed_record(i, ttft, [10.0, 10.0, 10.0], worker=worker)
 
 
 def test_combine_is_exact_over_the_union() -> None:
@@ -397,12 +359,8 @@ def test_combine_is_exact_over_the_union() -> None:
 
 
 def test_tpot_and_throughputs_are_computed_from_the_records() -> None:
-    def rec(
-        i: int, intended_s: float, *, warmup: bool = False, ok: bool = True, **kw: Any
-    ) -> RequestRecord:
-        return RequestRecord(
-            index=i, worker=0, warmup=warmup, intended_s=intended_s, lag_ms=0.0, ok=ok, **kw
-        )
+    def rec(i: int, intended_s: float, **fields: Any) -> RequestRecord:
+        return make_record(i, intended_s=intended_s, **fields)
 
     records = [
         rec(
@@ -727,36 +685,10 @@ def test_cli_chat_endpoint_end_to_end(paced_mock: MockProcess, tmp_path: Path) -
 
     before = paced_mock.stats.requests.get("/v1/chat/completions", 0)
     out = tmp_path / "chat.json"
-    assert (
-        main(
-            [
-                "--base-url",
-                paced_mock.base_url,
-                "--endpoint",
-                "chat",
-                "--requests",
-                "12",
-                "--concurrency",
-                "3",
-                "--warmup",
-                "0.2",
-                "--output-tokens",
-                "6",
-                "--input-tokens",
-                "20",
-                "--header",
-                "x-mock-ttft-ms: 5",
-                "--header",
-                "x-mock-itl-ms: 1",
-                "--no-canary",
-                "-q",
-                "--no-save",
-                "-o",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    load = ["--base-url", paced_mock.base_url, "--endpoint", "chat", "--requests", "12"]
+    answers = ["--output-tokens", "6", "--input-tokens", "20", *MOCK_5_1]
+    flags = bench_flags(*load, *answers, "--concurrency", "3", "--warmup", "0.2", out=out)
+    assert main(flags) == 0
     doc = orjson.loads(out.read_bytes())
     assert doc["config"]["endpoint"] == "chat"
     assert (doc["completed"], doc["failed"]) == (12, 0)

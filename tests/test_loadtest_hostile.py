@@ -25,6 +25,7 @@ from engine.loadtest import LoadConfig, run_load
 from engine.loadtest import runner as runner_module
 from engine.loadtest.runner import BENCH_MAX_EVENT_BYTES, _drop_frames
 from engine.report.console import print_summary
+from tests.helpers import bench_flags
 from tests.hostile import HostileServer
 from tests.test_hostile import CHILD, MAX_RSS_MB
 
@@ -49,18 +50,7 @@ def bench(
     env.pop("OPENAI_BASE_URL", None)
     started = time.monotonic()
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            CHILD,
-            "bench",
-            *args,
-            "--no-canary",
-            "-q",
-            "--no-save",
-            "-o",
-            str(out),
-        ],
+        [sys.executable, "-c", CHILD, "bench", *bench_flags(*args, out=out)],
         capture_output=True,
         text=True,
         env=env,

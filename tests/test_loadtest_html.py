@@ -22,6 +22,7 @@ from engine.loadtest.result import saturation_index, sweep_document
 from engine.loadtest.selfcheck import ClientCheck
 from engine.report.html import render_html, write_html
 from engine.report.text import saturation_text
+from tests.helpers import completed_record, failed_record
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -107,50 +108,35 @@ def test_the_browser_check_catches_a_request_and_a_console_error(tmp_path: Path)
 def _record(i: int, rng: np.random.Generator, rate: float, slow: float = 1.0) -> RequestRecord:
     start = i / rate
     if i % 37 == 5:
-        return RequestRecord(
-            index=i,
-            worker=0,
-            warmup=False,
+        return failed_record(
+            i,
+            "http_429",
             intended_s=start,
             lag_ms=0.1,
-            ok=False,
-            error="http_429",
             status=429,
             e2e_ms=3.0,
             message=f"Rate limit reached {HOSTILE}",
             request_id=f"req_{i}",
         )
     if i % 53 == 7:
-        return RequestRecord(
-            index=i,
-            worker=0,
-            warmup=False,
-            intended_s=start,
-            lag_ms=0.2,
-            ok=False,
-            error="TransportError",
-            e2e_ms=40.0,
-            message="connection reset by peer",
+        reset = "connection reset by peer"
+        return failed_record(
+            i, "TransportError", intended_s=start, lag_ms=0.2, e2e_ms=40.0, message=reset
         )
     ttft = float(rng.lognormal(np.log(120 * slow), 0.25))
     gaps = [float(g) for g in rng.gamma(8, 10 * slow / 8, size=15)]
-    return RequestRecord(
-        index=i,
+    return completed_record(
+        i,
+        ttft,
+        gaps,
         worker=i % 2,
-        warmup=False,
         intended_s=start,
         lag_ms=float(rng.exponential(0.2)),
-        ok=True,
         status=200,
         finish_reason="length" if i % 9 == 0 else "stop",
         first_byte_ms=ttft - 2,
-        ttft_ms=ttft,
         ttft_text_ms=ttft + 60 * slow,
-        e2e_ms=ttft + sum(gaps),
-        output_tokens=16,
         input_tokens=128,
-        deltas=16,
-        itl_ms=gaps,
         reasoning_tokens=6,
     )
 
@@ -439,24 +425,10 @@ def bench_main() -> Callable[[list[str]], int]:
 
 
 def _flags(base_url: str) -> list[str]:
-    return [
-        "--base-url",
-        base_url,
-        "--requests",
-        "12",
-        "--concurrency",
-        "3",
-        "--warmup",
-        "0",
-        "--output-tokens",
-        "6",
-        "--header",
-        "x-mock-ttft-ms: 2",
-        "--header",
-        "x-mock-itl-ms: 1",
-        "--no-canary",
-        "-q",
-    ]
+    """A quick run that saves where the test says (no -o, the run folder kept)."""
+    load = ["--base-url", base_url, "--requests", "12", "--concurrency", "3", "--warmup", "0"]
+    mock = ["--header", "x-mock-ttft-ms: 2", "--header", "x-mock-itl-ms: 1"]
+    return [*load, "--output-tokens", "6", *mock, "--no-canary", "-q"]
 
 
 def test_bench_leaves_a_run_folder_in_the_current_directory(

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import socket
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +23,7 @@ from engine.loadtest import LoadConfig, RequestRecord, run_load, summarize
 from engine.loadtest.metrics import CSV_COLUMNS, csv_row
 from engine.mock import MockConfig, MockProcess
 from engine.report.console import print_summary
+from tests.helpers import bench_child, make_record
 
 if TYPE_CHECKING:
     from engine.loadtest.config import Endpoint
@@ -98,46 +96,16 @@ def test_a_reasoning_stream_reports_first_token_first_text_and_the_token_pace(
     ITL and TPOT p50 within 0.5 ms of 10 ms. The mock delivers 0-1 ms late (its timers wait
     whole milliseconds, engine/mock/pacing.py), so the bench's own share is also checked
     against a raw blocking socket client with no engine code, reading the same mock."""
-    out, page = tmp_path / "reasoning.json", tmp_path / "reasoning.html"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("OPENAI_BASE_URL", None)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "engine.loadtest",
-            "--mock-ttft-ms",
-            str(TTFT_MS),
-            "--mock-itl-ms",
-            str(ITL_MS),
-            "--mock-reasoning-tokens",
-            str(REASONING),
-            "--concurrency",
-            "2",
-            "--duration",
-            "2",
-            "--warmup",
-            "0.5",
-            "--output-tokens",
-            str(TOKENS),
-            "--input-tokens",
-            "16",
-            "--no-canary",
-            "-q",
-            "--no-save",
-            "-o",
-            str(out),
-            "--html",
-            str(page),
-        ],
-        capture_output=True,
-        env=env,
-        timeout=120,
-        check=False,
+    page = tmp_path / "reasoning.html"
+    mock = ["--mock-ttft-ms", str(TTFT_MS), "--mock-itl-ms", str(ITL_MS)]
+    load = ["--concurrency", "2", "--duration", "2", "--warmup", "0.5", "--html", str(page)]
+    answers = ["--mock-reasoning-tokens", str(REASONING), "--output-tokens", str(TOKENS)]
+    proc, doc = bench_child(
+        *mock, *load, *answers, "--input-tokens", "16", out=tmp_path / "reasoning.json"
     )
-    assert proc.returncode == 0, proc.stderr.decode()
-    assert f"{REASONING} reasoning tokens first" in proc.stderr.decode()
-    doc = orjson.loads(out.read_bytes())
+    assert proc.returncode == 0, proc.stderr
+    assert f"{REASONING} reasoning tokens first" in proc.stderr
+    assert doc is not None
     mock = MockConfig(ttft_ms=TTFT_MS, itl_ms=ITL_MS, reasoning_tokens=REASONING)
     with MockProcess(mock) as reference:
         ref_first, ref_text = raw_reference_ms(reference.base_url)
@@ -256,17 +224,8 @@ async def test_cached_and_reasoning_tokens_are_reported_apart(base_url: str) -> 
 
 
 def test_summary_csv_and_old_records_with_the_parts_fields() -> None:
-    def rec(i: int, **kw: Any) -> RequestRecord:
-        return RequestRecord(
-            index=i,
-            worker=0,
-            warmup=False,
-            intended_s=i / 10,
-            lag_ms=0.0,
-            ok=True,
-            e2e_ms=100.0,
-            **kw,
-        )
+    def rec(i: int, **fields: Any) -> RequestRecord:
+        return make_record(i, e2e_ms=100.0, **fields)
 
     records = [
         rec(

@@ -9,7 +9,7 @@ import csv
 import io
 import pickle
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
@@ -21,6 +21,7 @@ from engine.loadtest.metrics import CSV_COLUMNS, EXAMPLES, csv_row
 from engine.mock import MockConfig
 from engine.redaction import REDACTED
 from engine.report.console import print_summary
+from tests.helpers import bench_flags, failed_record, make_record
 from tests.test_loadtest import check_html_in_chromium
 
 if TYPE_CHECKING:
@@ -162,38 +163,11 @@ def test_a_reflected_credential_is_redacted_in_json_csv_console_and_html(
     monkeypatch.setenv("COLUMNS", "250")
     server = mock_factory(MockConfig(output_tokens=8))
     out, table, page = tmp_path / "r.json", tmp_path / "r.csv", tmp_path / "r.html"
-    assert (
-        main(
-            [
-                "--base-url",
-                server.base_url,
-                "--api-key",
-                key,
-                "--requests",
-                "6",
-                "--concurrency",
-                "2",
-                "--warmup",
-                "0",
-                "--output-tokens",
-                "4",
-                "--header",
-                "x-mock-fault: error-event",
-                "--header",
-                f"x-api-key: {header_secret}",
-                "--no-canary",
-                "-q",
-                "--no-save",
-                "-o",
-                str(out),
-                "--csv",
-                str(table),
-                "--html",
-                str(page),
-            ]
-        )
-        == 1
-    )  # every request failed
+    load = ["--base-url", server.base_url, "--api-key", key, "--requests", "6", "--warmup", "0"]
+    faulty = ["--header", "x-mock-fault: error-event", "--header", f"x-api-key: {header_secret}"]
+    outputs = ["--csv", str(table), "--html", str(page)]
+    flags = [*load, "--concurrency", "2", "--output-tokens", "4", *faulty, *outputs]
+    assert main(bench_flags(*flags, out=out)) == 1  # every request failed
     doc = orjson.loads(out.read_bytes())
     detail = doc["error_details"]["ErrorEvent"]
     assert (detail["count"], detail["statuses"]) == (6, {"200": 6})
@@ -217,10 +191,8 @@ def test_a_reflected_credential_is_redacted_in_json_csv_console_and_html(
     check_html_in_chromium(page, tmp_path)
 
 
-def _rec(i: int, end_s: float, **kw: object) -> RequestRecord:
-    return RequestRecord(
-        index=i, worker=0, warmup=False, intended_s=end_s - 0.1, lag_ms=0.0, e2e_ms=100.0, **kw
-    )  # type: ignore[arg-type]
+def _rec(i: int, end_s: float, **fields: Any) -> RequestRecord:
+    return make_record(i, intended_s=end_s - 0.1, e2e_ms=100.0, **fields)
 
 
 def test_error_details_follow_failure_time_and_keep_a_few_distinct_examples() -> None:
@@ -280,6 +252,16 @@ def _doc_rest() -> dict[str, object]:
             "verdict": "client OK",
         },
     }
+
+
+def test_the_console_shows_an_error_kinds_message_whole() -> None:
+    """A connect error's cause is at its end: cut to a prefix, the line said only `ssl:…`."""
+    message = (
+        "cannot connect to http://127.0.0.1:8000/v1/responses: ClientConnectorError: "
+        "Cannot connect to host 127.0.0.1:8000 ssl:default [Too many open files]"
+    )
+    doc = summarize([failed_record(0, "ConnectError", message=message)], {})
+    assert message in " ".join(_console_text({**doc, **_doc_rest()}).split())
 
 
 def test_records_stay_picklable_and_read_older_dicts_and_csv_keeps_its_shape() -> None:
