@@ -24,6 +24,8 @@ from engine.distributed import (
 from engine.distributed.batch import part_paths
 from engine.loadtest.config import LoadConfig
 from tests.conftest import batch_main, bench_main
+from tests.helpers import bench_flags
+from tests.netfront import Front
 from tests.test_batch import FAST_RETRY, assert_exactly_once, make_input, records
 
 if TYPE_CHECKING:
@@ -176,25 +178,9 @@ def test_cli_batch_and_bench_on_ray(
     assert batch_main([*argv[:5], "--workers", "2"]) == 2  # --workers needs --ray
     assert "--workers goes with --ray" in capsys.readouterr().err
     result = tmp_path / "bench.json"
-    assert (
-        bench_main(
-            [
-                "--base-url",
-                mock.base_url,
-                "--ray",
-                "local",
-                "--workers",
-                "2",
-                "--requests",
-                "40",
-                "--warmup",
-                "0.2",
-                "-o",
-                str(result),
-                "-q",
-                "--no-save",
-            ]
-        )
-        == 0
-    )
+    ray = ["--base-url", mock.base_url, "--ray", "local", "--workers", "2"]
+    with Front.proxy() as proxy:  # the network options reach the actors (NetworkOptions pickles)
+        load = ["--proxy", proxy.url, "--requests", "40", "--warmup", "0.2"]
+        assert bench_main(bench_flags(*ray, *load, out=result)) == 0
     assert '"completed":40' in result.read_text().replace(" ", "")
+    assert proxy.served >= 40
