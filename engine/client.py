@@ -38,7 +38,7 @@ from engine.events import Dialect, StreamEvent, Usage, events_of
 from engine.handlers import Handler, split_handlers
 from engine.network import SSLOption, pool_ssl
 from engine.redaction import secret_values, url_credentials
-from engine.retry import gave_up, mid_stream_delay, retry_delay
+from engine.retry import error_event_delay, gave_up, mid_stream_delay, retry_delay
 from engine.sse import MAX_EVENT_BYTES
 from engine.transport import Exchange, Pool
 
@@ -501,7 +501,7 @@ class Engine:
                     count = await self._consume(handle, assembler, handlers)
                     handle.raise_for_outcome()
                 except EngineError as exc:  # e.g. a malformed event found by a lazy decode
-                    delay = mid_stream_delay(exc, handle.attempts - 1, self.retry) if bare else None
+                    delay = self._run_retry_delay(exc, handle) if bare else None
                     if delay is None:
                         raise self._outgoing(exc, handle, final=True) from None
                     await self._before_retry(handle, self._outgoing(exc, handle), delay)
@@ -538,6 +538,18 @@ class Engine:
             connect_ns=attempt.exchange.connect_ns,
             choices=choices,
         )
+
+    def _run_retry_delay(self, exc: EngineError, handle: _Handle) -> float | None:
+        """A bare `run` (nothing reached the caller) sends a stream again that broke mid-way
+        (under `RetryPolicy(mid_stream=True)`), or that ended in a passing error event before
+        its first token (a gateway's 502 chunk): the usual rule for a failure before the
+        answer began."""
+        attempts = handle.attempts - 1
+        delay = mid_stream_delay(exc, attempts, self.retry)
+        tokenless = handle.attempt is not None and handle.attempt.first_token_ns is None
+        if delay is None and tokenless:
+            delay = error_event_delay(exc, attempts, self.retry)
+        return delay
 
     async def _consume(
         self, handle: _Handle, assembler: ResponseAssembler, handlers: Iterable[Handler]

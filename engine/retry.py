@@ -18,6 +18,7 @@ from engine.errors import (
     ConnectError,
     ConnectTimeout,
     EngineError,
+    ErrorEvent,
     FirstByteTimeout,
     FirstTokenTimeout,
     IdleTimeout,
@@ -31,6 +32,7 @@ __all__ = [
     "MID_STREAM_ERRORS",
     "RETRY_STATUSES",
     "RetryPolicy",
+    "error_event_delay",
     "gave_up",
     "job_failure",
     "mid_stream_delay",
@@ -88,6 +90,24 @@ def mid_stream_delay(exc: EngineError, attempt: int, policy: RetryPolicy) -> flo
     if not isinstance(exc, MID_STREAM_ERRORS):
         return None
     return backoff_delay(attempt, policy.base_s, policy.cap_s)
+
+
+# How a server names an error that a new attempt may not meet: an overloaded or failing
+# upstream (a gateway's `{"error": {"code": 502}}` chunk, OpenAI's `server_error` event).
+TRANSIENT_CODES: Final = frozenset(
+    {"server_error", "internal_error", "overloaded", "overloaded_error", "rate_limit_exceeded"}
+)
+
+
+def error_event_delay(exc: EngineError, attempt: int, policy: RetryPolicy) -> float | None:
+    """Seconds to wait before sending again a stream that ended in an error event before its
+    first token, when the server's code says the failure was passing (429, 5xx, overloaded);
+    None otherwise. The caller must know that nothing of the stream reached anyone."""
+    if not isinstance(exc, ErrorEvent) or attempt >= policy.max_retries:
+        return None
+    code = (exc.code or "").lower()
+    passing = code in TRANSIENT_CODES or code == "429" or (code.isdigit() and code[0] == "5")
+    return backoff_delay(attempt, policy.base_s, policy.cap_s) if passing else None
 
 
 def gave_up(exc: EngineError, attempts: int, started_ns: int) -> EngineError:

@@ -759,3 +759,52 @@ async def test_an_endless_answer_is_cut_at_the_response_cap() -> None:
 def test_status_errors_carry_status_code_as_openai_python_names_it() -> None:
     err = NotFoundError("HTTP 404", status=404)
     assert err.status_code == err.status == 404
+
+
+GATEWAY_ERROR = (
+    b'data: {"object":"chat.completion.chunk","error":{"code":502,"message":"Provider '
+    b'disconnected"},"choices":[{"index":0,"delta":{"content":""},"finish_reason":"error"}]}'
+    b"\n\ndata: [DONE]\n\n"
+)
+ANSWER = (
+    b'data: {"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"ok"},'
+    b'"finish_reason":null}]}\n\n'
+    b'data: {"object":"chat.completion.chunk","choices":[{"index":0,"delta":{},'
+    b'"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+)
+
+
+def gateway(first: bytes, calls: list[int]) -> Callable[[web.Request], Any]:
+    """`first` on the first request, a whole answer after it."""
+
+    async def handler(request: web.Request) -> web.Response:
+        calls.append(1)
+        body = first if len(calls) == 1 else ANSWER
+        return web.Response(body=body, content_type="text/event-stream")
+
+    return handler
+
+
+async def test_a_passing_error_chunk_before_any_token_is_sent_again() -> None:
+    calls: list[int] = []
+    retry = RetryPolicy(max_retries=2, base_s=0.001, cap_s=0.002)
+    async with web_app(gateway(GATEWAY_ERROR, calls)) as url, Engine(url, retry=retry) as eng:
+        result = await eng.run({"model": "m", "messages": []})
+    assert result.text == "ok"
+    assert result.attempts == 2
+    assert len(calls) == 2
+
+
+async def test_an_error_chunk_is_final_once_a_handler_saw_the_stream_or_a_token_came() -> None:
+    retry = RetryPolicy(max_retries=2, base_s=0.001, cap_s=0.002)
+    calls: list[int] = []
+    async with web_app(gateway(GATEWAY_ERROR, calls)) as url, Engine(url, retry=retry) as eng:
+        with pytest.raises(ErrorEvent, match="Provider disconnected"):
+            await eng.run({"model": "m", "messages": []}, handlers=[lambda ev: None])
+    assert len(calls) == 1
+    after_token = ANSWER.split(b"data: [DONE]")[0].rsplit(b"data: ", 1)[0] + GATEWAY_ERROR
+    calls.clear()
+    async with web_app(gateway(after_token, calls)) as url, Engine(url, retry=retry) as eng:
+        with pytest.raises(ErrorEvent):
+            await eng.run({"model": "m", "messages": []})
+    assert len(calls) == 1
