@@ -70,13 +70,15 @@ async def engine_client(name: str, url: str, limit: int) -> AsyncIterator[Stream
         async def stream() -> Outcome:
             collector = TextCollector()
             first = None
-            events = 0
+            events = tokens = 0
             async for event in engine.stream(BODY):
                 collector(event)
                 events += 1
-                if first is None and collector.parts:
-                    first = event.received_ns  # the arrival time the engine reports
-            return events, len(collector.parts), first
+                if event.text_delta:
+                    tokens += 1
+                    if first is None:
+                        first = event.received_ns  # the arrival time the engine reports
+            return events, tokens, first
 
         async def run() -> Outcome:
             result = await engine.run(BODY, handlers=[TextCollector()])

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
 import time
 from collections.abc import (
     AsyncGenerator,
@@ -36,7 +35,7 @@ from engine.config import DEFAULT_BASE_URL, RetryPolicy, Timeouts, env_api_key, 
 from engine.errors import ConfigError, EngineClosed, EngineError, StreamTruncated
 from engine.events import Dialect, StreamEvent, Usage, events_of
 from engine.handlers import Handler, split_handlers
-from engine.network import SSLOption, pool_ssl
+from engine.network import SSLOption, env_proxy, pool_ssl
 from engine.redaction import secret_values, url_credentials
 from engine.retry import error_event_delay, gave_up, mid_stream_delay, retry_delay
 from engine.sse import MAX_EVENT_BYTES
@@ -202,15 +201,12 @@ class Engine:
         self.before_retry = before_retry
         self._extra_headers = dict(headers or {})
         # `proxy` wins; else, with `trust_env`, HTTP(S)_PROXY / NO_PROXY as curl and
-        # openai-python read them. A proxy's password is a secret like the key.
-        self.proxy = proxy
+        # openai-python read them, once (`env_proxy`). A proxy's password is a secret.
         self.trust_env = trust_env
+        self.proxy = proxy if proxy is not None or not trust_env else env_proxy(self.base_url)
         self._ssl = pool_ssl(ssl)
-        proxies = [proxy, *(_env_proxies() if trust_env else ())]
         self._secrets = secret_values(
-            self.__api_key,
-            self._extra_headers,
-            extra=[secret for url in proxies for secret in url_credentials(url)],
+            self.__api_key, self._extra_headers, extra=url_credentials(self.proxy)
         )
         # The wait before a retry; tests replace it to see the delays without waiting them.
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
@@ -269,7 +265,7 @@ class Engine:
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect_s),
                 auto_decompress=False,
                 proxy=self.proxy,
-                trust_env=self.trust_env,
+                trust_env=False,  # the environment was read once, above (see `env_proxy`)
             )
         return self._session
 
@@ -572,11 +568,6 @@ class Engine:
                         if pending is not None:
                             await pending
         return count
-
-
-def _env_proxies() -> list[str]:
-    """The proxy URLs of the environment (`HTTP_PROXY`, `https_proxy`, ...), to redact."""
-    return [url for name, url in os.environ.items() if name.lower().endswith("_proxy")]
 
 
 @dataclass(slots=True)
