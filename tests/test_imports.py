@@ -105,9 +105,9 @@ PACKAGE_ALLOWED: dict[str, set[str]] = {
     "report": {"loadtest", "rich", "plotly", "numpy"},
     "distributed": {"batch", "loadtest", "limits", "errors", "runtime", "orjson", "ray", "asyncio"},
 }
-# The bench command may start the embedded mock; `python -m engine.<package>` is the CLI's
-# verb (the CLI hands `--ray` to engine.distributed: no package imports it back).
-GLUE_EXTRA = {"command.py": {"mock"}, "__main__.py": {"cli"}}  # bench starts the mock
+# `python -m engine.<package>` is the CLI's verb (the CLI hands `--ray` to
+# engine.distributed: no package imports it back).
+GLUE_EXTRA = {"__main__.py": {"cli"}}
 MUST_NOT_IO = {
     "sse",
     "events",

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import engine
 from engine.cli import run
 from engine.errors import ConfigError
-from engine.runtime import require_ray
+from engine.runtime import raise_open_files_limit, require_ray
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -185,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:
         _unknown(parser, args, extra)
+    raise_open_files_limit()  # every stream holds a socket: the soft limit is the first wall
     try:
         return int(args.func(args))
     except ConfigError as exc:  # a bad option found late (a CA bundle that cannot be read)
