@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import Awaitable, Callable
-from typing import Self
 
 import orjson
 from aiohttp import web
+
+from tests.threaded import Closer, ThreadedServer
 
 LIMIT_S = 60.0  # no behaviour lasts longer than this
 CHUNK = 64 * 1024
@@ -166,24 +166,19 @@ async def _handle(request: web.Request, counts: dict[str, int]) -> web.StreamRes
     return resp
 
 
-class HostileServer:
+class HostileServer(ThreadedServer):
     """The behaviours above, served from a thread with its own loop."""
 
+    name = "the hostile server"
+
     def __init__(self) -> None:
-        self.port = 0
+        super().__init__()
         self.requests: dict[str, int] = {}
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._main, daemon=True)
 
     def url(self, behaviour: str) -> str:
         return f"http://127.0.0.1:{self.port}/{behaviour}/v1"
 
-    def _main(self) -> None:
-        asyncio.run(self._serve())
-
-    async def _serve(self) -> None:
+    async def _listen(self) -> tuple[int, Closer]:
         app = web.Application()
 
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -194,20 +189,4 @@ class HostileServer:
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
-        self.port = runner.addresses[0][1]
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        self._ready.set()
-        await self._stop.wait()
-        await runner.cleanup()
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the hostile server did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
+        return runner.addresses[0][1], runner.cleanup

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import threading
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+from tests.threaded import Closer, ThreadedServer, stream_server
 
 if TYPE_CHECKING:
     import ssl
@@ -41,8 +42,10 @@ async def _splice(
         await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
 
 
-class Front:
+class Front(ThreadedServer):
     """A proxy or TLS front served from a thread with its own loop."""
+
+    name = "the front"
 
     def __init__(
         self,
@@ -52,17 +55,13 @@ class Front:
         auth: str | None = None,
         server_ssl: ssl.SSLContext | None = None,
     ) -> None:
+        super().__init__()
         self.target_port = target_port
         self.is_proxy = proxy
         self.auth = auth
         self.server_ssl = server_ssl
-        self.port = 0
         self.served = 0  # requests forwarded (proxy) or connections piped (TLS)
         self.refused = 0  # proxy: requests without the right credentials (407)
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), daemon=True)
 
     @classmethod
     def proxy(cls, *, auth: str | None = None) -> Front:
@@ -118,22 +117,5 @@ class Front:
         origin = "\r\n".join([f"{method} {path} {version}", *kept, "Connection: close", "", ""])
         await _splice((reader, writer), url.port or 80, origin.encode("latin-1"))
 
-    async def _serve(self) -> None:
-        server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.server_ssl)
-        self.port = server.sockets[0].getsockname()[1]
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        self._ready.set()
-        async with server:
-            await self._stop.wait()
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the front did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
+    async def _listen(self) -> tuple[int, Closer]:
+        return await stream_server(self._handle, ssl=self.server_ssl)

@@ -7,9 +7,8 @@ import asyncio
 import contextlib
 import os
 import ssl
-import threading
 import zlib
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
@@ -32,6 +31,7 @@ from tests.netfront import Front
 from tests.test_batch import make_input, records
 from tests.test_cli import engine_cli
 from tests.test_client_errors import web_app
+from tests.threaded import Closer, ThreadedServer, stream_server
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -48,16 +48,11 @@ HOLD_S = 30.0  # the server then keeps the connection open: a client that waits,
 PURE = os.environ.get("AIOHTTP_NO_EXTENSIONS") == "1"
 
 
-class BadChunkServer:
+class BadChunkServer(ThreadedServer):
     """Answers every request with one good chunk (an event), then a malformed chunk-size line
     in a later packet, then holds the connection open. In a thread, for subprocess tests."""
 
-    def __init__(self) -> None:
-        self.port = 0
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), daemon=True)
+    name = "the bad-chunk server"
 
     @property
     def url(self) -> str:
@@ -76,25 +71,8 @@ class BadChunkServer:
                     await reader.read()  # until the client hangs up
         writer.close()
 
-    async def _serve(self) -> None:
-        server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = server.sockets[0].getsockname()[1]
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        self._ready.set()
-        async with server:
-            await self._stop.wait()
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the bad-chunk server did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(HOLD_S + 5)
+    async def _listen(self) -> tuple[int, Closer]:
+        return await stream_server(self._handle)
 
 
 @pytest.fixture
