@@ -39,7 +39,8 @@ from openai._streaming import SSEDecoder as OpenAISSEDecoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import chunked, stream_events, summary
-from engine.events import EventDecoder
+from engine import _flat
+from engine.events import EventDecoder, events_of
 from engine.sse import SSEParser
 
 # A contestant parses the stream `passes` times and returns (events, text) of one pass.
@@ -65,13 +66,13 @@ def run_engine_events(chunks: list[bytes], passes: int) -> tuple[int, str | None
     parts: list[str] = []
     for _ in range(passes):
         decoder = EventDecoder()
-        feed, decode = decoder.parser().feed, decoder.decode
+        feed, scan = decoder.parser().feed, decoder.scan
         count, parts = 0, []
         for chunk in chunks:
             messages = feed(chunk)
             if messages:
-                count += len(messages) // 3  # the engine's parser output is flat
-                for event in decode(messages, 0):
+                count += _flat.count(messages)  # the engine's own layout (engine._flat)
+                for event in events_of(scan(messages, 0), 0):
                     delta = event.text_delta
                     if delta:
                         parts.append(delta)

@@ -13,14 +13,45 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
 
-__all__ = ["Flat", "triples"]
+__all__ = ["Flat", "built", "count", "flatten", "names", "put", "split", "triples"]
 
 Flat = list[Any]
+WIDTH = 3  # items per event: the one place that knows it
 
 
 def triples(items: Flat) -> Iterator[tuple[Any, str | None, str | None]]:
     """A chunk's events as `(raw, name, id)`, or `(event, None, None)` when built."""
     it = iter(items)
     return zip(it, it, it, strict=True)
+
+
+def count(items: Flat) -> int:
+    """How many events a chunk holds."""
+    return len(items) // WIDTH
+
+
+def names(items: Flat) -> Flat:
+    """Each event's name, in order (None for an event built already)."""
+    return items[1::WIDTH]
+
+
+def built(items: Flat, i: int) -> Any:
+    """Event `i`'s first item: its raw data, or the event when it was built."""
+    return items[WIDTH * i]
+
+
+def put(items: Flat, i: int, event: object) -> None:
+    """Replace event `i` by the event built from it."""
+    items[WIDTH * i : WIDTH * i + WIDTH] = (event, None, None)
+
+
+def split(items: Flat, i: int) -> tuple[Flat, Flat]:
+    """The events before `i` and from `i` on."""
+    return items[: WIDTH * i], items[WIDTH * i :]
+
+
+def flatten(events: Iterable[tuple[Any, str | None, str | None]]) -> Flat:
+    """`(raw, name, id)` triples (or `(event, None, None)`) laid out flat."""
+    return [item for triple in events for item in triple]

@@ -21,6 +21,7 @@ import aiohttp
 import orjson
 from aiohttp.http_exceptions import HttpProcessingError
 
+from engine import _flat
 from engine.chunks import END, ChunkQueue
 from engine.content_encoding import inflater_for
 from engine.errors import (
@@ -219,7 +220,7 @@ class Attempt:
         """Look for the first token of any kind (text, reasoning, a tool call); the events
         it built stay in the batch."""
         for i, ev in enumerate(events_of(events, received_ns)):
-            events[3 * i : 3 * i + 3] = (ev, None, None)
+            _flat.put(events, i, ev)  # built: the consumer takes it as it is
             if ev.has_token:
                 self.first_token_ns = received_ns
                 return

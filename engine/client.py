@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Final, Self
 import aiohttp
 import orjson
 
+from engine import _flat
 from engine.assembly import MAX_RESPONSE_CHARS, Choice, ResponseAssembler, ToolCall
 from engine.attempt import Attempt
 from engine.config import DEFAULT_BASE_URL, RetryPolicy, Timeouts, env_api_key, env_base_url
@@ -556,7 +557,7 @@ class Engine:
         count = 0
         async with contextlib.aclosing(self._chunks(handle)) as chunks:
             async for received_ns, items in chunks:
-                count += len(items) // 3
+                count += _flat.count(items)
                 if bare:
                     assembler.add_chunk(items, received_ns)
                     continue

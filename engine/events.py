@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import orjson
 
+from engine import _flat
 from engine._flat import Flat, triples
 from engine.errors import (
     ErrorEvent,
@@ -700,23 +701,20 @@ class EventDecoder:
         return SSEParser(max_event_bytes, factory=None)
 
     def decode(
-        self, messages: Sequence[SSEMessage | StreamEvent] | Flat, received_ns: int
+        self, messages: Sequence[SSEMessage | StreamEvent], received_ns: int
     ) -> list[StreamEvent]:
-        """Stamp, type and check the messages of one chunk (messages of either parser, or
-        events); drops `[DONE]`."""
-        flat: Flat = list(messages)
-        if flat and isinstance(flat[0], SSEMessage | StreamEvent):
-            flat = [
-                x
-                for m in flat
-                for x in (m.raw, m.event if isinstance(m, SSEMessage) else m.type, m.id)
-            ]
+        """Stamp, type and check the messages of one chunk (`SSEMessage`s, or events);
+        drops `[DONE]`."""
+        flat = _flat.flatten(
+            (m.raw, m.event if isinstance(m, SSEMessage) else m.type, m.id) for m in messages
+        )
         return list(events_of(self.scan(flat, received_ns), received_ns))
 
     def scan(self, messages: Flat, received_ns: int) -> Flat:
-        """`decode`, lazily: a flat batch in which only the events it had to read are built.
-        May return `messages` itself."""
-        names = messages[1::3]
+        """`decode`, lazily, for the engine's reader: a chunk in the engine's own layout
+        (`engine._flat`, what `parser()` returns) in which only the events it had to read are
+        built. May return `messages` itself."""
+        names = _flat.names(messages)
         if not self.fragment_seen and _FRAGMENT_TYPES.isdisjoint(names):
             special = _SPECIAL_BEFORE_FRAGMENT.intersection(names)
         else:  # a fragment in this chunk is as early as an item in it: no look needed
@@ -726,11 +724,13 @@ class EventDecoder:
         plain = min(map(names.index, special)) if special else len(names)
         if self.dialect is None:
             for i, name in enumerate(itertools.islice(names, plain)):
-                if self._detect(messages[3 * i].type if name is None else name):  # None: built
+                # None: built already
+                if self._detect(_flat.built(messages, i).type if name is None else name):
                     break
         if not special:
             return messages
-        return messages[: 3 * plain] + self._look(messages[3 * plain :], received_ns)
+        passing, looked = _flat.split(messages, plain)
+        return passing + self._look(looked, received_ns)
 
     def _look(self, messages: Flat, received_ns: int) -> Flat:
         """The events from the first one that needs a look (a terminal, [DONE], untyped)."""

@@ -12,6 +12,7 @@ import pytest
 from engine.assembly import NO_TERMINAL_EVENT, ResponseAssembler, ToolCall
 from engine.events import Delta, Dialect, Ending, EventDecoder, StreamEvent
 from engine.handlers import Callback
+from engine.sse import SSEParser
 
 
 def feed(shape: Dialect, *payloads: dict[str, Any], typed: bool = True) -> ResponseAssembler:
@@ -21,7 +22,7 @@ def feed(shape: Dialect, *payloads: dict[str, Any], typed: bool = True) -> Respo
     for t, payload in enumerate(payloads):
         head = f"event: {payload['type']}\n".encode() if typed and "type" in payload else b""
         raw = head + b"data: " + orjson.dumps(payload) + b"\n\n"
-        for event in decoder.decode(decoder.parser().feed(raw), 1000 * (t + 1)):
+        for event in decoder.decode(SSEParser().feed(raw), 1000 * (t + 1)):
             asm(event)
     return asm
 
@@ -328,7 +329,7 @@ def test_callbacks_subscribe_to_kinds_of_delta() -> None:
         b"data: " + orjson.dumps(c) + b"\n\n"
         for c in [*TOOL_CHUNKS[:3], chunk({"reasoning": "hmm"})]
     )
-    for event in decoder.decode(decoder.parser().feed(raw), 1):
+    for event in decoder.decode(SSEParser().feed(raw), 1):
         for handler in handlers:
             handler(event)
     assert [d.text for d in seen["tool_call"]] == ["", '{"city": ']

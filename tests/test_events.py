@@ -451,7 +451,7 @@ def test_scan_leaves_plain_events_as_bytes_and_strings() -> None:
     assert decoder.terminal.received_ns == 7
     assert decoder.done
     assert decoder.finished
-    events = decoder.decode(first, 5)  # the eager form builds them, stamped
+    events = list(events_of(first, 5))  # the consumer builds them as it takes them, stamped
     assert [e.text_delta for e in events] == [None, "Hi", "Hi", "Hi"]
     assert {e.received_ns for e in events} == {5}
 
@@ -489,7 +489,7 @@ def test_untyped_then_typed_events_in_one_chunk_keep_their_order_and_dialect() -
 
 def test_decode_takes_events_and_a_scanned_batch_takes_another_scan() -> None:
     decoder = EventDecoder()
-    events = decoder.decode(decoder.parser().feed(typed(DELTA) + typed(COMPLETED)), 5)
+    events = decoder.decode(SSEParser().feed(typed(DELTA) + typed(COMPLETED)), 5)
     again = EventDecoder().decode(events, 6)
     assert [(e.type, e.raw, e.received_ns) for e in again] == [(e.type, e.raw, 6) for e in events]
     chat = EventDecoder()

@@ -16,6 +16,7 @@ from engine.handlers import (
     TimingRecorder,
     split_handlers,
 )
+from engine.sse import SSEParser
 
 
 def events_of(*payloads: dict[str, object], typed: bool = True) -> list[StreamEvent]:
@@ -24,7 +25,7 @@ def events_of(*payloads: dict[str, object], typed: bool = True) -> list[StreamEv
     for t, payload in enumerate(payloads):
         head = f"event: {payload['type']}\n".encode() if typed and "type" in payload else b""
         raw = head + b"data: " + orjson.dumps(payload) + b"\n\n"
-        out += decoder.decode(decoder.parser().feed(raw), 1000 * (t + 1))
+        out += decoder.decode(SSEParser().feed(raw), 1000 * (t + 1))
     return out
 
 
@@ -96,7 +97,7 @@ def test_assembler_add_chunk_equals_calling_it_per_event() -> None:
         f"event: {p['type']}\n".encode() + b"data: " + orjson.dumps(p) + b"\n\n" for p in payloads
     )
     per_event, batched = ResponseAssembler(), ResponseAssembler()
-    for ev in EventDecoder().decode(EventDecoder().parser().feed(raw), 7):
+    for ev in EventDecoder().decode(SSEParser().feed(raw), 7):
         per_event(ev)
     decoder = EventDecoder()
     batched.add_chunk(decoder.scan(decoder.parser().feed(raw), 7), 7)

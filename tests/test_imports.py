@@ -47,6 +47,7 @@ ALLOWED: dict[str, set[str]] = {
         "asyncio",
     },  # never the client: the reader takes plain arguments
     "client": {
+        "_flat",
         "sse",
         "events",
         "errors",
@@ -128,6 +129,8 @@ def imported_names(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             mods = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module == "engine" and node.level == 0:
+            mods = [f"engine.{alias.name}" for alias in node.names]  # from engine import _flat
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             mods = [node.module]
         else:

@@ -532,10 +532,11 @@ def test_audio_and_annotations_are_where_the_sdk_puts_them() -> None:
     """The values asserted, not only compared: content null, audio merged, annotations."""
     from engine.assembly import ResponseAssembler  # noqa: PLC0415
     from engine.events import Dialect, EventDecoder  # noqa: PLC0415
+    from engine.sse import SSEParser  # noqa: PLC0415
 
     asm, decoder = ResponseAssembler(Dialect.CHAT), EventDecoder()
     raw = data(*CHAT_STREAMS["audio-annotations-details"])
-    for event in decoder.decode(decoder.parser().feed(raw), 1):
+    for event in decoder.decode(SSEParser().feed(raw), 1):
         asm(event)
     message = asm.response()["choices"][0]["message"]
     assert message["content"] is None
