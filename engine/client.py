@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import time
 from collections.abc import (
     AsyncGenerator,
@@ -21,7 +20,6 @@ from collections.abc import (
     Callable,
     Iterable,
     Mapping,
-    Sequence,
 )
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Self
@@ -30,14 +28,15 @@ import aiohttp
 import orjson
 
 from engine import _flat
-from engine.assembly import MAX_RESPONSE_CHARS, Choice, ResponseAssembler, ToolCall
+from engine.assembly import MAX_RESPONSE_CHARS, ResponseAssembler
 from engine.attempt import Attempt
 from engine.config import DEFAULT_BASE_URL, RetryPolicy, Timeouts, env_api_key, env_base_url
 from engine.errors import ConfigError, EngineClosed, EngineError, StreamTruncated
-from engine.events import Dialect, StreamEvent, Usage, events_of
+from engine.events import Dialect, StreamEvent, events_of
 from engine.handlers import Handler, split_handlers
 from engine.network import SSLOption, env_proxy, pool_ssl
 from engine.redaction import secret_values, url_credentials
+from engine.result import StreamResult
 from engine.retry import error_event_delay, gave_up, mid_stream_delay, retry_delay
 from engine.sse import MAX_EVENT_BYTES
 from engine.transport import Exchange, Pool
@@ -45,7 +44,7 @@ from engine.transport import Exchange, Pool
 if TYPE_CHECKING:
     from engine.chunks import Chunk, ChunkQueue
 
-__all__ = ["DEFAULT_BASE_URL", "Engine", "RetryPolicy", "StreamResult", "Timeouts", "prompt_body"]
+__all__ = ["DEFAULT_BASE_URL", "Engine", "RetryPolicy", "StreamResult", "Timeouts"]
 
 # Awaited before each retry with (the error, the attempts so far): see `Engine.before_retry`.
 RetryHook = Callable[[EngineError, int], Awaitable[None]]
@@ -56,107 +55,6 @@ ENDPOINT_PATHS: Final = {
     Dialect.CHAT: "/chat/completions",
     Dialect.COMPLETIONS: "/completions",
 }
-# Each endpoint's name for the output cap.
-MAX_TOKENS_FIELDS: Final = {
-    Dialect.RESPONSES: "max_output_tokens",
-    Dialect.CHAT: "max_completion_tokens",
-    Dialect.COMPLETIONS: "max_tokens",
-}
-
-
-def prompt_body(
-    endpoint: Dialect, model: str, prompt: str, max_tokens: int | None
-) -> dict[str, Any]:
-    """A one-user-message body in the endpoint's own names for the prompt and the output cap
-    (`max_tokens`; None: no cap), for `run` and `bench` alike; sending adds `stream`."""
-    body: dict[str, Any]
-    if endpoint is Dialect.COMPLETIONS:  # legacy /v1/completions: a bare prompt
-        body = {"model": model, "prompt": prompt}
-    else:
-        key = "messages" if endpoint is Dialect.CHAT else "input"
-        body = {"model": model, key: [{"role": "user", "content": prompt}]}
-    if max_tokens is not None:
-        body[MAX_TOKENS_FIELDS[endpoint]] = max_tokens
-    return body
-
-
-@dataclass(slots=True)
-class StreamResult:
-    """What `Engine.run` returns. `response` has the shape of the endpoint called: a
-    Responses object for `/responses`, a `chat.completion` for `/chat/completions`.
-
-    How the stream ended is told the same way for both wire formats: `status` is
-    "completed" or "incomplete" (the output cap or a content filter stopped it: a result,
-    not an error), `incomplete_reason` the Responses reason (`max_output_tokens`,
-    `content_filter`) and `finish_reason` chat's (`stop`, `length`, `content_filter`, ...)."""
-
-    text: str
-    usage: Usage | None
-    response: dict[str, Any]
-    events: int  # number of events the stream delivered
-    http_status: int
-    request_id: str | None
-    custom_id: str | None
-    dialect: Dialect | None
-    attempts: int
-    started_ns: int
-    first_byte_ns: int | None
-    first_token_ns: int | None
-    finished_ns: int
-    # Arrival of every token-bearing event: a compact `array('q')` (8 bytes each).
-    token_times_ns: Sequence[int] = field(default_factory=list)
-    status: str = "completed"
-    incomplete_reason: str | None = None
-    finish_reason: str | None = None
-    # Sent again on a fresh connection because a pooled one was dead on arrival (a server
-    # that closes kept-alive connections): transparent, not a retry (see `attempts`).
-    reconnects: int = 0
-    first_text_ns: int | None = None  # the first visible text (after any reasoning/tool call)
-    # The last attempt's way out (`engine.transport`): when it had its connection (the request
-    # is written next), how long it waited for a free one, what a new one cost (0: reused).
-    sent_ns: int = 0
-    pool_wait_ns: int = 0
-    connect_ns: int = 0
-    choices: list[Choice] = field(default_factory=list)  # every part of every choice
-
-    @property
-    def ttft_s(self) -> float | None:
-        """Request start to the first token of any kind: text, reasoning, refusal or a tool
-        call (what a user of a reasoning or tool-calling model waits for first)."""
-        if self.first_token_ns is None:
-            return None
-        return (self.first_token_ns - self.started_ns) / 1e9
-
-    @property
-    def ttft_text_s(self) -> float | None:
-        """Request start to the first visible text."""
-        if self.first_text_ns is None:
-            return None
-        return (self.first_text_ns - self.started_ns) / 1e9
-
-    @property
-    def tool_calls(self) -> list[ToolCall]:
-        """The first choice's tool calls (id, name, arguments joined from their fragments)."""
-        return self.choices[0].tool_calls if self.choices else []
-
-    @property
-    def reasoning(self) -> str | None:
-        """The first choice's reasoning text, if the server streamed any."""
-        return self.choices[0].reasoning if self.choices else None
-
-    @property
-    def refusal(self) -> str | None:
-        return self.choices[0].refusal if self.choices else None
-
-    @property
-    def e2e_s(self) -> float:
-        return (self.finished_ns - self.started_ns) / 1e9
-
-    @property
-    def itl_s(self) -> list[float]:
-        """Every gap between consecutive tokens (of any kind)."""
-        t = self.token_times_ns
-        return [(b - a) / 1e9 for a, b in itertools.pairwise(t)]
 
 
 class Engine:

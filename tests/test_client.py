@@ -11,7 +11,8 @@ import aiohttp
 import orjson
 import pytest
 
-from engine.client import Engine, RetryPolicy, Timeouts, prompt_body
+from engine.bodies import prompt_body
+from engine.client import Engine, RetryPolicy, Timeouts
 from engine.errors import (
     AuthenticationError,
     BadRequestError,

@@ -32,6 +32,8 @@ ALLOWED: dict[str, set[str]] = {
     "retry": {"errors", "limits", "config"},
     "preflight": {"errors", "retry", "asyncio"},
     "content_encoding": {"errors"},
+    "result": {"choices", "events"},  # annotations only
+    "bodies": {"events"},
     "network": {"errors"},
     "transport": {"config", "errors", "limits", "redaction", "aiohttp", "orjson", "asyncio"},
     "attempt": {
@@ -48,6 +50,7 @@ ALLOWED: dict[str, set[str]] = {
     },  # never the client: the reader takes plain arguments
     "client": {
         "_flat",
+        "result",
         "sse",
         "events",
         "errors",
@@ -77,6 +80,7 @@ PACKAGE_ALLOWED: dict[str, set[str]] = {
         "preflight",
         "network",
         "config",
+        "result",
         "runtime",
         "orjson",
         "rich",
@@ -92,6 +96,8 @@ PACKAGE_ALLOWED: dict[str, set[str]] = {
         "redaction",
         "config",
         "network",
+        "result",
+        "bodies",
         "retry",
         "preflight",
         "runtime",

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from engine.batch.inputs import BadLine
-    from engine.client import StreamResult
+    from engine.result import StreamResult
 
 TAIL_CHUNK: Final = 64 * 1024
 INVALID_REQUEST: Final = "invalid_request"  # error code of a bad input line

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from engine.bodies import prompt_body
 from engine.cli.options import (
     DEFAULT_MODEL,
     add_key_argument,
@@ -20,7 +21,7 @@ from engine.cli.options import (
     retry_from,
     timeouts_from,
 )
-from engine.client import Engine, prompt_body
+from engine.client import Engine
 from engine.config import env_api_key, env_base_url
 from engine.errors import EngineError
 from engine.events import Dialect, StreamEvent

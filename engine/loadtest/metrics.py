@@ -24,7 +24,7 @@ from engine.redaction import redact
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
-    from engine.client import StreamResult
+    from engine.result import StreamResult
 
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0, "p999": 99.9}
 STAT_KEYS = (*PERCENTILES, "mean", "max", "min", "count")

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from engine.client import prompt_body
+from engine.bodies import prompt_body
 from engine.errors import ConfigError
 from engine.events import Dialect
 from engine.loadtest.config import MIN_PRIME_TOKENS, LoadConfig

@@ -1,0 +1,33 @@
+"""Request bodies: the one-prompt body, in each endpoint's own names for the prompt and the
+output cap, for `run` and `bench` alike (sending adds `stream`)."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from engine.events import Dialect
+
+__all__ = ["MAX_TOKENS_FIELDS", "prompt_body"]
+
+# Each endpoint's name for the output cap.
+MAX_TOKENS_FIELDS: Final = {
+    Dialect.RESPONSES: "max_output_tokens",
+    Dialect.CHAT: "max_completion_tokens",
+    Dialect.COMPLETIONS: "max_tokens",
+}
+
+
+def prompt_body(
+    endpoint: Dialect, model: str, prompt: str, max_tokens: int | None
+) -> dict[str, Any]:
+    """A one-user-message body in the endpoint's own names for the prompt and the output cap
+    (`max_tokens`; None: no cap), for `run` and `bench` alike; sending adds `stream`."""
+    body: dict[str, Any]
+    if endpoint is Dialect.COMPLETIONS:  # legacy /v1/completions: a bare prompt
+        body = {"model": model, "prompt": prompt}
+    else:
+        key = "messages" if endpoint is Dialect.CHAT else "input"
+        body = {"model": model, key: [{"role": "user", "content": prompt}]}
+    if max_tokens is not None:
+        body[MAX_TOKENS_FIELDS[endpoint]] = max_tokens
+    return body
