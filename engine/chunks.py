@@ -1,6 +1,6 @@
 """The queue between a stream's reader task and its consumer: one item per chunk read.
 
-Each item is a chunk's arrival time and its events in the flat layout of `engine.events`
+Each item is a chunk's arrival time and its events in the engine's flat layout (`engine._flat`)
 (no object per event), an exception the reader met, or `END` at a clean end. A full queue
 makes the reader wait, so it stops reading the socket: backpressure reaches the server.
 """
