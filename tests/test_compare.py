@@ -321,6 +321,7 @@ def test_sweeps_are_compared_step_by_step(
         "one file",
         "sweep vs run",
         "sweep lengths",
+        "folder without result.json",
     ],
 )
 def test_bad_input_is_exit_code_2(
@@ -343,6 +344,7 @@ def test_bad_input_is_exit_code_2(
         "one file": [good],
         "sweep vs run": [sweep2, good],
         "sweep lengths": [sweep2, sweep3],
+        "folder without result.json": [good, str(tmp_path)],
     }[case]
     bad_path.write_text("{not json")
     assert main(["compare", *files]) == compare.EXIT_BAD_INPUT
@@ -365,11 +367,102 @@ def test_html_is_one_self_contained_page(
     assert "REGRESSION" in body
     assert "https://" not in body
     assert 'data-chart="changes-0"' in body
-    assert "REGRESSION: TTFT p50" in capsys.readouterr().out
+    assert "REGRESSION: b.json against a.json: TTFT p50 +100.1 %" in capsys.readouterr().out
     # The page every report is built on: it draws its chart offline, with no error.
     from tests.test_loadtest_html import check_in_browser  # noqa: PLC0415
 
     assert check_in_browser(out, tmp_path / "cmp.png")["charts"] == ["changes-0"]
+
+
+def run_folder(tmp_path: Path, name: str, doc: dict[str, Any]) -> Path:
+    """A run folder as bench leaves it: `stream-engine-runs/<time>-<mode>/result.json`."""
+    folder = tmp_path / "stream-engine-runs" / name
+    folder.mkdir(parents=True)
+    write(folder, "result.json", doc)
+    return folder
+
+
+def test_compare_takes_the_run_folders_bench_prints_and_names_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It refused them (`cannot read (Is a directory)`); with two result.json files both
+    columns were headed by their clashing paths and the verdict named `(result.json)`."""
+    before = run_folder(tmp_path, "20261207-010101-closed", document(around(100.0)))
+    after = run_folder(tmp_path, "20261207-010202-closed", document(around(200.0, seed=2)))
+    code, result = run_compare(str(before), str(after), capsys=capsys)
+    assert code == 1
+    assert result["files"] == [str(before), str(after)]
+    assert result["names"] == ["20261207-010101-closed", "20261207-010202-closed"]
+    assert {r["run_name"] for r in result["regressions"]} == {"20261207-010202-closed"}
+    # the files inside work the same, and the columns still say which run
+    code = main(["compare", str(before / "result.json"), str(after / "result.json")])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "20261207-010101-closed" in out.splitlines()[0]  # the title: against the baseline
+    assert "REGRESSION: 20261207-010202-closed against 20261207-010101-closed: TTFT p50 +" in (
+        " ".join(out.split())
+    )
+    assert "(result.json)" not in out
+
+
+def test_columns_are_headed_by_the_runs_labels(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = run_folder(tmp_path, "20261207-010101-gpu-a", document(around(100.0), label="gpu-a"))
+    new = run_folder(
+        tmp_path, "20261207-010202-gpu-b", document(around(50.0, seed=2), label="gpu-b")
+    )
+    code, result = run_compare(str(base), str(new), capsys=capsys)
+    assert code == 0
+    assert result["names"] == ["gpu-a", "gpu-b"]
+    assert main(["compare", str(base), str(new)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "compare against gpu-a" in out
+    assert (
+        "no regression beyond 10 % outside the noise against gpu-a; better: gpu-b: TTFT p50 -"
+        in out
+    )
+    # two runs with one label: their paths tell them apart
+    twin = run_folder(tmp_path, "20261207-010303-gpu-a", document(around(100.0), label="gpu-a"))
+    _, result = run_compare(str(base), str(twin), capsys=capsys)
+    assert result["names"] == [str(base), str(twin)]
+
+
+def test_worse_and_better_have_their_colours_in_the_console_and_the_page(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """TTFT halves (better), the decode gap doubles (worse): the table's change cells and the
+    chart's bars say which is which, not one colour per run."""
+    from engine.report.compare import console_tables  # noqa: PLC0415
+    from engine.report.compare_html import BAR_COLOUR  # noqa: PLC0415
+
+    a = write(tmp_path, "a.json", document(around(100.0)))
+    b = write(tmp_path, "b.json", document(around(50.0, seed=2), gap=20.0))
+    report = compare.compare_files([a, b])
+    table = console_tables(report)[0]
+    metrics = [str(c) for c in table.columns[0]._cells]
+    changes = dict(zip(metrics, table.columns[3]._cells, strict=True))
+    assert changes["TTFT p50 (ms)"].style == "green"
+    assert changes["TPOT p50 (ms)"].style == "bold red"  # worse by more than 10 %: regression
+    out = tmp_path / "cmp.html"
+    assert main(["compare", a, b, "--html", str(out)]) == 1
+    capsys.readouterr()
+    page = out.read_text()
+    assert re.search(r'<td class="better">-\d+\.\d %', page)
+    assert re.search(r'<td class="bad">\+\d+\.\d % ! REGRESSION', page)
+    drawn = re.search(r'id="charts">(.*?)</script>', page, re.DOTALL)
+    assert drawn is not None
+    charts = orjson.loads(drawn[1])
+    bars = charts["chart-0"]["data"][0]
+    colours = dict(zip(bars["x"], bars["marker"]["color"], strict=True))
+    assert colours["TTFT p50"] == BAR_COLOUR["better"]
+    assert colours["TPOT p50"] == BAR_COLOUR["regression"]
+    assert colours["ITL p50"] != BAR_COLOUR["better"]  # no noise estimate: grey, not judged
+    assert [t["name"] for t in charts["chart-0"]["data"][1:]] == [
+        "worse, outside the noise",
+        "better, outside the noise",
+        "inside the noise",
+    ]
 
 
 # -- real runs against the mock ----------------------------------------------------------------

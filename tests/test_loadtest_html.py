@@ -321,6 +321,41 @@ def test_render_is_pure_and_says_when_ttft_to_text_is_ttft() -> None:
     assert "Goodput against the SLOs" not in text
 
 
+def _config_rows(page: str) -> set[str]:
+    """The setting names of the page's Configuration table."""
+    table = page[page.index('<h2 id="config">') : page.index('<h2 id="platform">')]
+    return set(re.findall(r"<tr><td>([^<]+)</td>", table))
+
+
+def test_a_closed_loop_lists_only_the_settings_it_used() -> None:
+    """A closed loop's report listed `arrival poisson`, `burstiness 1`: settings it never used."""
+    rng = np.random.default_rng(3)
+    closed = BenchResult(
+        LoadConfig("http://gpu:8000/v1", concurrency=4, duration_s=4.0),
+        [_record(i, rng, 10.0) for i in range(40)],
+        [ClientCheck(0, wall_s=4.0)],
+    )
+    rows = _config_rows(render_html([closed], [closed.summary()]))
+    assert {"concurrency", "duration_s", "ignore_eos", "output_tokens"} <= rows
+    assert not rows & {"rate", "arrival", "burstiness", "spin_ms"}
+    opened = synthetic(n=60)
+    assert {"rate", "arrival", "burstiness", "spin_ms"} <= _config_rows(
+        render_html([opened], [opened.summary()])
+    )
+
+
+def test_a_chart_legend_says_the_tables_number() -> None:
+    """The TPOT legend rounded to 10.0 where the table said 10.05: two decimals everywhere."""
+    result = synthetic(n=60)
+    doc = result.summary()
+    page = render_html([result], [doc])
+    for metric in ("ttft_ms", "tpot_ms", "e2e_ms"):
+        for stat in ("p50", "p99"):
+            shown = f"{doc[metric][stat]:.2f}"
+            assert f"<td>{shown}</td>" in page, (metric, stat)  # the percentiles table
+            assert f'"{stat} {shown} ms"' in page, (metric, stat)  # the chart's legend
+
+
 def test_a_run_without_requests_renders_notes_not_broken_charts() -> None:
     result = BenchResult(
         LoadConfig("http://127.0.0.1:9/v1", requests=1, duration_s=None), [], [ClientCheck(0)]

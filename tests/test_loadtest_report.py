@@ -138,9 +138,13 @@ async def test_incomplete_results_are_completed_requests_with_their_end_reason(
     for record in result.measured:
         assert (record.ok, record.incomplete, record.finish_reason) == (True, True, "length")
         assert (record.status, record.message) == (200, None)
+    assert doc["requested_length"] == {"tokens": 8, "reached": 0, "short": {"length": 6}}
     text = _console_text(doc)
-    assert "6 completed (6 incomplete), 0 failed" in text
-    assert "length: 6" in text
+    # the fault cut each answer at half its length: asked for 8, never reached
+    assert (
+        "6 completed: 0 at the requested length (8 tokens), 6 cut short of it (length); 0 failed"
+        in text
+    )
 
 
 def test_a_reflected_credential_is_redacted_in_json_csv_console_and_html(

@@ -204,6 +204,59 @@ async def test_output_length_follows_the_request_limit(
         assert data[-1]["usage"]["completion_tokens"] == 5
 
 
+# (body fields, tokens, ending) against the session mock, whose own answer is 16 tokens.
+CAPS = [
+    pytest.param({"max": 4096}, 16, "stop", id="a-cap-above-the-answer-caps-nothing"),
+    pytest.param({}, 16, "stop", id="no-cap"),
+    pytest.param({"max": 16}, 16, "stop", id="a-cap-equal-to-the-answer"),
+    pytest.param({"max": 5}, 5, "length", id="a-lower-cap-cuts-it"),
+    pytest.param({"max": 40, "ignore_eos": True}, 40, "length", id="ignore_eos-asks-for-the-cap"),
+    pytest.param({"max": 40, "min_tokens": 40}, 40, "length", id="min_tokens-at-the-cap"),
+    pytest.param({"max": 40, "min_tokens": 20}, 20, "stop", id="min_tokens-lengthens-it"),
+    pytest.param({"max": 40, "min_tokens": 10}, 16, "stop", id="min_tokens-below-the-answer"),
+    pytest.param({"ignore_eos": True}, 16, "stop", id="ignore_eos-without-a-cap"),
+]
+
+
+@pytest.mark.parametrize(("fields", "tokens", "ending"), CAPS)
+async def test_a_cap_caps_and_a_request_for_the_length_gets_it(
+    base_url: str, fields: dict[str, Any], tokens: int, ending: str
+) -> None:
+    """A model stops when its answer ends: a cap above that ends `completed`, as vLLM's and
+    OpenAI's do; vLLM's `ignore_eos` / `min_tokens` ask for the length, and get it."""
+    extra = {k: v for k, v in fields.items() if k != "max"}
+    responses = {**RESP, **extra}
+    chat = {**CHAT, **extra, "stream_options": {"include_usage": True}}
+    if "max" in fields:
+        responses["max_output_tokens"] = chat["max_tokens"] = fields["max"]
+    events = await stream(base_url, responses)
+    final = payloads(events)[-1]
+    assert len(deltas(events)) == final["response"]["usage"]["output_tokens"] == tokens
+    status = "completed" if ending == "stop" else "incomplete"
+    assert (final["type"], final["response"]["status"]) == (f"response.{status}", status)
+    data = payloads(await stream(base_url, chat, path="/chat/completions"))
+    assert data[-2]["choices"][0]["finish_reason"] == ending
+    assert data[-1]["usage"]["completion_tokens"] == tokens
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        pytest.param({"ignore_eos": "yes"}, "ignore_eos", id="ignore_eos-not-a-boolean"),
+        pytest.param({"min_tokens": -1}, "min_tokens", id="min_tokens-negative"),
+        pytest.param(
+            {"min_tokens": 9, "max_output_tokens": 8}, "min_tokens", id="min_tokens-over-the-cap"
+        ),
+    ],
+)
+async def test_a_bad_length_request_is_a_400(
+    base_url: str, fields: dict[str, Any], param: str
+) -> None:
+    status, _, raw = await post(base_url + "/responses", {**RESP, **fields})
+    assert status == 400
+    assert orjson.loads(raw)["error"]["param"] == param
+
+
 LIMITED_HEAD = [
     "response.created",
     "response.in_progress",

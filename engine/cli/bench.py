@@ -48,8 +48,15 @@ from engine.loadtest.workers import (
     run_sweep,
     usable_cores,
 )
-from engine.report.console import LiveProgress, LogProgress, print_summary, sweep_table
-from engine.report.text import saturation_text
+from engine.mock.config import (
+    SERVED_ITL_MS,
+    SERVED_OUTPUT_TOKENS,
+    SERVED_TTFT_MS,
+    parse_fault_rates,
+)
+from engine.report.console import print_summary, sweep_table
+from engine.report.progress import LiveProgress, LoadProgress, LogProgress
+from engine.report.text import client_state, saturation_text
 from engine.runtime import raise_open_files_limit, run_async
 
 if TYPE_CHECKING:
@@ -81,7 +88,8 @@ def _grace(value: str) -> float | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register the bench flags on `parser` (shared by the main CLI and `python -m`)."""
+    """Register the bench flags on `parser` (shared by the main CLI and `python -m`). Every
+    flag says what it does and its default."""
     target = parser.add_argument_group("target")
     target.add_argument(
         "--base-url",
@@ -96,7 +104,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "flag's value shows in the process list)",
     )
     target.add_argument(
-        "--endpoint", choices=["responses", "chat", "completions"], default="responses"
+        "--endpoint",
+        choices=["responses", "chat", "completions"],
+        default="responses",
+        help="the API to load: /responses, /chat/completions or the legacy /completions "
+        "(default %(default)s)",
     )
     target.add_argument(
         "--model", default=None, help=f"model (default {DEFAULT_MODEL}; {MOCK_MODEL} on the mock)"
@@ -106,49 +118,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=header,
         action="append",
         default=[],
-        help="extra request header 'Name: value' (repeatable)",
+        help="extra request header 'Name: value' (repeatable; default none)",
     )
     shape = parser.add_argument_group("load shape")
     shape.add_argument(
         "--concurrency",
         type=int,
         default=16,
-        help="closed loop: concurrent users (default 16; sweep: saturation)",
+        help="closed loop: concurrent users (default %(default)s; sweep: saturation)",
     )
     shape.add_argument(
-        "--rate", type=float, default=None, help="open loop: requests per second, sent on schedule"
+        "--rate",
+        type=float,
+        default=None,
+        help="open loop: requests per second, sent on schedule (default: none, a closed loop)",
     )
     shape.add_argument(
         "--arrival",
         choices=["poisson", "constant"],
         default="poisson",
-        help="open-loop inter-arrivals (default poisson)",
+        help="open-loop inter-arrivals (default %(default)s)",
     )
     shape.add_argument(
         "--burstiness",
         type=float,
         default=1.0,
-        help="gamma shape of inter-arrivals: 1 Poisson, <1 burstier (default 1)",
+        help="open loop: gamma shape of inter-arrivals, 1 Poisson, <1 burstier (default 1)",
     )
     shape.add_argument(
         "--sweep",
         type=int,
         default=0,
         metavar="STEPS",
-        help="sweep: one stream, saturation, then STEPS rates in between",
+        help="sweep: one stream, saturation, then STEPS rates in between (default 0: no sweep)",
     )
-    shape.add_argument("--requests", type=int, default=None, help="measured requests")
+    shape.add_argument(
+        "--requests",
+        type=int,
+        default=None,
+        help="measured requests (default: none, --duration decides)",
+    )
     shape.add_argument(
         "--duration",
         type=float,
         default=None,
-        help="measured seconds (default 10 unless --requests)",
+        help="measured seconds (default 10 unless --requests; both: whichever ends first)",
     )
     shape.add_argument(
         "--warmup",
         type=float,
         default=1.0,
-        help="seconds of load before the window, excluded (default 1)",
+        help="seconds of load before the window, excluded (default %(default)g)",
     )
     shape.add_argument(
         "--workers",
@@ -166,20 +186,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ADDRESS",
         help="generate the load from Ray actors (pip install "
         "'stream-engine[ray]'): 'auto' joins the running cluster, 'host:port' or "
-        "'ray://…' a given one, 'local' starts a private instance",
+        "'ray://…' a given one, 'local' starts a private instance (default: no Ray)",
     )
     req = parser.add_argument_group("requests")
-    req.add_argument("--input-tokens", type=int, default=128, help="synthetic prompt length")
-    req.add_argument("--output-tokens", type=int, default=64, help="max_output_tokens")
-    req.add_argument("--prompts", default=None, help="JSONL of request bodies (or Batch lines)")
-    req.add_argument("--ignore-eos", action="store_true", help="vLLM: always generate max")
-    req.add_argument("--max-connections", type=int, default=None)
+    req.add_argument(
+        "--input-tokens",
+        type=int,
+        default=128,
+        help="synthetic prompt length in tokens (default %(default)s)",
+    )
+    req.add_argument(
+        "--output-tokens",
+        type=int,
+        default=64,
+        help="each answer's length in tokens: the cap, and asked for exactly unless "
+        "--no-ignore-eos (default %(default)s)",
+    )
+    req.add_argument(
+        "--ignore-eos",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ask for exactly --output-tokens with vLLM's ignore_eos and min_tokens beside "
+        "the cap; servers that do not know them ignore them (default: yes, except on "
+        "OpenAI's and Azure's APIs, which refuse unknown fields: there the cap alone)",
+    )
+    req.add_argument(
+        "--prompts",
+        default=None,
+        help="JSONL of request bodies (or Batch lines), sent as they are (default: synthetic)",
+    )
+    req.add_argument(
+        "--max-connections",
+        type=int,
+        default=None,
+        help="connections per worker's pool (default: --concurrency in a closed loop, 4096 "
+        "in an open one)",
+    )
     req.add_argument(
         "--timeout",
         type=seconds,
         default=None,
         metavar="S",
-        help="the whole request: the same as --total-timeout (wins over it)",
+        help="the whole request: the same as --total-timeout (wins over it; default none)",
     )
     req.add_argument(
         "--grace",
@@ -190,17 +238,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "then they are cut off and counted as failed 'Unfinished' (default 30; "
         "'none': wait for each within its time limits)",
     )
-    req.add_argument("--retries", type=int, default=0, help="retries per request (default 0)")
-    req.add_argument("--seed", type=int, default=0)
+    # --max-retries, as on run and batch; --retries is its old name, kept and not shown.
+    req.add_argument(
+        "--max-retries",
+        type=int,
+        default=0,
+        metavar="N",
+        help="retries of a request that failed before its first event (default 0: a load "
+        "test counts 429s and 5xx, it does not hide them)",
+    )
+    req.add_argument(
+        "--retries", type=int, dest="max_retries", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
+    req.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the synthetic prompts and the open-loop schedule (default %(default)s)",
+    )
     out = parser.add_argument_group("results")
     out.add_argument(
         "--slo",
         type=parse_slo,
         default={},
-        help="goodput objectives, e.g. ttft_ms=500,tpot_ms=50 (also itl_ms, e2e_ms)",
+        help="goodput objectives, e.g. ttft_ms=500,tpot_ms=50 (also itl_ms, e2e_ms; default none)",
     )
     out.add_argument(
-        "--label", default="", help="name the run: the JSON's label and the run folder's suffix"
+        "--label",
+        default="",
+        help="name the run: the JSON's label and the run folder's suffix (default: the mode)",
     )
     saved = out.add_mutually_exclusive_group()
     saved.add_argument(
@@ -213,38 +279,60 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     saved.add_argument(
         "--no-save", action="store_true", help="no run folder (only what -o/--csv/--html ask for)"
     )
-    out.add_argument("--output", "-o", default=None, help="also write the JSON result here")
-    out.add_argument("--csv", default=None, help="also write one CSV row per request here")
-    out.add_argument("--html", default=None, help="also write the self-contained HTML report here")
-    out.add_argument("--quiet", "-q", action="store_true", help="no live progress")
+    out.add_argument(
+        "--output", "-o", default=None, help="also write the JSON result here (default: no)"
+    )
+    out.add_argument(
+        "--csv", default=None, help="also write one CSV row per request here (default: no)"
+    )
+    out.add_argument("--html", default=None, help="also write the HTML report here (default: no)")
+    out.add_argument(
+        "--quiet", "-q", action="store_true", help="no live progress (default: shown on stderr)"
+    )
     client = parser.add_argument_group("client self-check")
     client.add_argument(
         "--spin-ms",
         type=float,
         default=1.0,
-        help="open loop: yield-spin before each send (default 1; 0 = off)",
+        help="open loop: yield-spin before each send (default %(default)g; 0 = off)",
     )
     client.add_argument(
         "--lag-threshold-ms",
         type=float,
         default=5.0,
-        help="loop lag p99 above this marks the client as the bottleneck",
+        help="loop lag p99 above this marks the client as delayed (default %(default)g)",
     )
     client.add_argument(
         "--read-delay-threshold-ms",
         type=float,
         default=2.0,
-        help="canary read delay p99 above this marks the client as the bottleneck (default 2)",
+        help="canary read delay p99 above this marks the client as delayed (default %(default)g)",
     )
     client.add_argument(
         "--no-canary",
         action="store_true",
-        help="do not read the stamped canary stream (no read delay figure)",
+        help="do not read the stamped canary stream (no read delay figure; default: read it)",
     )
-    mock = parser.add_argument_group("embedded mock (no --base-url)")
-    mock.add_argument("--mock-ttft-ms", type=float, default=100.0)
-    mock.add_argument("--mock-itl-ms", type=float, default=10.0)
-    mock.add_argument("--mock-faults", default="", help="e.g. 429=0.02,500=0.01")
+    mock = parser.add_argument_group(
+        "embedded mock (no --base-url; the latency model of `stream-engine mock`)"
+    )
+    mock.add_argument(
+        "--mock-ttft-ms",
+        type=float,
+        default=SERVED_TTFT_MS,
+        help="the mock's time to first token, ms (default %(default)g)",
+    )
+    mock.add_argument(
+        "--mock-itl-ms",
+        type=float,
+        default=SERVED_ITL_MS,
+        help="the mock's inter-token latency, ms (default %(default)g)",
+    )
+    mock.add_argument(
+        "--mock-faults",
+        default="",
+        help="the mock's fault rates, e.g. 429=0.02,500=0.01 (default none)",
+    )
     mock.add_argument(
         "--mock-reasoning-tokens",
         type=int,
@@ -262,14 +350,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="URL",
         help="scrape the server's Prometheus endpoint during the run (vLLM, "
-        "SGLang, llama-server --metrics); no URL: the base URL's /metrics",
+        "SGLang, llama-server --metrics); no URL: the base URL's /metrics (default: off)",
     )
     server.add_argument(
         "--server-metrics-interval",
         type=float,
         default=1.0,
         metavar="S",
-        help="seconds between scrapes (default 1)",
+        help="seconds between scrapes (default %(default)g)",
     )
 
 
@@ -300,14 +388,14 @@ def config_from_args(
         input_tokens=args.input_tokens,
         output_tokens=args.output_tokens,
         prompts_file=args.prompts,
-        ignore_eos=args.ignore_eos,
+        ignore_eos=args.ignore_eos,  # None: asked for unless the API refuses unknown fields
         slo=args.slo,
         workers=args.workers,
         max_connections=args.max_connections,
         timeouts=limits,
         network=network,
         grace_s=args.grace,
-        retries=args.retries,
+        retries=args.max_retries,
         seed=args.seed,
         headers=dict(args.header),
         spin_ms=args.spin_ms,
@@ -368,23 +456,26 @@ def _run_on_ray(config: LoadConfig, address: str, on_ray: LoadOnRay | None) -> l
     return [on_ray(config, None if address == "local" else address, config.workers)]
 
 
-def _progress(args: argparse.Namespace, console: Console, stack: ExitStack) -> Progress | None:
-    """The live line on a terminal, plain lines in a log, nothing with --quiet."""
+def _progress(args: argparse.Namespace, console: Console, stack: ExitStack) -> LoadProgress:
+    """The live display on a terminal, plain lines in a log; with --quiet, one that shows
+    nothing (and the load sends it nothing)."""
     if args.quiet:
-        return None
+        return LoadProgress()
     if console.is_terminal:
         return stack.enter_context(LiveProgress(console))
     return LogProgress(console)
 
 
-def _start_mock(args: argparse.Namespace, console: Console, stack: ExitStack) -> tuple[str, Any]:
+def _start_mock(
+    args: argparse.Namespace, console: Console, stack: ExitStack
+) -> tuple[str, dict[str, Any]]:
     """The embedded mock in its own process until `stack` closes: its URL and its facts."""
     from engine.mock import MockConfig, MockProcess  # noqa: PLC0415 - only embedded
-    from engine.mock.config import parse_fault_rates  # noqa: PLC0415
 
     mock_config = MockConfig(
         ttft_ms=args.mock_ttft_ms,
         itl_ms=args.mock_itl_ms,
+        output_tokens=SERVED_OUTPUT_TOKENS,
         faults=parse_fault_rates(args.mock_faults),
         reasoning_tokens=args.mock_reasoning_tokens,
     )
@@ -393,6 +484,7 @@ def _start_mock(args: argparse.Namespace, console: Console, stack: ExitStack) ->
         "embedded_mock": {
             "ttft_ms": args.mock_ttft_ms,
             "itl_ms": args.mock_itl_ms,
+            "output_tokens": SERVED_OUTPUT_TOKENS,
             "faults": args.mock_faults,
             "reasoning_tokens": args.mock_reasoning_tokens,
         }
@@ -404,8 +496,8 @@ def _start_mock(args: argparse.Namespace, console: Console, stack: ExitStack) ->
     )
     console.print(
         f"(no --base-url: mock endpoint in its own process at {base_url}, "
-        f"TTFT {args.mock_ttft_ms:g} ms, ITL {args.mock_itl_ms:g} ms"
-        f"{reasoning})"
+        f"TTFT {args.mock_ttft_ms:g} ms, ITL {args.mock_itl_ms:g} ms, answers of "
+        f"{SERVED_OUTPUT_TOKENS} tokens{reasoning})"
     )
     return base_url, facts
 
@@ -417,20 +509,23 @@ def _measure(
     # First: every process started from here (the mock, the workers) inherits the limit.
     open_files = raise_open_files_limit()
     with ExitStack() as stack:
+        progress = _progress(args, console, stack)
         base_url, facts = args.base_url, None
         if not base_url:
+            progress.stage("starting the mock endpoint")
             base_url, facts = _start_mock(args, console, stack)
         config = config_from_args(args, base_url, facts)
         scraper = _scraper(args, config)
         if args.ray is not None:  # the load's processes are on other machines, with theirs
+            progress.stage("starting the Ray actors")
             return _run_on_ray(config, args.ray, on_ray)
         config, said = fit_open_files(
             config, open_files, embedded_mock=facts is not None, cores=usable_cores()
         )
         if said is not None:
             _line(console, said, style="yellow")
-        progress = _progress(args, console, stack)
-        return run_async(_execute(config, progress, scraper, Stop()))
+        progress.stage("starting the load (workers, canary, the first request)")
+        return run_async(_execute(config, None if args.quiet else progress, scraper, Stop()))
 
 
 def _render_html(results: Sequence[BenchResult], docs: Sequence[dict[str, Any]]) -> str:
@@ -465,10 +560,11 @@ def run(args: argparse.Namespace, on_ray: LoadOnRay | None = None) -> int:
     else:
         console.print(sweep_table(docs))
         console.print(Text(saturation_text(docs)))
+        states = {client_state(doc)[0] for doc in docs} - {"OK"}
         console.print(
             docs[0]["client"]["verdict"]
-            if not any(d["client"]["bottleneck"] for d in docs)
-            else "CLIENT-BOUND in at least one run: see the client column"
+            if not states
+            else f"{', '.join(sorted(states))} in at least one run: see the client column"
         )
     try:
         for line in write_outputs(args, results, docs, _render_html, started):

@@ -39,8 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "files",
         nargs="+",
-        metavar="RESULT.json",
-        help="bench JSON documents (`bench -o`); the first is the baseline",
+        metavar="RUN",
+        help="bench results: the run folders bench prints (their result.json) or JSON "
+        "documents (`bench -o`); the first is the baseline. Columns are named by each "
+        "run's --label, else its folder's name",
     )
     parser.add_argument(
         "--threshold",
@@ -54,12 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--html",
         default=None,
         metavar="PATH",
-        help="also write the comparison as a self-contained HTML page",
+        help="also write the comparison as a self-contained HTML page (default: no)",
     )
     parser.add_argument(
         "--json",
         action="store_true",
-        help="print the comparison as JSON on stdout instead of the table",
+        help="print the comparison as JSON on stdout instead of the table (default: the table)",
     )
 
 

@@ -1,8 +1,9 @@
 """The `stream-engine mock` verb (also `python -m engine.mock`): flags <-> MockConfig, serving.
 
-CLI defaults are realistic (TTFT 200 ms, ITL 20 ms, 128 tokens), unlike MockConfig's test
-defaults (0/0, 16 tokens); `MockConfig.to_argv` spells every field so MockProcess reproduces a
-MockConfig exactly. The API key travels in the `MOCK_API_KEY` environment variable, never argv.
+CLI defaults are a served model's (`engine.mock.config.SERVED_*`: TTFT 200 ms, ITL 20 ms, 128
+tokens, the same as bench's embedded mock), unlike MockConfig's test defaults (0/0, 16
+tokens); `MockConfig.to_argv` spells every field so MockProcess reproduces a MockConfig exactly.
+The API key travels in the `MOCK_API_KEY` environment variable, never argv.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from engine.mock.config import (
     DISTRIBUTIONS,
     LIMIT_ENDINGS,
     REASONING_FIELDS,
+    SERVED_ITL_MS,
+    SERVED_OUTPUT_TOKENS,
+    SERVED_TTFT_MS,
     MockConfig,
     parse_fault_rates,
     parse_token_range,
@@ -35,8 +39,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     add("--port", type=int, default=8000, help="port; 0 picks a free one (default 8000)")
-    add("--ttft-ms", type=float, default=200.0, help="time to first token (default 200)")
-    add("--itl-ms", type=float, default=20.0, help="inter-token latency (default 20)")
+    add(
+        "--ttft-ms",
+        type=float,
+        default=SERVED_TTFT_MS,
+        help="time to first token, ms (default %(default)g)",
+    )
+    add(
+        "--itl-ms",
+        type=float,
+        default=SERVED_ITL_MS,
+        help="inter-token latency, ms (default %(default)g)",
+    )
     add("--jitter", type=float, default=0.0, help="relative jitter, 0.1 = ±10%% (default 0)")
     add(
         "--itl-distribution",
@@ -46,8 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--output-tokens",
-        default="128",
-        help="answer length when the request sets no limit: N or MIN-MAX (default 128)",
+        default=str(SERVED_OUTPUT_TOKENS),
+        metavar="N|MIN-MAX",
+        help="the answer's own length: a request's cap (max_output_tokens, max_tokens) "
+        "cuts it shorter, ignore_eos or min_tokens ask for the cap itself (default %(default)s)",
     )
     add(
         "--max-concurrency",
@@ -55,23 +71,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="concurrent generations; more requests queue FIFO (default unlimited)",
     )
-    add("--faults", default="", help="fault rates, e.g. 429=0.05,500=0.02,disconnect=0.02")
+    add(
+        "--faults",
+        default="",
+        help="fault rates, e.g. 429=0.05,500=0.02,disconnect=0.02 (default none)",
+    )
     add(
         "--api-key",
         default=os.environ.get(API_KEY_ENV),
         help=f"require this bearer token (default: ${API_KEY_ENV}; unset = no auth)",
     )
     add("--seed", type=int, default=0, help="seed of text, faults and jitter (default 0)")
-    add("--retry-after", type=float, default=0.05, help="seconds a 429 asks to wait (0.05)")
+    add(
+        "--retry-after",
+        type=float,
+        default=0.05,
+        help="seconds a 429 asks to wait (default %(default)g)",
+    )
     add(
         "--limit-ending",
         choices=LIMIT_ENDINGS,
         default="incomplete",
-        help="Responses stream cut by max_output_tokens: response.incomplete (OpenAI), "
+        help="Responses stream cut by its cap: response.incomplete (OpenAI), "
         "response.completed with status incomplete (vllm), or completed "
         "(default incomplete)",
     )
-    add("--model", default="mock-model", help="model id listed by GET /v1/models")
+    add(
+        "--model",
+        default="mock-model",
+        help="model id listed by GET /v1/models (default %(default)s)",
+    )
     add(
         "--close-after-response",
         choices=CLOSE_MODES,
@@ -104,7 +133,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--reasoning-summary",
         action="store_true",
         help="Responses: reasoning as reasoning_summary_text events (OpenAI's hosted models) "
-        "instead of reasoning_text (open-weight models, vLLM)",
+        "instead of reasoning_text (open-weight models, vLLM) (default off)",
     )
 
 

@@ -25,6 +25,7 @@ import orjson
 
 from engine.errors import ConfigError
 from engine.loadtest.metrics import PERCENTILES
+from engine.loadtest.outputs import RUN_FILES
 from engine.loadtest.result import SCHEMA_VERSION
 
 if TYPE_CHECKING:
@@ -151,11 +152,16 @@ class Comparison:
 
 @dataclass(slots=True)
 class Report:
-    files: list[str]
+    files: list[str]  # the documents read, baseline first
     threshold_pct: float
     comparisons: list[Comparison]
     notes: list[str]
     sweep: bool = False
+    names: list[str] = field(default_factory=list)  # each run's name (`run_names`)
+
+    def __post_init__(self) -> None:
+        if not self.names:
+            self.names = [Path(f).name for f in self.files]
 
     @property
     def regressions(self) -> list[dict[str, Any]]:
@@ -163,6 +169,7 @@ class Report:
             {
                 "position": comp.position,
                 "run": self.files[i],
+                "run_name": self.names[i],
                 "metric": row.metric.ident,
                 "name": row.metric.name,
                 "change_pct": _round(cell.change_pct),
@@ -183,6 +190,7 @@ class Report:
             "tool": "stream-engine compare",
             "baseline": self.files[0],
             "files": self.files,
+            "names": self.names,
             "kind": "sweep" if self.sweep else "single",
             "threshold_pct": self.threshold_pct,
             "noise": {
@@ -433,10 +441,25 @@ def _check_run(doc: Any, where: str) -> dict[str, Any]:
     return doc
 
 
+def document_path(path: str | Path) -> Path:
+    """The result document of `path`: the file itself, or a run folder's result.json."""
+    path = Path(path)
+    if path.is_dir():
+        document = path / RUN_FILES["json"]
+        if not document.is_file():
+            raise CompareInputError(
+                f"{path}: a folder without {RUN_FILES['json']} (not a run folder)"
+            )
+        return document
+    return path
+
+
 def load(path: str | Path) -> tuple[list[dict[str, Any]], bool]:
-    """A document's runs (one, or a sweep's in order) and whether it was a sweep."""
+    """A document's runs (one, or a sweep's in order) and whether it was a sweep; `path` is
+    a result file or the run folder `stream-engine bench` printed."""
+    path = document_path(path)
     try:
-        doc = orjson.loads(Path(path).read_bytes())
+        doc = orjson.loads(path.read_bytes())
     except OSError as exc:
         raise CompareInputError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     except orjson.JSONDecodeError as exc:
@@ -447,6 +470,21 @@ def load(path: str | Path) -> tuple[list[dict[str, Any]], bool]:
             raise CompareInputError(f"{path}: a sweep document without runs")
         return [_check_run(run, f"{path} (sweep run {i + 1})") for i, run in enumerate(runs)], True
     return [_check_run(doc, str(path))], False
+
+
+def run_names(paths: Sequence[str], runs: Sequence[Sequence[dict[str, Any]]]) -> list[str]:
+    """What to call each run: its `--label`, else its run folder's name (the time and the
+    mode), else its file name; the path as given where those clash."""
+
+    def name(path: str, docs: Sequence[dict[str, Any]]) -> str:
+        label = str(docs[0].get("label") or "") if len(docs) == 1 else ""
+        document = document_path(path)
+        folder = document.parent.name if document.name == RUN_FILES["json"] else ""
+        return label or folder or document.name
+
+    names = [name(path, docs) for path, docs in zip(paths, runs, strict=True)]
+    clash = {n for n in names if names.count(n) > 1}
+    return [path if n in clash else n for path, n in zip(paths, names, strict=True)]
 
 
 def compare_files(paths: Sequence[str], threshold_pct: float = DEFAULT_THRESHOLD_PCT) -> Report:
@@ -486,4 +524,5 @@ def compare_files(paths: Sequence[str], threshold_pct: float = DEFAULT_THRESHOLD
         if any("samples" not in run for run in runs)
     ]
     notes += list(dict.fromkeys(m.note for m in METRICS if m.note))
-    return Report(list(paths), threshold_pct, comparisons, notes, sweep)
+    names = run_names(paths, [runs for runs, _ in loaded])
+    return Report(list(paths), threshold_pct, comparisons, notes, sweep, names)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from engine.config import COMMAND_TIMEOUTS, Timeouts
 from engine.errors import ConfigError
@@ -21,6 +22,21 @@ Arrival = Literal["constant", "poisson"]
 SLO_METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms")
 AUTO_WORKERS = 0  # `workers=AUTO_WORKERS`: one per STREAMS_PER_WORKER streams, at most one a core
 MIN_PRIME_TOKENS = 16  # the Responses API rejects max_output_tokens below 16
+# Settings only an open loop has: a closed loop's report does not list them.
+OPEN_LOOP_ONLY = ("rate", "arrival", "burstiness", "spin_ms")
+# APIs that refuse a field they do not know ("Unrecognized request argument supplied"):
+# OpenAI's own and Azure OpenAI. A load sent there gets the cap alone; see `asks_length`.
+STRICT_HOSTS = ("api.openai.com", ".openai.azure.com")
+
+
+def asks_length(base_url: str) -> bool:
+    """Whether a load against `base_url` asks for its answers' length by default (vLLM's
+    `ignore_eos` and `min_tokens` beside the cap): a cap alone lets a model stop early, and
+    then the load is not the one asked for. vLLM, SGLang and the mock honour the fields,
+    llama-server and most gateways ignore what they do not know; only the strict APIs above
+    refuse them, so there the cap is sent alone and answers may end early."""
+    host = (urlsplit(base_url).hostname or "").lower()
+    return not any(host == h or (h.startswith(".") and host.endswith(h)) for h in STRICT_HOSTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +57,9 @@ class LoadConfig:
     input_tokens: int = 128
     output_tokens: int = 64
     prompts_file: str | None = None  # JSONL of request bodies instead of synthetic prompts
-    ignore_eos: bool = False  # vLLM: generate exactly max tokens
+    # Ask for exactly `output_tokens` (vLLM's ignore_eos and min_tokens beside the cap);
+    # None: `asks_length(base_url)`, resolved at construction.
+    ignore_eos: bool | None = None
     slo: dict[str, float] = field(default_factory=dict)
     workers: int = 1  # AUTO_WORKERS (0): chosen from the load and the usable cores at run time
     max_connections: int | None = None  # None: concurrency (closed) or 4096 (open)
@@ -67,6 +85,8 @@ class LoadConfig:
     facts: dict[str, Any] = field(default_factory=dict)  # e.g. the embedded mock's model
 
     def __post_init__(self) -> None:
+        if self.ignore_eos is None:  # frozen: resolved once, so every copy and report agrees
+            object.__setattr__(self, "ignore_eos", asks_length(self.base_url))
         if self.concurrency < 1:
             raise ConfigError("concurrency must be >= 1")
         if self.rate is not None and not (self.rate > 0 and math.isfinite(self.rate)):
@@ -98,6 +118,12 @@ class LoadConfig:
     @property
     def open_loop(self) -> bool:
         return self.rate is not None
+
+    @property
+    def asked_tokens(self) -> int | None:
+        """The length every answer is asked for (`ignore_eos` on synthetic prompts); None
+        when the load sends a cap alone or a file's own bodies."""
+        return self.output_tokens if self.ignore_eos and not self.prompts_file else None
 
     @property
     def pool_size(self) -> int:

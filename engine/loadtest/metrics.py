@@ -237,8 +237,25 @@ def error_details(failed: Iterable[RequestRecord]) -> dict[str, dict[str, Any]]:
     return details
 
 
-def summarize(records: Sequence[RequestRecord], slo: Mapping[str, float]) -> dict[str, Any]:
-    """The schema's figures for the measured records (see docs/loadtest.md)."""
+def requested_length(ok: Sequence[RequestRecord], tokens: int | None) -> dict[str, Any] | None:
+    """When the load asked for its answers' length (`tokens`; None: it did not), how many
+    completed requests reached it and how the others ended, by finish reason: "length" in
+    the API's words is then what was asked for, not a cut-off."""
+    if tokens is None:
+        return None
+    short = Counter(r.finish_reason or "none" for r in ok if r.output_tokens < tokens)
+    return {
+        "tokens": tokens,
+        "reached": len(ok) - sum(short.values()),
+        "short": dict(short.most_common()),
+    }
+
+
+def summarize(
+    records: Sequence[RequestRecord], slo: Mapping[str, float], asked_tokens: int | None = None
+) -> dict[str, Any]:
+    """The schema's figures for the measured records (see docs/loadtest.md); `asked_tokens`:
+    the length every answer was asked for, if it was."""
     done = measured(records)
     ok = [r for r in done if r.ok]
     duration = window_s(done)
@@ -255,6 +272,7 @@ def summarize(records: Sequence[RequestRecord], slo: Mapping[str, float]) -> dic
         "error_details": details,
         "end_reasons": dict(Counter(r.finish_reason or "none" for r in ok).most_common()),
         "incomplete": sum(r.incomplete for r in ok),
+        "requested_length": requested_length(ok, asked_tokens),
         "reconnects": sum(r.reconnects for r in done),
         "request_throughput": len(ok) / duration,
         "output_token_throughput": out_tokens / duration,

@@ -35,11 +35,14 @@ def synthetic_prompt(index: int, input_tokens: int, rng: random.Random) -> str:
 
 
 def make_body(config: LoadConfig, prompt: str, output_tokens: int) -> dict[str, Any]:
-    """A streaming body in the configured dialect with a fixed output budget (always capped:
-    the test sets each request's length) and, if asked, `ignore_eos`."""
+    """A streaming body in the configured dialect, always capped at `output_tokens`, and with
+    `config.ignore_eos` asking for that length itself as vLLM takes it (`ignore_eos`, and
+    `min_tokens` for servers that honour only that): a cap alone is a ceiling, and a model
+    that stops early would run a lighter load than the one asked for."""
     body = prompt_body(Dialect(config.endpoint), config.model, prompt, output_tokens)
     if config.ignore_eos:
         body["ignore_eos"] = True
+        body["min_tokens"] = output_tokens
     return body
 
 

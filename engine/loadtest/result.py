@@ -32,6 +32,9 @@ SCHEMA_VERSION = 1
 # gap), so it is stored once; individual gaps are not kept (they would not be compact).
 SAMPLE_METRICS = ("ttft_ms", "ttft_text_ms", "tpot_ms", "e2e_ms")
 SAMPLE_DIGITS = 3  # 0.001 ms: finer than any latency is measured, and short in JSON
+# At least this share of the measured requests failed: the server is failing, and the client
+# is not judged (a failure answered at once keeps any client busy).
+SERVER_FAILING_SHARE = 0.5
 # The sweep's saturation point (docs/loadtest.md): the last step, in order of achieved
 # throughput, whose throughput still grew by more than this over the step before ...
 SATURATION_GROWTH = 0.05
@@ -67,6 +70,7 @@ class BenchResult:
     origin_ns: int = 0  # perf_counter_ns of the window start: correlates records with server logs
     server_metrics: dict[str, Any] | None = None  # --server-metrics: the scraper's section
     halt: Halt | None = None  # why the load ended early (a signal, a job failure), if it did
+    machine: dict[str, Any] | None = None  # the machine's CPU during the run (MachineWatch)
 
     @property
     def measured(self) -> list[RequestRecord]:
@@ -79,9 +83,14 @@ class BenchResult:
         if self.halt is not None and self.halt.by == JOB_FAILURE:
             return self.halt.message
         done = self.measured
-        if done and not any(r.ok for r in done):
-            return f"every one of the {len(done)} measured requests failed"
-        return None
+        failed = Counter(r.error or "unknown" for r in done if not r.ok)
+        total = sum(failed.values())
+        if not done or total < SERVER_FAILING_SHARE * len(done):
+            return None
+        kinds = ", ".join(f"{kind} {n}" for kind, n in failed.most_common())
+        if total == len(done):
+            return f"every one of the {len(done)} measured requests failed ({kinds})"
+        return f"{total} of the {len(done)} measured requests failed ({kinds})"
 
     def summary(self) -> dict[str, Any]:
         """The result document: figures first, then the client check, config and platform."""
@@ -94,7 +103,7 @@ class BenchResult:
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "mode": "open" if config.open_loop else "closed",
             "interrupted": None if self.halt is None else self.halt.document(),
-            **summarize(self.records, config.slo),
+            **summarize(self.records, config.slo, config.asked_tokens),
             "connect_ms": stats(self.connect_ms),
             "warmup": {
                 "seconds": config.warmup_s,
@@ -118,6 +127,7 @@ class BenchResult:
                 config.read_delay_threshold_ms,
                 [r.pool_wait_ms for r in self.measured],
                 self.server_failed(),
+                self.machine,
             ),
             "config": config.public(),
             "platform": platform_facts(),

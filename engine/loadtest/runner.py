@@ -51,6 +51,8 @@ from engine.redaction import secret_values, url_credentials
 from engine.runtime import env_api_key
 
 PROGRESS_EVERY_S = 0.5
+# A worker's phases in order; a snapshot says which one it is in (`Runner.snapshot`).
+PHASES = ("priming", "warm-up", "measuring", "draining", "done")
 # Per stream in flight: one event (a 4 MiB `response.completed` holds about a million
 # characters of output) and what `run` keeps of one answer (about a million tokens).
 BENCH_MAX_EVENT_BYTES = 4 * 1024 * 1024
@@ -141,6 +143,10 @@ class Runner:
         self.watch = FailureWatch(self.url, self.secrets)
         self.records: list[RequestRecord] = []
         self.inflight = 0
+        self.ended = Counter[str]()  # "done", "failed" (measured), "warm-up": for progress
+        self.phase = "priming"  # then "running" (its phase read off the clock), then "done"
+        self.priming = 0  # connections the priming opens, and how many primers ended so far
+        self.primers_done = 0
         self.recent_ttft: deque[float] = deque(maxlen=500)
         self.window_ns = 0  # perf_counter_ns of the measured window's start
         self.spin_ns = int(config.spin_ms * 1e6)
@@ -169,7 +175,12 @@ class Runner:
         """The pre-flight, then open the connections the load will need, with concurrent
         short requests. Raises `JobFailed` when the first request shows the job cannot work,
         `Interrupted` on a stop."""
-        await unless_stopped(self.stop, self._prime())
+        ticker = asyncio.get_running_loop().create_task(self._report_progress())
+        try:
+            await unless_stopped(self.stop, self._prime())
+        finally:
+            ticker.cancel()
+        self._report()  # every connection is open: the display says so before the load
 
     async def _prime(self) -> None:
         config = self.config
@@ -182,23 +193,32 @@ class Runner:
                 self._opened(probe)
                 e2e_s = probe.e2e_s
             wanted = math.ceil(config.rate / self.workers * e2e_s * PRIME_HEADROOM) + 1
-            wanted = min(wanted, config.pool_size)
+            wanted = self.priming = min(wanted, config.pool_size)
             calls: list[Awaitable[StreamResult | BaseException]] = [
                 self._call(self.prompts.primer(i)) for i in range(wanted)
             ]
         else:
-            wanted = min(
+            wanted = self.priming = min(
                 split_evenly(config.concurrency, self.workers, self.worker), config.pool_size
             )
             first = await self._preflight(self.prompts.primer(0))  # the first primer
             calls = [first, *(self._call(self.prompts.primer(i)) for i in range(1, wanted))]
-        results = await asyncio.gather(*calls)
+        results = await asyncio.gather(*map(self._counted, calls))
         for res in results:
             if isinstance(res, BaseException):
                 self.prime_errors[error_kind(res)] += 1
             else:
                 self._opened(res)
         self.primed = wanted
+
+    async def _counted(
+        self, call: Awaitable[StreamResult | BaseException]
+    ) -> StreamResult | BaseException:
+        """A primer, counted when it ends (the display's connections opened so far)."""
+        try:
+            return await call
+        finally:
+            self.primers_done += 1
 
     def _opened(self, result: StreamResult) -> None:
         """Note the new connection `result` was sent on, if it was not a reused one."""
@@ -288,6 +308,7 @@ class Runner:
             await asyncio.sleep(delay)
         monitor = SelfCheckMonitor(self.worker, canary_url=self.canary_url)
         self.check = monitor.check
+        self.phase = "running"
         loop = asyncio.get_running_loop()
         tickers = [
             loop.create_task(self._report_progress()),
@@ -302,6 +323,8 @@ class Runner:
         finally:
             for ticker in tickers:
                 ticker.cancel()
+        self.phase = "done"
+        self._report()  # the final counts: a display never ends on a stale tick
         opened = sum(1 for t in self.opened_ns if t >= self.window_ns)
         return WorkerResult(
             self.worker,
@@ -503,6 +526,7 @@ class Runner:
                 sent_ns, pool_wait_ns = result.sent_ns, result.pool_wait_ns
         finally:
             self.inflight -= 1
+        self.ended["warm-up" if record.warmup else "done" if record.ok else "failed"] += 1
         # Schedule lag is the real send (the connection in hand, the request written next)
         # minus the intended one: a wait for a busy loop or for a pool connection is in it.
         record.lag_ms = (sent_ns - intended_ns) / 1e6
@@ -527,23 +551,45 @@ class Runner:
                 gc.collect(1)
 
     async def _report_progress(self) -> None:
-        if self.progress is None:
-            return
-        while True:
+        while self.progress is not None:
             await asyncio.sleep(PROGRESS_EVERY_S)
+            self._report()
+
+    def _report(self) -> None:
+        if self.progress is not None:
             self.progress(self.snapshot())
 
+    def _current_phase(self, now_ns: int) -> str:
+        """One of PHASES: priming and done are said; a running load's phase is its clock's."""
+        if self.phase != "running":
+            return self.phase
+        if now_ns < self.window_ns:
+            return "warm-up"
+        return "draining" if self.stop_ns and now_ns >= self.stop_ns else "measuring"
+
     def snapshot(self) -> dict[str, Any]:
-        """Live counters for the progress display (measured requests only)."""
-        done = [r for r in self.records if not r.warmup]
+        """Live counters for the progress display: plain data (it crosses processes) that
+        says its own load, so a display needs nothing else (a sweep's steps differ)."""
+        config = self.config
+        now = time.perf_counter_ns()
         ttft = sorted(self.recent_ttft)
         return {
             "worker": self.worker,
-            "done": sum(r.ok for r in done),
-            "failed": sum(not r.ok for r in done),
+            "label": config.label,
+            "phase": self._current_phase(now),
+            # From the measured window's start; negative during the warm-up, 0 before the run.
+            "elapsed_s": (now - self.window_ns) / 1e9 if self.window_ns else 0.0,
+            "done": self.ended["done"],
+            "failed": self.ended["failed"],
+            "warmup_done": self.ended["warm-up"],
             "inflight": self.inflight,
-            "elapsed_s": max(0.0, (time.perf_counter_ns() - self.window_ns) / 1e9),
+            "primed": self.primers_done,
+            "priming": self.priming,
             "ttft_p50_ms": ttft[len(ttft) // 2] if ttft else None,
+            "requests": config.requests,
+            "duration_s": config.duration_s,
+            "warmup_s": config.warmup_s,
+            "grace_s": config.grace_s,
         }
 
 

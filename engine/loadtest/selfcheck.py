@@ -11,14 +11,23 @@ iteration, while a stream's bytes wait behind every stream woken in the same ite
 under 2 ms. Open-loop runs spin briefly before each send to beat timer granularity; that
 spin is idle work, so it is reported and taken out of the busy figure. Requests that waited
 for a pool connection (`--max-connections` below the load) are the client's delay too.
+
+A late read is not always the client's fault. The verdict tells three causes apart: a client
+at its limit (its own CPU over 90 % of a core, or delays while it was busy: CLIENT-BOUND, add
+workers), a busy machine (delays while the client itself was nearly idle, or lightly used
+while other processes took a good share of the cores: `MachineWatch` reads /proc for the
+machine's and this run's own CPU; more workers would not help), and a failing server
+(failures answered at once keep any client busy: it is not judged).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
@@ -32,6 +41,17 @@ if TYPE_CHECKING:
 
 TICK_S = 0.005
 POOL_WAIT_MS = 1.0  # a measured request that waited longer than this for a connection
+# A delayed client using less than this share of a core is not at its limit: its delays are
+# the machine's (a busy 2-core machine: the client at 7-14 % of a core, loop lag high) ...
+QUIET_CLIENT_CPU = 0.25
+# ... and one using less than this, while other processes (and a hypervisor's steal) use
+# BUSY_MACHINE_SHARE of the machine's cores or more, is held off the CPU by them. From half a
+# core on, a client's own bursts delay its reads (one loop at 500 streams x 50 tokens/s, 36 %
+# busy, read 3-5 ms late at p99): that is CLIENT-BOUND whatever else runs.
+SHARED_CLIENT_CPU = 0.5
+BUSY_MACHINE_SHARE = 0.25
+SHOWN_CORES = 0.005  # a share of cores that rounds to 0.00 is not worth a word
+PROC = "/proc"
 
 
 @dataclass(slots=True)
@@ -134,9 +154,101 @@ class SelfCheckMonitor:
             self.check.canary_error = self._canary.error
 
 
+@dataclass(frozen=True, slots=True)
+class CpuTimes:
+    """CPU seconds used so far on this machine: by every process (user and system time, not
+    interrupts, where the run's own loopback traffic is handled), taken by the hypervisor
+    (steal), and by this process tree (the bench, its workers, the embedded mock, the
+    canary; reaped children included)."""
+
+    wall_s: float
+    busy_s: float
+    steal_s: float
+    ours_s: float
+
+
+def _tree_cpu_s(root: int, tick_s: float) -> float:
+    """CPU seconds of `root` and its descendants, each with the children it has reaped."""
+    children: dict[int, list[int]] = {}
+    used: dict[int, float] = {}
+    for entry in Path(PROC).iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_bytes()
+        except OSError:  # it ended while we looked
+            continue
+        fields = raw[raw.rfind(b")") + 2 :].split()  # after "pid (comm) "
+        pid = int(entry.name)
+        children.setdefault(int(fields[1]), []).append(pid)
+        used[pid] = sum(int(f) for f in fields[11:15]) * tick_s  # utime, stime, cutime, cstime
+    tree, frontier = {root}, [root]
+    while frontier:
+        for child in children.get(frontier.pop(), []):
+            if child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    return sum(used.get(pid, 0.0) for pid in tree)
+
+
+def cpu_times() -> CpuTimes | None:
+    """This moment's `CpuTimes`; None where there is no /proc (not Linux)."""
+    tick_s = 1 / os.sysconf("SC_CLK_TCK")
+    try:
+        with Path(PROC, "stat").open("rb") as file:
+            cpu = [int(v) for v in file.readline().split()[1:9]]
+        ours = _tree_cpu_s(os.getpid(), tick_s)
+    except (OSError, ValueError, IndexError):
+        return None
+    user, nice, system, _idle, _iowait, _irq, _softirq, steal = cpu
+    return CpuTimes(time.monotonic(), (user + nice + system) * tick_s, steal * tick_s, ours)
+
+
+class MachineWatch:
+    """The machine's CPU over a run, split into this run's processes and everyone else's."""
+
+    def __init__(self) -> None:
+        self._start: CpuTimes | None = None
+        self.share: dict[str, Any] | None = None
+
+    def start(self) -> None:
+        self._start = cpu_times()
+
+    def stop(self) -> None:
+        end = cpu_times()
+        start = self._start
+        if start is None or end is None or end.wall_s <= start.wall_s:
+            return
+        wall = end.wall_s - start.wall_s
+        ours = end.ours_s - start.ours_s
+        others = max(0.0, end.busy_s - start.busy_s - ours)
+        self.share = {
+            "cores": os.cpu_count() or 1,
+            "seconds": round(wall, 3),
+            "others_cores": round(others / wall, 3),  # every other process on the machine
+            "steal_cores": round((end.steal_s - start.steal_s) / wall, 3),  # the hypervisor's
+            "bench_cores": round(ours / wall, 3),  # bench, workers, embedded mock, canary
+        }
+
+
 def _pooled(checks: Sequence[ClientCheck], name: str) -> dict[str, float | int | None]:
     arrays = [np.asarray(getattr(c, name), dtype=np.float64) for c in checks]
     return stats(np.concatenate(arrays) if arrays else np.empty(0))
+
+
+def _busy_machine(machine: Mapping[str, Any] | None) -> str | None:
+    """How others used the machine, when that is a busy machine; None otherwise."""
+    if machine is None:
+        return None
+    others = machine["others_cores"] + machine["steal_cores"]
+    if others < BUSY_MACHINE_SHARE * machine["cores"]:
+        return None
+    stolen = machine["steal_cores"]
+    steal = f", {stolen:.2f} taken by the hypervisor" if stolen >= SHOWN_CORES else ""
+    return (
+        f"other processes used {machine['others_cores']:.2f} of the machine's "
+        f"{machine['cores']} cores{steal}"
+    )
 
 
 def verdict(
@@ -146,51 +258,77 @@ def verdict(
     read_delay_threshold_ms: float = 2.0,
     pool_wait_ms: Sequence[float] = (),
     server_failed: str | None = None,
+    machine: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report's client section: per worker figures, pooled read delay and loop lag, and
-    a plain verdict. `pool_wait_ms`: each measured request's wait for a pool connection;
-    `server_failed`: why the failures are the server's (then the client is not judged)."""
+    a plain verdict, its `state` one of ok, client-bound, busy-machine, server-failing.
+    `pool_wait_ms`: each measured request's wait for a pool connection; `server_failed`: why
+    the failures are the server's (then the client is not judged); `machine`: a
+    `MachineWatch` share (None: unknown, e.g. not Linux)."""
     lag_stats = _pooled(checks, "loop_lag_ms")
     delay_stats = _pooled(checks, "read_delay_ms")
-    reasons = [
+    busiest = max((c.busy_fraction for c in checks), default=0.0)
+    own = [
         f"worker {c.worker} used {c.busy_fraction:.0%} of a core"
         for c in checks
         if c.busy_fraction > cpu_threshold
     ]
+    delays = []
     delay_p99 = delay_stats["p99"]
     if delay_p99 is not None and delay_p99 > read_delay_threshold_ms:
-        reasons.append(
+        delays.append(
             f"client read delay p99 {delay_p99:.1f} ms > "
             f"{read_delay_threshold_ms:g} ms (canary stream)"
         )
     p99 = lag_stats["p99"]
     if p99 is not None and p99 > lag_threshold_ms:
-        reasons.append(f"event-loop lag p99 {p99:.1f} ms > {lag_threshold_ms:g} ms")
+        delays.append(f"event-loop lag p99 {p99:.1f} ms > {lag_threshold_ms:g} ms")
     waited = [ms for ms in pool_wait_ms if ms > POOL_WAIT_MS]
     if waited:
-        reasons.append(
+        own.append(
             f"{len(waited)} requests waited for a pool connection (up to "
             f"{max(waited):.0f} ms): raise --max-connections"
         )
+    others = _busy_machine(machine)
     if server_failed is not None:
-        reasons = []
-        text = f"client not judged: the failures are the server's ({server_failed})"
-    elif reasons:
+        state = "server-failing"
+        text = (
+            f"SERVER FAILING: {server_failed}. The client is not judged: failures answered "
+            "at once keep any client busy, and more workers would not help."
+        )
+    elif (
+        delays
+        and not own
+        and (busiest < QUIET_CLIENT_CPU or (others is not None and busiest < SHARED_CLIENT_CPU))
+    ):
+        state = "busy-machine"
+        held = others or "the machine held it off the CPU (another process, or the hypervisor)"
+        text = (
+            f"BUSY MACHINE: the client was delayed ({'; '.join(delays)}) while using only "
+            f"{busiest:.0%} of a core: {held}. Latencies include this machine's "
+            "scheduling delay; rerun on a quieter machine (more --workers would not help)."
+        )
+    elif own or delays:
+        state = "client-bound"
+        also = f"; {others} too" if others is not None else ""
         text = (
             "CLIENT-BOUND: the load generator was the bottleneck ("
-            + "; ".join(reasons)
-            + "); latencies include client delay. Add --workers or lower the load."
+            + "; ".join(own + delays)
+            + f"{also}); latencies include client delay. Add --workers or lower the load."
         )
     else:
+        state = "ok"
         text = (
             "client OK: the load generator kept up (read delay, CPU and loop lag under thresholds)"
         )
     return {
-        "bottleneck": bool(reasons),
+        "bottleneck": state == "client-bound",
+        "state": state,
         "verdict": text,
         "read_delay_ms": delay_stats,
         "loop_lag_ms": lag_stats,
-        "max_cpu_percent": round(max((c.busy_fraction for c in checks), default=0) * 100, 1),
+        "max_cpu_percent": round(busiest * 100, 1),
+        "machine": None if machine is None else dict(machine),
         "workers": [worker_facts(c) for c in checks],
     }
 

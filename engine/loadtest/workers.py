@@ -43,6 +43,7 @@ from engine.loadtest.interrupts import (
 from engine.loadtest.prompts import PromptSource
 from engine.loadtest.result import BenchResult, combine
 from engine.loadtest.runner import PRIME_LIMIT_S, Progress, Runner, WorkerResult
+from engine.loadtest.selfcheck import MachineWatch
 from engine.loadtest.shapes import sweep_rates
 from engine.redaction import secret_values
 from engine.runtime import end_with_parent, loop_factory
@@ -158,17 +159,23 @@ async def run_load(
     says why); before the load began it raises `Interrupted`."""
     stop = stop or Stop()
     config = await resolve_workers(config)
+    machine = MachineWatch()  # from the common start to the last record: the load's own time
     async with contextlib.AsyncExitStack() as stack:
         if config.canary and canary_url is None:
             canary_url = await _start_canary(stack)
         if config.workers == 1:
             async with Runner(config, progress=progress, canary_url=canary_url, stop=stop) as one:
                 await one.prime()
+                machine.start()
                 parts = [await one.run(time.perf_counter_ns() + int(START_MARGIN_S * 1e9))]
+                machine.stop()
         else:
-            parts = await asyncio.to_thread(run_processes, config, progress, canary_url, stop)
+            parts = await asyncio.to_thread(
+                run_processes, config, progress, canary_url, stop, machine
+            )
     result = combine(config, parts, config.label)
     result.halt = stop.halt or result.halt  # the command's reason, not the one it forwarded
+    result.machine = machine.share
     return result
 
 
@@ -208,10 +215,13 @@ def run_processes(
     progress: Progress | None,
     canary_url: str | None = None,
     stop: Stop | None = None,
+    machine: MachineWatch | None = None,
 ) -> list[WorkerResult]:
     """Spawn the workers, start them together, relay progress, collect their results.
-    A stop is forwarded to each worker as SIGTERM."""
+    A stop is forwarded to each worker as SIGTERM; `machine` watches from the start to the
+    last result (the workers still alive, so their CPU is theirs, not others')."""
     stop = stop or Stop()
+    machine = machine or MachineWatch()
     ctx = mp.get_context("spawn")
     n = config.workers
     pipes = [ctx.Pipe() for _ in range(n)]
@@ -240,9 +250,10 @@ def run_processes(
         with stop.listening(forward):
             deadline = time.monotonic() + READY_TIMEOUT_S
             for conn in conns:
-                _expect(conn, "ready", deadline - time.monotonic(), stop)
+                _expect(conn, "ready", deadline - time.monotonic(), stop, progress)
             if stop.halt is not None:
                 raise Interrupted(stop.halt)
+            machine.start()
             start_ns = time.perf_counter_ns() + int(START_MARGIN_S * 1e9)
             for conn in conns:
                 conn.send(("go", start_ns))
@@ -255,6 +266,7 @@ def run_processes(
                         progress(payload)
                     elif tag == "done":
                         results[payload.worker] = payload
+            machine.stop()
             return [results[i] for i in range(n)]
     finally:
         for conn in conns:  # a worker still waiting for "go" ends at once
@@ -285,12 +297,21 @@ def _recv(conn: Connection, stop: Stop) -> tuple[str, Any]:
     return tag, payload
 
 
-def _expect(conn: Connection, wanted: str, timeout_s: float, stop: Stop) -> None:
-    if not conn.poll(max(timeout_s, 0.0)):
-        raise WorkerFailed(f"a bench worker did not get {wanted} in time")
-    tag, _ = _recv(conn, stop)
-    if tag != wanted:
-        raise WorkerFailed(f"a bench worker said {tag!r}, expected {wanted!r}")
+def _expect(
+    conn: Connection, wanted: str, timeout_s: float, stop: Stop, progress: Progress | None = None
+) -> None:
+    """Wait for the worker's `wanted` message, relaying its progress (priming) meanwhile."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if not conn.poll(max(deadline - time.monotonic(), 0.0)):
+            raise WorkerFailed(f"a bench worker did not get {wanted} in time")
+        tag, payload = _recv(conn, stop)
+        if tag == wanted:
+            return
+        if tag != "progress":
+            raise WorkerFailed(f"a bench worker said {tag!r}, expected {wanted!r}")
+        if progress is not None:
+            progress(payload)
 
 
 def worker_main(

@@ -1,7 +1,9 @@
 """The mock's knobs: one frozen dataclass shared by the app, the runners and the CLI.
 
-Defaults here are the *test* defaults (as fast as possible, no faults); the CLI has its own
-realistic defaults (see `command.py`).
+`MockConfig`'s defaults are the *tests'* (as fast as possible, no faults). A person meets the
+mock with `SERVED`'s latency model instead, the same whether they start it alone
+(`stream-engine mock`) or bench starts it for them: one model, so a number seen in one is the
+number seen in the other.
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ CLOSE_MODES: tuple[CloseAfterResponse, ...] = ("no", "silent", "announced")
 # The chat delta field of reasoning tokens: llama.cpp and DeepSeek's, or vLLM's and Ollama's.
 ReasoningField = Literal["reasoning_content", "reasoning"]
 REASONING_FIELDS: tuple[ReasoningField, ...] = ("reasoning_content", "reasoning")
+
+
+# The mock as a person meets it: a served model's pace (the first token after 200 ms, then
+# 50 tokens/s) and answers of 128 tokens, for `stream-engine mock` and bench's embedded mock.
+SERVED_TTFT_MS = 200.0
+SERVED_ITL_MS = 20.0
+SERVED_OUTPUT_TOKENS = 128
 
 
 @dataclass(frozen=True, slots=True)

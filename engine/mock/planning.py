@@ -8,9 +8,13 @@ no natural trigger, by `x-mock-*` headers (`x-mock-output`, `x-mock-tool-calls`,
 `x-mock-reasoning-tokens`, `x-mock-reasoning-field`, `x-mock-reasoning-summary`,
 `x-mock-cached-tokens`, `x-mock-annotations`); the config sets defaults for reasoning.
 
-Length: the request's token limit caps the whole output, reasoning included (as OpenAI counts
-it), and sets a text answer's length exactly; a refusal or a tool call has its own length and
-is cut only by a smaller limit. A fault ending halves whatever the answer would have been.
+Length: the request's token limit is a cap on the whole output, reasoning included (as OpenAI
+counts it), never a length: a text answer ends at the mock's own length (`finish_reason: stop`)
+unless the cap is lower (`length`), as a model stops when its answer ends. A request that asks
+for its length, as vLLM takes it (`ignore_eos: true`, or `min_tokens` up to the cap), gets
+exactly the cap (`length`); `min_tokens` below the cap only lengthens a shorter answer. A
+refusal or a tool call has its own length and is cut only by a smaller cap. A fault ending
+halves whatever the answer would have been.
 """
 
 from __future__ import annotations
@@ -116,6 +120,43 @@ def token_limit(body: dict[str, Any], *names: str) -> int | None:
             raise BadRequest(f"Invalid '{name}': expected an integer >= 1.", name, "invalid_value")
         return value
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """What a request says about its answer's length: the cap (`max_output_tokens` and its
+    kin) and, as vLLM takes them, whether it asks for the length itself (`ignore_eos`, the
+    floor `min_tokens`)."""
+
+    cap: int | None = None
+    floor: int = 0
+    ignore_eos: bool = False
+
+    @classmethod
+    def of(cls, body: dict[str, Any], cap: int | None) -> Budget:
+        """The budget of `body` under `cap`; a bad `ignore_eos` or `min_tokens` is a 400."""
+        ignore_eos = body.get("ignore_eos", False)
+        if not isinstance(ignore_eos, bool):
+            raise BadRequest(
+                "Invalid 'ignore_eos': expected a boolean.", "ignore_eos", "invalid_value"
+            )
+        floor = body_int(body, "min_tokens", 0, 0, 1 << 31)
+        if cap is not None and floor > cap:  # vLLM refuses it too
+            raise BadRequest(
+                f"Invalid 'min_tokens': {floor} is more than the token limit {cap}.",
+                "min_tokens",
+                "invalid_value",
+            )
+        return cls(cap, floor, ignore_eos)
+
+    def length(self, natural: int) -> tuple[int, bool]:
+        """(tokens, whether the cap ended the answer) for an answer whose model would stop
+        after `natural` tokens. Without a cap, `ignore_eos` has nothing to reach."""
+        if self.cap is not None and (
+            self.ignore_eos or self.floor >= self.cap or natural > self.cap
+        ):
+            return self.cap, True
+        return max(natural, self.floor), False
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,9 +329,11 @@ def _cut(segments: list[Segment], keep: int) -> list[Segment]:
 
 
 def _choice(
-    config: MockConfig, asked: Asked, seed: int, limit: int | None, ending: str | None
+    config: MockConfig, asked: Asked, seed: int, budget: Budget, ending: str | None
 ) -> Choice:
     segments = [reasoning_segment(seed, asked.reasoning)] if asked.reasoning else []
+    limit = budget.cap
+    stopped = False
     if asked.output == "tool_calls":
         segments += [
             call_segment(name, parameters, seed, index, kind)
@@ -299,10 +342,8 @@ def _choice(
     elif asked.output == "refusal":
         segments.append(refusal_segment())
     else:
-        visible = (
-            max(0, limit - asked.reasoning) if limit is not None else config.output_length(seed)
-        )
-        tokens = generate_tokens(seed, visible)
+        length, stopped = budget.length(asked.reasoning + config.output_length(seed))
+        tokens = generate_tokens(seed, max(0, length - asked.reasoning))
         segments.append(
             audio_segment(tokens) if asked.output == "audio" else Segment.of_tokens("text", tokens)
         )
@@ -310,12 +351,12 @@ def _choice(
     keep = total if limit is None else min(total, limit)
     if ending is not None:
         keep //= 2  # the error / failure / cut-off arrives mid-answer
-    stopped = limit is not None and (asked.output in ("text", "audio") or total > limit)
+    stopped = stopped or (limit is not None and total > limit)
     return Choice(_cut(segments, keep), stopped)
 
 
 def _prompts(body: dict[str, Any], dialect: Dialect) -> tuple[list[str], int, int | None]:
-    """(the texts seeds derive from, one per prompt; input tokens; the token limit)."""
+    """(the texts seeds derive from, one per prompt; input tokens; the token cap)."""
     if dialect == "chat":
         texts = message_texts(body["messages"])
         return (
@@ -370,6 +411,7 @@ def plan(
 ) -> Generation:
     """The whole answer to `body` in `dialect`, with its accounting."""
     prompts, input_tokens, limit = _prompts(body, dialect)
+    budget = Budget.of(body, limit)
     asked = asked_parts(config, body, headers, dialect)
     request_seed = headers.get("x-mock-seed", body.get("seed"))
     seeds = [
@@ -382,7 +424,7 @@ def plan(
         model=body["model"],
         input_tokens=input_tokens,
         created=int(time.time()),
-        choices=[_choice(config, asked, seed, limit, ending) for seed in seeds],
+        choices=[_choice(config, asked, seed, budget, ending) for seed in seeds],
         ending=ending,
         max_output_tokens=limit,
         include_usage=isinstance(options, dict) and options.get("include_usage") is True,

@@ -156,8 +156,8 @@ def distribution(
     top = float(max(counts.max(), tail)) * 1.05
     for q, color in ((50, PURPLE), (99, RED)):
         value = float(np.percentile(data, q))
-        for col, height in ((1, top), (2, 1.0)):
-            vline(fig, value, height, f"p{q} {value:.1f} ms", color, 1, col, first=col == 1)
+        for col, height in ((1, top), (2, 1.0)):  # 2 decimals: the table's, the same number
+            vline(fig, value, height, f"p{q} {value:.2f} ms", color, 1, col, first=col == 1)
     if slo_ms is not None:
         within = float(np.mean(data <= slo_ms))
         vline(

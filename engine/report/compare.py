@@ -4,8 +4,7 @@ their judgement are engine/loadtest/compare.py's."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from rich.table import Table
 from rich.text import Text
@@ -13,22 +12,28 @@ from rich.text import Text
 from engine.loadtest.compare import CONFIDENCE, RESAMPLES
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from rich.console import Console
 
     from engine.loadtest.compare import Cell, Comparison, Metric, Report
 
 __all__ = [
     "change_text",
-    "column_names",
     "comparison_notes",
     "fmt",
+    "judgement",
     "legend",
     "print_report",
     "style_of",
     "verdict",
 ]
+
+Judgement = Literal["regression", "worse", "better", "noise"]
+STYLES: dict[Judgement, str] = {
+    "regression": "bold red",
+    "worse": "red",
+    "better": "green",
+    "noise": "dim",
+}
 
 
 def fmt(metric: Metric, value: float | None) -> str:
@@ -54,23 +59,24 @@ def change_text(metric: Metric, cell: Cell) -> str:
     return text + (" ?" if cell.significant is None else "")
 
 
-def style_of(metric: Metric, cell: Cell) -> str:
+def judgement(metric: Metric, cell: Cell) -> Judgement:
+    """A candidate's change in one word, for every view's colour: a regression, worse or
+    better outside the noise, or inside it (higher latency and failures are worse, lower
+    throughput is)."""
     if cell.regression:
-        return "bold red"
+        return "regression"
     if not cell.significant or cell.change_abs is None:
-        return "dim"
+        return "noise"
     worse = cell.change_abs > 0 if metric.kind in ("latency", "fraction") else cell.change_abs < 0
-    return "red" if worse else "green"
+    return "worse" if worse else "better"
 
 
-def column_names(files: Sequence[str]) -> list[str]:
-    """File names as column headers; whole paths where two names clash."""
-    names = [Path(f).name for f in files]
-    return list(files) if len(set(names)) < len(names) else names
+def style_of(metric: Metric, cell: Cell) -> str:
+    return STYLES[judgement(metric, cell)]
 
 
 def console_tables(report: Report) -> list[Table]:
-    names = column_names(report.files)
+    names = report.names
     tables = []
     for comp in report.comparisons:
         title = f"compare against {names[0]}" + (
@@ -107,16 +113,36 @@ def legend(report: Report) -> str:
     )
 
 
+def _changes(report: Report, wanted: Judgement) -> dict[str, list[str]]:
+    """Per candidate's name, its changes judged `wanted`: "TTFT p50 +95.1 %" (" at step 2")."""
+    found: dict[str, list[str]] = {}
+    for comp in report.comparisons:
+        step = f" at step {comp.position + 1}" if report.sweep else ""
+        for row in comp.rows:
+            for name, cell in zip(report.names[1:], row.cells[1:], strict=True):
+                if judgement(row.metric, cell) == wanted:
+                    change = change_text(row.metric, cell).split(" ", 2)
+                    found.setdefault(name, []).append(
+                        f"{row.metric.name} {change[0]} {change[1]}{step}"
+                    )
+    return found
+
+
 def verdict(report: Report) -> str:
-    found = report.regressions
-    if not found:
-        return f"no regression beyond {report.threshold_pct:g} % outside the noise"
-    where = "; ".join(
-        f"{r['name']} {r['change_pct']:+.1f} % ({Path(r['run']).name}"
-        + (f", step {r['position'] + 1})" if report.sweep else ")")
-        for r in found
-    )
-    return f"REGRESSION: {where}"
+    """One line naming each candidate, what regressed in it (or improved), and the baseline."""
+    base = report.names[0]
+    regressed = _changes(report, "regression")
+    if regressed:
+        return "REGRESSION: " + "; ".join(
+            f"{name} against {base}: {', '.join(changes)}" for name, changes in regressed.items()
+        )
+    better = _changes(report, "better")
+    said = f"no regression beyond {report.threshold_pct:g} % outside the noise against {base}"
+    if better:
+        said += "; better: " + "; ".join(
+            f"{name}: {', '.join(changes)}" for name, changes in better.items()
+        )
+    return said
 
 
 def comparison_notes(comp: Comparison) -> list[str]:

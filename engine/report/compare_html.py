@@ -10,27 +10,46 @@ from typing import TYPE_CHECKING
 
 from engine.report.compare import (
     change_text,
-    column_names,
     comparison_notes,
     fmt,
+    judgement,
     legend,
-    style_of,
     verdict,
 )
-from engine.report.figures import go, styled
+from engine.report.figures import GREEN, GREY, RED, go, styled
 from engine.report.page import Charts, page
 
 if TYPE_CHECKING:
     from engine.loadtest.compare import Comparison, Report
+    from engine.report.compare import Judgement
 
 __all__ = ["html_page"]
 
-CSS_CLASS = {"bold red": "bad", "red": "worse", "green": "better", "dim": "dim"}
+CSS_CLASS: dict[Judgement, str] = {
+    "regression": "bad",
+    "worse": "worse",
+    "better": "better",
+    "noise": "dim",
+}
+# The chart's bars in the table's colours: worse red, better green, inside the noise grey.
+BAR_COLOUR: dict[Judgement, str] = {
+    "regression": RED,
+    "worse": RED,
+    "better": GREEN,
+    "noise": GREY,
+}
+BAR_WORDS: dict[Judgement, str] = {
+    "regression": "regression",
+    "worse": "worse, outside the noise",
+    "better": "better, outside the noise",
+    "noise": "inside the noise",
+}
+PATTERNS = ("", "/", "x", ".", "-", "+")  # several candidates: told apart by their hatching
 
 
 def _html_table(report: Report, comp: Comparison) -> str:
     esc = html.escape
-    names = column_names(report.files)
+    names = report.names
     head = (
         "<tr><th>metric</th>"
         + "".join(
@@ -52,19 +71,22 @@ def _html_table(report: Report, comp: Comparison) -> str:
             )
             tds.append(f"<td>{fmt(metric, cell.value)}{ci}</td>")
             if i:
-                css = CSS_CLASS[style_of(metric, cell)]
+                css = CSS_CLASS[judgement(metric, cell)]
                 tds.append(f'<td class="{css}">{esc(change_text(metric, cell))}</td>')
         body.append("<tr>" + "".join(tds) + "</tr>")
     return f"<table>{head}{''.join(body)}</table>"
 
 
 def _chart(report: Report, comp: Comparison, charts: Charts) -> str:
-    """Bars of the candidates' changes in percent (fractions, in points, are left out), the
-    threshold drawn at plus and minus."""
+    """Bars of the candidates' changes in percent (fractions, in points, are left out), each
+    coloured by its judgement as the table is (worse red, better green, inside the noise
+    grey; a regression outlined), the threshold drawn at plus and minus."""
     rows = [row for row in comp.rows if row.metric.kind != "fraction"]
     fig = go.Figure()
-    for i, name in enumerate(column_names(report.files)[1:], start=1):
+    candidates = report.names[1:]
+    for i, name in enumerate(candidates, start=1):
         cells = [row.cells[i] for row in rows]
+        judged = [judgement(row.metric, c) for row, c in zip(rows, cells, strict=True)]
         fig.add_bar(
             name=html.escape(name),
             x=[row.metric.name for row in rows],
@@ -73,9 +95,22 @@ def _chart(report: Report, comp: Comparison, charts: Charts) -> str:
                 change_text(row.metric, c).replace(" REGRESSION", "")
                 for row, c in zip(rows, cells, strict=True)
             ],
-            marker_line_color=["#b00" if c.regression else "rgba(0,0,0,0)" for c in cells],
-            marker_line_width=3,
+            customdata=[BAR_WORDS[j] for j in judged],
+            hovertemplate=f"{html.escape(name)}: %{{x}} %{{y:+.1f}} %% (%{{customdata}})"
+            "<extra></extra>",
+            marker={
+                "color": [BAR_COLOUR[j] for j in judged],
+                "line": {
+                    "color": ["#222" if j == "regression" else "rgba(0,0,0,0)" for j in judged],
+                    "width": 2,
+                },
+                "pattern": {"shape": PATTERNS[(i - 1) % len(PATTERNS)]},
+            },
+            showlegend=len(candidates) > 1,
         )
+    key: tuple[Judgement, ...] = ("worse", "better", "noise")
+    for word in key:  # the colours' key, in the legend
+        fig.add_bar(x=[None], y=[None], name=BAR_WORDS[word], marker_color=BAR_COLOUR[word])
     for level in (report.threshold_pct, -report.threshold_pct):
         fig.add_hline(y=level, line_dash="dot", line_color="#999")
     styled(
@@ -83,7 +118,7 @@ def _chart(report: Report, comp: Comparison, charts: Charts) -> str:
         420,
         barmode="group",
         title={
-            "text": f"change against {html.escape(column_names(report.files)[0])} (%)",
+            "text": f"change against {html.escape(report.names[0])} (%)",
             "x": 0.01,
         },
     )
@@ -107,5 +142,9 @@ def html_page(report: Report) -> str:
     parts.extend(f'<p class="note">note: {esc(n)}</p>' for n in report.notes)
     css = "bad" if report.regressions else "better"
     parts.append(f'<p class="{css}">{esc(verdict(report))}</p>')
-    sub = f"baseline {report.files[0]}; candidates {', '.join(report.files[1:])}"
+    runs = [
+        f"{name} ({path})" if name != path else name
+        for name, path in zip(report.names, report.files, strict=True)
+    ]
+    sub = f"baseline {runs[0]}; candidates {', '.join(runs[1:])}"
     return page("stream-engine compare", sub, (), "".join(parts), charts)

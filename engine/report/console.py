@@ -1,4 +1,5 @@
-"""The bench's console: the summary (rich), the sweep's table and the live progress line.
+"""The bench's console: the summary (rich) and the sweep's table (the live display while the
+load runs is engine/report/progress.py).
 
 The console shows the client's self-check right under the latency table, because a TTFT
 measured by a saturated client is a number about the client.
@@ -6,20 +7,19 @@ measured by a saturated client is a number about the client.
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console, Group
-from rich.live import Live
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from engine.report.text import (
     COLUMNS,
     LATENCIES,
+    client_state,
     counts_text,
     error_example,
-    progress_text,
+    machine_text,
     reconnects_text,
     requests_text,
     retry_after_text,
@@ -31,9 +31,7 @@ from engine.report.text import (
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["LiveProgress", "LogProgress", "print_summary", "sweep_table"]
-
-LOG_EVERY_S = 5.0  # the progress line's period when stderr is a log, not a terminal
+__all__ = ["print_summary", "sweep_table"]
 
 
 def _ms(value: float | None) -> str:
@@ -81,8 +79,6 @@ def totals_table(doc: dict[str, Any]) -> Table:
                 ),
             )
         )
-    if doc["end_reasons"]:
-        rows.append(("end reasons", counts_text(doc["end_reasons"])))
     if doc["reconnects"]:
         rows.append(("reconnects", reconnects_text(doc)))
     if (waits := retry_after_text(doc)) is not None:
@@ -109,11 +105,14 @@ def client_text(doc: dict[str, Any]) -> Text:
         if delay["count"]
         else ""
     )
+    machine = machine_text(doc)
     line = (
         f"client self-check: {read}loop lag p50 {_ms(lag['p50'])} / p99 {_ms(lag['p99'])} "
-        f"/ max {_ms(lag['max'])} ms; CPU (busy, % of a core) {cpus}\n"
+        f"/ max {_ms(lag['max'])} ms; CPU (busy, % of a core) {cpus}"
+        + (f"; machine: {machine}" if machine else "")
+        + "\n"
     )
-    style = "bold red" if client["bottleneck"] else "green"
+    style = "bold red" if client_state(doc)[1] else "green"
     return Text(line) + Text(client["verdict"], style=style)
 
 
@@ -154,54 +153,6 @@ def sweep_table(docs: Sequence[dict[str, Any]]) -> Table:
             _ms(doc["e2e_ms"]["p99"]),
             str(doc["failed"]),
             "-" if good is None else f"{good['request_rate']:.2f}",
-            "BOUND" if doc["client"]["bottleneck"] else "ok",
+            client_state(doc)[0],
         )
     return table
-
-
-class LiveProgress:
-    """The progress line on a terminal, redrawn in place from every worker's snapshots."""
-
-    def __init__(self, console: Console, title: str = "bench") -> None:
-        self.console = console
-        self.title = title
-        self.latest: dict[int, dict[str, Any]] = {}
-        self.started = time.monotonic()
-        self._live = Live(self._render(), console=console, refresh_per_second=2, transient=True)
-
-    def __call__(self, snapshot: dict[str, Any]) -> None:
-        self.latest[snapshot["worker"]] = snapshot
-        self._live.update(self._render())
-
-    def _render(self) -> Group:
-        return Group(Text(progress_text(list(self.latest.values()), self.title)))
-
-    def __enter__(self) -> Self:
-        self._live.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._live.__exit__(None, None, None)
-
-
-class LogProgress:
-    """The progress line for a log, not a terminal: printed once the measured window has a
-    result (a script waiting for the load to measure reads it), then every LOG_EVERY_S."""
-
-    def __init__(self, console: Console, title: str = "bench") -> None:
-        self.console = console
-        self.title = title
-        self.latest: dict[int, dict[str, Any]] = {}
-        self._next_s = 0.0
-        self._last_s = 0.0
-
-    def __call__(self, snapshot: dict[str, Any]) -> None:
-        self.latest[snapshot["worker"]] = snapshot
-        elapsed = snapshot["elapsed_s"]
-        if elapsed < self._last_s:  # a sweep's next segment: its own clock
-            self._next_s = 0.0
-        self._last_s = elapsed
-        measured = sum(s["done"] + s["failed"] for s in self.latest.values())
-        if measured and elapsed >= self._next_s:
-            self.console.print(Text(progress_text(list(self.latest.values()), self.title)))
-            self._next_s = elapsed + LOG_EVERY_S

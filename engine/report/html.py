@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from engine.loadtest.config import OPEN_LOOP_ONLY
 from engine.loadtest.metrics import meets_slo, values
 from engine.loadtest.result import SATURATION_RULE, saturation_index
 from engine.report import charts
@@ -20,7 +21,9 @@ from engine.report.page import Charts, flatten, halves, kv, page
 from engine.report.text import (
     COLUMNS,
     LATENCIES,
+    client_state,
     counts_text,
+    machine_text,
     reconnects_text,
     requests_text,
     retry_after_text,
@@ -49,14 +52,15 @@ e = html.escape
 
 
 def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f} ms"
+    """Two decimals everywhere a latency is shown (cards, tables, legends): one number."""
+    return "-" if value is None else f"{value:.2f} ms"
 
 
 def _pair(row: Mapping[str, Any]) -> str:
     """p50 / p99 in one card."""
     if row["p50"] is None:
         return "-"
-    return f"{row['p50']:.1f} / {row['p99']:.1f} ms"
+    return f"{row['p50']:.2f} / {row['p99']:.2f} ms"
 
 
 def _shape(doc: dict[str, Any]) -> str:
@@ -74,11 +78,11 @@ def _shape(doc: dict[str, Any]) -> str:
 
 def _cards(doc: dict[str, Any]) -> str:
     good = doc.get("goodput")
-    client = doc["client"]
+    state, bad = client_state(doc)
     cards = [
         (
             "requests",
-            f"{doc['completed']} ok / {doc['failed']} failed",
+            f"{doc['completed']} completed / {doc['failed']} failed",
             "bad" if doc["failed"] else "",
         ),
         ("throughput", f"{doc['request_throughput']:.2f} req/s", ""),
@@ -90,13 +94,7 @@ def _cards(doc: dict[str, Any]) -> str:
     ]
     if good is not None:
         cards.append(("goodput", f"{good['request_rate']:.2f} req/s ({good['fraction']:.0%})", ""))
-    cards.append(
-        (
-            "client",
-            "CLIENT-BOUND" if client["bottleneck"] else "OK",
-            "bad" if client["bottleneck"] else "ok",
-        )
-    )
+    cards.append(("client", state, "bad" if bad else "ok"))
     return (
         '<div class="cards">'
         + "".join(
@@ -117,9 +115,8 @@ def _verdict(doc: dict[str, Any]) -> str:
         if halt
         else ""
     )
-    return stopped + (
-        f'<p class="verdict {"bad" if client["bottleneck"] else "ok"}">{e(client["verdict"])}</p>'
-    )
+    css = "bad" if client_state(doc)[1] else "ok"
+    return stopped + f'<p class="verdict {css}">{e(client["verdict"])}</p>'
 
 
 def _percentiles(doc: dict[str, Any]) -> str:
@@ -258,6 +255,8 @@ def _client(doc: dict[str, Any]) -> str:
             _ms(doc["schedule_lag_ms"][k]) for k in ("p50", "p99", "max")
         ),
     }
+    if (machine := machine_text(doc)) is not None:
+        facts["machine CPU"] = machine
     if "warmup" in doc:
         facts["warm-up"] = warmup_text(doc)
     return _verdict(doc) + kv(facts) + table
@@ -341,7 +340,7 @@ def _sweep(docs: Sequence[dict[str, Any]], charts_: Charts) -> str:
             ),
             str(doc["failed"]),
             "-" if good is None else f"{good['request_rate']:.2f}",
-            "BOUND" if doc["client"]["bottleneck"] else "ok",
+            client_state(doc)[0],
         ]
         mark = ' class="mark"' if i == point else ""
         rows.append(f"<tr{mark}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
@@ -359,9 +358,18 @@ def _sweep(docs: Sequence[dict[str, Any]], charts_: Charts) -> str:
     )
 
 
+def _settings(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings that shaped this run: a closed loop has no rate, arrival or burstiness."""
+    config = dict(doc["config"])
+    if doc["mode"] != "open":
+        for key in OPEN_LOOP_ONLY:
+            config.pop(key, None)
+    return config
+
+
 def _config(docs: Sequence[dict[str, Any]]) -> dict[str, str]:
     """One row per setting; a setting that differs between a sweep's runs lists each run's."""
-    flats = [flatten(doc["config"]) for doc in docs]
+    flats = [flatten(_settings(doc)) for doc in docs]
     rows: dict[str, str] = {}
     for key in dict.fromkeys(k for flat in flats for k in flat):
         seen = [flat.get(key, "-") for flat in flats]

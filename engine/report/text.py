@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 from engine.loadtest.result import SATURATION_RULE, saturation_index
+from engine.loadtest.selfcheck import SHOWN_CORES
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -49,9 +50,72 @@ def statuses_text(statuses: Mapping[str, int]) -> str:
     return ", ".join(f"{names[s]}: {n}" for s, n in statuses.items())
 
 
-def requests_text(doc: dict[str, Any]) -> str:
-    incomplete = f" ({doc['incomplete']} incomplete)" if doc["incomplete"] else ""
-    text = f"{doc['completed']} completed{incomplete}, {doc['failed']} failed"
+# The client's state (`client.state`) as a label; a document written before `state` existed
+# has only `bottleneck`.
+STATES = {
+    "ok": "OK",
+    "client-bound": "CLIENT-BOUND",
+    "busy-machine": "BUSY MACHINE",
+    "server-failing": "SERVER FAILING",
+}
+
+
+def client_state(doc: Mapping[str, Any]) -> tuple[str, bool]:
+    """The client check's label and whether it says the latencies are not the server's
+    alone (a bad state)."""
+    client = doc["client"]
+    state = client.get("state") or ("client-bound" if client["bottleneck"] else "ok")
+    return STATES[state], state != "ok"
+
+
+def machine_text(doc: Mapping[str, Any]) -> str | None:
+    """Who used the machine's CPU during the run (None: not measured, e.g. not Linux)."""
+    machine = doc["client"].get("machine")
+    if not machine:
+        return None
+    stolen = machine["steal_cores"]
+    steal = f", {stolen:.2f} stolen by the hypervisor" if stolen >= SHOWN_CORES else ""
+    return (
+        f"{machine['bench_cores']:.2f} of {machine['cores']} cores used by this run's processes, "
+        f"{machine['others_cores']:.2f} by others{steal}"
+    )
+
+
+END_WORDS = {
+    "stop": "ended by the model (stop)",
+    "length": "cut at the output cap (length)",
+    "tool_calls": "ended with tool calls",
+    "function_call": "ended with a function call",
+    "content_filter": "stopped by a content filter",
+    "none": "with no end reason from the server",
+}
+# The same, for answers that ended before the length the load asked for.
+SHORT_WORDS = END_WORDS | {
+    "stop": "stopped by the model short of it (stop)",
+    "length": "cut short of it (length)",
+}
+
+
+def ends_text(doc: Mapping[str, Any]) -> str:
+    """How the completed requests ended, in words that say whether that was asked for: "at
+    the requested length" when the load asked for it and got it, where the API's word
+    ("length", "incomplete") reads like a cut-off or a failure."""
+    asked = doc.get("requested_length")
+    words = SHORT_WORDS if asked else END_WORDS
+    ends = [
+        f"{n} {words.get(reason, f'ended: {reason}')}"
+        for reason, n in (asked["short"] if asked else doc["end_reasons"]).items()
+    ]
+    if asked:
+        ends.insert(0, f"{asked['reached']} at the requested length ({asked['tokens']} tokens)")
+    return ", ".join(ends)
+
+
+def requests_text(doc: Mapping[str, Any]) -> str:
+    """ "217 completed: 217 at the requested length (64 tokens); 0 failed"."""
+    ends = ends_text(doc) if doc["completed"] else ""
+    text = f"{doc['completed']} completed" + (f": {ends};" if ends else ",")
+    text += f" {doc['failed']} failed"
     if not doc["completed"] and not doc["failed"]:
         text += " (no request was sent in the measured window: see warm-up)"
     return text
@@ -115,19 +179,4 @@ def saturation_text(docs: Sequence[Mapping[str, Any]]) -> str:
     return (
         f"saturation point: {doc['label']} ({doc['request_throughput']:.2f} req/s, TTFT "
         f"p99 {doc['ttft_ms']['p99']:.1f} ms): {SATURATION_RULE}"
-    )
-
-
-def progress_text(snapshots: Sequence[dict[str, Any]], title: str = "bench") -> str:
-    """done / failed / in flight / rate / live TTFT p50, summed over workers' snapshots."""
-    done = sum(s["done"] for s in snapshots)
-    failed = sum(s["failed"] for s in snapshots)
-    inflight = sum(s["inflight"] for s in snapshots)
-    elapsed = max((s["elapsed_s"] for s in snapshots), default=0.0)
-    ttfts = [s["ttft_p50_ms"] for s in snapshots if s["ttft_p50_ms"] is not None]
-    rate = done / elapsed if elapsed > 0 else 0.0
-    ttft = f"{sorted(ttfts)[len(ttfts) // 2]:.1f} ms" if ttfts else "-"
-    return (
-        f"{title}: {elapsed:6.1f} s  done {done}  failed {failed}  in flight "
-        f"{inflight}  {rate:.1f} req/s  TTFT p50 {ttft}"
     )
