@@ -524,7 +524,7 @@ def _measure(
         )
         if said is not None:
             _line(console, said, style="yellow")
-        progress.stage("starting the load (workers, canary, the first request)")
+        progress.stage("starting the load")
         return run_async(_execute(config, None if args.quiet else progress, scraper, Stop()))
 
 
