@@ -23,7 +23,8 @@ from rich.console import Console
 from engine.config import COMMAND_TIMEOUTS
 from engine.loadtest import LoadConfig, run_load
 from engine.loadtest import runner as runner_module
-from engine.loadtest.runner import BENCH_MAX_EVENT_BYTES, _drop_frames
+from engine.loadtest.garbage import drop_frames
+from engine.loadtest.runner import BENCH_MAX_EVENT_BYTES
 from engine.report.console import print_summary
 from tests.helpers import bench_flags
 from tests.hostile import HostileServer
@@ -247,7 +248,7 @@ def test_a_failures_frames_are_freed_at_once_with_the_collector_off() -> None:
         assert tb is not None
         held = weakref.ref(tb.tb_frame.f_locals["chunk"])
         del tb, caught
-        _drop_frames(error)
+        drop_frames(error)
         assert (error.__traceback__, cause.__traceback__) == (None, None)
         assert held() is None  # freed by reference counting, no collection needed
     finally:

@@ -26,7 +26,6 @@ import contextlib
 import gc
 import math
 import time
-import traceback
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from typing import Any, Self
 from engine.client import Engine, RetryPolicy, StreamResult
 from engine.errors import EngineError
 from engine.loadtest.config import LoadConfig, split_evenly
+from engine.loadtest.garbage import bound_garbage, drop_frames
 from engine.loadtest.interrupts import (
     FailureWatch,
     Halt,
@@ -57,14 +57,6 @@ PHASES = ("priming", "warm-up", "measuring", "draining", "done")
 # characters of output) and what `run` keeps of one answer (about a million tokens).
 BENCH_MAX_EVENT_BYTES = 4 * 1024 * 1024
 BENCH_MAX_RESPONSE_CHARS = 4 * 1024 * 1024
-# With the cyclic collector off during a run (see Runner.run), cyclic garbage still has to go:
-# a failed request leaves exception -> traceback -> frame cycles (~40-100 objects; the frames'
-# locals, read chunks among them, `_drop_frames` frees at once). When the objects tracked
-# since the last collection pass this budget, the run collects the young ones once: a pause of
-# roughly 50-100 ms on a slow 2-core VM, every ~1,000 failed requests or tens of thousands of
-# healthy ones, instead of unbounded memory.
-GC_YOUNG_BUDGET = 100_000
-GC_CHECK_S = 0.5
 PRIME_HEADROOM = 1.5  # open loop: connections for 1.5x the expected requests in flight
 SPIN_CAP_NS = 10_000_000  # the adaptive spin never exceeds 10 ms per send
 LATE_DECAY = 0.99  # per sleep: one slow wake-up is forgotten after a few hundred sends
@@ -274,7 +266,7 @@ class Runner:
         # CPython's young generation grows to ~20,000 objects between collections (25-45 ms
         # pauses measured at 500 streams). Healthy streams make little cyclic garbage (~140
         # objects/s at 500 streams x 50 tokens/s, measured); reference counting frees the rest
-        # as it goes, failures are bounded by GC_YOUNG_BUDGET, and the collector is back on
+        # as it goes, failures are bounded by garbage.GC_YOUNG_BUDGET, and the collector is back on
         # (with the heap unfrozen) as soon as the run ends.
         enabled = gc.isenabled()
         gc.freeze()
@@ -312,7 +304,7 @@ class Runner:
         loop = asyncio.get_running_loop()
         tickers = [
             loop.create_task(self._report_progress()),
-            loop.create_task(self._bound_garbage()),
+            loop.create_task(bound_garbage()),
         ]
         try:
             async with monitor:
@@ -505,7 +497,7 @@ class Runner:
             record.e2e_ms = (now - intended_ns) / 1e6
             if (halt := self.watch.failure(exc, now)) is not None:
                 self._halt(halt)
-            _drop_frames(exc)
+            drop_frames(exc)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if not self.cut_off or task is None:
@@ -541,14 +533,6 @@ class Runner:
         grace = self.config.grace_s
         within = "" if grace is None else f" within {grace:g} s after the load's last send"
         return f"no end{within}: cut off when the run ended (--grace)"
-
-    @staticmethod
-    async def _bound_garbage() -> None:
-        """Collect the young generations once the run has added GC_YOUNG_BUDGET objects."""
-        while True:
-            await asyncio.sleep(GC_CHECK_S)
-            if gc.get_count()[0] >= GC_YOUNG_BUDGET:
-                gc.collect(1)
 
     async def _report_progress(self) -> None:
         while self.progress is not None:
@@ -591,23 +575,3 @@ class Runner:
             "warmup_s": config.warmup_s,
             "grace_s": config.grace_s,
         }
-
-
-def _drop_frames(exc: BaseException) -> None:
-    """Free what a failure's tracebacks hold, once the record has its strings.
-
-    With the cyclic collector off during a run, an exception's traceback keeps every frame it
-    passed through alive until the next collection, and their locals with them: read chunks
-    and a parser's pieces, ~350 KB a failure against a server that sends one endless line
-    (measured on uvloop), i.e. tens of MB per second of failures. Clearing the frames frees
-    those at once; the small cyclic rest waits for GC_YOUNG_BUDGET."""
-    stack: list[BaseException] = [exc]
-    seen: set[int] = set()
-    while stack:
-        error = stack.pop()
-        if id(error) in seen:
-            continue
-        seen.add(id(error))
-        traceback.clear_frames(error.__traceback__)  # skips the frames still running (ours)
-        error.__traceback__ = None
-        stack.extend(e for e in (error.__cause__, error.__context__) if e is not None)
