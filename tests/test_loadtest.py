@@ -27,11 +27,11 @@ from engine.loadtest import (
     LoadConfig,
     RequestRecord,
     combine,
+    garbage,
     merge,
     run_load,
     run_sweep,
 )
-from engine.loadtest import runner as runner_module
 from engine.loadtest.config import AUTO_WORKERS, Endpoint, parse_slo
 from engine.loadtest.metrics import meets_slo, stats, summarize
 from engine.loadtest.prompts import PromptSource, load_bodies
@@ -604,8 +604,8 @@ async def test_garbage_of_failing_requests_is_collected_within_a_budget(
 ) -> None:
     """With the collector off, failed requests' cyclic garbage (exception -> traceback ->
     frame) must still be bounded: the run collects the young objects past a budget."""
-    monkeypatch.setattr(runner_module, "GC_YOUNG_BUDGET", 3_000)
-    monkeypatch.setattr(runner_module, "GC_CHECK_S", 0.05)
+    monkeypatch.setattr(garbage, "GC_YOUNG_BUDGET", 3_000)
+    monkeypatch.setattr(garbage, "GC_CHECK_S", 0.05)
     started: list[tuple[int, bool]] = []
 
     def on_gc(phase: str, info: dict[str, int]) -> None:
