@@ -111,7 +111,7 @@ def _add_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = sub.add_parser(
         "compare",
         help="compare bench results (the first is the baseline)",
-        description="Compare `bench -o` JSON documents side by side: each "
+        description="Compare bench runs (their run folders or result files) side by side: each "
         "change against the first (the baseline), flagged when it is outside "
         "the runs' own noise (bootstrap intervals). Exit code 0: no regression; "
         "1: a regression beyond --threshold; 2: bad input.",
