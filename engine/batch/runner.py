@@ -177,6 +177,10 @@ class BatchRunner:
         self._turn = itertools.count()
         self._stopping = False  # an exception ended a record: the job is stopping
         self._held: list[tuple[Request, EngineError]] = []  # job-level failures, unwritten
+        self._dispatched = 0  # requests started so far
+        # Requests started by the time the first held failure came back: only a success of a
+        # later one shows the job works (an earlier one was under way before it failed).
+        self._held_mark = 0
         self._reserved: frozenset[str] = frozenset()
         self._bad_ids: set[str] = set()
 
@@ -269,8 +273,9 @@ class BatchRunner:
                         self.gate.release()
                         raise
                     opened = asyncio.Event() if first else None
+                    self._dispatched += 1
                     task = group.create_task(
-                        self._one(store, self._pick(), item, reservation, opened)
+                        self._one(store, self._pick(), item, reservation, opened, self._dispatched)
                     )
                     if opened is not None:
                         first = False
@@ -348,11 +353,12 @@ class BatchRunner:
         req: Request,
         reservation: Reservation | None,
         opened: asyncio.Event | None = None,
+        seq: int = 0,
     ) -> None:
         slot.active += 1
         self.summary.requests_by_endpoint[slot.label] += 1
         try:
-            await self._record(store, slot, req, reservation, opened)
+            await self._record(store, slot, req, reservation, opened, seq)
         except BaseException:
             # The job stops. The TaskGroup cancels the other tasks at its next step, but a task
             # whose first step is due before that would still send: `_send` checks this flag.
@@ -369,6 +375,7 @@ class BatchRunner:
         req: Request,
         reservation: Reservation | None,
         opened: asyncio.Event | None,
+        seq: int,
     ) -> None:
         """Send one request and append its record to the output or the errors file."""
         summary = self.summary
@@ -385,7 +392,8 @@ class BatchRunner:
             self._count_failure(exc)
         else:
             store.write_success(req.custom_id, result, req.digest)
-            self._write_held(store)  # the job works: the held failures were the records' own
+            if seq > self._held_mark:  # started after they failed: the job works
+                self._write_held(store)  # the held failures were the records' own
             summary.succeeded += 1
             summary.attempts += result.attempts
             usage = result.usage
@@ -405,6 +413,8 @@ class BatchRunner:
 
     def _hold(self, req: Request, exc: EngineError, failed: JobFailed, *, first: bool) -> None:
         """Keep a job-level failure unwritten; the first request's, or a burst, ends the job."""
+        if not self._held:
+            self._held_mark = self._dispatched
         self._held.append((req, exc))
         if first or len(self._held) >= JOB_BURST:
             held = len(self._held)
