@@ -176,7 +176,8 @@ class BatchRunner:
         self._slots: list[_Slot] = []
         self._turn = itertools.count()
         self._stopping = False  # an exception ended a record: the job is stopping
-        self._held: list[tuple[Request, EngineError]] = []  # job-level failures, unwritten
+        # Job-level failures, unwritten: (the endpoint it went to, the request, its error).
+        self._held: list[tuple[_Slot, Request, EngineError]] = []
         self._dispatched = 0  # requests started so far
         # Requests started by the time the first held failure came back: only a success of a
         # later one shows the job works (an earlier one was under way before it failed).
@@ -328,7 +329,7 @@ class BatchRunner:
             if opened is not None and not opened.is_set():
                 failed = job_failed(error, slot.engine.url_for(req.body, req.endpoint)[0])
                 if failed is not None:  # e.g. a refused connection: not worth the retries
-                    self._hold(req, error, failed, first=True)
+                    self._hold(slot, req, error, failed, first=True)
             if isinstance(error, RateLimitError):
                 self._rate_limited()  # every 429 is a signal, not only final ones
             summary.retries += 1
@@ -386,13 +387,15 @@ class BatchRunner:
         except EngineError as exc:  # a final answer; any other exception stops the job
             failed = job_failed(exc, slot.engine.url_for(req.body, req.endpoint)[0])
             if failed is not None:
-                self._hold(req, exc, failed, first=opened is not None)
+                self._hold(slot, req, exc, failed, first=opened is not None)
                 return
             store.write_failure(req.custom_id, exc, req.digest)
             self._count_failure(exc)
         else:
             store.write_success(req.custom_id, result, req.digest)
-            if seq > self._held_mark:  # started after they failed: the job works
+            # The job works if this request started after the held ones failed, or went to
+            # another endpoint (one bad key among several is those records' failure).
+            if seq > self._held_mark or any(s is not slot for s, _, _ in self._held):
                 self._write_held(store)  # the held failures were the records' own
             summary.succeeded += 1
             summary.attempts += result.attempts
@@ -411,11 +414,13 @@ class BatchRunner:
         if isinstance(exc, RateLimitError):
             self._rate_limited()  # any other failure says nothing about the rate limit
 
-    def _hold(self, req: Request, exc: EngineError, failed: JobFailed, *, first: bool) -> None:
+    def _hold(
+        self, slot: _Slot, req: Request, exc: EngineError, failed: JobFailed, *, first: bool
+    ) -> None:
         """Keep a job-level failure unwritten; the first request's, or a burst, ends the job."""
         if not self._held:
             self._held_mark = self._dispatched
-        self._held.append((req, exc))
+        self._held.append((slot, req, exc))
         if first or len(self._held) >= JOB_BURST:
             held = len(self._held)
             failed.message += (
@@ -428,7 +433,7 @@ class BatchRunner:
 
     def _write_held(self, store: ResultStore) -> None:
         held, self._held = self._held, []
-        for req, exc in held:
+        for _, req, exc in held:
             store.write_failure(req.custom_id, exc, req.digest)
             self._count_failure(exc)
 
