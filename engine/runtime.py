@@ -25,8 +25,6 @@ if TYPE_CHECKING:
 __all__ = [
     "PARENT_PID_ENV",
     "end_with_parent",
-    "env_api_key",
-    "env_base_url",
     "loop_factory",
     "raise_open_files_limit",
     "require_ray",
@@ -76,16 +74,6 @@ def require_ray(flag: str = "--ray") -> None:
     """Fail with a clear message, before any work, when the `ray` extra is missing."""
     if importlib.util.find_spec("ray") is None:
         raise ConfigError(f"{flag} needs the ray extra: pip install 'stream-engine[ray]'")
-
-
-def env_base_url() -> str | None:
-    """`OPENAI_BASE_URL`, the convention every OpenAI client follows (None when unset)."""
-    return os.environ.get("OPENAI_BASE_URL") or None
-
-
-def env_api_key() -> str | None:
-    """`OPENAI_API_KEY` (None when unset). Prefer it to a flag: argv shows in `ps`."""
-    return os.environ.get("OPENAI_API_KEY") or None
 
 
 def start_ready_process(

@@ -42,11 +42,11 @@ from engine.batch.inputs import BadLine, InputScan, Request, Shard, iter_lines, 
 from engine.batch.store import INVALID_REQUEST, ResultStore, read_state
 from engine.batch.summary import BatchSummary
 from engine.client import DEFAULT_BASE_URL, Engine, RetryPolicy, StreamResult, Timeouts
+from engine.config import env_api_key, env_base_url
 from engine.errors import ConfigError, EngineError, JobFailed, RateLimitError
 from engine.limits import AdaptiveConcurrency, RateLimiter, Reservation
 from engine.network import NetworkOptions
 from engine.preflight import job_failed, wait_open
-from engine.runtime import env_api_key, env_base_url
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Self
 
 from engine.client import Engine, RetryPolicy, StreamResult
+from engine.config import env_api_key
 from engine.errors import EngineError
 from engine.loadtest.config import LoadConfig, split_evenly
 from engine.loadtest.garbage import bound_garbage, drop_frames
@@ -48,7 +49,6 @@ from engine.loadtest.selfcheck import ClientCheck, SelfCheckMonitor
 from engine.loadtest.shapes import open_schedule
 from engine.preflight import wait_open
 from engine.redaction import secret_values, url_credentials
-from engine.runtime import env_api_key
 
 PROGRESS_EVERY_S = 0.5
 # A worker's phases in order; a snapshot says which one it is in (`Runner.snapshot`).
