@@ -32,7 +32,7 @@ from engine.errors import (
     StreamError,
     snippet,
 )
-from engine.sse import MAX_EVENT_BYTES, SSEMessage, SSEParser
+from engine.sse import MAX_EVENT_BYTES, FlatSSEParser, SSEMessage
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
@@ -696,9 +696,9 @@ class EventDecoder:
         """The stream has said its last word: a terminal event, or [DONE]."""
         return self.done or self.terminal is not None
 
-    def parser(self, max_event_bytes: int = MAX_EVENT_BYTES) -> SSEParser[bytes | str | None]:
+    def parser(self, max_event_bytes: int = MAX_EVENT_BYTES) -> FlatSSEParser:
         """An SSE parser whose messages come as one flat list, ready for `scan`."""
-        return SSEParser(max_event_bytes, factory=None)
+        return FlatSSEParser(max_event_bytes)
 
     def decode(
         self, messages: Sequence[SSEMessage | StreamEvent], received_ns: int
@@ -731,6 +731,15 @@ class EventDecoder:
             return messages
         passing, looked = _flat.split(messages, plain)
         return passing + self._look(looked, received_ns)
+
+    def first_token(self, events: Flat, received_ns: int) -> bool:
+        """Whether a chunk (what `scan` returned) holds a token of any kind (text, reasoning,
+        a tool call): the reader's TTFT. The events it had to build stay in the chunk."""
+        for i, event in enumerate(events_of(events, received_ns)):
+            _flat.put(events, i, event)  # built: the consumer takes it as it is
+            if event.has_token:
+                return True
+        return False
 
     def _look(self, messages: Flat, received_ns: int) -> Flat:
         """The events from the first one that needs a look (a terminal, [DONE], untyped)."""
