@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Generic
 
 from engine.errors import ProtocolError
 
-if sys.version_info >= (3, 13):
+if sys.version_info >= (3, 13):  # pragma: no cover - the suite runs on 3.11 (pyproject)
     from typing import TypeVar
 else:
     from typing_extensions import TypeVar  # a TypeVar with a default (PEP 696)
@@ -101,7 +101,6 @@ class SSEParser(Generic[M]):
     __slots__ = (
         "_at_start",
         "_counted",
-        "_counted_list",
         "_data",
         "_event",
         "_factory",
@@ -137,7 +136,6 @@ class SSEParser(Generic[M]):
         self._event: str | None = None
         self._pending: list[bytes] = []
         self._pending_bytes = 0
-        self._counted_list: list[bytes] | None = None
         self._counted = (0, 0)  # (items of _data already sized, their bytes)
         self._offset = 0
         self._at_start = True
@@ -204,7 +202,7 @@ class SSEParser(Generic[M]):
                         out += (raw, name, last_id)  # type: ignore[arg-type] # flat, see above
                     else:
                         out.append(factory(raw, name, last_id))
-                    data = []
+                    data.clear()  # one list for the stream: raw holds what it needs
                 event = None
             elif line[:6] == b"data: ":
                 data.append(line[6:])
@@ -222,8 +220,9 @@ class SSEParser(Generic[M]):
                     continue
                 event = self._field(line, data, event)
                 last_id = self.last_event_id  # an `id:` field may have changed it
-        self._data = data
         self._event = event
+        if out:  # an event was dispatched: the sizes counted were of its lines
+            self._counted = (0, 0)
         if tail:
             self._pending.append(tail)
             self._pending_bytes = len(tail)
@@ -273,9 +272,6 @@ class SSEParser(Generic[M]):
     def _check_size(self) -> None:
         """Enforce the cap on one event: data lines so far plus the unfinished line."""
         data = self._data
-        if self._counted_list is not data:
-            self._counted_list = data
-            self._counted = (0, 0)
         items, size = self._counted
         if items < len(data):
             # Each line counts as sent, with its `data: ` and line end (7 bytes): a flood of

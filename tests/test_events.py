@@ -763,3 +763,15 @@ def test_a_call_announced_with_its_name_is_a_token(item: object, named: bool) ->
             item["name"],
             item["type"],
         )
+
+
+def test_first_token_builds_events_up_to_the_first_token_and_leaves_them_in_the_chunk() -> None:
+    decoder = EventDecoder()
+    created = {"type": "response.created", "response": {"id": "r"}}
+    empty = {**DELTA, "delta": ""}
+    items = decoder.scan(decoder.parser().feed(typed(created) + typed(empty) + typed(DELTA)), 4)
+    assert not decoder.first_token(items[:6], 4)  # no token in the first two events
+    assert decoder.first_token(items, 4)
+    built = [item for item in items[::3] if isinstance(item, StreamEvent)]
+    assert [e.type for e in built] == [created["type"], DELTA["type"], DELTA["type"]]
+    assert [e.text_delta for e in events_of(items, 4)][1:] == ["", "Hi"]
