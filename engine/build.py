@@ -5,7 +5,7 @@ Python headers. The extension modules land beside their sources (engine/*.so, wi
 library `engine/_hot__mypyc*.so`) with a manifest of the sources' hashes, so an editable
 install picks them up; `stream-engine --version` then says `compiled: yes`. Each file is built
 in a temporary directory and moved into place: a process that has the old build loaded keeps
-its copy. The same function builds the wheels (hatch_build.py).
+its copy. `compile_to` builds the wheels' copies (hatch_build.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 from engine._compiled import HERE, HOT, MANIFEST, extension_modules, manifest, source
 
-__all__ = ["GROUP", "build", "clean", "extensions", "main"]
+__all__ = ["GROUP", "build", "clean", "compile_to", "extensions", "main"]
 
 GROUP = "engine._hot"  # the shared library: engine/_hot__mypyc.<abi>.so
 ROOT = HERE.parent
@@ -51,8 +51,9 @@ def clean() -> list[Path]:
     return removed
 
 
-def build(root: Path = ROOT, opt_level: str = "3") -> list[Path]:
-    """Compile the hot modules and move them beside their sources; returns what was placed."""
+def compile_to(out: Path, root: Path = ROOT, opt_level: str = "3") -> list[Path]:
+    """Compile the hot modules into `out` (`out/engine/*.so` and the manifest); returns the
+    files, for `build` to place beside their sources or a wheel to carry (hatch_build.py)."""
     from setuptools import Distribution  # noqa: PLC0415 - a build-time dependency
 
     hashes = manifest()  # of the sources compiled, read before the build starts
@@ -61,7 +62,7 @@ def build(root: Path = ROOT, opt_level: str = "3") -> list[Path]:
         os.chdir(root)  # mypyc reads ./pyproject.toml
         try:
             exts = extensions(root, Path(tmp, "c"), opt_level)
-            args = ["build_ext", "-b", str(Path(tmp, "lib")), "-t", str(Path(tmp, "temp"))]
+            args = ["build_ext", "-b", str(out), "-t", str(Path(tmp, "temp"))]
             dist = Distribution(
                 {"name": "stream-engine-hot", "ext_modules": exts, "script_args": args}
             )
@@ -69,19 +70,25 @@ def build(root: Path = ROOT, opt_level: str = "3") -> list[Path]:
             dist.run_commands()
         finally:
             os.chdir(cwd)
-        built = sorted(Path(tmp, "lib").rglob("*.so")) + sorted(Path(tmp, "lib").rglob("*.pyd"))
+    built = sorted(p for p in (out / "engine").iterdir() if p.name.endswith((".so", ".pyd")))
+    record = {"sources": hashes, "python": sys.version.split()[0]}
+    (out / "engine" / MANIFEST).write_text(json.dumps(record, indent=1) + "\n")
+    return [*built, out / "engine" / MANIFEST]
+
+
+def build(root: Path = ROOT, opt_level: str = "3") -> list[Path]:
+    """Compile the hot modules and move them beside their sources; returns what was placed."""
+    with tempfile.TemporaryDirectory(prefix="stream-engine-out-") as tmp:
+        built = compile_to(Path(tmp), root, opt_level)
         clean()  # a module no longer compiled leaves nothing behind
         placed = []
         for path in built:
-            target = root / path.relative_to(Path(tmp, "lib"))
+            target = HERE / path.name
             fresh = target.with_name(target.name + ".new")
             shutil.copy2(path, fresh)
             fresh.replace(target)  # a new inode: a process running the old one keeps it
             placed.append(target)
-    (HERE / MANIFEST).write_text(
-        json.dumps({"sources": hashes, "python": sys.version.split()[0]}, indent=1) + "\n"
-    )
-    return [*placed, HERE / MANIFEST]
+    return placed
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -707,7 +707,7 @@ class EventDecoder:
         """Stamp, type and check the messages of one chunk (`SSEMessage`s, or events);
         drops `[DONE]`."""
         flat = _flat.flatten(
-            (m.raw, m.event if isinstance(m, SSEMessage) else m.type, m.id) for m in messages
+            [(m.raw, m.event if isinstance(m, SSEMessage) else m.type, m.id) for m in messages]
         )
         return list(events_of(self.scan(flat, received_ns), received_ns))
 
