@@ -17,7 +17,7 @@ content filter ended it) is a result, not an error, as chat's `finish_reason: "l
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import Enum, StrEnum
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -146,6 +146,16 @@ class Delta:
     part: int = 0
     call_type: str | None = None
 
+    def __reduce__(self) -> tuple[type[Delta], tuple[Any, ...]]:
+        return (Delta, _field_values(self))  # see SSEMessage.__reduce__
+
+
+def _field_values(obj: Any) -> tuple[Any, ...]:
+    """A dataclass's fields in order: its constructor's arguments, for `__reduce__`. Compiled
+    (mypyc), unpickling and `copy` otherwise call the class with no argument, then set the
+    fields, which a frozen dataclass refuses (docs/compiled.md)."""
+    return tuple(getattr(obj, f.name) for f in fields(obj))
+
 
 class _Sentinel(Enum):
     NOT_JSON = "not a JSON object"
@@ -254,6 +264,12 @@ class StreamEvent:
 
     def __repr__(self) -> str:
         return f"<StreamEvent {self.type} at {self.received_ns} ns: {snippet(self.raw, 60)}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled and copied whole (its decoded data and deltas too), alike compiled and not
+        (compiled, the default would call the class with no argument)."""
+        state = (self.decoded, self.cached_delta, self.cached_deltas)
+        return (_rebuilt_event, (self.raw, self.type, self.id, self.received_ns, *state))
 
     @property
     def data(self) -> dict[str, Any]:
@@ -414,6 +430,23 @@ class StreamEvent:
         return {"type": self.type, "received_ns": self.received_ns, "data": self.data}
 
 
+def _rebuilt_event(
+    raw: bytes,
+    typ: str,
+    id_: str | None,
+    received_ns: int,
+    decoded: Any,
+    cached_delta: str | Literal[_Sentinel.UNSET] | None,
+    cached_deltas: tuple[Delta, ...] | None,
+) -> StreamEvent:
+    """A StreamEvent from what `StreamEvent.__reduce__` kept."""
+    event = StreamEvent(raw, typ, id_, received_ns)
+    event.decoded = decoded
+    event.cached_delta = cached_delta
+    event.cached_deltas = cached_deltas
+    return event
+
+
 # How a stream ended, in both vocabularies: chat's finish_reason and the Responses
 # incomplete_details.reason (OpenAI's own mapping: "length" is "max_output_tokens").
 _INCOMPLETE_BY_FINISH = {"length": "max_output_tokens", "content_filter": "content_filter"}
@@ -428,6 +461,9 @@ class Ending:
     status: str = "completed"
     incomplete_reason: str | None = None
     finish_reason: str | None = None
+
+    def __reduce__(self) -> tuple[type[Ending], tuple[Any, ...]]:
+        return (Ending, _field_values(self))  # see Delta
 
     @classmethod
     def from_finish(cls, finish_reason: str | None) -> Ending:

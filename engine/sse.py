@@ -74,6 +74,11 @@ class SSEMessage:
         self.event = event
         self.id = id
 
+    def __reduce__(self) -> tuple[type[SSEMessage], tuple[bytes, str, str | None]]:
+        # Pickled (and copied) by its arguments: compiled, the default would call the class
+        # with none (see docs/compiled.md).
+        return (SSEMessage, (self.raw, self.event, self.id))
+
     @property
     def data(self) -> str:
         """The data buffer as text; invalid UTF-8 becomes U+FFFD, as the spec decodes."""

@@ -6,10 +6,12 @@ The whole suite runs twice in CI, once on each path; these tests hold on either.
 
 from __future__ import annotations
 
+import copy
 import importlib.machinery
 import itertools
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -172,3 +174,43 @@ def test_compiled_and_pure_parsers_agree(atoms: list[bytes], cuts: list[int], fl
     edges = sorted({0, len(raw), *(c for c in cuts if c < len(raw))})
     chunks = [raw[a:b] for a, b in itertools.pairwise(edges)]
     assert _messages(engine.sse, chunks, flat=flat) == _messages(PURE_SSE, chunks, flat=flat)
+
+
+def _samples(events: object, sse: object, handlers: object) -> list[object]:
+    event = events.StreamEvent(b'{"type":"x","delta":"hi"}', "response.output_text.delta", "7", 9)  # type: ignore[attr-defined]
+    _ = event.text_delta, event.data  # cached and decoded: kept through a copy
+    return [
+        sse.SSEMessage(b"a", "e", "1"),  # type: ignore[attr-defined]
+        events.Delta("tool_call", "{", 1, call_index=0, name="f"),  # type: ignore[attr-defined]
+        events.Ending("incomplete", "max_output_tokens", "length"),  # type: ignore[attr-defined]
+        events.Usage(1, 2, 3),  # type: ignore[attr-defined]
+        event,
+        handlers.Callback(print, types=["a"]),  # type: ignore[attr-defined]
+    ]
+
+
+def _view(obj: object) -> object:
+    """What a copy must keep (StreamEvent and Callback have no __eq__)."""
+    if type(obj).__name__ == "StreamEvent":
+        return (obj.raw, obj.type, obj.id, obj.received_ns, obj.decoded, obj.text_delta)  # type: ignore[attr-defined]
+    if type(obj).__name__ == "Callback":
+        return (obj.fn, obj.types, obj.kinds, obj.is_async)  # type: ignore[attr-defined]
+    return obj
+
+
+def test_values_pickle_and_copy_alike_on_both_paths() -> None:
+    """Compiled, unpickling calls a class with no argument: the ones that need arguments say
+    how they are rebuilt (`__reduce__`), so pickle and copy behave as on the pure path. Pickle
+    finds a class by its module's name, so it runs on the loaded modules only (the suite's
+    pure run covers the other path); copies run on both."""
+    pure = _compiled.load_sources("engine.events", "engine.sse", "engine.handlers")
+    loaded = (engine.events, engine.sse, engine.handlers)
+    sources = (pure["engine.events"], pure["engine.sse"], pure["engine.handlers"])
+    for modules in (loaded, sources):
+        for obj in _samples(*modules):
+            copies = [copy.copy(obj), copy.deepcopy(obj)]
+            if modules is loaded:
+                copies.append(pickle.loads(pickle.dumps(obj)))  # noqa: S301 - our own bytes
+            for copied in copies:
+                assert type(copied) is type(obj)
+                assert _view(copied) == _view(obj)
