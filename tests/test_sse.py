@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -456,3 +459,8 @@ def test_flat_parser_is_the_factory_none_form() -> None:
     raw = b'event: e\nid: 7\ndata: a\n\nerror: {"m":1}\n'
     assert FlatSSEParser(100).feed(raw) == SSEParser(100, factory=None).feed(raw)
     assert FlatSSEParser(100).feed(raw) == [b"a", "e", "7", b'{"m":1}', "error", "7"]
+
+
+def test_a_message_pickles_and_copies() -> None:
+    message = SSEMessage(b"a", "e", "1")
+    assert pickle.loads(pickle.dumps(message)) == message == copy.copy(message)  # noqa: S301
