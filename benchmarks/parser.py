@@ -9,6 +9,10 @@ Contestants, each fed the same chunks in the same process and run, round-robin:
                  `data: ` lines and dispatching on blank lines (the naive client's parser)
   engine-events  (separate line, not a parser) the engine's own parser output (flat),
                  `EventDecoder.decode` and `text_delta` of every event: what a handler gets
+  engine-pure, engine-events-pure  the same two from the .py sources, in the same process
+                 (`engine._compiled.load_sources`): when the hot path is compiled
+                 (`python -m engine.build`), `engine` is the compiled one and both paths are
+                 timed side by side; with no build the pair is the same code twice
 
 Streams: Responses and Chat Completions of N text deltas as the mock renders them, LF and
 CRLF, one event per chunk and 64 KiB chunks. Every contestant must find the same number of
@@ -39,33 +43,47 @@ from openai._streaming import SSEDecoder as OpenAISSEDecoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import chunked, stream_events, summary
-from engine import _flat
+from engine import COMPILED, _compiled, _flat
 from engine.events import EventDecoder, events_of
 from engine.sse import SSEParser
+
+_PURE = _compiled.load_sources("engine.sse", "engine.events")
 
 # A contestant parses the stream `passes` times and returns (events, text) of one pass.
 Contestant = Callable[[list[bytes], int], tuple[int, str | None]]
 PARSERS = ("engine", "httpx-sse", "openai", "aiohttp-lines")
 EVENTS_LINE = "engine-events"
-CONTESTANTS = (*PARSERS, EVENTS_LINE)
+PURE_LINES = ("engine-pure", "engine-events-pure")  # the .py sources, beside what is loaded
+CONTESTANTS = (*PARSERS, EVENTS_LINE, *PURE_LINES)
 TARGET_PASS_EVENTS = 20_000  # events per timed repetition, so one repetition is ~10+ ms
 
 
-def run_engine(chunks: list[bytes], passes: int) -> tuple[int, str | None]:
+def run_engine(
+    chunks: list[bytes], passes: int, parser: type[SSEParser] = SSEParser
+) -> tuple[int, str | None]:
     count = 0
     for _ in range(passes):
-        feed = SSEParser().feed
+        feed = parser().feed
         count = 0
         for chunk in chunks:
             count += len(feed(chunk))
     return count, None
 
 
-def run_engine_events(chunks: list[bytes], passes: int) -> tuple[int, str | None]:
+def run_engine_pure(chunks: list[bytes], passes: int) -> tuple[int, str | None]:
+    return run_engine(chunks, passes, _PURE["engine.sse"].SSEParser)
+
+
+def run_engine_events(
+    chunks: list[bytes],
+    passes: int,
+    decoders: type[EventDecoder] = EventDecoder,
+    events_of: Callable[..., Any] = events_of,
+) -> tuple[int, str | None]:
     count = 0
     parts: list[str] = []
     for _ in range(passes):
-        decoder = EventDecoder()
+        decoder = decoders()
         feed, scan = decoder.parser().feed, decoder.scan
         count, parts = 0, []
         for chunk in chunks:
@@ -77,6 +95,11 @@ def run_engine_events(chunks: list[bytes], passes: int) -> tuple[int, str | None
                     if delta:
                         parts.append(delta)
     return count, "".join(parts)
+
+
+def run_engine_events_pure(chunks: list[bytes], passes: int) -> tuple[int, str | None]:
+    pure = _PURE["engine.events"]
+    return run_engine_events(chunks, passes, pure.EventDecoder, pure.events_of)
 
 
 def run_httpx_sse(chunks: list[bytes], passes: int) -> tuple[int, str | None]:
@@ -141,6 +164,8 @@ def contestants() -> dict[str, Contestant]:
         "openai": run_openai,
         "aiohttp-lines": make_aiohttp_lines(),
         EVENTS_LINE: run_engine_events,
+        "engine-pure": run_engine_pure,
+        "engine-events-pure": run_engine_events_pure,
     }
 
 
@@ -210,11 +235,21 @@ def run(deltas: int = 500, repeats: int = 15) -> dict[str, Any]:
             }
             for who in PARSERS[1:]
         }
+    for case in cases:
+        res = case["results"]
+        case["pure_over_compiled"] = {
+            line: {
+                stat: round(res[pure]["us_per_event"][stat] / res[line]["us_per_event"][stat], 2)
+                for stat in ("min", "median")
+            }
+            for line, pure in (("engine", "engine-pure"), (EVENTS_LINE, "engine-events-pure"))
+        }
     by_name = {c["case"]: c["results"]["engine"]["us_per_event"] for c in cases}
     lf, crlf = by_name["responses-lf-64KiB-chunks"], by_name["responses-crlf-64KiB-chunks"]
     return {
         "deltas_per_stream": deltas,
         "repeats": repeats,
+        "compiled": COMPILED,  # `engine` (and engine-events) ran compiled
         "contestants": list(CONTESTANTS),
         "cases": cases,
         "budget": {

@@ -4,7 +4,10 @@ The mock endpoint runs in its own process (`MockProcess`); every client run is a
 subprocess of this file (`--child CLIENT`), so its CPU is measured alone (`process_time()`
 inside the client process) and no client's imports or allocations touch another's. Clients:
 
-  engine-stream  `Engine.stream(body)` + `TextCollector` per event (the budget's figure)
+  engine-stream  `Engine.stream(body)` + `TextCollector` per event (the budget's figure);
+                 compiled when a build of the hot path is there (`python -m engine.build`)
+  engine-stream-pure  the same, STREAM_ENGINE_PURE_PYTHON=1 (figure "cpu" only): both paths
+                 side by side in one run (the same code twice when nothing is built)
   engine-run     `Engine.run(body, handlers=[TextCollector()])`
   openai         `AsyncOpenAI(...).responses.create(stream=True)`, text from delta events
   httpx-sse      httpx + `aconnect_sse` + `orjson.loads` of every event
@@ -45,6 +48,9 @@ from engine.mock import MockConfig, MockProcess
 
 CLIENTS = ("engine-stream", "engine-run", "openai", "httpx-sse", "aiohttp-naive", "floor")
 ENGINE = "engine-stream"
+PURE = "-pure"  # a client's name with this suffix runs the engine as pure Python
+ENGINE_PURE = ENGINE + PURE
+CPU_CLIENTS = (ENGINE, ENGINE_PURE, *CLIENTS[1:])
 NAIVE = "aiohttp-naive"
 DELTA = "response.output_text.delta"
 BODY = {"model": "mock-model", "input": "bench"}
@@ -84,7 +90,7 @@ async def engine_client(name: str, url: str, limit: int) -> AsyncIterator[Stream
             result = await engine.run(BODY, handlers=[TextCollector()])
             return result.events, len(result.token_times_ns), result.first_token_ns
 
-        yield stream if name == ENGINE else run
+        yield stream if name.removesuffix(PURE) == ENGINE else run
 
 
 @contextlib.asynccontextmanager
@@ -266,6 +272,7 @@ async def child_main(args: argparse.Namespace) -> dict[str, Any]:
         ru1 = resource.getrusage(resource.RUSAGE_SELF)
     out: dict[str, Any] = {
         "client": args.child,
+        "compiled": _engine_compiled() if args.child.startswith("engine") else None,
         "streams": args.streams,
         "events": tally.events,
         "tokens": tally.tokens,
@@ -286,6 +293,12 @@ async def child_main(args: argparse.Namespace) -> dict[str, Any]:
         pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(25)
         out["profile"] = text.getvalue()
     return out
+
+
+def _engine_compiled() -> bool:
+    import engine  # noqa: PLC0415 - loaded by the client already
+
+    return engine.COMPILED
 
 
 # --- the parent side -------------------------------------------------------------------------
@@ -330,8 +343,11 @@ def run_child(
     ]
     if profile:
         argv.append("--profile")
+    env = os.environ.copy()
+    if client.endswith(PURE):
+        env["STREAM_ENGINE_PURE_PYTHON"] = "1"
     try:
-        proc = subprocess.run(argv, capture_output=True, timeout=timeout_s, check=False)
+        proc = subprocess.run(argv, capture_output=True, timeout=timeout_s, check=False, env=env)
     except subprocess.TimeoutExpired:
         return {"client": client, "timed_out": True, "timeout_s": timeout_s}
     if proc.returncode != 0:
@@ -344,7 +360,7 @@ def run_child(
 
 
 def cpu_figure(
-    clients: tuple[str, ...] = CLIENTS,
+    clients: tuple[str, ...] = CPU_CLIENTS,
     *,
     streams: int = 50,
     tokens: int = 500,
@@ -378,6 +394,7 @@ def cpu_figure(
             "server_us_per_event": summary([r["server_cpu_s"] / r["events"] * 1e6 for r in good])
             if good
             else None,
+            "compiled": next((r["compiled"] for r in good), None),
             "events": sum(r["events"] for r in good),
             "streams_ok": sum(r["ok"] for r in good),
             "streams_failed": sum(r.get("failed", 0) for r in good),
@@ -425,9 +442,18 @@ def cpu_ratios(per_client: dict[str, Any]) -> dict[str, Any]:
         share = {s: round(mine[s] / naive[s], 3) for s in ("min", "median")}
         ratios["budget"]["engine_over_naive"] = {
             "limit": 0.4,
+            "compiled": per_client[ENGINE].get("compiled"),
             **share,
             "holds": share["min"] <= 0.4,
         }
+        pure = per_client.get(ENGINE_PURE, {}).get("us_per_event")
+        if pure:
+            share = {s: round(pure[s] / naive[s], 3) for s in ("min", "median")}
+            ratios["budget"]["engine_pure_over_naive"] = {
+                "limit": 0.4,
+                **share,
+                "holds": share["min"] <= 0.4,
+            }
     return ratios
 
 
@@ -515,7 +541,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--figure", choices=["cpu", "ttft", "all"], default="all")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
-    parser.add_argument("--child", choices=CLIENTS, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=CPU_CLIENTS, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--streams", type=int, default=50, help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, default=0.0, help=argparse.SUPPRESS)

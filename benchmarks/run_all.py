@@ -42,6 +42,10 @@ COLORS = {
     "engine": "#d62728",
     "aiohttp-lines": "#9467bd",
     "engine-events": "#ff9896",
+    # the same engine as pure Python (STREAM_ENGINE_PURE_PYTHON), beside the compiled one
+    "engine-stream-pure": "#e377c2",
+    "engine-pure": "#e377c2",
+    "engine-events-pure": "#f7b6d2",
 }
 
 

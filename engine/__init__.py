@@ -6,7 +6,8 @@ Importing the library never changes the event loop policy; the CLI chooses uvloo
 from importlib.metadata import PackageNotFoundError as _NotInstalled
 from importlib.metadata import version as _version
 
-from engine import errors
+# `_compiled` first: it decides, before any hot module loads, whether the compiled build is used.
+from engine import _compiled, errors
 from engine.assembly import Choice, ToolCall
 from engine.client import Engine, RetryPolicy, StreamResult, Timeouts
 from engine.errors import (
@@ -53,7 +54,10 @@ try:
 except _NotInstalled:  # pragma: no cover - running from a source tree not installed
     __version__ = "0.0.0"
 
+COMPILED = _compiled.compiled()  # the hot path runs as C (mypyc); see engine/_compiled.py
+
 __all__ = [
+    "COMPILED",
     "APIStatusError",
     "AuthenticationError",
     "BadRequestError",

@@ -21,7 +21,6 @@ import aiohttp
 import orjson
 from aiohttp.http_exceptions import HttpProcessingError
 
-from engine import _flat
 from engine.chunks import END, ChunkQueue
 from engine.content_encoding import inflater_for
 from engine.errors import (
@@ -36,11 +35,10 @@ from engine.errors import (
     TotalTimeout,
     TransportError,
 )
-from engine.events import Dialect, EventDecoder, events_of
+from engine.events import Dialect, EventDecoder
 from engine.redaction import redact, redact_bytes
 
 if TYPE_CHECKING:
-    from engine._flat import Flat
     from engine.transport import Exchange
 
 __all__ = ["Attempt"]
@@ -168,8 +166,8 @@ class Attempt:
                 self.last_ns = now
                 events = decoder.scan(messages, now)
                 if events:
-                    if self.first_token_ns is None:
-                        self._find_first_token(events, now)
+                    if self.first_token_ns is None and decoder.first_token(events, now):
+                        self.first_token_ns = now
                     if queue.full():
                         self.blocked = True
                         await queue.put((now, events))
@@ -215,15 +213,6 @@ class Attempt:
                     pass
         except (TimeoutError, aiohttp.ClientError):
             resp.close()
-
-    def _find_first_token(self, events: Flat, received_ns: int) -> None:
-        """Look for the first token of any kind (text, reasoning, a tool call); the events
-        it built stay in the batch."""
-        for i, ev in enumerate(events_of(events, received_ns)):
-            _flat.put(events, i, ev)  # built: the consumer takes it as it is
-            if ev.has_token:
-                self.first_token_ns = received_ns
-                return
 
     # --- the watchdog ----------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ content filter ended it) is a result, not an error, as chat's `finish_reason: "l
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import Enum, StrEnum
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -32,7 +32,7 @@ from engine.errors import (
     StreamError,
     snippet,
 )
-from engine.sse import MAX_EVENT_BYTES, SSEMessage, SSEParser
+from engine.sse import MAX_EVENT_BYTES, FlatSSEParser, SSEMessage
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
@@ -109,8 +109,9 @@ _DONE = b"[DONE]"
 # of duplicate keys where a JSON decoder takes the last, so a corrupt stream could end in
 # silent success. No validator cheaper than orjson was found (a regex costs ~4x, splitting at
 # quotes ~1x).
-_loads = orjson.loads
-_JSONDecodeError = orjson.JSONDecodeError
+# Final: compiled (mypyc), a static rather than a lookup in the module's dict per call.
+_loads: Final = orjson.loads
+_JSONDecodeError: Final = orjson.JSONDecodeError
 
 
 class Dialect(StrEnum):
@@ -144,6 +145,16 @@ class Delta:
     logprobs: list[Any] | None = None
     part: int = 0
     call_type: str | None = None
+
+    def __reduce__(self) -> tuple[type[Delta], tuple[Any, ...]]:
+        return (Delta, _field_values(self))  # see SSEMessage.__reduce__
+
+
+def _field_values(obj: Any) -> tuple[Any, ...]:
+    """A dataclass's fields in order: its constructor's arguments, for `__reduce__`. Compiled
+    (mypyc), unpickling and `copy` otherwise call the class with no argument, then set the
+    fields, which a frozen dataclass refuses (docs/compiled.md)."""
+    return tuple(getattr(obj, f.name) for f in fields(obj))
 
 
 class _Sentinel(Enum):
@@ -253,6 +264,12 @@ class StreamEvent:
 
     def __repr__(self) -> str:
         return f"<StreamEvent {self.type} at {self.received_ns} ns: {snippet(self.raw, 60)}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled and copied whole (its decoded data and deltas too), alike compiled and not
+        (compiled, the default would call the class with no argument)."""
+        state = (self.decoded, self.cached_delta, self.cached_deltas)
+        return (_rebuilt_event, (self.raw, self.type, self.id, self.received_ns, *state))
 
     @property
     def data(self) -> dict[str, Any]:
@@ -413,6 +430,23 @@ class StreamEvent:
         return {"type": self.type, "received_ns": self.received_ns, "data": self.data}
 
 
+def _rebuilt_event(
+    raw: bytes,
+    typ: str,
+    id_: str | None,
+    received_ns: int,
+    decoded: Any,
+    cached_delta: str | Literal[_Sentinel.UNSET] | None,
+    cached_deltas: tuple[Delta, ...] | None,
+) -> StreamEvent:
+    """A StreamEvent from what `StreamEvent.__reduce__` kept."""
+    event = StreamEvent(raw, typ, id_, received_ns)
+    event.decoded = decoded
+    event.cached_delta = cached_delta
+    event.cached_deltas = cached_deltas
+    return event
+
+
 # How a stream ended, in both vocabularies: chat's finish_reason and the Responses
 # incomplete_details.reason (OpenAI's own mapping: "length" is "max_output_tokens").
 _INCOMPLETE_BY_FINISH = {"length": "max_output_tokens", "content_filter": "content_filter"}
@@ -427,6 +461,9 @@ class Ending:
     status: str = "completed"
     incomplete_reason: str | None = None
     finish_reason: str | None = None
+
+    def __reduce__(self) -> tuple[type[Ending], tuple[Any, ...]]:
+        return (Ending, _field_values(self))  # see Delta
 
     @classmethod
     def from_finish(cls, finish_reason: str | None) -> Ending:
@@ -696,9 +733,9 @@ class EventDecoder:
         """The stream has said its last word: a terminal event, or [DONE]."""
         return self.done or self.terminal is not None
 
-    def parser(self, max_event_bytes: int = MAX_EVENT_BYTES) -> SSEParser[bytes | str | None]:
+    def parser(self, max_event_bytes: int = MAX_EVENT_BYTES) -> FlatSSEParser:
         """An SSE parser whose messages come as one flat list, ready for `scan`."""
-        return SSEParser(max_event_bytes, factory=None)
+        return FlatSSEParser(max_event_bytes)
 
     def decode(
         self, messages: Sequence[SSEMessage | StreamEvent], received_ns: int
@@ -706,7 +743,7 @@ class EventDecoder:
         """Stamp, type and check the messages of one chunk (`SSEMessage`s, or events);
         drops `[DONE]`."""
         flat = _flat.flatten(
-            (m.raw, m.event if isinstance(m, SSEMessage) else m.type, m.id) for m in messages
+            [(m.raw, m.event if isinstance(m, SSEMessage) else m.type, m.id) for m in messages]
         )
         return list(events_of(self.scan(flat, received_ns), received_ns))
 
@@ -731,6 +768,15 @@ class EventDecoder:
             return messages
         passing, looked = _flat.split(messages, plain)
         return passing + self._look(looked, received_ns)
+
+    def first_token(self, events: Flat, received_ns: int) -> bool:
+        """Whether a chunk (what `scan` returned) holds a token of any kind (text, reasoning,
+        a tool call): the reader's TTFT. The events it had to build stay in the chunk."""
+        for i, event in enumerate(events_of(events, received_ns)):
+            _flat.put(events, i, event)  # built: the consumer takes it as it is
+            if event.has_token:
+                return True
+        return False
 
     def _look(self, messages: Flat, received_ns: int) -> Flat:
         """The events from the first one that needs a look (a terminal, [DONE], untyped)."""

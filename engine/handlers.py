@@ -128,6 +128,10 @@ class Callback:
         self.kinds = frozenset(kinds) if kinds is not None else None
         self.is_async = inspect.iscoroutinefunction(fn)
 
+    def __reduce__(self) -> tuple[type[Callback], tuple[Any, ...]]:
+        # By its arguments: compiled (mypyc), the default would call the class with none.
+        return (Callback, (self.fn, self.types, self.kinds))
+
     def __call__(self, event: StreamEvent) -> Any:
         if self.types is not None and event.type not in self.types:
             return None

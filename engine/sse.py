@@ -19,15 +19,21 @@ joined once, not re-copied per chunk.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic
 
 from engine.errors import ProtocolError
+
+if sys.version_info >= (3, 13):  # pragma: no cover - the suite runs on 3.11 (pyproject)
+    from typing import TypeVar
+else:
+    from typing_extensions import TypeVar  # a TypeVar with a default (PEP 696)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["MAX_EVENT_BYTES", "MAX_RETRY_MS", "SSEMessage", "SSEParser"]
+__all__ = ["MAX_EVENT_BYTES", "MAX_RETRY_MS", "FlatSSEParser", "SSEMessage", "SSEParser"]
 
 MAX_EVENT_BYTES = 16 * 1024 * 1024
 _BOM = b"\xef\xbb\xbf"
@@ -53,13 +59,25 @@ def _event_name(line: bytes) -> str:
     return name
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class SSEMessage:
     """One dispatched event. `raw` is the data buffer as bytes (lines joined by LF)."""
 
     raw: bytes
-    event: str = "message"
-    id: str | None = None
+    event: str
+    id: str | None
+
+    # Written out, not generated: mypyc compiles a dataclass's generated __init__ as a call
+    # into the interpreter (~0.1 us per message); this one it compiles to C.
+    def __init__(self, raw: bytes, event: str = "message", id: str | None = None) -> None:  # noqa: A002
+        self.raw = raw
+        self.event = event
+        self.id = id
+
+    def __reduce__(self) -> tuple[type[SSEMessage], tuple[bytes, str, str | None]]:
+        # Pickled (and copied) by its arguments: compiled, the default would call the class
+        # with none (see docs/compiled.md).
+        return (SSEMessage, (self.raw, self.event, self.id))
 
     @property
     def data(self) -> str:
@@ -67,7 +85,7 @@ class SSEMessage:
         return self.raw.decode("utf-8", "replace")
 
 
-M = TypeVar("M")
+M = TypeVar("M", default=SSEMessage)
 
 
 class SSEParser(Generic[M]):
@@ -77,13 +95,17 @@ class SSEParser(Generic[M]):
     one flat list, three items per message: `[raw, event, id, raw, event, id, ...]`. The
     engine's reader asks for that: bytes and strings are no work for the cyclic garbage
     collector, while an object per message, waiting in a queue for its consumer, is counted,
-    traversed and promoted by it (see `engine.events.EventDecoder`).
+    traversed and promoted by it (see `engine.events.EventDecoder`). `FlatSSEParser` is that
+    parser, typed as such.
+
+    One `__init__`, no overloads: mypyc builds a class whose `__init__` is overloaded with a
+    constructor that takes no argument (and the C does not compile). `SSEParser()` is typed
+    `SSEParser[SSEMessage]` by M's default, `SSEParser(factory=f)` by `f`'s return type.
     """
 
     __slots__ = (
         "_at_start",
         "_counted",
-        "_counted_list",
         "_data",
         "_event",
         "_factory",
@@ -100,27 +122,16 @@ class SSEParser(Generic[M]):
         "retry",
     )
 
-    @overload
-    def __init__(self: SSEParser[SSEMessage], max_event_bytes: int = ...) -> None: ...
-    @overload
-    def __init__(
-        self: SSEParser[bytes | str | None], max_event_bytes: int = ..., *, factory: None
-    ) -> None: ...
-    @overload
-    def __init__(
-        self: SSEParser[M],
-        max_event_bytes: int = ...,
-        *,
-        factory: Callable[[bytes, str, str | None], M],
-    ) -> None: ...
     def __init__(
         self,
         max_event_bytes: int = MAX_EVENT_BYTES,
         *,
-        factory: Callable[[bytes, str, str | None], Any] | None = SSEMessage,
+        # The default's type is M's default (SSEMessage); mypy checks a default against every
+        # M, hence the ignore. `factory=None` (the flat layout) is typed by FlatSSEParser.
+        factory: Callable[[bytes, str, str | None], M] = SSEMessage,  # type: ignore[assignment]
     ) -> None:
         self.max_event_bytes = max_event_bytes
-        self._factory = factory
+        self._factory: Callable[[bytes, str, str | None], Any] | None = factory
         self.last_event_id: str | None = None
         self.retry: int | None = None
         self.closed = False
@@ -130,7 +141,6 @@ class SSEParser(Generic[M]):
         self._event: str | None = None
         self._pending: list[bytes] = []
         self._pending_bytes = 0
-        self._counted_list: list[bytes] | None = None
         self._counted = (0, 0)  # (items of _data already sized, their bytes)
         self._offset = 0
         self._at_start = True
@@ -197,7 +207,7 @@ class SSEParser(Generic[M]):
                         out += (raw, name, last_id)  # type: ignore[arg-type] # flat, see above
                     else:
                         out.append(factory(raw, name, last_id))
-                    data = []
+                    data.clear()  # one list for the stream: raw holds what it needs
                 event = None
             elif line[:6] == b"data: ":
                 data.append(line[6:])
@@ -215,8 +225,9 @@ class SSEParser(Generic[M]):
                     continue
                 event = self._field(line, data, event)
                 last_id = self.last_event_id  # an `id:` field may have changed it
-        self._data = data
         self._event = event
+        if out:  # an event was dispatched: the sizes counted were of its lines
+            self._counted = (0, 0)
         if tail:
             self._pending.append(tail)
             self._pending_bytes = len(tail)
@@ -266,9 +277,6 @@ class SSEParser(Generic[M]):
     def _check_size(self) -> None:
         """Enforce the cap on one event: data lines so far plus the unfinished line."""
         data = self._data
-        if self._counted_list is not data:
-            self._counted_list = data
-            self._counted = (0, 0)
         items, size = self._counted
         if items < len(data):
             # Each line counts as sent, with its `data: ` and line end (7 bytes): a flood of
@@ -287,3 +295,14 @@ class SSEParser(Generic[M]):
             self._pending.clear()
             self._pending_bytes = 0
             raise self._failed
+
+
+class FlatSSEParser(SSEParser[bytes | str | None]):
+    """`SSEParser(max_event_bytes, factory=None)`, typed: `feed` returns the flat layout,
+    `[raw, event, id, ...]` (see `SSEParser`)."""
+
+    __slots__ = ()
+
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        super().__init__(max_event_bytes)
+        self._factory = None

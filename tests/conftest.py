@@ -9,10 +9,16 @@ from typing import Any
 import pytest
 import uvloop
 
+import engine
 from engine.mock import MockConfig, MockServerThread
 
 FAST = MockConfig(ttft_ms=0.0, itl_ms=0.0, output_tokens=16)
 TEST_API_KEY = "sk-test-key"
+
+
+def pytest_report_header() -> str:
+    """Which hot path the suite runs on: CI runs it once compiled, once pure."""
+    return f"stream-engine hot path: {'compiled' if engine.COMPILED else 'pure Python'}"
 
 
 def pytest_asyncio_loop_factories(

@@ -15,7 +15,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = {"engine-stream", "engine-run", "openai", "httpx-sse", "aiohttp-naive", "floor"}
-PARSERS = {"engine", "httpx-sse", "openai", "aiohttp-lines", "engine-events"}
+CPU_CLIENTS = CLIENTS | {"engine-stream-pure"}  # both paths of the hot path, side by side
+ENGINE_LINES = {"engine", "engine-events", "engine-pure", "engine-events-pure"}
+PARSERS = {"httpx-sse", "openai", "aiohttp-lines"} | ENGINE_LINES
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -60,7 +62,8 @@ def test_parser_figures(quick_run: tuple[dict, Path]) -> None:
         for res in case["results"].values():
             assert res["us_per_event"]["min"] > 0
             assert res["mb_per_s_at_min"] > 0
-        assert set(case["ratios_vs_engine"]) == PARSERS - {"engine", "engine-events"}
+        assert set(case["ratios_vs_engine"]) == PARSERS - ENGINE_LINES
+        assert set(case["pure_over_compiled"]) == {"engine", "engine-events"}
     assert set(parser["budget"]) == {"lf_coalesced_us_per_event", "crlf_coalesced_us_per_event"}
 
 
@@ -68,14 +71,19 @@ def test_parser_figures(quick_run: tuple[dict, Path]) -> None:
 @pytest.mark.timeout(320)
 def test_pipeline_cpu_figures(quick_run: tuple[dict, Path]) -> None:
     cpu = quick_run[0]["pipeline_cpu"]
-    assert set(cpu["clients"]) == CLIENTS
+    assert set(cpu["clients"]) == CPU_CLIENTS
+    assert cpu["clients"]["engine-stream-pure"]["compiled"] is False
     for client, res in cpu["clients"].items():
         assert res["us_per_event"] is not None, (client, res["errors"])
         assert res["events_per_s"]["median"] > 0
         assert res["streams_failed"] == 0, (client, res["errors"])
         assert res["tokens_exact"], client
-    assert set(cpu["ratios"]) == (CLIENTS - {"engine-stream"}) | {"budget"}
-    assert set(cpu["ratios"]["budget"]) == {"engine_us_per_event", "engine_over_naive"}
+    assert set(cpu["ratios"]) == (CPU_CLIENTS - {"engine-stream"}) | {"budget"}
+    assert set(cpu["ratios"]["budget"]) == {
+        "engine_us_per_event",
+        "engine_over_naive",
+        "engine_pure_over_naive",
+    }
 
 
 @pytest.mark.slow

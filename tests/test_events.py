@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import orjson
 import pytest
 
@@ -763,3 +766,32 @@ def test_a_call_announced_with_its_name_is_a_token(item: object, named: bool) ->
             item["name"],
             item["type"],
         )
+
+
+def test_first_token_builds_events_up_to_the_first_token_and_leaves_them_in_the_chunk() -> None:
+    decoder = EventDecoder()
+    created = {"type": "response.created", "response": {"id": "r"}}
+    empty = {**DELTA, "delta": ""}
+    items = decoder.scan(decoder.parser().feed(typed(created) + typed(empty) + typed(DELTA)), 4)
+    assert not decoder.first_token(items[:6], 4)  # no token in the first two events
+    assert decoder.first_token(items, 4)
+    built = [item for item in items[::3] if isinstance(item, StreamEvent)]
+    assert [e.type for e in built] == [created["type"], DELTA["type"], DELTA["type"]]
+    assert [e.text_delta for e in events_of(items, 4)][1:] == ["", "Hi"]
+
+
+def test_events_and_values_pickle_and_copy_whole() -> None:
+    event = StreamEvent(typed(DELTA).split(b"data: ")[1].strip(), DELTA["type"], "7", 9)
+    assert event.text_delta == "Hi"
+    _ = event.data
+    for copied in (pickle.loads(pickle.dumps(event)), copy.deepcopy(event)):  # noqa: S301
+        assert (copied.raw, copied.type, copied.id, copied.received_ns) == (
+            event.raw,
+            DELTA["type"],
+            "7",
+            9,
+        )
+        assert copied.decoded == event.decoded
+        assert copied.cached_delta == "Hi"
+    for value in (Delta("text", "a", 2, part=1), Ending("incomplete", "content_filter")):
+        assert pickle.loads(pickle.dumps(value)) == value == copy.copy(value)  # noqa: S301

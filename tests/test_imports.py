@@ -18,7 +18,9 @@ NO_IO = {"asyncio", "aiohttp", "socket", "selectors", "uvloop"}
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "_flat": set(),
-    "sse": {"errors"},
+    "sse": {"errors", "typing_extensions"},  # a TypeVar with a default, before Python 3.13
+    "_compiled": {"engine"},  # decides, before anything else loads, which path is loaded
+    "build": {"_compiled", "mypyc", "setuptools"},  # `python -m engine.build`
     "events": {"sse", "errors", "_flat", "orjson"},
     "handlers": {"events", "errors", "assembly", "orjson"},
     "limits": {"asyncio"},  # async acquire helpers; still no network I/O

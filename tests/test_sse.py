@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import ProtocolError
-from engine.sse import MAX_RETRY_MS, SSEMessage, SSEParser
+from engine.sse import MAX_RETRY_MS, FlatSSEParser, SSEMessage, SSEParser
 
 Msg = tuple[str, str, str | None]  # (event, data, id)
 
@@ -450,3 +453,14 @@ def test_the_flat_form_carries_an_error_line_too() -> None:
         "message",
         None,
     ]
+
+
+def test_flat_parser_is_the_factory_none_form() -> None:
+    raw = b'event: e\nid: 7\ndata: a\n\nerror: {"m":1}\n'
+    assert FlatSSEParser(100).feed(raw) == SSEParser(100, factory=None).feed(raw)
+    assert FlatSSEParser(100).feed(raw) == [b"a", "e", "7", b'{"m":1}', "error", "7"]
+
+
+def test_a_message_pickles_and_copies() -> None:
+    message = SSEMessage(b"a", "e", "1")
+    assert pickle.loads(pickle.dumps(message)) == message == copy.copy(message)  # noqa: S301

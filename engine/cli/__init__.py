@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import engine
+from engine import _compiled
 from engine.cli import run
 from engine.errors import ConfigError
 from engine.runtime import raise_open_files_limit, require_ray
@@ -141,14 +142,20 @@ def _add_batch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=_ray_when_asked(command.run, on_ray))
 
 
+def version_line() -> str:
+    """`stream-engine 0.1.0 (compiled: yes)`, as black says it: which hot path is loaded
+    (engine/_compiled.py), and why not the compiled one when a build is there."""
+    why = _compiled.pure_reason() if _compiled.extension_modules() else None
+    said = "yes" if engine.COMPILED else "no" if why is None else f"no, {why}"
+    return f"stream-engine {engine.__version__} (compiled: {said})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stream-engine",
         description="Async streaming engine for OpenAI-compatible endpoints.",
     )
-    parser.add_argument(
-        "--version", action="version", version=f"stream-engine {engine.__version__}"
-    )
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run.add_parser(sub)
     _add_mock(sub)
