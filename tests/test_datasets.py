@@ -323,6 +323,8 @@ def test_tokenizer_counts_true_tokens(tokenizer_file: Path) -> None:
     assert counter.count("the cat #12") == 4  # "#" and "12" (unknown, one token)
     assert counter.prefix("the cat #12 sat", 3) == "the cat #"
     assert counter.prefix("the cat", 5) == "the cat"
+    copied = pickle.loads(pickle.dumps(counter))  # noqa: S301 - a worker's copy
+    assert copied.count("the cat #12 sat") == 5
 
 
 @pytest.mark.parametrize("tokens", [1, 2, 3, 7, 40, 333])
