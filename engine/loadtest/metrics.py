@@ -64,6 +64,15 @@ class RequestRecord:
     tool_calls: int = 0  # tool calls in the answer, every choice
     retry_after_s: float | None = None  # a failure's Retry-After: the server asked to wait
     waited_s: float = 0.0  # closed loop: how long the user then waited before its next send
+    # What the workload meant to send (engine.loadtest.workload): the prompt's length in the
+    # workload's count (true tokens with a tokenizer, else words plus template overhead) and
+    # the output length asked for (None: a file's own bodies, which say nothing of either).
+    asked_input_tokens: int | None = None
+    asked_output_tokens: int | None = None
+    session: int | None = None  # multi-turn: the conversation this request is a turn of
+    turn: int | None = None  # ... and which turn, from 0 (None: single requests)
+    prefix_group: int | None = None  # --shared-prefix-tokens: the system prompt it shares
+    cancelled: bool = False  # cut off on purpose by --cancel-rate (not ok, not a failure)
 
     @property
     def tpot_ms(self) -> float | None:
@@ -184,9 +193,20 @@ def measured(records: Iterable[RequestRecord]) -> list[RequestRecord]:
     return [r for r in records if not r.warmup]
 
 
+# A request the load cancelled on purpose (--cancel-rate) is its own outcome, as GuideLLM's
+# "incomplete" is beside its "successful" and "errored": neither completed nor failed, so it
+# is in no latency, error count or goodput denominator (a cut answer's E2E is the cut's).
+def completed(records: Iterable[RequestRecord]) -> list[RequestRecord]:
+    return [r for r in records if r.ok and not r.cancelled]
+
+
+def failed(records: Iterable[RequestRecord]) -> list[RequestRecord]:
+    return [r for r in records if not r.ok and not r.cancelled]
+
+
 def values(records: Iterable[RequestRecord], metric: str) -> np.ndarray:
-    """One metric over the successful requests; `itl_ms` is every gap of every request."""
-    ok = [r for r in records if r.ok]
+    """One metric over the completed requests; `itl_ms` is every gap of every request."""
+    ok = completed(records)
     if metric == "itl_ms":
         return np.fromiter(itertools.chain.from_iterable(r.itl_ms for r in ok), np.float64)
     raw = (getattr(r, metric) for r in ok)
@@ -195,7 +215,7 @@ def values(records: Iterable[RequestRecord], metric: str) -> np.ndarray:
 
 def meets_slo(record: RequestRecord, slo: Mapping[str, float]) -> bool:
     """Success within every objective; `itl_ms` bounds the request's worst gap."""
-    if not record.ok:
+    if not record.ok or record.cancelled:
         return False
     for metric, limit in slo.items():
         if metric == "itl_ms":
@@ -240,10 +260,15 @@ def error_details(failed: Iterable[RequestRecord]) -> dict[str, dict[str, Any]]:
 def requested_length(ok: Sequence[RequestRecord], tokens: int | None) -> dict[str, Any] | None:
     """When the load asked for its answers' length (`tokens`; None: it did not), how many
     completed requests reached it and how the others ended, by finish reason: "length" in
-    the API's words is then what was asked for, not a cut-off."""
+    the API's words is then what was asked for, not a cut-off. A record's own asked length
+    (a length distribution) is its mark; `tokens` is then only their mean."""
     if tokens is None:
         return None
-    short = Counter(r.finish_reason or "none" for r in ok if r.output_tokens < tokens)
+    short = Counter(
+        r.finish_reason or "none"
+        for r in ok
+        if r.output_tokens < (tokens if r.asked_output_tokens is None else r.asked_output_tokens)
+    )
     return {
         "tokens": tokens,
         "reached": len(ok) - sum(short.values()),
@@ -251,28 +276,108 @@ def requested_length(ok: Sequence[RequestRecord], tokens: int | None) -> dict[st
     }
 
 
+SPREAD = {"p5": 5.0, "p50": 50.0, "p95": 95.0}
+
+
+def spread(values: Sequence[float] | np.ndarray) -> dict[str, float | int | None]:
+    """A length distribution: mean, sample stdev, p5/p50/p95, min, max, count (None: none)."""
+    arr = np.asarray(values, dtype=np.float64)
+    keys = ("mean", "stdev", *SPREAD, "min", "max")
+    if arr.size == 0:
+        return {**dict.fromkeys(keys), "count": 0}
+    cuts = np.percentile(arr, list(SPREAD.values()))
+    out = {
+        "mean": float(arr.mean()),
+        "stdev": float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
+        **{key: float(v) for key, v in zip(SPREAD, cuts, strict=True)},
+        "min": float(arr.min()),
+        "max": float(arr.max()),
+    }
+    return {**{k: round(v, 4) for k, v in out.items()}, "count": int(arr.size)}
+
+
+def _side(done: Sequence[RequestRecord], asked: str, received: str) -> dict[str, Any] | None:
+    """One side (input or output): the asked lengths of every request sent, the received
+    (usage) of the completed ones, and the mean of received / asked over requests with both."""
+    sent = [getattr(r, asked) for r in done if getattr(r, asked) is not None]
+    if not sent:
+        return None
+    pairs = [
+        (getattr(r, received), getattr(r, asked))
+        for r in completed(done)
+        if getattr(r, received) is not None and getattr(r, asked)
+    ]
+    return {
+        "asked": spread(sent),
+        "received": spread([got for got, _ in pairs]),
+        "ratio_mean": round(math.fsum(got / want for got, want in pairs) / len(pairs), 4)
+        if pairs
+        else None,
+    }
+
+
+def lengths(done: Sequence[RequestRecord]) -> dict[str, Any] | None:
+    """Asked against received lengths, when the workload said what it asked (None: a file's
+    own bodies). The asked side is the workload as sent (failed and cancelled requests too);
+    the received side, from usage, only what completed. `short`: completed answers that
+    ended before their asked output, by finish reason ("stop": the model ended early,
+    "length": a cap below the ask, such as the server's context limit, cut it)."""
+    sides = {
+        "input": _side(done, "asked_input_tokens", "input_tokens"),
+        "output": _side(done, "asked_output_tokens", "output_tokens"),
+    }
+    if sides["input"] is None and sides["output"] is None:
+        return None
+    if (output := sides["output"]) is not None:
+        asked = [r for r in completed(done) if r.asked_output_tokens is not None]
+        short = [r for r in asked if r.output_tokens < (r.asked_output_tokens or 0)]
+        reasons = Counter(r.finish_reason or "none" for r in short)
+        output["short"] = {
+            "count": len(short),
+            "share": len(short) / len(asked) if asked else 0.0,
+            "reasons": dict(reasons.most_common()),
+        }
+    return sides
+
+
 def summarize(
-    records: Sequence[RequestRecord], slo: Mapping[str, float], asked_tokens: int | None = None
+    records: Sequence[RequestRecord],
+    slo: Mapping[str, float],
+    asked_tokens: int | None = None,
+    *,
+    cancelling: bool = False,
 ) -> dict[str, Any]:
     """The schema's figures for the measured records (see docs/loadtest.md); `asked_tokens`:
-    the length every answer was asked for, if it was."""
+    the length every answer was asked for, if it was; `cancelling`: the load cancels some
+    requests on purpose (`cancelled` is then there even when none was cut)."""
     done = measured(records)
-    ok = [r for r in done if r.ok]
+    ok = completed(done)
+    bad = failed(done)
     duration = window_s(done)
     out_tokens = sum(r.output_tokens for r in ok)
     in_tokens = sum(r.input_tokens or 0 for r in ok)
     reasoning = values(done, "reasoning_tokens")
     good = sum(meets_slo(r, slo) for r in done) if slo else None
-    details = error_details(r for r in done if not r.ok)
+    details = error_details(bad)
+    cut = [r for r in done if r.cancelled]
+    # Only the sections a load has: a document without them reads as before (compare too).
+    cancelled = (
+        {"cancelled": {"count": len(cut), "share": len(cut) / len(done) if done else 0.0}}
+        if cancelling or cut
+        else {}
+    )
+    asked = lengths(done)
     return {
         "duration_s": round(duration, 6),
         "completed": len(ok),
-        "failed": len(done) - len(ok),
+        "failed": len(bad),
+        **cancelled,
         "errors": {kind: detail["count"] for kind, detail in details.items()},
         "error_details": details,
         "end_reasons": dict(Counter(r.finish_reason or "none" for r in ok).most_common()),
         "incomplete": sum(r.incomplete for r in ok),
         "requested_length": requested_length(ok, asked_tokens),
+        **({} if asked is None else {"lengths": asked}),
         "reconnects": sum(r.reconnects for r in done),
         "request_throughput": len(ok) / duration,
         "output_token_throughput": out_tokens / duration,
@@ -298,7 +403,7 @@ def summarize(
             "slo": dict(slo),
             "requests": good,
             "request_rate": good / duration,
-            "fraction": good / len(done) if done else 0.0,
+            "fraction": good / (len(ok) + len(bad)) if ok or bad else 0.0,
         },
         "concurrency": concurrency_stats(done),
         "retry_after": retry_after_stats(done),

@@ -16,8 +16,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.loadtest.interrupts import JOB_FAILURE
-from engine.loadtest.metrics import RequestRecord, measured, merge, stats, summarize, values
+from engine.loadtest.metrics import (
+    RequestRecord,
+    failed,
+    measured,
+    merge,
+    stats,
+    summarize,
+    values,
+)
 from engine.loadtest.selfcheck import ClientCheck, platform_facts, verdict
+from engine.loadtest.slices import prefix_cache, time_slices, turns
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -82,20 +91,37 @@ class BenchResult:
         for a server that refuses the job or fails every request."""
         if self.halt is not None and self.halt.by == JOB_FAILURE:
             return self.halt.message
-        done = self.measured
-        failed = Counter(r.error or "unknown" for r in done if not r.ok)
-        total = sum(failed.values())
+        done = [r for r in self.measured if not r.cancelled]  # the client's own cut: no answer
+        kinds_seen = Counter(r.error or "unknown" for r in failed(done))
+        total = sum(kinds_seen.values())
         if not done or total < SERVER_FAILING_SHARE * len(done):
             return None
-        kinds = ", ".join(f"{kind} {n}" for kind, n in failed.most_common())
+        kinds = ", ".join(f"{kind} {n}" for kind, n in kinds_seen.most_common())
         if total == len(done):
             return f"every one of the {len(done)} measured requests failed ({kinds})"
         return f"{total} of the {len(done)} measured requests failed ({kinds})"
+
+    def slices(self) -> list[dict[str, Any]] | None:
+        """The time slices' rows (`config.slice_s`; None: not asked for), up to the planned
+        end of sending: a run cut short by `requests` or a signal ends at its last send."""
+        config = self.config
+        if config.slice_s is None:
+            return None
+        planned = config.duration_s if config.requests is None and self.halt is None else None
+        return time_slices(self.records, config.slice_s, config.slo, planned)
 
     def summary(self) -> dict[str, Any]:
         """The result document: figures first, then the client check, config and platform."""
         config = self.config
         warm = [r for r in self.records if r.warmup]
+        groups = {
+            key: value
+            for key, value in (
+                ("turns", turns(self.records)),
+                ("prefix_cache", prefix_cache(self.records)),
+            )
+            if value is not None
+        }
         doc: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "tool": "stream-engine bench",
@@ -103,7 +129,10 @@ class BenchResult:
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "mode": "open" if config.open_loop else "closed",
             "interrupted": None if self.halt is None else self.halt.document(),
-            **summarize(self.records, config.slo, config.asked_tokens),
+            **summarize(
+                self.records, config.slo, config.asked_tokens, cancelling=config.cancel_rate > 0
+            ),
+            **groups,
             "connect_ms": stats(self.connect_ms),
             "warmup": {
                 "seconds": config.warmup_s,
@@ -134,6 +163,8 @@ class BenchResult:
         }
         if self.server_metrics is not None:
             doc["server_metrics"] = self.server_metrics
+        if (rows := self.slices()) is not None:
+            doc["slices"] = rows  # long for a long run: below the figures, above the samples
         doc["samples"] = samples(self.records)  # last: the figures stay on top when read
         return doc
 
