@@ -1,7 +1,8 @@
 """Where a bench's results go: the run folder and the `-o/--csv/--html` paths, checked before
 the first request (a measurement that cannot be saved is not worth taking) and written after
 the last. The documents are written here; the HTML page is rendered by the caller's
-`render` (engine/report), which this package never imports."""
+`render` (engine/report), which this package never imports. A sliced run (`--slice`) also
+writes one row per slice beside each requests' CSV (`requests.slices.csv`)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import orjson
 from engine.errors import ConfigError
 from engine.loadtest.metrics import CSV_COLUMNS, csv_row
 from engine.loadtest.result import sweep_document
+from engine.loadtest.slices import SLICE_COLUMNS
 
 if TYPE_CHECKING:
     import argparse
@@ -32,9 +34,11 @@ __all__ = [
     "RUN_FILES",
     "check_outputs",
     "run_folder",
+    "slices_path",
     "write_csv",
     "write_json",
     "write_outputs",
+    "write_slices_csv",
 ]
 
 RUNS_DIR = "stream-engine-runs"  # under the current directory: every run leaves its results
@@ -73,6 +77,27 @@ def write_csv(results: Sequence[BenchResult], path: str | Path) -> int:
                 writer.writerow([result.label or result.config.label, *csv_row(record)])
                 rows += 1
     return rows
+
+
+def slices_path(path: str | Path) -> Path:
+    """Where the per-slice CSV goes beside the requests' CSV: `requests.csv` ->
+    `requests.slices.csv` (`out` -> `out.slices.csv`)."""
+    return Path(path).with_suffix(".slices.csv")
+
+
+def write_slices_csv(results: Sequence[BenchResult], path: str | Path) -> int | None:
+    """One row per time slice of every run (`--slice`), beside the requests' CSV at `path`;
+    returns the row count, or None (and writes nothing) when no run was sliced."""
+    runs = [(result, rows) for result in results if (rows := result.slices()) is not None]
+    if not runs:
+        return None
+    with slices_path(path).open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["run", *SLICE_COLUMNS])
+        for result, rows in runs:
+            label = result.label or result.config.label
+            writer.writerows([label, *(row[name] for name in SLICE_COLUMNS)] for row in rows)
+    return sum(len(rows) for _, rows in runs)
 
 
 def _folder(args: argparse.Namespace) -> Path | None:
@@ -151,8 +176,10 @@ def write_outputs(
     for path in paths["json"]:
         write_json(docs[0] if len(docs) == 1 else sweep_document(docs), path)
     rows = sum(len(r.measured) for r in results)
+    sliced = None
     for path in paths["csv"]:
         write_csv(results, path)
+        sliced = write_slices_csv(results, path)
     if paths["html"]:
         page = render(results, docs)
         for path in paths["html"]:
@@ -166,9 +193,13 @@ def write_outputs(
         )
         if explicit[kind]
     ]
+    if sliced is not None and explicit["csv"]:
+        said.append(f"CSV per slice ({sliced} slices): {slices_path(explicit['csv'])}")
     if folder is not None:
+        files = [*RUN_FILES.values()]
+        if sliced is not None:
+            files.insert(2, slices_path(RUN_FILES["csv"]).name)
         said.append(
-            f"results: {folder} ({', '.join(RUN_FILES.values())}; open "
-            f"{RUN_FILES['html']} in a browser)"
+            f"results: {folder} ({', '.join(files)}; open {RUN_FILES['html']} in a browser)"
         )
     return said
