@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engine.loadtest.metrics import concurrency_curve, ended_s, token_times
+from engine.loadtest.metrics import completed, concurrency_curve, ended_s, token_times
 from engine.report.figures import (
     BLUE,
     COLORWAY,
@@ -213,6 +213,13 @@ def _server_beside(
     fig.update_layout(barmode="group")
 
 
+CANCELLED = "cancelled by the client"  # the timeline's bar for cancellations, not an error
+
+
+def _kind(record: RequestRecord) -> str:
+    return CANCELLED if record.cancelled else record.error or "unknown"
+
+
 def _time_grid(span: float) -> tuple[np.ndarray, float]:
     width = max(span / TIME_BINS, 0.1)
     return np.arange(0.0, span + width, width), width
@@ -244,8 +251,8 @@ def timeline(
     """Throughput, requests in flight, failures by kind, schedule lag and every scraped server
     series on one shared time axis (seconds into the measured window): zooming one row
     zooms all, so a latency spike lines up with the server's queue at that moment."""
-    ok = [r for r in records if r.ok]
-    failed = [r for r in records if not r.ok]
+    ok = completed(records)
+    failed = [r for r in records if not r.ok]  # cancelled ones too, as their own bar
     tokens = token_times(ok)
     ends = np.array([ended_s(r) for r in records])
     span = max(
@@ -254,7 +261,8 @@ def timeline(
     edges, width = _time_grid(span)
     rows = ["throughput", "requests in flight (from intended start)"]
     if failed:
-        rows.append(f"failed requests per {width:.3g} s, by error")
+        what = "failed or cancelled" if any(r.cancelled for r in failed) else "failed"
+        rows.append(f"{what} requests per {width:.3g} s, by error")
     rows.append("schedule lag, ms (by intended start)")
     rows.extend(f"server: {html.escape(name)}" for name in series)
     specs = [[{"secondary_y": True}]] + [[{}] for _ in rows[1:]]
@@ -324,13 +332,13 @@ def timeline(
     row = 3
     if failed:
         legends["legend2"] = row
-        kinds = dict.fromkeys([*error_details, *(r.error or "unknown" for r in failed)])
+        kinds = dict.fromkeys([*error_details, *map(_kind, failed)])
         for n, kind in enumerate(kinds):
-            color = (RED, YELLOW, PURPLE, CYAN, GREY, BLUE)[n % 6]
-            hits, _ = np.histogram(
-                [ended_s(r) for r in failed if (r.error or "unknown") == kind], edges
-            )
-            messages = (error_details.get(kind) or {}).get("messages") or ["(no message)"]
+            color = GREY if kind == CANCELLED else (RED, YELLOW, PURPLE, CYAN, BLUE)[n % 5]
+            hits, _ = np.histogram([ended_s(r) for r in failed if _kind(r) == kind], edges)
+            messages = (error_details.get(kind) or {}).get("messages") or [
+                "cut off on purpose (--cancel-rate)" if kind == CANCELLED else "(no message)"
+            ]
             text = html.escape(messages[0][:160])
             fig.add_trace(
                 go.Bar(
@@ -443,12 +451,19 @@ def server_histogram(name: str, hist: Mapping[str, Any]) -> go.Figure:
     return styled(fig, 320)
 
 
-def outcomes(end_reasons: Mapping[str, int], errors: Mapping[str, int]) -> go.Figure:
-    """How every measured request ended: completed by end reason, failed by error kind."""
+def outcomes(
+    end_reasons: Mapping[str, int], errors: Mapping[str, int], cancelled: int = 0
+) -> go.Figure:
+    """How every measured request ended: completed by end reason, failed by error kind,
+    and cancelled on purpose (its own outcome)."""
     names = [f"completed: {html.escape(k)}" for k in end_reasons]
     names += [f"failed: {html.escape(k)}" for k in errors]
     counts = [*end_reasons.values(), *errors.values()]
     colors = [GREEN] * len(end_reasons) + [RED] * len(errors)
+    if cancelled:
+        names.append(CANCELLED)
+        counts.append(cancelled)
+        colors.append(GREY)
     fig = go.Figure(
         go.Bar(
             y=names,

@@ -27,6 +27,7 @@ from engine.report.text import (
     tokens_text,
     warmup_text,
 )
+from engine.report.workload import prefix_cache_text, workload_tables
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -79,6 +80,8 @@ def totals_table(doc: dict[str, Any]) -> Table:
                 ),
             )
         )
+    if (cache := prefix_cache_text(doc)) is not None:
+        rows.append(("prompt cache", cache))
     if doc["reconnects"]:
         rows.append(("reconnects", reconnects_text(doc)))
     if (waits := retry_after_text(doc)) is not None:
@@ -122,6 +125,8 @@ def print_summary(doc: dict[str, Any], console: Console | None = None) -> None:
     console.print(latency_table(doc, title))
     console.print(client_text(doc))
     console.print(totals_table(doc))
+    for part in workload_tables(doc):
+        console.print(part)
 
 
 def sweep_table(docs: Sequence[dict[str, Any]]) -> Table:

@@ -32,6 +32,7 @@ from engine.report.text import (
     tokens_text,
     warmup_text,
 )
+from engine.report.workload_html import has_workload, slices_section, workload_section
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -79,10 +80,12 @@ def _shape(doc: dict[str, Any]) -> str:
 def _cards(doc: dict[str, Any]) -> str:
     good = doc.get("goodput")
     state, bad = client_state(doc)
+    cut = doc.get("cancelled")
     cards = [
         (
             "requests",
-            f"{doc['completed']} completed / {doc['failed']} failed",
+            f"{doc['completed']} completed / {doc['failed']} failed"
+            + ("" if cut is None else f" / {cut['count']} cancelled"),
             "bad" if doc["failed"] else "",
         ),
         ("throughput", f"{doc['request_throughput']:.2f} req/s", ""),
@@ -165,7 +168,7 @@ def _goodput(result: BenchResult, doc: dict[str, Any]) -> str:
     if good is None:
         return ""
     measured = result.measured
-    total = len(measured) or 1
+    total = doc["completed"] + doc["failed"] or 1  # a cancelled request is in no share
     rows = []
     for metric, limit in good["slo"].items():
         met = sum(meets_slo(r, {metric: limit}) for r in measured)
@@ -178,11 +181,12 @@ def _goodput(result: BenchResult, doc: dict[str, Any]) -> str:
         f'<tr class="mark"><td>all objectives (goodput)</td><td>{good["requests"]}</td>'
         f"<td>{good['fraction']:.1%}</td><td>{good['request_rate']:.2f} req/s</td></tr>"
     )
+    share = "share of measured" + (" (cancelled excepted)" if doc.get("cancelled") else "")
     return (
         "<h3>Goodput against the SLOs</h3><table><tr><th>objective</th><th>requests "
-        "met</th><th>share of measured</th><th>rate</th></tr>" + "".join(rows) + "</table>"
-        '<p class="note">A failed request meets no objective; the CDFs above count '
-        "completed requests only.</p>"
+        f"met</th><th>{share}</th><th>rate</th></tr>" + "".join(rows) + "</table>"
+        '<p class="note">A failed request meets no objective; a cancelled one is not '
+        "counted; the CDFs above count completed requests only.</p>"
     )
 
 
@@ -219,8 +223,10 @@ def _ended(doc: dict[str, Any], charts_: Charts) -> str:
     if (waits := retry_after_text(doc)) is not None:
         facts["Retry-After"] = waits
     chart = ""
-    if doc.get("end_reasons") or doc["errors"]:
-        chart = charts_.add(charts.outcomes(doc.get("end_reasons", {}), doc["errors"]), "outcomes")
+    cut = (doc.get("cancelled") or {}).get("count", 0)
+    if doc.get("end_reasons") or doc["errors"] or cut:
+        figure = charts.outcomes(doc.get("end_reasons", {}), doc["errors"], cut)
+        chart = charts_.add(figure, "outcomes")
     return chart + kv(facts) + _errors_table(doc)
 
 
@@ -301,10 +307,21 @@ def run_body(result: BenchResult, doc: dict[str, Any], charts_: Charts, h: str, 
             _distributions(result, doc, charts_),
             _goodput(result, doc),
             (
+                f'<{h} id="{anchor}workload">Workload</{h}>'
+                + workload_section(result, doc, charts_)
+                if has_workload(doc)
+                else ""
+            ),
+            (
                 f'<{h} id="{anchor}time">Over time</{h}><p class="note">Throughput, requests in '
                 f"flight, failures, schedule lag{where} on one time axis: zoom one, zoom all.</p>"
             ),
             timeline,
+            (
+                f'<{h} id="{anchor}slices">Time slices</{h}>' + slices_section(doc, charts_)
+                if doc.get("slices")
+                else ""
+            ),
             f'<{h} id="{anchor}server">Server metrics</{h}>{server}' if server else "",
             f'<{h} id="{anchor}ended">How requests ended</{h}>',
             _ended(doc, charts_),
@@ -388,7 +405,9 @@ def render_html(results: Sequence[BenchResult], docs: Sequence[dict[str, Any]]) 
         title = str(docs[0].get("label") or f"{docs[0]['mode']} loop")
         nav = [
             ("latency", "Latency"),
+            *([("workload", "Workload")] if has_workload(docs[0]) else []),
             ("time", "Over time"),
+            *([("slices", "Time slices")] if docs[0].get("slices") else []),
             ("ended", "How requests ended"),
             ("client", "Client self-check"),
         ]

@@ -107,7 +107,13 @@ def ends_text(doc: Mapping[str, Any]) -> str:
         for reason, n in (asked["short"] if asked else doc["end_reasons"]).items()
     ]
     if asked:
-        ends.insert(0, f"{asked['reached']} at the requested length ({asked['tokens']} tokens)")
+        spread = ((doc.get("lengths") or {}).get("output") or {}).get("asked") or {}
+        tokens = (
+            f"asked per request: {spread['min']:g}-{spread['max']:g} tokens"
+            if spread.get("count") and spread["min"] != spread["max"]
+            else f"{asked['tokens']} tokens"
+        )
+        ends.insert(0, f"{asked['reached']} at the requested length ({tokens})")
     return ", ".join(ends)
 
 
@@ -116,7 +122,10 @@ def requests_text(doc: Mapping[str, Any]) -> str:
     ends = ends_text(doc) if doc["completed"] else ""
     text = f"{doc['completed']} completed" + (f": {ends};" if ends else ",")
     text += f" {doc['failed']} failed"
-    if not doc["completed"] and not doc["failed"]:
+    cut = doc.get("cancelled")  # only in a document of a load that cancels on purpose
+    if cut is not None:
+        text += f", {cut['count']} cancelled by the client ({cut['share']:.1%} of those sent)"
+    if not doc["completed"] and not doc["failed"] and not (cut and cut["count"]):
         text += " (no request was sent in the measured window: see warm-up)"
     return text
 
