@@ -7,7 +7,7 @@ from typing import Any, Final
 
 from engine.events import Dialect
 
-__all__ = ["MAX_TOKENS_FIELDS", "prompt_body"]
+__all__ = ["MAX_TOKENS_FIELDS", "messages_body", "prompt_body"]
 
 # Each endpoint's name for the output cap.
 MAX_TOKENS_FIELDS: Final = {
@@ -22,12 +22,21 @@ def prompt_body(
 ) -> dict[str, Any]:
     """A one-user-message body in the endpoint's own names for the prompt and the output cap
     (`max_tokens`; None: no cap), for `run` and `bench` alike; sending adds `stream`."""
+    return messages_body(endpoint, model, [{"role": "user", "content": prompt}], max_tokens)
+
+
+def messages_body(
+    endpoint: Dialect, model: str, messages: list[dict[str, str]], max_tokens: int | None
+) -> dict[str, Any]:
+    """A conversation's body (system, user and assistant messages in order): chat's
+    `messages`, the Responses `input` list, or legacy completions' one prompt of the messages'
+    texts joined by blank lines (it has no roles)."""
     body: dict[str, Any]
     if endpoint is Dialect.COMPLETIONS:  # legacy /v1/completions: a bare prompt
-        body = {"model": model, "prompt": prompt}
+        body = {"model": model, "prompt": "\n\n".join(m["content"] for m in messages)}
     else:
         key = "messages" if endpoint is Dialect.CHAT else "input"
-        body = {"model": model, key: [{"role": "user", "content": prompt}]}
+        body = {"model": model, key: messages}
     if max_tokens is not None:
         body[MAX_TOKENS_FIELDS[endpoint]] = max_tokens
     return body

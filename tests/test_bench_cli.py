@@ -18,7 +18,7 @@ import pytest
 from engine.cli import build_parser
 from engine.cli.bench import config_from_args
 from engine.loadtest.config import LoadConfig, asks_length
-from engine.loadtest.prompts import PromptSource
+from engine.loadtest.workload import Workload
 from engine.mock.config import SERVED_ITL_MS, SERVED_OUTPUT_TOKENS, SERVED_TTFT_MS
 from engine.report.text import requests_text
 
@@ -56,7 +56,7 @@ def test_every_option_says_what_it_does_and_its_default(name: str) -> None:
     text = " ".join(parser.format_help().split())
     if name == "bench":
         for said in (
-            "--input-tokens INPUT_TOKENS synthetic prompt length in tokens (default 128)",
+            "--input-tokens SPEC each prompt's length in tokens",
             "(default 64)",
             "--mock-ttft-ms MOCK_TTFT_MS the mock's time to first token, ms (default 200)",
             "--mock-itl-ms MOCK_ITL_MS the mock's inter-token latency, ms (default 20)",
@@ -101,13 +101,13 @@ def test_bench_asks_for_its_length_except_where_unknown_fields_are_refused(
     config = LoadConfig(url, endpoint="chat", output_tokens=64)
     assert asks_length(url) is asked
     assert config.ignore_eos is asked
-    body = PromptSource(config).body(0)
+    body = Workload(config).body(0)
     assert body["max_completion_tokens"] == 64
     assert (body.get("ignore_eos"), body.get("min_tokens")) == (
         (True, 64) if asked else (None, None)
     )
     assert config.asked_tokens == (64 if asked else None)
-    off = PromptSource(LoadConfig(url, ignore_eos=False, output_tokens=64)).body(0)
+    off = Workload(LoadConfig(url, ignore_eos=False, output_tokens=64)).body(0)
     assert "ignore_eos" not in off
     assert "min_tokens" not in off
     args = verb("bench").parse_args(["--no-ignore-eos"])

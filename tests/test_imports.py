@@ -109,6 +109,7 @@ PACKAGE_ALLOWED: dict[str, set[str]] = {
         "asyncio",
         "uvloop",
         "aiohttp",  # servermetrics' plain GET of /metrics (the engine streams POSTs only)
+        "tokenizers",  # --tokenizer only (the workloads extra), imported when asked for
     },
     # The views: a function of what loadtest produced; loadtest (no rendering) never imports it.
     "report": {"loadtest", "rich", "plotly", "numpy"},

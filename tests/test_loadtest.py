@@ -34,19 +34,21 @@ from engine.loadtest import (
 )
 from engine.loadtest.config import AUTO_WORKERS, Endpoint, parse_slo
 from engine.loadtest.metrics import meets_slo, stats, summarize
-from engine.loadtest.prompts import PromptSource, load_bodies
+from engine.loadtest.prompts import load_bodies
 from engine.loadtest.runner import PHASES, WorkerResult
 from engine.loadtest.selfcheck import ClientCheck, verdict
 from engine.loadtest.shapes import arrival_offsets, open_schedule, sweep_rates
 from engine.loadtest.workers import auto_workers, loop_factory, resolve_workers
+from engine.loadtest.workload import Workload
 from engine.mock import MockConfig, MockProcess
 from engine.report.progress import LiveProgress
 from tests.conftest import TEST_API_KEY
 from tests.helpers import bench_child, bench_flags, completed_record, make_record
 
 SNAPSHOT_KEYS = {
-    "worker", "label", "phase", "elapsed_s", "done", "failed", "warmup_done", "inflight",
-    "primed", "priming", "ttft_p50_ms", "requests", "duration_s", "warmup_s", "grace_s",
+    "worker", "label", "phase", "elapsed_s", "done", "failed", "cancelled", "warmup_done",
+    "inflight", "primed", "priming", "ttft_p50_ms", "requests", "duration_s", "warmup_s",
+    "grace_s",
 }  # fmt: skip
 
 if TYPE_CHECKING:
@@ -694,7 +696,7 @@ def test_ray_with_auto_workers_counts_by_the_load_alone(monkeypatch: pytest.Monk
 
 
 def test_prompts_synthetic_and_jsonl(tmp_path: Path) -> None:
-    source = PromptSource(LoadConfig("u", endpoint="chat", input_tokens=30, output_tokens=7))
+    source = Workload(LoadConfig("u", endpoint="chat", input_tokens=30, output_tokens=7))
     body = source.body(3)
     assert body["max_completion_tokens"] == 7
     assert len(body["messages"][0]["content"].split()) == 24

@@ -33,6 +33,7 @@ from engine.cli.options import (
     seconds,
     timeouts_from,
 )
+from engine.cli.workload import add_workload_arguments, rate_argument, workload_fields
 from engine.config import env_api_key, env_base_url
 from engine.errors import ConfigError, JobFailed
 from engine.loadtest.config import AUTO_WORKERS, LoadConfig, parse_slo
@@ -129,9 +130,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     shape.add_argument(
         "--rate",
-        type=float,
+        type=rate_argument,
         default=None,
-        help="open loop: requests per second, sent on schedule (default: none, a closed loop)",
+        help="open loop: requests per second, sent on schedule, or a series of steps and "
+        "ramps, e.g. 10:30s,10-50:60s,50:1m (default: none, a closed loop)",
     )
     shape.add_argument(
         "--arrival",
@@ -190,19 +192,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     req = parser.add_argument_group("requests")
     req.add_argument(
-        "--input-tokens",
-        type=int,
-        default=128,
-        help="synthetic prompt length in tokens (default %(default)s)",
-    )
-    req.add_argument(
-        "--output-tokens",
-        type=int,
-        default=64,
-        help="each answer's length in tokens: the cap, and asked for exactly unless "
-        "--no-ignore-eos (default %(default)s)",
-    )
-    req.add_argument(
         "--ignore-eos",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -256,7 +245,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="seed of the synthetic prompts and the open-loop schedule (default %(default)s)",
     )
+    add_workload_arguments(req, shape)
     out = parser.add_argument_group("results")
+    out.add_argument(
+        "--slice",
+        type=float,
+        default=None,
+        metavar="S",
+        help="also give the results per slice of S seconds of the window (default: none)",
+    )
     out.add_argument(
         "--slo",
         type=parse_slo,
@@ -340,6 +337,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="N reasoning tokens before every answer, paced like text (default 0)",
     )
+    mock.add_argument(
+        "--mock-prefill-ms-per-1k",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="the mock's TTFT grows by MS per 1,000 uncached prompt tokens (default 0)",
+    )
+    mock.add_argument(
+        "--mock-prefix-cache",
+        action="store_true",
+        help="the mock caches prompts' prefixes: a repeated prefix costs no prefill and is "
+        "reported as cached tokens (default: off)",
+    )
+    mock.add_argument(
+        "--mock-max-concurrency",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the mock generates N answers at once, the rest queue (default: no limit)",
+    )
     add_timeout_arguments(parser, retries=False)
     add_network_arguments(parser)
     server = parser.add_argument_group("server metrics (docs/server-metrics.md)")
@@ -365,8 +382,8 @@ def config_from_args(
     args: argparse.Namespace, base_url: str, facts: dict[str, Any] | None = None
 ) -> LoadConfig:
     duration = args.duration
-    if duration is None and args.requests is None:
-        duration = 10.0
+    if duration is None and args.requests is None and args.trace is None:
+        duration = None if isinstance(args.rate, str) else 10.0  # a series sets its own
     model = args.model or (MOCK_MODEL if facts else DEFAULT_MODEL)
     limits = timeouts_from(args)
     if args.timeout is not None:  # --timeout S is kept: --total-timeout S, and it wins
@@ -385,8 +402,6 @@ def config_from_args(
         requests=args.requests,
         duration_s=duration,
         warmup_s=args.warmup,
-        input_tokens=args.input_tokens,
-        output_tokens=args.output_tokens,
         prompts_file=args.prompts,
         ignore_eos=args.ignore_eos,  # None: asked for unless the API refuses unknown fields
         slo=args.slo,
@@ -405,6 +420,8 @@ def config_from_args(
         canary=not args.no_canary,
         read_delay_threshold_ms=args.read_delay_threshold_ms,
         label=args.label,
+        slice_s=args.slice,
+        **workload_fields(args),
     )
 
 
@@ -478,6 +495,9 @@ def _start_mock(
         output_tokens=SERVED_OUTPUT_TOKENS,
         faults=parse_fault_rates(args.mock_faults),
         reasoning_tokens=args.mock_reasoning_tokens,
+        prefill_ms_per_1k=args.mock_prefill_ms_per_1k,
+        prefix_cache=args.mock_prefix_cache,
+        max_concurrency=args.mock_max_concurrency,
     )
     base_url = stack.enter_context(MockProcess(mock_config)).base_url
     facts = {
@@ -487,6 +507,9 @@ def _start_mock(
             "output_tokens": SERVED_OUTPUT_TOKENS,
             "faults": args.mock_faults,
             "reasoning_tokens": args.mock_reasoning_tokens,
+            "prefill_ms_per_1k": args.mock_prefill_ms_per_1k,
+            "prefix_cache": args.mock_prefix_cache,
+            "max_concurrency": args.mock_max_concurrency,
         }
     }
     reasoning = (

@@ -57,6 +57,24 @@ class LoadConfig:
     input_tokens: int = 128
     output_tokens: int = 64
     prompts_file: str | None = None  # JSONL of request bodies instead of synthetic prompts
+    # Workloads (docs/workloads.md). Lengths as distributions: the spec text as given
+    # (engine.loadtest.lengths: "256-1024", "mean=512,stdev=128,min=32,max=2048", a
+    # histogram file); None: the fixed input_tokens / output_tokens above (which then hold
+    # the distribution's mean, for everything that needs one number).
+    input_lengths: str | None = None
+    output_lengths: str | None = None
+    tokenizer: str | None = None  # tokenizer.json: prompt lengths in true tokens (tokenizers)
+    dataset: str | None = None  # ShareGPT JSON, chat-messages JSONL or a .txt corpus
+    shared_prefix_tokens: int = 0  # > 0: every prompt starts with one of prefix_groups ...
+    prefix_groups: int = 1  # ... system prompts of this many tokens
+    turns: int = 1  # > 1: multi-turn sessions, each turn carrying the previous answers
+    think_s: float = 0.0  # a session's pause between an answer and its next turn
+    rate_series: str | None = None  # open loop: "10:30s,50:60s" steps, "10-50:60s" ramps
+    trace_file: str | None = None  # open loop: replay a trace's timestamps and lengths
+    trace_speedup: float = 1.0  # the trace's clock runs this many times faster
+    cancel_rate: float = 0.0  # this share of requests is cancelled by the client ...
+    cancel_after_s: float = 1.0  # ... this long after it was sent
+    slice_s: float | None = None  # results also per slice of this many seconds
     # Ask for exactly `output_tokens` (vLLM's ignore_eos and min_tokens beside the cap);
     # None: `asks_length(base_url)`, resolved at construction.
     ignore_eos: bool | None = None
@@ -87,13 +105,20 @@ class LoadConfig:
     def __post_init__(self) -> None:
         if self.ignore_eos is None:  # frozen: resolved once, so every copy and report agrees
             object.__setattr__(self, "ignore_eos", asks_length(self.base_url))
+        self._check_workload()
+        if self.rate is None and self.scheduled:
+            # A series or a trace is an open loop; `rate` holds its peak, which sizes the
+            # priming and the workers (resolved once, like ignore_eos).
+            from engine.loadtest.shapes import peak_rate  # noqa: PLC0415 - shapes imports us
+
+            object.__setattr__(self, "rate", peak_rate(self))
         if self.concurrency < 1:
             raise ConfigError("concurrency must be >= 1")
         if self.rate is not None and not (self.rate > 0 and math.isfinite(self.rate)):
             raise ConfigError("rate must be a positive number of requests per second")
         if self.burstiness <= 0:
             raise ConfigError("burstiness must be > 0")
-        if self.requests is None and self.duration_s is None:
+        if self.requests is None and self.duration_s is None and not self.scheduled:
             raise ConfigError("give a request count or a duration")
         if self.requests is not None and self.requests < 1:
             raise ConfigError("requests must be >= 1")
@@ -114,6 +139,27 @@ class LoadConfig:
         unknown = set(self.slo) - set(SLO_METRICS)
         if unknown:
             raise ConfigError(f"unknown SLO metric(s) {sorted(unknown)}; known: {SLO_METRICS}")
+
+    def _check_workload(self) -> None:
+        if self.shared_prefix_tokens < 0 or self.prefix_groups < 1:
+            raise ConfigError("shared prefix tokens must be >= 0 and prefix groups >= 1")
+        if self.turns < 1 or self.think_s < 0:
+            raise ConfigError("turns must be >= 1 and think time >= 0")
+        if not 0 <= self.cancel_rate <= 1 or self.cancel_after_s < 0:
+            raise ConfigError("cancel rate must be within 0-1 and cancel-after >= 0")
+        if not (self.trace_speedup > 0 and math.isfinite(self.trace_speedup)):
+            raise ConfigError("trace speed-up must be a positive number")
+        if self.slice_s is not None and not self.slice_s > 0:
+            raise ConfigError("slice must be > 0 seconds")
+        if self.rate_series and self.trace_file:
+            raise ConfigError("give a rate series or a trace, not both")
+        if sum(map(bool, (self.prompts_file, self.dataset))) > 1:
+            raise ConfigError("give request bodies (--prompts) or a dataset, not both")
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether a rate series or a trace sets the arrivals (and so the run's length)."""
+        return bool(self.rate_series or self.trace_file)
 
     @property
     def open_loop(self) -> bool:

@@ -1,4 +1,6 @@
-"""Request bodies: synthetic prompts of a target length, or bodies read from a JSONL file.
+"""Request texts and bodies: synthetic prompts of a target length, a load's body in its
+dialect, and bodies read from a JSONL file (what each request of a run *is* lives in
+`engine.loadtest.workload`).
 
 Synthetic prompts are seeded random words with a distinct start per request, so a server's
 prefix cache cannot turn the test into a cache benchmark (vLLM's random dataset does the
@@ -9,18 +11,23 @@ server returned, not this estimate.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from engine.bodies import prompt_body
+from engine.bodies import messages_body
 from engine.errors import ConfigError
 from engine.events import Dialect
-from engine.loadtest.config import MIN_PRIME_TOKENS, LoadConfig
 
-TEMPLATE_OVERHEAD = 6  # one user message (3) plus the reply priming (3)
+if TYPE_CHECKING:
+    import random
+
+    from engine.loadtest.config import LoadConfig
+
+MESSAGE_OVERHEAD = 3  # the tokens a chat template adds per message (the mock counts so)
+REPLY_OVERHEAD = 3  # and the reply's priming
+TEMPLATE_OVERHEAD = MESSAGE_OVERHEAD + REPLY_OVERHEAD  # a one-message prompt's whole overhead
 _WORDS = (  # noqa: SIM905  (a sentence reads better than a 40-item list)
     "time stream token engine server client model latency queue window signal budget river "
     "mountain garden number letter question answer system network memory paper water light "
@@ -29,21 +36,32 @@ _WORDS = (  # noqa: SIM905  (a sentence reads better than a 40-item list)
 
 
 def synthetic_prompt(index: int, input_tokens: int, rng: random.Random) -> str:
-    words = max(1, input_tokens - TEMPLATE_OVERHEAD)
-    head = [f"#{index}"]  # distinct first token: no shared prefix between requests
-    return " ".join(head + rng.choices(_WORDS, k=words - 1))
+    """A one-message prompt of `input_tokens` as the mock counts (words plus the template)."""
+    return synthetic_text(f"#{index}", input_tokens - TEMPLATE_OVERHEAD, rng)
 
 
-def make_body(config: LoadConfig, prompt: str, output_tokens: int) -> dict[str, Any]:
+def synthetic_text(head: str, words: int, rng: random.Random) -> str:
+    """`words` words: `head` (distinct per request, so no two share a prefix by chance), then
+    seeded random words."""
+    return " ".join([head, *rng.choices(_WORDS, k=max(1, words) - 1)])
+
+
+def make_body(
+    config: LoadConfig, messages: list[dict[str, str]], output_tokens: int
+) -> dict[str, Any]:
     """A streaming body in the configured dialect, always capped at `output_tokens`, and with
     `config.ignore_eos` asking for that length itself as vLLM takes it (`ignore_eos`, and
     `min_tokens` for servers that honour only that): a cap alone is a ceiling, and a model
     that stops early would run a lighter load than the one asked for."""
-    body = prompt_body(Dialect(config.endpoint), config.model, prompt, output_tokens)
+    body = messages_body(Dialect(config.endpoint), config.model, messages, output_tokens)
     if config.ignore_eos:
         body["ignore_eos"] = True
         body["min_tokens"] = output_tokens
     return body
+
+
+def user(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
 
 
 def load_bodies(path: str | Path, model: str | None = None) -> list[dict[str, Any]]:
@@ -67,27 +85,3 @@ def load_bodies(path: str | Path, model: str | None = None) -> list[dict[str, An
     if not bodies:
         raise ConfigError(f"{path}: no request bodies")
     return bodies
-
-
-class PromptSource:
-    """Body number `i` of a run: deterministic for a seed, so workers can share one plan."""
-
-    __slots__ = ("_bodies", "_config", "_seed")
-
-    def __init__(self, config: LoadConfig) -> None:
-        self._config = config
-        self._seed = config.seed
-        self._bodies = (
-            load_bodies(config.prompts_file, config.model) if config.prompts_file else None
-        )
-
-    def body(self, index: int) -> dict[str, Any]:
-        if self._bodies is not None:
-            return self._bodies[index % len(self._bodies)]
-        rng = random.Random(self._seed * 1_000_003 + index)
-        prompt = synthetic_prompt(index, self._config.input_tokens, rng)
-        return make_body(self._config, prompt, self._config.output_tokens)
-
-    def primer(self, index: int) -> dict[str, Any]:
-        """A short request that only opens a connection (warm-up)."""
-        return make_body(self._config, f"warm-up {index}", MIN_PRIME_TOKENS)

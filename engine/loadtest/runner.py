@@ -44,9 +44,9 @@ from engine.loadtest.interrupts import (
     unless_stopped,
 )
 from engine.loadtest.metrics import RequestRecord, error_kind, record_failure, record_result
-from engine.loadtest.prompts import PromptSource
 from engine.loadtest.selfcheck import ClientCheck, SelfCheckMonitor
-from engine.loadtest.shapes import open_schedule
+from engine.loadtest.shapes import Arrival, open_schedule
+from engine.loadtest.workload import Planned, Session, Workload
 from engine.preflight import wait_open
 from engine.redaction import secret_values, url_credentials
 
@@ -67,6 +67,10 @@ RETRY_AFTER_CAP_S = RetryPolicy().max_retry_after_s
 # the run back for its full time limits before the load even starts.
 PRIME_LIMIT_S = 10.0
 Progress = Callable[[dict[str, Any]], None]
+
+
+class Cancelled(EngineError):
+    """A request the workload cancels on purpose (`--cancel-rate`): counted on its own."""
 
 
 class Unfinished(EngineError):
@@ -106,7 +110,7 @@ class Runner:
         self.canary_url = canary_url if config.canary else None
         self.worker = worker
         self.workers = workers
-        self.prompts = PromptSource(config)
+        self.workload = Workload(config)
         self.progress = progress
         # Resolved here (as Engine would) so the key sent is the key redacted from messages.
         api_key = config.api_key if config.api_key is not None else env_api_key()
@@ -130,7 +134,7 @@ class Runner:
         # from the results' own stamps (`StreamResult.connect_ns`, `sent_ns`).
         self.connect_ms: list[float] = []
         self.opened_ns: list[int] = []
-        body = self.prompts.primer(0)
+        body = self.workload.primer(0)
         self.url = self.engine.url_for(body, config.endpoint)[0]
         self.watch = FailureWatch(self.url, self.secrets)
         self.records: list[RequestRecord] = []
@@ -179,7 +183,7 @@ class Runner:
         if config.open_loop:
             assert config.rate is not None  # noqa: S101 - open_loop says so
             # The probe is the pre-flight: it goes alone, and its whole answer is needed.
-            probe = await (await self._preflight(self.prompts.body(-1 - self.worker)))
+            probe = await (await self._preflight(self.workload.body(-1 - self.worker)))
             e2e_s = 1.0
             if isinstance(probe, StreamResult):
                 self._opened(probe)
@@ -187,14 +191,14 @@ class Runner:
             wanted = math.ceil(config.rate / self.workers * e2e_s * PRIME_HEADROOM) + 1
             wanted = self.priming = min(wanted, config.pool_size)
             calls: list[Awaitable[StreamResult | BaseException]] = [
-                self._call(self.prompts.primer(i)) for i in range(wanted)
+                self._call(self.workload.primer(i)) for i in range(wanted)
             ]
         else:
             wanted = self.priming = min(
                 split_evenly(config.concurrency, self.workers, self.worker), config.pool_size
             )
-            first = await self._preflight(self.prompts.primer(0))  # the first primer
-            calls = [first, *(self._call(self.prompts.primer(i)) for i in range(1, wanted))]
+            first = await self._preflight(self.workload.primer(0))  # the first primer
+            calls = [first, *(self._call(self.workload.primer(i)) for i in range(1, wanted))]
         results = await asyncio.gather(*map(self._counted, calls))
         for res in results:
             if isinstance(res, BaseException):
@@ -342,7 +346,7 @@ class Runner:
             None if config.duration_s is None else self.window_ns + int(config.duration_s * 1e9)
         )
         issued = 0
-        counter = iter(range(self.worker, 1 << 62, self.workers))
+        counter = iter(range(self.worker, 1 << 62, self.workers))  # this worker's sessions
         # Users start spread over the warm-up: started together, equal streams would stay
         # in lockstep and every wave would queue hundreds of sends behind each other.
         ramp_ns = int(config.warmup_s * 1e9) // config.concurrency
@@ -350,29 +354,41 @@ class Runner:
         if end_ns is not None:  # sending stops at the window's end (or at the quota, or a halt)
             self.stop_ns = min(self.stop_ns, end_ns) if self.stop_ns else end_ns
 
-        async def user(slot: int) -> None:
+        def may_send() -> bool:
+            """Whether the user may send its next request, counting it if so."""
             nonlocal issued
+            now = time.perf_counter_ns()
+            if self.cut_off or self.halt is not None or (end_ns is not None and now >= end_ns):
+                return False
+            if now >= self.window_ns:
+                if quota is not None and issued >= quota:
+                    return False
+                issued += 1
+                if issued == quota:
+                    self._stop_sending(now)
+            return True
+
+        async def user(slot: int) -> None:
             delay = start_ns + slot * ramp_ns - time.perf_counter_ns()
             if delay > 0:
                 await asyncio.sleep(delay / 1e9)
-            while not self.cut_off and self.halt is None:
-                now = time.perf_counter_ns()
-                if end_ns is not None and now >= end_ns:
-                    return
-                warmup = now < self.window_ns
-                if not warmup:
-                    if quota is not None and issued >= quota:
+            while True:
+                session = self.workload.session(next(counter))
+                for turn in range(session.turns):
+                    if turn and not await self._think():
                         return
-                    issued += 1
-                    if issued == quota:
-                        self._stop_sending(now)
-                record = await self._one(next(counter), now, warmup)
-                if (
-                    record.retry_after_s is not None
-                    and not self.no_more.is_set()
-                    and not await self._wait_as_asked(record, record.retry_after_s, end_ns)
-                ):
-                    return
+                    if not may_send():
+                        return
+                    now = time.perf_counter_ns()
+                    record = await self._turn(session, turn, now, now < self.window_ns)
+                    if (
+                        record.retry_after_s is not None
+                        and not self.no_more.is_set()
+                        and not await self._wait_as_asked(record, record.retry_after_s, end_ns)
+                    ):
+                        return
+                    if not record.ok:  # the next turn would lack this one's answer
+                        break
 
         loop = asyncio.get_running_loop()
         await self._drain(
@@ -446,12 +462,40 @@ class Runner:
         for arrival in open_schedule(self.config, self.worker, self.workers):
             target = start_ns + int(arrival.offset_s * 1e9)
             await self._wait_until(target)
-            task = loop.create_task(self._request(arrival.index, target, arrival.warmup))
+            task = loop.create_task(self._request(arrival, target))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
-    async def _request(self, index: int, intended_ns: int, warmup: bool) -> None:
-        await self._one(index, intended_ns, warmup)
+    async def _request(self, arrival: Arrival, intended_ns: int) -> None:
+        """An arrival's session: its first turn on schedule, each later one after the answer
+        before it (and the think time), while the load still sends."""
+        session = self.workload.session(arrival.index, arrival.input_tokens, arrival.output_tokens)
+        record = await self._turn(session, 0, intended_ns, arrival.warmup)
+        for turn in range(1, session.turns):
+            if not record.ok or not await self._think() or self.no_more.is_set():
+                return
+            now = time.perf_counter_ns()
+            record = await self._turn(session, turn, now, now < self.window_ns)
+
+    async def _think(self) -> bool:
+        """A session's pause before its next turn; False: the load ended meanwhile."""
+        think_s = self.config.think_s
+        if think_s > 0 and not self.no_more.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.no_more.wait(), think_s)
+        return not self.no_more.is_set() and not self.cut_off
+
+    async def _turn(
+        self, session: Session, turn: int, intended_ns: int, warmup: bool
+    ) -> RequestRecord:
+        """Send a session's turn `turn` and give its answer to the session."""
+        planned = session.plan(turn)
+        record, answer = await self._one(planned, session.number(turn), intended_ns, warmup)
+        if self.config.turns > 1:
+            record.session, record.turn = session.index, turn
+        if answer is not None:
+            session.answered(answer)
+        return record
 
     async def _wait_until(self, target_ns: int) -> None:
         """Sleep, then yield-spin the last stretch: timers are only good to about 1 ms.
@@ -475,9 +519,11 @@ class Runner:
                 await asyncio.sleep(0)
             self.check.spin_s += (clock() - t) / 1e9
 
-    async def _one(self, index: int, intended_ns: int, warmup: bool) -> RequestRecord:
+    async def _one(
+        self, planned: Planned, index: int, intended_ns: int, warmup: bool
+    ) -> tuple[RequestRecord, str | None]:
         """Send one request and record how it went, whatever happens (never raises, except
-        for a cancellation that is not the run's own cut-off)."""
+        for a cancellation that is not the run's own cut-off); the answer's text if it ended."""
         started_ns = time.perf_counter_ns()
         record = RequestRecord(
             index=index,
@@ -486,11 +532,19 @@ class Runner:
             intended_s=(intended_ns - self.window_ns) / 1e9,
             lag_ms=0.0,
             ok=False,
+            asked_input_tokens=planned.asked_input,
+            asked_output_tokens=planned.asked_output,
+            prefix_group=planned.prefix_group,
         )
         sent_ns, pool_wait_ns = started_ns, 0  # unless it succeeded: when it was tried
+        answer = None
         self.inflight += 1
         try:
-            result = await self.engine.run(self.prompts.body(index), endpoint=self.config.endpoint)
+            result = await self._send(planned)
+        except Cancelled as exc:  # the workload's own cancellation: neither ok nor failed
+            record_failure(record, exc, self.secrets)
+            record.cancelled = True
+            record.e2e_ms = (time.perf_counter_ns() - intended_ns) / 1e6
         except Exception as exc:  # every failure is a counted error, never a crash
             record_failure(record, exc, self.secrets)
             now = time.perf_counter_ns()
@@ -516,15 +570,34 @@ class Runner:
             self._opened(result)
             if result.attempts == 1 and result.sent_ns:  # a retry's stamps are a later send's
                 sent_ns, pool_wait_ns = result.sent_ns, result.pool_wait_ns
+            if self.config.turns > 1:  # only a conversation needs the answer's text
+                answer = result.text
         finally:
             self.inflight -= 1
-        self.ended["warm-up" if record.warmup else "done" if record.ok else "failed"] += 1
+        self.ended[_ending(record)] += 1
         # Schedule lag is the real send (the connection in hand, the request written next)
         # minus the intended one: a wait for a busy loop or for a pool connection is in it.
         record.lag_ms = (sent_ns - intended_ns) / 1e6
         record.pool_wait_ms = pool_wait_ns / 1e6
         self.records.append(record)
-        return record
+        return record, answer
+
+    async def _send(self, planned: Planned) -> StreamResult:
+        """The request, cancelled by the client `planned.cancel_after_s` after it was sent
+        (`Cancelled`) when the workload says so (--cancel-rate)."""
+        run = self.engine.run(planned.body, endpoint=self.config.endpoint)
+        if planned.cancel_after_s is None:
+            return await run
+        scope = asyncio.timeout(planned.cancel_after_s)
+        try:
+            async with scope:
+                return await run
+        except TimeoutError:
+            if not scope.expired():  # the engine's own time limit: a failure like any other
+                raise
+            raise Cancelled(
+                f"cancelled by the client after {planned.cancel_after_s:g} s (--cancel-rate)"
+            ) from None
 
     def _unfinished(self) -> str:
         """Why a request still in flight was cut off."""
@@ -565,6 +638,7 @@ class Runner:
             "elapsed_s": (now - self.window_ns) / 1e9 if self.window_ns else 0.0,
             "done": self.ended["done"],
             "failed": self.ended["failed"],
+            "cancelled": self.ended["cancelled"],
             "warmup_done": self.ended["warm-up"],
             "inflight": self.inflight,
             "primed": self.primers_done,
@@ -575,3 +649,10 @@ class Runner:
             "warmup_s": config.warmup_s,
             "grace_s": config.grace_s,
         }
+
+
+def _ending(record: RequestRecord) -> str:
+    """How a request counts on the live display."""
+    if record.warmup:
+        return "warm-up"
+    return "done" if record.ok else "cancelled" if record.cancelled else "failed"

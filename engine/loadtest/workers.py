@@ -40,11 +40,11 @@ from engine.loadtest.interrupts import (
     on_signals,
     redacted_job_failure,
 )
-from engine.loadtest.prompts import PromptSource
 from engine.loadtest.result import BenchResult, combine
 from engine.loadtest.runner import PRIME_LIMIT_S, Progress, Runner, WorkerResult
 from engine.loadtest.selfcheck import MachineWatch
 from engine.loadtest.shapes import sweep_rates
+from engine.loadtest.workload import Workload
 from engine.redaction import secret_values
 from engine.runtime import end_with_parent, loop_factory
 
@@ -91,7 +91,7 @@ async def probe_e2e_s(config: LoadConfig) -> float:
         timeouts=config.timeouts,
         **config.network.engine_options(),
     )
-    body = PromptSource(config).body(-1)
+    body = Workload(config).body(-1)
     async with engine:
         try:
             async with asyncio.timeout(PRIME_LIMIT_S):
