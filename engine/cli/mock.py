@@ -1,9 +1,9 @@
 """The `stream-engine mock` verb (also `python -m engine.mock`): flags <-> MockConfig, serving.
 
 CLI defaults are a served model's (`engine.mock.config.SERVED_*`: TTFT 200 ms, ITL 20 ms, 128
-tokens, the same as bench's embedded mock), unlike MockConfig's test defaults (0/0, 16
-tokens); `MockConfig.to_argv` spells every field so MockProcess reproduces a MockConfig exactly.
-The API key travels in the `MOCK_API_KEY` environment variable, never argv.
+tokens, no prefill cost, the same as bench's embedded mock), unlike MockConfig's test defaults
+(0/0, 16 tokens); `MockConfig.to_argv` spells every field so MockProcess reproduces a
+MockConfig exactly. The API key travels in the `MOCK_API_KEY` environment variable, never argv.
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ from engine.mock.config import (
     CLOSE_MODES,
     DISTRIBUTIONS,
     LIMIT_ENDINGS,
+    PREFIX_CACHE_TOKENS,
     REASONING_FIELDS,
     SERVED_ITL_MS,
     SERVED_OUTPUT_TOKENS,
+    SERVED_PREFILL_MS_PER_1K,
     SERVED_TTFT_MS,
     MockConfig,
     parse_fault_rates,
@@ -50,6 +52,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=SERVED_ITL_MS,
         help="inter-token latency, ms (default %(default)g)",
+    )
+    add(
+        "--prefill-ms-per-1k",
+        type=float,
+        default=SERVED_PREFILL_MS_PER_1K,
+        metavar="MS",
+        help="TTFT grows by MS per 1,000 input tokens not in the prefix cache (all of them "
+        "without --prefix-cache), e.g. 50 (default %(default)g: one TTFT for every prompt)",
+    )
+    add(
+        "--prefix-cache",
+        action="store_true",
+        help="cache prompts in blocks of 16 tokens, as vLLM and SGLang do: a shared prefix is "
+        "reported as cached_tokens and skips the prefill (default off)",
+    )
+    add(
+        "--prefix-cache-tokens",
+        type=int,
+        default=PREFIX_CACHE_TOKENS,
+        metavar="N",
+        help="the prefix cache's capacity, least recently used blocks evicted first "
+        "(default %(default)d)",
     )
     add("--jitter", type=float, default=0.0, help="relative jitter, 0.1 = ±10%% (default 0)")
     add(
@@ -142,6 +166,9 @@ def config_from_args(args: argparse.Namespace) -> MockConfig:
     return MockConfig(
         ttft_ms=args.ttft_ms,
         itl_ms=args.itl_ms,
+        prefill_ms_per_1k=args.prefill_ms_per_1k,
+        prefix_cache=args.prefix_cache,
+        prefix_cache_tokens=args.prefix_cache_tokens,
         jitter=args.jitter,
         itl_distribution=args.itl_distribution,
         output_tokens=low,

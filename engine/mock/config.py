@@ -15,6 +15,7 @@ from typing import Literal
 
 from engine.errors import ConfigError
 from engine.mock.faults import parse_fault
+from engine.mock.prefix_cache import BLOCK_TOKENS
 
 Distribution = Literal["constant", "exponential", "lognormal"]
 DISTRIBUTIONS: tuple[Distribution, ...] = ("constant", "exponential", "lognormal")
@@ -36,15 +37,22 @@ REASONING_FIELDS: tuple[ReasoningField, ...] = ("reasoning_content", "reasoning"
 SERVED_TTFT_MS = 200.0
 SERVED_ITL_MS = 20.0
 SERVED_OUTPUT_TOKENS = 128
+# No prefill cost and no prefix cache by default: the TTFT a person sets is the TTFT of every
+# prompt, the same number bench's report quotes (docs/mock.md, "Prefill and prefix cache").
+SERVED_PREFILL_MS_PER_1K = 0.0
+PREFIX_CACHE_TOKENS = 1_000_000  # the cache's default capacity: a GPU's KV cache, roughly
 
 
 @dataclass(frozen=True, slots=True)
 class MockConfig:
-    """Latency model, output length, reasoning, endings, faults, auth and connection handling
-    of one mock endpoint."""
+    """Latency model, prefix cache, output length, reasoning, endings, faults, auth and
+    connection handling of one mock endpoint."""
 
     ttft_ms: float = 0.0
     itl_ms: float = 0.0
+    prefill_ms_per_1k: float = 0.0  # TTFT + this per 1,000 uncached input tokens
+    prefix_cache: bool = False  # cache prompts' blocks (vLLM's automatic prefix caching)
+    prefix_cache_tokens: int = PREFIX_CACHE_TOKENS  # its capacity, in whole blocks of 16
     jitter: float = 0.0  # relative: 0.1 draws each delay uniformly in ±10 %
     itl_distribution: Distribution = "constant"
     output_tokens: int = 16
@@ -65,6 +73,10 @@ class MockConfig:
     def __post_init__(self) -> None:
         if min(self.ttft_ms, self.itl_ms, self.jitter, self.retry_after_s) < 0:
             raise ConfigError("latencies, jitter and retry_after_s must be >= 0")
+        if not 0 <= self.prefill_ms_per_1k < math.inf:
+            raise ConfigError("prefill_ms_per_1k must be >= 0 and finite")
+        if self.prefix_cache_tokens < BLOCK_TOKENS:
+            raise ConfigError(f"prefix_cache_tokens must be >= {BLOCK_TOKENS} (one block)")
         if self.jitter > 1:
             raise ConfigError("jitter is relative and must be <= 1")
         if self.itl_distribution not in DISTRIBUTIONS:
@@ -102,6 +114,10 @@ class MockConfig:
             repr(self.ttft_ms),
             "--itl-ms",
             repr(self.itl_ms),
+            "--prefill-ms-per-1k",
+            repr(self.prefill_ms_per_1k),
+            "--prefix-cache-tokens",
+            str(self.prefix_cache_tokens),
             "--jitter",
             repr(self.jitter),
             "--itl-distribution",
@@ -127,6 +143,8 @@ class MockConfig:
         ]
         if self.reasoning_summary:
             argv.append("--reasoning-summary")
+        if self.prefix_cache:
+            argv.append("--prefix-cache")
         if self.max_concurrency is not None:
             argv += ["--max-concurrency", str(self.max_concurrency)]
         if self.keepalive_timeout_s is not None:

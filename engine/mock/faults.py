@@ -93,6 +93,11 @@ class FaultSet:
         return names
 
     @property
+    def replaces_answer(self) -> bool:
+        """A status, a reset or an HTML page comes instead of any generation."""
+        return self.status is not None or self.reset or self.html
+
+    @property
     def reshapes_stream(self) -> bool:
         """True when the writer must look at every batch (the no-fault path skips it)."""
         return bool(self.cut or self.malformed or self.bom or self.crlf or self.comments)

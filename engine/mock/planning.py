@@ -28,17 +28,20 @@ from engine.mock.text import (
     Choice,
     Generation,
     Segment,
-    count_input_tokens,
     generate_tokens,
     message_texts,
     prompt_of,
+    prompt_runs,
     text_seed,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Hashable, Iterable, Mapping, Sequence
 
     from engine.mock.config import MockConfig
+    from engine.mock.prefix_cache import PrefixCache
+
+    Runs = Iterable[Sequence[Hashable]]  # a prompt's tokens (`prompt_runs`, or token ids)
 
 Dialect = Literal["chat", "responses", "completions"]
 Output = Literal["text", "refusal", "tool_calls", "audio"]
@@ -355,26 +358,25 @@ def _choice(
     return Choice(_cut(segments, keep), stopped)
 
 
-def _prompts(body: dict[str, Any], dialect: Dialect) -> tuple[list[str], int, int | None]:
-    """(the texts seeds derive from, one per prompt; input tokens; the token cap)."""
+def _prompts(body: dict[str, Any], dialect: Dialect) -> tuple[list[str], list[Runs], int | None]:
+    """(the texts seeds derive from, one per prompt; each prompt's tokens; the token cap)."""
     if dialect == "chat":
         texts = message_texts(body["messages"])
         return (
             [prompt_of(texts)],
-            count_input_tokens(texts),
+            [prompt_runs(texts)],
             token_limit(body, "max_completion_tokens", "max_tokens"),
         )
     if dialect == "responses":
         texts = message_texts(body["input"])
         if isinstance(body.get("instructions"), str):
             texts.insert(0, [body["instructions"]])
-        return [prompt_of(texts)], count_input_tokens(texts), token_limit(body, "max_output_tokens")
+        return [prompt_of(texts)], [prompt_runs(texts)], token_limit(body, "max_output_tokens")
     prompts = _completion_prompts(body["prompt"])
-    # Input tokens of the legacy endpoint: the words of each prompt, or its token ids.
-    words = sum(len(p.split()) if isinstance(p, str) else len(p) for p in prompts)
+    # Tokens of the legacy endpoint: the words of each prompt, or its token ids.
     return (
         [p if isinstance(p, str) else " ".join(map(str, p)) for p in prompts],
-        words,
+        [[p.split()] if isinstance(p, str) else [p] for p in prompts],
         token_limit(body, "max_tokens"),
     )
 
@@ -408,9 +410,17 @@ def plan(
     headers: Mapping[str, str],
     dialect: Dialect,
     ending: str | None,
+    cache: PrefixCache | None = None,
 ) -> Generation:
-    """The whole answer to `body` in `dialect`, with its accounting."""
-    prompts, input_tokens, limit = _prompts(body, dialect)
+    """The whole answer to `body` in `dialect`, with its accounting; with a `cache`, the
+    prompt's cached prefix is looked up and the request's blocks remembered."""
+    prompts, made, limit = _prompts(body, dialect)
+    kept: list[list[Sequence[Hashable]]] = []
+    if cache is None:  # counted as they are made, each run freed at once: no cost
+        input_tokens = sum([sum(map(len, runs)) for runs in made])
+    else:  # kept for the cache
+        kept = [list(runs) for runs in made]
+        input_tokens = sum([sum(map(len, runs)) for runs in kept])
     budget = Budget.of(body, limit)
     asked = asked_parts(config, body, headers, dialect)
     request_seed = headers.get("x-mock-seed", body.get("seed"))
@@ -420,15 +430,20 @@ def plan(
         for i in range(asked.n)
     ]
     options = body.get("stream_options")
+    choices = [_choice(config, asked, seed, budget, ending) for seed in seeds]
+    forced_cached = header_int(headers, "x-mock-cached-tokens", -1)  # -1: not sent
+    cached = 0
+    if cache is not None:  # last: a request refused above (400) leaves the cache as it was
+        cached = _admit(cache, kept, choices, asked.n)
     return Generation(
         model=body["model"],
         input_tokens=input_tokens,
         created=int(time.time()),
-        choices=[_choice(config, asked, seed, budget, ending) for seed in seeds],
+        choices=choices,
         ending=ending,
         max_output_tokens=limit,
         include_usage=isinstance(options, dict) and options.get("include_usage") is True,
-        cached_tokens=min(input_tokens, header_int(headers, "x-mock-cached-tokens", 0)),
+        cached_tokens=min(input_tokens, cached if forced_cached < 0 else forced_cached),
         top_logprobs=asked.top_logprobs,
         reasoning_field=asked.field,
         reasoning_summary=asked.summary,
@@ -437,6 +452,18 @@ def plan(
         service_tier=_service_tier(body),
         prompt_audio_tokens=AUDIO_PART_TOKENS * _audio_parts(body.get("messages")),
         prediction_tokens=_prediction_words(body.get("prediction")) if dialect == "chat" else 0,
+    )
+
+
+def _admit(
+    cache: PrefixCache, prompts: list[list[Sequence[Hashable]]], choices: list[Choice], n: int
+) -> int:
+    """The cached tokens of every prompt; each is remembered with its first choice's text,
+    which a conversation sends back as the answer's message (tool calls and audio have no
+    text: the prompt alone)."""
+    return sum(
+        cache.admit(runs, (choices[i * n].joined("text") or "").split())
+        for i, runs in enumerate(prompts)
     )
 
 

@@ -1,9 +1,10 @@
 """The aiohttp.web application: routes, validation, admission, paced streaming.
 
-Per request: auth -> JSON validation -> fault choice -> the answer's plan (`planning.py`) ->
-queue for a generation slot -> paced stream. Tokens are due at absolute deadlines from the
-moment the generation starts (no accumulated sleeps, so no drift); whatever is due when the
-task wakes goes out in one write.
+Per request: auth -> JSON validation -> fault choice -> the answer's plan (`planning.py`, with
+the prefix cache's lookup) -> queue for a generation slot -> paced stream, its first token
+after TTFT + the prefill of the uncached input tokens. Tokens are due at absolute deadlines
+from the moment the generation starts (no accumulated sleeps, so no drift); whatever is due
+when the task wakes goes out in one write.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from engine.mock.pacing import (
     delay_until,
 )
 from engine.mock.planning import BadRequest, Dialect, header_ms, plan
+from engine.mock.prefix_cache import PrefixCache
 from engine.mock.responses import ResponsesStream
 from engine.mock.sse_writer import Reshaper
 from engine.mock.stats import MockStats
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from aiohttp.typedefs import Handler, Middleware
 
     from engine.mock.config import CloseAfterResponse
+    from engine.mock.text import Generation
 
 LISTEN_BACKLOG = 4096  # aiohttp's default 128 overflows when hundreds of streams connect at once
 SHUTDOWN_TIMEOUT_S = 1.0
@@ -62,6 +65,7 @@ class MockState:
         self.picker = FaultPicker(config.faults, config.seed)
         self.delay_rng = config.delay_rng()
         self.gate = asyncio.Semaphore(config.max_concurrency) if config.max_concurrency else None
+        self.prefix_cache = PrefixCache(config.prefix_cache_tokens) if config.prefix_cache else None
         self.stopping = asyncio.Event()  # set on shutdown: releases stalled streams
         self._ticker: Ticker | None = None
 
@@ -202,11 +206,9 @@ async def _read_body(request: web.Request, required: str) -> dict[str, Any]:
 
 
 def build_stream(
-    state: MockState, body: dict[str, Any], dialect: Dialect, faults: FaultSet, request: web.Request
+    config: MockConfig, gen: Generation, body: dict[str, Any], dialect: Dialect, faults: FaultSet
 ) -> Stream:
     """The answer (see `planning.py`), in the dialect the client will get."""
-    config = state.config
-    gen = plan(config, body, request.headers, dialect, faults.ending)
     if dialect == "completions":
         return CompletionsStream(gen)
     if dialect == "chat" or faults.chat_on_responses:
@@ -354,7 +356,13 @@ async def _generate(request: web.Request, dialect: Dialect) -> web.StreamRespons
         faults = state.picker.pick(request.headers.get("x-mock-fault"))
         ttft_ms = header_ms(request.headers, "x-mock-ttft-ms", config.ttft_ms)
         itl_ms = header_ms(request.headers, "x-mock-itl-ms", config.itl_ms)
-        stream = build_stream(state, body, dialect, faults, request)
+        prefill_ms = header_ms(
+            request.headers, "x-mock-prefill-ms-per-1k", config.prefill_ms_per_1k
+        )
+        # A request the fault answers instead of generating is never prefilled: nothing cached.
+        cache = None if faults.replaces_answer else state.prefix_cache
+        gen = plan(config, body, request.headers, dialect, faults.ending, cache)
+        stream = build_stream(config, gen, body, dialect, faults)
     except BadRequest as exc:
         return json_error(400, request_id, str(exc), param=exc.param, code=exc.code)
     except ValueError as exc:  # ConfigError from an unknown x-mock-fault kind
@@ -363,13 +371,14 @@ async def _generate(request: web.Request, dialect: Dialect) -> web.StreamRespons
     early = _fault_answer(request, faults, config.retry_after_s, request_id)
     if early is not None:
         return early
+    stats.count_prompt(gen, state.prefix_cache)
+    # The prefill: its ms per 1,000 input tokens the prefix cache did not hold.
+    ttft_s = (ttft_ms + prefill_ms * (gen.input_tokens - gen.cached_tokens) / 1000) / 1000
     sampler = DelaySampler(config, itl_ms, state.delay_rng)
     if body.get("stream") is True:
-        return await _stream(
-            request, state, stream, faults, sampler, ttft_ms / 1000, request_id, arrived
-        )
+        return await _stream(request, state, stream, faults, sampler, ttft_s, request_id, arrived)
     async with _admitted(state):  # non-streaming: answer when the last token would be due
-        delay = sampler.jittered(ttft_ms / 1000) + sum(sampler.next_itl() for _ in range(stream.n))
+        delay = sampler.jittered(ttft_s) + sum(sampler.next_itl() for _ in range(stream.n))
         await asyncio.sleep(delay)
     return web.Response(body=stream.body(), content_type=JSON, headers={"x-request-id": request_id})
 

@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from engine.mock.faults import FaultSet
+    from engine.mock.prefix_cache import PrefixCache
+    from engine.mock.text import Generation
 
 
 @dataclass(slots=True)
 class MockStats:
     """Requests per path, faults per kind, streams active/max, queueing, events written, pacing
-    lateness, connections closed, last body.
+    lateness, connections closed, input and cached tokens, last body.
 
     Plain numbers mutated on the server's loop; reading them from another thread is fine for
     counters (each update is one bytecode-level assignment under the GIL).
@@ -33,6 +35,10 @@ class MockStats:
     ticker_early: int = 0  # wake-ups before the earliest deadline (re-armed once: few)
     backpressured: int = 0  # due writes deferred because a client's socket buffer was full
     closed_after_response: int = 0  # connections closed by close_after_response
+    input_tokens: int = 0  # of the requests answered (not those a status or reset replaced)
+    cached_tokens: int = 0  # of those, the prefix cache's hits (or x-mock-cached-tokens')
+    prefix_cache_blocks: int = 0  # held now
+    prefix_cache_evicted_blocks: int = 0  # evicted at capacity, in total
     last_body: Any = None
 
     def stream_started(self) -> None:
@@ -48,6 +54,13 @@ class MockStats:
 
     def wait_ended(self) -> None:
         self.waiting -= 1
+
+    def count_prompt(self, gen: Generation, cache: PrefixCache | None) -> None:
+        self.input_tokens += gen.input_tokens
+        self.cached_tokens += gen.cached_tokens
+        if cache is not None:
+            self.prefix_cache_blocks = len(cache)
+            self.prefix_cache_evicted_blocks = cache.evicted_blocks
 
     def count_faults(self, faults: FaultSet) -> None:
         for kind in faults.kinds:
