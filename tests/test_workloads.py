@@ -21,6 +21,7 @@ from engine.loadtest.lengths import parse_lengths
 from engine.loadtest.workers import loop_factory, run_load
 from engine.loadtest.workload import Workload
 from engine.mock import MockConfig, MockProcess
+from tests.helpers import bench_child
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -334,3 +335,47 @@ def test_workload_settings_that_cannot_work_are_refused() -> None:
         LoadConfig(url, turns=0)
     with pytest.raises(ConfigError):
         Workload(LoadConfig(url, input_lengths="mean=abc"))
+
+
+def test_the_cli_runs_a_mixed_workload_and_reports_it(tmp_path: Path) -> None:
+    proc, doc = bench_child(
+        *("--input-tokens", "50-150", "--output-tokens", "mean=20,stdev=5,min=5"),
+        *("--rate", "4:1s,8:1s", "--arrival", "constant", "--warmup", "0"),
+        *("--turns", "2", "--cancel-rate", "0.2", "--cancel-after", "0.05"),
+        *("--slice", "1", "--mock-ttft-ms", "5", "--mock-itl-ms", "4"),
+        *("--csv", str(tmp_path / "r.csv")),
+        out=tmp_path / "r.json",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert doc is not None
+    assert doc["config"]["rate_series"] == "4:1s,8:1s"
+    assert doc["config"]["input_lengths"] == "50-150"
+    sent = doc["completed"] + doc["failed"] + doc["cancelled"]["count"]
+    assert sent >= 12  # the series' sessions, each of one or two turns
+    assert doc["lengths"]["input"]["asked"]["min"] >= 50
+    assert [row["turn"] for row in doc["turns"]] == [0, 1]
+    assert [row["slice"] for row in doc["slices"]][:2] == [0, 1]
+    assert (tmp_path / "r.slices.csv").read_text().count("\n") >= 3
+
+
+@pytest.mark.slow
+def test_the_cli_searches_the_concurrency_a_capped_mock_serves_within_the_slo(
+    tmp_path: Path,
+) -> None:
+    """A mock that generates 4 answers at once (the rest queue behind 300 ms answers) meets
+    TTFT <= 60 ms (p90) at 4 users; a fifth queues nearly every request behind a free slot:
+    the search lands on 4, or within one step of it."""
+    proc, doc = bench_child(
+        *("--search", "concurrency", "--concurrency", "8", "--search-step", "1.5"),
+        *("--slo", "ttft_ms=60", "--warmup", "0.3", "--output-tokens", "14"),
+        *("--mock-max-concurrency", "4", "--mock-ttft-ms", "20", "--mock-itl-ms", "20"),
+        out=tmp_path / "s.json",
+        timeout_s=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert doc is not None
+    verdict = doc["search"]["verdict"]
+    best = verdict["highest_passing"]
+    assert best in (4, 5), doc["search"]["steps"]
+    assert verdict["first_failing"] == best + 1
+    assert f"search: {best} meets the SLO, {best + 1} does not" in proc.stderr

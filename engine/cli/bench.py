@@ -33,7 +33,12 @@ from engine.cli.options import (
     seconds,
     timeouts_from,
 )
-from engine.cli.workload import add_workload_arguments, rate_argument, workload_fields
+from engine.cli.workload import (
+    add_search_arguments,
+    add_workload_arguments,
+    rate_argument,
+    workload_fields,
+)
 from engine.config import env_api_key, env_base_url
 from engine.errors import ConfigError, JobFailed
 from engine.loadtest.config import AUTO_WORKERS, LoadConfig, parse_slo
@@ -41,6 +46,7 @@ from engine.loadtest.interrupts import Interrupted, Stop, on_signals
 from engine.loadtest.openfiles import fit_open_files
 from engine.loadtest.outputs import RUNS_DIR, check_outputs, write_outputs
 from engine.loadtest.result import BenchResult
+from engine.loadtest.search import SearchBy, run_search
 from engine.loadtest.servermetrics import ServerMetricsScraper, metrics_url
 from engine.loadtest.workers import (
     STREAMS_PER_WORKER,
@@ -52,6 +58,7 @@ from engine.loadtest.workers import (
 from engine.mock.config import (
     SERVED_ITL_MS,
     SERVED_OUTPUT_TOKENS,
+    SERVED_PREFILL_MS_PER_1K,
     SERVED_TTFT_MS,
     parse_fault_rates,
 )
@@ -246,6 +253,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seed of the synthetic prompts and the open-loop schedule (default %(default)s)",
     )
     add_workload_arguments(req, shape)
+    add_search_arguments(shape)
     out = parser.add_argument_group("results")
     out.add_argument(
         "--slice",
@@ -340,7 +348,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mock.add_argument(
         "--mock-prefill-ms-per-1k",
         type=float,
-        default=0.0,
+        default=SERVED_PREFILL_MS_PER_1K,
         metavar="MS",
         help="the mock's TTFT grows by MS per 1,000 uncached prompt tokens (default 0)",
     )
@@ -396,7 +404,6 @@ def config_from_args(
         endpoint=args.endpoint,
         model=model,
         concurrency=args.concurrency,
-        rate=args.rate,
         arrival=args.arrival,
         burstiness=args.burstiness,
         requests=args.requests,
@@ -430,20 +437,35 @@ async def _execute(
     progress: Progress | None,
     scraper: ServerMetricsScraper | None,
     stop: Stop,
-) -> list[BenchResult]:
+    search: tuple[SearchBy, float] | None = None,
+) -> Measured:
     """The load, with SIGINT and SIGTERM ending it (`engine.loadtest.interrupts`). A stop
     never cancels this task: once the load has measured, a signal during the clean-up must
     not lose it; before, the priming hears the stop and ends at once."""
     with on_signals(stop, (signal.SIGINT, signal.SIGTERM)), stop.held():
         async with scraper if scraper is not None else contextlib.nullcontext():
-            if config.sweep_steps > 0:
+            document = None
+            if search is not None:
+                found = await run_search(config, progress, stop, by=search[0], step_s=search[1])
+                results, document = found.results, found.document()
+            elif config.sweep_steps > 0:
                 results = await run_sweep(config, progress, stop)
             else:
                 results = [await run_load(config, progress, stop=stop)]
     if scraper is not None:  # on each run's own clock origin
         for result in results:
             result.server_metrics = scraper.document(result.origin_ns)
-    return results
+    if document is not None and scraper is not None:  # the steps' own, now with the metrics
+        document["runs"] = [result.summary() for result in results]
+    return Measured(results, document)
+
+
+@dataclasses.dataclass(slots=True)
+class Measured:
+    """What a bench measured: its runs, and a search's own document (None: the runs')."""
+
+    results: list[BenchResult]
+    document: dict[str, Any] | None = None
 
 
 def _scraper(args: argparse.Namespace, config: LoadConfig) -> ServerMetricsScraper | None:
@@ -525,9 +547,7 @@ def _start_mock(
     return base_url, facts
 
 
-def _measure(
-    args: argparse.Namespace, console: Console, on_ray: LoadOnRay | None
-) -> list[BenchResult]:
+def _measure(args: argparse.Namespace, console: Console, on_ray: LoadOnRay | None) -> Measured:
     """Start what the load needs (the embedded mock), run it, and stop it all again."""
     # First: every process started from here (the mock, the workers) inherits the limit.
     open_files = raise_open_files_limit()
@@ -541,14 +561,18 @@ def _measure(
         scraper = _scraper(args, config)
         if args.ray is not None:  # the load's processes are on other machines, with theirs
             progress.stage("starting the Ray actors")
-            return _run_on_ray(config, args.ray, on_ray)
+            if args.search is not None:
+                raise ConfigError("--search runs on one machine; drop --ray")
+            return Measured(_run_on_ray(config, args.ray, on_ray))
         config, said = fit_open_files(
             config, open_files, embedded_mock=facts is not None, cores=usable_cores()
         )
         if said is not None:
             _line(console, said, style="yellow")
         progress.stage("starting the load")
-        return run_async(_execute(config, None if args.quiet else progress, scraper, Stop()))
+        search = None if args.search is None else (args.search, args.search_step)
+        shown = None if args.quiet else progress
+        return run_async(_execute(config, shown, scraper, Stop(), search))
 
 
 def _render_html(results: Sequence[BenchResult], docs: Sequence[dict[str, Any]]) -> str:
@@ -570,19 +594,22 @@ def run(args: argparse.Namespace, on_ray: LoadOnRay | None = None) -> int:
     started = dt.datetime.now().astimezone()  # the run folder's name: local time, as ls shows
     try:
         check_outputs(args)
-        results = _measure(args, console, on_ray)
+        measured = _measure(args, console, on_ray)
     except (ConfigError, JobFailed) as exc:
         _line(console, f"error: {exc}")
         return 2
     except Interrupted as exc:
         _line(console, f"interrupted: {exc}; nothing written", style="yellow")
         return exc.halt.exit_status
+    results = measured.results
     docs = [result.summary() for result in results]
     if len(docs) == 1:
         print_summary(docs[0], console)
     else:
         console.print(sweep_table(docs))
         console.print(Text(saturation_text(docs)))
+        if measured.document is not None:
+            console.print(Text(f"search: {measured.document['search']['verdict']['note']}"))
         states = {client_state(doc)[0] for doc in docs} - {"OK"}
         console.print(
             docs[0]["client"]["verdict"]
@@ -590,7 +617,7 @@ def run(args: argparse.Namespace, on_ray: LoadOnRay | None = None) -> int:
             else f"{', '.join(sorted(states))} in at least one run: see the client column"
         )
     try:
-        for line in write_outputs(args, results, docs, _render_html, started):
+        for line in write_outputs(args, results, docs, _render_html, started, measured.document):
             console.print(Text(line))
     except OSError as exc:
         _line(console, f"error: results not written: {exc}")

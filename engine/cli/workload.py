@@ -11,11 +11,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import ConfigError
+from engine.loadtest.search import STEP_S
 
 if TYPE_CHECKING:
     import argparse
 
-__all__ = ["add_workload_arguments", "rate_argument", "workload_fields"]
+__all__ = ["add_search_arguments", "add_workload_arguments", "rate_argument", "workload_fields"]
 
 DEFAULT_INPUT_TOKENS = 128
 DEFAULT_OUTPUT_TOKENS = 64
@@ -114,6 +115,24 @@ def add_workload_arguments(req: argparse._ArgumentGroup, shape: argparse._Argume
     )
 
 
+def add_search_arguments(shape: argparse._ArgumentGroup) -> None:
+    """The SLO search's flags (engine.loadtest.search)."""
+    shape.add_argument(
+        "--search",
+        choices=["rate", "concurrency"],
+        default=None,
+        help="find the highest rate (or concurrency) whose goodput meets --slo: short steps, "
+        "bisected (docs/workloads.md; default: no search)",
+    )
+    shape.add_argument(
+        "--search-step",
+        type=float,
+        default=STEP_S,
+        metavar="S",
+        help="with --search: each step's measured seconds (default %(default)g)",
+    )
+
+
 def rate_argument(text: str) -> float | str:
     """`--rate`: requests per second, or a piecewise series ('10:30s,50:60s', ramps
     '10-50:60s') kept as text and parsed with the rest of the load."""
@@ -124,7 +143,8 @@ def rate_argument(text: str) -> float | str:
 
 
 def workload_fields(args: argparse.Namespace) -> dict[str, Any]:
-    """LoadConfig's workload fields from the flags, each spec checked now."""
+    """LoadConfig's workload fields (the rate too: a number or a series) from the flags,
+    each spec checked now."""
     from engine.loadtest.lengths import parse_lengths  # noqa: PLC0415 - numpy for files only
 
     fields: dict[str, Any] = {}
@@ -139,9 +159,8 @@ def workload_fields(args: argparse.Namespace) -> dict[str, Any]:
         keep = spec.fixed is None or (name == "output" and args.dataset)
         fields[f"{name}_lengths"] = text if keep else None
         fields[f"{name}_tokens"] = spec.fixed or max(1, round(spec.mean))
-    rate = args.rate
-    if isinstance(rate, str):
-        fields["rate_series"], fields["rate"] = rate, None
+    rate = args.rate  # a number, or a series (`rate_argument`)
+    fields["rate"], fields["rate_series"] = (None, rate) if isinstance(rate, str) else (rate, None)
     if args.trace and rate is not None:
         raise ConfigError("--trace sets the arrivals: drop --rate")
     return {

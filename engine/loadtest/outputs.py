@@ -146,6 +146,8 @@ def run_name(args: argparse.Namespace) -> str:
     """The run folder's suffix: `--label`, else the load's shape."""
     if args.label:
         return str(args.label)
+    if getattr(args, "search", None) is not None:  # a Namespace from before --search: none
+        return "search"
     return "sweep" if args.sweep > 0 else "open" if args.rate is not None else "closed"
 
 
@@ -155,6 +157,7 @@ def write_outputs(
     docs: list[dict[str, Any]],
     render: Render,
     started: dt.datetime | None = None,
+    document: dict[str, Any] | None = None,
 ) -> list[str]:
     """The run folder (unless --no-save) and any explicit -o/--csv/--html paths; returns the
     lines that say where they went. Each output is rendered once, whatever the number of
@@ -174,7 +177,8 @@ def write_outputs(
     for path in (path for kind_paths in paths.values() for path in kind_paths):
         path.parent.mkdir(parents=True, exist_ok=True)
     for path in paths["json"]:
-        write_json(docs[0] if len(docs) == 1 else sweep_document(docs), path)
+        # A search's own document (its steps and verdict), else the run's or the sweep's.
+        write_json(document or (docs[0] if len(docs) == 1 else sweep_document(docs)), path)
     rows = sum(len(r.measured) for r in results)
     sliced = None
     for path in paths["csv"]:
