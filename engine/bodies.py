@@ -34,9 +34,20 @@ def messages_body(
     body: dict[str, Any]
     if endpoint is Dialect.COMPLETIONS:  # legacy /v1/completions: a bare prompt
         body = {"model": model, "prompt": "\n\n".join(m["content"] for m in messages)}
+    elif endpoint is Dialect.CHAT:
+        body = {"model": model, "messages": messages}
     else:
-        key = "messages" if endpoint is Dialect.CHAT else "input"
-        body = {"model": model, key: messages}
+        body = {"model": model, "input": [_input_item(m) for m in messages]}
     if max_tokens is not None:
         body[MAX_TOKENS_FIELDS[endpoint]] = max_tokens
     return body
+
+
+def _input_item(message: dict[str, str]) -> dict[str, Any]:
+    """A Responses input item: an answer goes back as the output message it came as (typed,
+    its text an `output_text` part, as the SDK sends `response.output` back; llama-server
+    refuses an untyped assistant item), any other message as it is."""
+    if message["role"] != "assistant":
+        return message
+    part = {"type": "output_text", "text": message["content"]}
+    return {"type": "message", "role": "assistant", "content": [part]}

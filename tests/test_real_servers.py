@@ -128,6 +128,32 @@ def test_bench_8_streams_has_no_failure(url: str, endpoint: str, tmp_path: Path)
 
 
 @live
+@pytest.mark.parametrize(("url", "endpoint"), CASES)
+def test_a_mixed_workload_of_conversations_runs_without_failure(
+    url: str, endpoint: str, tmp_path: Path
+) -> None:
+    """Length distributions, a shared system prompt and 3-turn conversations: each later
+    turn carries the answers (llama-server refuses an untyped assistant item on Responses)."""
+    out = tmp_path / "workload.json"
+    proc = cli(
+        *("bench", "--no-save", "--quiet", "--workers", "1", "-o", str(out)),
+        *("--base-url", url, "--endpoint", endpoint, "--model", MODEL),
+        *("--input-tokens", "mean=60,stdev=20,min=10", "--output-tokens", "8-24"),
+        *("--shared-prefix-tokens", "100", "--turns", "3", "--concurrency", "3"),
+        *("--requests", "18", "--warmup", "0"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = orjson.loads(out.read_bytes())
+    assert doc["failed"] == 0, doc["errors"]
+    turns = doc["turns"]
+    assert [row["turn"] for row in turns] == [0, 1, 2]
+    inputs = [row["input_tokens_mean"] for row in turns]
+    assert inputs == sorted(inputs)
+    assert inputs[0] < inputs[-1]  # the context grew turn by turn
+    assert doc["lengths"]["output"]["asked"]["min"] >= 8
+
+
+@live
 def test_a_mixed_batch_lands_whole(tmp_path: Path) -> None:
     for name, url in SERVERS.items():
         lines = [

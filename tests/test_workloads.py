@@ -211,6 +211,14 @@ def test_multi_turn_on_responses_carries_the_answers_as_input_items(
     config = load(fast_mock.base_url, concurrency=1, requests=2, turns=2, output_tokens=5)
     records = sorted(done(bench(config)), key=lambda r: r.turn or 0)
     assert [r.turn for r in records] == [0, 1]
+    session = Workload(config).session(0)
+    session.plan(0)
+    session.answered("an answer")
+    assert session.plan(1).body["input"][1] == {  # typed, as llama-server requires
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": "an answer"}],
+    }
     # turn 0's 128 + the answer (5 tokens: 1-5 words, + 3) + a new 122-word message (+ 3)
     grown = (records[1].input_tokens or 0) - (records[0].input_tokens or 0)
     assert 129 <= grown <= 133
