@@ -23,6 +23,7 @@ import numpy as np
 import orjson
 
 from engine.errors import ConfigError
+from engine.loadtest.jsonlines import json_lines
 
 if TYPE_CHECKING:
     import random
@@ -115,7 +116,9 @@ def load_dataset(path: str | Path) -> Dataset | Corpus:
     if suffix == ".txt" or (start not in (b"[", b"{") and suffix not in (".json", ".jsonl")):
         return _corpus(name, raw)
     lines = start != b"["
-    records = _json_lines(name, raw) if lines else enumerate(_json_document(name, raw), 1)
+    records = (
+        json_lines(raw.splitlines(), name) if lines else enumerate(_json_document(name, raw), 1)
+    )
     kind = ""
     drafts: list[_Draft] = []
     skipped = 0
@@ -168,18 +171,6 @@ def _json_document(name: str, raw: bytes) -> list[Any]:
     if not isinstance(data, list):
         raise ConfigError(f"{name}: a dataset is a list of conversations")
     return data
-
-
-def _json_lines(name: str, raw: bytes) -> list[tuple[int, Any]]:
-    records: list[tuple[int, Any]] = []
-    for number, line in enumerate(raw.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append((number, orjson.loads(line)))
-        except orjson.JSONDecodeError as exc:
-            raise ConfigError(f"{name}:{number}: not JSON ({exc.msg})") from None
-    return records
 
 
 def _messages(record: Any) -> tuple[str, list[Any]]:

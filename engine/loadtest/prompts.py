@@ -14,11 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from engine.bodies import messages_body
 from engine.errors import ConfigError
 from engine.events import Dialect
+from engine.loadtest.jsonlines import json_lines
 
 if TYPE_CHECKING:
     import random
@@ -68,15 +67,9 @@ def load_bodies(path: str | Path, model: str | None = None) -> list[dict[str, An
     """Request bodies from JSONL: plain bodies, or OpenAI Batch lines (their `body`)."""
     bodies: list[dict[str, Any]] = []
     with Path(path).open("rb") as file:
-        for number, line in enumerate(file, 1):
-            if not line.strip():
-                continue
-            try:
-                item = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                raise ConfigError(f"{path}:{number}: not JSON ({exc})") from None
-            if isinstance(item, dict) and isinstance(item.get("body"), dict):
-                item = item["body"]
+        for number, line in json_lines(file, str(path)):
+            batch_line = isinstance(line, dict) and isinstance(line.get("body"), dict)
+            item = line["body"] if batch_line else line
             if not isinstance(item, dict):
                 raise ConfigError(f"{path}:{number}: a request body must be a JSON object")
             if model is not None:

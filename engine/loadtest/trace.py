@@ -40,6 +40,7 @@ import numpy as np
 import orjson
 
 from engine.errors import ConfigError
+from engine.loadtest.jsonlines import json_lines
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -112,15 +113,10 @@ def _load(path: str, mtime_ns: int, size: int) -> Trace:
 
 
 def _jsonl_rows(file: Any, path: str) -> Iterator[Row]:
-    for number, line in enumerate(file, 1):
-        if not line.strip():
-            continue
-        try:
-            row = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise ConfigError(f"{path}:{number}: not JSON ({exc})") from None
+    for number, row in json_lines(file, path):
         if not isinstance(row, dict):
-            raise ConfigError(f"{path}:{number}: expected a JSON object, got {line.strip()[:60]}")
+            shown = orjson.dumps(row)[:60].decode(errors="replace")
+            raise ConfigError(f"{path}:{number}: expected a JSON object, got {shown}")
         yield _json_row(row, f"{path}:{number}")
 
 
