@@ -23,6 +23,7 @@ from engine.distributed import (
 )
 from engine.distributed.batch import part_paths
 from engine.loadtest.config import LoadConfig
+from engine.loadtest.workers import run_load
 from tests.conftest import batch_main, bench_main
 from tests.helpers import bench_flags
 from tests.netfront import Front
@@ -153,6 +154,46 @@ def test_distributed_bench_merges_exactly_the_sum_of_its_parts(mock_factory: Moc
     assert doc["output_tokens"] == sum(r.output_tokens for r in result.measured) == 240 * 8
     assert doc["config"]["workers"] == 3
     assert [c.worker for c in result.checks] == [0, 1, 2]
+
+
+def test_a_workload_on_two_actors_sends_what_one_process_sends(
+    mock_factory: MockFactory,
+) -> None:
+    """Lengths, shared prefixes and conversations follow from the seed and the request's
+    number alone: two actors together start the very sessions one process starts."""
+    mock = mock_factory(ttft_ms=2.0, itl_ms=1.0)
+    config = LoadConfig(
+        base_url=mock.base_url,
+        rate=40,
+        arrival="constant",
+        duration_s=1.0,
+        warmup_s=0.0,
+        turns=2,
+        input_lengths="20-80",
+        output_lengths="4-12",
+        shared_prefix_tokens=50,
+        prefix_groups=2,
+        canary=False,
+    )
+
+    def first_turns(result: Any) -> set[tuple[Any, ...]]:
+        return {
+            (r.session, r.asked_input_tokens, r.asked_output_tokens, r.prefix_group, r.ok)
+            for r in result.measured
+            if r.turn == 0
+        }
+
+    with asyncio.Runner() as runner:
+        one = runner.run(run_load(config.with_(workers=1)))
+    two = run_load_on_ray(config, address=None, workers=2)
+    assert {r.worker for r in two.measured} == {0, 1}
+    sent = first_turns(one)
+    assert len(sent) == 40
+    assert first_turns(two) == sent
+    assert all(ok for *_, ok in sent)
+    doc = two.summary()
+    assert [row["turn"] for row in doc["turns"]] == [0, 1]
+    assert doc["lengths"]["output"]["asked"]["min"] >= 4
 
 
 def test_cli_batch_and_bench_on_ray(
