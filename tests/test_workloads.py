@@ -377,6 +377,7 @@ def test_the_cli_searches_the_concurrency_a_capped_mock_serves_within_the_slo(
         *("--search", "concurrency", "--concurrency", "8", "--search-step", "1.5"),
         *("--slo", "ttft_ms=60", "--warmup", "0.3", "--output-tokens", "14"),
         *("--mock-max-concurrency", "4", "--mock-ttft-ms", "20", "--mock-itl-ms", "20"),
+        *("--html", str(tmp_path / "s.html")),
         out=tmp_path / "s.json",
         timeout_s=240,
     )
@@ -387,3 +388,7 @@ def test_the_cli_searches_the_concurrency_a_capped_mock_serves_within_the_slo(
     assert best in (4, 5), doc["search"]["steps"]
     assert verdict["first_failing"] == best + 1
     assert f"search: {best} meets the SLO, {best + 1} does not" in proc.stderr
+    page = (tmp_path / "s.html").read_text()
+    assert "SLO search by concurrency" in page
+    assert f"{best} meets the SLO, {best + 1} does not" in page
+    assert page.count("passed</td>") == sum(s["passed"] for s in doc["search"]["steps"])

@@ -575,11 +575,15 @@ def _measure(args: argparse.Namespace, console: Console, on_ray: LoadOnRay | Non
         return run_async(_execute(config, shown, scraper, Stop(), search))
 
 
-def _render_html(results: Sequence[BenchResult], docs: Sequence[dict[str, Any]]) -> str:
+def _render_html(
+    results: Sequence[BenchResult],
+    docs: Sequence[dict[str, Any]],
+    document: dict[str, Any] | None = None,
+) -> str:
     """The HTML report, Plotly imported only now: only a run that writes a page needs it."""
     from engine.report.html import render_html  # noqa: PLC0415
 
-    return render_html(results, docs)
+    return render_html(results, docs, None if document is None else document.get("search"))
 
 
 def _line(console: Console, text: str, style: str = "red") -> None:
@@ -607,8 +611,9 @@ def run(args: argparse.Namespace, on_ray: LoadOnRay | None = None) -> int:
         print_summary(docs[0], console)
     else:
         console.print(sweep_table(docs))
-        console.print(Text(saturation_text(docs)))
-        if measured.document is not None:
+        if measured.document is None:
+            console.print(Text(saturation_text(docs)))
+        else:  # a search's steps are in the bisection's order: its verdict, not a saturation
             console.print(Text(f"search: {measured.document['search']['verdict']['note']}"))
         states = {client_state(doc)[0] for doc in docs} - {"OK"}
         console.print(

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
     from engine.loadtest.result import BenchResult
 
-    Render = Callable[[Sequence[BenchResult], Sequence[dict[str, Any]]], str]
+    # The page from the runs, their documents and a search's own document (None: no search).
+    Render = Callable[[Sequence[BenchResult], Sequence[dict[str, Any]], dict[str, Any] | None], str]
 
 __all__ = [
     "RUNS_DIR",
@@ -185,7 +186,7 @@ def write_outputs(
         write_csv(results, path)
         sliced = write_slices_csv(results, path)
     if paths["html"]:
-        page = render(results, docs)
+        page = render(results, docs, document)
         for path in paths["html"]:
             path.write_text(page, encoding="utf-8")
     said = [

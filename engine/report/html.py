@@ -398,8 +398,36 @@ def _config(docs: Sequence[dict[str, Any]]) -> dict[str, str]:
     return rows
 
 
-def render_html(results: Sequence[BenchResult], docs: Sequence[dict[str, Any]]) -> str:
-    """The whole page as text (pure: the tests render it without touching a disk)."""
+def _search(search: Mapping[str, Any]) -> str:
+    """An SLO search's steps and verdict (engine.loadtest.search), above its runs."""
+    by = str(search["by"])
+    slo = ", ".join(f"{k} ≤ {v:g}" for k, v in search["slo"].items())
+    rule = (
+        f"A step passes when at least {search['target_fraction']:.0%} of its requests meet "
+        f"every objective ({e(slo)}) and at most {search['max_failed_share']:.0%} failed."
+    )
+    head = f"<tr><th>step</th><th>{e(by)}</th><th>goodput share</th><th>failed</th><th></th></tr>"
+    rows = "".join(
+        f'<tr><td><a href="#run{step["run"]}-">{e(str(step["label"]))}</a></td>'
+        f"<td>{step[by]:g}</td><td>{step['goodput_fraction']:.1%}</td>"
+        f"<td>{step['failed_share']:.1%}</td><td>{'passed' if step['passed'] else 'missed'}</td>"
+        "</tr>"
+        for step in search["steps"]
+    )
+    verdict = e(str(search["verdict"]["note"]))
+    return (
+        f'<h2 id="search">SLO search by {e(by)}</h2><p><b>{verdict}</b>. {rule}</p>'
+        f"<table>{head}{rows}</table>"
+    )
+
+
+def render_html(
+    results: Sequence[BenchResult],
+    docs: Sequence[dict[str, Any]],
+    search: Mapping[str, Any] | None = None,
+) -> str:
+    """The whole page as text (pure: the tests render it without touching a disk); an SLO
+    search's section (its document's `search`) heads a search's runs."""
     charts_ = Charts()
     if len(docs) == 1:
         title = str(docs[0].get("label") or f"{docs[0]['mode']} loop")
@@ -422,8 +450,13 @@ def render_html(results: Sequence[BenchResult], docs: Sequence[dict[str, Any]]) 
             "</details>"
             for i, (r, d) in enumerate(zip(results, docs, strict=True))
         )
-        body = _sweep(docs, charts_) + runs
         sub = f"{len(docs)} steps; {_shape(docs[0]).split('; ', 1)[1]}"
+        if search is None:
+            body = _sweep(docs, charts_) + runs
+        else:  # steps in the bisection's order: no saturation point, no curve through them
+            title = f"SLO search by {search['by']}"
+            nav[0] = ("search", "SLO search")
+            body = _search(search) + runs
     nav += [("config", "Configuration"), ("platform", "Platform")]
     created = str(docs[0].get("created", "")) if docs else ""
     tail = (
