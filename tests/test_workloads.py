@@ -361,6 +361,8 @@ def test_the_cli_runs_a_mixed_workload_and_reports_it(tmp_path: Path) -> None:
     sent = doc["completed"] + doc["failed"] + doc["cancelled"]["count"]
     assert sent >= 12  # the series' sessions, each of one or two turns
     assert doc["lengths"]["input"]["asked"]["min"] >= 50
+    assert doc["lengths"]["counted_in"].startswith("words")  # no --tokenizer: said so
+    assert "prompts counted in words" in proc.stderr
     assert [row["turn"] for row in doc["turns"]] == [0, 1]
     assert [row["slice"] for row in doc["slices"]][:2] == [0, 1]
     assert (tmp_path / "r.slices.csv").read_text().count("\n") >= 3

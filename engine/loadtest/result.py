@@ -64,6 +64,10 @@ def samples(records: Sequence[RequestRecord]) -> dict[str, list[float]]:
     }
 
 
+# How a prompt's asked length is counted without --tokenizer (engine.loadtest.workload).
+WORD_COUNT = "words, plus 3 per message and 3 for the reply, as the mock counts"
+
+
 @dataclass(slots=True)
 class BenchResult:
     """Every request record of a run plus the client's own health, ready to report."""
@@ -163,6 +167,9 @@ class BenchResult:
         }
         if self.server_metrics is not None:
             doc["server_metrics"] = self.server_metrics
+        if (asked := doc.get("lengths")) is not None and asked["input"] is not None:
+            # How the asked prompt lengths were counted: a real server's tokens differ.
+            asked["counted_in"] = config.tokenizer or WORD_COUNT
         if (rows := self.slices()) is not None:
             doc["slices"] = rows  # long for a long run: below the figures, above the samples
         doc["samples"] = samples(self.records)  # last: the figures stay on top when read

@@ -96,6 +96,8 @@ def lengths_note(lengths: Mapping[str, Any]) -> str:
         if lengths.get(side) and lengths[side]["ratio_mean"] is not None
     ]
     parts = [f"received / asked, mean per request: {', '.join(ratios)}"] if ratios else []
+    if counted := lengths.get("counted_in"):
+        parts.insert(0, f"prompts counted in {counted}")
     short = (lengths.get("output") or {}).get("short")
     if short is not None:
         reasons = counts_text(short["reasons"])
