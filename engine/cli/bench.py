@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.text import Text
 
+from engine.cli.embedded import add_embedded_mock_arguments, start_embedded_mock
 from engine.cli.options import (
     DEFAULT_MODEL,
     add_network_arguments,
@@ -54,13 +55,6 @@ from engine.loadtest.workers import (
     run_load,
     run_sweep,
     usable_cores,
-)
-from engine.mock.config import (
-    SERVED_ITL_MS,
-    SERVED_OUTPUT_TOKENS,
-    SERVED_PREFILL_MS_PER_1K,
-    SERVED_TTFT_MS,
-    parse_fault_rates,
 )
 from engine.report.console import print_summary, sweep_table
 from engine.report.progress import LiveProgress, LoadProgress, LogProgress
@@ -318,53 +312,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not read the stamped canary stream (no read delay figure; default: read it)",
     )
-    mock = parser.add_argument_group(
-        "embedded mock (no --base-url; the latency model of `stream-engine mock`)"
-    )
-    mock.add_argument(
-        "--mock-ttft-ms",
-        type=float,
-        default=SERVED_TTFT_MS,
-        help="the mock's time to first token, ms (default %(default)g)",
-    )
-    mock.add_argument(
-        "--mock-itl-ms",
-        type=float,
-        default=SERVED_ITL_MS,
-        help="the mock's inter-token latency, ms (default %(default)g)",
-    )
-    mock.add_argument(
-        "--mock-faults",
-        default="",
-        help="the mock's fault rates, e.g. 429=0.02,500=0.01 (default none)",
-    )
-    mock.add_argument(
-        "--mock-reasoning-tokens",
-        type=int,
-        default=0,
-        metavar="N",
-        help="N reasoning tokens before every answer, paced like text (default 0)",
-    )
-    mock.add_argument(
-        "--mock-prefill-ms-per-1k",
-        type=float,
-        default=SERVED_PREFILL_MS_PER_1K,
-        metavar="MS",
-        help="the mock's TTFT grows by MS per 1,000 uncached prompt tokens (default 0)",
-    )
-    mock.add_argument(
-        "--mock-prefix-cache",
-        action="store_true",
-        help="the mock caches prompts' prefixes: a repeated prefix costs no prefill and is "
-        "reported as cached tokens (default: off)",
-    )
-    mock.add_argument(
-        "--mock-max-concurrency",
-        type=int,
-        default=None,
-        metavar="N",
-        help="the mock generates N answers at once, the rest queue (default: no limit)",
-    )
+    add_embedded_mock_arguments(parser)
     add_timeout_arguments(parser, retries=False)
     add_network_arguments(parser)
     server = parser.add_argument_group("server metrics (docs/server-metrics.md)")
@@ -505,48 +453,6 @@ def _progress(args: argparse.Namespace, console: Console, stack: ExitStack) -> L
     return LogProgress(console)
 
 
-def _start_mock(
-    args: argparse.Namespace, console: Console, stack: ExitStack
-) -> tuple[str, dict[str, Any]]:
-    """The embedded mock in its own process until `stack` closes: its URL and its facts."""
-    from engine.mock import MockConfig, MockProcess  # noqa: PLC0415 - only embedded
-
-    mock_config = MockConfig(
-        ttft_ms=args.mock_ttft_ms,
-        itl_ms=args.mock_itl_ms,
-        output_tokens=SERVED_OUTPUT_TOKENS,
-        faults=parse_fault_rates(args.mock_faults),
-        reasoning_tokens=args.mock_reasoning_tokens,
-        prefill_ms_per_1k=args.mock_prefill_ms_per_1k,
-        prefix_cache=args.mock_prefix_cache,
-        max_concurrency=args.mock_max_concurrency,
-    )
-    base_url = stack.enter_context(MockProcess(mock_config)).base_url
-    facts = {
-        "embedded_mock": {
-            "ttft_ms": args.mock_ttft_ms,
-            "itl_ms": args.mock_itl_ms,
-            "output_tokens": SERVED_OUTPUT_TOKENS,
-            "faults": args.mock_faults,
-            "reasoning_tokens": args.mock_reasoning_tokens,
-            "prefill_ms_per_1k": args.mock_prefill_ms_per_1k,
-            "prefix_cache": args.mock_prefix_cache,
-            "max_concurrency": args.mock_max_concurrency,
-        }
-    }
-    reasoning = (
-        f", {args.mock_reasoning_tokens} reasoning tokens first"
-        if args.mock_reasoning_tokens
-        else ""
-    )
-    console.print(
-        f"(no --base-url: mock endpoint in its own process at {base_url}, "
-        f"TTFT {args.mock_ttft_ms:g} ms, ITL {args.mock_itl_ms:g} ms, answers of "
-        f"{SERVED_OUTPUT_TOKENS} tokens{reasoning})"
-    )
-    return base_url, facts
-
-
 def _measure(args: argparse.Namespace, console: Console, on_ray: LoadOnRay | None) -> Measured:
     """Start what the load needs (the embedded mock), run it, and stop it all again."""
     # First: every process started from here (the mock, the workers) inherits the limit.
@@ -556,7 +462,7 @@ def _measure(args: argparse.Namespace, console: Console, on_ray: LoadOnRay | Non
         base_url, facts = args.base_url, None
         if not base_url:
             progress.stage("starting the mock endpoint")
-            base_url, facts = _start_mock(args, console, stack)
+            base_url, facts = start_embedded_mock(args, console, stack)
         config = config_from_args(args, base_url, facts)
         scraper = _scraper(args, config)
         if args.ray is not None:  # the load's processes are on other machines, with theirs
