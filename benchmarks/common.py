@@ -1,17 +1,27 @@
-"""Shared helpers of the benchmarks: the stream bytes, timing statistics, machine facts.
+"""Shared helpers of the benchmarks: the stream bytes, timing statistics, machine facts, and
+the child processes that run a benchmark on either path of the hot path.
 
 The stream bytes come from the mock endpoint's own renderers (`engine.mock`), so the parser
 benchmark reads exactly what the pipeline benchmark's server sends.
+
+Both paths in one run (docs/compiled.md): a benchmark whose subject is more than the hot
+modules (a client, the batch runner) runs it in a fresh child process per path, the pure one
+with `STREAM_ENGINE_PURE_PYTHON=1` (`run_json_child`), and the child says which path it ran
+(`engine_path`). The parser, whose subject is the hot modules alone, loads their .py sources
+beside the compiled ones in one process instead (`engine._compiled.load_sources`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import importlib.machinery
 import importlib.metadata
+import json
 import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,7 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engine.mock.chat import ChatStream  # noqa: E402 - needs ROOT on sys.path
+import engine  # noqa: E402 - needs ROOT on sys.path
+from engine._compiled import PURE_ENV, pure_reason  # noqa: E402
+from engine.mock.chat import ChatStream  # noqa: E402
 from engine.mock.responses import ResponsesStream  # noqa: E402
 from engine.mock.text import Generation, generate_tokens  # noqa: E402
 
@@ -108,3 +120,39 @@ def machine_facts() -> dict[str, Any]:
         "packages": versions,
         "load_average_1_5_15": load_average(),
     }
+
+
+# --- both paths of the hot path ---------------------------------------------------------------
+
+
+def engine_path() -> dict[str, Any]:
+    """Which path this process runs: `engine.COMPILED`, why the build is ignored (None: it is
+    not, or there is none), every engine module loaded, and those loaded from an extension
+    module (compiled)."""
+    extension = importlib.machinery.ExtensionFileLoader
+    loaded = sorted(m for m in sys.modules if m == "engine" or m.startswith("engine."))
+    return {
+        "compiled": engine.COMPILED,
+        "pure_reason": pure_reason(),
+        "engine_modules": loaded,
+        "compiled_modules": [
+            m for m in loaded if isinstance(getattr(sys.modules[m], "__loader__", None), extension)
+        ],
+    }
+
+
+def run_json_child(argv: list[str], *, pure: bool, timeout_s: float) -> dict[str, Any]:
+    """Run `argv` (a benchmark's own child mode) in a fresh interpreter, with
+    `STREAM_ENGINE_PURE_PYTHON=1` when `pure` (otherwise the environment's path: compiled when
+    built); its result is the JSON object on the last line of its stdout, or
+    `{"timed_out": True, ...}` / `{"crashed": returncode, "stderr": ...}`."""
+    env = os.environ.copy()
+    if pure:
+        env[PURE_ENV] = "1"
+    try:
+        proc = subprocess.run(argv, capture_output=True, timeout=timeout_s, check=False, env=env)
+    except subprocess.TimeoutExpired:
+        return {"timed_out": True, "timeout_s": timeout_s}
+    if proc.returncode != 0:
+        return {"crashed": proc.returncode, "stderr": proc.stderr.decode(errors="replace")[-2000:]}
+    return dict(json.loads(proc.stdout.decode().strip().splitlines()[-1]))

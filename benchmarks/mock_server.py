@@ -18,17 +18,31 @@ default).
 
     python benchmarks/mock_server.py                       # both figures, about a minute
     python benchmarks/mock_server.py --figure 2 --streams 10000 --rate 10 --clients 2
+    python benchmarks/mock_server.py --figure paths        # the paths check alone
 
-Results are merged into `benchmarks/results/mock_server.json` (one entry per figure, each
-with its command and the machine's facts).
+Compiled or pure (docs/compiled.md): the mock calls no module of the hot path, so its figures
+are the same on both paths and are not timed twice; every run checks that instead ("paths").
+A child process imports what `python -m engine.mock` imports and records the engine modules
+loaded and which are compiled; it then serves streams of every dialect on its own thread, once
+on each path, while a profile hook counts the calls into engine code outside `engine.mock`:
+pure, a compiled module's calls would show (compiled, they are C and invisible). Each figure
+also records the engine extension modules mapped into the real mock process (/proc/PID/maps).
+The compiled modules are loaded, because `engine/__init__.py` imports the public API, but
+never called. The clients here are aiohttp and raw protocols: no engine code either.
+
+Results are merged into `benchmarks/results/mock_server.json` (one entry per figure and one
+for the paths check, each with its command and the machine's facts).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import ctypes
+import functools
 import http.client
+import importlib.machinery
 import itertools
 import json
 import multiprocessing as mp
@@ -36,6 +50,7 @@ import os
 import shlex
 import statistics
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,11 +62,22 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS, load_average, machine_facts, raise_nofile
-from engine.mock import MockConfig, MockProcess, MockStats
+from benchmarks.common import (
+    RESULTS,
+    engine_path,
+    load_average,
+    machine_facts,
+    raise_nofile,
+    run_json_child,
+)
+from engine._compiled import HERE as ENGINE_DIR
+from engine._compiled import HOT
+from engine.mock import MockConfig, MockProcess, MockServerThread, MockStats
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from multiprocessing.sharedctypes import SynchronizedArray
+    from types import FrameType
 
 HEAD_TAIL_EVENTS = 8  # a Responses stream is 4 head events + deltas + 4 tail events
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -62,6 +88,12 @@ HARD_LIMIT_S = 45.0  # figure 2 is stopped this long after its planned end, what
 OUT = RESULTS / "mock_server.json"
 # Per client process, in a shared array: what the parent samples.
 EVENTS, OPEN, DONE, FAILED, CPU_US, SLOTS = range(6)
+CHECK_STREAMS = 5  # the paths check: streams per dialect
+CHECK_BODIES = (  # streamed
+    ("/v1/responses", {"model": "m", "input": "check"}),
+    ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "check"}]}),
+    ("/v1/completions", {"model": "m", "prompt": "check"}),
+)
 
 
 def process_cpu_s(pid: int) -> tuple[float, float]:
@@ -120,6 +152,7 @@ async def figure_1(
     pin(0, client_cpus)
     with MockProcess(config) as proc:
         pin(proc.pid, server_cpus)
+        extensions = mapped_extensions(proc.pid)
         url = proc.base_url + "/responses"
         # Explicit limits: aiohttp's defaults (100 connections, 300 s total) would cap the load.
         connector = aiohttp.TCPConnector(limit=streams, limit_per_host=streams)
@@ -152,6 +185,8 @@ async def figure_1(
         "client_cores": round(own / wall, 2),
         "failed": load.streams_failed,
         "errors": load.errors,
+        "mock_process_extension_files": extensions,
+        "mock_process_loaded_compiled": bool(extensions),
     }
 
 
@@ -300,6 +335,7 @@ def figure_2(
     samples: list[Sample] = []
     with MockProcess(config) as proc:
         pin(proc.pid, server_cpus)
+        extensions = mapped_extensions(proc.pid)
         reader = StatsReader(proc.host, proc.port)
         reader.read()  # connects now, before the load
         request = (
@@ -381,6 +417,8 @@ def figure_2(
         "server_ticker_lag_ms_max": round(final.ticker_lag_s_max * 1000, 2),
         "server_ticker_early_wakeups": final.ticker_early,
         "window": window_stats(plateau(samples, streams), per_s),
+        "mock_process_extension_files": extensions,
+        "mock_process_loaded_compiled": bool(extensions),
         "samples_t_received_sent_connected_generating_servercpu": [
             [
                 round(s.t, 1),
@@ -439,6 +477,132 @@ def window_stats(window: list[Sample], per_s: float) -> dict[str, Any] | None:
     }
 
 
+# --- the paths check: does the mock run any of the hot path? ------------------------------------
+
+
+def mapped_extensions(pid: int) -> list[str]:
+    """The engine's extension files mapped into a live process: any, and it loaded compiled
+    code. (All of it is in the build's shared library, `engine/_hot__mypyc*.so`; a module that
+    another compiled module imports is initialised from there and maps no file of its own.)"""
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    found = set()
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].endswith(suffixes):
+            path = Path(fields[5])
+            if path.is_relative_to(ENGINE_DIR):
+                found.add(str(path.relative_to(ENGINE_DIR.parent)))
+    return sorted(found)
+
+
+@functools.cache
+def engine_module(filename: str) -> str | None:
+    """The engine module a code object's file is, or None."""
+    path = Path(filename).resolve()
+    if not path.is_relative_to(ENGINE_DIR):
+        return None
+    parts = path.relative_to(ENGINE_DIR.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def serve_counted(streams: int) -> tuple[collections.Counter[str], int]:
+    """Serve `streams` streams of each dialect on a thread whose every Python call is seen by a
+    profile hook; the calls into each engine module, and the streams served."""
+    calls: collections.Counter[str] = collections.Counter()
+
+    def hook(frame: FrameType, event: str, arg: object) -> Callable[..., Any] | None:  # noqa: ARG001
+        if event == "call":
+            module = engine_module(frame.f_code.co_filename)
+            if module is not None:
+                calls[module] += 1
+        return None
+
+    threading.setprofile(hook)  # threads started from now on: the server's
+    try:
+        server = MockServerThread(MockConfig(ttft_ms=0, itl_ms=0, output_tokens=20)).start()
+    finally:
+        threading.setprofile(None)
+    served = 0
+    try:
+        conn = http.client.HTTPConnection(server.server.host, server.port, timeout=10)
+        for path, body in CHECK_BODIES:
+            for _ in range(streams):
+                conn.request("POST", path, orjson.dumps({**body, "stream": True}))
+                resp = conn.getresponse()
+                if resp.status == 200 and resp.read().count(b"\n\n") > 1:
+                    served += 1
+        conn.request("GET", "/mock/stats")
+        conn.getresponse().read()
+        conn.close()
+    finally:
+        server.stop()
+    return calls, served
+
+
+def check_child(streams: int) -> dict[str, Any]:
+    """The child of the paths check: what `python -m engine.mock` loads, and what serving calls."""
+    import engine.cli.mock  # noqa: F401, PLC0415 - what `python -m engine.mock` imports
+
+    loaded = engine_path()
+    calls, served = serve_counted(streams)
+    mock = {m for m in calls if m == "engine.mock" or m.startswith("engine.mock.")}
+    return {
+        **loaded,
+        "streams_served": served,
+        "calls_into_mock": sum(calls[m] for m in mock),  # > 0: the hook saw the server
+        "calls_outside_mock": {m: n for m, n in sorted(calls.items()) if m not in mock},
+    }
+
+
+def paths_check(streams: int = CHECK_STREAMS) -> dict[str, Any]:
+    """The check on both paths (two child processes); raises when a child fails."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--check-child", str(streams)]
+    runs = {}
+    for name, pure in (("default", False), ("pure", True)):
+        res = run_json_child(argv, pure=pure, timeout_s=120)
+        if "streams_served" not in res:
+            raise SystemExit(f"the paths check failed on the {name} path: {res}")
+        if res["streams_served"] != streams * len(CHECK_BODIES):
+            raise SystemExit(f"the paths check served {res['streams_served']} streams: {res}")
+        if pure and not res["calls_into_mock"]:  # interpreted, the mock's own calls must show
+            raise SystemExit(f"the paths check's profile hook saw nothing: {res}")
+        runs[name] = res
+    on_pure = runs["pure"]
+    hot_calls = {m: n for m, n in on_pure["calls_outside_mock"].items() if m in HOT}
+    return {
+        "mock_compiled_modules": runs["default"]["compiled_modules"],
+        "mock_engine_modules": runs["default"]["engine_modules"],
+        "pure_path_ran_pure": not on_pure["compiled"],
+        "streams_served_per_path": on_pure["streams_served"],
+        "hot_calls_while_serving_pure": hot_calls,
+        "same_on_both_paths": not on_pure["compiled"] and not hot_calls,
+        "paths": runs,
+    }
+
+
+def report_paths(r: dict[str, Any]) -> str:
+    compiled = r["mock_compiled_modules"]
+    loaded = (
+        f"the mock process loads {len(compiled)} compiled engine modules "
+        f"({', '.join(compiled)}: imported by engine/__init__.py, not by the mock)"
+        if compiled
+        else "the mock process loads no compiled engine module"
+    )
+    if r["same_on_both_paths"]:
+        verdict = (
+            f"serving {r['streams_served_per_path']} streams on the pure path it called none "
+            "of the hot path (profile hook): its figures are the same on both paths"
+        )
+    elif not r["pure_path_ran_pure"]:
+        verdict = "the pure path's child ran compiled: the check proves nothing"
+    else:
+        verdict = (
+            f"it CALLS the hot path while serving ({r['hot_calls_while_serving_pure']}): "
+            "its figures depend on the path, time it on both"
+        )
+    return f"paths: {loaded}; {verdict}"
+
+
 # --- reporting --------------------------------------------------------------------------------
 
 
@@ -448,7 +612,14 @@ def report_1(r: dict[str, Any]) -> str:
         f"({r['tokens_per_stream']} tokens, ITL 0, {r['wall_s']} s); server "
         f"{r['server_cpu_us_per_event']} µs CPU/event = {r['server_events_per_cpu_s']:,} "
         f"events per CPU-second, {r['server_cores']} cores used; client "
-        f"{r['client_cores']} cores; failed {r['failed']}"
+        f"{r['client_cores']} cores; failed {r['failed']}; {loaded(r)}"
+    )
+
+
+def loaded(r: dict[str, Any]) -> str:
+    """What the figure's own mock process mapped (the paths check says it calls none of it)."""
+    return (
+        f"mock process {'with' if r['mock_process_loaded_compiled'] else 'without'} compiled code"
     )
 
 
@@ -457,7 +628,7 @@ def report_2(r: dict[str, Any]) -> str:
         f"figure 2: {r['max_connected']:,}/{r['streams']:,} streams connected, at most "
         f"{r['max_generating']:,} generating at once; {r['completed']:,} completed, "
         f"{r['failed']} failed, {r['token_events_received']:,} token events received "
-        f"(expected {r['streams'] * r['tokens_per_stream']:,})"
+        f"(expected {r['streams'] * r['tokens_per_stream']:,}); {loaded(r)}"
     )
     w = r["window"]
     if w is None:
@@ -481,7 +652,12 @@ def report_2(r: dict[str, Any]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--figure", choices=["1", "2", "all"], default="all")
+    parser.add_argument(
+        "--figure",
+        choices=["1", "2", "all", "paths"],
+        default="all",
+        help="every choice runs the paths check; `paths` runs it alone",
+    )
     parser.add_argument("--streams", type=int, help="default 500 (figure 1), 10000 (figure 2)")
     parser.add_argument("--tokens", type=int, default=500, help="figure 1: tokens per stream")
     parser.add_argument("--rate", type=float, default=10.0, help="figure 2: tokens/s per stream")
@@ -504,11 +680,18 @@ def main() -> int:
         help="pin the server to CPU 0 and the clients to the other CPUs",
     )
     parser.add_argument("--out", type=Path, default=OUT, help=f"results file (default {OUT})")
+    parser.add_argument("--check-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.check_child is not None:
+        print(json.dumps(check_child(args.check_child)))
+        return 0
     hard = raise_nofile()
     server_cpus, client_cpus = cpu_plan(args.pin)
     command = "python " + shlex.join(["benchmarks/mock_server.py", *sys.argv[1:]])
     stored = json.loads(args.out.read_text()) if args.out.exists() else {}
+    paths = paths_check()
+    stored["paths"] = {"command": command, "machine": machine_facts(), "result": paths}
+    print(report_paths(paths))
     if args.figure in ("1", "all"):
         facts = {
             **machine_facts(),

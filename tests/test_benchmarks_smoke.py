@@ -1,7 +1,9 @@
-"""Smoke test of the benchmark suite: `run_all.py --quick` runs and writes every figure.
+"""Smoke test of the benchmark suite: `run_all.py --quick` runs and writes every figure, and
+the batch and mock benchmarks run at tiny sizes.
 
 No timing assertions: CI machines are noisy. This checks that every client and every figure
-is present, and that the plots are real PNG files.
+is present, that both paths of the hot path are reported, and that the plots are real PNG
+files.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+import engine
+from engine._compiled import HOT
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = {"engine-stream", "engine-run", "openai", "httpx-sse", "aiohttp-naive", "floor"}
@@ -109,3 +114,59 @@ def test_plots_are_pngs(quick_run: tuple[dict, Path]) -> None:
         data = (out / name).read_bytes()
         assert data.startswith(PNG_MAGIC), name
         assert len(data) > 10_000, name
+
+
+def run_benchmark(script: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *argv],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(220)
+def test_batch_reports_both_paths(tmp_path: Path) -> None:
+    out = tmp_path / "batch.json"
+    argv = ("--requests", "40", "--tokens", "5", "--concurrency", "8", "--repeats", "1")
+    proc = run_benchmark("batch.py", *argv, "--out", str(out))
+    result = json.loads(out.read_text())["result"]
+    rows = result["rows"]
+    assert list(rows) == ["bare", "batch", "bare-pure", "batch-pure"]
+    for name, row in rows.items():
+        # the default path runs as this process does (same build, same environment)
+        assert row["compiled"] is (engine.COMPILED and not name.endswith("-pure")), name
+        assert row["req_per_s"]["max"] > 0, name
+        assert row["cpu_us_per_request"]["min"] > 0, name
+        assert f"  {name} " in proc.stdout
+    assert set(result["ratios"]["batch_over_bare_cpu"]) == {"compiled", "pure"}
+    for key in ("pure_over_compiled_cpu", "pure_over_compiled_req_per_s"):
+        assert set(result["ratios"][key]) == {"bare", "batch"}
+    assert result["compiled_modules"]["pure"] == []
+    assert "batch / bare CPU per request: " in proc.stdout
+    assert "pure / compiled CPU per request" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(220)
+def test_mock_server_checks_both_paths(tmp_path: Path) -> None:
+    out = tmp_path / "mock_server.json"
+    argv = ("--figure", "1", "--streams", "5", "--tokens", "20", "--seconds", "0.5")
+    proc = run_benchmark("mock_server.py", *argv, "--out", str(out))
+    stored = json.loads(out.read_text())
+    paths = stored["paths"]["result"]
+    assert paths["same_on_both_paths"] is True
+    assert paths["pure_path_ran_pure"] is True
+    assert paths["hot_calls_while_serving_pure"] == {}
+    assert paths["paths"]["pure"]["calls_into_mock"] > 0  # the hook saw the server
+    compiled = set(paths["mock_compiled_modules"])
+    assert compiled >= set(HOT) if engine.COMPILED else not compiled
+    figure = stored["figure_1"]["result"]
+    assert figure["failed"] == 0
+    assert figure["mock_process_loaded_compiled"] is engine.COMPILED
+    assert "its figures are the same on both paths" in proc.stdout
