@@ -34,7 +34,6 @@ import os
 import pstats
 import random
 import resource
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -43,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import percentile, raise_nofile, summary
+from benchmarks.common import percentile, raise_nofile, run_json_child, summary
 from engine.mock import MockConfig, MockProcess
 
 CLIENTS = ("engine-stream", "engine-run", "openai", "httpx-sse", "aiohttp-naive", "floor")
@@ -343,20 +342,8 @@ def run_child(
     ]
     if profile:
         argv.append("--profile")
-    env = os.environ.copy()
-    if client.endswith(PURE):
-        env["STREAM_ENGINE_PURE_PYTHON"] = "1"
-    try:
-        proc = subprocess.run(argv, capture_output=True, timeout=timeout_s, check=False, env=env)
-    except subprocess.TimeoutExpired:
-        return {"client": client, "timed_out": True, "timeout_s": timeout_s}
-    if proc.returncode != 0:
-        return {
-            "client": client,
-            "crashed": proc.returncode,
-            "stderr": proc.stderr.decode(errors="replace")[-2000:],
-        }
-    return dict(json.loads(proc.stdout.decode().strip().splitlines()[-1]))
+    result = run_json_child(argv, pure=client.endswith(PURE), timeout_s=timeout_s)
+    return {"client": client, **result}
 
 
 def cpu_figure(
