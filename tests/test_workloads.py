@@ -343,6 +343,18 @@ def test_workload_settings_that_cannot_work_are_refused() -> None:
         LoadConfig(url, turns=0)
     with pytest.raises(ConfigError):
         Workload(LoadConfig(url, input_lengths="mean=abc"))
+    with pytest.raises(ConfigError, match="no turns"):
+        LoadConfig(url, prompts_file="bodies.jsonl", turns=2)
+
+
+def test_a_bad_dataset_is_one_error_before_any_worker_starts(
+    fast_mock: MockProcess, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"messages": []}\n{"messages": [\n')
+    config = load(fast_mock.base_url, requests=10, dataset=str(bad), workers=2)
+    with pytest.raises(ConfigError, match=r"bad.jsonl:2: not JSON"):
+        bench(config)
 
 
 def test_the_cli_runs_a_mixed_workload_and_reports_it(tmp_path: Path) -> None:

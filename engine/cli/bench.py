@@ -56,6 +56,7 @@ from engine.loadtest.workers import (
     run_sweep,
     usable_cores,
 )
+from engine.loadtest.workload import Workload
 from engine.report.console import print_summary, sweep_table
 from engine.report.progress import LiveProgress, LoadProgress, LogProgress
 from engine.report.text import client_state, saturation_text
@@ -439,6 +440,7 @@ def _run_on_ray(config: LoadConfig, address: str, on_ray: LoadOnRay | None) -> l
         raise ConfigError("--sweep runs on one machine; drop --ray or --sweep")
     if on_ray is None:
         raise ConfigError("--ray runs from the stream-engine command")
+    Workload(config)  # the workload's files read here first: a bad one is one line
     config = asyncio.run(resolve_workers(config, capped=False))
     return [on_ray(config, None if address == "local" else address, config.workers)]
 

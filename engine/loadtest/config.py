@@ -153,8 +153,10 @@ class LoadConfig:
             raise ConfigError("slice must be > 0 seconds")
         if self.rate_series and self.trace_file:
             raise ConfigError("give a rate series or a trace, not both")
-        if sum(map(bool, (self.prompts_file, self.dataset))) > 1:
+        if self.prompts_file and self.dataset:
             raise ConfigError("give request bodies (--prompts) or a dataset, not both")
+        if self.prompts_file and self.turns > 1:
+            raise ConfigError("a file of request bodies has no turns: --turns needs a dataset")
 
     @property
     def scheduled(self) -> bool:

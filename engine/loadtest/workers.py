@@ -170,6 +170,9 @@ async def run_load(
                 parts = [await one.run(time.perf_counter_ns() + int(START_MARGIN_S * 1e9))]
                 machine.stop()
         else:
+            # The workload's files read here first: a bad one is one ConfigError, not a
+            # traceback from every worker.
+            Workload(config)
             parts = await asyncio.to_thread(
                 run_processes, config, progress, canary_url, stop, machine
             )

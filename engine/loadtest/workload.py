@@ -20,7 +20,6 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from engine.errors import ConfigError
 from engine.loadtest.config import MIN_PRIME_TOKENS
 from engine.loadtest.datasets import Conversation, Corpus, load_dataset, pick
 from engine.loadtest.lengths import LengthSpec, length_for, parse_lengths
@@ -73,8 +72,6 @@ class Workload:
         self._bodies = (
             load_bodies(config.prompts_file, config.model) if config.prompts_file else None
         )
-        if self._bodies is not None and config.turns > 1:
-            raise ConfigError("a file of request bodies has no turns: --turns needs a dataset")
         self._inputs = _lengths(config.input_lengths)
         self._outputs = _lengths(config.output_lengths)
         # Words as the mock counts them, or a model's true tokens.
