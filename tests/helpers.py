@@ -76,3 +76,26 @@ def bench_child(
         **popen,
     )
     return proc, orjson.loads(out.read_bytes()) if out.exists() else None
+
+
+PROBE = """
+import time
+worst, end, last = 0.0, time.perf_counter() + 1.5, time.perf_counter()
+while (now := time.perf_counter()) < end:
+    worst = max(worst, now - last)
+    last = now
+print(worst * 1000)
+"""
+
+
+def machine_stall_ms() -> float:
+    """The longest gap a process that only spins sees in 1.5 s (the OS or hypervisor took
+    its CPU away).
+
+    On a quiet machine this is microseconds; on a VM whose host is busy it is milliseconds,
+    and then a send schedule cannot be held to 1 ms by any client.
+    """
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=30, check=True
+    )
+    return float(proc.stdout)

@@ -43,7 +43,13 @@ from engine.loadtest.workload import Workload
 from engine.mock import MockConfig, MockProcess
 from engine.report.progress import LiveProgress
 from tests.conftest import TEST_API_KEY
-from tests.helpers import bench_child, bench_flags, completed_record, make_record
+from tests.helpers import (
+    bench_child,
+    bench_flags,
+    completed_record,
+    machine_stall_ms,
+    make_record,
+)
 
 SNAPSHOT_KEYS = {
     "worker", "label", "phase", "elapsed_s", "done", "failed", "cancelled", "warmup_done",
@@ -157,29 +163,6 @@ def test_open_loop_sends_on_schedule_at_500_per_second(paced: str, tmp_path: Pat
                 f"(longest gap in 1.5 s): no client can send within 1 ms; lags {lags}"
             )
     assert min(lags) < 1.0
-
-
-PROBE = """
-import time
-worst, end, last = 0.0, time.perf_counter() + 1.5, time.perf_counter()
-while (now := time.perf_counter()) < end:
-    worst = max(worst, now - last)
-    last = now
-print(worst * 1000)
-"""
-
-
-def machine_stall_ms() -> float:
-    """The longest gap a process that only spins sees in 1.5 s (the OS or hypervisor took
-    its CPU away).
-
-    On a quiet machine this is microseconds; on a VM whose host is busy it is milliseconds,
-    and then a send schedule cannot be held to 1 ms by any client.
-    """
-    proc = subprocess.run(
-        [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=30, check=True
-    )
-    return float(proc.stdout)
 
 
 SERVER_TTFT_MS = 30.0
