@@ -151,14 +151,19 @@ def _pdf(z: float) -> float:
     return 0.0 if math.isinf(z) else math.exp(-z * z / 2) / math.sqrt(2 * math.pi)
 
 
+def request_random(seed: int, index: int, salt: int) -> random.Random:
+    """The random stream of request `index`'s draw `salt` for a run's `seed`: the same in
+    every process and worker split. `salt` keeps a request's draws apart (its input length
+    from its output length, its cancellation, ...)."""
+    # An injective mix of the three (each taken modulo 2**64): no two draws share a stream.
+    return random.Random((seed & _MASK64) << 128 | (salt & _MASK64) << 64 | (index & _MASK64))
+
+
 def length_for(spec: LengthSpec, seed: int, index: int, salt: int) -> int:
-    """Request `index`'s length for a run's `seed`: the same in every process and worker
-    split. `salt` keeps a request's draws apart (its input length from its output length)."""
+    """Request `index`'s length for a run's `seed` (`request_random`'s stream `salt`)."""
     if spec.low == spec.high:
         return spec.low
-    # An injective mix of the three (each taken modulo 2**64): no two requests share a stream.
-    key = (seed & _MASK64) << 128 | (salt & _MASK64) << 64 | (index & _MASK64)
-    return spec.draw(random.Random(key))
+    return spec.draw(request_random(seed, index, salt))
 
 
 def parse_lengths(text: str | int) -> LengthSpec:

@@ -3,7 +3,7 @@ tokenizer (`tokenizer.json`, through the optional `tokenizers` package), so that
 input lengths are the lengths a real server sees.
 
 A counter counts a text's own tokens; the chat template's tokens around it are the caller's
-to add (`prompt_length` for a one-message prompt, as the mock counts it).
+to add (`template_tokens`; `prompt_length` for a one-message prompt, as the mock counts it).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from engine.errors import ConfigError
-from engine.loadtest.prompts import TEMPLATE_OVERHEAD
+from engine.loadtest.prompts import MESSAGE_OVERHEAD, REPLY_OVERHEAD
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -114,9 +114,14 @@ def load_tokenizer(path: str | Path) -> TokenCounter:
     return TokenizerCounter(tokenizer, str(path))
 
 
+def template_tokens(messages: int) -> int:
+    """The chat template's tokens around a prompt of `messages` messages, as the mock counts."""
+    return MESSAGE_OVERHEAD * messages + REPLY_OVERHEAD
+
+
 def prompt_length(counter: TokenCounter, text: str) -> int:
     """A one-message prompt's tokens: the text's and the chat template's, as the mock counts."""
-    return counter.count(text) + TEMPLATE_OVERHEAD
+    return counter.count(text) + template_tokens(1)
 
 
 def fit(counter: TokenCounter, text_source: str | Iterable[str], tokens: int) -> str:

@@ -22,23 +22,21 @@ from typing import TYPE_CHECKING, Any
 
 from engine.loadtest.config import MIN_PRIME_TOKENS
 from engine.loadtest.datasets import Conversation, Corpus, load_dataset, pick
-from engine.loadtest.lengths import LengthSpec, length_for, parse_lengths
+from engine.loadtest.lengths import LengthSpec, length_for, parse_lengths, request_random
 from engine.loadtest.prompts import (
-    MESSAGE_OVERHEAD,
-    REPLY_OVERHEAD,
     TEMPLATE_OVERHEAD,
     load_bodies,
     make_body,
     synthetic_text,
     user,
 )
-from engine.loadtest.tokens import TokenCounter, fit, load_tokenizer, word_counter
+from engine.loadtest.tokens import TokenCounter, fit, load_tokenizer, template_tokens, word_counter
 
 if TYPE_CHECKING:
     from engine.loadtest.config import LoadConfig
 
-# Salts of the seeded draws, so a request's input length, output length and cancellation
-# are independent of each other.
+# Salts of the seeded draws (`request_random`), so a request's input length, output length
+# and cancellation, and a prefix group's system prompt, are independent of each other.
 INPUT_SALT, OUTPUT_SALT, CANCEL_SALT, PREFIX_SALT = 1, 2, 3, 4
 
 
@@ -106,12 +104,10 @@ class Workload:
     # --- the parts of a request --------------------------------------------------------
 
     def turns_of(self, conversation: Conversation | None) -> int:
-        config = self._config
-        if self._bodies is not None:
-            return 1
+        """A session's turns (request bodies have none: the configuration refuses --turns)."""
         if conversation is not None:  # a dataset's conversation has as many as it recorded
-            return max(1, min(config.turns, len(conversation.turns)))
-        return config.turns
+            return max(1, min(self._config.turns, len(conversation.turns)))
+        return self._config.turns
 
     def conversation(self, index: int) -> Conversation | None:
         if self._conversations is None:
@@ -140,6 +136,8 @@ class Workload:
     def user_text(self, head: str, number: int, tokens: int) -> str:
         """A new user message of `tokens` (a one-message prompt's length, as today), from the
         corpus or synthetic words, cut to true tokens when a tokenizer counts them."""
+        # Not `request_random`: this key keeps the synthetic prompts of earlier versions, so a
+        # seed sends the same texts it always did.
         rng = random.Random(self._config.seed * 1_000_003 + number)
         words = tokens - TEMPLATE_OVERHEAD
         if self._corpus is not None:
@@ -153,24 +151,22 @@ class Workload:
         text = self._systems.get(group)
         if text is None:
             config = self._config
-            rng = random.Random((config.seed * 1_000_003 + group) * 31 + PREFIX_SALT)
+            rng = request_random(config.seed, group, PREFIX_SALT)
             text = synthetic_text(f"system-{group}", config.shared_prefix_tokens, rng)
             if config.tokenizer is not None:
                 text = fit(self._counter, text, config.shared_prefix_tokens)
             self._systems[group] = text
         return text
 
-    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
-        """A prompt's length in the workload's count: its texts plus the template's tokens."""
-        count = self._counter.count
-        texts = sum(count(message["content"]) for message in messages)
-        return texts + MESSAGE_OVERHEAD * len(messages) + REPLY_OVERHEAD
+    def count(self, text: str) -> int:
+        """A text's tokens in the workload's count (words, or the tokenizer's)."""
+        return self._counter.count(text)
 
     def cancel_after(self, number: int) -> float | None:
         config = self._config
         if config.cancel_rate <= 0:
             return None
-        draw = random.Random((config.seed * 1_000_003 + number) * 31 + CANCEL_SALT).random()
+        draw = request_random(config.seed, number, CANCEL_SALT).random()
         return config.cancel_after_s if draw < config.cancel_rate else None
 
 
@@ -179,7 +175,9 @@ class Session:
 
     __slots__ = (
         "_asked",
+        "_asked_tokens",
         "_conversation",
+        "_history_tokens",
         "_input",
         "_messages",
         "_output",
@@ -202,11 +200,18 @@ class Session:
         self.group: int | None = None
         self._messages: list[dict[str, str]] = []
         self._asked: dict[str, str] | None = None  # the last planned turn's user message
+        self._asked_tokens = 0  # ... and its tokens
+        system = None
         if config.shared_prefix_tokens and workload.file_body(index) is None:
             self.group = index % config.prefix_groups
-            self._messages.append({"role": "system", "content": workload.system(self.group)})
+            system = workload.system(self.group)
         elif self._conversation is not None and self._conversation.system:
-            self._messages.append({"role": "system", "content": self._conversation.system})
+            system = self._conversation.system
+        if system is not None:
+            self._messages.append({"role": "system", "content": system})
+        # The messages' tokens so far, counted once each: a turn adds only its own (a
+        # tokenizer's encode of the whole history at every turn would grow with its square).
+        self._history_tokens = 0 if system is None else workload.count(system)
 
     def number(self, turn: int) -> int:
         """The request number of `turn`: unique in the run, `index` itself for one turn."""
@@ -229,11 +234,12 @@ class Session:
             head = f"#{self.index}" if turn == 0 else f"#{self.index}.{turn}"
             text = workload.user_text(head, number, workload.input_length(number, self._input))
         self._asked = user(text)
+        self._asked_tokens = workload.count(text)
         messages = [*self._messages, self._asked]
         output = workload.output_length(number, self._output, recorded)
         return Planned(
             make_body(workload._config, messages, output),  # noqa: SLF001
-            workload.prompt_tokens(messages),
+            self._history_tokens + self._asked_tokens + template_tokens(len(messages)),
             output,
             self.group,
             cancel,
@@ -243,6 +249,7 @@ class Session:
         """The last planned turn was answered with `answer`: the next turn carries both."""
         if self._asked is not None:
             self._messages += [self._asked, {"role": "assistant", "content": answer}]
+            self._history_tokens += self._asked_tokens + self._workload.count(answer)
             self._asked = None
 
 
