@@ -122,6 +122,15 @@ def test_cancelled_requests_are_their_own_outcome() -> None:
     assert "cancelled by the client" in " ".join(_console(doc).split())
 
 
+def test_a_cancelled_warm_up_request_is_no_warm_up_failure() -> None:
+    records = [_record(i) for i in range(N)]
+    cut, bad = records[min(CANCELLED)], records[min(FAILED)]
+    cut.warmup = bad.warmup = True
+    warmup = _result(records).summary()["warmup"]
+    assert (warmup["requests"], warmup["failed"]) == (2, 1)
+    assert warmup["errors"] == {"http_500": 1}
+
+
 def test_a_load_that_cancels_none_still_says_so_and_cancellations_are_not_a_failing_server() -> (
     None
 ):

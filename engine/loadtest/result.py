@@ -141,10 +141,9 @@ class BenchResult:
             "warmup": {
                 "seconds": config.warmup_s,
                 "requests": len(warm),
-                "failed": sum(not r.ok for r in warm),
-                "errors": dict(
-                    Counter(r.error or "unknown" for r in warm if not r.ok).most_common()
-                ),
+                # metrics.failed's rule, as the window's: a cancelled request is no failure.
+                "failed": len(warm_failed := failed(warm)),
+                "errors": dict(Counter(r.error or "unknown" for r in warm_failed).most_common()),
                 "connections_primed": self.primed,
                 "primer_errors": self.prime_errors,
                 "connections_opened_during_measurement": self.connections_opened_measured,
