@@ -147,7 +147,7 @@ def run_name(args: argparse.Namespace) -> str:
     """The run folder's suffix: `--label`, else the load's shape."""
     if args.label:
         return str(args.label)
-    if getattr(args, "search", None) is not None:  # a Namespace from before --search: none
+    if args.search is not None:
         return "search"
     return "sweep" if args.sweep > 0 else "open" if args.rate is not None else "closed"
 

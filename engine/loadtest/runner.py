@@ -472,7 +472,7 @@ class Runner:
         session = self.workload.session(arrival.index, arrival.input_tokens, arrival.output_tokens)
         record = await self._turn(session, 0, intended_ns, arrival.warmup)
         for turn in range(1, session.turns):
-            if not record.ok or not await self._think() or self.no_more.is_set():
+            if not record.ok or not await self._think():  # False once the load ended
                 return
             now = time.perf_counter_ns()
             record = await self._turn(session, turn, now, now < self.window_ns)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from engine.errors import ConfigError
 from engine.loadtest.interrupts import Interrupted, Stop
 from engine.loadtest.result import sweep_document
-from engine.loadtest.workers import _start_canary, run_load
+from engine.loadtest.workers import run_load, start_canary
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -233,7 +233,7 @@ async def run_search(
         return None if halted else search.steps[-1].passed
 
     async with contextlib.AsyncExitStack() as stack:
-        url = await _start_canary(stack) if config.canary else None  # one for every step
+        url = await start_canary(stack) if config.canary else None  # one for every step
         if by == "concurrency":
             bottom = int(low) if low is not None else 1
             top = int(high) if high is not None else max(2, config.concurrency)

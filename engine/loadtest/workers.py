@@ -137,7 +137,7 @@ async def resolve_workers(
     return config.with_(workers=workers, facts=facts)
 
 
-async def _start_canary(stack: contextlib.AsyncExitStack) -> str:
+async def start_canary(stack: contextlib.AsyncExitStack) -> str:
     """Start a canary server (in a thread: it waits for the child's ready line) until `stack`
     closes; returns its URL."""
     canary = CanaryProcess()
@@ -162,7 +162,7 @@ async def run_load(
     machine = MachineWatch()  # from the common start to the last record: the load's own time
     async with contextlib.AsyncExitStack() as stack:
         if config.canary and canary_url is None:
-            canary_url = await _start_canary(stack)
+            canary_url = await start_canary(stack)
         if config.workers == 1:
             async with Runner(config, progress=progress, canary_url=canary_url, stop=stop) as one:
                 await one.prime()
@@ -200,7 +200,7 @@ async def run_sweep(
     stop = stop or Stop()
     results: list[BenchResult] = []
     async with contextlib.AsyncExitStack() as stack:
-        url = await _start_canary(stack) if config.canary else None  # one for every segment
+        url = await start_canary(stack) if config.canary else None  # one for every segment
         for segment in _sweep_segments(config, results):
             try:
                 results.append(await run_load(segment, progress, url, stop))
