@@ -243,12 +243,16 @@ def _busy_machine(machine: Mapping[str, Any] | None) -> str | None:
     others = machine["others_cores"] + machine["steal_cores"]
     if others < BUSY_MACHINE_SHARE * machine["cores"]:
         return None
-    stolen = machine["steal_cores"]
-    steal = f", {stolen:.2f} taken by the hypervisor" if stolen >= SHOWN_CORES else ""
     return (
         f"other processes used {machine['others_cores']:.2f} of the machine's "
-        f"{machine['cores']} cores{steal}"
+        f"{machine['cores']} cores{steal_text(machine)}"
     )
+
+
+def steal_text(machine: Mapping[str, Any]) -> str:
+    """ ", N taken by the hypervisor" when its steal shows at two decimals, else nothing."""
+    stolen = machine["steal_cores"]
+    return f", {stolen:.2f} taken by the hypervisor" if stolen >= SHOWN_CORES else ""
 
 
 def verdict(

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 from engine.loadtest.result import SATURATION_RULE, saturation_index
-from engine.loadtest.selfcheck import SHOWN_CORES
+from engine.loadtest.selfcheck import steal_text
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -73,11 +73,9 @@ def machine_text(doc: Mapping[str, Any]) -> str | None:
     machine = doc["client"].get("machine")
     if not machine:
         return None
-    stolen = machine["steal_cores"]
-    steal = f", {stolen:.2f} stolen by the hypervisor" if stolen >= SHOWN_CORES else ""
     return (
         f"{machine['bench_cores']:.2f} of {machine['cores']} cores used by this run's processes, "
-        f"{machine['others_cores']:.2f} by others{steal}"
+        f"{machine['others_cores']:.2f} by others{steal_text(machine)}"
     )
 
 
