@@ -404,8 +404,6 @@ async def _execute(
     if scraper is not None:  # on each run's own clock origin
         for result in results:
             result.server_metrics = scraper.document(result.origin_ns)
-    if document is not None and scraper is not None:  # the steps' own, now with the metrics
-        document["runs"] = [result.summary() for result in results]
     return Measured(results, document)
 
 
@@ -515,6 +513,8 @@ def run(args: argparse.Namespace, on_ray: LoadOnRay | None = None) -> int:
         return exc.halt.exit_status
     results = measured.results
     docs = [result.summary() for result in results]
+    if measured.document is not None:  # a search's runs as reported here (server metrics too)
+        measured.document["runs"] = docs
     if len(docs) == 1:
         print_summary(docs[0], console)
     else:
