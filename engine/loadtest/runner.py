@@ -354,19 +354,23 @@ class Runner:
         if end_ns is not None:  # sending stops at the window's end (or at the quota, or a halt)
             self.stop_ns = min(self.stop_ns, end_ns) if self.stop_ns else end_ns
 
-        def may_send() -> bool:
-            """Whether the user may send its next request, counting it if so."""
+        def may_send() -> int | None:
+            """When the user may send its next request, counting it if measured; None: no more.
+
+            The one clock reading decides both whether the request counts against the quota
+            and whether it is measured: a second reading could fall in the window after the
+            first fell in the warm-up, measuring a request the quota never counted."""
             nonlocal issued
             now = time.perf_counter_ns()
             if self.cut_off or self.halt is not None or (end_ns is not None and now >= end_ns):
-                return False
+                return None
             if now >= self.window_ns:
                 if quota is not None and issued >= quota:
-                    return False
+                    return None
                 issued += 1
                 if issued == quota:
                     self._stop_sending(now)
-            return True
+            return now
 
         async def user(slot: int) -> None:
             delay = start_ns + slot * ramp_ns - time.perf_counter_ns()
@@ -377,9 +381,9 @@ class Runner:
                 for turn in range(session.turns):
                     if turn and not await self._think():
                         return
-                    if not may_send():
+                    now = may_send()
+                    if now is None:
                         return
-                    now = time.perf_counter_ns()
                     record = await self._turn(session, turn, now, now < self.window_ns)
                     if (
                         record.retry_after_s is not None
