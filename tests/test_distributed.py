@@ -7,10 +7,16 @@ actors with fractional CPUs (on 2 cores, whole-CPU actors starve each other and 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import pytest
 import ray
 
@@ -23,11 +29,20 @@ from engine.distributed import (
 )
 from engine.distributed.batch import part_paths
 from engine.loadtest.config import LoadConfig
+from engine.loadtest.interrupts import Halt, Stop
 from engine.loadtest.workers import run_load
 from tests.conftest import batch_main, bench_main
 from tests.helpers import bench_flags
 from tests.netfront import Front
-from tests.test_batch import FAST_RETRY, assert_exactly_once, make_input, records
+from tests.test_batch import (
+    FAST_RETRY,
+    PROJECT,
+    SLOW,
+    assert_exactly_once,
+    make_input,
+    records,
+)
+from tests.test_bench_bad_day import alive, descendants, start_bench, until
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -225,3 +240,133 @@ def test_cli_batch_and_bench_on_ray(
         assert bench_main(bench_flags(*ray, *load, out=result)) == 0
     assert '"completed":40' in result.read_text().replace(" ", "")
     assert proxy.served >= 40
+
+
+def test_a_stop_reaches_every_actor_and_the_result_keeps_what_they_measured(
+    mock_factory: MockFactory,
+) -> None:
+    """A stop during the load ends it on every actor as on one machine: sending stops, the
+    requests in flight end, the merged result says why (the long run is never waited out)."""
+    mock = mock_factory(ttft_ms=20.0, itl_ms=2.0, output_tokens=64)
+    config = LoadConfig(mock.base_url, concurrency=4, duration_s=120, warmup_s=0.2, canary=False)
+    stop = Stop()
+
+    def stop_once_measuring() -> None:
+        until(lambda: sum(mock.stats.requests.values()) >= 40, 60.0, "40 requests sent")
+        stop(Halt.signal(signal.SIGTERM))
+
+    watcher = threading.Thread(target=stop_once_measuring)
+    watcher.start()
+    started = time.monotonic()
+    result = run_load_on_ray(config, address=None, workers=2, stop=stop)
+    watcher.join()
+    assert time.monotonic() - started < 100  # not the 120 s asked for
+    doc = result.summary()
+    assert doc["interrupted"] == {"by": "SIGTERM", "message": Halt.signal(signal.SIGTERM).message}
+    assert doc["completed"] >= 1
+    assert sorted({r.worker for r in result.measured}) == [0, 1]
+    assert doc["failed"] == 0  # ended within the grace, not cut off
+    # Nothing sent after the stop but what was in flight: one request per user at most.
+    assert sum(mock.stats.requests.values()) <= result.primed + len(result.records)
+
+
+def test_ctrl_c_ends_a_bench_on_ray_with_its_run_folder(
+    tmp_path: Path, mock_factory: MockFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command's SIGINT handler says the stop; the driver tells the actors."""
+    mock = mock_factory(ttft_ms=20.0, itl_ms=2.0, output_tokens=64)
+
+    def interrupt_once_measuring() -> None:
+        until(lambda: sum(mock.stats.requests.values()) >= 40, 60.0, "40 requests sent")
+        os.kill(os.getpid(), signal.SIGINT)
+
+    watcher = threading.Thread(target=interrupt_once_measuring)
+    watcher.start()
+    flags = ["--base-url", mock.base_url, "--ray", "local", "--workers", "2"]
+    load = ["--duration", "120", "--warmup", "0.2", "--concurrency", "4", "--no-canary"]
+    status = bench_main([*flags, *load, "-q", "--output-dir", str(tmp_path / "run")])
+    watcher.join()
+    assert status == 130
+    assert "interrupted: SIGINT received" in capsys.readouterr().err
+    doc = orjson.loads((tmp_path / "run" / "result.json").read_bytes())
+    assert doc["interrupted"]["by"] == "SIGINT"
+    assert doc["completed"] >= 1
+
+
+def test_sigterm_ends_a_bench_on_its_own_ray_instance_and_leaves_no_process(
+    tmp_path: Path, mock_factory: MockFactory
+) -> None:
+    """In a process of its own, with a private Ray instance: ray.init makes SIGTERM a
+    sys.exit, and the command's own handler must be back in force for the load."""
+    mock = mock_factory(ttft_ms=20.0, itl_ms=2.0, output_tokens=64)
+    ray = ["--base-url", mock.base_url, "--ray", "local", "--workers", "2"]
+    proc, err = start_bench(tmp_path, *ray)
+    try:
+        until(
+            lambda: proc.poll() is not None or sum(mock.stats.requests.values()) >= 40,
+            120.0,
+            "40 requests sent by the actors",
+        )
+        assert proc.poll() is None, err.read_text()
+        children = descendants(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = err.read_text()
+    assert status == 143, text
+    assert "Traceback" not in text
+    assert "interrupted: SIGTERM received" in text
+    doc = orjson.loads((tmp_path / "run" / "result.json").read_bytes())
+    assert doc["interrupted"]["by"] == "SIGTERM"
+    assert doc["config"]["facts"]["ray"]["actors"] == 2
+    assert doc["completed"] >= 1
+    until(lambda: not any(alive(pid) for pid in children), 30.0, f"Ray's processes {children} gone")
+
+
+def test_sigterm_stops_a_batch_on_ray_and_the_rerun_completes_it_exactly_once(
+    tmp_path: Path, mock_factory: MockFactory
+) -> None:
+    """Ray makes SIGTERM a bare sys.exit in its driver (exit 15, no word); the batch's own
+    handler is kept: SIGTERM stops the job as Ctrl-C does, and the parts are merged on resume."""
+    slow, fast = mock_factory(SLOW), mock_factory(output_tokens=16)
+    path = make_input(tmp_path / "in.jsonl", 200)
+    out = tmp_path / "out.jsonl"
+    argv = [sys.executable, "-m", "engine", "batch", str(path), "-o", str(out), "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    ray_flags = ["--ray", "local", "--workers", "2", "--concurrency", "4"]
+    proc = subprocess.Popen(
+        [*argv, *ray_flags, "--base-url", slow.base_url],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+    def parts_lines() -> int:
+        return sum(p.read_bytes().count(b"\n") for p in tmp_path.glob("out.shard-*.jsonl"))
+
+    try:
+        until(lambda: proc.poll() is not None or parts_lines() >= 4, 120.0, "4 records done")
+        assert proc.poll() is None, "the batch ended before it could be stopped"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    text = err.decode()
+    assert proc.returncode == 143, text
+    assert "interrupted (SIGTERM); run the same command to resume" in text
+    assert "Traceback" not in text
+    done = subprocess.run(  # the same command: on Ray, leftover parts merged first
+        [*argv, *ray_flags, "--base-url", fast.base_url],
+        check=False,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert_exactly_once({f"req-{i}" for i in range(200)}, out, tmp_path / "out.errors.jsonl")
+    assert not list(tmp_path.glob("out.shard-*"))  # the parts were merged

@@ -60,6 +60,7 @@ SNAPSHOT_KEYS = {
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from engine.loadtest.interrupts import Stop
     from engine.mock import MockServerThread
     from tests.conftest import MockFactory
 
@@ -658,7 +659,8 @@ def test_ray_with_auto_workers_counts_by_the_load_alone(monkeypatch: pytest.Monk
 
     calls: list[tuple[LoadConfig, int]] = []
 
-    def fake(config: LoadConfig, *, address: str | None, workers: int) -> BenchResult:
+    def fake(config: LoadConfig, *, address: str | None, workers: int, stop: Stop) -> BenchResult:
+        assert stop.halt is None
         calls.append((config, workers))
         return combine(config, [WorkerResult(0, [], ClientCheck(0))])
 

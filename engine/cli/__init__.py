@@ -23,8 +23,9 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 
-# A verb's Ray runner: (its config, the cluster address or None, the actors or None).
-OnRay = Callable[[Any, str | None, int | None], Any]
+# A verb's Ray runner: (its config, the cluster address or None, the actors or None, and
+# for bench the stop its signals say).
+OnRay = Callable[..., Any]
 
 
 def _ray_when_asked(
@@ -95,8 +96,8 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     def on_ray() -> OnRay:
         from engine.distributed.loadtest import run_load_on_ray  # noqa: PLC0415 - the ray extra
 
-        return lambda config, address, workers: run_load_on_ray(
-            config, address=address, workers=workers or 1
+        return lambda config, address, workers, stop: run_load_on_ray(
+            config, address=address, workers=workers or 1, stop=stop
         )
 
     p.set_defaults(func=_ray_when_asked(command.run, on_ray))

@@ -264,15 +264,35 @@ async def _until_sigterm(coro: Coroutine[Any, Any, T]) -> T:
         loop.remove_signal_handler(signal.SIGTERM)
 
 
+def _blocking_until_sigterm(call: Callable[[], T]) -> T:
+    """`call()`, which blocks in Ray's `ray.get`: SIGTERM interrupts it as SIGINT does (Ray's
+    blocking calls are ready for a KeyboardInterrupt), then raises Terminated."""
+    got: list[int] = []
+
+    def on_sigterm(signum: int, _frame: object) -> None:
+        got.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)  # Cluster keeps it over ray.init
+    try:
+        return call()
+    except KeyboardInterrupt:
+        if got:
+            raise Terminated from None
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(args: argparse.Namespace, on_ray: BatchOnRay | None = None) -> int:
     """Run the job described by parsed arguments; returns the exit status."""
     runner: BatchRunner | None = None
     try:
         config = config_from_args(args)
         if args.ray is not None:
-            summary = _on_ray(on_ray)(
-                config, None if args.ray == "local" else args.ray, args.workers
-            )
+            address = None if args.ray == "local" else args.ray
+            job = _on_ray(on_ray)
+            summary = _blocking_until_sigterm(lambda: job(config, address, args.workers))
         else:
             runner = BatchRunner(config)
             summary = run_async(_until_sigterm(runner.run()))

@@ -43,7 +43,7 @@ from engine.cli.workload import (
 from engine.config import env_api_key, env_base_url
 from engine.errors import ConfigError, JobFailed
 from engine.loadtest.config import AUTO_WORKERS, LoadConfig, parse_slo
-from engine.loadtest.interrupts import Interrupted, Stop, on_signals
+from engine.loadtest.interrupts import Interrupted, Stop, on_signals, signals_saying
 from engine.loadtest.openfiles import fit_open_files
 from engine.loadtest.outputs import RUNS_DIR, check_outputs, write_outputs
 from engine.loadtest.result import BenchResult
@@ -430,7 +430,7 @@ def _scraper(args: argparse.Namespace, config: LoadConfig) -> ServerMetricsScrap
 
 # `--ray`: generates the load from Ray actors; handed in by the CLI (engine.distributed
 # imports this package, so this package never imports it back).
-LoadOnRay = Callable[[LoadConfig, str | None, int | None], BenchResult]
+LoadOnRay = Callable[[LoadConfig, str | None, int | None, Stop], BenchResult]
 
 
 def _run_on_ray(config: LoadConfig, address: str, on_ray: LoadOnRay | None) -> list[BenchResult]:
@@ -440,7 +440,9 @@ def _run_on_ray(config: LoadConfig, address: str, on_ray: LoadOnRay | None) -> l
         raise ConfigError("--ray runs from the stream-engine command")
     Workload(config)  # the workload's files read here first: a bad one is one line
     config = asyncio.run(resolve_workers(config, capped=False))
-    return [on_ray(config, None if address == "local" else address, config.workers)]
+    stop = Stop()  # said by SIGINT and SIGTERM; the driver tells the actors
+    with signals_saying(stop, (signal.SIGINT, signal.SIGTERM)):
+        return [on_ray(config, None if address == "local" else address, config.workers, stop)]
 
 
 def _progress(args: argparse.Namespace, console: Console, stack: ExitStack) -> LoadProgress:

@@ -8,8 +8,10 @@ notebooks) and shuts down only an instance it started itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
+import signal
 import threading
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
@@ -19,7 +21,7 @@ from engine.errors import ConfigError, EngineError
 from engine.runtime import loop_factory
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine
+    from collections.abc import Callable, Coroutine
 
 T = TypeVar("T")
 
@@ -63,10 +65,16 @@ class Cluster:
         if address is None:
             need = math.ceil((self.workers or 1) * self.actor_cpus) + 1
             kwargs["num_cpus"] = max(os.cpu_count() or 1, need)
+        # ray.init makes SIGTERM a sys.exit; a command's own handler (which keeps what the
+        # job did, as on SIGINT) is put back. Default handling stays Ray's: it shuts down.
+        sigterm = _own_sigterm_handler()
         try:
             ray.init(address=address, **kwargs)
         except ConnectionError as exc:
             raise ConfigError(f"cannot reach the Ray cluster at {address!r}: {exc}") from exc
+        finally:
+            if sigterm is not None:
+                signal.signal(signal.SIGTERM, sigterm)
         self._started = True
         return self
 
@@ -82,6 +90,14 @@ class Cluster:
         """CPUs in the cluster: the default actor count (one actor per core)."""
         resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
         return max(1, int(resources.get("CPU", 1)))
+
+
+def _own_sigterm_handler() -> Callable[[int, Any], Any] | None:
+    """The caller's SIGTERM handler, if it has one of its own (a Python function)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    handler = signal.getsignal(signal.SIGTERM)
+    return handler if callable(handler) else None
 
 
 def gather(refs: list[Any]) -> list[Any]:
@@ -113,6 +129,11 @@ class LoopThread:
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def call_soon(self, callback: Callable[..., object], *args: object) -> None:
+        """`callback(*args)` on the loop's thread, not waited for; nothing once it closed."""
+        with contextlib.suppress(RuntimeError):  # closed meanwhile: nothing left to tell
+            self._loop.call_soon_threadsafe(callback, *args)
 
     def close(self) -> None:
         if self._loop.is_closed():

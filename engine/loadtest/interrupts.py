@@ -39,6 +39,7 @@ __all__ = [
     "Stop",
     "on_signals",
     "redacted_job_failure",
+    "signals_saying",
     "unless_stopped",
 ]
 
@@ -157,6 +158,26 @@ def on_signals(stop: Stop, signals: Sequence[signal.Signals]) -> Iterator[None]:
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
+
+
+@contextlib.contextmanager
+def signals_saying(stop: Stop, signals: Sequence[signal.Signals]) -> Iterator[None]:
+    """`on_signals` for a caller that blocks instead of running a loop (the Ray driver, which
+    looks at `stop` between short waits): each of `signals` says `stop`, nothing is
+    cancelled. Off the main thread nothing changes: signals only reach the main one."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def received(signum: int, _frame: object) -> None:
+        stop(Halt.signal(signal.Signals(signum)))
+
+    previous = {sig: signal.signal(sig, received) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 async def unless_stopped(stop: Stop, work: Awaitable[T]) -> T:
