@@ -111,7 +111,9 @@ def run_load_on_ray(
             runs = [actor.run.remote(start_wall_s) for actor in actors]
             parts: list[WorkerResult] = _heeding(stop, actors, runs)
         finally:
-            for actor in actors:  # an actor on a cluster that outlives this job
+            # At once, mid-call too: an actor whose handles are dropped ends only after its
+            # pending calls (a prime, or a whole run beside an actor that died).
+            for actor in actors:
                 ray.kill(actor)
     result = combine(config, parts, config.label)
     result.halt = stop.halt or result.halt  # the command's reason, not the one it forwarded
